@@ -1,0 +1,21 @@
+"""astromix: modelling astronomical images with Gaussian mixtures.
+
+See https://astromix.readthedocs.io (the docs/ folder) for the user guide.
+"""
+
+from .errors import AstromixError, BackendError, InputError
+from .mixtures import GaussianMixture
+from .settings import AccuracySettings, get_default_settings, set_default_settings
+
+try:
+    from ._version import version as __version__
+except ImportError:  # running from a source tree without setuptools_scm metadata
+    try:
+        from importlib.metadata import version as _v
+        __version__ = _v("astromix")
+    except Exception:
+        __version__ = "0.0.0"
+
+__all__ = ["GaussianMixture", "AccuracySettings", "get_default_settings",
+           "set_default_settings", "AstromixError", "InputError", "BackendError",
+           "__version__"]

@@ -1,0 +1,120 @@
+"""Array-library-agnostic pieces shared by every backend.
+
+The kernels of all backends consume the same per-Gaussian table built here and
+return the same accumulator table, which is turned into gradients here.  So the
+numerics that decide *which* pixels a Gaussian touches and *how* the gradient is
+assembled exist once; the backends differ only in how they loop over pixels.
+
+Per-Gaussian table (float64, shape (K, NPAR)), columns:
+
+=====  =========  =========================================================
+index  name       meaning
+=====  =========  =========================================================
+0      AMP        amplitude (total flux of the component)
+1, 2   MX, MY     centre [px]
+3-5    SXX..SYY   S = C + box variance (C itself with pixel_integration="none")
+6-8    FXX..FYY   F = S^-1
+9      NORM       1 / (2 pi sqrt(det S))
+10     USE4       1.0 when the fourth-order (kurtosis) factor is applied
+11     INVDET     1 / det S
+12     HY         n_sigma sqrt(S_yy), half height of the culling ellipse [px]
+=====  =========  =========================================================
+
+Accumulators (float64, shape (K, NACC)), with ``R = 2 w (model - data)``,
+``E = exp(-q/2)``, ``P`` the fourth-order factor (1 when not applied),
+``Px = 4 v_x^3 - 12 F_xx v_x`` and ``Py`` likewise, summed over the pixels in
+the component's culling ellipse:
+
+0 ``sum R E P``; 1, 2 ``sum R E P v_x``, ``... v_y``; 3-5 ``sum R E P v_x v_x``,
+``v_x v_y``, ``v_y v_y``; 6, 7 ``sum R E Px``, ``sum R E Py``; 8, 9 ``sum R E Px
+v_x``, ``... Px v_y``; 10, 11 ``sum R E Py v_x``, ``... Py v_y``; 12 ``sum R E
+(v_x^2 - F_xx)``; 13 ``sum R E (v_y^2 - F_yy)``.  Columns 6-13 are zero for a
+component without the fourth-order factor.
+"""
+
+import math
+
+import numpy as np
+
+from ..settings import BOX_C4, BOX_VARIANCE
+
+AMP, MX, MY, SXX, SXY, SYY, FXX, FXY, FYY, NORM, USE4, INVDET, HY = range(13)
+NPAR = 13
+NACC = 14
+
+
+def prepare(amp, mean, cov, settings):
+    """Build the per-Gaussian parameter table (NumPy, float64, (K, NPAR))."""
+    amp = np.asarray(amp, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float64)
+    cov = np.asarray(cov, dtype=np.float64)
+    k = amp.shape[0]
+    table = np.zeros((k, NPAR), dtype=np.float64)
+    box = 0.0 if settings.pixel_integration == "none" else BOX_VARIANCE
+    sxx = cov[:, 0, 0] + box
+    sxy = 0.5 * (cov[:, 0, 1] + cov[:, 1, 0])
+    syy = cov[:, 1, 1] + box
+    det = sxx * syy - sxy * sxy
+    table[:, AMP] = amp
+    table[:, MX] = mean[:, 0]
+    table[:, MY] = mean[:, 1]
+    table[:, SXX] = sxx
+    table[:, SXY] = sxy
+    table[:, SYY] = syy
+    table[:, FXX] = syy / det
+    table[:, FXY] = -sxy / det
+    table[:, FYY] = sxx / det
+    table[:, NORM] = 1.0 / (2.0 * math.pi * np.sqrt(det))
+    if settings.pixel_integration == "kurtosis":
+        size = 3.0 * abs(BOX_C4) * (table[:, FXX] ** 2 + table[:, FYY] ** 2)
+        table[:, USE4] = (size >= settings.fourth_order_threshold).astype(np.float64)
+    table[:, INVDET] = 1.0 / det
+    table[:, HY] = settings.n_sigma * np.sqrt(syy)
+    return table
+
+
+def row_range(table_row, n_sigma, ny):
+    """First and last row (inclusive) of a component's culling ellipse, clipped."""
+    my, hy = table_row[MY], table_row[HY]
+    j0 = max(math.ceil(my - hy), 0)
+    j1 = min(math.floor(my + hy), ny - 1)
+    return j0, j1
+
+
+def assemble_gradient(table, acc):
+    """Turn kernel accumulators into (d_amp (K,), d_mean (K, 2), d_cov (K, 2, 2)).
+
+    ``d_cov`` is the symmetric matrix gradient: for a symmetric perturbation
+    ``dC``, ``d chi2 = sum_ab d_cov[a, b] dC[a, b]``.
+    """
+    acc = np.asarray(acc, dtype=np.float64)
+    t = table
+    norm = t[:, NORM]
+    a = t[:, AMP] * norm
+    c4 = BOX_C4
+    f = np.empty((t.shape[0], 2, 2))
+    f[:, 0, 0] = t[:, FXX]
+    f[:, 0, 1] = f[:, 1, 0] = t[:, FXY]
+    f[:, 1, 1] = t[:, FYY]
+    s0 = acc[:, 0]
+    sv = acc[:, 1:3]
+    svv = np.empty((t.shape[0], 2, 2))
+    svv[:, 0, 0] = acc[:, 3]
+    svv[:, 0, 1] = svv[:, 1, 0] = acc[:, 4]
+    svv[:, 1, 1] = acc[:, 5]
+    spx, spy = acc[:, 6], acc[:, 7]
+    spx_v = acc[:, 8:10]
+    spy_v = acc[:, 10:12]
+    sqx, sqy = acc[:, 12], acc[:, 13]
+    fx = f[:, 0, :]  # F_xa
+    fy = f[:, 1, :]  # F_ya
+
+    d_amp = norm * s0
+    d_mean = a[:, None] * (sv - c4 * (spx[:, None] * fx + spy[:, None] * fy))
+    g = (-0.5 * f * s0[:, None, None] + 0.5 * svv
+         - c4 * (fx[:, :, None] * spx_v[:, None, :] + fy[:, :, None] * spy_v[:, None, :])
+         + 6.0 * c4 * (sqx[:, None, None] * fx[:, :, None] * fx[:, None, :]
+                       + sqy[:, None, None] * fy[:, :, None] * fy[:, None, :]))
+    g = 0.5 * (g + np.swapaxes(g, 1, 2))
+    d_cov = a[:, None, None] * g
+    return d_amp, d_mean, d_cov

@@ -1,0 +1,368 @@
+"""Numba CPU backend: vectorised (SIMD) pixel loops, threads over row bands or components.
+
+The pixel loops are written so that LLVM vectorises them: each row of a
+component's culling ellipse is a contiguous slice indexed from 0, and ``exp`` is
+a polynomial (there is no SVML on the reference machines, and a scalar
+``math.exp`` in the loop runs ~10x slower).  ``exp(-q/2)`` for
+``0 <= q <= n_sigma**2`` is computed as ``p(-q/32)**16`` with ``p`` the Taylor
+polynomial of ``exp`` of degree 6 (float32) or 11 (float64); its error is below
+1e-7 (float32, relative to the component's peak) and 1e-12 (float64, relative
+to the value) over the culling range.
+
+Threads: one image is split into bands of rows rendered in parallel, each band
+looping over the components that reach it; gradients are accumulated in
+parallel over components.  Work below ``PARALLEL_MIN_WORK`` Gaussian-pixel
+evaluations (a small stamp) runs on one thread, since starting threads would
+cost more than it saves.
+"""
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from ..settings import BOX_C4
+from . import _common as c
+
+__all__ = ["PARALLEL_MIN_WORK", "NumbaBackend"]
+
+#: Below this many Gaussian-pixel evaluations a call runs on one thread.
+PARALLEL_MIN_WORK = 150_000
+
+_JIT = {"fastmath": True, "error_model": "numpy", "boundscheck": False, "nogil": True,
+        "cache": True}
+
+_AMP, _MX, _MY, _SXX, _SXY, _SYY, _FXX, _FXY, _FYY, _NORM, _USE4, _INVDET, _HY = range(13)
+_C4 = BOX_C4
+
+
+def _exp_half(q):
+    """exp(-q/2), dispatched on the dtype of ``q`` (see the module docstring)."""
+    return math.exp(-0.5 * q)
+
+
+@njit(inline="always", **_JIT)
+def _exp_half_f32(q):
+    # exp(-q/2) = p(-q/32)**16, p of degree 6
+    x = q * np.float32(-1.0 / 32.0)
+    p = np.float32(1.0 / 720.0)
+    p = np.float32(1.0 / 120.0) + x * p
+    p = np.float32(1.0 / 24.0) + x * p
+    p = np.float32(1.0 / 6.0) + x * p
+    p = np.float32(0.5) + x * p
+    p = np.float32(1.0) + x * p
+    p = np.float32(1.0) + x * p
+    p = p * p
+    p = p * p
+    p = p * p
+    return p * p
+
+
+@njit(inline="always", **_JIT)
+def _exp_half_f64(q):
+    # exp(-q/2) = p(-q/32)**16, p of degree 11
+    x = q * (-1.0 / 32.0)
+    p = 1.0 / 39916800.0
+    p = 1.0 / 3628800.0 + x * p
+    p = 1.0 / 362880.0 + x * p
+    p = 1.0 / 40320.0 + x * p
+    p = 1.0 / 5040.0 + x * p
+    p = 1.0 / 720.0 + x * p
+    p = 1.0 / 120.0 + x * p
+    p = 1.0 / 24.0 + x * p
+    p = 1.0 / 6.0 + x * p
+    p = 0.5 + x * p
+    p = 1.0 + x * p
+    p = 1.0 + x * p
+    p = p * p
+    p = p * p
+    p = p * p
+    return p * p
+
+
+@overload(_exp_half, inline="always", fastmath=True)
+def _exp_half_overload(q):
+    if q == types.float32:
+        return lambda q: _exp_half_f32(q)
+    return lambda q: _exp_half_f64(q)
+
+
+
+@njit(**_JIT)
+def _row_bounds(t, j, n2, nx):
+    # Columns [i0, i1] of row j inside the culling ellipse (float64 math,
+    # the same operations as the NumPy reference).  i1 < i0 when empty.
+    dy = j - t[_MY]
+    disc = t[_FXX] * n2 - dy * dy * t[_INVDET]
+    if disc < 0.0:
+        return 0, -1, dy
+    half = math.sqrt(disc) / t[_FXX]
+    cx = t[_MX] - t[_FXY] * dy / t[_FXX]
+    i0 = max(math.ceil(cx - half), 0)
+    i1 = min(math.floor(cx + half), nx - 1)
+    return i0, i1, dy
+
+@njit(**_JIT)
+def _render_rows(img, table, y0, y1, n2):
+    # Add every component to rows [y0, y1) of img.
+    dt = img.dtype.type
+    nx = img.shape[1]
+    for k in range(table.shape[0]):
+        t = table[k]
+        j0 = max(math.ceil(t[_MY] - t[_HY]), y0)
+        j1 = min(math.floor(t[_MY] + t[_HY]), y1 - 1)
+        if j1 < j0:
+            continue
+        fxx = dt(t[_FXX])
+        fxy = dt(t[_FXY])
+        fyy = dt(t[_FYY])
+        norm = t[_AMP] * t[_NORM]
+        use4 = t[_USE4] != 0.0
+        cst = dt(norm * (1.0 + _C4 * 3.0 * (t[_FXX] ** 2 + t[_FYY] ** 2)))
+        c4n = dt(norm * _C4)
+        normd = dt(norm)
+        six_fxx = dt(6.0 * t[_FXX])
+        six_fyy = dt(6.0 * t[_FYY])
+        for j in range(j0, j1 + 1):
+            i0, i1, dy64 = _row_bounds(t, j, n2, nx)
+            if i1 < i0:
+                continue
+            row = img[j, i0:i1 + 1]
+            dy = dt(dy64)
+            x0 = dt(i0 - t[_MX])
+            bx = fxy * dy
+            by = fyy * dy
+            if use4:
+                for i in range(row.shape[0]):
+                    dx = x0 + dt(i)
+                    vx = fxx * dx + bx
+                    vy = fxy * dx + by
+                    e = _exp_half(dx * vx + dy * vy)
+                    vx2 = vx * vx
+                    vy2 = vy * vy
+                    row[i] += e * (cst + c4n * (vx2 * (vx2 - six_fxx) + vy2 * (vy2 - six_fyy)))
+            else:
+                for i in range(row.shape[0]):
+                    dx = x0 + dt(i)
+                    vx = fxx * dx + bx
+                    vy = fxy * dx + by
+                    row[i] += normd * _exp_half(dx * vx + dy * vy)
+
+@njit(parallel=True, **_JIT)
+def _render_parallel(img, table, nband, n2):
+    ny = img.shape[0]
+    for b in prange(nband):
+        _render_rows(img, table, (b * ny) // nband, ((b + 1) * ny) // nband, n2)
+
+@njit(**_JIT)
+def _accumulate_one(t, rimg, n2, out):
+    dt = rimg.dtype.type
+    ny, nx = rimg.shape
+    j0 = max(math.ceil(t[_MY] - t[_HY]), 0)
+    j1 = min(math.floor(t[_MY] + t[_HY]), ny - 1)
+    fxx = dt(t[_FXX])
+    fxy = dt(t[_FXY])
+    fyy = dt(t[_FYY])
+    use4 = t[_USE4] != 0.0
+    cst = dt(1.0 + _C4 * 3.0 * (t[_FXX] ** 2 + t[_FYY] ** 2))
+    c4 = dt(_C4)
+    six_fxx = dt(6.0 * t[_FXX])
+    six_fyy = dt(6.0 * t[_FYY])
+    twelve_fxx = dt(12.0 * t[_FXX])
+    twelve_fyy = dt(12.0 * t[_FYY])
+    for j in range(j0, j1 + 1):
+        i0, i1, dy64 = _row_bounds(t, j, n2, nx)
+        if i1 < i0:
+            continue
+        row = rimg[j, i0:i1 + 1]
+        dy = dt(dy64)
+        x0 = dt(i0 - t[_MX])
+        bx = fxy * dy
+        by = fyy * dy
+        s0 = dt(0.0)
+        s1 = dt(0.0)
+        s2 = dt(0.0)
+        s3 = dt(0.0)
+        s4 = dt(0.0)
+        s5 = dt(0.0)
+        if use4:
+            s6 = dt(0.0)
+            s7 = dt(0.0)
+            s8 = dt(0.0)
+            s9 = dt(0.0)
+            s10 = dt(0.0)
+            s11 = dt(0.0)
+            s12 = dt(0.0)
+            s13 = dt(0.0)
+            for i in range(row.shape[0]):
+                dx = x0 + dt(i)
+                vx = fxx * dx + bx
+                vy = fxy * dx + by
+                re = row[i] * _exp_half(dx * vx + dy * vy)
+                vx2 = vx * vx
+                vy2 = vy * vy
+                p = cst + c4 * (vx2 * (vx2 - six_fxx) + vy2 * (vy2 - six_fyy))
+                rep = re * p
+                s0 += rep
+                s1 += rep * vx
+                s2 += rep * vy
+                s3 += rep * vx2
+                s4 += rep * vx * vy
+                s5 += rep * vy2
+                rpx = re * (vx * (dt(4.0) * vx2 - twelve_fxx))
+                rpy = re * (vy * (dt(4.0) * vy2 - twelve_fyy))
+                s6 += rpx
+                s7 += rpy
+                s8 += rpx * vx
+                s9 += rpx * vy
+                s10 += rpy * vx
+                s11 += rpy * vy
+                s12 += re * (vx2 - fxx)
+                s13 += re * (vy2 - fyy)
+            out[6] += s6
+            out[7] += s7
+            out[8] += s8
+            out[9] += s9
+            out[10] += s10
+            out[11] += s11
+            out[12] += s12
+            out[13] += s13
+        else:
+            for i in range(row.shape[0]):
+                dx = x0 + dt(i)
+                vx = fxx * dx + bx
+                vy = fxy * dx + by
+                re = row[i] * _exp_half(dx * vx + dy * vy)
+                s0 += re
+                s1 += re * vx
+                s2 += re * vy
+                s3 += re * vx * vx
+                s4 += re * vx * vy
+                s5 += re * vy * vy
+        out[0] += s0
+        out[1] += s1
+        out[2] += s2
+        out[3] += s3
+        out[4] += s4
+        out[5] += s5
+
+@njit(**_JIT)
+def _accumulate_serial(table, rimg, n2, acc):
+    for k in range(table.shape[0]):
+        _accumulate_one(table[k], rimg, n2, acc[k])
+
+
+@njit(parallel=True, **_JIT)
+def _accumulate_parallel(table, rimg, n2, acc):
+    for k in prange(table.shape[0]):
+        _accumulate_one(table[k], rimg, n2, acc[k])
+
+
+@njit(**_JIT)
+def _residual_rows(model, data, weight, rimg, j):
+    dt = model.dtype.type
+    s = 0.0
+    mr = model[j]
+    dr = data[j]
+    wr = weight[j]
+    rr = rimg[j]
+    for i in range(mr.shape[0]):
+        r = mr[i] - dr[i]
+        wrr = wr[i] * r
+        rr[i] = dt(2.0) * wrr
+        s += wrr * r
+    return s
+
+
+@njit(**_JIT)
+def _residual_serial(model, data, weight, rimg):
+    s = 0.0
+    for j in range(model.shape[0]):
+        s += _residual_rows(model, data, weight, rimg, j)
+    return s
+
+
+@njit(parallel=True, **_JIT)
+def _residual_parallel(model, data, weight, rimg):
+    ny = model.shape[0]
+    part = np.zeros(ny)
+    for j in prange(ny):
+        part[j] = _residual_rows(model, data, weight, rimg, j)
+    return part.sum()
+
+
+def estimate_work(table, shape):
+    """Approximate number of Gaussian-pixel evaluations (ellipse areas, clipped boxes)."""
+    if table.shape[0] == 0:
+        return 0.0
+    ny, nx = shape
+    hy = table[:, _HY]
+    hx = hy * np.sqrt(table[:, _SXX] / table[:, _SYY])
+    wx = np.clip(np.minimum(table[:, _MX] + hx, nx) - np.maximum(table[:, _MX] - hx, 0), 0, None)
+    wy = np.clip(np.minimum(table[:, _MY] + hy, ny) - np.maximum(table[:, _MY] - hy, 0), 0, None)
+    return float(np.sum(0.785 * wx * wy))
+
+
+class NumbaBackend:
+    """CPU backend compiled with Numba (float32 and float64, multi-threaded).
+
+    Uses ``numba.get_num_threads()`` threads (set ``NUMBA_NUM_THREADS`` to change).
+    """
+
+    name = "numba"
+    xp = np
+
+    def asarray(self, x, dtype=None):
+        """Return ``x`` as a NumPy array."""
+        return np.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        """Return ``x`` as a NumPy array."""
+        return np.asarray(x)
+
+    @staticmethod
+    def _threads(table, shape):
+        if shape[0] * shape[1] * 0.25 < PARALLEL_MIN_WORK / max(table.shape[0], 1):
+            return 1  # cannot reach the threshold even if every component filled a quarter
+        nthreads = numba.get_num_threads()
+        if nthreads > 1 and estimate_work(table, shape) >= PARALLEL_MIN_WORK:
+            return nthreads
+        return 1
+
+    def render(self, table, shape, dtype, settings):
+        """Render a prepared mixture into a new (ny, nx) image of ``dtype``."""
+        img = np.zeros(shape, dtype=dtype)
+        table = np.ascontiguousarray(table, dtype=np.float64)
+        n2 = settings.n_sigma ** 2
+        nthreads = self._threads(table, shape)
+        if nthreads == 1:
+            _render_rows(img, table, 0, shape[0], n2)
+        else:
+            nband = min(shape[0], 4 * nthreads)
+            _render_parallel(img, table, nband, n2)
+        return img
+
+    def residual(self, model, data, weight):
+        """Return ``(chi2, R)`` with ``R = 2 w (model - data)``; chi2 summed in float64."""
+        data = np.ascontiguousarray(data, dtype=model.dtype)
+        weight = np.ascontiguousarray(weight, dtype=model.dtype)
+        rimg = np.empty_like(model)
+        if model.size >= 1 << 18 and numba.get_num_threads() > 1:
+            chi2 = _residual_parallel(model, data, weight, rimg)
+        else:
+            chi2 = _residual_serial(model, data, weight, rimg)
+        return float(chi2), rimg
+
+    def accumulate(self, table, rimg, settings):
+        """Gradient accumulators (K, NACC) float64 for the residual image ``rimg``."""
+        table = np.ascontiguousarray(table, dtype=np.float64)
+        rimg = np.ascontiguousarray(rimg)
+        acc = np.zeros((table.shape[0], c.NACC), dtype=np.float64)
+        n2 = settings.n_sigma ** 2
+        if self._threads(table, rimg.shape) == 1:
+            _accumulate_serial(table, rimg, n2, acc)
+        else:
+            _accumulate_parallel(table, rimg, n2, acc)
+        return acc

@@ -1,0 +1,139 @@
+"""NumPy reference backend: vectorised over the pixels of one component at a time.
+
+It defines the numerics every other backend must reproduce (see ``_common``).
+"""
+
+import numpy as np
+
+from ..settings import BOX_C4
+from . import _common as c
+
+__all__ = ["NumpyBackend"]
+
+
+def _region(trow, n_sigma, shape):
+    """Pixels of one component's culling ellipse.
+
+    Returns ``(j0, i_lo, dx, dy, inside)``: the first row, the first column, the
+    offsets ``dx`` (1, nxb) and ``dy`` (nyb, 1) of the bounding box of the row
+    intervals from the centre (float64), and a boolean (nyb, nxb) mask of the
+    pixels inside.  ``None`` when nothing of it lies in the image.
+    """
+    ny, nx = shape
+    j0, j1 = c.row_range(trow, n_sigma, ny)
+    if j1 < j0:
+        return None
+    mx, my, fxx, fxy = trow[c.MX], trow[c.MY], trow[c.FXX], trow[c.FXY]
+    rows = np.arange(j0, j1 + 1)
+    dy = rows - my
+    disc = fxx * (n_sigma * n_sigma) - dy * dy * trow[c.INVDET]
+    ok = disc >= 0.0
+    half = np.sqrt(np.where(ok, disc, 0.0)) / fxx
+    cx = mx - fxy * dy / fxx
+    i0 = np.maximum(np.ceil(cx - half), 0).astype(np.int64)
+    i1 = np.minimum(np.floor(cx + half), nx - 1).astype(np.int64)
+    ok &= i1 >= i0
+    if not ok.any():
+        return None
+    i_lo, i_hi = i0[ok].min(), i1[ok].max()
+    cols = np.arange(i_lo, i_hi + 1)
+    inside = ok[:, None] & (cols[None, :] >= i0[:, None]) & (cols[None, :] <= i1[:, None])
+    return j0, i_lo, (cols - mx)[None, :], dy[:, None], inside
+
+
+def _terms(trow, dx, dy, dtype):
+    """E, P and v on a pixel grid, computed in ``dtype``."""
+    dt = np.dtype(dtype).type
+    dx = dx.astype(dtype)
+    dy = dy.astype(dtype)
+    fxx, fxy, fyy = dt(trow[c.FXX]), dt(trow[c.FXY]), dt(trow[c.FYY])
+    vx = fxx * dx + fxy * dy
+    vy = fxy * dx + fyy * dy
+    q = dx * vx + dy * vy
+    e = np.exp(dt(-0.5) * q)
+    return e, vx, vy
+
+
+def _fourth_order(trow, vx, vy, dtype):
+    dt = np.dtype(dtype).type
+    fxx, fyy = trow[c.FXX], trow[c.FYY]
+    vx2, vy2 = vx * vx, vy * vy
+    const = dt(1.0 + BOX_C4 * 3.0 * (fxx * fxx + fyy * fyy))
+    return const + dt(BOX_C4) * (vx2 * (vx2 - dt(6 * fxx)) + vy2 * (vy2 - dt(6 * fyy)))
+
+
+class NumpyBackend:
+    """The reference backend (pure NumPy, float32 and float64)."""
+
+    name = "numpy"
+    xp = np
+
+    def asarray(self, x, dtype=None):
+        """Return ``x`` as an array of this backend (a NumPy array)."""
+        return np.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        """Return ``x`` as a NumPy array on the host."""
+        return np.asarray(x)
+
+    def render(self, table, shape, dtype, settings):
+        """Render a prepared mixture (see ``_common.prepare``) into a (ny, nx) image."""
+        img = np.zeros(shape, dtype=dtype)
+        dt = np.dtype(dtype).type
+        for trow in table:
+            reg = _region(trow, settings.n_sigma, shape)
+            if reg is None:
+                continue
+            j0, i0, dx, dy, inside = reg
+            e, vx, vy = _terms(trow, dx, dy, dtype)
+            val = dt(trow[c.AMP] * trow[c.NORM]) * e
+            if trow[c.USE4]:
+                val = val * _fourth_order(trow, vx, vy, dtype)
+            val = np.where(inside, val, dt(0))
+            img[j0:j0 + val.shape[0], i0:i0 + val.shape[1]] += val
+        return img
+
+    def residual(self, model, data, weight):
+        """Return ``(chi2, R)`` with ``R = 2 w (model - data)``; chi2 summed in float64."""
+        r = model - data
+        wr = weight * r
+        chi2 = float(np.sum(wr * r, dtype=np.float64))
+        return chi2, 2 * wr
+
+    def accumulate(self, table, rimg, settings):
+        """Gradient accumulators (K, NACC) float64 for the residual image ``rimg``."""
+        acc = np.zeros((table.shape[0], c.NACC), dtype=np.float64)
+        dtype = rimg.dtype
+        for k, trow in enumerate(table):
+            reg = _region(trow, settings.n_sigma, rimg.shape)
+            if reg is None:
+                continue
+            j0, i0, dx, dy, inside = reg
+            e, vx, vy = _terms(trow, dx, dy, dtype)
+            r = rimg[j0:j0 + e.shape[0], i0:i0 + e.shape[1]]
+            re = np.where(inside, r * e, 0).astype(np.float64)
+            vx = vx.astype(np.float64)
+            vy = vy.astype(np.float64)
+            if trow[c.USE4]:
+                p = _fourth_order(trow, vx, vy, np.float64)
+                fxx, fyy = trow[c.FXX], trow[c.FYY]
+                px = 4 * vx ** 3 - 12 * fxx * vx
+                py = 4 * vy ** 3 - 12 * fyy * vy
+                acc[k, 6] = np.sum(re * px)
+                acc[k, 7] = np.sum(re * py)
+                acc[k, 8] = np.sum(re * px * vx)
+                acc[k, 9] = np.sum(re * px * vy)
+                acc[k, 10] = np.sum(re * py * vx)
+                acc[k, 11] = np.sum(re * py * vy)
+                acc[k, 12] = np.sum(re * (vx * vx - fxx))
+                acc[k, 13] = np.sum(re * (vy * vy - fyy))
+                rep = re * p
+            else:
+                rep = re
+            acc[k, 0] = np.sum(rep)
+            acc[k, 1] = np.sum(rep * vx)
+            acc[k, 2] = np.sum(rep * vy)
+            acc[k, 3] = np.sum(rep * vx * vx)
+            acc[k, 4] = np.sum(rep * vx * vy)
+            acc[k, 5] = np.sum(rep * vy * vy)
+        return acc

@@ -1,0 +1,62 @@
+"""Shared test set-up: the backend under test comes from ASTROMIX_BACKEND (set by tox)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from astromix import GaussianMixture
+from astromix.backends import available_backends, get_backend
+from astromix.errors import BackendError
+
+SELECTED = os.environ.get("ASTROMIX_BACKEND", "").strip().lower() or None
+
+
+def _selected_problem():
+    if SELECTED is None:
+        return None
+    try:
+        get_backend(SELECTED)
+    except BackendError as exc:
+        return str(exc)
+    return None
+
+
+def pytest_report_header(config):
+    name = SELECTED or get_backend().name
+    problem = _selected_problem()
+    return [f"astromix backend: {name}" + (f" (UNAVAILABLE: {problem})" if problem else ""),
+            f"astromix available backends: {', '.join(available_backends())}"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip everything when the backend chosen by ASTROMIX_BACKEND cannot run here
+    (e.g. ``tox -e test-cupy`` on a machine without CuPy or a GPU)."""
+    problem = _selected_problem()
+    if problem:
+        skip = pytest.mark.skip(reason=f"ASTROMIX_BACKEND={SELECTED}: {problem}")
+        for item in items:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def backend():
+    """Name of the backend under test (the active one)."""
+    return get_backend().name
+
+
+def random_mixture(rng, k, shape, *, sigma_range=(0.5, 6.0), margin=-3.0, negative=False):
+    """A random mixture in an image of ``shape``; ``margin < 0`` lets centres leave it."""
+    ny, nx = shape
+    amp = rng.uniform(0.2, 2.0, k)
+    if negative:
+        amp[::3] *= -0.3
+    mean = np.column_stack([rng.uniform(margin, nx - 1 - margin, k),
+                            rng.uniform(margin, ny - 1 - margin, k)])
+    s1 = np.exp(rng.uniform(*np.log(sigma_range), k))
+    s2 = s1 * rng.uniform(0.3, 1.0, k)
+    th = rng.uniform(0, np.pi, k)
+    c, s = np.cos(th), np.sin(th)
+    rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+    cov = rot @ (np.stack([s1 ** 2, s2 ** 2], -1)[..., None] * np.eye(2)) @ np.swapaxes(rot, 1, 2)
+    return GaussianMixture(amp, mean, cov)

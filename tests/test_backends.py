@@ -1,0 +1,147 @@
+"""Backend registry, cross-backend agreement and analytic gradients."""
+
+import os
+
+import numpy as np
+import pytest
+from conftest import random_mixture
+
+from astromix import AccuracySettings, BackendError, GaussianMixture, backends
+from astromix.backends import _common
+
+MODES = ["kurtosis", "variance", "none"]
+OTHER = [b for b in backends.available_backends() if b != "numpy"]
+
+
+class TestRegistry:
+    def test_available(self):
+        names = backends.available_backends()
+        assert "numpy" in names
+        assert set(names) <= set(backends.KNOWN_BACKENDS)
+
+    def test_use_backend_is_scoped(self):
+        before = backends.get_backend().name
+        with backends.use_backend("numpy") as bk:
+            assert bk.name == "numpy"
+            assert backends.get_backend().name == "numpy"
+        assert backends.get_backend().name == before
+
+    def test_set_backend(self):
+        before = backends.get_backend().name
+        try:
+            assert backends.set_backend("numpy").name == "numpy"
+            assert backends.get_backend().name == "numpy"
+        finally:
+            backends.set_backend(before)
+
+    def test_unknown(self):
+        with pytest.raises(BackendError, match="unknown backend 'fortran'"):
+            backends.set_backend("fortran")
+        with pytest.raises(BackendError):
+            with backends.use_backend("fortran"):
+                pass
+
+    def test_default_follows_environment(self):
+        expected = os.environ.get("ASTROMIX_BACKEND") or (
+            "numba" if "numba" in backends.available_backends() else "numpy")
+        assert backends._default_name() == expected
+
+    def test_unavailable_reason(self):
+        if "cupy" in backends.available_backends():
+            pytest.skip("cupy is available here")
+        with pytest.raises(BackendError, match="not available"):
+            backends.get_backend("cupy")
+
+
+def _agree(a, b, rtol):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    scale = np.abs(b).max()
+    assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max() / scale)
+
+
+@pytest.mark.parametrize("other", OTHER)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-6), (np.float32, 1e-4)])
+@pytest.mark.parametrize("shape, k", [((48, 53), 12), ((700, 650), 400)])
+def test_backends_agree_with_numpy(other, mode, dtype, rtol, shape, k):
+    """Render and chi2 + gradient of every backend match the NumPy reference.
+
+    The large case takes the multi-threaded paths of the Numba backend.
+    """
+    rng = np.random.default_rng(11)
+    g = random_mixture(rng, k, shape, negative=True)
+    s = AccuracySettings(pixel_integration=mode)
+    bk = backends.get_backend(other)
+    ref = g.render(shape, dtype=dtype, settings=s, backend="numpy")
+    img = bk.to_numpy(g.render(shape, dtype=dtype, settings=s, backend=other))
+    assert img.dtype == dtype
+    _agree(img, ref, rtol)
+    data = (ref + rng.normal(0, 0.01, shape)).astype(dtype)
+    weight = rng.uniform(0.5, 2.0, shape).astype(dtype)
+    c_ref, g_ref = g.chi2(data, weight, gradient=True, settings=s, backend="numpy")
+    c_oth, g_oth = g.chi2(bk.asarray(data), bk.asarray(weight), gradient=True, settings=s,
+                          backend=other)
+    assert c_oth == pytest.approx(c_ref, rel=rtol)
+    for a, b in zip(g_oth, g_ref):
+        _agree(a, b, 10 * rtol)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_matches_finite_differences(backend, mode):
+    """Analytic d chi2 / d(amp, mean, cov) against central differences (float64)."""
+    rng = np.random.default_rng(5)
+    amp = np.array([1.0, 0.7, -0.2])
+    mean = np.array([[14.3, 15.1], [15.7, 14.2], [15.0, 15.5]])
+    cov = np.array([[[0.4, 0.1], [0.1, 0.3]], [[5, 1.5], [1.5, 3]], [[1.2, -0.3], [-0.3, 0.9]]])
+    shape = (30, 32)
+    data = rng.normal(0, 0.01, shape)
+    weight = rng.uniform(0.5, 2, shape)
+    # n_sigma = 7 so that the culling edge moves nothing measurable
+    s = AccuracySettings(pixel_integration=mode, n_sigma=7)
+
+    def f(a, m, c):
+        return GaussianMixture(a, m, c).chi2(data, weight, settings=s)
+
+    _, (da, dm, dc) = GaussianMixture(amp, mean, cov).chi2(data, weight, gradient=True,
+                                                           settings=s)
+    h = 1e-6
+    num_a = np.zeros(3)
+    num_m = np.zeros((3, 2))
+    num_c = np.zeros((3, 2, 2))
+    for k in range(3):
+        e = np.zeros(3)
+        e[k] = h
+        num_a[k] = (f(amp + e, mean, cov) - f(amp - e, mean, cov)) / (2 * h)
+        for a in range(2):
+            e = np.zeros((3, 2))
+            e[k, a] = h
+            num_m[k, a] = (f(amp, mean + e, cov) - f(amp, mean - e, cov)) / (2 * h)
+            for b in range(2):
+                e = np.zeros((3, 2, 2))
+                e[k, a, b] += h / 2
+                e[k, b, a] += h / 2
+                num_c[k, a, b] = (f(amp, mean, cov + e) - f(amp, mean, cov - e)) / (2 * h)
+    for ana, num in [(da, num_a), (dm, num_m), (dc, num_c)]:
+        np.testing.assert_allclose(ana, num, rtol=1e-5, atol=1e-7 * np.abs(num).max())
+
+
+def test_float32_gradient_close_to_float64(backend):
+    rng = np.random.default_rng(8)
+    g = random_mixture(rng, 6, (40, 40), margin=4, sigma_range=(1, 5))
+    data = np.asarray(g.render((40, 40))) * 1.05 + rng.normal(0, 1e-3, (40, 40))
+    w = np.ones_like(data)
+    c64, g64 = g.chi2(data, w, gradient=True)
+    c32, g32 = g.chi2(data.astype(np.float32), w.astype(np.float32), gradient=True)
+    assert c32 == pytest.approx(c64, rel=1e-3)
+    for a, b in zip(g32, g64):
+        _agree(a, b, 1e-3)
+
+
+def test_fourth_order_threshold_selects_components():
+    g = GaussianMixture([1, 1], [[5, 5], [5, 5]], [np.eye(2) * 0.5, np.eye(2) * 30])
+    t = _common.prepare(g.amp, g.mean, g.cov, AccuracySettings())
+    assert t[:, _common.USE4].tolist() == [1.0, 0.0]
+    t = _common.prepare(g.amp, g.mean, g.cov, AccuracySettings(fourth_order_threshold=0))
+    assert t[:, _common.USE4].tolist() == [1.0, 1.0]
+    t = _common.prepare(g.amp, g.mean, g.cov, AccuracySettings(pixel_integration="variance"))
+    assert t[:, _common.USE4].tolist() == [0.0, 0.0]
