@@ -1,0 +1,1 @@
+"""Reading and writing astromix objects: ASDF (:mod:`astromix.io.asdf`) and other formats."""
