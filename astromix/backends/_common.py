@@ -18,7 +18,15 @@ index  name       meaning
 10     USE4       1.0 when the fourth-order (kurtosis) factor is applied
 11     INVDET     1 / det S
 12     HY         n_sigma sqrt(S_yy), half height of the culling ellipse [px]
+13     HX         n_sigma sqrt(S_xx), half width of the culling ellipse [px]
 =====  =========  =========================================================
+
+Culling rule (every backend): a component touches the pixels of its box,
+columns ``ceil(MX - HX) .. floor(MX + HX)`` and rows ``ceil(MY - HY) ..
+floor(MY + HY)`` clipped to the image, whose quadratic form ``q = d^T F d`` is
+``<= n_sigma**2`` (its n-sigma ellipse).  Keeping every row of a component the
+same length lets the CPU predict the pixel loops; the few pixels of the box
+outside the ellipse are computed and masked.
 
 Accumulators (float64, shape (K, NACC)), with ``R = 2 w (model - data)``,
 ``E = exp(-q/2)``, ``P`` the fourth-order factor (1 when not applied),
@@ -38,8 +46,8 @@ import numpy as np
 
 from ..settings import BOX_C4, BOX_VARIANCE
 
-AMP, MX, MY, SXX, SXY, SYY, FXX, FXY, FYY, NORM, USE4, INVDET, HY = range(13)
-NPAR = 13
+AMP, MX, MY, SXX, SXY, SYY, FXX, FXY, FYY, NORM, USE4, INVDET, HY, HX = range(14)
+NPAR = 14
 NACC = 14
 
 
@@ -70,15 +78,18 @@ def prepare(amp, mean, cov, settings):
         table[:, USE4] = (size >= settings.fourth_order_threshold).astype(np.float64)
     table[:, INVDET] = 1.0 / det
     table[:, HY] = settings.n_sigma * np.sqrt(syy)
+    table[:, HX] = settings.n_sigma * np.sqrt(sxx)
     return table
 
 
-def row_range(table_row, n_sigma, ny):
-    """First and last row (inclusive) of a component's culling ellipse, clipped."""
-    my, hy = table_row[MY], table_row[HY]
-    j0 = max(math.ceil(my - hy), 0)
-    j1 = min(math.floor(my + hy), ny - 1)
-    return j0, j1
+def box(table_row, shape):
+    """Culling box ``(j0, j1, i0, i1)`` (inclusive, clipped) of one component."""
+    ny, nx = shape
+    j0 = max(math.ceil(table_row[MY] - table_row[HY]), 0)
+    j1 = min(math.floor(table_row[MY] + table_row[HY]), ny - 1)
+    i0 = max(math.ceil(table_row[MX] - table_row[HX]), 0)
+    i1 = min(math.floor(table_row[MX] + table_row[HX]), nx - 1)
+    return j0, j1, i0, i1
 
 
 def assemble_gradient(table, acc):

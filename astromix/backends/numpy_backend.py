@@ -12,33 +12,20 @@ __all__ = ["NumpyBackend"]
 
 
 def _region(trow, n_sigma, shape):
-    """Pixels of one component's culling ellipse.
+    """Pixels of one component's culling box and ellipse (see ``_common``).
 
-    Returns ``(j0, i_lo, dx, dy, inside)``: the first row, the first column, the
-    offsets ``dx`` (1, nxb) and ``dy`` (nyb, 1) of the bounding box of the row
-    intervals from the centre (float64), and a boolean (nyb, nxb) mask of the
-    pixels inside.  ``None`` when nothing of it lies in the image.
+    Returns ``(j0, i0, dx, dy, inside)``: the first row and column of the box,
+    the offsets ``dx`` (1, nxb) and ``dy`` (nyb, 1) from the centre (float64),
+    and a boolean (nyb, nxb) mask of the pixels inside the ellipse.  ``None``
+    when the box misses the image.
     """
-    ny, nx = shape
-    j0, j1 = c.row_range(trow, n_sigma, ny)
-    if j1 < j0:
+    j0, j1, i0, i1 = c.box(trow, shape)
+    if j1 < j0 or i1 < i0:
         return None
-    mx, my, fxx, fxy = trow[c.MX], trow[c.MY], trow[c.FXX], trow[c.FXY]
-    rows = np.arange(j0, j1 + 1)
-    dy = rows - my
-    disc = fxx * (n_sigma * n_sigma) - dy * dy * trow[c.INVDET]
-    ok = disc >= 0.0
-    half = np.sqrt(np.where(ok, disc, 0.0)) / fxx
-    cx = mx - fxy * dy / fxx
-    i0 = np.maximum(np.ceil(cx - half), 0).astype(np.int64)
-    i1 = np.minimum(np.floor(cx + half), nx - 1).astype(np.int64)
-    ok &= i1 >= i0
-    if not ok.any():
-        return None
-    i_lo, i_hi = i0[ok].min(), i1[ok].max()
-    cols = np.arange(i_lo, i_hi + 1)
-    inside = ok[:, None] & (cols[None, :] >= i0[:, None]) & (cols[None, :] <= i1[:, None])
-    return j0, i_lo, (cols - mx)[None, :], dy[:, None], inside
+    dx = (np.arange(i0, i1 + 1) - trow[c.MX])[None, :]
+    dy = (np.arange(j0, j1 + 1) - trow[c.MY])[:, None]
+    q = dx * (trow[c.FXX] * dx + trow[c.FXY] * dy) + dy * (trow[c.FXY] * dx + trow[c.FYY] * dy)
+    return j0, i0, dx, dy, q <= n_sigma * n_sigma
 
 
 def _terms(trow, dx, dy, dtype):
@@ -50,7 +37,7 @@ def _terms(trow, dx, dy, dtype):
     vx = fxx * dx + fxy * dy
     vy = fxy * dx + fyy * dy
     q = dx * vx + dy * vy
-    e = np.exp(dt(-0.5) * q)
+    e = np.exp(dt(-0.5) * np.minimum(q, dt(100)))
     return e, vx, vy
 
 
