@@ -126,8 +126,8 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
         The fit, in the image's pixels and flux units, components sorted by
         decreasing amplitude.
     info : dict
-        ``chi2``, ``max_residual_over_peak`` (max |image - model| / max image),
-        ``l1_residual_over_flux`` (sum |image - model| / sum image),
+        ``chi2``, ``max_residual_over_peak`` (``max|image - model| / max(image)``),
+        ``l1_residual_over_flux`` (``sum|image - model| / sum(image)``),
         ``time_s``, ``n_iterations``, ``success``, ``message``, ``n_starts``.
 
     Raises
