@@ -1,0 +1,420 @@
+"""Tests of the CuPy (CUDA) backend.
+
+Three levels, so that something is checked on every machine:
+
+* with ``nvcc`` on the PATH: the CUDA source compiles to PTX for sm_80 and sm_90
+  and defines the four kernels;
+* with a C++ compiler: the CUDA source itself runs on the CPU under a small
+  emulation layer (one OS thread per CUDA thread, real barriers and warp
+  shuffles, blocks one after another) and is compared with the NumPy reference.
+  This checks the kernels' indexing, culling, chunking and reductions, but not
+  CUDA's own compiler, ``expf`` or atomics;
+* with CuPy and a CUDA device: the backend against the NumPy reference.
+"""
+
+import ctypes
+import importlib.util
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from astromix import AccuracySettings, BackendError, GaussianMixture
+from astromix.backends import _common, available_backends, cupy_backend, get_backend
+from astromix.backends.numpy_backend import NumpyBackend
+
+MODES = ("kurtosis", "variance", "none")
+TOL = {np.float32: 1e-4, np.float64: 1e-6}
+
+
+def _random_mixture(rng, k, shape, margin=8.0, smin=0.4, smax=6.0):
+    """K random rotated Gaussians, some partly or wholly outside the image."""
+    ny, nx = shape
+    amp = rng.uniform(-0.5, 2.0, k)
+    mean = np.column_stack([rng.uniform(-margin, nx - 1 + margin, k),
+                            rng.uniform(-margin, ny - 1 + margin, k)])
+    sig = rng.uniform(smin, smax, (k, 2))
+    th = rng.uniform(0, np.pi, k)
+    rot = np.stack([np.stack([np.cos(th), -np.sin(th)], -1),
+                    np.stack([np.sin(th), np.cos(th)], -1)], -2)
+    cov = np.einsum("kab,kb,kcb->kac", rot, sig ** 2, rot)
+    return GaussianMixture(amp, mean, cov)
+
+
+def _assert_close(got, ref, tol, what):
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    scale = np.abs(ref).max()
+    err = np.abs(got - ref).max()
+    assert err <= tol * scale, f"{what}: max|diff| = {err:.3g} > {tol:g} * {scale:.3g}"
+
+
+# -- the CUDA source, without a GPU ----------------------------------------------------
+def test_source_uses_the_table_layout():
+    src = cupy_backend.CUDA_SOURCE
+    assert "@" not in src  # every placeholder substituted
+    for name in ("NPAR", "NACC", "AMP", "MX", "MY", "FXX", "FXY", "FYY", "NORM", "USE4",
+                 "INVDET", "HY", "HX"):
+        assert f"#define AM_{name} {getattr(_common, name)}\n" in src
+    assert f"#define AM_CH {cupy_backend.CHUNK_ROWS}\n" in src
+    for names in cupy_backend.KERNEL_NAMES.values():
+        for fname in names.values():
+            assert f'extern "C" __global__ void {fname}(' in src
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_cuda_source_compiles_with_nvcc(tmp_path, arch):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not on the PATH")
+    archs = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True)
+    if archs.returncode == 0 and arch.replace("sm_", "compute_") not in archs.stdout.split():
+        pytest.skip(f"this nvcc does not support {arch}")
+    cu = tmp_path / "astromix_kernels.cu"
+    cu.write_text(cupy_backend.CUDA_SOURCE)
+    ptx = tmp_path / "astromix_kernels.ptx"
+    proc = subprocess.run([nvcc, f"-arch={arch}", "-ptx", str(cu), "-o", str(ptx)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = ptx.read_text()
+    for names in cupy_backend.KERNEL_NAMES.values():
+        for fname in names.values():
+            assert f".entry {fname}(" in text
+
+
+def test_registry_without_cupy():
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed")
+    with pytest.raises(BackendError, match="not available"):
+        get_backend("cupy")
+    assert "cupy" not in available_backends()
+
+
+# CPU emulation of the CUDA features the kernels use.  Blocks run one after another
+# (so __shared__ can be a function-local static); each CUDA thread is an OS thread.
+_EMULATION = r"""
+#include <math.h>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+struct am_dim3 { unsigned x, y, z; };
+static thread_local am_dim3 threadIdx, blockIdx;
+static am_dim3 blockDim, gridDim;
+class am_barrier {
+    std::mutex m; std::condition_variable cv; int n = 0, count = 0; long gen = 0;
+public:
+    void reset(int n_) { n = n_; count = 0; }
+    void wait() {
+        std::unique_lock<std::mutex> lk(m);
+        long g = gen;
+        if (++count == n) { count = 0; ++gen; cv.notify_all(); }
+        else cv.wait(lk, [&] { return g != gen; });
+    }
+};
+static am_barrier am_block_bar, am_warp_bar[32];
+static double am_xbuf[1024];
+static std::mutex am_atomic_mtx;
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __restrict__
+#define __shared__ static
+static inline void __syncthreads() { am_block_bar.wait(); }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline double __dsub_rn(double a, double b) { return a - b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __ddiv_rn(double a, double b) { return a / b; }
+static inline double __dsqrt_rn(double a) { return sqrt(a); }
+template <class V> static V am_shfl(V v, int src, bool ok) {
+    unsigned tid = threadIdx.x, w = tid / 32;
+    am_xbuf[tid] = (double)v;
+    am_warp_bar[w].wait();
+    V r = ok ? (V)am_xbuf[w * 32 + src] : v;
+    am_warp_bar[w].wait();
+    return r;
+}
+template <class V> static V __shfl_up_sync(unsigned, V v, int d) {
+    int lane = threadIdx.x % 32; return am_shfl(v, lane - d, lane >= d);
+}
+template <class V> static V __shfl_down_sync(unsigned, V v, int d) {
+    int lane = threadIdx.x % 32; return am_shfl(v, lane + d, lane + d < 32);
+}
+template <class V> static V atomicAdd(V* p, V v) {
+    std::lock_guard<std::mutex> g(am_atomic_mtx); V o = *p; *p = o + v; return o;
+}
+template <class F> static void am_launch(unsigned gx, unsigned gy, unsigned bs, F body) {
+    gridDim = {gx, gy, 1}; blockDim = {bs, 1, 1};
+    am_block_bar.reset(bs);
+    for (auto& b : am_warp_bar) b.reset(32);
+    std::vector<std::thread> th;
+    for (unsigned t = 0; t < bs; ++t)
+        th.emplace_back([=] {
+            threadIdx = {t, 0, 0};
+            for (unsigned by = 0; by < gy; ++by)
+                for (unsigned bx = 0; bx < gx; ++bx) {
+                    blockIdx = {bx, by, 0};
+                    body();
+                    am_block_bar.wait();
+                }
+        });
+    for (auto& x : th) x.join();
+}
+"""
+
+_LAUNCHERS = r"""
+#define AM_WRAP(T, S) \
+extern "C" void emu_render_##S(const double* t, int K, int ny, int nx, double ns, T* img, \
+                               int gy, int bs) \
+{ am_launch(K, gy, bs, [=] { astromix_render_##S(t, K, ny, nx, ns, img); }); } \
+extern "C" void emu_accumulate_##S(const double* t, int K, int ny, int nx, double ns, \
+                                   const T* R, double* acc, int bs) \
+{ am_launch(K, 1, bs, [=] { astromix_accumulate_##S(t, K, ny, nx, ns, R, acc); }); }
+AM_WRAP(float, f32)
+AM_WRAP(double, f64)
+"""
+
+
+class _EmulatedKernels:
+    """The CUDA kernels compiled for the CPU with the emulation layer."""
+
+    def __init__(self, path):
+        self.lib = lib = ctypes.CDLL(str(path))
+        ptr = np.ctypeslib.ndpointer
+        cint, cdbl = ctypes.c_int, ctypes.c_double
+        for suffix, dtype in (("f32", np.float32), ("f64", np.float64)):
+            getattr(lib, "emu_render_" + suffix).argtypes = [
+                ptr(np.float64, flags="C"), cint, cint, cint, cdbl, ptr(dtype, flags="C"),
+                cint, cint]
+            getattr(lib, "emu_accumulate_" + suffix).argtypes = [
+                ptr(np.float64, flags="C"), cint, cint, cint, cdbl, ptr(dtype, flags="C"),
+                ptr(np.float64, flags="C"), cint]
+
+    @staticmethod
+    def _suffix(dtype):
+        return "f32" if np.dtype(dtype) == np.float32 else "f64"
+
+    def render(self, table, shape, dtype, settings, block=64, max_chunks=None):
+        img = np.zeros(shape, dtype=dtype)
+        chunks = cupy_backend._row_chunks(table, shape)
+        if max_chunks is not None:
+            chunks = min(chunks, max_chunks)
+        if len(table) and chunks:
+            getattr(self.lib, "emu_render_" + self._suffix(dtype))(
+                np.ascontiguousarray(table), len(table), shape[0], shape[1],
+                settings.n_sigma, img, chunks, block)
+        return img
+
+    def accumulate(self, table, rimg, settings, block=64):
+        acc = np.zeros((len(table), _common.NACC))
+        if len(table):
+            getattr(self.lib, "emu_accumulate_" + self._suffix(rimg.dtype))(
+                np.ascontiguousarray(table), len(table), rimg.shape[0], rimg.shape[1],
+                settings.n_sigma, np.ascontiguousarray(rimg), acc, block)
+        return acc
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    folder = tmp_path_factory.mktemp("cuda_emulation")
+    cpp = folder / "kernels.cpp"
+    cpp.write_text(_EMULATION + cupy_backend.CUDA_SOURCE + _LAUNCHERS)
+    lib = folder / "kernels.so"
+    proc = subprocess.run([cxx, "-O1", "-std=c++17", "-shared", "-fPIC", "-pthread",
+                           "-ffp-contract=off", str(cpp), "-o", str(lib)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"could not build the CPU emulation: {proc.stderr[-2000:]}")
+    return _EmulatedKernels(lib)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_emulated_kernels_match_numpy(emulated, mode, dtype):
+    rng = np.random.default_rng(7)
+    shape = (37, 53)
+    gm = _random_mixture(rng, 20, shape)
+    settings = AccuracySettings(pixel_integration=mode)
+    table = _common.prepare(gm.amp, gm.mean, gm.cov, settings)
+    if mode == "kurtosis":  # both code paths of the accumulate kernel
+        assert 0 < table[:, _common.USE4].sum() < len(table)
+    ref = NumpyBackend()
+    want = ref.render(table, shape, dtype, settings)
+    _assert_close(emulated.render(table, shape, dtype, settings), want, TOL[dtype], "render")
+    data = (want + rng.normal(0, 0.01, shape)).astype(dtype)
+    weight = rng.uniform(0.5, 2.0, shape).astype(dtype)
+    _, rimg = ref.residual(want, data, weight)
+    acc_ref = ref.accumulate(table, rimg, settings)
+    acc = emulated.accumulate(table, rimg, settings)
+    for got, exp, what in zip(_common.assemble_gradient(table, acc),
+                              _common.assemble_gradient(table, acc_ref),
+                              ("d_amp", "d_mean", "d_cov")):
+        _assert_close(got, exp, TOL[dtype], what)
+
+
+def _support_cases():
+    """(settings, one-component table) pairs: random ones, and circles through pixel centres.
+
+    In the second kind, pixels lie on the n-sigma ellipse up to the last bit of
+    q, so the float32 kernels must fall back to NumPy's float64 test to agree.
+    """
+    rng = np.random.default_rng(11)
+    shape = (41, 29)
+    settings = AccuracySettings(n_sigma=3.5)
+    gm = _random_mixture(rng, 12, shape, smin=0.3, smax=9.0)
+    table = _common.prepare(gm.amp, gm.mean, gm.cov, settings)
+    cases = [(settings, table[k:k + 1]) for k in range(len(table))]
+    for var, r2, centre in ((3.0, 50, (14, 20)), (1.1, 25, (3.0, 7.0)), (0.7, 29, (20, 33)),
+                            (2.2, 65, (10, 39)), (5.0, 10, (27.0, 0.0))):
+        settings = AccuracySettings(n_sigma=float(np.sqrt(r2 / var)), pixel_integration="none")
+        cases.append((settings, _common.prepare([1.0], [centre], [np.eye(2) * var], settings)))
+    return shape, cases
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_emulated_kernels_touch_the_same_pixels(emulated, dtype):
+    """Each component's support is exactly the reference's (float64 q test)."""
+    shape, cases = _support_cases()
+    ref = NumpyBackend()
+    for k, (settings, one) in enumerate(cases):
+        one = one.copy()
+        one[0, _common.AMP] = 1.0
+        want = ref.render(one, shape, dtype, settings) != 0
+        # max_chunks=1: the render kernel's grid-stride loop over row chunks
+        got = emulated.render(one, shape, dtype, settings, block=32, max_chunks=1) != 0
+        assert np.array_equal(got, want), f"case {k}"
+
+
+# -- the backend on a GPU -------------------------------------------------------
+@pytest.fixture(scope="module")
+def cupy_bk():
+    pytest.importorskip("cupy")
+    try:
+        return get_backend("cupy")
+    except BackendError as exc:
+        pytest.skip(str(exc))
+
+
+def _mixture_and_data(seed, dtype, shape=(48, 64), k=30):
+    rng = np.random.default_rng(seed)
+    gm = _random_mixture(rng, k, shape)
+    ref = gm.render(shape, dtype=dtype, backend="numpy")
+    data = (ref + rng.normal(0, 0.01, shape)).astype(dtype)
+    weight = rng.uniform(0.5, 2.0, shape).astype(dtype)
+    return gm, data, weight
+
+
+@pytest.mark.gpu
+def test_backend_attributes(cupy_bk):
+    import cupy
+
+    assert cupy_bk.name == "cupy"
+    assert cupy_bk.xp is cupy
+    x = cupy_bk.asarray([1.0, 2.0], dtype=np.float32)
+    assert isinstance(x, cupy.ndarray) and x.dtype == np.float32
+    np.testing.assert_array_equal(cupy_bk.to_numpy(x), [1.0, 2.0])
+    assert "cupy" in available_backends()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_render_matches_numpy(cupy_bk, mode, dtype):
+    import cupy
+
+    settings = AccuracySettings(pixel_integration=mode)
+    gm, _, _ = _mixture_and_data(1, dtype)
+    want = gm.render((48, 64), dtype=dtype, settings=settings, backend="numpy")
+    got = gm.render((48, 64), dtype=dtype, settings=settings, backend="cupy")
+    assert isinstance(got, cupy.ndarray) and got.dtype == dtype and got.shape == (48, 64)
+    _assert_close(cupy.asnumpy(got), want, TOL[dtype], "render")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chi2_gradient_matches_numpy(cupy_bk, mode, dtype):
+    import cupy
+
+    settings = AccuracySettings(pixel_integration=mode)
+    gm, data, weight = _mixture_and_data(2, dtype)
+    gm = gm.shift(0.3, -0.2)  # a non-zero residual
+    c_ref, g_ref = gm.chi2(data, weight, gradient=True, settings=settings, backend="numpy")
+    c_np, g_np = gm.chi2(data, weight, gradient=True, settings=settings, backend="cupy")
+    c_cp, g_cp = gm.chi2(cupy.asarray(data), cupy.asarray(weight), gradient=True,
+                         settings=settings, backend="cupy")
+    for value, grads in ((c_np, g_np), (c_cp, g_cp)):
+        assert isinstance(value, float)
+        assert abs(value - c_ref) <= TOL[dtype] * abs(c_ref)
+        for got, exp, what in zip(grads, g_ref, ("d_amp", "d_mean", "d_cov")):
+            assert isinstance(got, np.ndarray) and got.shape == exp.shape
+            _assert_close(got, exp, TOL[dtype], what)
+    assert gm.chi2(data, weight, settings=settings, backend="cupy") == pytest.approx(
+        c_ref, rel=TOL[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_same_support_as_numpy(cupy_bk, dtype):
+    import cupy
+
+    shape, cases = _support_cases()
+    for k, (settings, one) in enumerate(cases):
+        one = one.copy()
+        one[0, _common.AMP] = 1.0
+        want = NumpyBackend().render(one, shape, dtype, settings) != 0
+        got = cupy.asnumpy(cupy_bk.render(one, shape, dtype, settings)) != 0
+        assert np.array_equal(got, want), f"case {k}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_image_many_row_chunks(cupy_bk, dtype):
+    import cupy
+
+    rng = np.random.default_rng(3)
+    shape = (300, 260)
+    gm = _random_mixture(rng, 40, shape, margin=40.0, smin=0.5, smax=40.0)
+    want = gm.render(shape, dtype=dtype, backend="numpy")
+    got = cupy.asnumpy(gm.render(shape, dtype=dtype, backend="cupy"))
+    _assert_close(got, want, TOL[dtype], "render")
+    data = (want + rng.normal(0, 1e-3, shape)).astype(dtype)
+    weight = np.ones(shape, dtype)
+    moved = gm.shift(0.5, 0.25)
+    c_ref, g_ref = moved.chi2(data, weight, gradient=True, backend="numpy")
+    c_got, g_got = moved.chi2(data, weight, gradient=True, backend="cupy")
+    assert abs(c_got - c_ref) <= TOL[dtype] * abs(c_ref)
+    for got, exp, what in zip(g_got, g_ref, ("d_amp", "d_mean", "d_cov")):
+        _assert_close(got, exp, TOL[dtype], what)
+
+
+@pytest.mark.gpu
+def test_nothing_in_the_image(cupy_bk):
+    import cupy
+
+    settings = AccuracySettings()
+    far = GaussianMixture([1.0, 2.0], [[-100.0, 5.0], [5.0, 500.0]], [np.eye(2), np.eye(2) * 4])
+    table = _common.prepare(far.amp, far.mean, far.cov, settings)
+    img = cupy_bk.render(table, (16, 16), np.float32, settings)
+    assert img.dtype == np.float32 and not bool(cupy.any(img))
+    acc = cupy_bk.accumulate(table, cupy.ones((16, 16), np.float32), settings)
+    assert acc.shape == (2, _common.NACC) and not bool(cupy.any(acc))
+    empty = np.zeros((0, _common.NPAR))
+    assert not bool(cupy.any(cupy_bk.render(empty, (8, 8), np.float64, settings)))
+    assert cupy_bk.accumulate(empty, cupy.ones((8, 8)), settings).shape == (0, _common.NACC)
+
+
+@pytest.mark.gpu
+def test_masked_data(cupy_bk):
+    gm, data, weight = _mixture_and_data(4, np.float64)
+    data[3, 4] = np.nan
+    weight[3, 4] = 0.0
+    c_ref, g_ref = gm.chi2(data, weight, gradient=True, backend="numpy")
+    c_got, g_got = gm.chi2(data, weight, gradient=True, backend="cupy")
+    assert np.isfinite(c_got) and abs(c_got - c_ref) <= 1e-6 * abs(c_ref)
+    for got, exp, what in zip(g_got, g_ref, ("d_amp", "d_mean", "d_cov")):
+        _assert_close(got, exp, 1e-6, what)
