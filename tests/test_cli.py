@@ -1,0 +1,135 @@
+"""Tests of the ``astromix`` command, run in-process through :func:`astromix.cli.main`."""
+
+import re
+
+import numpy as np
+import pytest
+
+import astromix
+from astromix import backends
+from astromix.cli import main
+from astromix.errors import BackendError
+
+
+def _active_backend_or_skip():
+    try:
+        return backends.get_backend().name
+    except BackendError as exc:
+        pytest.skip(f"the selected backend is unavailable: {exc}")
+
+
+def _one_line_error(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == f"astromix {astromix.__version__}"
+
+
+def test_help_and_no_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "backends" in out and "demo" in out
+    assert main([]) == 2
+    assert "usage: astromix" in capsys.readouterr().err
+
+
+def test_usage_error_exit_2(capsys):
+    assert main(["demo", "--n-components", "0"]) == 2
+    assert "positive integer" in capsys.readouterr().err
+    assert main(["no-such-command"]) == 2
+
+
+def test_backends_lists_every_backend(capsys):
+    try:
+        active = backends.get_backend().name
+    except BackendError:
+        active = None
+    code = main(["backends"])
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    for name in backends.KNOWN_BACKENDS:
+        row = [line for line in lines if line[2:].split()[:1] == [name]]
+        assert len(row) == 1, captured.out
+        status = row[0].split()[1] if not row[0].startswith("*") else row[0].split()[2]
+        expected = "available" if name in backends.available_backends() else "unavailable"
+        assert status == expected
+        if expected == "unavailable":
+            assert len(row[0].split()) > 3  # the reason is given
+    numpy_row = [line for line in lines if line[2:].startswith("numpy ")][0]
+    assert "unavailable" not in numpy_row
+    if active is None:  # ASTROMIX_BACKEND names a backend this machine lacks
+        assert code == 2
+        assert "not available" in _one_line_error(captured.err)
+    else:
+        assert code == 0
+        assert [line for line in lines if line.startswith("*")][0][2:].startswith(active)
+        assert f"active backend: {active}" in captured.out
+
+
+def test_demo_writes_files_and_fits_well(tmp_path, capsys):
+    asdf = pytest.importorskip("asdf")
+    pytest.importorskip("matplotlib")
+    name = _active_backend_or_skip()
+    out_dir = tmp_path / "demo"
+    code = main(["demo", "--n-components", "3", "--output", str(out_dir), "--backend", name])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"backend: {name}" in captured.out
+    match = re.search(r"max\|residual\|/peak = ([0-9.eE+-]+)", captured.out)
+    assert match, captured.out
+    assert float(match.group(1)) < 0.1
+    assert re.search(r"sum\|residual\|/flux = ", captured.out)
+    asdf_path = out_dir / "psf_mixture.asdf"
+    png_path = out_dir / "psf_mixture.png"
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with asdf.open(asdf_path) as af:
+        mixture = af.tree["psf"]
+        assert isinstance(mixture, astromix.GaussianMixture)
+        assert len(mixture) == 3
+        assert af.tree["fit"]["max_residual_over_peak"] == pytest.approx(float(match.group(1)),
+                                                                         abs=1e-5)
+        assert af.tree["source"]["index"] == 0
+    image, _ = astromix.datasets.load_hst_psf(0)
+    assert mixture.flux == pytest.approx(image.sum(), rel=0.2)  # the wings may be missed
+    # nothing but the two outputs is left in the folder (no temporary files)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["psf_mixture.asdf", "psf_mixture.png"]
+
+
+def test_demo_unknown_backend_is_one_line_exit_2(tmp_path, capsys):
+    code = main(["demo", "--backend", "no-such-backend", "--output", str(tmp_path / "x")])
+    captured = capsys.readouterr()
+    assert code == 2
+    line = _one_line_error(captured.err)
+    assert line.startswith("astromix demo: error:")
+    assert "no-such-backend" in line
+    assert not (tmp_path / "x").exists()
+
+
+def test_demo_bad_index_and_bad_output_exit_2(tmp_path, capsys):
+    _active_backend_or_skip()
+    assert main(["demo", "--index", "100", "--output", str(tmp_path / "y")]) == 2
+    assert "index" in _one_line_error(capsys.readouterr().err)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["demo", "--output", str(blocker), "--no-plot"]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "output folder" in line
+    assert blocker.read_text() == "not a folder"
+
+
+def test_component_table_sorted_and_axes():
+    from astromix.cli.demo import component_table
+
+    g = astromix.GaussianMixture([0.2, 0.8], [[1.0, 2.0], [3.0, 4.0]],
+                                 [np.diag([4.0, 1.0]), np.diag([1.0, 9.0])])
+    rows = component_table(g)
+    np.testing.assert_allclose(rows[:, 0], [0.8, 0.2])
+    np.testing.assert_allclose(rows[0, 3:5], [3.0, 1.0])
+    assert abs(abs(rows[0, 5]) - 90.0) < 1e-9  # major axis along y
+    np.testing.assert_allclose(rows[1, 3:], [2.0, 1.0, 0.0], atol=1e-12)
