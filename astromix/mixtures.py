@@ -3,7 +3,6 @@
 import numpy as np
 
 from . import backends as _backends
-from .backends import _common
 from .errors import InputError
 from .settings import AccuracySettings, get_default_settings
 
@@ -245,12 +244,12 @@ class GaussianMixture:
                                           np.concatenate([self._cov, other._cov]))
 
     # -- rendering --------------------------------------------------------------
-    def _prepare(self, settings):
+    def _prepare(self, bk, settings):
         if settings is None:
             settings = get_default_settings()
         elif not isinstance(settings, AccuracySettings):
             raise InputError("settings must be an AccuracySettings instance")
-        return settings, _common.prepare(self._amp, self._mean, self._cov, settings)
+        return settings, bk.prepare(self._amp, self._mean, self._cov, settings)
 
     def render(self, shape, *, dtype=np.float64, settings=None, backend=None):
         """Render the pixel-integrated mixture.
@@ -283,8 +282,8 @@ class GaussianMixture:
         """
         shape = _check_shape(shape)
         dtype = _check_dtype(dtype)
-        settings, table = self._prepare(settings)
         bk = _backends.get_backend(backend)
+        settings, table = self._prepare(bk, settings)
         return bk.render(table, shape, dtype, settings)
 
     def chi2(self, data, weight, *, gradient=False, settings=None, backend=None):
@@ -321,13 +320,13 @@ class GaussianMixture:
         """
         bk = _backends.get_backend(backend)
         data, weight = _check_data(bk, data, weight)
-        settings, table = self._prepare(settings)
+        settings, table = self._prepare(bk, settings)
         model = bk.render(table, data.shape, data.dtype, settings)
         value, rimg = bk.residual(model, data, weight)
         if not gradient:
             return value
         acc = bk.accumulate(table, rimg, settings)
-        return value, _common.assemble_gradient(table, bk.to_numpy(acc))
+        return value, bk.assemble_gradient(table, bk.to_numpy(acc))
 
 
 def _check_shape(shape):

@@ -129,3 +129,31 @@ def assemble_gradient(table, acc):
     g = 0.5 * (g + np.swapaxes(g, 1, 2))
     d_cov = a[:, None, None] * g
     return d_amp, d_mean, d_cov
+
+
+class Backend:
+    """Base class of the backends: the array-library-agnostic steps, in NumPy.
+
+    A backend sets ``name`` and ``xp`` and implements ``render``, ``residual``
+    and ``accumulate``; it may override :meth:`prepare` and
+    :meth:`assemble_gradient` with faster versions of the same arithmetic.
+    """
+
+    name = None
+    xp = np
+
+    def prepare(self, amp, mean, cov, settings):
+        """Per-Gaussian table (NumPy float64, (K, NPAR)); see :func:`prepare`."""
+        return prepare(amp, mean, cov, settings)
+
+    def assemble_gradient(self, table, acc):
+        """Gradients from accumulators; see :func:`assemble_gradient`."""
+        return assemble_gradient(table, acc)
+
+    def asarray(self, x, dtype=None):
+        """Return ``x`` as an array of this backend."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        """Return ``x`` as a NumPy array on the host."""
+        return np.asarray(x)

@@ -417,7 +417,7 @@ def _row_chunks(table, shape):
     return int(-(-int(nmax) // CHUNK_ROWS))
 
 
-class CupyBackend:
+class CupyBackend(c.Backend):
     """GPU backend: raw CUDA kernels compiled by CuPy, float32 and float64.
 
     Images, residuals and accumulators live on the GPU as CuPy arrays; the

@@ -49,19 +49,11 @@ def _fourth_order(trow, vx, vy, dtype):
     return const + dt(BOX_C4) * (vx2 * (vx2 - dt(6 * fxx)) + vy2 * (vy2 - dt(6 * fyy)))
 
 
-class NumpyBackend:
+class NumpyBackend(c.Backend):
     """The reference backend (pure NumPy, float32 and float64)."""
 
     name = "numpy"
     xp = np
-
-    def asarray(self, x, dtype=None):
-        """Return ``x`` as an array of this backend (a NumPy array)."""
-        return np.asarray(x, dtype=dtype)
-
-    def to_numpy(self, x):
-        """Return ``x`` as a NumPy array on the host."""
-        return np.asarray(x)
 
     def render(self, table, shape, dtype, settings):
         """Render a prepared mixture (see ``_common.prepare``) into a (ny, nx) image."""
