@@ -39,7 +39,8 @@ class AccuracySettings:
           ``1 - (He4_x + He4_y) / 2880``, with ``He4_x = v_x^4 - 6 F_xx v_x^2 +
           3 F_xx^2``, ``F = (C + I/12)^-1`` and ``v = F d``.  Agrees with
           GalSim's exact pixel convolution to < 2e-3 of the peak when the
-          minor-axis sigma is >= 0.55 px (< 5e-3 at 0.44 px).
+          minor-axis sigma is >= 0.6 px (< 5e-3 at 0.44 px); see the gallery
+          example "How accurate is the pixel integration?".
         * ``"variance"``: only the box variance is added (2nd order; 4e-3 of
           the peak at sigma = 0.7 px).
         * ``"none"``: the Gaussian is sampled at pixel centres.

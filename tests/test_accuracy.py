@@ -27,9 +27,10 @@ def astromix_gaussian(sigma, q, beta, x, y):
 
 
 # GalSim's sigma is that of the round profile before shear(q): the minor-axis sigma is
-# sigma * sqrt(q).  The 2e-3 target holds while the minor axis is resolved (>= 0.55 px).
+# sigma * sqrt(q).  The 2e-3 target holds while the minor axis is resolved (>= 0.6 px for a
+# round Gaussian, a little less for an elongated one: the cases here go down to 0.586 px).
 CASES = [(sigma, q, beta) for sigma in (0.7, 1.0, 1.5, 3.0, 6.0)
-         for q in (1.0, 0.7, 0.4) for beta in (0.0, 0.6) if sigma * np.sqrt(q) >= 0.55]
+         for q in (1.0, 0.7, 0.4) for beta in (0.0, 0.6) if sigma * np.sqrt(q) >= 0.58]
 
 
 @pytest.mark.parametrize("sigma, q, beta", CASES)
