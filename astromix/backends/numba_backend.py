@@ -145,13 +145,12 @@ def _render_rows(img, table, y0, y1, n2):
             for j in range(j0, j1 + 1):
                 row = img[j, i0:i1 + 1]
                 dy = dt(j - t[_MY])
-                bx = fxy * dy
-                by = fyy * dy
+                # q = (F_xx dx + 2 F_xy dy) dx + F_yy dy^2, by Horner's rule
+                b = dt(2.0) * fxy * dy
+                cq = fyy * dy * dy
                 for i in range(n):
                     dx = x0 + dt(i)
-                    vx = fxx * dx + bx
-                    vy = fxy * dx + by
-                    q = dx * vx + dy * vy
+                    q = (fxx * dx + b) * dx + cq
                     val = normd * _exp_half(min(q, qmax))
                     row[i] += val if q <= qmax else dt(0.0)
 
