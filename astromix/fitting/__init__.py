@@ -15,7 +15,8 @@ from scipy import optimize
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 
-__all__ = ["fit_gaussian_mixture", "mixture_from_vector", "mixture_to_vector"]
+__all__ = ["fit_gaussian_mixture", "fit_psf_mixture", "mixture_from_vector",
+           "mixture_to_vector"]
 
 log = logging.getLogger("astromix")
 
@@ -67,7 +68,7 @@ def _vector_gradient(vector, d_amp, d_mean, d_cov):
     return g.ravel()
 
 
-def _start(image, n_components, rng, jitter):
+def _start(image, n_components, rng, jitter, n_negative=0):
     ny, nx = image.shape
     yy, xx = np.mgrid[:ny, :nx]
     pos = np.clip(image, 0, None)
@@ -82,6 +83,10 @@ def _start(image, n_components, rng, jitter):
     if jitter:
         sigmas = sigmas * np.exp(rng.normal(0, 0.3, n_components))
     amp = np.full(n_components, flux / n_components)
+    if n_negative:
+        # negative components start narrow (carving the core) with a small share
+        amp[n_components - n_negative:] = -0.1 * flux / n_components
+        sigmas[n_components - n_negative:] = sigmas[0] * np.linspace(0.8, 1.5, n_negative)
     mean = np.tile([xc, yc], (n_components, 1))
     if jitter:
         mean = mean + rng.normal(0, 0.3, mean.shape)
@@ -90,7 +95,8 @@ def _start(image, n_components, rng, jitter):
 
 
 def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=None,
-                         nonnegative=True, maxiter=2000, settings=None, backend=None):
+                         nonnegative=True, n_negative=0, maxiter=2000, settings=None,
+                         backend=None):
     """Fit a K-component Gaussian mixture to an image by weighted least squares.
 
     Minimises ``sum weight * (model - image)**2`` over every component's
@@ -114,7 +120,11 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
     rng : numpy.random.Generator or int, optional
         Random generator (or seed) for the jittered starts; reproducible.
     nonnegative : bool, optional
-        Keep amplitudes >= 0 (default).
+        Keep amplitudes >= 0 (default); False leaves every sign free.
+    n_negative : int, optional
+        Number of components (the last ones) constrained to amplitudes <= 0,
+        the others to >= 0 (overrides ``nonnegative``).  Negative components
+        carve the core of a PSF with rings or a flat top.
     maxiter : int, optional
         Iteration limit per start.
     settings : AccuracySettings, optional
@@ -124,7 +134,7 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
     -------
     mixture : GaussianMixture
         The fit, in the image's pixels and flux units, components sorted by
-        decreasing amplitude.
+        decreasing absolute amplitude.
     info : dict
         ``chi2``, ``max_residual_over_peak`` (``max|image - model| / max(image)``),
         ``l1_residual_over_flux`` (``sum|image - model| / sum(image)``),
@@ -164,12 +174,22 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
         chi2, grads = mix.chi2(data, w, gradient=True, settings=settings, backend=backend)
         return chi2, _vector_gradient(v, *grads)
 
-    bounds = [(0.0, None) if (i % 6 == 0 and nonnegative) else (None, None)
-              for i in range(6 * n_components)]
+    n_negative = int(n_negative)
+    if not 0 <= n_negative < n_components:
+        raise InputError(f"n_negative must lie in [0, n_components), got {n_negative}")
+    bounds = []
+    for k in range(n_components):
+        if n_negative and k >= n_components - n_negative:
+            amp_bounds = (None, 0.0)
+        elif n_negative or nonnegative:
+            amp_bounds = (0.0, None)
+        else:
+            amp_bounds = (None, None)
+        bounds += [amp_bounds] + [(None, None)] * 5
     best = None
     n_it = 0
     for s in range(max(1, int(n_starts))):
-        start = _start(data, n_components, rng, jitter=s > 0)
+        start = _start(data, n_components, rng, jitter=s > 0, n_negative=n_negative)
         res = optimize.minimize(fun, mixture_to_vector(start), jac=True, method="L-BFGS-B",
                                 bounds=bounds, options={"maxiter": maxiter, "maxfun": 2 * maxiter})
         n_it += res.nit
@@ -177,7 +197,7 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
         if best is None or res.fun < best.fun:
             best = res
     mix = mixture_from_vector(best.x)
-    order = np.argsort(-mix.amp)
+    order = np.argsort(-np.abs(mix.amp), kind="stable")
     mix = GaussianMixture(mix.amp[order] / scale, mix.mean[order], mix.cov[order])
     model = mix.render(img.shape, settings=settings, backend=backend)
     model = np.asarray(model) if backend != "cupy" else model.get()
@@ -193,3 +213,91 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
         "n_starts": int(max(1, n_starts)),
     }
     return mix, info
+
+
+def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_negative=0,
+                    method="lsq", rng=None, n_starts=3, settings=None, backend=None):
+    """Fit a Gaussian-mixture PSF to a (possibly oversampled) PSF image.
+
+    Replaces forcepho's ``make_psf.py`` (Johnson et al.): the mixture is fitted
+    by least squares with the analytic gradient in the image's own (possibly
+    oversampled) pixels, then converted to science pixels as forcepho does:
+    components sorted by weight, centres taken relative to the PSF centre and
+    divided by ``oversampling``, covariances divided by ``oversampling**2``.
+
+    Parameters
+    ----------
+    image : array-like, shape (ny, nx)
+        The PSF image (any normalisation), e.g. an stpsf/WebbPSF model or an
+        empirical ePSF.
+    n_components : int
+        Number of Gaussians (>= 1), negative ones included.
+    oversampling : int or float, optional
+        Image pixels per science pixel (a FITS header's ``DET_SAMP`` or
+        ``OVERSAMP``); default 1.
+    trim : int, optional
+        Pixels removed from each edge before fitting (forcepho's ``--trim``).
+    snr : float, optional
+        Forcepho's homoscedastic noise model, ``sigma = flux / (snr sqrt(Npix))``;
+        it scales chi2 but, with uniform weights, not the best fit.
+    n_negative : int, optional
+        Number of components with amplitude <= 0.
+    method : {"lsq"}, optional
+        ``"lsq"``: L-BFGS-B least squares from several starts.  (Nested
+        sampling comes with :class:`astromix.fitting.DynestyFitter`.)
+    rng : numpy.random.Generator or int, optional
+    n_starts : int, optional
+    settings : AccuracySettings, optional
+    backend : str, optional
+
+    Returns
+    -------
+    GaussianMixturePSF
+        Unit-flux PSF in science pixels centred on (0, 0), with ``fit_info``
+        (dict): ``chi2``, ``max_residual_over_peak``, ``l1_residual_over_flux``
+        (measured in the fitted image's pixels), ``time_s``, ``n_iterations``,
+        ``oversampling``, ``trim``, ``center`` (the PSF centre in the trimmed
+        image's pixels), ``flux`` (of the fitted mixture, image units),
+        ``model`` (the fitted image) and ``method``.
+
+    Raises
+    ------
+    InputError
+        On a bad image, ``trim`` leaving nothing, a non-positive
+        ``oversampling`` or ``snr``, or an unknown ``method``.
+    """
+    from ..models import GaussianMixturePSF
+
+    t0 = time.perf_counter()
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise InputError(f"PSF image must be 2-d, got shape {img.shape}")
+    trim = int(trim)
+    if trim < 0 or 2 * trim >= min(img.shape):
+        raise InputError(f"trim={trim} leaves nothing of a {img.shape} image")
+    if trim:
+        img = img[trim:-trim, trim:-trim]
+    oversampling = float(oversampling)
+    if not oversampling > 0:
+        raise InputError(f"oversampling must be > 0, got {oversampling}")
+    if method != "lsq":
+        raise InputError(f"unknown method {method!r}; this version supports 'lsq'")
+    weight = None
+    if snr is not None:
+        if not float(snr) > 0:
+            raise InputError(f"snr must be > 0, got {snr}")
+        sigma = np.clip(img, 0, None).sum() / (float(snr) * np.sqrt(img.size))
+        weight = np.full(img.shape, 1.0 / sigma ** 2)
+    mix, info = fit_gaussian_mixture(img, n_components, weight=weight, n_starts=n_starts,
+                                     rng=rng, n_negative=n_negative, settings=settings,
+                                     backend=backend)
+    model_image = mix.render(img.shape, settings=settings, backend=backend)
+    flux = mix.flux
+    center = mix.moments()[1]
+    science = GaussianMixture(mix.amp / flux, (mix.mean - center) / oversampling,
+                              mix.cov / oversampling ** 2)
+    psf = GaussianMixturePSF(science, settings=settings)
+    info.update(time_s=time.perf_counter() - t0, oversampling=oversampling, trim=trim,
+                center=center, flux=flux, model=np.asarray(model_image), method=method)
+    psf.fit_info = info
+    return psf

@@ -1,0 +1,251 @@
+"""GaussianMixturePSF: a PSF (a pixel-integrated PRF) as an astropy Fittable2DModel."""
+
+import numpy as np
+from astropy.modeling import Fittable2DModel, Parameter
+
+from ..backends import _common
+from ..errors import InputError
+from ..mixtures import GaussianMixture
+from ..settings import AccuracySettings, get_default_settings
+
+__all__ = ["GaussianMixturePSF"]
+
+#: Per-component parameter names (suffixed ``_k``) in their order.
+COMPONENT_PARAMETERS = ("amp", "xoff", "yoff", "sigma_x", "sigma_y", "rho")
+
+
+class GaussianMixturePSF(Fittable2DModel):
+    r"""A PSF made of K Gaussians, evaluated as a pixel-integrated PRF.
+
+    .. math::
+
+        f(x, y) = \mathrm{flux} \sum_k \mathrm{amp}_k \, G_k(x - x_0 - \mathrm{xoff}_k,
+        y - y_0 - \mathrm{yoff}_k)
+
+    where :math:`G_k` is a unit-flux Gaussian with covariance
+    ``[[sigma_x_k**2, rho_k sigma_x_k sigma_y_k], [rho_k sigma_x_k sigma_y_k,
+    sigma_y_k**2]]`` integrated over the pixel ``[x - 1/2, x + 1/2] x [y - 1/2,
+    y + 1/2]`` (see :class:`~astromix.AccuracySettings`).  This is the
+    parameterisation of forcepho's ``make_psf.py`` (Johnson et al.): it keeps
+    every covariance positive definite within the default bounds.
+
+    Parameters
+    ----------
+    mixture : GaussianMixture
+        The PSF shape in science pixels, centres relative to the PSF centre.
+        Its amplitudes are normalised to sum to 1 (a mixture of zero total
+        amplitude is refused).
+    flux : float or Quantity, optional
+        Total flux (photutils convention).  Free by default.
+    x_0, y_0 : float, optional
+        Position of the PSF centre [px].  Free by default.
+    fixed_shape : bool, optional
+        Fix the component parameters (default), as photutils' PSF models do;
+        unfix individual ones through ``model.<name>.fixed``.
+    settings : AccuracySettings, optional
+        Culling and pixel integration used by ``evaluate``.
+    **kwargs
+        Passed to :class:`astropy.modeling.Model` (``name``, ``meta``, ...).
+
+    Attributes
+    ----------
+    flux, x_0, y_0 : Parameter
+    amp_k, xoff_k, yoff_k, sigma_x_k, sigma_y_k, rho_k : Parameter
+        For k = 0 .. K-1: relative amplitude, centre offset [px], standard
+        deviations along x and y [px] and correlation coefficient.  Bounds:
+        sigma > 1e-3 px, |rho| < 0.999.
+
+    Raises
+    ------
+    InputError
+        If ``mixture`` is not a GaussianMixture or has zero total amplitude.
+
+    Notes
+    -----
+    Evaluation is NumPy (astropy.modeling is NumPy-only); the batch kernels of
+    the backends are used by astromix's own fitters and renderers through
+    :attr:`mixture`.  ``flux * sum(amp_k)`` is the total flux, so with free
+    amplitudes ``flux`` and the ``amp_k`` are degenerate: fix one of them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astromix import GaussianMixture, GaussianMixturePSF
+    >>> psf = GaussianMixturePSF(GaussianMixture([0.7, 0.3], [[0, 0], [0, 0]],
+    ...                                          [np.eye(2), np.eye(2) * 9]),
+    ...                          flux=100.0, x_0=12.0, y_0=10.0)
+    >>> psf.param_names[:6]
+    ('flux', 'x_0', 'y_0', 'amp_0', 'xoff_0', 'yoff_0')
+    >>> y, x = np.mgrid[:21, :25]
+    >>> round(float(psf(x, y).sum()), 3)
+    100.0
+    """
+
+    _param_names = ()
+
+    def __init__(self, mixture, *, flux=1.0, x_0=0.0, y_0=0.0, fixed_shape=True,
+                 settings=None, **kwargs):
+        if not isinstance(mixture, GaussianMixture):
+            raise InputError("GaussianMixturePSF needs a GaussianMixture, "
+                             f"got {type(mixture).__name__}")
+        total = mixture.amp.sum()
+        if total == 0:
+            raise InputError("the PSF mixture has zero total amplitude")
+        if settings is not None and not isinstance(settings, AccuracySettings):
+            raise InputError("settings must be an AccuracySettings instance")
+        self._settings = settings
+        cov = mixture.cov
+        sx = np.sqrt(cov[:, 0, 0])
+        sy = np.sqrt(cov[:, 1, 1])
+        values = {"flux": flux, "x_0": x_0, "y_0": y_0}
+        names = ["flux", "x_0", "y_0"]
+        self._n_components = len(mixture)
+        for k in range(len(mixture)):
+            comp = {"amp": mixture.amp[k] / total, "xoff": mixture.mean[k, 0],
+                    "yoff": mixture.mean[k, 1], "sigma_x": sx[k], "sigma_y": sy[k],
+                    "rho": cov[k, 0, 1] / (sx[k] * sy[k])}
+            for base in COMPONENT_PARAMETERS:
+                names.append(f"{base}_{k}")
+                values[names[-1]] = comp[base]
+        self._param_names = tuple(names)
+        for name in names:
+            bounds = (None, None)
+            if name.startswith("sigma_"):
+                bounds = (1e-3, None)
+            elif name.startswith("rho_"):
+                bounds = (-0.999, 0.999)
+            fixed = fixed_shape and name not in ("flux", "x_0", "y_0")
+            param = Parameter(name, default=0.0, bounds=bounds, fixed=fixed)
+            param.model = self
+            self.__dict__[name] = param
+        kwargs = {**values, **kwargs}
+        super().__init__(**kwargs)
+
+    @property
+    def param_names(self):
+        """Names of the parameters: flux, x_0, y_0, then six per component."""
+        return self._param_names
+
+    @property
+    def n_components(self):
+        """Number of Gaussian components K."""
+        return self._n_components
+
+    @property
+    def settings(self):
+        """The AccuracySettings used by :meth:`evaluate`."""
+        return self._settings if self._settings is not None else get_default_settings()
+
+    # -- mixtures ------------------------------------------------------------------
+    @staticmethod
+    def _arrays(comp):
+        c = np.asarray(comp, dtype=np.float64).reshape(-1, len(COMPONENT_PARAMETERS))
+        amp, xo, yo, sx, sy, rho = c.T
+        cov = np.empty((c.shape[0], 2, 2))
+        cov[:, 0, 0] = sx * sx
+        cov[:, 1, 1] = sy * sy
+        cov[:, 0, 1] = cov[:, 1, 0] = rho * sx * sy
+        return amp, np.column_stack([xo, yo]), cov, (sx, sy, rho)
+
+    @property
+    def mixture(self):
+        """The PSF shape: a unit-normalised GaussianMixture centred at (0, 0), science px.
+
+        Convolve a source's mixture with it; :meth:`placed_mixture` gives the
+        PSF with its flux at (x_0, y_0).
+        """
+        amp, mean, cov, _ = self._arrays(self.parameters[3:])
+        return GaussianMixture(amp, mean, cov)
+
+    def placed_mixture(self):
+        """The GaussianMixture of this model as evaluated: flux at (x_0, y_0)."""
+        flux, x0, y0 = (float(np.squeeze(v)) for v in self.parameters[:3])
+        return self.mixture.scale_flux(flux).shift(x0, y0)
+
+    def _table(self, flux, x_0, y_0, comp):
+        amp, mean, cov, _ = self._arrays(comp)
+        mean = mean + [float(x_0), float(y_0)]
+        return _common.prepare(amp * float(flux), mean, cov, self.settings)
+
+    # -- astropy.modeling interface -------------------------------------------------
+    def evaluate(self, x, y, flux, x_0, y_0, *comp):
+        """Pixel-integrated PSF at pixel coordinates ``x, y`` (any shape) [flux units]."""
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        shape = np.broadcast_shapes(x.shape, y.shape)
+        xb, yb = np.broadcast_to(x, shape).ravel(), np.broadcast_to(y, shape).ravel()
+        fluxv = np.asarray(flux).ravel()[0]
+        unit = getattr(flux, "unit", None)
+        table = self._table(getattr(fluxv, "value", fluxv), np.ravel(x_0)[0], np.ravel(y_0)[0],
+                            [np.ravel(c)[0] for c in comp])
+        value = _common.evaluate_points(table, xb, yb, self.settings.n_sigma).reshape(shape)
+        return value * unit if unit is not None else value
+
+    def fit_deriv(self, x, y, flux, x_0, y_0, *comp):
+        """Analytic derivatives of :meth:`evaluate` with respect to every parameter.
+
+        Returns a list of arrays shaped like ``x``, in the order of
+        :attr:`param_names`.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        shape = np.broadcast_shapes(x.shape, y.shape)
+        xb, yb = np.broadcast_to(x, shape).ravel(), np.broadcast_to(y, shape).ravel()
+        f = float(np.ravel(flux)[0])
+        comp = [float(np.ravel(c)[0]) for c in comp]
+        table = self._table(1.0, np.ravel(x_0)[0], np.ravel(y_0)[0], comp)
+        amp, _, _, (sx, sy, rho) = self._arrays(comp)
+        _, (d_amp, d_mean, d_cov) = _common.evaluate_points(
+            table, xb, yb, self.settings.n_sigma, derivatives=True)
+        # d_amp is the unit-flux profile G_k; the other derivatives include amp_k (flux 1)
+        gxx, gxy, gyy = d_cov[..., 0, 0], d_cov[..., 0, 1], d_cov[..., 1, 1]
+        out = [(amp[:, None] * d_amp).sum(0), f * d_mean[..., 0].sum(0),
+               f * d_mean[..., 1].sum(0)]
+        for k in range(len(amp)):
+            out.append(f * d_amp[k])
+            out.append(f * d_mean[k, :, 0])
+            out.append(f * d_mean[k, :, 1])
+            out.append(f * (2 * sx[k] * gxx[k] + 2 * rho[k] * sy[k] * gxy[k]))
+            out.append(f * (2 * sy[k] * gyy[k] + 2 * rho[k] * sx[k] * gxy[k]))
+            out.append(f * 2 * sx[k] * sy[k] * gxy[k])
+        return [np.reshape(d, shape) for d in out]
+
+    @property
+    def bounding_box(self):
+        """((y_lo, y_hi), (x_lo, x_hi)) [px] holding every component's culling ellipse."""
+        amp, mean, cov, _ = self._arrays(self.parameters[3:])
+        n = self.settings.n_sigma
+        hx = np.max(np.abs(mean[:, 0]) + n * np.sqrt(cov[:, 0, 0] + 1 / 12))
+        hy = np.max(np.abs(mean[:, 1]) + n * np.sqrt(cov[:, 1, 1] + 1 / 12))
+        x0, y0 = float(np.ravel(self.x_0.value)[0]), float(np.ravel(self.y_0.value)[0])
+        return ((y0 - hy, y0 + hy), (x0 - hx, x0 + hx))
+
+    @property
+    def input_units(self):
+        """Pixel coordinates carry no unit (None), or are Quantities in pixels."""
+        return None
+
+    def _parameter_units_for_data_units(self, inputs_unit, outputs_unit):
+        units = {"flux": outputs_unit[self.outputs[0]], "x_0": inputs_unit[self.inputs[0]],
+                 "y_0": inputs_unit[self.inputs[1]]}
+        for k in range(self.n_components):
+            units[f"xoff_{k}"] = inputs_unit[self.inputs[0]]
+            units[f"yoff_{k}"] = inputs_unit[self.inputs[1]]
+            units[f"sigma_x_{k}"] = inputs_unit[self.inputs[0]]
+            units[f"sigma_y_{k}"] = inputs_unit[self.inputs[1]]
+        return units
+
+    def __reduce__(self):
+        return (_rebuild, (self.mixture, self.parameters[:3].tolist(), self._settings,
+                           {n: getattr(self, n).fixed for n in self.param_names}))
+
+    def copy(self):
+        """A copy (parameters, fixed flags and bounds included)."""
+        return _rebuild(*self.__reduce__()[1])
+
+
+def _rebuild(mixture, head, settings, fixed):
+    model = GaussianMixturePSF(mixture, flux=head[0], x_0=head[1], y_0=head[2], settings=settings)
+    for name, value in fixed.items():
+        getattr(model, name).fixed = value
+    return model
