@@ -53,7 +53,7 @@ class GaussianMixturePSF(Fittable2DModel):
     amp_k, xoff_k, yoff_k, sigma_x_k, sigma_y_k, rho_k : Parameter
         For k = 0 .. K-1: relative amplitude, centre offset [px], standard
         deviations along x and y [px] and correlation coefficient.  Bounds:
-        sigma > 1e-3 px, |rho| < 0.999.
+        ``sigma > 1e-3`` px, ``abs(rho) < 0.999``.
 
     Raises
     ------
