@@ -7,7 +7,7 @@ NEXUS survey (4x oversampled; the central 161x161 oversampled pixels, as
 forcepho's ``make_psf.py --oversample 4 --trim 187``) with
 :func:`astromix.fitting.fit_psf_mixture`, and compare the residuals and the fit
 time.  forcepho's make_psf (NUTS) took 229 s for 4 components on the same image
-and machine, for max |residual| / peak = 0.13 and sum |residual| / flux = 0.22.
+and machine, for ``max|residual|/peak`` = 0.13 and ``sum|residual|/flux`` = 0.22.
 """
 
 import time
