@@ -59,7 +59,8 @@ for ax, q in zip(axes, [1.0, 0.4]):
         ax.loglog(sigmas, errors, "o-", ms=3, label=mode)
         if mode == "kurtosis":
             ok = sigmas[np.array(errors) <= 2e-3]
-            print(f"q = {q}: kurtosis error <= 2e-3 of the peak for sigma_minor >= {ok.min():.2f} px")
+            print(f"q = {q}: kurtosis error <= 2e-3 of the peak "
+                  f"for sigma_minor >= {ok.min():.2f} px")
     ax.axhline(2e-3, ls="--", c="k", lw=0.8)
     ax.set_title(f"axis ratio q = {q}")
     ax.set_xlabel("minor-axis sigma [px]")

@@ -25,11 +25,13 @@ from astromix.io.asdf import (
     get_resource_mappings,
     open_asdf,
 )
-from astromix.io.asdf.converters import GaussianMixtureConverter
+from astromix.io.asdf.converters import GaussianMixtureConverter, GaussianMixturePSFConverter
 
 TAG = "asdf://astromix.org/astromix/tags/gaussian_mixture-1.0.0"
 SCHEMA_URI = "asdf://astromix.org/astromix/schemas/gaussian_mixture-1.0.0"
 NDARRAY_TAG_PREFIX = "tag:stsci.edu:asdf/core/ndarray-"
+PSF_TAG = "asdf://astromix.org/astromix/tags/gaussian_mixture_psf-1.0.0"
+PSF_SCHEMA_URI = "asdf://astromix.org/astromix/schemas/gaussian_mixture_psf-1.0.0"
 
 
 def _installed():
@@ -346,8 +348,9 @@ def test_resource_mappings():
 def test_get_extensions():
     (ext,) = get_extensions()
     assert ext.extension_uri == EXTENSION_URI
-    assert [t.tag_uri for t in ext.tags] == [TAG]
+    assert [t.tag_uri for t in ext.tags] == [TAG, PSF_TAG]
     assert any(isinstance(c, GaussianMixtureConverter) for c in ext.converters)
+    assert any(isinstance(c, GaussianMixturePSFConverter) for c in ext.converters)
 
 
 @pytest.mark.skipif(not _installed(), reason="astromix is not installed (importlib.metadata "
@@ -369,3 +372,312 @@ def test_entry_points():
     fresh = asdf.config.AsdfConfig()
     assert _registered(fresh)
     assert SCHEMA_URI in fresh.resource_manager
+
+
+# -- GaussianMixturePSF -----------------------------------------------------------------------
+
+COMPONENT_COLUMNS = ("amp", "xoff", "yoff", "sigma_x", "sigma_y", "rho")
+
+
+def _psf(k=3, seed=0, **kwargs):
+    """A GaussianMixturePSF with random, well-conditioned components."""
+    from astromix import GaussianMixturePSF
+
+    rng = np.random.default_rng(seed)
+    amp = rng.uniform(0.1, 1.0, size=k)
+    mean = rng.uniform(-0.7, 0.7, size=(k, 2))
+    sx, sy = rng.uniform(0.4, 5.0, size=(2, k))
+    rho = rng.uniform(-0.8, 0.8, size=k)
+    cov = np.empty((k, 2, 2))
+    cov[:, 0, 0], cov[:, 1, 1] = sx ** 2, sy ** 2
+    cov[:, 0, 1] = cov[:, 1, 0] = rho * sx * sy
+    kwargs = {"flux": 123.25, "x_0": 14.3, "y_0": 11.8, **kwargs}
+    return GaussianMixturePSF(GaussianMixture(amp, mean, cov), **kwargs)
+
+
+def _check_same_psf(back, psf):
+    from astromix import GaussianMixturePSF
+
+    assert isinstance(back, GaussianMixturePSF)
+    assert back.param_names == psf.param_names
+    for name in psf.param_names:
+        got, want = getattr(back, name), getattr(psf, name)
+        if name.startswith("rho_"):
+            # rho is rebuilt from the covariance: equal to within one ulp, and the
+            # covariance it gives back is bit-identical (checked below).
+            assert abs(got.value - want.value) <= np.spacing(abs(want.value)), name
+        else:
+            assert got.value == want.value, name
+        assert got.fixed == want.fixed, name
+        assert got.bounds == want.bounds, name
+        assert got.unit == want.unit, name
+    assert back.name == psf.name
+    for key in ("amp", "mean", "cov"):
+        assert np.array_equal(getattr(back.mixture, key), getattr(psf.mixture, key)), key
+    assert back.settings == psf.settings
+    y, x = np.mgrid[-2:28, -3:31]
+    assert np.array_equal(back(x, y), psf(x, y))  # evaluation identical, bit for bit
+
+
+@pytest.mark.parametrize("storage", ["internal", "inline"])
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_psf_round_trip(asdf_config, tmp_path, storage, k):
+    psf = _psf(k, seed=10 + k, name=f"psf{k}")
+    # Non-default fixed flags and bounds, both ways.
+    psf.flux.fixed = True
+    psf.y_0.fixed = True
+    getattr(psf, f"sigma_x_{k - 1}").fixed = False
+    getattr(psf, f"rho_{k - 1}").fixed = False
+    psf.x_0.bounds = (10.0, 20.0)
+    psf.flux.bounds = (0.0, None)  # asdf-astropy's base class would drop this one
+    psf.sigma_y_0.bounds = (None, None)
+    path = tmp_path / "psf.asdf"
+    asdf.AsdfFile({"psf": psf}).write_to(path, all_array_storage=storage)
+    with open_asdf(path) as af:  # validates against the schemas
+        back = af["psf"]
+        _check_same_psf(back, psf)
+    assert back.fixed == psf.fixed
+    assert back.bounds == psf.bounds
+    assert back.flux.fixed and back.y_0.fixed and not back.x_0.fixed
+    assert not getattr(back, f"sigma_x_{k - 1}").fixed and back.amp_0.fixed
+
+
+def test_psf_round_trip_many_rho(asdf_config):
+    """Every covariance and evaluation survives exactly, over many random components."""
+    import io
+
+    psf = _psf(40, seed=3)
+    buf = io.BytesIO()
+    asdf.AsdfFile({"psf": psf}).write_to(buf)
+    buf.seek(0)
+    with asdf.open(buf) as af:
+        _check_same_psf(af["psf"], psf)
+
+
+def test_psf_default_flags_and_layout(asdf_config, tmp_path):
+    psf = _psf(2, seed=1)
+    path = tmp_path / "psf.asdf"
+    asdf.AsdfFile({"psf": psf}).write_to(path, all_array_storage="inline")
+    raw = asdf.util.load_yaml(path, tagged=True)["psf"]
+    assert raw._tag == PSF_TAG
+    assert raw["mixture"]._tag == TAG  # the shape is a nested gaussian_mixture
+    assert raw["component_fixed"] == [[True] * 6, [True] * 6]
+    assert (raw["flux_fixed"], raw["x_0_fixed"], raw["y_0_fixed"]) == (False, False, False)
+    assert raw["flux"] == 123.25 and raw["x_0"] == 14.3 and raw["y_0"] == 11.8
+    assert raw["inputs"] == ["x", "y"] and raw["outputs"] == ["z"]
+    # Default bounds, no name, no user bounding box, default settings: nothing written.
+    for key in ("bounds", "fixed", "name", "bounding_box", "settings"):
+        assert key not in raw, key
+    with asdf.open(path) as af:
+        back = af["psf"]
+    _check_same_psf(back, psf)
+    assert back._user_bounding_box is None
+    assert back.bounding_box.bounding_box() == psf.bounding_box.bounding_box()
+
+
+def test_psf_bounding_box_and_settings(asdf_config, tmp_path):
+    from astromix import AccuracySettings
+
+    settings = AccuracySettings(n_sigma=6.0, pixel_integration="variance")
+    psf = _psf(3, seed=2, settings=settings, name="F200W")
+    psf.bounding_box = ((0.0, 25.0), (1.0, 30.0))
+    path = tmp_path / "psf.asdf"
+    asdf.AsdfFile({"psf": psf}).write_to(path)
+    with open_asdf(path) as af:
+        back = af["psf"]
+    _check_same_psf(back, psf)
+    assert back.settings == settings
+    assert back.bounding_box.bounding_box() == ((0.0, 25.0), (1.0, 30.0))
+    y, x = np.mgrid[-5:35, -5:35]
+    assert np.array_equal(back(x, y, with_bounding_box=True),
+                          psf(x, y, with_bounding_box=True), equal_nan=True)
+
+
+def test_psf_unnormalised_amplitudes(asdf_config):
+    """Free amplitudes that no longer sum to 1 are written and read as they are."""
+    import io
+
+    psf = _psf(3, seed=4)
+    psf.amp_0 = 1.5
+    psf.amp_2 = -0.05
+    assert abs(sum(getattr(psf, f"amp_{k}").value for k in range(3)) - 1) > 0.1
+    buf = io.BytesIO()
+    asdf.AsdfFile({"psf": psf}).write_to(buf)
+    buf.seek(0)
+    with asdf.open(buf) as af:
+        _check_same_psf(af["psf"], psf)
+
+
+def test_psf_quantity_flux(asdf_config):
+    import io
+
+    import astropy.units as u
+
+    psf = _psf(2, seed=5, flux=3.5 * u.nJy)
+    buf = io.BytesIO()
+    asdf.AsdfFile({"psf": psf}).write_to(buf)
+    buf.seek(0)
+    with asdf.open(buf) as af:
+        back = af["psf"]
+        assert back.flux.unit == u.nJy
+        _check_same_psf(back, psf)
+
+
+def test_psf_in_a_tree(asdf_config, tmp_path):
+    """GaussianMixturePSF objects anywhere in a tree, next to other tagged objects."""
+    import astromix
+
+    psfs = [_psf(2, seed=6, name="F150W"), _psf(4, seed=7, name="F200W")]
+    tree = {"bands": {"F150W": psfs[0], "F200W": psfs[1]}, "list": [psfs[1], 3],
+            "shape": psfs[0].mixture, "meta": {"instrument": "NIRCam"}}
+    path = tmp_path / "tree.asdf"
+    asdf.AsdfFile(tree).write_to(path)
+    with open_asdf(path) as af:
+        assert isinstance(af["bands"]["F150W"], astromix.GaussianMixturePSF)
+        _check_same_psf(af["bands"]["F150W"], psfs[0])
+        _check_same_psf(af["bands"]["F200W"], psfs[1])
+        _check_same_psf(af["list"][0], psfs[1])
+        assert af["list"][1] == 3
+        assert af["shape"] == psfs[0].mixture
+        assert af["meta"]["instrument"] == "NIRCam"
+
+
+def test_psf_fitted_model_round_trip(asdf_config, tmp_path):
+    """A PSF fitted by fit_psf_mixture (what users will save) survives the round trip."""
+    from astromix.fitting import fit_psf_mixture
+
+    y, x = np.mgrid[:25, :25]
+    image = np.exp(-((x - 12.3) ** 2 + (y - 11.8) ** 2) / (2 * 2.0 ** 2))
+    image += 0.2 * np.exp(-((x - 12.3) ** 2 + (y - 11.8) ** 2) / (2 * 5.0 ** 2))
+    psf = fit_psf_mixture(image, 2, oversampling=2, rng=0, n_starts=1)
+    path = tmp_path / "fit.asdf"
+    asdf.AsdfFile({"psf": psf}).write_to(path)
+    with open_asdf(path) as af:
+        _check_same_psf(af["psf"], psf)
+
+
+def test_psf_tied_warns(asdf_config):
+    import io
+
+    psf = _psf(2, seed=8)
+    psf.y_0.tied = lambda model: model.x_0
+    with pytest.warns(asdf.exceptions.AsdfWarning, match="tied"):
+        asdf.AsdfFile({"psf": psf}).write_to(io.BytesIO())
+
+
+def test_psf_extension_handles_type(asdf_config):
+    from astromix import GaussianMixturePSF
+
+    manager = asdf.AsdfFile().extension_manager
+    assert manager.handles_type(GaussianMixturePSF)
+    assert manager.handles_tag(PSF_TAG)
+
+
+def test_psf_schema_is_valid(asdf_config):
+    schema = asdf.schema.load_schema(PSF_SCHEMA_URI)
+    asdf.schema.check_schema(schema)
+    assert schema["id"] == PSF_SCHEMA_URI
+    assert schema["tag"] == PSF_TAG
+    ref, own = schema["allOf"]
+    # transform-1.4.0 is the newest transform base schema asdf-transform-schemas ships.
+    assert ref == {"$ref": "http://stsci.edu/schemas/asdf/transform/transform-1.4.0"}
+    assert asdf.schema.load_schema(ref["$ref"])  # resolvable
+    assert own["additionalProperties"] is False
+    assert set(own["required"]) == {"mixture", "flux", "x_0", "y_0"}
+    base = asdf.schema.load_schema(ref["$ref"])
+    # additionalProperties: false must not reject the transform's own properties.
+    assert set(base["properties"]) <= set(own["properties"])
+    assert own["properties"]["mixture"]["tag"].startswith(TAG.rsplit("-", 1)[0])
+
+
+def test_psf_manifest_lists_tag(asdf_config):
+    manifest = yaml.safe_load(asdf_config.resource_manager[MANIFEST_URI])
+    assert manifest["id"] == MANIFEST_URI
+    tags = {t["tag_uri"]: t["schema_uri"] for t in manifest["tags"]}
+    assert tags[PSF_TAG] == PSF_SCHEMA_URI
+    assert tags[TAG] == SCHEMA_URI
+
+
+def test_psf_schema_example_reads(asdf_config, tmp_path):
+    from astromix import GaussianMixturePSF
+
+    schema = yaml.safe_load(asdf_config.resource_manager[PSF_SCHEMA_URI])
+    assert schema["examples"]
+    expected = GaussianMixturePSF(
+        GaussianMixture([0.75, 0.25], [[0, 0], [0, 0]], [np.eye(2), np.eye(2) * 9]),
+        flux=1.0, x_0=12.0, y_0=10.0, name="psf")
+    for description, standard, body in schema["examples"]:
+        version = standard.rsplit("-", 1)[-1]
+        text = (f"#ASDF 1.0.0\n#ASDF_STANDARD {version}\n%YAML 1.1\n%TAG ! tag:stsci.edu:asdf/\n"
+                f"--- !core/asdf-1.1.0\nexample: " + body.replace("\n", "\n  ") + "\n...\n")
+        path = tmp_path / "example.asdf"
+        path.write_text(text)
+        with open_asdf(path) as af:  # validates against the schema
+            assert isinstance(af["example"], GaussianMixturePSF), description
+            _check_same_psf(af["example"], expected)
+
+
+def _psf_node(psf):
+    """The raw node of a PSF, with the mixture as a raw tagged node too."""
+    node = GaussianMixturePSFConverter().to_yaml_tree(psf, PSF_TAG, None)
+    node["mixture"] = TaggedDict(_node(node["mixture"]), TAG)
+    return node
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda n: n.update(extra=1.0), "Additional properties"),
+    (lambda n: n.pop("mixture"), "required property"),
+    (lambda n: n.pop("x_0"), "required property"),
+    (lambda n: n.update(flux="bright"), "flux"),
+    (lambda n: n.update(component_fixed=[[True] * 5, [True] * 5]), "too short"),
+    (lambda n: n.update(component_fixed=[[1, 1, 1, 1, 1, 1]] * 2), "boolean"),
+    (lambda n: n.update(flux_fixed="yes"), "boolean"),
+    (lambda n: n.update(settings={"n_sigma": 9.0}), "maximum"),
+    (lambda n: n.update(settings={"colour": "red"}), "Additional properties"),
+    (lambda n: n.update(mixture=np.ones(3)), "tag"),
+    (lambda n: n.update(name=3), "string"),
+], ids=["extra", "missing-mixture", "missing-x_0", "flux-string", "fixed-row-5",
+        "fixed-ints", "flux_fixed-string", "settings-range", "settings-extra",
+        "mixture-untagged", "name-not-string"])
+def test_psf_schema_rejects_bad_tree(asdf_config, change, match):
+    node = _psf_node(_psf(2, seed=9))
+    change(node)
+    af = asdf.AsdfFile({"p": TaggedDict(node, PSF_TAG)})
+    with pytest.raises(asdf.ValidationError, match=match):
+        af.validate()
+
+
+def test_psf_schema_accepts_transform_properties(asdf_config):
+    """name, bounding_box, fixed and bounds of transform-1.4.0 pass additionalProperties."""
+    node = _psf_node(_psf(2, seed=9))
+    node.update(name="psf", bounding_box=[[0.0, 10.0], [1.0, 12.0]], fixed={"flux": True},
+                bounds={"x_0": [0.0, None]})
+    asdf.AsdfFile({"p": TaggedDict(node, PSF_TAG)}).validate()
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda n: n.update(component_fixed=[[True] * 6] * 3), "component_fixed must be 2 rows"),
+    (lambda n: n["mixture"].update(amp=np.zeros(2)), "zero total amplitude"),
+    (lambda n: n["mixture"]["cov"].__setitem__((1, 1, 1), -1.0), "not positive definite"),
+], ids=["fixed-rows", "zero-amp", "non-pd"])
+def test_psf_invalid_content_in_file(asdf_config, tmp_path, change, match):
+    """Schema-valid files that make no valid PSF are refused on read, naming file and tag."""
+    node = _psf_node(_psf(2, seed=9))
+    change(node)
+    path = tmp_path / "bad.asdf"
+    asdf.AsdfFile({"p": TaggedDict(node, PSF_TAG)}).write_to(path)
+    with pytest.raises(InputError, match=match) as info:
+        open_asdf(path)
+    assert str(path) in str(info.value)
+    assert "gaussian_mixture" in str(info.value)
+
+
+def test_psf_hand_written_fixed_mapping_applies(asdf_config, tmp_path):
+    """A transform-1.4.0 ``fixed`` mapping in a hand-written file is honoured."""
+    node = _psf_node(_psf(2, seed=9))
+    node["fixed"] = {"flux": True, "amp_1": False}
+    path = tmp_path / "fixed.asdf"
+    asdf.AsdfFile({"p": TaggedDict(node, PSF_TAG)}).write_to(path)
+    with open_asdf(path) as af:
+        back = af["p"]
+    assert back.flux.fixed and not back.amp_1.fixed and back.amp_0.fixed

@@ -26,7 +26,7 @@ __all__ = ["main", "build_parser"]
 log = logging.getLogger("astromix")
 
 #: Subcommand modules, in the order ``astromix --help`` lists them.
-_SUBCOMMANDS = ("backends", "demo")
+_SUBCOMMANDS = ("backends", "demo", "psf_mixture")
 
 
 def _version():

@@ -73,10 +73,10 @@ class GaussianMixturePSF(Fittable2DModel):
     >>> from astromix import GaussianMixture, GaussianMixturePSF
     >>> psf = GaussianMixturePSF(GaussianMixture([0.7, 0.3], [[0, 0], [0, 0]],
     ...                                          [np.eye(2), np.eye(2) * 9]),
-    ...                          flux=100.0, x_0=12.0, y_0=10.0)
+    ...                          flux=100.0, x_0=22.0, y_0=20.0)
     >>> psf.param_names[:6]
     ('flux', 'x_0', 'y_0', 'amp_0', 'xoff_0', 'yoff_0')
-    >>> y, x = np.mgrid[:21, :25]
+    >>> y, x = np.mgrid[:41, :45]
     >>> round(float(psf(x, y).sum()), 3)
     100.0
     """

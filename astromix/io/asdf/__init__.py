@@ -24,6 +24,9 @@ Tagged types
 ------------
 ``asdf://astromix.org/astromix/tags/gaussian_mixture-1.0.0``
     :class:`astromix.GaussianMixture`.
+``asdf://astromix.org/astromix/tags/gaussian_mixture_psf-1.0.0``
+    :class:`astromix.GaussianMixturePSF` (an astropy transform: extends
+    transform-1.4.0).
 """
 
 import os

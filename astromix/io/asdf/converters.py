@@ -31,9 +31,10 @@ slot in like this:
    bounding_box, fixed, bounds, input_units_equivalencies), e.g. as
    ``name: {}``; a test must show that a file with a name and a bounding box
    still validates.
-2. A tag entry ``asdf://astromix.org/astromix/tags/<family>-1.0.0`` in a new
-   manifest version ``astromix-1.1.0.yaml`` (the 1.0.0 manifest is frozen once
-   released), added to ``extension._MANIFESTS``.
+2. A tag entry ``asdf://astromix.org/astromix/tags/<family>-1.0.0`` in the
+   manifest: in ``astromix-1.0.0.yaml`` while it is unreleased, afterwards in a
+   new manifest version ``astromix-1.1.0.yaml`` (a released manifest is
+   frozen), added to ``extension._MANIFESTS``.
 3. A converter here deriving from
    ``asdf_astropy.converters.transform.core.TransformConverterBase`` that
    implements only ``to_yaml_tree_transform(model, tag, ctx)`` (return a dict
@@ -45,17 +46,25 @@ slot in like this:
    strings ("astromix.models.psf.GaussianMixturePSF") so that asdf imports
    the model modules only when it meets such an object.
 4. An instance appended to :data:`CONVERTERS`, and a round-trip test.
+
+:class:`GaussianMixturePSFConverter` is the first such converter; it also
+overrides ``to_yaml_tree`` because the base class writes only the true fixed
+flags (while a PSF's shape parameters are fixed by default) and drops bounds
+such as ``(0, None)``.
 """
 
+import warnings
 from collections.abc import Mapping
 from urllib.parse import unquote, urlparse
 
 import numpy as np
+from asdf.exceptions import AsdfWarning
 from asdf.extension import Converter
+from asdf_astropy.converters.transform.core import TransformConverterBase, parameter_to_value
 
 from .extension import TAG_URI_PREFIX
 
-__all__ = ["GaussianMixtureConverter", "CONVERTERS"]
+__all__ = ["GaussianMixtureConverter", "GaussianMixturePSFConverter", "CONVERTERS"]
 
 _GM_KEYS = ("amp", "mean", "cov")
 
@@ -168,3 +177,181 @@ class GaussianMixtureConverter(Converter):
 
 #: Converter instances of the astromix extensions (one per model family).
 CONVERTERS = [GaussianMixtureConverter()]
+
+
+# -- GaussianMixturePSF ---------------------------------------------------------------------------
+
+#: Per-component parameter bases of GaussianMixturePSF, the columns of ``component_fixed``.
+_PSF_COMPONENT_PARAMETERS = ("amp", "xoff", "yoff", "sigma_x", "sigma_y", "rho")
+_PSF_HEAD = ("flux", "x_0", "y_0")
+_SETTINGS_KEYS = ("n_sigma", "pixel_integration", "fourth_order_threshold")
+
+
+def _default_bounds(name):
+    """The bounds GaussianMixturePSF's constructor gives parameter ``name``."""
+    if name.startswith("sigma_"):
+        return (1e-3, None)
+    if name.startswith("rho_"):
+        return (-0.999, 0.999)
+    return (None, None)
+
+
+def _recover_rho(cxy, sx, sy):
+    """The correlation coefficient that reproduces ``cxy = rho * sx * sy`` bit for bit.
+
+    ``cxy / (sx * sy)`` can be 1 ulp off; the nearest value (within 8 ulp) for
+    which GaussianMixturePSF rebuilds exactly ``cxy`` is returned, so that the
+    model read back evaluates exactly like the one written.
+    """
+    rho = cxy / (sx * sy)
+    if rho * sx * sy == cxy:
+        return rho
+    lo = hi = rho
+    for _ in range(8):
+        hi, lo = np.nextafter(hi, np.inf), np.nextafter(lo, -np.inf)
+        for cand in (hi, lo):
+            if cand * sx * sy == cxy:
+                return cand
+    return rho  # pragma: no cover - not met in practice
+
+
+class GaussianMixturePSFConverter(TransformConverterBase):
+    """Convert :class:`astromix.GaussianMixturePSF` to and from ASDF.
+
+    The tagged node (schema
+    ``asdf://astromix.org/astromix/schemas/gaussian_mixture_psf-1.0.0``, which
+    extends ``http://stsci.edu/schemas/asdf/transform/transform-1.4.0``) holds
+
+    * ``mixture``: the PSF shape, a nested ``gaussian_mixture-1.0.0`` node in
+      science pixels relative to the PSF centre, with the component amplitudes
+      as they are (``amp_k``, not renormalised);
+    * ``flux``, ``x_0``, ``y_0``: numbers or Quantities;
+    * ``flux_fixed``, ``x_0_fixed``, ``y_0_fixed`` (booleans) and
+      ``component_fixed`` (K rows of 6 booleans, columns amp, xoff, yoff,
+      sigma_x, sigma_y, rho): the fixed flag of every parameter;
+    * ``settings`` (optional): the model's own
+      :class:`~astromix.AccuracySettings`, absent when it uses the default;
+    * from the transform base (asdf-astropy's ``TransformConverterBase``):
+      ``name``, ``inputs``, ``outputs``, a user-set ``bounding_box``,
+      ``input_units_equivalencies``; ``bounds`` holds only the bounds that
+      differ from the constructor's defaults.
+
+    Notes
+    -----
+    The component parameters are rebuilt from the mixture: amplitudes,
+    offsets and sigmas exactly, ``rho_k`` to within one unit in the last
+    place, chosen so that every covariance, and therefore every evaluation, is
+    bit-identical.  ``tied`` constraints are callables and are not written
+    (as in asdf-astropy); writing a model with tied parameters warns.  The
+    units of the component parameters, ``meta`` and ``fit_info`` are not
+    stored.
+    """
+
+    tags = [TAG_URI_PREFIX + "gaussian_mixture_psf-1.0.0"]
+    types = ["astromix.models.psf.GaussianMixturePSF"]
+
+    def to_yaml_tree(self, model, tag, ctx):
+        """Serialise the model: the transform properties, then the PSF's own.
+
+        Replaces the base class's ``fixed`` mapping (which keeps only true
+        flags, while the shape parameters are fixed by default) by complete
+        fixed flags, and its ``bounds`` by the non-default bounds.
+        """
+        node = super().to_yaml_tree(model, tag, ctx)
+        node.pop("fixed", None)
+        node.pop("bounds", None)
+        bounds = {}
+        for name in model.param_names:
+            lo, hi = getattr(model, name).bounds
+            if (lo, hi) != _default_bounds(name):
+                bounds[name] = [None if lo is None else float(lo),
+                                None if hi is None else float(hi)]
+        if bounds:
+            node["bounds"] = bounds
+        tied = [name for name, value in model.tied.items() if value is not False]
+        if tied:
+            warnings.warn(f"GaussianMixturePSF: tied constraints of {tied} are not written "
+                          "to ASDF", AsdfWarning, stacklevel=2)
+        return node
+
+    def to_yaml_tree_transform(self, model, tag, ctx):
+        """The PSF-specific part of the node (see the class docstring)."""
+        node = {"mixture": model.mixture}
+        for name in _PSF_HEAD:
+            value = parameter_to_value(getattr(model, name))
+            node[name] = value if hasattr(value, "unit") else float(value)
+        for name in _PSF_HEAD:
+            node[f"{name}_fixed"] = bool(getattr(model, name).fixed)
+        node["component_fixed"] = [
+            [bool(getattr(model, f"{base}_{k}").fixed) for base in _PSF_COMPONENT_PARAMETERS]
+            for k in range(model.n_components)]
+        settings = getattr(model, "_settings", None)
+        if settings is not None:
+            node["settings"] = {key: getattr(settings, key) for key in _SETTINGS_KEYS}
+        return node
+
+    def from_yaml_tree_transform(self, node, tag, ctx):
+        """Build the model through the checked GaussianMixturePSF constructor.
+
+        Raises
+        ------
+        astromix.InputError
+            If the node lacks a property, its mixture is not a valid
+            GaussianMixture, ``component_fixed`` does not have one row of six
+            flags per component, the settings are invalid, or the constructor
+            refuses the values; the message names the file and the tag.
+        """
+        from ...errors import InputError
+        from ...mixtures import GaussianMixture
+        from ...models.psf import GaussianMixturePSF
+        from ...settings import AccuracySettings
+
+        where = _where(tag, ctx)
+        if not isinstance(node, Mapping):
+            raise InputError(f"{where}: expected a mapping, got {type(node).__name__}")
+        missing = [key for key in ("mixture",) + _PSF_HEAD if key not in node]
+        if missing:
+            noun = "property" if len(missing) == 1 else "properties"
+            raise InputError(f"{where}: missing required {noun} {missing}")
+        mixture = node["mixture"]
+        if not isinstance(mixture, GaussianMixture):
+            raise InputError(f"{where}: mixture is not a valid gaussian_mixture node "
+                             f"(got {type(mixture).__name__})")
+        k = len(mixture)
+        flags = node.get("component_fixed")
+        if flags is not None:
+            flags = np.asarray(flags)
+            if flags.shape != (k, len(_PSF_COMPONENT_PARAMETERS)) or flags.dtype != bool:
+                raise InputError(f"{where}: component_fixed must be {k} rows of "
+                                 f"{len(_PSF_COMPONENT_PARAMETERS)} booleans (one per "
+                                 f"component), got shape {flags.shape} of {flags.dtype}")
+        try:
+            settings = node.get("settings")
+            if settings is not None:
+                if not isinstance(settings, Mapping) or set(settings) - set(_SETTINGS_KEYS):
+                    raise InputError(f"settings must be a mapping with keys among "
+                                     f"{list(_SETTINGS_KEYS)}")
+                settings = AccuracySettings(**settings)
+            model = GaussianMixturePSF(mixture, flux=node["flux"], x_0=node["x_0"],
+                                       y_0=node["y_0"], settings=settings)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from exc
+        # The constructor renormalises the amplitudes and recomputes rho: restore
+        # the written values so that the model evaluates exactly as it did.
+        cov = mixture.cov
+        for i in range(k):
+            getattr(model, f"amp_{i}").value = mixture.amp[i]
+            sx = getattr(model, f"sigma_x_{i}").value
+            sy = getattr(model, f"sigma_y_{i}").value
+            getattr(model, f"rho_{i}").value = _recover_rho(cov[i, 0, 1], sx, sy)
+        for name in _PSF_HEAD:
+            if f"{name}_fixed" in node:
+                getattr(model, name).fixed = bool(node[f"{name}_fixed"])
+        if flags is not None:
+            for i in range(k):
+                for j, base in enumerate(_PSF_COMPONENT_PARAMETERS):
+                    getattr(model, f"{base}_{i}").fixed = bool(flags[i, j])
+        return model
+
+
+CONVERTERS.append(GaussianMixturePSFConverter())

@@ -1,0 +1,609 @@
+"""``astromix psf-mixture``: fit a Gaussian mixture to a PSF image and store it for forcepho.
+
+The replacement of forcepho's ``make_psf.py`` (Johnson et al.), with the same
+options::
+
+    astromix psf-mixture --band F200W --psf_image psf_f200w.fits --oversample 4 \\
+        --trim 227 --ngauss 4 --snr 20 --outname mixtures/psf_nircam_ng4m0.h5 \\
+        --overwrite 1 --savefig --fitsout 1
+
+It reads the PSF image from a FITS file (``--ext``: HDU number or name),
+removes ``--trim`` pixels from each edge, fits ``--ngauss`` Gaussians (the last
+``--ngauss_neg`` of them with negative amplitudes) by least squares with
+:func:`astromix.fitting.fit_psf_mixture`, converts them to science pixels
+(divided by the oversampling, centred on the PSF centre), and writes them as
+the group ``<band>`` of the forcepho HDF5 file ``--outname`` with
+:func:`astromix.io.forcepho.write_psf_mixture` (other bands are kept).  A
+summary (component table, residual metrics, time) is printed on standard
+output.  Optional outputs, beside the HDF5 file:
+
+* ``--savefig``: ``<stem>_<band>.png``, target, model, residual in % of the
+  peak, radial profiles and the component ellipses;
+* ``--fitsout 1``: ``<stem>_<band>.fits``, extensions ``TARGET``, ``MODEL``,
+  ``RESIDUAL`` (target - model, in the trimmed, oversampled pixels of the
+  image) and ``PARAMS``, a binary table with one row per component: ``amp``,
+  ``xcr``, ``ycr``, ``Cxx``, ``Cyy``, ``Cxy`` in science pixels (the rows of
+  the HDF5 file, in float64).
+
+``<stem>`` is the name of ``--outname`` without its extension.  Every file is
+written to a temporary file in the same folder and renamed into place, so an
+interrupted run leaves the previous files intact.  With ``--overwrite 0`` an
+existing band (or an existing PNG/FITS output) is refused before any fitting,
+and nothing is written.
+"""
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from ..errors import AstromixError, InputError
+
+__all__ = ["add_parser", "run", "read_psf_image", "header_oversampling", "output_paths",
+           "write_fits", "write_png"]
+
+log = logging.getLogger("astromix")
+
+#: Header keywords giving the oversampling, in the order they are looked up.
+OVERSAMPLING_KEYWORDS = ("DET_SAMP", "OVERSAMP")
+
+#: Columns of the PARAMS table and of the printed component table.
+PARAM_COLUMNS = ("amp", "xcr", "ycr", "Cxx", "Cyy", "Cxy")
+
+
+# -- argument parsing ------------------------------------------------------------------------
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _flag01(text):
+    if text not in ("0", "1"):
+        raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
+    return text == "1"
+
+
+def _hdu(text):
+    """An HDU number (``"1"``) or name (``"SCI"``)."""
+    text = text.strip()
+    if not text:
+        raise argparse.ArgumentTypeError("expected an HDU number or name")
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def add_parser(subparsers):
+    """Register the ``psf-mixture`` subcommand."""
+    parser = subparsers.add_parser(
+        "psf-mixture",
+        help="fit a Gaussian mixture to a PSF image and write it to a forcepho HDF5 file",
+        description="Fit a Gaussian mixture to a (possibly oversampled) PSF image from a "
+                    "FITS file and store it, in science pixels, as the group BAND of a "
+                    "forcepho PSF file (HDF5); astromix's replacement of forcepho's "
+                    "make_psf.py, with the same options.",
+        epilog="Example: astromix psf-mixture --band F200W --psf_image psf.fits "
+               "--oversample 4 --trim 227 --ngauss 4 --outname psf_mixtures.h5 --savefig "
+               "--fitsout 1")
+    parser.add_argument("--band", required=True,
+                        help="band (filter) name, the HDF5 group written (required)")
+    parser.add_argument("--psf_image", "--psf-image", dest="psf_image", required=True,
+                        metavar="FITS", help="FITS file holding the PSF image (required)")
+    parser.add_argument("--ext", type=_hdu, default=0, metavar="HDU",
+                        help="HDU of the image: number or EXTNAME (default: 0)")
+    parser.add_argument("--oversample", type=_positive_float, default=None, metavar="N",
+                        help="image pixels per science pixel (default: the header's "
+                             "DET_SAMP, else OVERSAMP, else 1)")
+    parser.add_argument("--trim", type=_int_at_least(0), default=0, metavar="N",
+                        help="pixels removed from each edge before fitting (default: 0)")
+    parser.add_argument("--ngauss", type=_int_at_least(1), default=4, metavar="K",
+                        help="number of Gaussians, negative ones included (default: 4)")
+    parser.add_argument("--ngauss_neg", "--ngauss-neg", dest="ngauss_neg",
+                        type=_int_at_least(0), default=0, metavar="K",
+                        help="how many of them have negative amplitudes (default: 0)")
+    parser.add_argument("--snr", type=_positive_float, default=None,
+                        help="forcepho's noise level: sigma = flux / (snr sqrt(Npix)); it "
+                             "scales chi2, not the least-squares fit (default: none)")
+    parser.add_argument("--outname", required=True, metavar="HDF5",
+                        help="forcepho PSF file to write (created if missing; other "
+                             "bands are kept) (required)")
+    parser.add_argument("--overwrite", type=_flag01, default=True, metavar="{0,1}",
+                        help="1: replace the band if present (default); 0: refuse")
+    parser.add_argument("--savefig", action="store_true",
+                        help="write the diagnostic figure <stem>_<band>.png beside the "
+                             "HDF5 file")
+    parser.add_argument("--fitsout", type=_flag01, default=False, metavar="{0,1}",
+                        help="1: write <stem>_<band>.fits (TARGET, MODEL, RESIDUAL, "
+                             "PARAMS) beside the HDF5 file (default: 0)")
+    parser.add_argument("--method", choices=("lsq",), default="lsq",
+                        help="fitting method: lsq, least squares from several starts "
+                             "(default)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random starting points (default: 0)")
+    parser.add_argument("--backend", metavar="NAME", default=None,
+                        help="compute backend: numpy, numba or cupy (default: the active "
+                             "one; see 'astromix backends')")
+    parser.set_defaults(func=run)
+    return parser
+
+
+# -- inputs ----------------------------------------------------------------------------------
+def _hdu_list(hdul):
+    names = []
+    for i, hdu in enumerate(hdul):
+        names.append(f"{i} ({hdu.name})" if hdu.name else str(i))
+    return ", ".join(names)
+
+
+def read_psf_image(path, ext=0):
+    """Read a 2-d PSF image and its headers from a FITS file.
+
+    Parameters
+    ----------
+    path : str
+        The FITS file.
+    ext : int or str, optional
+        HDU number or name (EXTNAME, case-insensitive).
+
+    Returns
+    -------
+    image : ndarray, shape (ny, nx), float64
+    header : astropy.io.fits.Header
+        The header of the HDU.
+    primary : astropy.io.fits.Header
+        The primary header (the same as ``header`` for ``ext=0``).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or not FITS, has no such HDU (the message lists
+        the HDUs), the HDU holds no 2-d image, or the image has NaN or
+        infinite pixels (they are refused, not masked).  The message names the
+        file.
+    """
+    from astropy.io import fits
+
+    where = f"PSF image {path!r}"
+    if not os.path.exists(path):
+        raise InputError(f"{where} does not exist")
+    if not os.path.isfile(path):
+        raise InputError(f"{where} is not a file")
+    try:
+        hdul = fits.open(path, memmap=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{where} is not a readable FITS file ({exc})") from None
+    with hdul:
+        try:
+            hdu = hdul[ext]
+        except (KeyError, IndexError):
+            raise InputError(f"{where} has no HDU {ext!r}; it has {_hdu_list(hdul)}") from None
+        where = f"{where}, HDU {ext!r}"
+        if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+            raise InputError(f"{where} is a {type(hdu).__name__}, not an image")
+        try:
+            data = hdu.data
+        except (OSError, ValueError, TypeError) as exc:
+            raise InputError(f"{where}: the image could not be read ({exc})") from None
+        if data is None:
+            raise InputError(f"{where} holds no data; choose the image with --ext "
+                             f"(HDUs: {_hdu_list(hdul)})")
+        header = hdu.header.copy()
+        primary = hdul[0].header.copy()
+        image = np.array(data, dtype=np.float64)
+    if image.ndim != 2:
+        raise InputError(f"{where} is {image.ndim}-d with shape {image.shape}; expected a "
+                         "2-d image")
+    bad = int(np.count_nonzero(~np.isfinite(image)))
+    if bad:
+        raise InputError(f"{where} has {bad} NaN or infinite pixel(s); they are refused, "
+                         "replace them (e.g. by 0) first")
+    return image, header, primary
+
+
+def header_oversampling(*headers):
+    """The oversampling from FITS headers: DET_SAMP, else OVERSAMP, else 1.
+
+    Parameters
+    ----------
+    *headers : astropy.io.fits.Header
+        Looked up in order (e.g. the image's header, then the primary one);
+        the first header holding either keyword decides.
+
+    Returns
+    -------
+    value : float
+        Image pixels per science pixel.
+    source : str
+        Where it came from, e.g. ``"header DET_SAMP"`` or ``"default"``.
+
+    Raises
+    ------
+    InputError
+        If the keyword found is not a positive number.
+    """
+    for header in headers:
+        found = [(key, header[key]) for key in OVERSAMPLING_KEYWORDS if key in header]
+        if not found:
+            continue
+        key, value = found[0]
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not (np.isfinite(value) and value > 0):
+            raise InputError(f"header keyword {key} = {header[key]!r} is not a positive "
+                             "oversampling factor; give --oversample")
+        if len(found) > 1 and _as_float(found[1][1]) != value:
+            log.warning("the header has %s = %s and %s = %s; using %s (give --oversample "
+                        "to override)", key, header[key], found[1][0], found[1][1], key)
+        return value, f"header {key}"
+    return 1.0, "default"
+
+
+def _as_float(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def output_paths(outname, band):
+    """Paths of the PNG and FITS outputs: ``<stem>_<band>.png`` and ``.fits`` beside ``outname``."""
+    folder = os.path.dirname(os.path.abspath(outname))
+    stem = os.path.splitext(os.path.basename(outname))[0]
+    return (os.path.join(folder, f"{stem}_{band}.png"),
+            os.path.join(folder, f"{stem}_{band}.fits"))
+
+
+def _check_band(band):
+    if not band.strip() or "/" in band or band in (".", ".."):
+        raise InputError(f"--band {band!r} is not a valid band name (non-empty, no '/')")
+
+
+def _check_outputs(args, png_path, fits_path):
+    """Refuse, before any fitting, what the writes would refuse."""
+    import h5py
+
+    path = args.outname
+    if os.path.lexists(path):
+        if not os.path.isfile(path):
+            raise InputError(f"--outname {path!r} exists and is not a regular file")
+        try:
+            with h5py.File(path, "r") as f:
+                present = args.band in f
+        except OSError as exc:
+            raise InputError(f"--outname {path!r} exists but is not a readable HDF5 file "
+                             f"({exc}); refusing to replace it") from None
+        if present and not args.overwrite:
+            raise InputError(f"{path} already has band {args.band!r} and --overwrite is 0; "
+                             "nothing was fitted or written")
+    if not args.overwrite:
+        for wanted, extra in ((args.savefig, png_path), (args.fitsout, fits_path)):
+            if wanted and os.path.lexists(extra):
+                raise InputError(f"{extra} exists and --overwrite is 0; nothing was fitted "
+                                 "or written")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {folder!r}: "
+                         f"{exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"output folder {folder!r} is not writable")
+
+
+# -- outputs ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it into place on success."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _param_rows(mixture):
+    """(K, 6) rows amp, xcr, ycr, Cxx, Cyy, Cxy [science px], by decreasing amplitude.
+
+    The order of :func:`astromix.io.forcepho.write_psf_mixture`.
+    """
+    order = np.argsort(-mixture.amp, kind="stable")
+    cov = mixture.cov[order]
+    return np.column_stack([mixture.amp[order], mixture.mean[order, 0], mixture.mean[order, 1],
+                            cov[:, 0, 0], cov[:, 1, 1], cov[:, 0, 1]])
+
+
+def _image_mixture(psf, info):
+    """The fitted mixture in the pixels of the fitted (trimmed, oversampled) image."""
+    from ..mixtures import GaussianMixture
+
+    mix = psf.mixture
+    os_ = float(info["oversampling"])
+    centre = np.asarray(info["center"], dtype=np.float64)
+    return GaussianMixture(mix.amp, mix.mean * os_ + centre, mix.cov * os_ ** 2)
+
+
+def write_fits(path, target, model, psf, meta):
+    """Write TARGET, MODEL, RESIDUAL and PARAMS to a multi-extension FITS file, atomically.
+
+    Parameters
+    ----------
+    path : str
+        Output file; replaced only once the new file is complete.
+    target, model : ndarray, shape (ny, nx)
+        The fitted image (trimmed, oversampled pixels) and the model of it.
+    psf : GaussianMixturePSF
+        The fit; its mixture, in science pixels, fills PARAMS (one row per
+        component, by decreasing amplitude: amp, xcr, ycr [px], Cxx, Cyy, Cxy
+        [px^2]).
+    meta : dict
+        Header cards (keyword: (value, comment)) of the primary HDU.
+
+    Notes
+    -----
+    The image extensions carry ``OVERSAMP``, ``PSFCENX`` and ``PSFCENY`` (the
+    0-based position of the PSF centre in their pixels) and ``PSFFLUX`` (the
+    flux of the fitted mixture in image units): component ``k`` of PARAMS is,
+    in the image's pixels, amplitude ``PSFFLUX * amp``, centre ``(PSFCENX +
+    OVERSAMP * xcr, PSFCENY + OVERSAMP * ycr)`` and covariance ``OVERSAMP**2``
+    times (Cxx, Cxy; Cxy, Cyy).
+    """
+    from astropy.io import fits
+
+    primary = fits.PrimaryHDU()
+    for key, (value, comment) in meta.items():
+        if value is not None:
+            primary.header[key] = (value, comment)
+    info = psf.fit_info
+    images = []
+    for name, data, what in (("TARGET", target, "PSF image fitted (trimmed)"),
+                             ("MODEL", model, "Gaussian-mixture model of TARGET"),
+                             ("RESIDUAL", target - model, "TARGET - MODEL")):
+        hdu = fits.ImageHDU(np.asarray(data, dtype=np.float64), name=name)
+        hdu.header["COMMENT"] = what
+        hdu.header["OVERSAMP"] = (float(info["oversampling"]), "image px per science px")
+        hdu.header["PSFCENX"] = (float(info["center"][0]), "0-based x of the PSF centre [px]")
+        hdu.header["PSFCENY"] = (float(info["center"][1]), "0-based y of the PSF centre [px]")
+        if "flux" in info:
+            hdu.header["PSFFLUX"] = (float(info["flux"]), "flux of the mixture (PARAMS amp sum 1)")
+        images.append(hdu)
+    rows = _param_rows(psf.mixture)
+    units = ("", "pix", "pix", "pix2", "pix2", "pix2")
+    cols = [fits.Column(name=name, format="D", unit=unit or None, array=rows[:, i])
+            for i, (name, unit) in enumerate(zip(PARAM_COLUMNS, units))]
+    table = fits.BinTableHDU.from_columns(cols, name="PARAMS")
+    table.header["COMMENT"] = ("One row per Gaussian, science pixels, centres relative to "
+                               "the PSF centre; the rows of the forcepho HDF5 group.")
+    with _atomic_path(path) as tmp:
+        fits.HDUList([primary, *images, table]).writeto(tmp, overwrite=True)
+
+
+def _radial_profile(image, centre):
+    ny, nx = image.shape
+    y, x = np.mgrid[0:ny, 0:nx]
+    r = np.hypot(x - centre[0], y - centre[1]).ravel()
+    edges = np.arange(0.0, r.max() + 1.0, 1.0)
+    which = np.digitize(r, edges) - 1
+    counts = np.bincount(which, minlength=edges.size)
+    sums = np.bincount(which, weights=image.ravel(), minlength=edges.size)
+    good = counts[:-1] > 0
+    return (edges[:-1] + 0.5)[good], (sums[:-1] / np.maximum(counts[:-1], 1))[good]
+
+
+def write_png(path, target, model, psf, title=""):
+    """Draw the diagnostic figure to a PNG, atomically (matplotlib, Agg canvas).
+
+    Five panels: target and model (log scale), residual ``(target - model) /
+    peak`` in %, radial profiles (target, model, |residual|) against the radius
+    in science pixels, and the 1- and 2-sigma ellipses of every component over
+    the target (dashed: negative amplitude).
+
+    Parameters
+    ----------
+    path : str
+        Output file.
+    target, model : ndarray, shape (ny, nx)
+        The fitted image and its model (trimmed, oversampled pixels).
+    psf : GaussianMixturePSF
+        The fit, with its ``fit_info`` (``center``, ``oversampling``).
+    title : str, optional
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Ellipse
+
+    info = psf.fit_info
+    os_ = float(info["oversampling"])
+    centre = np.asarray(info["center"], dtype=np.float64)
+    peak = float(np.max(target))
+    resid = target - model
+    fig = Figure(figsize=(17.0, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 5)
+    floor = peak * 1e-4
+    norm = LogNorm(vmin=floor, vmax=peak)
+    for ax, img, label in ((axes[0], target, "target"), (axes[1], model, "model")):
+        im = ax.imshow(np.clip(img, floor, None), origin="lower", norm=norm, cmap="magma")
+        ax.set_title(label)
+        fig.colorbar(im, ax=ax, shrink=0.85)
+    pct = 100.0 * resid / peak
+    lim = max(float(np.max(np.abs(pct))), 1e-3)
+    im = axes[2].imshow(pct, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    axes[2].set_title("(target - model) / peak [%]")
+    fig.colorbar(im, ax=axes[2], shrink=0.85)
+
+    ax = axes[3]
+    r, prof_t = _radial_profile(target, centre)
+    _, prof_m = _radial_profile(model, centre)
+    _, prof_r = _radial_profile(np.abs(resid), centre)
+    r = r / os_
+    ax.semilogy(r, np.abs(prof_t), "k.", ms=3, label="target")
+    ax.semilogy(r, np.abs(prof_m), "C1-", label="model")
+    ax.semilogy(r, prof_r, "C0:", label="|residual|")
+    positive = np.abs(prof_t[prof_t != 0])
+    if positive.size:
+        ax.set_ylim(bottom=max(float(positive.min()) / 10, peak * 1e-8))
+    ax.set_xlabel("radius [science px]")
+    ax.set_ylabel("mean pixel value")
+    ax.set_title("radial profile")
+    ax.legend(fontsize="small")
+
+    ax = axes[4]
+    ax.imshow(np.clip(target, floor, None), origin="lower", norm=norm, cmap="Greys")
+    mix = _image_mixture(psf, info)
+    order = np.argsort(-np.abs(mix.amp), kind="stable")
+    for n, k in enumerate(order):
+        evals, evecs = np.linalg.eigh(mix.cov[k])
+        angle = np.degrees(np.arctan2(evecs[1, 1], evecs[0, 1]))
+        style = "--" if mix.amp[k] < 0 else "-"
+        for nsig, alpha in ((1.0, 1.0), (2.0, 0.5)):
+            ax.add_patch(Ellipse(mix.mean[k], 2 * nsig * np.sqrt(evals[1]),
+                                 2 * nsig * np.sqrt(evals[0]), angle=angle, fill=False,
+                                 ls=style, lw=1.2, alpha=alpha, color=f"C{n % 10}",
+                                 label=f"amp {mix.amp[k]:.3f}" if nsig == 1 else None))
+    ax.plot(*centre, "+", color="C3", ms=8)
+    ax.set_xlim(-0.5, target.shape[1] - 0.5)
+    ax.set_ylim(-0.5, target.shape[0] - 0.5)
+    ax.set_title("components (1, 2 sigma)")
+    ax.legend(fontsize="x-small", loc="upper right")
+    for ax in (axes[0], axes[1], axes[2], axes[4]):
+        ax.set_xlabel("x [image px]")
+        ax.set_ylabel("y [image px]")
+    if title:
+        fig.suptitle(title)
+    with _atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=90)
+
+
+# -- the command -----------------------------------------------------------------------------
+def run(args):
+    """Run ``astromix psf-mixture`` (see the module docstring); returns the exit status."""
+    from .. import backends
+
+    t_start = time.perf_counter()
+    out = sys.stdout
+    _check_band(args.band)
+    if args.ngauss_neg >= args.ngauss:
+        raise InputError(f"--ngauss_neg {args.ngauss_neg} must be smaller than --ngauss "
+                         f"{args.ngauss} (at least one positive Gaussian)")
+    png_path, fits_path = output_paths(args.outname, args.band)
+    image, header, primary = read_psf_image(args.psf_image, args.ext)
+    if args.oversample is not None:
+        oversampling, source = float(args.oversample), "--oversample"
+    else:
+        oversampling, source = header_oversampling(header, primary)
+    if args.trim and 2 * args.trim >= min(image.shape):
+        raise InputError(f"--trim {args.trim} leaves nothing of the {image.shape[0]} x "
+                         f"{image.shape[1]} image")
+    _check_outputs(args, png_path, fits_path)
+
+    from ..fitting import fit_psf_mixture
+    from ..io.forcepho import write_psf_mixture
+
+    with (backends.use_backend(args.backend) if args.backend
+          else contextlib.nullcontext(backends.get_backend())) as bk:
+        ny, nx = image.shape
+        print(f"astromix psf-mixture: {args.psf_image}[{args.ext}], {ny} x {nx} px, "
+              f"oversampling {oversampling:g} ({source}), trim {args.trim}, band {args.band}, "
+              f"backend {bk.name}", file=out)
+        psf = fit_psf_mixture(image, args.ngauss, oversampling=oversampling, trim=args.trim,
+                              snr=args.snr, n_negative=args.ngauss_neg, method=args.method,
+                              rng=np.random.default_rng(args.seed), backend=args.backend)
+    info = psf.fit_info
+    t = args.trim
+    target = image[t:image.shape[0] - t, t:image.shape[1] - t] if t else image
+    model = np.asarray(info["model"], dtype=np.float64)
+
+    written = []
+    try:
+        write_psf_mixture(args.outname, args.band, psf, overwrite=args.overwrite)
+        written.append(f"{args.outname} (group {args.band!r})")
+        if args.fitsout:
+            meta = {"BAND": (args.band, "band (HDF5 group)"),
+                    "PSFIMAGE": (os.path.basename(args.psf_image), "PSF image fitted"),
+                    "PSFEXT": (str(args.ext), "its HDU"),
+                    "OVERSAMP": (oversampling, f"image px per science px ({source})"),
+                    "TRIM": (args.trim, "pixels removed from each edge"),
+                    "NGAUSS": (args.ngauss, "number of Gaussians"),
+                    "NGNEG": (args.ngauss_neg, "of which with negative amplitude"),
+                    "SNR": (args.snr, "forcepho noise level"),
+                    "METHOD": (args.method, "fitting method"),
+                    "SEED": (args.seed, "random seed"),
+                    "MAXRESPK": (float(info["max_residual_over_peak"]),
+                                 "max|TARGET - MODEL| / max(TARGET)"),
+                    "L1FLUX": (float(info["l1_residual_over_flux"]),
+                               "sum|TARGET - MODEL| / sum(TARGET)"),
+                    "CHI2": (float(info["chi2"]), "chi2 of the fit"),
+                    "ORIGIN": (f"astromix {_version()}", "astromix psf-mixture")}
+            write_fits(fits_path, target, model, psf, meta)
+            written.append(fits_path)
+        if args.savefig:
+            write_png(png_path, target, model, psf,
+                      title=f"{args.band}: {args.ngauss} Gaussians ({args.ngauss_neg} "
+                            f"negative), {os.path.basename(args.psf_image)}")
+            written.append(png_path)
+    except OSError as exc:
+        raise AstromixError(f"cannot write {exc.filename or args.outname!r}: "
+                            f"{exc.strerror or exc}") from None
+
+    _report(out, psf, info, time.perf_counter() - t_start)
+    for item in written:
+        print(f"wrote {item}", file=out)
+    return 0
+
+
+def _version():
+    from .. import __version__
+
+    return __version__
+
+
+def _report(out, psf, info, elapsed):
+    rows = _param_rows(psf.mixture)
+    n_iter = info.get("n_iterations")
+    print(f"fitted {len(rows)} Gaussians in {float(info['time_s']):.2f} s"
+          + (f" ({n_iter} iterations)" if n_iter is not None else "")
+          + f"; total {elapsed:.2f} s", file=out)
+    print("components (science px, centres relative to the PSF centre):", file=out)
+    print("   k       amp       xcr       ycr       Cxx       Cyy       Cxy", file=out)
+    for k, row in enumerate(rows):
+        print(f"  {k:2d}" + "".join(f"  {v:8.5f}" for v in row), file=out)
+    v = float(info["max_residual_over_peak"])
+    print(f"max|residual|/peak = {v:.5f} ({100 * v:.2f} % of the peak)", file=out)
+    v = float(info["l1_residual_over_flux"])
+    print(f"sum|residual|/flux = {v:.5f} ({100 * v:.2f} % of the flux)", file=out)
+    if "chi2" in info:
+        print(f"chi2 = {float(info['chi2']):.4g}", file=out)

@@ -1,0 +1,336 @@
+"""Tests of ``astromix psf-mixture`` (forcepho's make_psf.py), run through ``main``.
+
+The PSF is a cut-out of the shipped empirical JWST NIRCam F200W PSF (4x oversampled,
+header OVERSAMP = 4), written to a temporary FITS file with its header.
+"""
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from astromix import InputError
+from astromix.cli import main
+from astromix.cli.psf_mixture import header_oversampling, output_paths, read_psf_image
+
+h5py = pytest.importorskip("h5py")
+
+BAND = "F200W"
+HALF = 100  # the cut-out is 201 x 201 image px around the centre of the 535 x 535 PSF
+TRIM = 60  # leaves 81 x 81 image px (about 20 science px), as --trim 227 on the full PSF
+
+
+def _run(argv):
+    """main(argv) with its stdout and stderr captured: (code, out, err)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _one_line_error(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("astromix psf-mixture: error: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def psf_fits(tmp_path_factory):
+    from astromix.datasets import load_jwst_f200w_psf
+
+    image, header = load_jwst_f200w_psf()
+    c = image.shape[0] // 2
+    cut = image[c - HALF:c + HALF + 1, c - HALF:c + HALF + 1]
+    path = tmp_path_factory.mktemp("psf") / "psf_f200w.fits"
+    fits.PrimaryHDU(cut.astype(np.float32), header=header).writeto(path)
+    return path, cut
+
+
+@pytest.fixture(scope="module")
+def fitted(psf_fits, tmp_path_factory):
+    """One run with every output: (code, out, err, outdir, h5 path)."""
+    path, _ = psf_fits
+    outdir = tmp_path_factory.mktemp("out") / "mixtures"  # created by the command
+    h5 = outdir / "psf_nircam.h5"
+    code, out, err = _run(["psf-mixture", "--band", BAND, "--psf_image", str(path),
+                           "--trim", str(TRIM), "--ngauss", "3", "--outname", str(h5),
+                           "--savefig", "--fitsout", "1", "--seed", "1"])
+    return code, out, err, outdir, h5
+
+
+def test_help_lists_command():
+    code, out, _ = _run(["--help"])
+    assert code == 0 and "psf-mixture" in out
+    code, out, _ = _run(["psf-mixture", "--help"])
+    assert code == 0
+    for option in ("--band", "--psf_image", "--ext", "--oversample", "--trim", "--ngauss",
+                   "--snr", "--outname", "--overwrite", "--savefig", "--fitsout", "--method",
+                   "--ngauss_neg", "--seed"):
+        assert option in out, option
+
+
+def test_run_succeeds_and_reports(fitted):
+    code, out, err, _, h5 = fitted
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "oversampling 4 (header OVERSAMP)" in out
+    assert "fitted 3 Gaussians in" in out
+    table = out[out.index("   k       amp"):].splitlines()[1:4]
+    assert [int(line.split()[0]) for line in table] == [0, 1, 2]
+    assert "max|residual|/peak = " in out and "sum|residual|/flux = " in out
+    assert f"wrote {h5} (group '{BAND}')" in out
+
+
+def test_hdf5_group(fitted):
+    from astromix.io.forcepho import read_psf_mixture
+
+    code, out, _, _, h5 = fitted
+    assert code == 0
+    with h5py.File(h5, "r") as f:
+        assert list(f) == [BAND]
+        group = f[BAND]
+        assert int(group.attrs["n_psf_per_source"]) == 9 * 3
+        params = group["parameters"][()]
+    assert params.shape == (1, 27)
+    assert set(params.dtype.names) == {"amp", "xcr", "ycr", "Cxx", "Cyy", "Cxy", "sersic_bin"}
+    assert np.array_equal(params["sersic_bin"][0], np.repeat(np.arange(9), 3))
+    mixture = read_psf_mixture(h5, BAND)
+    assert len(mixture) == 3
+    assert np.all(np.diff(mixture.amp) <= 0)  # sorted by decreasing amplitude
+    assert mixture.flux == pytest.approx(1.0, abs=1e-6)
+    assert np.hypot(*mixture.moments()[1]) < 0.01  # centred on the PSF centre
+    # The printed table holds the same numbers.
+    rows = out[out.index("   k       amp"):].splitlines()[1:4]
+    printed = np.array([[float(v) for v in line.split()[1:]] for line in rows])
+    stored = np.column_stack([params[0, :3][n] for n in ("amp", "xcr", "ycr", "Cxx", "Cyy",
+                                                         "Cxy")])
+    np.testing.assert_allclose(printed, stored, atol=1e-5)
+    # F200W: about 0.9-1.2 science px core width (2 px FWHM at 0.031"/px).
+    _, _, cov = mixture.moments()
+    assert 0.5 < np.sqrt(np.trace(cov) / 2) < 5
+
+
+def test_fits_output(fitted, psf_fits):
+    from astromix.io.forcepho import read_psf_mixture
+
+    code, _, _, outdir, h5 = fitted
+    _, cut = psf_fits
+    assert code == 0
+    png, fits_path = output_paths(str(h5), BAND)
+    assert fits_path == str(outdir / f"psf_nircam_{BAND}.fits")
+    with fits.open(fits_path) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "TARGET", "MODEL", "RESIDUAL", "PARAMS"]
+        target, model, resid = (hdul[n].data for n in ("TARGET", "MODEL", "RESIDUAL"))
+        for img in (target, model, resid):
+            assert img.shape == (81, 81)
+        np.testing.assert_allclose(target, cut[TRIM:-TRIM, TRIM:-TRIM].astype(np.float32))
+        np.testing.assert_allclose(resid, target - model, atol=1e-12)
+        head = hdul[0].header
+        assert head["BAND"] == BAND and head["NGAUSS"] == 3 and head["TRIM"] == TRIM
+        assert head["OVERSAMP"] == 4.0
+        assert head["MAXRESPK"] == pytest.approx(np.abs(resid).max() / target.max(), rel=1e-6)
+        assert head["L1FLUX"] == pytest.approx(np.abs(resid).sum() / target.sum(), rel=1e-6)
+        assert head["MAXRESPK"] < 0.15  # three Gaussians cannot follow the hexagonal rings
+        table = hdul["PARAMS"].data
+        assert list(table.columns.names) == ["amp", "xcr", "ycr", "Cxx", "Cyy", "Cxy"]
+        assert len(table) == 3
+        centre = hdul["TARGET"].header["PSFCENX"], hdul["TARGET"].header["PSFCENY"]
+        hdul_flux = hdul["MODEL"].header["PSFFLUX"]
+        assert hdul_flux == pytest.approx(target.sum(), rel=0.05)
+    # The table is the HDF5 group's content, in science pixels.
+    mixture = read_psf_mixture(h5, BAND)
+    np.testing.assert_allclose(table["amp"], mixture.amp, rtol=1e-6)
+    np.testing.assert_allclose(table["xcr"], mixture.mean[:, 0], atol=1e-6)
+    np.testing.assert_allclose(table["Cxx"], mixture.cov[:, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(table["Cxy"], mixture.cov[:, 0, 1], rtol=1e-5, atol=1e-7)
+    # The MODEL image is that mixture rendered in the oversampled pixels.
+    from astromix import GaussianMixture
+
+    amp = table["amp"] * hdul_flux
+    mean = np.column_stack([table["xcr"], table["ycr"]]) * 4 + centre
+    cov = np.empty((3, 2, 2))
+    cov[:, 0, 0], cov[:, 1, 1] = table["Cxx"] * 16, table["Cyy"] * 16
+    cov[:, 0, 1] = cov[:, 1, 0] = table["Cxy"] * 16
+    rendered = GaussianMixture(amp, mean, cov).render(model.shape)
+    np.testing.assert_allclose(rendered, model, atol=1e-6 * model.max())
+
+
+def test_png_output(fitted):
+    code, _, _, outdir, h5 = fitted
+    assert code == 0
+    png, _ = output_paths(str(h5), BAND)
+    assert png == str(outdir / f"psf_nircam_{BAND}.png")
+    with open(png, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    img = matplotlib.image.imread(png)
+    assert img.ndim == 3 and img.shape[1] > 3 * img.shape[0]  # five panels side by side
+    # No temporary files are left behind.
+    assert sorted(os.listdir(outdir)) == sorted(
+        ["psf_nircam.h5", f"psf_nircam_{BAND}.png", f"psf_nircam_{BAND}.fits"])
+
+
+def test_overwrite_0_refuses_before_fitting(fitted, psf_fits, tmp_path, monkeypatch):
+    code, _, _, outdir, h5 = fitted
+    assert code == 0
+    path, _ = psf_fits
+    copy = tmp_path / "psf.h5"
+    shutil.copy2(h5, copy)
+    before = copy.read_bytes()
+
+    import astromix.fitting
+
+    def no_fit(*args, **kwargs):  # pragma: no cover - must not be reached
+        raise AssertionError("the refusal must come before the fit")
+
+    monkeypatch.setattr(astromix.fitting, "fit_psf_mixture", no_fit)
+    code, out, err = _run(["psf-mixture", "--band", BAND, "--psf_image", str(path),
+                           "--trim", str(TRIM), "--ngauss", "3", "--outname", str(copy),
+                           "--overwrite", "0", "--savefig", "--fitsout", "1"])
+    assert code == 2
+    line = _one_line_error(err)
+    assert BAND in line and str(copy) in line and "--overwrite" in line
+    assert copy.read_bytes() == before  # byte-identical
+    assert sorted(os.listdir(tmp_path)) == ["psf.h5"]  # no PNG, no FITS, no temporary file
+
+
+def test_new_band_with_overwrite_0_keeps_others(fitted, psf_fits, tmp_path):
+    from astromix.io.forcepho import read_psf_mixture
+
+    code, _, _, _, h5 = fitted
+    assert code == 0
+    path, _ = psf_fits
+    copy = tmp_path / "psf.h5"
+    shutil.copy2(h5, copy)
+    old = read_psf_mixture(copy, BAND)
+    # A second band, smaller and explicit oversampling, goes in beside the first.
+    code, out, err = _run(["psf-mixture", "--band", "F200W_small", "--psf_image", str(path),
+                           "--trim", "80", "--ngauss", "2", "--oversample", "4", "--snr", "50",
+                           "--outname", str(copy), "--overwrite", "0"])
+    assert code == 0, err
+    assert "oversampling 4 (--oversample)" in out
+    assert "chi2 = " in out
+    with h5py.File(copy, "r") as f:
+        assert sorted(f) == [BAND, "F200W_small"]
+    assert read_psf_mixture(copy, BAND) == old
+    assert len(read_psf_mixture(copy, "F200W_small")) == 2
+    assert sorted(os.listdir(tmp_path)) == ["psf.h5"]  # no --savefig, --fitsout 0
+    # --overwrite 1 (the default) replaces that band only.
+    code, _, err = _run(["psf-mixture", "--band", "F200W_small", "--psf_image", str(path),
+                         "--trim", "80", "--ngauss", "1", "--outname", str(copy)])
+    assert code == 0, err
+    assert len(read_psf_mixture(copy, "F200W_small")) == 1
+    assert read_psf_mixture(copy, BAND) == old
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.fits"
+    out = tmp_path / "out.h5"
+    code, _, err = _run(["psf-mixture", "--band", BAND, "--psf_image", str(missing),
+                         "--outname", str(out)])
+    assert code == 2
+    line = _one_line_error(err)
+    assert str(missing) in line and "does not exist" in line
+    assert not out.exists()
+
+
+def _write(path, hdus):
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+@pytest.mark.parametrize("make, ext, match", [
+    (lambda p: _write(p, [fits.PrimaryHDU(np.ones((9, 9)))]), "3", "has no HDU 3"),
+    (lambda p: _write(p, [fits.PrimaryHDU(np.ones((9, 9)))]), "SCI", "has no HDU 'SCI'"),
+    (lambda p: _write(p, [fits.PrimaryHDU(np.ones((2, 9, 9)))]), "0", "3-d"),
+    (lambda p: _write(p, [fits.PrimaryHDU()]), "0", "holds no data"),
+    (lambda p: _write(p, [fits.PrimaryHDU(np.where(np.eye(9) > 0, np.nan, 1.0))]), "0",
+     "9 NaN or infinite pixel"),
+    (lambda p: _write(p, [fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
+        [fits.Column(name="a", format="D", array=np.ones(3))], name="TAB")]), "TAB",
+     "not an image"),
+    (lambda p: p.write_bytes(b"not a FITS file at all") and p, "0", "not a readable FITS"),
+], ids=["hdu-number", "hdu-name", "cube", "no-data", "nan", "table", "not-fits"])
+def test_bad_image(tmp_path, make, ext, match):
+    path = make(tmp_path / "psf.fits")
+    out = tmp_path / "out.h5"
+    code, _, err = _run(["psf-mixture", "--band", BAND, "--psf_image", str(path),
+                         "--ext", ext, "--outname", str(out)])
+    assert code == 2
+    line = _one_line_error(err)
+    assert match in line and str(path) in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--ngauss", "2", "--ngauss_neg", "2"], "--ngauss_neg 2 must be smaller"),
+    (["--trim", "40"], "--trim 40 leaves nothing"),
+    (["--band", "a/b"], "not a valid band name"),
+], ids=["ngauss_neg", "trim", "band"])
+def test_bad_options(tmp_path, extra, match):
+    path = _write(tmp_path / "psf.fits", [fits.PrimaryHDU(np.ones((41, 41)))])
+    out = tmp_path / "out.h5"
+    argv = ["psf-mixture", "--band", BAND, "--psf_image", str(path), "--outname", str(out)]
+    code, _, err = _run(argv + extra)
+    assert code == 2
+    assert match in _one_line_error(err)
+    assert not out.exists()
+
+
+def test_outname_not_hdf5_refused(tmp_path):
+    path = _write(tmp_path / "psf.fits", [fits.PrimaryHDU(np.ones((41, 41)))])
+    out = tmp_path / "out.h5"
+    out.write_text("precious, not HDF5")
+    code, _, err = _run(["psf-mixture", "--band", BAND, "--psf_image", str(path),
+                         "--outname", str(out)])
+    assert code == 2
+    assert "not a readable HDF5 file" in _one_line_error(err)
+    assert out.read_text() == "precious, not HDF5"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--overwrite", "2"], ["--fitsout", "yes"], ["--ngauss", "0"], ["--oversample", "-1"],
+    ["--method", "nuts"],
+])
+def test_usage_errors(tmp_path, argv):
+    base = ["psf-mixture", "--band", BAND, "--psf_image", "x.fits", "--outname",
+            str(tmp_path / "o.h5")]
+    code, _, err = _run(base + argv)
+    assert code == 2
+    assert "usage:" in err
+    code, _, err = _run(["psf-mixture", "--psf_image", "x.fits", "--outname", "o.h5"])
+    assert code == 2 and "--band" in err
+
+
+def test_read_psf_image_by_name(tmp_path):
+    data = np.arange(35.0).reshape(5, 7)
+    path = _write(tmp_path / "psf.fits",
+                  [fits.PrimaryHDU(header=fits.Header([("DET_SAMP", 2)])),
+                   fits.ImageHDU(data, name="OVERDIST")])
+    image, header, primary = read_psf_image(str(path), "overdist")
+    assert np.array_equal(image, data) and image.dtype == np.float64
+    assert header_oversampling(header, primary) == (2.0, "header DET_SAMP")
+
+
+def test_header_oversampling(caplog):
+    assert header_oversampling(fits.Header()) == (1.0, "default")
+    assert header_oversampling(fits.Header([("OVERSAMP", 4)])) == (4.0, "header OVERSAMP")
+    both = fits.Header([("OVERSAMP", 4), ("DET_SAMP", 4)])
+    assert header_oversampling(both) == (4.0, "header DET_SAMP")
+    # The first header that has a keyword decides.
+    assert header_oversampling(fits.Header([("OVERSAMP", 2)]), both) == (2.0, "header OVERSAMP")
+    with caplog.at_level(logging.WARNING, logger="astromix"):
+        value = header_oversampling(fits.Header([("OVERSAMP", 1), ("DET_SAMP", 4)]))
+    assert value == (4.0, "header DET_SAMP")
+    assert "DET_SAMP" in caplog.text and "OVERSAMP" in caplog.text
+    for bad in (0, -2, "four"):
+        with pytest.raises(InputError, match="--oversample"):
+            header_oversampling(fits.Header([("DET_SAMP", bad)]))
