@@ -14,9 +14,10 @@ from scipy import optimize
 
 from ..errors import InputError
 from ..mixtures import GaussianMixture
+from .lsq import MixtureLSQFitter
 
-__all__ = ["fit_gaussian_mixture", "fit_psf_mixture", "mixture_from_vector",
-           "mixture_to_vector"]
+__all__ = ["MixtureLSQFitter", "fit_gaussian_mixture", "fit_psf_mixture",
+           "mixture_from_vector", "mixture_to_vector"]
 
 log = logging.getLogger("astromix")
 

@@ -234,18 +234,3 @@ class GaussianMixturePSF(Fittable2DModel):
             units[f"sigma_x_{k}"] = inputs_unit[self.inputs[0]]
             units[f"sigma_y_{k}"] = inputs_unit[self.inputs[1]]
         return units
-
-    def __reduce__(self):
-        return (_rebuild, (self.mixture, self.parameters[:3].tolist(), self._settings,
-                           {n: getattr(self, n).fixed for n in self.param_names}))
-
-    def copy(self):
-        """A copy (parameters, fixed flags and bounds included)."""
-        return _rebuild(*self.__reduce__()[1])
-
-
-def _rebuild(mixture, head, settings, fixed):
-    model = GaussianMixturePSF(mixture, flux=head[0], x_0=head[1], y_0=head[2], settings=settings)
-    for name, value in fixed.items():
-        getattr(model, name).fixed = value
-    return model
