@@ -3,7 +3,7 @@
 import numpy as np
 from astropy.modeling import Fittable2DModel, Parameter
 
-from ..backends import _common
+from ..backends import _common, get_backend
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
@@ -169,16 +169,29 @@ class GaussianMixturePSF(Fittable2DModel):
 
     # -- astropy.modeling interface -------------------------------------------------
     def evaluate(self, x, y, flux, x_0, y_0, *comp):
-        """Pixel-integrated PSF at pixel coordinates ``x, y`` (any shape) [flux units]."""
+        """Pixel-integrated PSF at pixel coordinates ``x, y`` (any shape) [flux units].
+
+        On a regular grid of whole pixels (``x[j, i] = x[0, 0] + i``,
+        ``y[j, i] = y[0, 0] + j``, as from ``numpy.mgrid``) the image is
+        rendered by the active backend's kernel; elsewhere the same values
+        are computed point by point with NumPy.
+        """
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         shape = np.broadcast_shapes(x.shape, y.shape)
-        xb, yb = np.broadcast_to(x, shape).ravel(), np.broadcast_to(y, shape).ravel()
         fluxv = np.asarray(flux).ravel()[0]
         unit = getattr(flux, "unit", None)
         table = self._table(getattr(fluxv, "value", fluxv), np.ravel(x_0)[0], np.ravel(y_0)[0],
                             [np.ravel(c)[0] for c in comp])
-        value = _common.evaluate_points(table, xb, yb, self.settings.n_sigma).reshape(shape)
+        origin = _grid_origin(x, y)
+        if origin is not None:
+            table[:, _common.MX] -= origin[0]
+            table[:, _common.MY] -= origin[1]
+            bk = get_backend()
+            value = bk.to_numpy(bk.render(table, shape, np.float64, self.settings))
+        else:
+            xb, yb = np.broadcast_to(x, shape).ravel(), np.broadcast_to(y, shape).ravel()
+            value = _common.evaluate_points(table, xb, yb, self.settings.n_sigma).reshape(shape)
         return value * unit if unit is not None else value
 
     def fit_deriv(self, x, y, flux, x_0, y_0, *comp):
@@ -234,3 +247,15 @@ class GaussianMixturePSF(Fittable2DModel):
             units[f"sigma_x_{k}"] = inputs_unit[self.inputs[0]]
             units[f"sigma_y_{k}"] = inputs_unit[self.inputs[1]]
         return units
+
+
+def _grid_origin(x, y):
+    """(x0, y0) when x, y are a 2-d grid of whole pixels starting there, else None."""
+    if x.ndim != 2 or x.shape != y.shape or x.size < 64:
+        return None
+    x0, y0 = x[0, 0], y[0, 0]
+    ny, nx = x.shape
+    if not (np.array_equal(x[0], x0 + np.arange(nx)) and np.array_equal(y[:, 0], y0 + np.arange(ny))
+            and (x == x[0]).all() and (y == y[:, :1]).all()):
+        return None
+    return x0, y0
