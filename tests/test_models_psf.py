@@ -215,3 +215,20 @@ class TestFitPsfMixture:
     def test_bad_arguments(self, kwargs, msg):
         with pytest.raises(InputError, match=msg):
             fit_psf_mixture(np.ones((40, 40)), 3, **kwargs)
+
+
+def test_fit_psf_mixture_nested():
+    pytest.importorskip("dynesty")
+    from astromix.datasets import load_hst_psf
+    image, _ = load_hst_psf(5)
+    psf = fit_psf_mixture(image, 1, method="nested", rng=3, nlive=100, snr=100)
+    info = psf.fit_info
+    nested = info["nested"]
+    assert nested["samples"].shape[1] == 6 and len(nested["param_names"]) == 6
+    assert np.isfinite(nested["logz"])
+    # the highest-likelihood sample is at least as good as the least-squares start, within noise
+    assert info["max_residual_over_peak"] <= 1.2 * info["lsq"]["max_residual_over_peak"]
+    lo, hi = np.percentile(nested["samples"][:, nested["param_names"].index("sigma_x_0")],
+                           [0.5, 99.5])
+    assert lo <= info["best_sample"]["sigma_x_0"] <= hi
+    assert psf.mixture.amp.sum() == pytest.approx(1.0)

@@ -15,8 +15,9 @@ from scipy import optimize
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from .lsq import MixtureLSQFitter
+from .nested import DynestyFitter
 
-__all__ = ["MixtureLSQFitter", "fit_gaussian_mixture", "fit_psf_mixture",
+__all__ = ["DynestyFitter", "MixtureLSQFitter", "fit_gaussian_mixture", "fit_psf_mixture",
            "mixture_from_vector", "mixture_to_vector"]
 
 log = logging.getLogger("astromix")
@@ -217,7 +218,8 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
 
 
 def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_negative=0,
-                    method="lsq", rng=None, n_starts=3, settings=None, backend=None):
+                    method="lsq", rng=None, n_starts=3, nlive=200, maxcall=None, settings=None,
+                    backend=None):
     """Fit a Gaussian-mixture PSF to a (possibly oversampled) PSF image.
 
     Replaces forcepho's ``make_psf.py`` (Johnson et al.): the mixture is fitted
@@ -240,14 +242,23 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
         Pixels removed from each edge before fitting (forcepho's ``--trim``).
     snr : float, optional
         Forcepho's homoscedastic noise model, ``sigma = flux / (snr sqrt(Npix))``;
-        it scales chi2 but, with uniform weights, not the best fit.
+        it scales chi2 but, with uniform weights, not the least-squares fit;
+        it sets the width of the posterior with ``method="nested"`` (default
+        there: 100).
     n_negative : int, optional
         Number of components with amplitude <= 0.
-    method : {"lsq"}, optional
-        ``"lsq"``: L-BFGS-B least squares from several starts.  (Nested
-        sampling comes with :class:`astromix.fitting.DynestyFitter`.)
+    method : {"lsq", "nested"}, optional
+        ``"lsq"``: L-BFGS-B least squares from several starts.
+        ``"nested"``: the least-squares fit, then nested sampling
+        (:class:`astromix.fitting.DynestyFitter`, dynesty) of every component
+        parameter with uniform priors around it (amplitudes x0.5-1.5, offsets
+        +-0.5 image px, widths x0.7-1.4, correlations +-0.3); the result is
+        the highest-likelihood sample (forcepho keeps its lowest-energy NUTS
+        sample).
     rng : numpy.random.Generator or int, optional
     n_starts : int, optional
+    nlive, maxcall : int, optional
+        Live points and call limit of the nested sampler.
     settings : AccuracySettings, optional
     backend : str, optional
 
@@ -259,7 +270,12 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
         (measured in the fitted image's pixels), ``time_s``, ``n_iterations``,
         ``oversampling``, ``trim``, ``center`` (the PSF centre in the trimmed
         image's pixels), ``flux`` (of the fitted mixture, image units),
-        ``model`` (the fitted image) and ``method``.
+        ``model`` (the fitted image) and ``method``; with ``"nested"`` also
+        ``nested`` (the DynestyFitter's ``fit_info``: dynesty ``results``,
+        equal-weight posterior ``samples`` with their ``param_names``,
+        ``logz``, ...), ``best_sample`` (parameter name -> value of the
+        highest-likelihood sample, image pixels) and ``lsq`` (the metrics of
+        the least-squares start).
 
     Raises
     ------
@@ -281,17 +297,21 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
     oversampling = float(oversampling)
     if not oversampling > 0:
         raise InputError(f"oversampling must be > 0, got {oversampling}")
-    if method != "lsq":
-        raise InputError(f"unknown method {method!r}; this version supports 'lsq'")
+    if method not in ("lsq", "nested"):
+        raise InputError(f"unknown method {method!r}; use 'lsq' or 'nested'")
     weight = None
     if snr is not None:
         if not float(snr) > 0:
             raise InputError(f"snr must be > 0, got {snr}")
         sigma = np.clip(img, 0, None).sum() / (float(snr) * np.sqrt(img.size))
         weight = np.full(img.shape, 1.0 / sigma ** 2)
+    rng = np.random.default_rng(rng)
     mix, info = fit_gaussian_mixture(img, n_components, weight=weight, n_starts=n_starts,
                                      rng=rng, n_negative=n_negative, settings=settings,
                                      backend=backend)
+    if method == "nested":
+        mix, info = _nested_refine(img, mix, info, snr=100.0 if snr is None else float(snr),
+                                   rng=rng, nlive=nlive, maxcall=maxcall, settings=settings)
     model_image = mix.render(img.shape, settings=settings, backend=backend)
     flux = mix.flux
     center = mix.moments()[1]
@@ -302,3 +322,44 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
                 center=center, flux=flux, model=np.asarray(model_image), method=method)
     psf.fit_info = info
     return psf
+
+
+def _nested_refine(img, mix, info, *, snr, rng, nlive, maxcall, settings):
+    """Nested sampling of a GaussianMixturePSF around a least-squares mixture (image px)."""
+    from ..models import GaussianMixturePSF
+    from .nested import DynestyFitter
+
+    flux = mix.flux
+    centre = mix.moments()[1]
+    start = GaussianMixture(mix.amp / flux, mix.mean - centre, mix.cov)
+    model = GaussianMixturePSF(start, flux=flux, x_0=centre[0], y_0=centre[1],
+                               fixed_shape=False, settings=settings)
+    model.flux.fixed = model.x_0.fixed = model.y_0.fixed = True
+    priors = {}
+    for k in range(len(start)):
+        amp = getattr(model, f"amp_{k}").value
+        priors[f"amp_{k}"] = tuple(sorted((0.5 * amp, 1.5 * amp)))
+        for name in ("xoff", "yoff"):
+            v = getattr(model, f"{name}_{k}").value
+            priors[f"{name}_{k}"] = (v - 0.5, v + 0.5)
+        for name in ("sigma_x", "sigma_y"):
+            v = getattr(model, f"{name}_{k}").value
+            priors[f"{name}_{k}"] = (0.7 * v, 1.4 * v)
+        rho = getattr(model, f"rho_{k}").value
+        priors[f"rho_{k}"] = (max(-0.999, rho - 0.3), min(0.999, rho + 0.3))
+    sigma = np.clip(img, 0, None).sum() / (snr * np.sqrt(img.size))
+    y, x = np.mgrid[:img.shape[0], :img.shape[1]]
+    fitter = DynestyFitter(nlive=nlive, rng=rng)
+    fitted = fitter(model, x, y, img, weights=np.full(img.shape, 1.0 / sigma), priors=priors,
+                    maxcall=maxcall)
+    best = fitted.placed_mixture()
+    resid = img - best.render(img.shape, settings=settings)
+    nested_info = dict(info)
+    nested_info.update(
+        chi2=float(np.sum(resid ** 2) / sigma ** 2),
+        max_residual_over_peak=float(np.abs(resid).max() / img.max()),
+        l1_residual_over_flux=float(np.abs(resid).sum() / img.sum()),
+        nested=fitter.fit_info, best_sample=dict(fitter.fit_info["best"]),
+        lsq={key: info[key] for key in ("chi2", "max_residual_over_peak",
+                                         "l1_residual_over_flux", "time_s")})
+    return best, nested_info

@@ -1,0 +1,314 @@
+"""DynestyFitter: posteriors against analytic and least-squares answers, priors, constraints."""
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.modeling import fitting, models
+from scipy import stats
+
+from astromix import GaussianMixture, GaussianMixturePSF, InputError
+from astromix.fitting.nested import DynestyFitter
+
+pytest.importorskip("dynesty")
+
+
+@pytest.fixture(scope="module")
+def const_data():
+    """Const2D + Gaussian noise: the posterior of the amplitude is N(mean(z), sigma/sqrt(N))."""
+    rng = np.random.default_rng(42)
+    y, x = np.mgrid[:20, :20]
+    sigma = 1.5
+    z = 3.0 + rng.normal(0, sigma, x.shape)
+    return x, y, z, sigma
+
+
+def gaussian_stamp(seed=0, sigma=2.0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:25, :25]
+    truth = models.Gaussian2D(50.0, 12.3, 11.7, 2.5, 2.0, 0.3)
+    z = truth(x, y) + rng.normal(0, sigma, x.shape)
+    return x, y, z, sigma, truth
+
+
+def start_gaussian():
+    m = models.Gaussian2D(40.0, 12.0, 12.0, 2.5, 2.0, 0.3)
+    m.x_stddev.fixed = m.y_stddev.fixed = m.theta.fixed = True
+    return m
+
+
+GAUSS_PRIORS = {"amplitude": (0, 100), "x_mean": (8, 16), "y_mean": (8, 16)}
+
+
+class TestPosterior:
+    def test_gaussian2d_against_least_squares(self):
+        x, y, z, sigma, truth = gaussian_stamp()
+        fitter = DynestyFitter(nlive=100, rng=1)
+        model = start_gaussian()
+        fitted = fitter(model, x, y, z, weights=1 / sigma, priors=GAUSS_PRIORS)
+        info = fitter.fit_info
+        assert fitted is not model and model.amplitude.value == 40.0
+        assert fitted.fit_info is info
+        assert info["param_names"] == ["amplitude", "x_mean", "y_mean"]
+        lsq = fitting.TRFLSQFitter(calc_uncertainties=True)(model, x, y, z, weights=1 / sigma)
+        for k, name in enumerate(info["param_names"]):
+            mean, std = info["mean"][name], info["std"][name]
+            assert abs(mean - getattr(truth, name).value) < 3 * std
+            assert 1 / 1.5 < std / lsq.stds.stds[k] < 1.5
+            # the fitted model sits at the best sample, near the least-squares optimum
+            assert getattr(fitted, name).value == info["best"][name]
+            assert abs(info["best"][name] - getattr(lsq, name).value) < std
+            assert fitted.stds[name] == pytest.approx(std)
+        # the unchanged parameters stay put
+        assert fitted.theta.value == model.theta.value
+        n = info["samples"].shape[0]
+        assert info["samples"].shape == (n, 3) and n > 100
+        m = info["weighted_samples"].shape[0]
+        assert info["weights"].shape == (m,) and info["weights"].sum() == pytest.approx(1)
+        assert info["logl"].shape == (m,) and info["max_logl"] == info["logl"].max()
+        assert info["cov"].shape == (3, 3)
+        assert np.isfinite(info["logz"]) and info["logz_err"] > 0
+        assert info["ncall"] > 100 and info["time_s"] > 0
+        assert info["results"].samples.shape == (m, 3)
+
+    def test_analytic_constant(self, const_data):
+        x, y, z, sigma = const_data
+        n = z.size
+        half = 1.0
+        fitter = DynestyFitter(nlive=100, rng=3)
+        fitter(models.Const2D(1.0), x, y, z, weights=np.full(z.shape, 1 / sigma),
+               priors={"amplitude": (z.mean() - half, z.mean() + half)})
+        info = fitter.fit_info
+        s = sigma / np.sqrt(n)
+        assert abs(info["mean"]["amplitude"] - z.mean()) < 0.2 * s
+        assert info["std"]["amplitude"] == pytest.approx(s, rel=0.2)
+        assert np.std(info["samples"][:, 0]) == pytest.approx(s, rel=0.2)
+        # normalised evidence: L(zbar) * sqrt(2 pi) s / prior width
+        chi2 = np.sum((z - z.mean()) ** 2) / sigma**2
+        logl_max = -0.5 * chi2 - n * np.log(sigma) - 0.5 * n * np.log(2 * np.pi)
+        logz = logl_max + np.log(np.sqrt(2 * np.pi) * s / (2 * half))
+        assert abs(info["logz"] - logz) < max(3 * info["logz_err"], 0.3)
+
+    def test_one_dimensional_model_and_mask(self):
+        rng = np.random.default_rng(5)
+        x = np.linspace(-5, 5, 200)
+        ydata = models.Gaussian1D(4.0, 0.5, 1.2)(x) + rng.normal(0, 0.2, x.size)
+        weights = np.full(x.size, 5.0)
+        ydata[::17] = np.nan  # masked by zero weight
+        weights[::17] = 0
+        fitter = DynestyFitter(nlive=60, rng=0)
+        fitted = fitter(models.Gaussian1D(3.0, 0.0, 1.0), x, ydata, weights=weights,
+                        priors={"amplitude": (0, 10), "mean": (-2, 2), "stddev": (0.1, 3)})
+        info = fitter.fit_info
+        for name, truth in [("amplitude", 4.0), ("mean", 0.5), ("stddev", 1.2)]:
+            assert abs(info["mean"][name] - truth) < 4 * info["std"][name]
+        assert np.isfinite(fitted(x)).all()
+
+    def test_compound_model(self):
+        rng = np.random.default_rng(8)
+        y, x = np.mgrid[:21, :21]
+        truth = models.Gaussian2D(20.0, 10.2, 9.8, 2.0, 2.0) + models.Const2D(5.0)
+        z = truth(x, y) + rng.normal(0, 0.5, x.shape)
+        model = models.Gaussian2D(15.0, 10.0, 10.0, 2.0, 2.0) + models.Const2D(4.0)
+        for name in ("x_stddev_0", "y_stddev_0", "theta_0"):
+            model.fixed[name] = True
+        fitter = DynestyFitter(nlive=60, rng=2)
+        fitted = fitter(model, x, y, z, weights=2.0,
+                        priors={"amplitude_0": (0, 40), "x_mean_0": (8, 12),
+                                "y_mean_0": (8, 12), "amplitude_1": (0, 10)})
+        info = fitter.fit_info
+        assert info["param_names"] == ["amplitude_0", "x_mean_0", "y_mean_0", "amplitude_1"]
+        for name in info["param_names"]:
+            assert abs(info["mean"][name] - getattr(truth, name).value) < 4 * info["std"][name]
+        assert fitted.amplitude_1.value == info["best"]["amplitude_1"]
+
+    def test_units(self):
+        rng = np.random.default_rng(9)
+        x = np.linspace(-5, 5, 100) * u.um
+        truth = models.Gaussian1D(4.0 * u.Jy, 0.5 * u.um, 1.2 * u.um)
+        ydata = truth(x) + rng.normal(0, 0.2, x.size) * u.Jy
+        model = models.Gaussian1D(3.0 * u.Jy, 0.0 * u.um, 1.0 * u.um)
+        fitter = DynestyFitter(nlive=50, rng=0)
+        fitted = fitter(model, x, ydata, weights=5.0 / u.Jy,
+                        priors={"amplitude": (0 * u.Jy, 10000 * u.mJy),
+                                "mean": (-2, 2), "stddev": (0.1 * u.um, 3000 * u.nm)})
+        assert fitted.amplitude.unit == u.Jy and fitted.mean.unit == u.um
+        info = fitter.fit_info
+        assert info["samples"][:, 0].max() <= 10 and info["samples"][:, 2].max() <= 3
+        assert abs(info["mean"]["amplitude"] - 4.0) < 4 * info["std"]["amplitude"]
+
+
+class TestPriors:
+    def test_tuple_scipy_and_callable(self, const_data):
+        x, y, z, sigma = const_data
+        s = sigma / np.sqrt(z.size)
+        lo, hi = z.mean() - 1, z.mean() + 1
+        results = {}
+        for kind, prior in [("tuple", (lo, hi)), ("callable", lambda q: lo + q * (hi - lo))]:
+            fitter = DynestyFitter(nlive=60, rng=4)
+            fitter(models.Const2D(), x, y, z, weights=1 / sigma, priors={"amplitude": prior})
+            results[kind] = fitter.fit_info
+        # the callable is the same ppf as the tuple: the same run
+        np.testing.assert_allclose(results["tuple"]["samples"], results["callable"]["samples"])
+        # a normal prior N(mu0, tau): conjugate, posterior precision-weighted
+        mu0, tau = z.mean() + 2 * s, s
+        fitter = DynestyFitter(nlive=100, rng=4)
+        fitter(models.Const2D(), x, y, z, weights=1 / sigma,
+               priors={"amplitude": stats.norm(mu0, tau)})
+        info = fitter.fit_info
+        post_var = 1 / (1 / s**2 + 1 / tau**2)
+        post_mean = post_var * (z.mean() / s**2 + mu0 / tau**2)
+        assert abs(info["mean"]["amplitude"] - post_mean) < 0.25 * np.sqrt(post_var)
+        assert info["std"]["amplitude"] == pytest.approx(np.sqrt(post_var), rel=0.2)
+
+    def test_bounds_always_apply(self, const_data):
+        x, y, z, sigma = const_data
+        cut = z.mean()
+        for prior in [stats.norm(z.mean(), 1.0), lambda q: z.mean() - 1 + 2 * q,
+                      (z.mean() - 1, z.mean() + 1)]:
+            model = models.Const2D()
+            model.amplitude.bounds = (None, cut)
+            fitter = DynestyFitter(nlive=40, rng=1)
+            fitted = fitter(model, x, y, z, weights=1 / sigma, priors={"amplitude": prior})
+            assert fitter.fit_info["samples"].max() <= cut
+            assert fitted.amplitude.value <= cut
+
+    def test_default_prior_from_bounds(self, const_data):
+        x, y, z, sigma = const_data
+        model = models.Const2D(bounds={"amplitude": (0.0, 6.0)})
+        fitter = DynestyFitter(nlive=40, rng=1)
+        fitter(model, x, y, z, weights=1 / sigma)
+        assert fitter.fit_info["mean"]["amplitude"] == pytest.approx(z.mean(), abs=0.1)
+
+
+class TestConstraints:
+    def test_tied_and_fixed(self):
+        x, y, z, sigma, truth = gaussian_stamp(sigma=1.0)
+        model = models.Gaussian2D(40.0, 12.0, 12.0, 2.0, 2.0, 0.3)
+        model.theta.fixed = True
+        model.y_stddev.tied = lambda m: 0.8 * m.x_stddev
+        fitter = DynestyFitter(nlive=60, rng=6)
+        priors = {**GAUSS_PRIORS, "x_stddev": (1.0, 4.0)}
+        fitted = fitter(model, x, y, z, weights=1 / sigma, priors=priors)
+        info = fitter.fit_info
+        assert info["param_names"] == ["amplitude", "x_mean", "y_mean", "x_stddev"]
+        assert info["samples"].shape[1] == 4
+        assert fitted.y_stddev.value == pytest.approx(0.8 * fitted.x_stddev.value)
+        assert fitted.theta.value == 0.3 and fitted.theta.fixed
+        assert fitted.y_stddev.tied is model.y_stddev.tied
+        assert abs(info["mean"]["x_stddev"] - 2.5) < 4 * info["std"]["x_stddev"]
+        with pytest.raises(InputError, match="y_stddev"):
+            fitter(model, x, y, z, priors={**priors, "y_stddev": (1, 2)})
+        with pytest.raises(InputError, match="theta"):
+            fitter(model, x, y, z, priors={**priors, "theta": (0, 1)})
+
+    def test_gaussian_mixture_psf(self):
+        mix = GaussianMixture([0.7, 0.3], [[0.0, 0.0], [0.3, -0.2]],
+                              [[[1.2, 0.3], [0.3, 0.8]], np.eye(2) * 9.0])
+        truth = GaussianMixturePSF(mix, flux=500.0, x_0=10.4, y_0=9.7)
+        rng = np.random.default_rng(11)
+        y, x = np.mgrid[:21, :21]
+        sigma = 0.5
+        z = truth(x, y) + rng.normal(0, sigma, x.shape)
+        model = GaussianMixturePSF(mix, flux=400.0, x_0=10.0, y_0=10.0)
+        fitter = DynestyFitter(nlive=60, rng=0)
+        fitted = fitter(model, x, y, z, weights=1 / sigma,
+                        priors={"flux": (0, 1000), "x_0": (8, 12), "y_0": (8, 12)})
+        info = fitter.fit_info
+        assert info["param_names"] == ["flux", "x_0", "y_0"]
+        for name in info["param_names"]:
+            assert abs(info["mean"][name] - getattr(truth, name).value) < 3 * info["std"][name]
+        assert info["std"]["x_0"] < 0.05
+        np.testing.assert_allclose(fitted.parameters[3:], model.parameters[3:])
+        assert isinstance(fitted, GaussianMixturePSF)
+
+
+class TestInput:
+    def test_infinite_bound_needs_prior(self, const_data):
+        x, y, z, _ = const_data
+        with pytest.raises(InputError, match="'amplitude'.*infinite bound"):
+            DynestyFitter(nlive=20)(models.Const2D(), x, y, z)
+        model = models.Const2D(bounds={"amplitude": (0.0, None)})
+        with pytest.raises(InputError, match="amplitude"):
+            DynestyFitter(nlive=20)(model, x, y, z)
+
+    @pytest.mark.parametrize("priors, match", [
+        ({"amplitude": (0, 5), "nope": (0, 1)}, "unknown.*nope"),
+        ({"amplitude": (5, 0)}, "amplitude"),
+        ({"amplitude": (0, 1, 2)}, "amplitude"),
+        ({"amplitude": (np.inf, 1)}, "amplitude"),
+        ({"amplitude": "uniform"}, "amplitude"),
+        ({"amplitude": (0 * u.m, 1 * u.m)}, "amplitude"),
+    ])
+    def test_bad_priors(self, const_data, priors, match):
+        x, y, z, _ = const_data
+        with pytest.raises(InputError, match=match):
+            DynestyFitter(nlive=20)(models.Const2D(), x, y, z, priors=priors)
+
+    def test_bad_data(self, const_data):
+        x, y, z, _ = const_data
+        fitter = DynestyFitter(nlive=20)
+        p = {"amplitude": (0, 5)}
+        with pytest.raises(InputError, match="broadcast"):
+            fitter(models.Const2D(), x, y, z[:5], priors=p)
+        with pytest.raises(InputError, match="weights"):
+            fitter(models.Const2D(), x, y, z, weights=-1.0, priors=p)
+        bad = z.copy()
+        bad[3, 4] = np.nan
+        with pytest.raises(InputError, match="non-finite"):
+            fitter(models.Const2D(), x, y, bad, priors=p)
+        with pytest.raises(InputError, match="no data"):
+            fitter(models.Const2D(), x, y, z, weights=0.0, priors=p)
+        with pytest.raises(InputError, match="x, y and z"):
+            fitter(models.Const2D(), x, z, priors=p)
+        fixed = models.Const2D(fixed={"amplitude": True})
+        with pytest.raises(InputError, match="no free parameter"):
+            fitter(fixed, x, y, z)
+        with pytest.raises(InputError, match="model set"):
+            fitter(models.Const2D([1.0, 2.0], n_models=2), x, y, z, priors=p)
+
+    def test_bad_options(self):
+        with pytest.raises(InputError, match="nlive"):
+            DynestyFitter(nlive=1)
+        with pytest.raises(InputError, match="dlogz"):
+            DynestyFitter(dlogz=0)
+        with pytest.raises(InputError, match="rng"):
+            DynestyFitter(rng="seed")
+        with pytest.raises(InputError, match="pool"):
+            DynestyFitter(pool=object())
+
+
+class TestReproducibility:
+    def test_same_rng_same_samples(self, const_data):
+        x, y, z, sigma = const_data
+        p = {"amplitude": (0, 6)}
+        runs = []
+        for rng in (7, 7, np.random.default_rng(7), np.random.default_rng(7)):
+            fitter = DynestyFitter(nlive=40, rng=rng)
+            fitter(models.Const2D(), x, y, z, weights=1 / sigma, priors=p)
+            runs.append(fitter.fit_info)
+        for run in runs[1:]:
+            np.testing.assert_array_equal(run["samples"], runs[0]["samples"])
+            np.testing.assert_array_equal(run["weighted_samples"], runs[0]["weighted_samples"])
+            assert run["logz"] == runs[0]["logz"]
+        # an int seeds every call afresh; a Generator moves on
+        fitter = DynestyFitter(nlive=40, rng=np.random.default_rng(7))
+        fitter(models.Const2D(), x, y, z, weights=1 / sigma, priors=p)
+        first = fitter.fit_info["samples"]
+        fitter(models.Const2D(), x, y, z, weights=1 / sigma, priors=p)
+        assert not np.array_equal(first, fitter.fit_info["samples"])
+
+    def test_pool_and_maxcall(self, const_data):
+        x, y, z, sigma = const_data
+        p = {"amplitude": (0, 6)}
+        with ThreadPoolExecutor(2) as pool:
+            fitter = DynestyFitter(nlive=40, rng=1, pool=pool)
+            fitter(models.Const2D(), x, y, z, weights=1 / sigma, priors=p)
+        assert fitter.fit_info["mean"]["amplitude"] == pytest.approx(z.mean(), abs=0.1)
+        fitter = DynestyFitter(nlive=40, rng=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # dynesty: stopped short of dlogz
+            fitter(models.Const2D(), x, y, z, weights=1 / sigma, priors=p, maxcall=100)
+        assert fitter.fit_info["ncall"] < 250
