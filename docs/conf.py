@@ -26,6 +26,7 @@ extensions = [
     "sphinx_automodapi.automodapi",
     "sphinx_automodapi.smart_resolver",
     "sphinx_gallery.gen_gallery",
+    "pytest_doctestplus.sphinx.doctestplus",  # the doctest-requires directive
 ]
 
 templates_path = []
