@@ -19,12 +19,12 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from ..errors import AstromixError, InputError
+from ._shared import atomic_path, image_panels, radial_profile
 
 __all__ = ["add_parser", "run", "write_asdf", "write_png", "component_table"]
 
@@ -97,29 +97,6 @@ def component_table(mixture):
     return rows[np.argsort(-rows[:, 0], kind="stable")]
 
 
-@contextlib.contextmanager
-def _atomic_path(path):
-    """Yield a temporary path in the folder of ``path``; rename it into place on success."""
-    folder = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _plain(value):
     """Convert NumPy scalars to Python numbers for the ASDF tree."""
     if isinstance(value, np.generic):
@@ -147,20 +124,8 @@ def write_asdf(path, mixture, info=None, source=None):
         tree["fit"] = {str(k): _plain(v) for k, v in info.items()}
     if source:
         tree["source"] = {str(k): _plain(v) for k, v in source.items()}
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         asdf.AsdfFile(tree).write_to(tmp)
-
-
-def _radial_profile(image, centre):
-    ny, nx = image.shape
-    y, x = np.mgrid[0:ny, 0:nx]
-    r = np.hypot(x - centre[0], y - centre[1])
-    edges = np.arange(0.0, r.max() + 1.0, 1.0)
-    which = np.digitize(r.ravel(), edges) - 1
-    counts = np.bincount(which, minlength=edges.size)
-    sums = np.bincount(which, weights=image.ravel(), minlength=edges.size)
-    good = counts > 0
-    return (edges[:-1] + 0.5)[good[:-1]], (sums / np.maximum(counts, 1))[:-1][good[:-1]]
 
 
 def write_png(path, image, model, mixture, title=""):
@@ -177,30 +142,18 @@ def write_png(path, image, model, mixture, title=""):
     title : str, optional
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
 
-    peak = float(np.max(image))
-    resid = 100.0 * (image - model) / peak
     fig = Figure(figsize=(13.0, 3.4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 4)
-    floor = peak * 1e-4
-    norm = LogNorm(vmin=floor, vmax=peak)
-    for ax, img, label in ((axes[0], image, "data"), (axes[1], model, "model")):
-        im = ax.imshow(np.clip(img, floor, None), origin="lower", norm=norm, cmap="magma")
-        ax.set_title(label)
-        fig.colorbar(im, ax=ax, shrink=0.85)
-    lim = max(float(np.max(np.abs(resid))), 1e-3)
-    im = axes[2].imshow(resid, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
-    axes[2].set_title("(data - model) / peak [%]")
-    fig.colorbar(im, ax=axes[2], shrink=0.85)
+    image_panels(fig, axes, image, model, label="data")
     for ax in axes[:3]:
         ax.set_xlabel("x [px]")
         ax.set_ylabel("y [px]")
     _, centre, _ = mixture.moments()
-    r, prof_d = _radial_profile(image, centre)
-    _, prof_m = _radial_profile(model, centre)
+    r, prof_d = radial_profile(image, centre)
+    _, prof_m = radial_profile(model, centre)
     ax = axes[3]
     ax.semilogy(r, np.abs(prof_d), "k.", label="data")
     ax.semilogy(r, np.abs(prof_m), "C1-", label="model")
@@ -210,7 +163,7 @@ def write_png(path, image, model, mixture, title=""):
     ax.legend()
     if title:
         fig.suptitle(title)
-    with _atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fig.savefig(fh, format="png", dpi=100)
 
 

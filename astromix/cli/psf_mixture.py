@@ -37,12 +37,12 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from ..errors import AstromixError, InputError
+from ._shared import atomic_path, image_panels, radial_profile
 
 __all__ = ["add_parser", "run", "read_psf_image", "header_oversampling", "output_paths",
            "write_fits", "write_png"]
@@ -316,24 +316,6 @@ def _check_outputs(args, png_path, fits_path):
 
 
 # -- outputs ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it into place on success."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def _param_rows(mixture):
     """(K, 6) rows amp, xcr, ycr, Cxx, Cyy, Cxy [science px], by decreasing amplitude.
 
@@ -406,20 +388,8 @@ def write_fits(path, target, model, psf, meta):
     table = fits.BinTableHDU.from_columns(cols, name="PARAMS")
     table.header["COMMENT"] = ("One row per Gaussian, science pixels, centres relative to "
                                "the PSF centre; the rows of the forcepho HDF5 group.")
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         fits.HDUList([primary, *images, table]).writeto(tmp, overwrite=True)
-
-
-def _radial_profile(image, centre):
-    ny, nx = image.shape
-    y, x = np.mgrid[0:ny, 0:nx]
-    r = np.hypot(x - centre[0], y - centre[1]).ravel()
-    edges = np.arange(0.0, r.max() + 1.0, 1.0)
-    which = np.digitize(r, edges) - 1
-    counts = np.bincount(which, minlength=edges.size)
-    sums = np.bincount(which, weights=image.ravel(), minlength=edges.size)
-    good = counts[:-1] > 0
-    return (edges[:-1] + 0.5)[good], (sums[:-1] / np.maximum(counts[:-1], 1))[good]
 
 
 def write_png(path, target, model, psf, title=""):
@@ -441,34 +411,22 @@ def write_png(path, target, model, psf, title=""):
     title : str, optional
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
     from matplotlib.patches import Ellipse
 
     info = psf.fit_info
     os_ = float(info["oversampling"])
     centre = np.asarray(info["center"], dtype=np.float64)
-    peak = float(np.max(target))
     resid = target - model
     fig = Figure(figsize=(17.0, 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 5)
-    floor = peak * 1e-4
-    norm = LogNorm(vmin=floor, vmax=peak)
-    for ax, img, label in ((axes[0], target, "target"), (axes[1], model, "model")):
-        im = ax.imshow(np.clip(img, floor, None), origin="lower", norm=norm, cmap="magma")
-        ax.set_title(label)
-        fig.colorbar(im, ax=ax, shrink=0.85)
-    pct = 100.0 * resid / peak
-    lim = max(float(np.max(np.abs(pct))), 1e-3)
-    im = axes[2].imshow(pct, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
-    axes[2].set_title("(target - model) / peak [%]")
-    fig.colorbar(im, ax=axes[2], shrink=0.85)
+    peak, floor, norm = image_panels(fig, axes, target, model, label="target")
 
     ax = axes[3]
-    r, prof_t = _radial_profile(target, centre)
-    _, prof_m = _radial_profile(model, centre)
-    _, prof_r = _radial_profile(np.abs(resid), centre)
+    r, prof_t = radial_profile(target, centre)
+    _, prof_m = radial_profile(model, centre)
+    _, prof_r = radial_profile(np.abs(resid), centre)
     r = r / os_
     ax.semilogy(r, np.abs(prof_t), "k.", ms=3, label="target")
     ax.semilogy(r, np.abs(prof_m), "C1-", label="model")
@@ -504,7 +462,7 @@ def write_png(path, target, model, psf, title=""):
         ax.set_ylabel("y [image px]")
     if title:
         fig.suptitle(title)
-    with _atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fig.savefig(fh, format="png", dpi=90)
 
 

@@ -1,0 +1,63 @@
+"""Helpers shared by the subcommands: atomic writes and the panels of the diagnostic figures."""
+
+import contextlib
+import os
+import tempfile
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it into place on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600; give it the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def radial_profile(image, centre):
+    """Mean of ``image`` in 1-px annuli around ``centre`` (x, y): (radii, means)."""
+    ny, nx = image.shape
+    y, x = np.mgrid[0:ny, 0:nx]
+    r = np.hypot(x - centre[0], y - centre[1]).ravel()
+    edges = np.arange(0.0, r.max() + 1.0, 1.0)
+    which = np.digitize(r, edges) - 1
+    counts = np.bincount(which, minlength=edges.size)
+    sums = np.bincount(which, weights=image.ravel(), minlength=edges.size)
+    good = counts[:-1] > 0
+    return (edges[:-1] + 0.5)[good], (sums[:-1] / np.maximum(counts[:-1], 1))[good]
+
+
+def image_panels(fig, axes, data, model, label="data"):
+    """Draw data and model (log scale) and the residual in % of the peak on three axes.
+
+    Returns the (peak, floor, norm) used, for further panels.
+    """
+    from matplotlib.colors import LogNorm
+
+    peak = float(np.max(data))
+    floor = peak * 1e-4
+    norm = LogNorm(vmin=floor, vmax=peak)
+    for ax, img, title in ((axes[0], data, label), (axes[1], model, "model")):
+        im = ax.imshow(np.clip(img, floor, None), origin="lower", norm=norm, cmap="magma")
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax, shrink=0.85)
+    pct = 100.0 * (data - model) / peak
+    lim = max(float(np.max(np.abs(pct))), 1e-3)
+    im = axes[2].imshow(pct, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    axes[2].set_title(f"({label} - model) / peak [%]")
+    fig.colorbar(im, ax=axes[2], shrink=0.85)
+    return peak, floor, norm
