@@ -163,6 +163,59 @@ def _render_parallel(img, table, nband, n2):
 
 
 @njit(**_JIT)
+def _accumulate_moments(t, rimg, n2, out, j0, j1, i0, i1):
+    # The six sums of a component without the fourth-order factor.
+    dt = rimg.dtype.type
+    qmax = dt(n2)
+    fxx = dt(t[_FXX])
+    fxy = dt(t[_FXY])
+    fyy = dt(t[_FYY])
+    x0 = dt(i0 - t[_MX])
+    n = i1 - i0 + 1
+    # Moments in the pixel offsets d: within a row dy is fixed, so three sums per
+    # pixel (R E, R E dx, R E dx^2) give all six; the sums in v = F d follow
+    # exactly from F at the end.  ~30% fewer operations per pixel than summing
+    # in v directly.
+    m0 = 0.0
+    mx = 0.0
+    my = 0.0
+    mxx = 0.0
+    mxy = 0.0
+    myy = 0.0
+    for j in range(j0, j1 + 1):
+        row = rimg[j, i0:i1 + 1]
+        dy = dt(j - t[_MY])
+        b = dt(2.0) * fxy * dy
+        cq = fyy * dy * dy
+        r0 = dt(0.0)
+        r1 = dt(0.0)
+        r2 = dt(0.0)
+        for i in range(n):
+            dx = x0 + dt(i)
+            q = (fxx * dx + b) * dx + cq
+            re = row[i] * _exp_half(min(q, qmax))
+            re = re if q <= qmax else dt(0.0)
+            rdx = re * dx
+            r0 += re
+            r1 += rdx
+            r2 += rdx * dx
+        dyf = float(dy)
+        m0 += r0
+        mx += r1
+        my += dyf * r0
+        mxx += r2
+        mxy += dyf * r1
+        myy += dyf * dyf * r0
+    a, bb, cc = t[_FXX], t[_FXY], t[_FYY]
+    out[0] += m0
+    out[1] += a * mx + bb * my
+    out[2] += bb * mx + cc * my
+    out[3] += a * a * mxx + 2.0 * a * bb * mxy + bb * bb * myy
+    out[4] += a * bb * mxx + (a * cc + bb * bb) * mxy + bb * cc * myy
+    out[5] += bb * bb * mxx + 2.0 * bb * cc * mxy + cc * cc * myy
+
+
+@njit(**_JIT)
 def _accumulate_one(t, rimg, n2, out):
     # The NACC sums of one component (layout in _common), accumulated in the
     # working dtype over the whole component and added to ``out`` (float64).
@@ -170,6 +223,9 @@ def _accumulate_one(t, rimg, n2, out):
     ny, nx = rimg.shape
     j0, j1, i0, i1 = _box(t, ny, nx)
     if j1 < j0 or i1 < i0:
+        return
+    if t[_USE4] == 0.0:
+        _accumulate_moments(t, rimg, n2, out, j0, j1, i0, i1)
         return
     qmax = dt(n2)
     fxx = dt(t[_FXX])
@@ -183,97 +239,60 @@ def _accumulate_one(t, rimg, n2, out):
     s3 = dt(0.0)
     s4 = dt(0.0)
     s5 = dt(0.0)
-    if t[_USE4] == 0.0:
-        # two rows per pass over the columns: half as many horizontal reductions of
-        # the vector accumulators (~25% faster on a 64x64 stamp); a missing second
-        # row (odd box height) repeats the last one with weight 0
-        for j in range(j0, j1 + 1, 2):
-            jb = min(j + 1, j1)
-            wb = dt(1.0) if j + 1 <= j1 else dt(0.0)
-            row_a = rimg[j, i0:i1 + 1]
-            row_b = rimg[jb, i0:i1 + 1]
-            dya = dt(j - t[_MY])
-            dyb = dt(jb - t[_MY])
-            bxa = fxy * dya
-            bya = fyy * dya
-            bxb = fxy * dyb
-            byb = fyy * dyb
-            for i in range(n):
-                dx = x0 + dt(i)
-                vxa = fxx * dx + bxa
-                vya = fxy * dx + bya
-                qa = dx * vxa + dya * vya
-                rea = row_a[i] * _exp_half(min(qa, qmax))
-                rea = rea if qa <= qmax else dt(0.0)
-                vxb = fxx * dx + bxb
-                vyb = fxy * dx + byb
-                qb = dx * vxb + dyb * vyb
-                reb = wb * row_b[i] * _exp_half(min(qb, qmax))
-                reb = reb if qb <= qmax else dt(0.0)
-                rvxa = rea * vxa
-                rvya = rea * vya
-                rvxb = reb * vxb
-                rvyb = reb * vyb
-                s0 += rea + reb
-                s1 += rvxa + rvxb
-                s2 += rvya + rvyb
-                s3 += rvxa * vxa + rvxb * vxb
-                s4 += rvxa * vya + rvxb * vyb
-                s5 += rvya * vya + rvyb * vyb
-    else:
-        cst = dt(1.0 + _C4 * 3.0 * (t[_FXX] ** 2 + t[_FYY] ** 2))
-        c4 = dt(_C4)
-        six_fxx = dt(6.0 * t[_FXX])
-        six_fyy = dt(6.0 * t[_FYY])
-        twelve_fxx = dt(12.0 * t[_FXX])
-        twelve_fyy = dt(12.0 * t[_FYY])
-        s6 = dt(0.0)
-        s7 = dt(0.0)
-        s8 = dt(0.0)
-        s9 = dt(0.0)
-        s10 = dt(0.0)
-        s11 = dt(0.0)
-        s12 = dt(0.0)
-        s13 = dt(0.0)
-        for j in range(j0, j1 + 1):
-            row = rimg[j, i0:i1 + 1]
-            dy = dt(j - t[_MY])
-            bx = fxy * dy
-            by = fyy * dy
-            for i in range(n):
-                dx = x0 + dt(i)
-                vx = fxx * dx + bx
-                vy = fxy * dx + by
-                q = dx * vx + dy * vy
-                re = row[i] * _exp_half(min(q, qmax))
-                re = re if q <= qmax else dt(0.0)
-                vx2 = vx * vx
-                vy2 = vy * vy
-                rep = re * (cst + c4 * (vx2 * (vx2 - six_fxx) + vy2 * (vy2 - six_fyy)))
-                s0 += rep
-                s1 += rep * vx
-                s2 += rep * vy
-                s3 += rep * vx2
-                s4 += rep * vx * vy
-                s5 += rep * vy2
-                rpx = re * (vx * (dt(4.0) * vx2 - twelve_fxx))
-                rpy = re * (vy * (dt(4.0) * vy2 - twelve_fyy))
-                s6 += rpx
-                s7 += rpy
-                s8 += rpx * vx
-                s9 += rpx * vy
-                s10 += rpy * vx
-                s11 += rpy * vy
-                s12 += re * (vx2 - fxx)
-                s13 += re * (vy2 - fyy)
-        out[6] += s6
-        out[7] += s7
-        out[8] += s8
-        out[9] += s9
-        out[10] += s10
-        out[11] += s11
-        out[12] += s12
-        out[13] += s13
+    # the fourth-order factor: sums in v, with the 14 accumulators of _common
+    cst = dt(1.0 + _C4 * 3.0 * (t[_FXX] ** 2 + t[_FYY] ** 2))
+    c4 = dt(_C4)
+    six_fxx = dt(6.0 * t[_FXX])
+    six_fyy = dt(6.0 * t[_FYY])
+    twelve_fxx = dt(12.0 * t[_FXX])
+    twelve_fyy = dt(12.0 * t[_FYY])
+    s6 = dt(0.0)
+    s7 = dt(0.0)
+    s8 = dt(0.0)
+    s9 = dt(0.0)
+    s10 = dt(0.0)
+    s11 = dt(0.0)
+    s12 = dt(0.0)
+    s13 = dt(0.0)
+    for j in range(j0, j1 + 1):
+        row = rimg[j, i0:i1 + 1]
+        dy = dt(j - t[_MY])
+        bx = fxy * dy
+        by = fyy * dy
+        for i in range(n):
+            dx = x0 + dt(i)
+            vx = fxx * dx + bx
+            vy = fxy * dx + by
+            q = dx * vx + dy * vy
+            re = row[i] * _exp_half(min(q, qmax))
+            re = re if q <= qmax else dt(0.0)
+            vx2 = vx * vx
+            vy2 = vy * vy
+            rep = re * (cst + c4 * (vx2 * (vx2 - six_fxx) + vy2 * (vy2 - six_fyy)))
+            s0 += rep
+            s1 += rep * vx
+            s2 += rep * vy
+            s3 += rep * vx2
+            s4 += rep * vx * vy
+            s5 += rep * vy2
+            rpx = re * (vx * (dt(4.0) * vx2 - twelve_fxx))
+            rpy = re * (vy * (dt(4.0) * vy2 - twelve_fyy))
+            s6 += rpx
+            s7 += rpy
+            s8 += rpx * vx
+            s9 += rpx * vy
+            s10 += rpy * vx
+            s11 += rpy * vy
+            s12 += re * (vx2 - fxx)
+            s13 += re * (vy2 - fyy)
+    out[6] += s6
+    out[7] += s7
+    out[8] += s8
+    out[9] += s9
+    out[10] += s10
+    out[11] += s11
+    out[12] += s12
+    out[13] += s13
     out[0] += s0
     out[1] += s1
     out[2] += s2
