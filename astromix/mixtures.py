@@ -321,8 +321,9 @@ class GaussianMixture:
         bk = _backends.get_backend(backend)
         data, weight = _check_data(bk, data, weight)
         settings, table = self._prepare(bk, settings)
-        model = bk.render(table, data.shape, data.dtype, settings)
-        value, rimg = bk.residual(model, data, weight)
+        work = bk.scratch(data.shape, data.dtype, "chi2")
+        model = bk.render(table, data.shape, data.dtype, settings, out=work)
+        value, rimg = bk.residual(model, data, weight, out=model)
         if not gradient:
             return value
         acc = bk.accumulate(table, rimg, settings)

@@ -41,6 +41,7 @@ component without the fourth-order factor.
 """
 
 import math
+import threading
 
 import numpy as np
 
@@ -153,6 +154,24 @@ class Backend:
     def asarray(self, x, dtype=None):
         """Return ``x`` as an array of this backend."""
         return self.xp.asarray(x, dtype=dtype)
+
+    def scratch(self, shape, dtype, key):
+        """A cached work array of this thread (contents undefined), reused across calls.
+
+        ``GaussianMixture.chi2`` renders into it, so that a fit loop does not
+        allocate (and page-fault in) two new images at every evaluation: on a
+        1024x1024 image that cost more than the rendering itself.
+        """
+        local = getattr(self, "_scratch_local", None)
+        if local is None:
+            local = self._scratch_local = threading.local()
+        cache = getattr(local, "arrays", None)
+        if cache is None:
+            cache = local.arrays = {}
+        arr = cache.get(key)
+        if arr is None or arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+            arr = cache[key] = self.xp.empty(shape, dtype=dtype)
+        return arr
 
     def to_numpy(self, x):
         """Return ``x`` as a NumPy array on the host."""

@@ -527,8 +527,8 @@ class CupyBackend(c.Backend):
             raise InputError(f"table must have shape (K, {c.NPAR}), got {table.shape}")
         return table
 
-    def render(self, table, shape, dtype, settings):
-        """Render a prepared mixture into an image on the GPU.
+    def render(self, table, shape, dtype, settings, out=None):
+        """Render a prepared mixture into an image on the GPU (into ``out`` when given).
 
         Parameters
         ----------
@@ -554,7 +554,11 @@ class CupyBackend(c.Backend):
         cp = self.xp
         dtype, ch = self._dtype_char(dtype)
         ny, nx = (int(s) for s in shape)
-        img = cp.zeros((ny, nx), dtype=dtype)
+        if out is None:
+            img = cp.zeros((ny, nx), dtype=dtype)
+        else:
+            img = out
+            img.fill(0)
         table = self._table(table)
         k = table.shape[0]
         nchunks = _row_chunks(table, (ny, nx)) if k else 0
@@ -567,8 +571,9 @@ class CupyBackend(c.Backend):
              np.float64(settings.n_sigma), img))
         return img
 
-    def residual(self, model, data, weight):
-        """Chi-square and the residual image ``R = 2 w (model - data)``.
+    def residual(self, model, data, weight, out=None):
+        """Chi-square and the residual image ``R = 2 w (model - data)`` (a new array;
+        ``out`` is accepted for the common interface and not used).
 
         Parameters
         ----------

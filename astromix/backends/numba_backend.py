@@ -459,9 +459,13 @@ class NumbaBackend(c.Backend):
             return nthreads
         return 1
 
-    def render(self, table, shape, dtype, settings):
-        """Render a prepared mixture into a new (ny, nx) image of ``dtype``."""
-        img = np.zeros(shape, dtype=dtype)
+    def render(self, table, shape, dtype, settings, out=None):
+        """Render a prepared mixture into a new (ny, nx) image of ``dtype`` (or ``out``)."""
+        if out is None:
+            img = np.zeros(shape, dtype=dtype)
+        else:
+            img = out
+            img.fill(0)
         table = np.ascontiguousarray(table, dtype=np.float64)
         n2 = settings.n_sigma ** 2
         nthreads = self._threads(table, shape)
@@ -472,11 +476,14 @@ class NumbaBackend(c.Backend):
             _render_parallel(img, table, nband, n2)
         return img
 
-    def residual(self, model, data, weight):
-        """Return ``(chi2, R)`` with ``R = 2 w (model - data)``; chi2 summed in float64."""
+    def residual(self, model, data, weight, out=None):
+        """Return ``(chi2, R)`` with ``R = 2 w (model - data)``; chi2 summed in float64.
+
+        ``R`` is written to ``out`` when given (which may be ``model`` itself).
+        """
         data = np.ascontiguousarray(data, dtype=model.dtype)
         weight = np.ascontiguousarray(weight, dtype=model.dtype)
-        rimg = np.empty_like(model)
+        rimg = np.empty_like(model) if out is None else out
         if model.size >= 1 << 18 and numba.get_num_threads() > 1:
             chi2 = _residual_parallel(model, data, weight, rimg)
         else:

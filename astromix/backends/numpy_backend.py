@@ -55,9 +55,16 @@ class NumpyBackend(c.Backend):
     name = "numpy"
     xp = np
 
-    def render(self, table, shape, dtype, settings):
-        """Render a prepared mixture (see ``_common.prepare``) into a (ny, nx) image."""
-        img = np.zeros(shape, dtype=dtype)
+    def render(self, table, shape, dtype, settings, out=None):
+        """Render a prepared mixture (see ``_common.prepare``) into a (ny, nx) image.
+
+        ``out``, if given, is an array of that shape and dtype, overwritten and returned.
+        """
+        if out is None:
+            img = np.zeros(shape, dtype=dtype)
+        else:
+            img = out
+            img[...] = 0
         dt = np.dtype(dtype).type
         for trow in table:
             reg = _region(trow, settings.n_sigma, shape)
@@ -72,12 +79,16 @@ class NumpyBackend(c.Backend):
             img[j0:j0 + val.shape[0], i0:i0 + val.shape[1]] += val
         return img
 
-    def residual(self, model, data, weight):
-        """Return ``(chi2, R)`` with ``R = 2 w (model - data)``; chi2 summed in float64."""
-        r = model - data
+    def residual(self, model, data, weight, out=None):
+        """Return ``(chi2, R)`` with ``R = 2 w (model - data)``; chi2 summed in float64.
+
+        ``R`` is written to ``out`` when given (which may be ``model`` itself).
+        """
+        r = np.subtract(model, data, out=out)
         wr = weight * r
         chi2 = float(np.sum(wr * r, dtype=np.float64))
-        return chi2, 2 * wr
+        np.multiply(wr, 2, out=r)
+        return chi2, r
 
     def accumulate(self, table, rimg, settings):
         """Gradient accumulators (K, NACC) float64 for the residual image ``rimg``."""
