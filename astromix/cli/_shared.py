@@ -6,6 +6,19 @@ import tempfile
 
 import numpy as np
 
+from ..errors import InputError
+
+
+def prepare_output_folder(folder):
+    """Create ``folder`` if needed; InputError when it cannot be created or written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {folder!r}: "
+                         f"{exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"output folder {folder!r} is not writable")
+
 
 @contextlib.contextmanager
 def atomic_path(path):

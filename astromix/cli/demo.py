@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
-from ..errors import AstromixError, InputError
-from ._shared import atomic_path, image_panels, radial_profile
+from ..errors import AstromixError
+from ._shared import atomic_path, image_panels, prepare_output_folder, radial_profile
 
 __all__ = ["add_parser", "run", "write_asdf", "write_png", "component_table"]
 
@@ -167,16 +167,6 @@ def write_png(path, image, model, mixture, title=""):
         fig.savefig(fh, format="png", dpi=100)
 
 
-def _prepare_output(folder):
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {folder!r}: "
-                         f"{exc.strerror or exc}") from None
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"output folder {folder!r} is not writable")
-
-
 def run(args):
     """Run the demo (see the module docstring); returns the exit status."""
     from .. import backends
@@ -186,7 +176,7 @@ def run(args):
     with (backends.use_backend(args.backend) if args.backend
           else contextlib.nullcontext(backends.get_backend())) as bk:
         image, header = load_hst_psf(args.index)
-        _prepare_output(args.output)
+        prepare_output_folder(args.output)
         from ..fitting import fit_gaussian_mixture
 
         ny, nx = image.shape

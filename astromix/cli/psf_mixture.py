@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 from ..errors import AstromixError, InputError
-from ._shared import atomic_path, image_panels, radial_profile
+from ._shared import atomic_path, image_panels, prepare_output_folder, radial_profile
 
 __all__ = ["add_parser", "run", "read_psf_image", "header_oversampling", "output_paths",
            "write_fits", "write_png"]
@@ -305,14 +305,7 @@ def _check_outputs(args, png_path, fits_path):
             if wanted and os.path.lexists(extra):
                 raise InputError(f"{extra} exists and --overwrite is 0; nothing was fitted "
                                  "or written")
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {folder!r}: "
-                         f"{exc.strerror or exc}") from None
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"output folder {folder!r} is not writable")
+    prepare_output_folder(os.path.dirname(os.path.abspath(path)))
 
 
 # -- outputs ---------------------------------------------------------------------------------
