@@ -138,9 +138,17 @@ def add_parser(subparsers):
     parser.add_argument("--fitsout", type=_flag01, default=False, metavar="{0,1}",
                         help="1: write <stem>_<band>.fits (TARGET, MODEL, RESIDUAL, "
                              "PARAMS) beside the HDF5 file (default: 0)")
-    parser.add_argument("--method", choices=("lsq",), default="lsq",
-                        help="fitting method: lsq, least squares from several starts "
-                             "(default)")
+    parser.add_argument("--method", choices=("lsq", "nested"), default="lsq",
+                        help="fitting method: lsq, optimisation from several starts "
+                             "(default); nested, then nested sampling (dynesty)")
+    parser.add_argument("--objective", choices=("l1max", "chi2"), default="l1max",
+                        help="what lsq minimises: l1max, the summed |residual| with the "
+                             "largest capped at --max_residual of the peak (default); "
+                             "chi2, plain least squares")
+    parser.add_argument("--max_residual", "--max-residual", dest="max_residual",
+                        type=_positive_float, default=0.058,
+                        help="cap of the l1max objective, in units of the peak (default: "
+                             "0.058)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random starting points (default: 0)")
     parser.add_argument("--backend", metavar="NAME", default=None,
@@ -492,6 +500,7 @@ def run(args):
               f"backend {bk.name}", file=out)
         psf = fit_psf_mixture(image, args.ngauss, oversampling=oversampling, trim=args.trim,
                               snr=args.snr, n_negative=args.ngauss_neg, method=args.method,
+                              objective=args.objective, max_residual=args.max_residual,
                               rng=np.random.default_rng(args.seed), backend=args.backend)
     info = psf.fit_info
     t = args.trim
