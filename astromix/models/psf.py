@@ -3,10 +3,11 @@
 import numpy as np
 from astropy.modeling import Fittable2DModel, Parameter
 
-from ..backends import _common, get_backend
+from ..backends import _common
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
+from ._base import evaluate_mixture, scalar
 
 __all__ = ["GaussianMixturePSF"]
 
@@ -176,22 +177,11 @@ class GaussianMixturePSF(Fittable2DModel):
         rendered by the active backend's kernel; elsewhere the same values
         are computed point by point with NumPy.
         """
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        shape = np.broadcast_shapes(x.shape, y.shape)
-        fluxv = np.asarray(flux).ravel()[0]
         unit = getattr(flux, "unit", None)
-        table = self._table(getattr(fluxv, "value", fluxv), np.ravel(x_0)[0], np.ravel(y_0)[0],
-                            [np.ravel(c)[0] for c in comp])
-        origin = _grid_origin(x, y)
-        if origin is not None:
-            table[:, _common.MX] -= origin[0]
-            table[:, _common.MY] -= origin[1]
-            bk = get_backend()
-            value = bk.to_numpy(bk.render(table, shape, np.float64, self.settings))
-        else:
-            xb, yb = np.broadcast_to(x, shape).ravel(), np.broadcast_to(y, shape).ravel()
-            value = _common.evaluate_points(table, xb, yb, self.settings.n_sigma).reshape(shape)
+        amp, mean, cov, _ = self._arrays([scalar(c) for c in comp])
+        mix = GaussianMixture._unchecked(amp * scalar(flux), mean + [scalar(x_0), scalar(y_0)],
+                                         cov)
+        value = evaluate_mixture(mix, x, y, self.settings)
         return value * unit if unit is not None else value
 
     def fit_deriv(self, x, y, flux, x_0, y_0, *comp):
@@ -248,14 +238,3 @@ class GaussianMixturePSF(Fittable2DModel):
             units[f"sigma_y_{k}"] = inputs_unit[self.inputs[1]]
         return units
 
-
-def _grid_origin(x, y):
-    """(x0, y0) when x, y are a 2-d grid of whole pixels starting there, else None."""
-    if x.ndim != 2 or x.shape != y.shape or x.size < 64:
-        return None
-    x0, y0 = x[0, 0], y[0, 0]
-    ny, nx = x.shape
-    if not (np.array_equal(x[0], x0 + np.arange(nx)) and np.array_equal(y[:, 0], y0 + np.arange(ny))
-            and (x == x[0]).all() and (y == y[:, :1]).all()):
-        return None
-    return x0, y0
