@@ -5,7 +5,7 @@ See https://astromix.readthedocs.io (the docs/ folder) for the user guide.
 
 from .errors import AstromixError, BackendError, InputError
 from .mixtures import GaussianMixture
-from .models import GaussianMixturePSF
+from .models import GaussianMixturePSF, PointSource, SersicMixture
 from .settings import AccuracySettings, get_default_settings, set_default_settings
 
 try:
@@ -17,6 +17,6 @@ except ImportError:  # running from a source tree without setuptools_scm metadat
     except Exception:
         __version__ = "0.0.0"
 
-__all__ = ["GaussianMixture", "GaussianMixturePSF", "AccuracySettings", "get_default_settings",
-           "set_default_settings", "AstromixError", "InputError", "BackendError",
-           "__version__"]
+__all__ = ["GaussianMixture", "GaussianMixturePSF", "SersicMixture", "PointSource",
+           "AccuracySettings", "get_default_settings", "set_default_settings", "AstromixError",
+           "InputError", "BackendError", "__version__"]

@@ -1,5 +1,6 @@
 """astropy.modeling models built on Gaussian mixtures."""
 
 from .psf import GaussianMixturePSF
+from .sersic import PointSource, SersicMixture
 
-__all__ = ["GaussianMixturePSF"]
+__all__ = ["GaussianMixturePSF", "PointSource", "SersicMixture"]

@@ -1,0 +1,166 @@
+"""SersicMixture and PointSource: conventions, derivatives, GalSim and astropy truths, fits."""
+
+import numpy as np
+import pytest
+from astropy.modeling import models
+
+from astromix import GaussianMixture, InputError, PointSource, SersicMixture
+from astromix.fitting import MixtureLSQFitter
+from astromix.models import sersic as sersic_module
+
+PSF = GaussianMixture([0.6, 0.4], [[0.0, 0.0], [0.0, 0.0]],
+                      [np.eye(2) * 1.0 ** 2, np.eye(2) * 2.2 ** 2])
+
+
+class SmoothTable:
+    """An analytic stand-in for the mixture table: softmax amplitudes, exponential variances.
+
+    Its exact n-derivatives test the model's chain rule independently of the shipped table.
+    """
+
+    c = np.linspace(-1, 1, 6)
+    d = np.linspace(0.5, -0.5, 6)
+    alpha = np.linspace(-4, 1.5, 6)
+    beta = np.linspace(-0.3, 0.4, 6)
+
+    def __call__(self, n):
+        e = np.exp(self.c * n + self.d)
+        return e / e.sum(), np.exp(self.alpha + self.beta * n)
+
+    def derivatives(self, n):
+        a, v = self(n)
+        return a * (self.c - (a * self.c).sum()), v * self.beta
+
+
+def numerical_check(model, x, y):
+    p0 = model.parameters.copy()
+    derivs = model.fit_deriv(x, y, *p0)
+    for i, name in enumerate(model.param_names):
+        h = 1e-6 * max(1.0, abs(p0[i]))
+        up, down = p0.copy(), p0.copy()
+        up[i] += h
+        down[i] -= h
+        num = (model.evaluate(x, y, *up) - model.evaluate(x, y, *down)) / (2 * h)
+        assert np.abs(derivs[i] - num).max() <= 1e-6 * np.abs(num).max(), name
+
+
+@pytest.mark.parametrize("psf", [None, PSF])
+def test_fit_deriv_chain_rule(monkeypatch, psf):
+    monkeypatch.setattr(sersic_module.SersicMixture, "_table", staticmethod(SmoothTable))
+    model = SersicMixture(100.0, 30.3, 28.6, 4.0, 1.7, 0.35, 0.6, psf=psf)
+    y, x = np.mgrid[:60, :62].astype(float)
+    numerical_check(model, x, y)
+
+
+def test_fit_deriv_with_the_shipped_table():
+    model = SersicMixture(50.0, 20.2, 19.7, 3.0, 2.3, 0.2, -0.4, psf=PSF)
+    y, x = np.mgrid[:40, :40].astype(float)
+    numerical_check(model, x, y)
+
+
+def test_conventions():
+    gal = SersicMixture(80.0, 40.3, 38.7, 6.0, 1.0, 0.4, np.deg2rad(30))
+    y, x = np.mgrid[:80, :82]
+    img = gal(x, y)
+    assert img.sum() == pytest.approx(80.0, rel=2e-3)
+    xc, yc = (img * x).sum() / img.sum(), (img * y).sum() / img.sum()
+    assert xc == pytest.approx(40.3, abs=1e-3) and yc == pytest.approx(38.7, abs=1e-3)
+    # major axis at theta from +x, counter-clockwise; axis ratio 1 - ellip
+    dx, dy = x - xc, y - yc
+    cov = np.array([[(img * dx * dx).sum(), (img * dx * dy).sum()],
+                    [(img * dx * dy).sum(), (img * dy * dy).sum()]]) / img.sum()
+    evals, evecs = np.linalg.eigh(cov)
+    angle = np.arctan2(evecs[1, 1], evecs[0, 1]) % np.pi
+    assert angle == pytest.approx(np.deg2rad(30), abs=1e-3)
+    assert np.sqrt((evals[0] - 1 / 12) / (evals[1] - 1 / 12)) == pytest.approx(0.6, abs=2e-3)
+
+
+@pytest.mark.parametrize("n", [0.5, 1.0, 2.5, 4.0])
+def test_half_light_radius_along_the_major_axis(n):
+    # round: half of the flux within r_eff; elongated: within the ellipse a = r_eff, b = q r_eff
+    r_eff, q = 12.0, 0.7
+    gal = SersicMixture(1.0, 100.0, 100.0, r_eff, n, 1 - q, 0.0)
+    y, x = np.mgrid[:201, :201]
+    img = gal(x, y)
+    inside = (x - 100.0) ** 2 + ((y - 100.0) / q) ** 2 <= r_eff ** 2
+    # relative to the total flux (1): the n = 4 wings reach beyond the image
+    assert img[inside].sum() == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("n", [0.8, 1.5, 3.0])
+def test_profile_matches_astropy_sersic2d(n):
+    """Away from the centre (where pixel integration matters) the profile is Sersic2D's."""
+    r_eff = 15.0
+    gal = SersicMixture(1.0, 0.0, 0.0, r_eff, n, 0.3, 0.7)
+    ref = models.Sersic2D(amplitude=1.0, r_eff=r_eff, n=n, x_0=0.0, y_0=0.0, ellip=0.3,
+                          theta=0.7)
+    r = np.geomspace(0.3, 3.0, 40) * r_eff
+    for phi in (0.0, 0.9, 2.0):
+        x, y = r * np.cos(phi), r * np.sin(phi)
+        ratio = gal(x, y) / ref(x, y)
+        assert np.abs(ratio / np.median(ratio) - 1).max() < 1e-2
+
+
+@pytest.mark.parametrize("n", [0.5, 1.0, 2.0, 4.0])
+@pytest.mark.parametrize("r_eff, q", [(1.5, 1.0), (3.0, 0.6), (6.0, 0.8)])
+def test_psf_convolved_image_matches_galsim(n, r_eff, q):
+    galsim = pytest.importorskip("galsim")
+    beta = 0.4
+    shape = (64, 64)
+    xc, yc = 31.6, 32.2
+    gal = SersicMixture(1.0, xc, yc, r_eff, n, 1 - q, beta, psf=PSF)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    img = gal(xx, yy)
+    psf = galsim.Add([galsim.Gaussian(sigma=1.0, flux=0.6), galsim.Gaussian(sigma=2.2, flux=0.4)])
+    # GalSim's half_light_radius is circularised: sqrt(a b) = r_eff sqrt(q)
+    prof = galsim.Sersic(n, half_light_radius=r_eff * np.sqrt(q)).shear(
+        q=q, beta=beta * galsim.radians)
+    truth = galsim.Convolve(prof, psf).drawImage(
+        nx=shape[1], ny=shape[0], scale=1.0, method="auto",
+        offset=(xc - (shape[1] - 1) / 2, yc - (shape[0] - 1) / 2)).array
+    assert np.abs(img - truth).max() <= 3e-3 * truth.max()
+
+
+def test_mixture_and_bounding_box():
+    gal = SersicMixture(10.0, 30.0, 20.0, 3.0, 2.0, 0.2, 0.3, psf=PSF)
+    mix = gal.mixture()
+    assert mix.flux == pytest.approx(10.0)
+    assert len(mix) == gal._table()(2.0)[0].size * len(PSF)
+    (ylo, yhi), (xlo, xhi) = gal.bounding_box.bounding_box()
+    assert xlo < 30 < xhi and ylo < 20 < yhi
+
+
+def test_fit_recovers_injected_parameters():
+    rng = np.random.default_rng(7)
+    truth = SersicMixture(500.0, 32.4, 31.1, 4.5, 1.8, 0.3, 0.5, psf=PSF)
+    y, x = np.mgrid[:64, :64]
+    sigma = 0.05
+    data = truth(x, y) + rng.normal(0, sigma, x.shape)
+    start = SersicMixture(400.0, 32.0, 31.5, 3.5, 1.2, 0.2, 0.4, psf=PSF)
+    fit = MixtureLSQFitter()(start, x, y, data, weights=np.full(x.shape, 1 / sigma))
+    std = fit.fit_info["param_std"]
+    assert fit.fit_info["jacobian"] == "analytic"
+    for name, value in zip(truth.param_names, truth.parameters):
+        assert abs(getattr(fit, name).value - value) < 5 * std[name], name
+
+
+def test_point_source():
+    star = PointSource(50.0, 10.3, 11.7, psf=PSF)
+    y, x = np.mgrid[:24, :24].astype(float)
+    np.testing.assert_allclose(star(x, y), PSF.scale_flux(50.0).shift(10.3, 11.7).render((24, 24)),
+                               atol=1e-12)
+    numerical_check(star, x, y)
+    data = star(x, y) + 2.0
+    fit = MixtureLSQFitter()(PointSource(30.0, 10.0, 12.0, psf=PSF) + models.Const2D(0.0),
+                             x, y, data)
+    assert fit.flux_0.value == pytest.approx(50.0, rel=1e-6)
+
+
+def test_bad_input():
+    with pytest.raises(InputError, match="psf"):
+        PointSource(1.0, 0.0, 0.0)
+    with pytest.raises(InputError, match="psf must be"):
+        SersicMixture(psf=np.eye(2))
+    with pytest.raises(InputError):
+        SersicMixture(1.0, 0.0, 0.0, 2.0, 9.5).evaluate(0.0, 0.0, 1.0, 0.0, 0.0, 2.0, 9.5, 0.0,
+                                                        0.0)
