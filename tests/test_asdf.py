@@ -25,13 +25,22 @@ from astromix.io.asdf import (
     get_resource_mappings,
     open_asdf,
 )
-from astromix.io.asdf.converters import GaussianMixtureConverter, GaussianMixturePSFConverter
+from astromix.io.asdf.converters import (
+    GaussianMixtureConverter,
+    GaussianMixturePSFConverter,
+    PointSourceConverter,
+    SersicMixtureConverter,
+)
 
 TAG = "asdf://astromix.org/astromix/tags/gaussian_mixture-1.0.0"
 SCHEMA_URI = "asdf://astromix.org/astromix/schemas/gaussian_mixture-1.0.0"
 NDARRAY_TAG_PREFIX = "tag:stsci.edu:asdf/core/ndarray-"
 PSF_TAG = "asdf://astromix.org/astromix/tags/gaussian_mixture_psf-1.0.0"
 PSF_SCHEMA_URI = "asdf://astromix.org/astromix/schemas/gaussian_mixture_psf-1.0.0"
+SERSIC_TAG = "asdf://astromix.org/astromix/tags/sersic_mixture-1.0.0"
+SERSIC_SCHEMA_URI = "asdf://astromix.org/astromix/schemas/sersic_mixture-1.0.0"
+POINT_TAG = "asdf://astromix.org/astromix/tags/point_source-1.0.0"
+POINT_SCHEMA_URI = "asdf://astromix.org/astromix/schemas/point_source-1.0.0"
 
 
 def _installed():
@@ -348,9 +357,14 @@ def test_resource_mappings():
 def test_get_extensions():
     (ext,) = get_extensions()
     assert ext.extension_uri == EXTENSION_URI
-    assert [t.tag_uri for t in ext.tags] == [TAG, PSF_TAG]
+    assert [t.tag_uri for t in ext.tags] == [TAG, PSF_TAG, SERSIC_TAG, POINT_TAG]
     assert any(isinstance(c, GaussianMixtureConverter) for c in ext.converters)
     assert any(isinstance(c, GaussianMixturePSFConverter) for c in ext.converters)
+    assert any(isinstance(c, SersicMixtureConverter) for c in ext.converters)
+    assert any(isinstance(c, PointSourceConverter) for c in ext.converters)
+    # Every tag of the manifest has a converter, and every converter tag is in the manifest.
+    converter_tags = {tag for c in ext.converters for tag in c.tags}
+    assert converter_tags == {t.tag_uri for t in ext.tags}
 
 
 @pytest.mark.skipif(not _installed(), reason="astromix is not installed (importlib.metadata "
@@ -681,3 +695,430 @@ def test_psf_hand_written_fixed_mapping_applies(asdf_config, tmp_path):
     with open_asdf(path) as af:
         back = af["p"]
     assert back.flux.fixed and not back.amp_1.fixed and back.amp_0.fixed
+
+
+# -- SersicMixture and PointSource ------------------------------------------------------------
+
+SERSIC_PARAMETERS = ("flux", "x_0", "y_0", "r_eff", "n", "ellip", "theta")
+POINT_PARAMETERS = ("flux", "x_0", "y_0")
+
+
+def _sersic_table_missing():
+    """Why a SersicMixture cannot be evaluated here (None when it can).
+
+    Evaluating a SersicMixture needs :mod:`astromix.models.sersic_table` and
+    its data file ``astromix/models/data/sersic_mixtures.npz``.
+    """
+    import importlib.resources
+
+    try:
+        import astromix.models.sersic_table  # noqa: F401
+    except ImportError as exc:
+        return f"astromix.models.sersic_table is not importable ({exc})"
+    data = importlib.resources.files("astromix.models") / "data" / "sersic_mixtures.npz"
+    if not data.is_file():
+        return "the Sersic mixture table astromix/models/data/sersic_mixtures.npz is missing"
+    return None
+
+
+def _sersic(psf=None, **kwargs):
+    from astromix import SersicMixture
+
+    kwargs = {"flux": 104.5, "x_0": 31.3, "y_0": 29.6, "r_eff": 3.7, "n": 1.8,
+              "ellip": 0.35, "theta": 0.6, **kwargs}
+    return SersicMixture(psf=psf, **kwargs)
+
+
+def _point(psf=None, **kwargs):
+    from astromix import PointSource
+
+    kwargs = {"flux": 52.25, "x_0": 10.4, "y_0": 12.7, **kwargs}
+    return PointSource(psf=_psf(2, seed=21) if psf is None else psf, **kwargs)
+
+
+def _check_same_source(back, model, *, evaluate=True):
+    """Parameters, flags, bounds, PSF and settings equal; evaluation identical.
+
+    The evaluation of a SersicMixture is compared only when the Sersic table
+    is available; otherwise the test is skipped at that point, after every
+    other check has passed.
+    """
+    from astromix import SersicMixture
+
+    assert type(back) is type(model)
+    assert back.param_names == model.param_names
+    for name in model.param_names:
+        got, want = getattr(back, name), getattr(model, name)
+        assert got.value == want.value, name
+        assert got.fixed == want.fixed, name
+        assert got.bounds == want.bounds, name
+        assert got.unit == want.unit, name
+    assert back.fixed == model.fixed
+    assert back.bounds == model.bounds
+    assert back.name == model.name
+    assert back.inputs == model.inputs and back.outputs == model.outputs
+    if model.psf is None:
+        assert back.psf is None
+    else:
+        for key in ("amp", "mean", "cov"):
+            assert np.array_equal(getattr(back.psf, key), getattr(model.psf, key)), key
+    assert back._settings == model._settings
+    assert back.settings == model.settings
+    if not evaluate:
+        return
+    if isinstance(model, SersicMixture):
+        reason = _sersic_table_missing()
+        if reason is not None:
+            pytest.skip(f"evaluation comparison skipped: {reason}")
+    y, x = np.mgrid[-3:40, -2:45]
+    want = model(x, y)
+    assert np.array_equal(back(x, y), want)  # evaluation identical, bit for bit
+    assert np.any(np.asarray(getattr(want, "value", want)) != 0)
+
+
+@pytest.mark.parametrize("storage", ["internal", "inline"])
+@pytest.mark.parametrize("with_psf", [False, True], ids=["no-psf", "psf"])
+def test_sersic_round_trip(asdf_config, tmp_path, storage, with_psf):
+    from astromix import AccuracySettings
+
+    psf = _psf(3, seed=20) if with_psf else None
+    gal = _sersic(psf=psf, name="disc",
+                  settings=AccuracySettings(n_sigma=6.0, pixel_integration="variance"))
+    # Non-default fixed flags and bounds.
+    gal.n.fixed = True
+    gal.theta.fixed = True
+    gal.x_0.bounds = (25.0, 35.0)
+    gal.flux.bounds = (0.0, None)  # asdf-astropy's base class would drop this one
+    gal.n.bounds = (0.5, 6.0)
+    gal.ellip.bounds = (None, None)
+    path = tmp_path / "gal.asdf"
+    asdf.AsdfFile({"gal": gal}).write_to(path, all_array_storage=storage)
+    raw = asdf.util.load_yaml(path, tagged=True)["gal"]
+    assert raw._tag == SERSIC_TAG
+    if with_psf:
+        assert raw["psf"]._tag == TAG  # the PSF is a nested gaussian_mixture
+    else:
+        assert "psf" not in raw
+    assert raw["bounds"] == {"x_0": [25.0, 35.0], "flux": [0.0, None], "n": [0.5, 6.0],
+                             "ellip": [None, None]}
+    with open_asdf(path) as af:  # validates against the schemas
+        back = af["gal"]
+    assert back.n.fixed and back.theta.fixed and not back.flux.fixed
+    assert back.r_eff.bounds == (1e-3, None)  # a default bound, not written, restored
+    _check_same_source(back, gal)
+
+
+def test_sersic_default_flags_and_layout(asdf_config, tmp_path):
+    gal = _sersic()
+    path = tmp_path / "gal.asdf"
+    asdf.AsdfFile({"gal": gal}).write_to(path)
+    raw = asdf.util.load_yaml(path, tagged=True)["gal"]
+    for name in SERSIC_PARAMETERS:
+        assert raw[name] == getattr(gal, name).value, name
+        assert raw[f"{name}_fixed"] is False, name
+    assert raw["inputs"] == ["x", "y"] and raw["outputs"] == ["z"]
+    # Default bounds, no name, no user bounding box, default settings, no PSF: not written.
+    for key in ("bounds", "fixed", "name", "bounding_box", "settings", "psf"):
+        assert key not in raw, key
+    with open_asdf(path) as af:
+        back = af["gal"]
+    assert back._user_bounding_box is None
+    _check_same_source(back, gal)
+
+
+def test_sersic_quantity_flux_and_bounding_box(asdf_config, tmp_path):
+    import astropy.units as u
+
+    gal = _sersic(flux=3.5 * u.nJy, psf=_psf(2, seed=22).mixture)
+    gal.bounding_box = ((0.0, 40.0), (2.0, 44.0))
+    path = tmp_path / "gal.asdf"
+    asdf.AsdfFile({"gal": gal}).write_to(path)
+    with open_asdf(path) as af:
+        back = af["gal"]
+    assert back.flux.unit == u.nJy
+    assert back.bounding_box.bounding_box() == ((0.0, 40.0), (2.0, 44.0))
+    _check_same_source(back, gal)
+
+
+@pytest.mark.parametrize("storage", ["internal", "inline"])
+def test_point_source_round_trip(asdf_config, tmp_path, storage):
+    from astromix import AccuracySettings
+
+    # From a GaussianMixturePSF: the model keeps (and the file stores) its mixture.
+    star = _point(psf=_psf(3, seed=23), name="star",
+                  settings=AccuracySettings(pixel_integration="none"))
+    star.x_0.fixed = True
+    star.y_0.bounds = (5.0, None)
+    star.bounding_box = ((0.0, 30.0), (1.0, 28.0))
+    path = tmp_path / "star.asdf"
+    asdf.AsdfFile({"star": star}).write_to(path, all_array_storage=storage)
+    raw = asdf.util.load_yaml(path, tagged=True)["star"]
+    assert raw._tag == POINT_TAG
+    assert raw["psf"]._tag == TAG
+    assert (raw["flux_fixed"], raw["x_0_fixed"], raw["y_0_fixed"]) == (False, True, False)
+    assert raw["bounds"] == {"y_0": [5.0, None]}
+    with open_asdf(path) as af:
+        back = af["star"]
+    assert back.bounding_box.bounding_box() == ((0.0, 30.0), (1.0, 28.0))
+    _check_same_source(back, star)  # a PointSource evaluates without the Sersic table
+    y, x = np.mgrid[-5:35, -5:35]
+    assert np.array_equal(back(x, y, with_bounding_box=True),
+                          star(x, y, with_bounding_box=True), equal_nan=True)
+
+
+def test_point_source_quantity_flux(asdf_config):
+    import io
+
+    import astropy.units as u
+
+    star = _point(flux=7.0 * u.nJy, psf=_psf(2, seed=24).mixture)
+    buf = io.BytesIO()
+    asdf.AsdfFile({"star": star}).write_to(buf)
+    buf.seek(0)
+    with asdf.open(buf) as af:
+        back = af["star"]
+        assert back.flux.unit == u.nJy
+        _check_same_source(back, star)
+
+
+def test_sources_in_a_tree(asdf_config, tmp_path):
+    """Galaxies and stars sharing one PSF, next to the PSF model itself."""
+    from astromix import PointSource, SersicMixture
+
+    psf = _psf(2, seed=25, name="F200W")
+    sources = [_sersic(psf=psf), _sersic(psf=psf, n=4.0, r_eff=8.0), _point(psf=psf)]
+    path = tmp_path / "scene.asdf"
+    asdf.AsdfFile({"psf": psf, "sources": sources, "meta": {"band": "F200W"}}).write_to(path)
+    with open_asdf(path) as af:
+        _check_same_psf(af["psf"], psf)
+        got = af["sources"]
+        assert [type(s) for s in got] == [SersicMixture, SersicMixture, PointSource]
+        for back, model in zip(got, sources):
+            _check_same_source(back, model, evaluate=False)
+        assert af["meta"]["band"] == "F200W"
+        y, x = np.mgrid[:30, :30]
+        assert np.array_equal(got[2](x, y), sources[2](x, y))
+
+
+@pytest.mark.parametrize("make", [_sersic, _point], ids=["sersic", "point"])
+def test_source_tied_warns(asdf_config, make):
+    import io
+
+    model = make()
+    model.y_0.tied = lambda m: m.x_0
+    with pytest.warns(asdf.exceptions.AsdfWarning, match="tied"):
+        asdf.AsdfFile({"m": model}).write_to(io.BytesIO())
+
+
+def test_source_extension_handles_types(asdf_config):
+    from astromix import PointSource, SersicMixture
+
+    manager = asdf.AsdfFile().extension_manager
+    assert manager.handles_type(SersicMixture)
+    assert manager.handles_type(PointSource)
+    assert manager.handles_tag(SERSIC_TAG)
+    assert manager.handles_tag(POINT_TAG)
+
+
+@pytest.mark.parametrize("schema_uri, tag, required", [
+    (SERSIC_SCHEMA_URI, SERSIC_TAG, set(SERSIC_PARAMETERS)),
+    (POINT_SCHEMA_URI, POINT_TAG, set(POINT_PARAMETERS) | {"psf"}),
+], ids=["sersic", "point"])
+def test_source_schema_is_valid(asdf_config, schema_uri, tag, required):
+    schema = asdf.schema.load_schema(schema_uri)
+    asdf.schema.check_schema(schema)
+    assert schema["id"] == schema_uri
+    assert schema["tag"] == tag
+    ref, own = schema["allOf"]
+    assert ref == {"$ref": "http://stsci.edu/schemas/asdf/transform/transform-1.4.0"}
+    base = asdf.schema.load_schema(ref["$ref"])
+    assert own["additionalProperties"] is False
+    assert set(own["required"]) == required
+    # additionalProperties: false must not reject the transform's own properties.
+    assert set(base["properties"]) <= set(own["properties"])
+    for name in required - {"psf"}:
+        assert f"{name}_fixed" in own["properties"], name
+        assert own["properties"][f"{name}_fixed"]["type"] == "boolean"
+    assert own["properties"]["psf"]["tag"].startswith(TAG.rsplit("-", 1)[0])
+    text = (schema["title"] + schema["description"]).lower()
+    assert "pixel" in text and "(x, y)" in text
+
+
+def test_source_manifest_lists_tags(asdf_config):
+    manifest = yaml.safe_load(asdf_config.resource_manager[MANIFEST_URI])
+    meta = asdf.schema.load_schema("asdf://asdf-format.org/core/schemas/extension_manifest-1.0.0")
+    asdf.schema.validate(manifest, schema=meta)
+    tags = {t["tag_uri"]: t["schema_uri"] for t in manifest["tags"]}
+    assert tags[SERSIC_TAG] == SERSIC_SCHEMA_URI
+    assert tags[POINT_TAG] == POINT_SCHEMA_URI
+    for schema_uri in tags.values():
+        asdf.schema.check_schema(asdf.schema.load_schema(schema_uri))
+
+
+def _example_models():
+    from astromix import PointSource, SersicMixture
+
+    disc = SersicMixture(100.0, 32.0, 30.0, 4.0, 1.0, 0.3, 0.5, name="disc",
+                         psf=GaussianMixture([0.75, 0.25], [[0, 0], [0, 0]],
+                                             [np.eye(2), np.eye(2) * 9]))
+    disc.n.fixed = True
+    star = PointSource(50.0, 10.0, 12.0, name="star",
+                       psf=GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 2.0]))
+    star.x_0.fixed = star.y_0.fixed = True
+    return {SERSIC_SCHEMA_URI: disc, POINT_SCHEMA_URI: star}
+
+
+@pytest.mark.parametrize("schema_uri", [SERSIC_SCHEMA_URI, POINT_SCHEMA_URI],
+                         ids=["sersic", "point"])
+def test_source_schema_example_reads(asdf_config, tmp_path, schema_uri):
+    schema = yaml.safe_load(asdf_config.resource_manager[schema_uri])
+    assert schema["examples"]
+    expected = _example_models()[schema_uri]
+    for description, standard, body in schema["examples"]:
+        version = standard.rsplit("-", 1)[-1]
+        text = (f"#ASDF 1.0.0\n#ASDF_STANDARD {version}\n%YAML 1.1\n%TAG ! tag:stsci.edu:asdf/\n"
+                f"--- !core/asdf-1.1.0\nexample: " + body.replace("\n", "\n  ") + "\n...\n")
+        path = tmp_path / "example.asdf"
+        path.write_text(text)
+        with open_asdf(path) as af:  # validates against the schema
+            assert isinstance(af["example"], type(expected)), description
+            _check_same_source(af["example"], expected, evaluate=False)
+
+
+def _source_node(model, tag):
+    """The raw node of a source, with its PSF as a raw tagged node too."""
+    converter = SersicMixtureConverter() if tag == SERSIC_TAG else PointSourceConverter()
+    node = converter.to_yaml_tree(model, tag, None)
+    if "psf" in node:
+        node["psf"] = TaggedDict(_node(node["psf"]), TAG)
+    return node
+
+
+_SOURCES = {"sersic": (lambda: _sersic(psf=_psf(2, seed=26)), SERSIC_TAG),
+            "point": (_point, POINT_TAG)}
+
+
+@pytest.mark.parametrize("kind", ["sersic", "point"])
+@pytest.mark.parametrize("change, match", [
+    (lambda n: n.update(extra=1.0), "Additional properties"),
+    (lambda n: n.pop("x_0"), "required property"),
+    (lambda n: n.update(flux="bright"), "flux"),
+    (lambda n: n.update(y_0=[1.0, 2.0]), "y_0"),
+    (lambda n: n.update(flux_fixed="yes"), "boolean"),
+    (lambda n: n.update(settings={"n_sigma": 9.0}), "maximum"),
+    (lambda n: n.update(settings={"colour": "red"}), "Additional properties"),
+    (lambda n: n.update(psf=np.ones(3)), "tag"),
+    (lambda n: n.update(name=3), "string"),
+], ids=["extra", "missing-x_0", "flux-string", "y_0-list", "flux_fixed-string",
+        "settings-range", "settings-extra", "psf-untagged", "name-not-string"])
+def test_source_schema_rejects_bad_tree(asdf_config, kind, change, match):
+    make, tag = _SOURCES[kind]
+    node = _source_node(make(), tag)
+    change(node)
+    af = asdf.AsdfFile({"s": TaggedDict(node, tag)})
+    with pytest.raises(asdf.ValidationError, match=match):
+        af.validate()
+
+
+@pytest.mark.parametrize("change, match, tag", [
+    (lambda n: n.pop("psf"), "required property", POINT_TAG),
+    (lambda n: n.pop("r_eff"), "required property", SERSIC_TAG),
+    (lambda n: n.update(n_fixed=1), "boolean", SERSIC_TAG),
+], ids=["point-no-psf", "sersic-no-r_eff", "sersic-n_fixed-int"])
+def test_source_schema_rejects_kind_specific(asdf_config, change, match, tag):
+    make = _SOURCES["sersic" if tag == SERSIC_TAG else "point"][0]
+    node = _source_node(make(), tag)
+    change(node)
+    with pytest.raises(asdf.ValidationError, match=match):
+        asdf.AsdfFile({"s": TaggedDict(node, tag)}).validate()
+
+
+def test_sersic_schema_allows_no_psf(asdf_config):
+    node = _source_node(_sersic(), SERSIC_TAG)
+    assert "psf" not in node
+    asdf.AsdfFile({"s": TaggedDict(node, SERSIC_TAG)}).validate()
+
+
+@pytest.mark.parametrize("kind", ["sersic", "point"])
+def test_source_schema_accepts_transform_properties(asdf_config, kind):
+    """name, bounding_box, fixed and bounds of transform-1.4.0 pass additionalProperties."""
+    make, tag = _SOURCES[kind]
+    node = _source_node(make(), tag)
+    node.update(name="src", bounding_box=[[0.0, 10.0], [1.0, 12.0]], fixed={"flux": True},
+                bounds={"x_0": [0.0, None]})
+    asdf.AsdfFile({"s": TaggedDict(node, tag)}).validate()
+
+
+@pytest.mark.parametrize("kind, change, match, validate, names", [
+    ("sersic", lambda n: n["psf"]["cov"].__setitem__((1, 1, 1), -1.0),
+     "not positive definite", True, "gaussian_mixture"),
+    ("point", lambda n: n["psf"]["mean"].__setitem__((0, 1), np.nan), "non-finite", True,
+     "gaussian_mixture"),
+    ("sersic", lambda n: n.update(r_eff=-2.0), "r_eff must be > 0", True, "sersic_mixture"),
+    ("sersic", lambda n: n.update(ellip=1.0), r"ellip must lie in \[0, 1\)", True,
+     "sersic_mixture"),
+    ("sersic", lambda n: n.update(theta=float("nan")), "non-finite", True, "sersic_mixture"),
+    ("point", lambda n: n.update(flux=float("inf")), "non-finite", True, "point_source"),
+    # Without schema validation, the converter's own checks still refuse the node.
+    ("point", lambda n: n.pop("psf"), "missing required property", False, "point_source"),
+    ("sersic", lambda n: n.pop("n"), "missing required property", False, "sersic_mixture"),
+    ("sersic", lambda n: n.update(psf=[1.0, 2.0]), "psf is not a valid", False,
+     "sersic_mixture"),
+    ("point", lambda n: n.update(flux="bright"), "flux must be a number", False,
+     "point_source"),
+    ("sersic", lambda n: n.update(n_fixed="yes"), "n_fixed must be a boolean", False,
+     "sersic_mixture"),
+    ("point", lambda n: n.update(settings={"n_sigma": 9.0}), "n_sigma", False,
+     "point_source"),
+], ids=["sersic-psf-non-pd", "point-psf-nan", "sersic-r_eff", "sersic-ellip",
+        "sersic-nan", "point-inf", "point-no-psf", "sersic-no-n", "sersic-psf-list",
+        "point-flux-string", "sersic-fixed-string", "point-settings"])
+def test_source_invalid_content_in_file(asdf_config, tmp_path, kind, change, match, validate,
+                                        names):
+    """Files that make no valid source are refused on read, naming the file and the tag."""
+    make, tag = _SOURCES[kind]
+    node = _source_node(make(), tag)
+    change(node)
+    path = tmp_path / "bad.asdf"
+    if validate:
+        asdf.AsdfFile({"s": TaggedDict(node, tag)}).write_to(path)
+    else:
+        # asdf validates on writing: write under a tag without a schema, inline,
+        # then put the real tag in the YAML text.
+        placeholder = "asdf://astromix.org/astromix/tags/placeholder-1.0.0"
+        asdf.AsdfFile({"s": TaggedDict(node, placeholder)}).write_to(
+            path, all_array_storage="inline")
+        path.write_text(path.read_text().replace(placeholder, tag))
+        with pytest.raises(InputError, match="does not follow its schemas"):
+            open_asdf(path).close()  # the file does break its schema
+    with pytest.raises(InputError, match=match) as info:
+        open_asdf(path, validate=validate)
+    assert str(path) in str(info.value)
+    assert f"astromix/tags/{names}-1.0.0" in str(info.value)
+
+
+@pytest.mark.parametrize("make, change, match", [
+    (_sersic, lambda m: setattr(m, "r_eff", 0.0), "r_eff must be > 0"),
+    (_sersic, lambda m: setattr(m, "ellip", 1.2), "ellip"),
+    (_point, lambda m: setattr(m, "x_0", np.nan), "non-finite"),
+], ids=["sersic-r_eff", "sersic-ellip", "point-nan"])
+def test_source_invalid_model_not_written(asdf_config, make, change, match):
+    """A model that could not be read back is refused on writing."""
+    import io
+
+    model = make()
+    change(model)
+    with pytest.raises(InputError, match=match):
+        asdf.AsdfFile({"m": model}).write_to(io.BytesIO())
+
+
+def test_source_hand_written_fixed_mapping_applies(asdf_config, tmp_path):
+    """A transform-1.4.0 ``fixed`` mapping in a hand-written file is honoured."""
+    node = _source_node(_sersic(), SERSIC_TAG)
+    del node["n_fixed"]  # the <name>_fixed flags are optional (false when absent)
+    node["fixed"] = {"n": True}
+    path = tmp_path / "fixed.asdf"
+    asdf.AsdfFile({"s": TaggedDict(node, SERSIC_TAG)}).write_to(path)
+    with open_asdf(path) as af:
+        back = af["s"]
+    assert back.n.fixed and not back.flux.fixed

@@ -27,6 +27,12 @@ Tagged types
 ``asdf://astromix.org/astromix/tags/gaussian_mixture_psf-1.0.0``
     :class:`astromix.GaussianMixturePSF` (an astropy transform: extends
     transform-1.4.0).
+``asdf://astromix.org/astromix/tags/sersic_mixture-1.0.0``
+    :class:`astromix.SersicMixture` (an astropy transform: extends
+    transform-1.4.0; its PSF, if any, is a nested ``gaussian_mixture``).
+``asdf://astromix.org/astromix/tags/point_source-1.0.0``
+    :class:`astromix.PointSource` (an astropy transform: extends
+    transform-1.4.0; its PSF is a nested ``gaussian_mixture``).
 """
 
 import os

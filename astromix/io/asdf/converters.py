@@ -50,7 +50,10 @@ slot in like this:
 :class:`GaussianMixturePSFConverter` is the first such converter; it also
 overrides ``to_yaml_tree`` because the base class writes only the true fixed
 flags (while a PSF's shape parameters are fixed by default) and drops bounds
-such as ``(0, None)``.
+such as ``(0, None)``.  :class:`SersicMixtureConverter` and
+:class:`PointSourceConverter` share ``_SourceConverterBase``, which does the
+same (complete ``<name>_fixed`` flags, non-default bounds) for models whose
+parameters are all listed by name and whose PSF is a nested GaussianMixture.
 """
 
 import warnings
@@ -64,7 +67,8 @@ from asdf_astropy.converters.transform.core import TransformConverterBase, param
 
 from .extension import TAG_URI_PREFIX
 
-__all__ = ["GaussianMixtureConverter", "GaussianMixturePSFConverter", "CONVERTERS"]
+__all__ = ["GaussianMixtureConverter", "GaussianMixturePSFConverter", "SersicMixtureConverter",
+           "PointSourceConverter", "CONVERTERS"]
 
 _GM_KEYS = ("amp", "mean", "cov")
 
@@ -355,3 +359,225 @@ class GaussianMixturePSFConverter(TransformConverterBase):
 
 
 CONVERTERS.append(GaussianMixturePSFConverter())
+
+
+# -- SersicMixture and PointSource ----------------------------------------------------------------
+
+def _check_parameter_values(model, where):
+    """Refuse non-finite parameters and a SersicMixture outside its domain.
+
+    The constructors accept any value, but a model with a non-finite
+    parameter, ``r_eff <= 0`` or an ellipticity outside [0, 1) cannot be
+    evaluated; such a model is neither written nor read.
+    """
+    from ...errors import InputError
+
+    bad = [name for name in model.param_names
+           if not np.all(np.isfinite(np.asarray(getattr(model, name).value, dtype=float)))]
+    if bad:
+        raise InputError(f"{where}: non-finite value of {bad}")
+    if "r_eff" in model.param_names:
+        r_eff = float(np.asarray(model.r_eff.value))
+        ellip = float(np.asarray(model.ellip.value))
+        if not r_eff > 0:
+            raise InputError(f"{where}: r_eff must be > 0, got {r_eff}")
+        if not 0 <= ellip < 1:
+            raise InputError(f"{where}: ellip must lie in [0, 1), got {ellip}")
+
+
+class _SourceConverterBase(TransformConverterBase):
+    """Shared converter of the astromix sources (SersicMixture, PointSource).
+
+    The node holds every parameter (a number, or a Quantity when the
+    parameter has a unit), the fixed flag of every parameter as
+    ``<name>_fixed``, the bounds that differ from the class defaults, the
+    optional PSF as a nested ``gaussian_mixture-1.0.0`` node and the model's
+    own AccuracySettings when it has them.  Subclasses set ``tags``,
+    ``types``, ``_model_path`` and ``_psf_required``.
+    """
+
+    #: "module:class" of the model, imported when a node is read.
+    _model_path = None
+    #: Whether the model cannot exist without a PSF (PointSource).
+    _psf_required = False
+
+    def _model_class(self):
+        import importlib
+
+        module, name = self._model_path.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def to_yaml_tree(self, model, tag, ctx):
+        """Serialise the model: the transform properties, then the source's own.
+
+        Replaces the base class's ``fixed`` mapping (only the true flags) by the
+        complete ``<name>_fixed`` flags, and its ``bounds`` (which drops bounds
+        such as ``(0, None)``) by the bounds that differ from the defaults.
+
+        Raises
+        ------
+        astromix.InputError
+            If a parameter is not finite, or a SersicMixture has ``r_eff <= 0``
+            or ``ellip`` outside [0, 1) (it could not be read back).
+        """
+        _check_parameter_values(model, f"cannot write {type(model).__name__} to ASDF "
+                                       f"({tag})")
+        node = super().to_yaml_tree(model, tag, ctx)
+        node.pop("fixed", None)
+        node.pop("bounds", None)
+        cls = type(model)
+        bounds = {}
+        for name in model.param_names:
+            lo, hi = getattr(model, name).bounds
+            if (lo, hi) != tuple(getattr(cls, name).bounds):
+                bounds[name] = [None if lo is None else float(lo),
+                                None if hi is None else float(hi)]
+        if bounds:
+            node["bounds"] = bounds
+        tied = [name for name, value in model.tied.items() if value is not False]
+        if tied:
+            warnings.warn(f"{cls.__name__}: tied constraints of {tied} are not written "
+                          "to ASDF", AsdfWarning, stacklevel=2)
+        return node
+
+    def to_yaml_tree_transform(self, model, tag, ctx):
+        """The source-specific part of the node (see the class docstring)."""
+        node = {}
+        for name in model.param_names:
+            value = parameter_to_value(getattr(model, name))
+            node[name] = value if hasattr(value, "unit") else float(value)
+        for name in model.param_names:
+            node[f"{name}_fixed"] = bool(getattr(model, name).fixed)
+        if model.psf is not None:
+            node["psf"] = model.psf
+        settings = getattr(model, "_settings", None)
+        if settings is not None:
+            node["settings"] = {key: getattr(settings, key) for key in _SETTINGS_KEYS}
+        return node
+
+    def from_yaml_tree_transform(self, node, tag, ctx):
+        """Build the model through its checked constructor.
+
+        Raises
+        ------
+        astromix.InputError
+            If the node is not a mapping, lacks a parameter (or the PSF of a
+            PointSource), its PSF is not a valid GaussianMixture, a parameter
+            or fixed flag has the wrong type, a parameter is not finite (or a
+            SersicMixture has ``r_eff <= 0`` or ``ellip`` outside [0, 1)), the
+            settings are invalid, or the constructor refuses the values; the
+            message names the file and the tag.
+        """
+        from ...errors import InputError
+        from ...mixtures import GaussianMixture
+        from ...settings import AccuracySettings
+
+        cls = self._model_class()
+        where = _where(tag, ctx)
+        if not isinstance(node, Mapping):
+            raise InputError(f"{where}: expected a mapping, got {type(node).__name__}")
+        required = list(cls.param_names) + (["psf"] if self._psf_required else [])
+        missing = [key for key in required if key not in node]
+        if missing:
+            noun = "property" if len(missing) == 1 else "properties"
+            raise InputError(f"{where}: missing required {noun} {missing}")
+        psf = node.get("psf")
+        if psf is not None and not isinstance(psf, GaussianMixture):
+            raise InputError(f"{where}: psf is not a valid gaussian_mixture node "
+                             f"(got {type(psf).__name__})")
+        params = {}
+        for name in cls.param_names:
+            value = node[name]
+            number = getattr(value, "value", value)
+            if isinstance(number, (bool, np.bool_)) or not isinstance(
+                    number, (int, float, np.integer, np.floating)):
+                raise InputError(f"{where}: {name} must be a number or a Quantity, "
+                                 f"got {type(value).__name__}")
+            params[name] = value
+            flag = node.get(f"{name}_fixed", False)
+            if not isinstance(flag, (bool, np.bool_)):
+                raise InputError(f"{where}: {name}_fixed must be a boolean, "
+                                 f"got {type(flag).__name__}")
+        try:
+            settings = node.get("settings")
+            if settings is not None:
+                if not isinstance(settings, Mapping) or set(settings) - set(_SETTINGS_KEYS):
+                    raise InputError(f"settings must be a mapping with keys among "
+                                     f"{list(_SETTINGS_KEYS)}")
+                settings = AccuracySettings(**settings)
+            model = cls(**params, psf=psf, settings=settings)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from exc
+        _check_parameter_values(model, where)
+        for name in cls.param_names:
+            getattr(model, name).fixed = bool(node.get(f"{name}_fixed", False))
+        return model
+
+
+class SersicMixtureConverter(_SourceConverterBase):
+    """Convert :class:`astromix.SersicMixture` to and from ASDF.
+
+    The tagged node (schema
+    ``asdf://astromix.org/astromix/schemas/sersic_mixture-1.0.0``, which
+    extends ``http://stsci.edu/schemas/asdf/transform/transform-1.4.0``) holds
+
+    * ``flux``, ``x_0``, ``y_0``, ``r_eff``, ``n``, ``ellip``, ``theta``:
+      numbers or Quantities (total flux; centre and half-light radius in
+      pixels; Sersic index; ellipticity 1 - b/a; position angle in radians);
+    * ``<name>_fixed`` (booleans): the fixed flag of every parameter;
+    * ``psf`` (optional): the PSF the galaxy is convolved with, a nested
+      ``gaussian_mixture-1.0.0`` node (unit flux, centred at 0, in pixels);
+    * ``settings`` (optional): the model's own
+      :class:`~astromix.AccuracySettings`, absent when it uses the default;
+    * from the transform base (asdf-astropy's ``TransformConverterBase``):
+      ``name``, ``inputs``, ``outputs``, a user-set ``bounding_box``,
+      ``input_units_equivalencies``; ``bounds`` holds only the bounds that
+      differ from the class defaults (r_eff >= 1e-3, 0.3 <= n <= 8,
+      0 <= ellip <= 0.95, others unbounded).
+
+    Notes
+    -----
+    Parameter values, the PSF arrays and the settings are stored exactly, so
+    the model read back evaluates bit for bit like the one written.  The
+    Sersic mixture table itself is not stored: the model read back uses the
+    table of the installed astromix.  ``tied`` constraints are callables and
+    are not written (writing a model with tied parameters warns); ``meta``
+    and ``fit_info`` are not stored.
+    """
+
+    tags = [TAG_URI_PREFIX + "sersic_mixture-1.0.0"]
+    types = ["astromix.models.sersic.SersicMixture"]
+    _model_path = "astromix.models.sersic:SersicMixture"
+
+
+class PointSourceConverter(_SourceConverterBase):
+    """Convert :class:`astromix.PointSource` to and from ASDF.
+
+    The tagged node (schema
+    ``asdf://astromix.org/astromix/schemas/point_source-1.0.0``, which extends
+    ``http://stsci.edu/schemas/asdf/transform/transform-1.4.0``) holds
+
+    * ``flux``, ``x_0``, ``y_0``: numbers or Quantities (total flux, position
+      in pixels);
+    * ``flux_fixed``, ``x_0_fixed``, ``y_0_fixed`` (booleans): the fixed flags;
+    * ``psf`` (required): the PSF, a nested ``gaussian_mixture-1.0.0`` node
+      (unit flux, centred at 0, in pixels);
+    * ``settings`` (optional): the model's own
+      :class:`~astromix.AccuracySettings`;
+    * the transform-1.4.0 properties, as for :class:`SersicMixtureConverter`
+      (``bounds``: only the non-default ones; all are unbounded by default).
+
+    Notes
+    -----
+    Stored exactly: the model read back evaluates bit for bit like the one
+    written.  ``tied``, ``meta`` and ``fit_info`` are not stored.
+    """
+
+    tags = [TAG_URI_PREFIX + "point_source-1.0.0"]
+    types = ["astromix.models.sersic.PointSource"]
+    _model_path = "astromix.models.sersic:PointSource"
+    _psf_required = True
+
+
+CONVERTERS.append(SersicMixtureConverter())
+CONVERTERS.append(PointSourceConverter())

@@ -84,9 +84,13 @@ def get_extensions():
     list of asdf.extension.ManifestExtension
         Currently one: ``asdf://astromix.org/astromix/extensions/astromix-1.0.0``,
         which tags :class:`astromix.GaussianMixture` as
-        ``asdf://astromix.org/astromix/tags/gaussian_mixture-1.0.0`` and
+        ``asdf://astromix.org/astromix/tags/gaussian_mixture-1.0.0``,
         :class:`astromix.GaussianMixturePSF` as
-        ``asdf://astromix.org/astromix/tags/gaussian_mixture_psf-1.0.0``.
+        ``asdf://astromix.org/astromix/tags/gaussian_mixture_psf-1.0.0``,
+        :class:`astromix.SersicMixture` as
+        ``asdf://astromix.org/astromix/tags/sersic_mixture-1.0.0`` and
+        :class:`astromix.PointSource` as
+        ``asdf://astromix.org/astromix/tags/point_source-1.0.0``.
 
     Notes
     -----
