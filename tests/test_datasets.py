@@ -74,3 +74,45 @@ def test_load_jwst_f200w_psf():
     assert header["N_GOOD_STARS"] == 29
     j, i = np.unravel_index(np.argmax(image), image.shape)
     assert abs(j - 267) <= 3 and abs(i - 267) <= 3
+
+
+def test_load_cosmos_galaxy():
+    image, psf_image, header = datasets.load_cosmos_galaxy()
+    assert image.shape == (201, 201) and image.dtype == np.float64
+    assert psf_image.shape == (101, 101) and psf_image.dtype == np.float64
+    assert np.all(np.isfinite(image)) and np.all(np.isfinite(psf_image))
+    # the PSF: unit sum, peak at the centre
+    assert psf_image.sum() == pytest.approx(1.0, abs=1e-3)
+    assert np.unravel_index(np.argmax(psf_image), psf_image.shape) == (51, 51)
+    # the galaxy: near the centre, ~100 flux units over a sky noise ~2.6e-3
+    from astropy.stats import sigma_clipped_stats
+
+    _, median, std = sigma_clipped_stats(image)
+    assert abs(median) < 1e-3 and 1e-3 < std < 5e-3
+    w = np.where(image > 3 * std, image, 0.0)
+    yy, xx = np.mgrid[:201, :201]
+    xc, yc = (w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()
+    assert abs(xc - 100) < 5 and abs(yc - 100) < 5
+    assert 80 < image.sum() < 130
+    # header: filter, scale and a WCS that still points at the galaxy after the cut
+    assert header["FILTER"] == "F814W" and header["IDENT"] == 147246
+    assert header["PIXSCALE"] == pytest.approx(0.03)
+    assert header["NAXIS1"] == header["NAXIS2"] == 201
+    import warnings
+
+    from astropy.wcs import WCS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ra, dec = WCS(header).pixel_to_world_values(98, 98)
+    assert ra == pytest.approx(150.416558, abs=2e-6) and dec == pytest.approx(1.998697, abs=2e-6)
+    for name in (datasets.COSMOS_GALAXY_FILE, datasets.COSMOS_PSF_FILE):
+        assert name in datasets.list_files()
+
+
+def test_load_cosmos_galaxy_returns_independent_copies():
+    a, p, _ = datasets.load_cosmos_galaxy()
+    a[:] = 0
+    p[:] = 0
+    b, q, _ = datasets.load_cosmos_galaxy()
+    assert b.max() > 0 and q.max() > 0

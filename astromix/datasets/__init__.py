@@ -7,7 +7,10 @@ Files:
 * ``real_galaxy_catalog_23.5_example.fits``: the matching GalSim catalog
   (IDENT, RA, DEC, BAND, PIXEL_SCALE, PSF_HDU, ...);
 * ``example2_f200w_PSF_4_c.float32.fits.gz``: the JWST NIRCam F200W empirical PSF
-  of the NEXUS survey, 4x oversampled, 535 x 535.
+  of the NEXUS survey, 4x oversampled, 535 x 535;
+* ``cosmos_147246_f814w_201x201.fits.gz`` and ``cosmos_147246_f814w_psf.fits.gz``:
+  an HST ACS/WFC F814W COSMOS galaxy (201 x 201 at 0.03 arcsec/px, other
+  objects masked) and its 101 x 101 PSF, from GalSim's example data.
 
 See ``README.rst`` and the ``LICENSE_*.txt`` files in this folder for sources
 and licenses.
@@ -29,13 +32,16 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["get_path", "list_files", "load_hst_psf", "load_jwst_f200w_psf", "N_HST_PSFS"]
+__all__ = ["get_path", "list_files", "load_cosmos_galaxy", "load_hst_psf", "load_jwst_f200w_psf",
+           "N_HST_PSFS"]
 
 _HERE = Path(__file__).resolve().parent
 
 HST_PSF_FILE = "real_galaxy_PSF_images.fits.gz"
 HST_CATALOG_FILE = "real_galaxy_catalog_23.5_example.fits"
 JWST_F200W_PSF_FILE = "example2_f200w_PSF_4_c.float32.fits.gz"
+COSMOS_GALAXY_FILE = "cosmos_147246_f814w_201x201.fits.gz"
+COSMOS_PSF_FILE = "cosmos_147246_f814w_psf.fits.gz"
 
 #: Number of HST PSF images in :data:`HST_PSF_FILE` (HDUs 0 to 99).
 N_HST_PSFS = 100
@@ -164,3 +170,44 @@ def load_jwst_f200w_psf():
         ``OVERSAMP`` (= 4, the oversampling factor).
     """
     return _read_hdu(get_path(JWST_F200W_PSF_FILE), 0)
+
+
+def load_cosmos_galaxy():
+    """Load an HST ACS/WFC F814W image of a COSMOS galaxy and its PSF.
+
+    The galaxy is COSMOS 147246 (RA 150.416558, Dec 1.998697), a faint spiral
+    with a half-light radius of about 25 px (0.75 arcsec), from GalSim's
+    example data (``147246.0_150.416558_1.998697_masknoise.fits``, 543 x 543,
+    sky-subtracted, other objects masked and replaced by noise); the shipped
+    image is the 201 x 201 pixels around the galaxy, which lies near its centre.  The
+    PSF is the matching TinyTim-based model
+    (``147246.0_150.416558_1.998697.psf.fits``, unchanged).  See
+    ``astromix/datasets/README.rst``.
+
+    Returns
+    -------
+    image : ndarray, shape (201, 201), float64
+        The galaxy, 0.03 arcsec/px, in the file's units (counts per second
+        according to its drizzle cards, ``D001OUUN = 'cps'``; its ``BUNIT``
+        is the exposures'); sky noise about 2.6e-3 per pixel, correlated by
+        the drizzling.
+    psf_image : ndarray, shape (101, 101), float64
+        The PSF at the same pixel scale, sum about 1, peak at pixel (51, 51).
+    header : astropy.io.fits.Header
+        The galaxy's header (WCS updated for the cut; HISTORY cards describe
+        it), plus ``IDENT`` (147246), ``FILTER`` (``"F814W"``) and
+        ``PIXSCALE`` [arcsec/px] (0.03).
+
+    Examples
+    --------
+    >>> from astromix.datasets import load_cosmos_galaxy
+    >>> image, psf_image, header = load_cosmos_galaxy()
+    >>> image.shape, psf_image.shape, header["FILTER"]
+    ((201, 201), (101, 101), 'F814W')
+    """
+    image, header = _read_hdu(get_path(COSMOS_GALAXY_FILE), 0)
+    psf_image, _ = _read_hdu(get_path(COSMOS_PSF_FILE), 0)
+    header["IDENT"] = (147246, "COSMOS identifier of the galaxy")
+    header["FILTER"] = ("F814W", "HST filter")
+    header["PIXSCALE"] = (0.03, "[arcsec/px] pixel scale")
+    return image, psf_image, header

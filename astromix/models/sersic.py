@@ -168,8 +168,23 @@ class SersicMixture(_MixtureSourceBase):
 
     def fit_deriv(self, x, y, flux, x_0, y_0, r_eff, n, ellip, theta):
         """Analytic derivatives with respect to the 7 parameters (list of arrays like ``x``)."""
-        flux, x_0, y_0, r_eff, n, ellip, theta = (
-            scalar(v) for v in (flux, x_0, y_0, r_eff, n, ellip, theta))
+        p = [scalar(v) for v in (flux, x_0, y_0, r_eff, n, ellip, theta)]
+        out_shape, d_amp, d_mean, d_cov = mixture_derivatives(self._mixture_from(p), x, y,
+                                                              self.settings)
+        return [np.reshape(d, out_shape) for d in self._chain(p, d_amp, d_mean, d_cov)]
+
+    def _mixture_from(self, p):
+        """The (convolved) mixture for the parameter values ``p`` (in param_names order)."""
+        return self._convolve(self._galaxy(*p))
+
+    def _chain(self, p, d_amp, d_mean, d_cov):
+        """Chain derivatives with respect to the mixture's components to the parameters.
+
+        ``d_amp`` (J, ...), ``d_mean`` (J, ..., 2), ``d_cov`` (J, ..., 2, 2) for the J
+        components of :meth:`_mixture_from` (galaxy index slowest); the trailing axes
+        ``...`` (pixels, or none for a chi2 gradient) are kept.  Returns 7 arrays.
+        """
+        flux, x_0, y_0, r_eff, n, ellip, theta = p
         table = self._table()
         a, v = table(n)
         da_dn, dv_dn = table.derivatives(n)
@@ -179,31 +194,26 @@ class SersicMixture(_MixtureSourceBase):
         drot = np.array([[-np.sin(theta), -np.cos(theta)], [np.cos(theta), -np.sin(theta)]])
         diag = np.diag([1.0, q * q])
         d_shape_dtheta = drot @ diag @ rot.T + rot @ diag @ drot.T
-        mix = self._convolve(self._galaxy(flux, x_0, y_0, r_eff, n, ellip, theta))
-        out_shape, d_amp, d_mean, d_cov = mixture_derivatives(mix, x, y, self.settings)
         pa = self._psf_amplitudes()
-        npsf = len(pa)
         k = len(a)
+        rest = d_amp.shape[1:]
+        ones = (1,) * len(rest)
         # component j = (galaxy k, psf l) with k slowest (GaussianMixture.convolve)
-        d_amp = d_amp.reshape(k, npsf, -1)
-        d_cov = d_cov.reshape(k, npsf, -1, 2, 2)
-        g_amp = (d_amp * pa[None, :, None]).sum(1)            # d value / d(flux a_k)
-        g_cov = d_cov.sum(1)                                  # d value / d C_k (galaxy part)
+        g_amp = np.tensordot(pa, d_amp.reshape((k, len(pa)) + rest), axes=([0], [1]))
+        g_cov = d_cov.reshape((k, len(pa)) + rest + (2, 2)).sum(1)
 
-        def contract(dc):                                     # sum_ab dC_k[a,b] g_cov[k,:,a,b]
-            return np.einsum("kab,knab->kn", dc, g_cov)
+        def contract(dc):                       # sum_k sum_ab dC_k[a, b] g_cov[k, ..., a, b]
+            return np.einsum("kab,k...ab->...", dc, g_cov)
 
         r2 = r_eff * r_eff
-        d_flux = (a[:, None] * g_amp).sum(0)
-        d_x0 = d_mean[..., 0].sum(0)
-        d_y0 = d_mean[..., 1].sum(0)
-        d_reff = contract((2.0 * r_eff * v)[:, None, None] * shape_m).sum(0)
-        d_n = (flux * da_dn[:, None] * g_amp).sum(0) + contract(
-            (dv_dn * r2)[:, None, None] * shape_m).sum(0)
-        d_ellip = contract((v * r2)[:, None, None] * d_shape_dellip).sum(0)
-        d_theta = contract((v * r2)[:, None, None] * d_shape_dtheta).sum(0)
-        return [np.reshape(d, out_shape) for d in
-                (d_flux, d_x0, d_y0, d_reff, d_n, d_ellip, d_theta)]
+        return [(a.reshape((k,) + ones) * g_amp).sum(0),
+                d_mean[..., 0].sum(0),
+                d_mean[..., 1].sum(0),
+                contract((2.0 * r_eff * v)[:, None, None] * shape_m),
+                (flux * da_dn.reshape((k,) + ones) * g_amp).sum(0)
+                + contract((dv_dn * r2)[:, None, None] * shape_m),
+                contract((v * r2)[:, None, None] * d_shape_dellip),
+                contract((v * r2)[:, None, None] * d_shape_dtheta)]
 
     @property
     def bounding_box(self):
@@ -270,12 +280,20 @@ class PointSource(_MixtureSourceBase):
 
     def fit_deriv(self, x, y, flux, x_0, y_0):
         """Analytic derivatives with respect to flux, x_0 and y_0."""
-        f = scalar(flux)
-        mix = self._psf.shift(scalar(x_0), scalar(y_0))
-        shape, d_amp, d_mean, _ = mixture_derivatives(mix, x, y, self.settings)
-        return [np.reshape(d, shape) for d in
-                ((mix.amp[:, None] * d_amp).sum(0), f * d_mean[..., 0].sum(0),
-                 f * d_mean[..., 1].sum(0))]
+        p = [scalar(v) for v in (flux, x_0, y_0)]
+        shape, d_amp, d_mean, d_cov = mixture_derivatives(self._mixture_from(p), x, y,
+                                                          self.settings)
+        return [np.reshape(d, shape) for d in self._chain(p, d_amp, d_mean, d_cov)]
+
+    def _mixture_from(self, p):
+        """The mixture for the parameter values ``p`` = (flux, x_0, y_0)."""
+        return self._psf.scale_flux(p[0]).shift(p[1], p[2])
+
+    def _chain(self, p, d_amp, d_mean, d_cov):
+        """Chain component derivatives (J, ...) to (flux, x_0, y_0); see SersicMixture."""
+        ones = (1,) * (d_amp.ndim - 1)
+        return [(self._psf.amp.reshape((-1,) + ones) * d_amp).sum(0),
+                d_mean[..., 0].sum(0), d_mean[..., 1].sum(0)]
 
     @property
     def bounding_box(self):
