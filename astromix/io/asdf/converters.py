@@ -200,6 +200,26 @@ def _default_bounds(name):
     return (None, None)
 
 
+def _add_bounds_warn_tied(node, model, default_bounds):
+    """Add the bounds that differ from ``default_bounds(name)`` to ``node``; warn on ties.
+
+    asdf-astropy's base class drops bounds with a None side and tied constraints;
+    astromix writes every non-default bound, and warns that ties are not written.
+    """
+    bounds = {}
+    for name in model.param_names:
+        lo, hi = getattr(model, name).bounds
+        if (lo, hi) != default_bounds(name):
+            bounds[name] = [None if lo is None else float(lo), None if hi is None else float(hi)]
+    if bounds:
+        node["bounds"] = bounds
+    tied = [name for name, value in model.tied.items() if value is not False]
+    if tied:
+        warnings.warn(f"{type(model).__name__}: tied constraints of {tied} are not written "
+                      "to ASDF", AsdfWarning, stacklevel=3)
+    return node
+
+
 def _recover_rho(cxy, sx, sy):
     """The correlation coefficient that reproduces ``cxy = rho * sx * sy`` bit for bit.
 
@@ -264,19 +284,7 @@ class GaussianMixturePSFConverter(TransformConverterBase):
         node = super().to_yaml_tree(model, tag, ctx)
         node.pop("fixed", None)
         node.pop("bounds", None)
-        bounds = {}
-        for name in model.param_names:
-            lo, hi = getattr(model, name).bounds
-            if (lo, hi) != _default_bounds(name):
-                bounds[name] = [None if lo is None else float(lo),
-                                None if hi is None else float(hi)]
-        if bounds:
-            node["bounds"] = bounds
-        tied = [name for name, value in model.tied.items() if value is not False]
-        if tied:
-            warnings.warn(f"GaussianMixturePSF: tied constraints of {tied} are not written "
-                          "to ASDF", AsdfWarning, stacklevel=2)
-        return node
+        return _add_bounds_warn_tied(node, model, _default_bounds)
 
     def to_yaml_tree_transform(self, model, tag, ctx):
         """The PSF-specific part of the node (see the class docstring)."""
@@ -426,19 +434,7 @@ class _SourceConverterBase(TransformConverterBase):
         node.pop("fixed", None)
         node.pop("bounds", None)
         cls = type(model)
-        bounds = {}
-        for name in model.param_names:
-            lo, hi = getattr(model, name).bounds
-            if (lo, hi) != tuple(getattr(cls, name).bounds):
-                bounds[name] = [None if lo is None else float(lo),
-                                None if hi is None else float(hi)]
-        if bounds:
-            node["bounds"] = bounds
-        tied = [name for name, value in model.tied.items() if value is not False]
-        if tied:
-            warnings.warn(f"{cls.__name__}: tied constraints of {tied} are not written "
-                          "to ASDF", AsdfWarning, stacklevel=2)
-        return node
+        return _add_bounds_warn_tied(node, model, lambda name: tuple(getattr(cls, name).bounds))
 
     def to_yaml_tree_transform(self, model, tag, ctx):
         """The source-specific part of the node (see the class docstring)."""
