@@ -12,6 +12,7 @@ import time
 import numpy as np
 from scipy import optimize
 
+from .. import backends as _backends
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from .lsq import MixtureLSQFitter
@@ -127,7 +128,6 @@ _L1MAX_PENALTY = 200.0
 
 def _l1max_objective(data, mask, max_residual, settings, backend):
     """Objective and gradient of sum|r| / flux + penalty * sum(max(|r| - cap, 0)^2)."""
-    from .. import backends as _backends
     from ..settings import get_default_settings
 
     bk = _backends.get_backend(backend)
@@ -292,8 +292,8 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
     mix = mixture_from_vector(best.x)
     order = np.argsort(-np.abs(mix.amp), kind="stable")
     mix = GaussianMixture(mix.amp[order] / scale, mix.mean[order], mix.cov[order])
-    model = mix.render(img.shape, settings=settings, backend=backend)
-    model = np.asarray(model) if backend != "cupy" else model.get()
+    bk = _backends.get_backend(backend)
+    model = bk.to_numpy(mix.render(img.shape, settings=settings, backend=backend))
     resid = img - model
     info = {
         "chi2": float(np.sum(w * resid ** 2)),
@@ -425,14 +425,15 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
     if method == "nested":
         mix, info = _nested_refine(img, mix, info, snr=100.0 if snr is None else float(snr),
                                    rng=rng, nlive=nlive, maxcall=maxcall, settings=settings)
-    model_image = mix.render(img.shape, settings=settings, backend=backend)
+    model_image = _backends.get_backend(backend).to_numpy(
+        mix.render(img.shape, settings=settings, backend=backend))
     flux = mix.flux
     center = mix.moments()[1]
     science = GaussianMixture(mix.amp / flux, (mix.mean - center) / oversampling,
                               mix.cov / oversampling ** 2)
     psf = GaussianMixturePSF(science, settings=settings)
     info.update(time_s=time.perf_counter() - t0, oversampling=oversampling, trim=trim,
-                center=center, flux=flux, model=np.asarray(model_image), method=method)
+                center=center, flux=flux, model=model_image, method=method)
     psf.fit_info = info
     return psf
 

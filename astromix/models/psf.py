@@ -3,11 +3,10 @@
 import numpy as np
 from astropy.modeling import Fittable2DModel, Parameter
 
-from ..backends import _common
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
-from ._base import evaluate_mixture, scalar
+from ._base import evaluate_mixture, mixture_derivatives, scalar
 
 __all__ = ["GaussianMixturePSF"]
 
@@ -163,11 +162,6 @@ class GaussianMixturePSF(Fittable2DModel):
         flux, x0, y0 = (float(np.squeeze(v)) for v in self.parameters[:3])
         return self.mixture.scale_flux(flux).shift(x0, y0)
 
-    def _table(self, flux, x_0, y_0, comp):
-        amp, mean, cov, _ = self._arrays(comp)
-        mean = mean + [float(x_0), float(y_0)]
-        return _common.prepare(amp * float(flux), mean, cov, self.settings)
-
     # -- astropy.modeling interface -------------------------------------------------
     def evaluate(self, x, y, flux, x_0, y_0, *comp):
         """Pixel-integrated PSF at pixel coordinates ``x, y`` (any shape) [flux units].
@@ -190,16 +184,10 @@ class GaussianMixturePSF(Fittable2DModel):
         Returns a list of arrays shaped like ``x``, in the order of
         :attr:`param_names`.
         """
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        shape = np.broadcast_shapes(x.shape, y.shape)
-        xb, yb = np.broadcast_to(x, shape).ravel(), np.broadcast_to(y, shape).ravel()
-        f = float(np.ravel(flux)[0])
-        comp = [float(np.ravel(c)[0]) for c in comp]
-        table = self._table(1.0, np.ravel(x_0)[0], np.ravel(y_0)[0], comp)
-        amp, _, _, (sx, sy, rho) = self._arrays(comp)
-        _, (d_amp, d_mean, d_cov) = _common.evaluate_points(
-            table, xb, yb, self.settings.n_sigma, derivatives=True)
+        f = scalar(flux)
+        amp, mean, cov, (sx, sy, rho) = self._arrays([scalar(c) for c in comp])
+        unit_flux = GaussianMixture._unchecked(amp, mean + [scalar(x_0), scalar(y_0)], cov)
+        shape, d_amp, d_mean, d_cov = mixture_derivatives(unit_flux, x, y, self.settings)
         # d_amp is the unit-flux profile G_k; the other derivatives include amp_k (flux 1)
         gxx, gxy, gyy = d_cov[..., 0, 0], d_cov[..., 0, 1], d_cov[..., 1, 1]
         out = [(amp[:, None] * d_amp).sum(0), f * d_mean[..., 0].sum(0),
