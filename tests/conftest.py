@@ -60,3 +60,21 @@ def random_mixture(rng, k, shape, *, sigma_range=(0.5, 6.0), margin=-3.0, negati
     rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
     cov = rot @ (np.stack([s1 ** 2, s2 ** 2], -1)[..., None] * np.eye(2)) @ np.swapaxes(rot, 1, 2)
     return GaussianMixture(amp, mean, cov)
+
+
+def assert_fit_deriv_matches(model, x, y, *, rtol=1e-6, atol=0.0):
+    """A model's analytic ``fit_deriv`` against central differences of ``evaluate``.
+
+    Each derivative must lie within ``rtol * max|numerical| + atol`` of the
+    numerical one (step 1e-6 of the parameter, at least 1e-6).
+    """
+    p0 = model.parameters.copy()
+    derivs = model.fit_deriv(x, y, *p0)
+    assert len(derivs) == len(p0)
+    for i, name in enumerate(model.param_names):
+        h = 1e-6 * max(1.0, abs(p0[i]))
+        up, down = p0.copy(), p0.copy()
+        up[i] += h
+        down[i] -= h
+        num = (model.evaluate(x, y, *up) - model.evaluate(x, y, *down)) / (2 * h)
+        assert np.abs(derivs[i] - num).max() <= rtol * np.abs(num).max() + atol, name

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from astropy.modeling import models
+from conftest import assert_fit_deriv_matches
 
 from astromix import GaussianMixture, InputError, PointSource, SersicMixture
 from astromix.fitting import MixtureLSQFitter
@@ -32,30 +33,18 @@ class SmoothTable:
         return a * (self.c - (a * self.c).sum()), v * self.beta
 
 
-def numerical_check(model, x, y):
-    p0 = model.parameters.copy()
-    derivs = model.fit_deriv(x, y, *p0)
-    for i, name in enumerate(model.param_names):
-        h = 1e-6 * max(1.0, abs(p0[i]))
-        up, down = p0.copy(), p0.copy()
-        up[i] += h
-        down[i] -= h
-        num = (model.evaluate(x, y, *up) - model.evaluate(x, y, *down)) / (2 * h)
-        assert np.abs(derivs[i] - num).max() <= 1e-6 * np.abs(num).max(), name
-
-
 @pytest.mark.parametrize("psf", [None, PSF])
 def test_fit_deriv_chain_rule(monkeypatch, psf):
     monkeypatch.setattr(sersic_module.SersicMixture, "_table", staticmethod(SmoothTable))
     model = SersicMixture(100.0, 30.3, 28.6, 4.0, 1.7, 0.35, 0.6, psf=psf)
     y, x = np.mgrid[:60, :62].astype(float)
-    numerical_check(model, x, y)
+    assert_fit_deriv_matches(model, x, y)
 
 
 def test_fit_deriv_with_the_shipped_table():
     model = SersicMixture(50.0, 20.2, 19.7, 3.0, 2.3, 0.2, -0.4, psf=PSF)
     y, x = np.mgrid[:40, :40].astype(float)
-    numerical_check(model, x, y)
+    assert_fit_deriv_matches(model, x, y)
 
 
 def test_conventions():
@@ -157,7 +146,7 @@ def test_point_source():
     y, x = np.mgrid[:24, :24].astype(float)
     np.testing.assert_allclose(star(x, y), PSF.scale_flux(50.0).shift(10.3, 11.7).render((24, 24)),
                                atol=1e-12)
-    numerical_check(star, x, y)
+    assert_fit_deriv_matches(star, x, y)
     data = star(x, y) + 2.0
     fit = MixtureLSQFitter()(PointSource(30.0, 10.0, 12.0, psf=PSF) + models.Const2D(0.0),
                              x, y, data)
