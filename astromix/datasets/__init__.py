@@ -10,10 +10,18 @@ Files:
   of the NEXUS survey, 4x oversampled, 535 x 535;
 * ``cosmos_147246_f814w_201x201.fits.gz`` and ``cosmos_147246_f814w_psf.fits.gz``:
   an HST ACS/WFC F814W COSMOS galaxy (201 x 201 at 0.03 arcsec/px, other
-  objects masked) and its 101 x 101 PSF, from GalSim's example data.
+  objects masked) and its 101 x 101 PSF, from GalSim's example data;
+* ``decam_multiexposure/``: 8 DECam community-pipeline exposures (g x 3, r x 2,
+  z x 3; 2014-2018) of one galaxy (:data:`DECAM_TARGET`), 41 x 51 (or 41 x 50)
+  pixel cut-outs at 0.262 arcsec/px: for each, the image (``*_ooi_*``), its
+  inverse variance (``*_oow_*``), its data-quality mask (``*_ood_*``) and the
+  exposure's PSFEx model (``*-psfex.fits.gz``, read it with
+  :func:`astromix.io.psfex.read_psfex`), plus the Legacy Surveys CCD table
+  ``survey-ccds-1.fits.gz`` (zero points, seeing, sky noise).  Index them with
+  :func:`decam_multiexposure`.
 
-See ``README.rst`` and the ``LICENSE_*.txt`` files in this folder for sources
-and licenses.
+See ``README.rst``, ``decam_multiexposure/README.rst`` and the ``LICENSE*.txt``
+files in these folders for sources and licenses.
 
 Examples
 --------
@@ -33,7 +41,7 @@ import numpy as np
 from ..errors import InputError
 
 __all__ = ["get_path", "list_files", "load_cosmos_galaxy", "load_hst_psf", "load_jwst_f200w_psf",
-           "N_HST_PSFS"]
+           "decam_multiexposure", "DECAM_FOLDER", "DECAM_TARGET", "N_HST_PSFS"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -46,18 +54,50 @@ COSMOS_PSF_FILE = "cosmos_147246_f814w_psf.fits.gz"
 #: Number of HST PSF images in :data:`HST_PSF_FILE` (HDUs 0 to 99).
 N_HST_PSFS = 100
 
+#: Sub-folder holding the DECam multi-exposure data set (see :func:`decam_multiexposure`).
+DECAM_FOLDER = "decam_multiexposure"
+DECAM_CCDS_FILE = "survey-ccds-1.fits.gz"
+
+#: (RA, Dec) [deg, ICRS] of the galaxy at the centre of the DECam cut-outs: the mean over
+#: the 8 exposures of its Gaussian-windowed centroid (sigma 2 px) mapped through each
+#: image's TPV WCS (scatter 0.036 arcsec per coordinate).
+DECAM_TARGET = (244.77974, 12.07234)
+
+#: Sub-folders of the data sets that :func:`get_path` and :func:`list_files` accept.
+_SUBFOLDERS = (DECAM_FOLDER,)
+
 _DATA_SUFFIXES = (".fits", ".fits.gz", ".txt", ".rst")
 
 
-def list_files():
+def list_files(folder=None):
     """Names of the data and license files shipped in :mod:`astromix.datasets`.
+
+    Parameters
+    ----------
+    folder : str, optional
+        A data-set sub-folder (``"decam_multiexposure"``); by default the files
+        at the top of the package folder (the sub-folders are not listed).
 
     Returns
     -------
     list of str
-        Sorted file names, usable with :func:`get_path`.
+        Sorted file names, usable with :func:`get_path`; those of a sub-folder
+        are given as ``"<folder>/<file>"``.
+
+    Raises
+    ------
+    InputError
+        If ``folder`` is not one of the shipped sub-folders.
     """
-    return sorted(p.name for p in _HERE.iterdir()
+    if folder is None:
+        where, prefix = _HERE, ""
+    elif folder in _SUBFOLDERS:
+        where, prefix = _HERE / folder, folder + "/"
+    else:
+        raise InputError(f"no dataset folder {folder!r}; shipped folders: {', '.join(_SUBFOLDERS)}")
+    if not where.is_dir():
+        return []
+    return sorted(prefix + p.name for p in where.iterdir()
                   if p.is_file() and p.name.endswith(_DATA_SUFFIXES))
 
 
@@ -67,7 +107,9 @@ def get_path(name):
     Parameters
     ----------
     name : str
-        A file name from :func:`list_files`, e.g. ``"real_galaxy_PSF_images.fits.gz"``.
+        A file name from :func:`list_files`, e.g. ``"real_galaxy_PSF_images.fits.gz"``,
+        or ``"<folder>/<file>"`` for a file of a data-set sub-folder, e.g.
+        ``"decam_multiexposure/survey-ccds-1.fits.gz"``.
 
     Returns
     -------
@@ -79,11 +121,18 @@ def get_path(name):
     InputError
         If there is no such file (the message lists the known ones).
     """
+    folder = None
+    if isinstance(name, str) and name.count("/") == 1 and name.split("/")[0] in _SUBFOLDERS:
+        folder, name = name.split("/")
     if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
         raise InputError(f"dataset name must be a plain file name, got {name!r}")
-    path = _HERE / name
+    path = (_HERE / folder / name) if folder else (_HERE / name)
     if not path.is_file():
-        raise InputError(f"no dataset file {name!r}; shipped files: {', '.join(list_files())}")
+        known = list_files(folder)
+        if folder is None:
+            known += [f"{sub}/..." for sub in _SUBFOLDERS]
+        raise InputError(f"no dataset file {name!r}" + (f" in {folder}/" if folder else "")
+                         + f"; shipped files: {', '.join(known)}")
     return str(path)
 
 
@@ -211,3 +260,122 @@ def load_cosmos_galaxy():
     header["FILTER"] = ("F814W", "HST filter")
     header["PIXSCALE"] = (0.03, "[arcsec/px] pixel scale")
     return image, psf_image, header
+
+
+def decam_multiexposure():
+    """Index of the DECam multi-exposure data set: one row per exposure, sorted by date.
+
+    Eight DECam exposures of the Legacy Surveys DR9 (DECaLS; g x 3, r x 2,
+    z x 3, 2014-2018, exposure times 68-118 s) of one galaxy, at
+    :data:`DECAM_TARGET`, and a faint neighbour, processed by the NOIRLab
+    DECam community pipeline (CP, version V4.8.2a): 41 x 51 pixel cut-outs
+    (41 x 50 for one exposure) of CCDs N10, N11 or N12 at 0.262 arcsec/px,
+    with their TPV WCS.  Each exposure has
+
+    * ``image`` (``*_ooi_*``): the CP image in ADU (counts), **sky not
+      subtracted** (the median is the sky level, ~100-3000 ADU; subtract a
+      background before fitting);
+    * ``invvar`` (``*_oow_*``): inverse variance [ADU^-2] (sky plus read
+      noise, as the CP computes it);
+    * ``dq`` (``*_ood_*``): CP data-quality bits, 0 = good (all 0 in these
+      cut-outs);
+    * ``psfex``: the exposure's PSFEx model (legacypipe's merged-table layout;
+      read it with :func:`astromix.io.psfex.read_psfex` and evaluate it at
+      the cut-out's pixel coordinates: its POLZERO is already in the cut-out
+      frame).
+
+    Pixel arrays are in HDU 1 of each file (the CCD's extension; its
+    ``EXTNAME`` is the CCD name).  The image data are CP products distributed
+    by the Legacy Surveys (see ``decam_multiexposure/README.rst`` and
+    ``LICENSE.txt``: BSD-3, legacypipe).
+
+    Returns
+    -------
+    astropy.table.Table
+        8 rows, sorted by ``mjd_obs``, with columns
+
+        ``name`` (str)
+            ``c4d_<yymmdd>_<hhmmss>_<band>_<ccd>``, e.g. ``"c4d_140818_232043_z_N12"``.
+        ``band`` (str)
+            ``"g"``, ``"r"`` or ``"z"``.
+        ``image``, ``invvar``, ``dq``, ``psfex`` (str)
+            Absolute paths of the (gzip-compressed) FITS files.
+        ``expnum`` (int), ``ccdname`` (str)
+            DECam exposure number and CCD.
+        ``mjd_obs`` [d]
+            MJD of the start of the exposure.
+        ``exptime`` [s]
+            Exposure time.
+        ``zeropoint`` [mag]
+            AB magnitude of a source giving 1 ADU *in total* in this exposure:
+            ``ccdzpt + 2.5 log10(exptime)``, where ``ccdzpt`` (survey-ccds) is the
+            Legacy Surveys zero point for 1 ADU/s.  So a flux of F ADU is
+            ``zeropoint - 2.5 log10(F)`` AB mag, and 1 nanomaggy (AB 22.5) is
+            ``10**(0.4 (zeropoint - 22.5))`` ADU (530-1220 ADU here).
+            Checked against the data: ``1 / sqrt(median(invvar))`` divided by
+            ``sig1`` (the Legacy Surveys' sky noise in nanomaggies) equals
+            that factor within 0.3-2.4 % for all 8 exposures.
+        ``sig1`` [nanomaggy]
+            Per-pixel sky noise from survey-ccds.
+        ``fwhm`` [pix]
+            Seeing FWHM from survey-ccds (the CP's median stellar FWHM,
+            2.7-5.5 px).
+
+        ``meta`` holds ``target`` (:data:`DECAM_TARGET`), ``pixscale``
+        [arcsec/px] and ``source``.
+
+    Raises
+    ------
+    InputError
+        If a file of the data set is missing (a broken installation).
+
+    Examples
+    --------
+    >>> from astromix.datasets import decam_multiexposure
+    >>> table = decam_multiexposure()
+    >>> len(table), "".join(table["band"])
+    (8, 'zrgzzrgg')
+    >>> str(table["name"][0]), float(table["exptime"][0])
+    ('c4d_140818_232043_z_N12', 118.0)
+    >>> round(float(table["zeropoint"][0]), 3)
+    30.218
+    """
+    from astropy import units as u
+    from astropy.table import Table
+
+    ccds = Table.read(get_path(f"{DECAM_FOLDER}/{DECAM_CCDS_FILE}"), hdu=1)
+    rows = []
+    for ccd in ccds:
+        image_name = os.path.basename(str(ccd["image_filename"]).strip())  # ..._ooi_z_ls9.N12.fits
+        stem, ccdname = image_name[: -len(".fits")].rsplit(".", 1)
+        prefix, date, time_, _, band, _ = stem.split("_")
+        expnum = int(ccd["expnum"])
+        files = {
+            "image": f"{image_name}.gz",
+            "invvar": f"{image_name.replace('_ooi_', '_oow_')}.gz",
+            "dq": f"{image_name.replace('_ooi_', '_ood_')}.gz",
+            "psfex": f"{stem}-{ccdname}-psfex.fits.gz",
+        }
+        paths = {key: get_path(f"{DECAM_FOLDER}/{value}") for key, value in files.items()}
+        exptime = float(ccd["exptime"])
+        rows.append({
+            "name": f"{prefix}_{date}_{time_}_{band}_{ccdname}",
+            "band": band, **paths, "expnum": expnum, "ccdname": ccdname,
+            "mjd_obs": float(ccd["mjd_obs"]), "exptime": exptime,
+            "zeropoint": float(ccd["ccdzpt"]) + 2.5 * np.log10(exptime),
+            "sig1": float(ccd["sig1"]), "fwhm": float(ccd["fwhm"]),
+        })
+    rows.sort(key=lambda r: r["mjd_obs"])
+    names = ["name", "band", "image", "invvar", "dq", "psfex", "expnum", "ccdname", "mjd_obs",
+             "exptime", "zeropoint", "sig1", "fwhm"]
+    table = Table(rows=[[r[n] for n in names] for r in rows], names=names)
+    table["mjd_obs"].unit = u.d
+    table["exptime"].unit = u.s
+    table["zeropoint"].unit = u.mag
+    table["sig1"].unit = u.nmgy
+    table["fwhm"].unit = u.pix
+    table.meta["target"] = DECAM_TARGET
+    table.meta["pixscale"] = 0.262
+    table.meta["source"] = ("Legacy Surveys DR9, NOIRLab DECam community pipeline V4.8.2a; "
+                            "see astromix/datasets/decam_multiexposure/README.rst")
+    return table
