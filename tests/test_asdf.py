@@ -41,6 +41,8 @@ SERSIC_TAG = "asdf://astromix.org/astromix/tags/sersic_mixture-1.0.0"
 SERSIC_SCHEMA_URI = "asdf://astromix.org/astromix/schemas/sersic_mixture-1.0.0"
 POINT_TAG = "asdf://astromix.org/astromix/tags/point_source-1.0.0"
 POINT_SCHEMA_URI = "asdf://astromix.org/astromix/schemas/point_source-1.0.0"
+EXPOSURE_TAG = "asdf://astromix.org/astromix/tags/exposure-1.0.0"
+EXPOSURE_SCHEMA_URI = "asdf://astromix.org/astromix/schemas/exposure-1.0.0"
 
 
 def _installed():
@@ -357,7 +359,7 @@ def test_resource_mappings():
 def test_get_extensions():
     (ext,) = get_extensions()
     assert ext.extension_uri == EXTENSION_URI
-    assert [t.tag_uri for t in ext.tags] == [TAG, PSF_TAG, SERSIC_TAG, POINT_TAG]
+    assert [t.tag_uri for t in ext.tags] == [TAG, PSF_TAG, SERSIC_TAG, POINT_TAG, EXPOSURE_TAG]
     assert any(isinstance(c, GaussianMixtureConverter) for c in ext.converters)
     assert any(isinstance(c, GaussianMixturePSFConverter) for c in ext.converters)
     assert any(isinstance(c, SersicMixtureConverter) for c in ext.converters)
@@ -1122,3 +1124,129 @@ def test_source_hand_written_fixed_mapping_applies(asdf_config, tmp_path):
     with open_asdf(path) as af:
         back = af["s"]
     assert back.n.fixed and not back.flux.fixed
+
+
+# -- Exposure ---------------------------------------------------------------------------------
+
+def test_exposure_schema_is_valid(asdf_config):
+    schema = asdf.schema.load_schema(EXPOSURE_SCHEMA_URI)
+    asdf.schema.check_schema(schema)
+    assert schema["id"] == EXPOSURE_SCHEMA_URI
+    assert schema["tag"] == EXPOSURE_TAG
+    assert schema["additionalProperties"] is False
+    assert schema["required"] == ["data"]
+    assert schema["properties"]["wcs"]["tag"].startswith("tag:stsci.edu:gwcs/wcs-")
+    assert schema["properties"]["psf"]["tag"].startswith(PSF_TAG.rsplit("-", 1)[0])
+    manifest = yaml.safe_load(asdf_config.resource_manager[MANIFEST_URI])
+    tags = {t["tag_uri"]: t["schema_uri"] for t in manifest["tags"]}
+    assert tags[EXPOSURE_TAG] == EXPOSURE_SCHEMA_URI
+    from astromix.io.asdf.converters import ExposureConverter
+
+    (ext,) = get_extensions()
+    assert any(isinstance(c, ExposureConverter) for c in ext.converters)
+
+
+def _example_text(body):
+    return ("#ASDF 1.0.0\n#ASDF_STANDARD 1.6.0\n%YAML 1.1\n%TAG ! tag:stsci.edu:asdf/\n"
+            "--- !core/asdf-1.1.0\nexample: " + body.replace("\n", "\n  ") + "\n...\n")
+
+
+def test_exposure_schema_example_reads(asdf_config, tmp_path):
+    from astromix.data import Exposure
+
+    schema = yaml.safe_load(asdf_config.resource_manager[EXPOSURE_SCHEMA_URI])
+    assert schema["examples"]
+    for _description, standard, body in schema["examples"]:
+        assert standard == "asdf-standard-1.6.0"
+        path = tmp_path / "example.asdf"
+        path.write_text(_example_text(body))
+        with open_asdf(path) as af:  # validates against the schema
+            exp = af["example"]
+        assert isinstance(exp, Exposure)
+        assert exp.shape == (2, 3) and exp.name == "g1" and exp.band == "g"
+        assert exp.mask[1, 2] and exp.mask.sum() == 1 and exp.weight[0, 0] == 4.0
+        assert exp.world_to_pixel(150.0, 2.0) == pytest.approx((1.0, 0.0), abs=1e-9)
+        assert exp.meta == {"instrument": "DECam", "expnum": 123456}
+
+
+def _exposure_node():
+    return {"name": "e", "data": np.ones((2, 3)), "mask": np.zeros((2, 3), bool),
+            "fits_wcs": "CTYPE1  = 'RA---TAN'\nCTYPE2  = 'DEC--TAN'", "exptime": 10.0,
+            "psf_origin": [0.0, 0.0]}
+
+
+def _a_gwcs():
+    from astropy import coordinates as coord
+    from astropy import units as u
+    from astropy.modeling import models
+    from gwcs import coordinate_frames as cf
+    from gwcs import wcs as gw
+
+    forward = (models.Scale(1e-5) & models.Scale(1e-5)) | models.Pix2Sky_TAN() \
+        | models.RotateNative2Celestial(10.0, 20.0, 180.0)
+    return gw.WCS([(cf.Frame2D(name="detector", unit=(u.pix, u.pix)), forward),
+                   (cf.CelestialFrame(reference_frame=coord.ICRS(), name="world",
+                                      unit=(u.deg, u.deg)), None)])
+
+
+def test_exposure_schema_accepts_good_tree(asdf_config):
+    asdf.AsdfFile({"e": TaggedDict(_exposure_node(), EXPOSURE_TAG)}).validate()
+    node = _exposure_node()
+    del node["fits_wcs"]
+    node["wcs"] = _a_gwcs()
+    asdf.AsdfFile({"e": TaggedDict(node, EXPOSURE_TAG)}).validate()
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda n: n.update(extra=1), "Additional properties"),
+    (lambda n: n.update(wcs=_a_gwcs()), "should not be valid"),
+    (lambda n: n.pop("data"), "required property"),
+    (lambda n: n.update(exptime=-1.0), "minimum"),
+    (lambda n: n.update(psf_origin=[1.0]), "too short"),
+    (lambda n: n.update(data=np.ones((2, 3), dtype=np.int32)), "any of the given schemas"),
+    (lambda n: n.update(mask=np.zeros(3, bool)), "ndim"),
+    (lambda n: n.update(psf=GaussianMixture([1.0], [[0, 0]], [np.eye(2)])), "tag"),
+], ids=["extra", "both-wcs", "no-data", "exptime", "origin", "int-data", "mask-ndim", "psf-tag"])
+def test_exposure_schema_rejects_bad_tree(asdf_config, tmp_path, change, match):
+    node = _exposure_node()
+    change(node)
+    af = asdf.AsdfFile({"e": TaggedDict(node, EXPOSURE_TAG)})
+    with pytest.raises(asdf.ValidationError, match=match):
+        af.validate()
+    with pytest.raises(asdf.ValidationError):
+        af.write_to(tmp_path / "bad.asdf")
+
+
+def test_exposure_invalid_file(asdf_config, tmp_path):
+    """A schema-invalid exposure node gives InputError, with or without schema validation."""
+    node = _exposure_node()
+    node["weight"] = np.ones((2, 3))
+    path = tmp_path / "bad.asdf"
+    other = "tag:example.org/unvalidated-1.0.0"
+    with asdf.config_context() as config:
+        config.validate_on_read = False
+        asdf.AsdfFile({"e": TaggedDict(node, other)}).write_to(path, all_array_storage="inline")
+    path.write_text(path.read_text().replace(other, EXPOSURE_TAG))
+    with pytest.raises(InputError, match="does not follow its schemas"):
+        open_asdf(path)
+    with pytest.raises(InputError, match=r"unexpected property \['weight'\]") as info:
+        open_asdf(path, validate=False)
+    assert str(path) in str(info.value) and "exposure-1.0.0" in str(info.value)
+
+
+def test_exposure_in_a_tree_round_trip(asdf_config, tmp_path):
+    from astromix import GaussianMixturePSF
+    from astromix.data import Exposure
+
+    psf = GaussianMixturePSF(GaussianMixture([0.6, 0.4], [[0, 0], [0, 0]],
+                                             [np.eye(2), np.eye(2) * 4]))
+    exp = Exposure(np.arange(12.0).reshape(3, 4), uncertainty=np.full((3, 4), 2.0), psf=psf,
+                   name="x", band="z", zeropoint=30.0)
+    path = tmp_path / "tree.asdf"
+    asdf.AsdfFile({"scene": {"exposures": [exp]}}).write_to(path)
+    with open_asdf(path) as af:
+        (back,) = af["scene"]["exposures"]
+    assert back.name == "x" and back.wcs is None and back.zeropoint == 30.0
+    np.testing.assert_array_equal(back.data, exp.data)
+    np.testing.assert_array_equal(back.weight, exp.weight)
+    assert np.array_equal(back.psf.parameters, psf.parameters)

@@ -33,6 +33,9 @@ Tagged types
 ``asdf://astromix.org/astromix/tags/point_source-1.0.0``
     :class:`astromix.PointSource` (an astropy transform: extends
     transform-1.4.0; its PSF is a nested ``gaussian_mixture``).
+``asdf://astromix.org/astromix/tags/exposure-1.0.0``
+    :class:`astromix.data.Exposure` (image, inverse variance, mask, gwcs or
+    FITS WCS header, Gaussian-mixture PSF, band, exposure time, zero point).
 """
 
 import os

@@ -68,7 +68,7 @@ from asdf_astropy.converters.transform.core import TransformConverterBase, param
 from .extension import TAG_URI_PREFIX
 
 __all__ = ["GaussianMixtureConverter", "GaussianMixturePSFConverter", "SersicMixtureConverter",
-           "PointSourceConverter", "CONVERTERS"]
+           "PointSourceConverter", "ExposureConverter", "CONVERTERS"]
 
 _GM_KEYS = ("amp", "mean", "cov")
 
@@ -577,3 +577,160 @@ class PointSourceConverter(_SourceConverterBase):
 
 CONVERTERS.append(SersicMixtureConverter())
 CONVERTERS.append(PointSourceConverter())
+
+
+# -- Exposure -------------------------------------------------------------------------------------
+
+#: Properties of an exposure node (schema exposure-1.0.0).
+_EXPOSURE_KEYS = ("name", "band", "exptime", "zeropoint", "unit", "data", "inverse_variance",
+                  "mask", "wcs", "fits_wcs", "psf", "psf_origin", "meta")
+
+
+class ExposureConverter(Converter):
+    """Convert :class:`astromix.data.Exposure` to and from ASDF.
+
+    The tagged node (schema ``asdf://astromix.org/astromix/schemas/exposure-1.0.0``)
+    holds
+
+    * ``data``: the image (ny, nx), float32 or float64 ndarray, data units;
+    * ``inverse_variance`` (optional): float64 (ny, nx), 1 / (data unit)^2,
+      0 where the uncertainty is unusable; read back as an
+      :class:`~astropy.nddata.InverseVariance`;
+    * ``mask``: bool (ny, nx), true = bad pixel;
+    * ``wcs`` (a gwcs, stored natively through gwcs's own converter) or
+      ``fits_wcs`` (an astropy WCS as a FITS header string, one card per line,
+      written with relax=True and 17 significant digits: SIP and TPV
+      included; lookup-table distortions dropped with a warning);
+    * ``psf`` (optional): a nested ``gaussian_mixture_psf-1.0.0`` node; a
+      position-dependent PSF (callable, PSFEx model) is not stored and an
+      `~astromix.data.ExposureWarning` says so;
+    * ``psf_origin`` [px], ``band``, ``exptime`` [s], ``zeropoint`` (AB),
+      ``name``, ``unit`` (an astropy unit node) and ``meta`` (its
+      JSON-compatible entries only).
+
+    Notes
+    -----
+    Reading goes through the checked :class:`~astromix.data.Exposure`
+    constructor; an invalid node raises :class:`astromix.InputError` naming
+    the file and the tag.  The data, inverse variance and mask are copied into
+    memory, so the exposure does not keep the file open.
+    """
+
+    tags = [TAG_URI_PREFIX + "exposure-1.0.0"]
+    types = ["astromix.data.exposure.Exposure"]
+
+    def to_yaml_tree(self, obj, tag, ctx):
+        """Serialise an Exposure (see the class docstring for the node layout).
+
+        Returns
+        -------
+        dict
+            The node's properties; absent ones (no uncertainty, no WCS, None
+            attributes) are left out.
+        """
+        from ...data.exposure import _is_astropy_wcs, _is_gwcs
+        from ...data.io import (
+            fits_wcs_header,
+            json_meta,
+            storable_psf,
+            warn_unstored_psf,
+        )
+
+        node = {}
+        for key in ("name", "band", "exptime", "zeropoint", "unit"):
+            value = getattr(obj, key)
+            if value is not None:
+                node[key] = value
+        node["data"] = np.ascontiguousarray(obj.data)
+        ivar = obj.inverse_variance()
+        if ivar is not None:
+            node["inverse_variance"] = ivar
+        node["mask"] = np.ascontiguousarray(obj.mask, dtype=bool)
+        wcs = obj.wcs
+        if wcs is not None:
+            if _is_astropy_wcs(wcs):
+                node["fits_wcs"] = fits_wcs_header(wcs)
+            elif _is_gwcs(wcs):
+                node["wcs"] = wcs
+            else:
+                from ...data.exposure import ExposureWarning
+
+                warnings.warn(f"exposure {obj.name!r}: its WCS ({type(wcs).__name__}) is "
+                              "neither an astropy WCS nor a gwcs and is not written",
+                              ExposureWarning, stacklevel=2)
+        psf = storable_psf(obj)
+        if psf is not None:
+            node["psf"] = psf
+        elif obj.psf is not None:
+            warn_unstored_psf([obj.name])
+        node["psf_origin"] = [float(v) for v in obj.psf_origin]
+        meta = json_meta(obj.meta)
+        if meta:
+            node["meta"] = meta
+        return node
+
+    def from_yaml_tree(self, node, tag, ctx):
+        """Build a validated Exposure from a node read from a file.
+
+        Raises
+        ------
+        astromix.InputError
+            If the node is not a mapping, lacks ``data``, has unknown
+            properties or both ``wcs`` and ``fits_wcs``, holds arrays of the
+            wrong type, a WCS or PSF that cannot be used, or fails the checks
+            of the Exposure constructor; the message names the file and the
+            tag.
+        """
+        from astropy import units as u
+        from astropy.nddata import InverseVariance
+
+        from ...data.exposure import Exposure
+        from ...data.io import wcs_from_fits_header
+        from ...errors import InputError
+        from ...models.psf import GaussianMixturePSF
+
+        where = _where(tag, ctx)
+        if not isinstance(node, Mapping):
+            raise InputError(f"{where}: expected a mapping, got {type(node).__name__}")
+        if "data" not in node:
+            raise InputError(f"{where}: missing required property ['data']")
+        extra = sorted(str(key) for key in node if key not in _EXPOSURE_KEYS)
+        if extra:
+            noun = "property" if len(extra) == 1 else "properties"
+            raise InputError(f"{where}: unexpected {noun} {extra}")
+        if "wcs" in node and "fits_wcs" in node:
+            raise InputError(f"{where}: holds both wcs and fits_wcs")
+        arrays = {}
+        for key in ("data", "inverse_variance", "mask"):
+            if key not in node:
+                continue
+            try:
+                arrays[key] = np.array(node[key])
+            except Exception as exc:  # a missing or corrupt block, a bad inline array
+                raise InputError(f"{where}: {key} could not be read: {exc}") from exc
+        try:
+            wcs = None
+            if "fits_wcs" in node:
+                wcs = wcs_from_fits_header(node["fits_wcs"])
+            elif "wcs" in node:
+                wcs = node["wcs"]
+            psf = node.get("psf")
+            if psf is not None and not isinstance(psf, GaussianMixturePSF):
+                raise InputError(f"psf is not a valid gaussian_mixture_psf node (got "
+                                 f"{type(psf).__name__})")
+            unit = node.get("unit")
+            if unit is not None and not isinstance(unit, u.UnitBase):
+                raise InputError(f"unit must be a unit node, got {type(unit).__name__}")
+            ivar = arrays.get("inverse_variance")
+            meta = node.get("meta")
+            return Exposure(arrays["data"],
+                            uncertainty=None if ivar is None else InverseVariance(ivar),
+                            mask=arrays.get("mask"), wcs=wcs, psf=psf, band=node.get("band"),
+                            exptime=node.get("exptime"), zeropoint=node.get("zeropoint"),
+                            name=node.get("name"), meta=dict(meta) if meta else None,
+                            unit=unit, psf_origin=node.get("psf_origin", (0.0, 0.0)))
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from exc
+
+
+CONVERTERS.append(ExposureConverter())

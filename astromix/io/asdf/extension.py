@@ -88,9 +88,11 @@ def get_extensions():
         :class:`astromix.GaussianMixturePSF` as
         ``asdf://astromix.org/astromix/tags/gaussian_mixture_psf-1.0.0``,
         :class:`astromix.SersicMixture` as
-        ``asdf://astromix.org/astromix/tags/sersic_mixture-1.0.0`` and
+        ``asdf://astromix.org/astromix/tags/sersic_mixture-1.0.0``,
         :class:`astromix.PointSource` as
-        ``asdf://astromix.org/astromix/tags/point_source-1.0.0``.
+        ``asdf://astromix.org/astromix/tags/point_source-1.0.0`` and
+        :class:`astromix.data.Exposure` as
+        ``asdf://astromix.org/astromix/tags/exposure-1.0.0``.
 
     Notes
     -----

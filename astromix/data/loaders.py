@@ -1,0 +1,636 @@
+"""Read an Exposure from FITS files: DECam CP, JWST (stdatamodels), HST and plain images.
+
+The entry point is :meth:`astromix.data.Exposure.from_fits`, which documents the
+formats; this module holds the readers.
+"""
+
+import io
+import math
+import os
+import re
+import warnings
+
+import numpy as np
+from astropy import units as u
+from astropy.io import fits
+from astropy.nddata import InverseVariance, StdDevUncertainty
+
+from ..errors import InputError
+from .exposure import ExposureWarning
+
+__all__ = ["read_fits", "jwst_zeropoint", "hst_zeropoint"]
+
+_FITS_SUFFIXES = (".fits.fz", ".fits.gz", ".fits", ".fit.gz", ".fit", ".fz", ".gz")
+
+#: AB zero-point flux density [Jy].
+AB_JY = 3631.0
+
+
+# -- small helpers --------------------------------------------------------------------------------
+
+def _stem(path):
+    base = os.path.basename(os.fspath(path))
+    for suffix in _FITS_SUFFIXES:
+        if base.lower().endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def _python(value):
+    """A header value as a JSON-compatible Python value."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value.strip()
+    return None
+
+
+def _first(headers, *keys):
+    """The first present, non-empty value of ``keys`` in ``headers`` (in order)."""
+    for key in keys:
+        for header in headers:
+            if header is not None and key in header:
+                value = header[key]
+                if isinstance(value, str):
+                    value = value.strip()
+                    if not value:
+                        continue
+                if value is None or isinstance(value, fits.card.Undefined):
+                    continue
+                return value
+    return None
+
+
+def _exptime(headers, *keys):
+    value = _first(headers, *keys)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _unit(bunit):
+    """An astropy unit from a BUNIT string, or None when absent or not understood."""
+    if not isinstance(bunit, str) or not bunit.strip():
+        return None
+    text = bunit.strip()
+    for fmt in ("fits", None):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", u.UnitsWarning)
+                unit = u.Unit(text, format=fmt) if fmt else u.Unit(text)
+        except (ValueError, TypeError):
+            continue
+        if not isinstance(unit, u.UnrecognizedUnit):
+            return unit
+    # HST writes ELECTRONS/S, COUNTS/S: plurals astropy does not parse.
+    lowered = re.sub(r"\b(electron|count)s\b", r"\1", text.lower())
+    if lowered != text.lower():
+        return _unit(lowered)
+    return None
+
+
+def _native(array, dtype=None):
+    """A native-byte-order copy of a FITS array (float32/float64 kept unless ``dtype``)."""
+    arr = np.asarray(array)
+    if dtype is None:
+        dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
+    return np.array(arr, dtype=np.dtype(dtype).newbyteorder("="))
+
+
+def _open(path, what="FITS file"):
+    """fits.open with InputError naming the file for a missing or unreadable file."""
+    shown = os.fspath(path)
+    if not os.path.exists(shown):
+        raise InputError(f"{what} {shown!r} does not exist")
+    if os.path.isdir(shown):
+        raise InputError(f"{what} {shown!r} is a folder, not a file")
+    try:
+        hdul = fits.open(shown, memmap=False)
+    except (OSError, ValueError, TypeError, EOFError) as exc:
+        raise InputError(f"{what} {shown!r} could not be read as FITS: {exc}") from None
+    if len(hdul) == 0:
+        hdul.close()
+        raise InputError(f"{what} {shown!r} holds no HDU")
+    return hdul
+
+
+def _get_hdu(hdul, key, shown):
+    try:
+        return hdul[key]
+    except (KeyError, IndexError, TypeError):
+        names = [h.name for h in hdul]
+        raise InputError(f"{shown!r} has no HDU {key!r} (HDUs: {names})") from None
+
+
+def _has(hdul, name, ver=1):
+    try:
+        hdul[(name, ver)]
+    except (KeyError, IndexError):
+        return False
+    return True
+
+
+def _image(hdu, shown):
+    data = hdu.data
+    if data is None or getattr(data, "ndim", 0) != 2 or isinstance(hdu, fits.BinTableHDU):
+        raise InputError(f"{shown!r} HDU {hdu.name or '#'} holds no 2-D image "
+                         f"(shape {getattr(data, 'shape', None)})")
+    return data
+
+
+def _fits_wcs(header, hdul, shown, what):
+    """The celestial astropy WCS of ``header``, or InputError naming the file."""
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header, fobj=hdul)
+    except Exception as exc:
+        raise InputError(f"{shown!r} {what}: the WCS could not be read: {exc}") from None
+    if not wcs.has_celestial:
+        raise InputError(f"{shown!r} {what} has no celestial WCS (CTYPE "
+                         f"{[str(c) for c in wcs.wcs.ctype]})")
+    if wcs.naxis != 2:
+        if sorted((wcs.wcs.lng, wcs.wcs.lat)) != [0, 1]:
+            raise InputError(f"{shown!r} {what}: the celestial WCS axes are not the image axes")
+        wcs = wcs.celestial
+    return wcs
+
+
+def _read_side_file(path, extname, index, shape, what, sci_path):
+    """An image from a companion file (weight, DQ): the HDU named ``extname``, else ``index``."""
+    shown = os.fspath(path)
+    with _open(path, what) as hdul:
+        hdu = None
+        if extname:
+            try:
+                hdu = hdul[extname]
+            except KeyError:
+                hdu = None
+        if hdu is None and index is not None and index < len(hdul) \
+                and getattr(hdul[index].data, "ndim", 0) == 2:
+            hdu = hdul[index]
+        if hdu is None:
+            hdu = next((h for h in hdul if getattr(h, "data", None) is not None
+                        and not isinstance(h, fits.BinTableHDU) and h.data.ndim == 2), None)
+        if hdu is None:
+            raise InputError(f"{what} {shown!r} holds no 2-D image")
+        data = np.asarray(hdu.data)
+        if data.shape != shape:
+            raise InputError(f"{what} {shown!r} has shape {data.shape}, the image "
+                             f"{os.fspath(sci_path)!r} {shape}")
+        return data.copy()
+
+
+def _sibling(path, old, new):
+    """The file named like ``path`` with ``old`` replaced by ``new``, any FITS suffix."""
+    folder, base = os.path.split(os.fspath(path))
+    if old not in base:
+        return None
+    stem = _stem(base).replace(old, new)
+    for suffix in (".fits", ".fits.gz", ".fits.fz"):
+        candidate = os.path.join(folder, stem + suffix)
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+# -- zero points ----------------------------------------------------------------------------------
+
+def jwst_zeropoint(unit, pixar_sr=None, photmjsr=None):
+    """AB zero point of one JWST data unit (a source whose pixel values sum to 1).
+
+    Parameters
+    ----------
+    unit : astropy.units.Unit or None
+        The data unit (BUNIT of SCI).
+    pixar_sr : float, optional
+        Pixel area [sr] (PIXAR_SR).
+    photmjsr : float, optional
+        MJy/sr per DN/s (PHOTMJSR), for count-rate data.
+
+    Returns
+    -------
+    float or None
+        * surface brightness (e.g. MJy/sr): one unit in one pixel is a flux
+          ``F = (1 unit * PIXAR_SR sr)`` in Jy, and ``ZP = -2.5 log10(F /
+          3631 Jy)``; for MJy/sr, ``ZP = -2.5 log10(1e6 * PIXAR_SR / 3631)``
+          (``= -6.10 - 2.5 log10(PIXAR_SR)``);
+        * flux density per pixel (Jy, nJy, ...): ``-2.5 log10(F / 3631 Jy)``
+          of one unit;
+        * DN/s: as MJy/sr with one unit worth PHOTMJSR MJy/sr;
+        * None when the unit is unknown or a needed keyword is missing.
+    """
+    if unit is None:
+        return None
+    jy_per_unit = None
+    try:
+        jy_per_unit = (1.0 * unit).to_value(u.Jy)
+    except u.UnitConversionError:
+        pass
+    if jy_per_unit is None and pixar_sr:
+        try:
+            jy_per_unit = (1.0 * unit * (pixar_sr * u.sr)).to_value(u.Jy)
+        except u.UnitConversionError:
+            pass
+    if jy_per_unit is None and pixar_sr and photmjsr and unit.is_equivalent(u.DN / u.s):
+        jy_per_unit = (1.0 * unit).to_value(u.DN / u.s) * photmjsr * 1e6 * pixar_sr
+    if jy_per_unit is None or not jy_per_unit > 0:
+        return None
+    return float(-2.5 * np.log10(jy_per_unit / AB_JY))
+
+
+def hst_zeropoint(photflam, photplam, *, rate=True, exptime=None):
+    """AB zero point of one HST data unit from PHOTFLAM and PHOTPLAM.
+
+    Parameters
+    ----------
+    photflam : float
+        Inverse sensitivity [erg / s / cm^2 / Angstrom per (count / s)].
+    photplam : float
+        Pivot wavelength [Angstrom].
+    rate : bool, optional
+        Whether the data are count rates (``ELECTRONS/S``, drizzled products;
+        default) or counts (``ELECTRONS``, ACS/WFC3-UVIS ``flt``).
+    exptime : float, optional
+        Exposure time [s], needed when ``rate`` is false.
+
+    Returns
+    -------
+    float or None
+        ``ZP_rate = -2.5 log10(PHOTFLAM) - 5 log10(PHOTPLAM) - 2.408``, the AB
+        magnitude of a source giving one count per second (f_nu = f_lambda
+        lambda^2 / c, AB = -2.5 log10(f_nu) - 48.60); for counts, ``ZP_rate +
+        2.5 log10(exptime)``.  None when a value is missing or not positive.
+    """
+    try:
+        photflam, photplam = float(photflam), float(photplam)
+    except (TypeError, ValueError):
+        return None
+    if not (photflam > 0 and photplam > 0):
+        return None
+    zp = -2.5 * np.log10(photflam) - 5.0 * np.log10(photplam) - 2.408
+    if not rate:
+        if not exptime:
+            return None
+        zp += 2.5 * np.log10(exptime)
+    return float(zp)
+
+
+# -- readers --------------------------------------------------------------------------------------
+
+def _kind(hdul, path):
+    primary = hdul[0].header
+    instrument = str(primary.get("INSTRUME", "")).strip().upper()
+    telescope = str(primary.get("TELESCOP", "")).strip().upper()
+    if instrument == "DECAM" or "_ooi_" in os.path.basename(os.fspath(path)):
+        return "decam"
+    if telescope == "JWST":
+        return "jwst"
+    if telescope == "HST":
+        return "hst"
+    if _has(hdul, "SCI"):
+        return "jwst" if _has(hdul, "ASDF") else "hst"
+    return "plain"
+
+
+def read_fits(cls, path, *, hdu=None, psf=None, band=None, zeropoint=None, name=None,
+              weight=None, dq=None):
+    """Implementation of :meth:`Exposure.from_fits` (see there)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"path must be a file name, got {type(path).__name__}")
+    shown = os.fspath(path)
+    # astropy reports a truncated or corrupt file with warnings (and reads what it can):
+    # record them, refuse such files, and pass every other warning on.
+    error = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            info = _read_all(path, shown, hdu, weight, dq)
+        except InputError as exc:
+            error = exc
+    corrupt = [w for w in caught if _is_corruption(w)]
+    if corrupt:
+        raise InputError(f"FITS file {shown!r} is truncated or corrupt: "
+                         f"{str(corrupt[0].message).splitlines()[0]}") from error
+    if error is not None:
+        raise error
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    meta = info["meta"]
+    meta.setdefault("filename", os.path.abspath(shown))
+    default_name = _stem(shown)
+    if info.get("extver", 1) not in (None, 1):
+        default_name += f"_sci{info['extver']}"
+    return cls(info["data"], uncertainty=info.get("uncertainty"), mask=info.get("mask"),
+               wcs=info["wcs"], psf=psf, band=band if band is not None else info.get("band"),
+               exptime=info.get("exptime"),
+               zeropoint=zeropoint if zeropoint is not None else info.get("zeropoint"),
+               name=name if name is not None else default_name, meta=meta,
+               unit=info.get("unit"))
+
+
+def _is_corruption(record):
+    text = str(record.message)
+    return issubclass(record.category, (fits.verify.VerifyWarning, UserWarning)) and (
+        "truncated" in text or "Error validating header" in text)
+
+
+def _read_all(path, shown, hdu, weight, dq):
+    """Read the science image and its companions: a dict of Exposure arguments and extras."""
+    with _open(path) as hdul:
+        try:
+            kind = _kind(hdul, path)
+            reader = {"decam": _read_decam, "jwst": _read_jwst, "hst": _read_hst,
+                      "plain": _read_plain}[kind]
+            info = reader(hdul, shown, hdu)
+            shape = info["data"].shape
+            # Companion files given explicitly replace what the reader found.
+            if weight is not None:
+                ivar = _read_side_file(weight, info.get("extname"), info.get("index"), shape,
+                                       "weight file", shown)
+                info["uncertainty"] = InverseVariance(_native(ivar, np.float64), copy=False)
+                info["meta"]["weight_file"] = os.path.abspath(os.fspath(weight))
+            if dq is not None:
+                flags = _read_side_file(dq, info.get("extname"), info.get("index"), shape,
+                                        "DQ file", shown)
+                info["mask"] = np.asarray(flags) != 0
+                info["meta"]["dq_file"] = os.path.abspath(os.fspath(dq))
+        except InputError:
+            raise
+        except (OSError, ValueError, TypeError, KeyError, IndexError, EOFError) as exc:
+            raise InputError(f"FITS file {shown!r} could not be read: {exc}") from exc
+    if kind == "decam" and weight is None:
+        _decam_companions(info, shown, "weight")
+    if kind == "decam" and dq is None:
+        _decam_companions(info, shown, "dq")
+    return info
+
+
+def _describe(hdu, index):
+    ver = hdu.header.get("EXTVER", 1)
+    return f"{hdu.name}[{ver}]" if hdu.name and hdu.name != "PRIMARY" else f"HDU {index}"
+
+
+def _hdu_index(hdul, hdu):
+    return next(i for i, h in enumerate(hdul) if h is hdu)
+
+
+def _read_decam(hdul, shown, key):
+    if key is None:
+        key = 1 if len(hdul) > 1 else 0
+    sci = _get_hdu(hdul, key, shown)
+    index = _hdu_index(hdul, sci)
+    data = _native(_image(sci, shown))
+    primary = hdul[0].header
+    header = sci.header
+    where = _describe(sci, index)
+    wcs = _fits_wcs(header, hdul, shown, where)
+    filt = _first((primary, header), "FILTER")
+    band = None
+    if isinstance(filt, str) and filt.strip():
+        band = filt.strip()[0]
+    else:
+        band_kw = _first((primary, header), "BAND")
+        band = str(band_kw).strip() if band_kw else None
+    extname = sci.name if sci.name and sci.name != "PRIMARY" else None
+    meta = {"format": "DECam CP", "hdu": where, "instrument": "DECam",
+            "filter": _python(filt), "ccdname": extname,
+            "expnum": _python(_first((primary,), "EXPNUM")),
+            "mjd_obs": _python(_first((primary, header), "MJD-OBS")),
+            "airmass": _python(_first((primary,), "AIRMASS")),
+            "fwhm_px": _python(_first((header,), "FWHM")),
+            "plver": _python(_first((primary,), "PLVER")),
+            "bunit": _python(_first((header, primary), "BUNIT"))}
+    return {"data": data, "wcs": wcs, "band": band,
+            "exptime": _exptime((primary, header), "EXPTIME"),
+            "unit": _unit(_first((header, primary), "BUNIT")),
+            "meta": meta, "extname": extname, "index": index}
+
+
+def _decam_companions(info, shown, which):
+    """Find and read the ``_oow_`` (weight) or ``_ood_`` (DQ) file beside a CP image."""
+    tag, what = ("_oow_", "weight file") if which == "weight" else ("_ood_", "DQ file")
+    found = _sibling(shown, "_ooi_", tag)
+    if found is None:
+        warnings.warn(f"{shown!r}: no DECam {what} ({tag}) found beside it; the exposure "
+                      f"has no {'uncertainty' if which == 'weight' else 'data-quality mask'}",
+                      ExposureWarning)
+        info["meta"][f"{'weight' if which == 'weight' else 'dq'}_file"] = None
+        return
+    arr = _read_side_file(found, info.get("extname"), info.get("index"), info["data"].shape,
+                          what, shown)
+    if which == "weight":
+        info["uncertainty"] = InverseVariance(_native(arr, np.float64), copy=False)
+        info["meta"]["weight_file"] = os.path.abspath(found)
+    else:
+        info["mask"] = arr != 0
+        info["meta"]["dq_file"] = os.path.abspath(found)
+
+
+def _jwst_gwcs(hdul, shown):
+    """The gwcs ``meta.wcs`` of a JWST file's ASDF extension, or None (with a warning)."""
+    if not _has(hdul, "ASDF"):
+        return None
+    import asdf
+    from asdf.exceptions import AsdfWarning
+
+    try:
+        table = hdul["ASDF"].data
+        column = "ASDF_METADATA" if "ASDF_METADATA" in table.columns.names \
+            else table.columns.names[0]
+        raw = np.asarray(table[column][0]).tobytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AsdfWarning)
+            with asdf.open(io.BytesIO(raw), memmap=False) as af:
+                meta = af.tree.get("meta", {})
+                wcs = meta.get("wcs") if hasattr(meta, "get") else None
+    except Exception as exc:
+        warnings.warn(f"{shown!r}: the gwcs in the ASDF extension could not be read ({exc}); "
+                      "using the FITS WCS of SCI instead", ExposureWarning)
+        return None
+    if wcs is None:
+        return None
+    from .exposure import _check_wcs
+
+    try:
+        _check_wcs(wcs)
+    except InputError as exc:
+        warnings.warn(f"{shown!r}: the gwcs in the ASDF extension is not usable ({exc}); "
+                      "using the FITS WCS of SCI instead", ExposureWarning)
+        return None
+    return wcs
+
+
+def _sci_key(key):
+    return ("SCI", 1) if key is None else key
+
+
+def _companion(hdul, name, ver):
+    try:
+        return hdul[(name, ver)]
+    except (KeyError, IndexError):
+        return None
+
+
+def _read_jwst(hdul, shown, key):
+    sci = _get_hdu(hdul, _sci_key(key), shown)
+    index = _hdu_index(hdul, sci)
+    ver = sci.header.get("EXTVER", 1)
+    where = _describe(sci, index)
+    data = _native(_image(sci, shown))
+    primary, header = hdul[0].header, sci.header
+    info = {"data": data, "extname": sci.name, "index": index, "extver": ver}
+    wcs = _jwst_gwcs(hdul, shown)
+    wcs_source = "gwcs (ASDF extension)"
+    if wcs is None:
+        wcs = _fits_wcs(header, hdul, shown, where)
+        wcs_source = "FITS header of SCI"
+    info["wcs"] = wcs
+    err, dqh, wht = (_companion(hdul, n, ver) for n in ("ERR", "DQ", "WHT"))
+    mask = np.zeros(data.shape, dtype=bool)
+    if dqh is not None and dqh.data is not None and dqh.data.shape == data.shape:
+        mask |= np.asarray(dqh.data) != 0
+    if wht is not None and wht.data is not None and wht.data.shape == data.shape:
+        wht_data = _native(wht.data, np.float64)
+        mask |= ~(np.isfinite(wht_data) & (wht_data > 0))
+    else:
+        wht_data = None
+    if err is not None and err.data is not None and err.data.shape == data.shape:
+        info["uncertainty"] = StdDevUncertainty(_native(err.data, np.float64), copy=False)
+    elif wht_data is not None:
+        info["uncertainty"] = InverseVariance(wht_data, copy=False)
+    info["mask"] = mask
+    filt = _first((primary, header), "FILTER")
+    pupil = _first((primary, header), "PUPIL")
+    band = str(filt).strip() if filt else None
+    if band and isinstance(pupil, str) and pupil.strip() \
+            and not pupil.strip().upper().startswith("CLEAR"):
+        band = f"{band}+{pupil.strip()}"
+    info["band"] = band
+    info["exptime"] = _exptime((primary, header), "EFFEXPTM", "XPOSURE", "EXPTIME")
+    bunit = _first((header, primary), "BUNIT")
+    unit = _unit(bunit)
+    info["unit"] = unit
+    pixar = _first((header, primary), "PIXAR_SR")
+    photmjsr = _first((header, primary), "PHOTMJSR")
+    info["zeropoint"] = jwst_zeropoint(unit, _float_or_none(pixar), _float_or_none(photmjsr))
+    info["meta"] = {"format": "JWST", "hdu": where, "wcs_source": wcs_source,
+                    "instrument": _python(_first((primary,), "INSTRUME")),
+                    "detector": _python(_first((primary, header), "DETECTOR")),
+                    "filter": _python(filt), "pupil": _python(pupil),
+                    "bunit": _python(bunit), "pixar_sr": _python(pixar),
+                    "photmjsr": _python(photmjsr),
+                    "mjd_obs": _python(_first((primary, header), "MJD-AVG", "EXPMID",
+                                              "MJD-OBS"))}
+    return info
+
+
+def _float_or_none(value):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _hst_band(headers):
+    for keys in (("FILTER",), ("FILTER1", "FILTER2"), ("FILTNAM1", "FILTNAM2")):
+        names = []
+        for key in keys:
+            value = _first(headers, key)
+            if isinstance(value, str):
+                value = value.strip()
+                if value and not value.upper().startswith("CLEAR") \
+                        and value.upper() not in ("N/A", "NONE"):
+                    names.append(value)
+        if names:
+            return "+".join(names)
+    return None
+
+
+def _read_hst(hdul, shown, key):
+    if key is None and not _has(hdul, "SCI"):
+        return _read_plain(hdul, shown, None)
+    sci = _get_hdu(hdul, _sci_key(key), shown)
+    index = _hdu_index(hdul, sci)
+    ver = sci.header.get("EXTVER", 1)
+    where = _describe(sci, index)
+    data = _native(_image(sci, shown))
+    primary, header = hdul[0].header, sci.header
+    info = {"data": data, "extname": sci.name, "index": index, "extver": ver,
+            "wcs": _fits_wcs(header, hdul, shown, where)}
+    err, dqh, wht = (_companion(hdul, n, ver) for n in ("ERR", "DQ", "WHT"))
+    mask = np.zeros(data.shape, dtype=bool)
+    if dqh is not None and dqh.data is not None and dqh.data.shape == data.shape:
+        mask |= np.asarray(dqh.data) != 0
+    wht_data = None
+    if wht is not None and wht.data is not None and wht.data.shape == data.shape:
+        wht_data = _native(wht.data, np.float64)
+        mask |= ~(np.isfinite(wht_data) & (wht_data > 0))
+    weight_source = None
+    if err is not None and err.data is not None and err.data.shape == data.shape:
+        info["uncertainty"] = StdDevUncertainty(_native(err.data, np.float64), copy=False)
+        weight_source = "ERR"
+    elif wht_data is not None:
+        info["uncertainty"] = InverseVariance(wht_data, copy=False)
+        weight_source = "WHT"
+    info["mask"] = mask
+    headers = (header, primary)
+    info["band"] = _hst_band((primary, header))
+    exptime = _exptime((primary, header), "EXPTIME")
+    info["exptime"] = exptime
+    bunit = _first(headers, "BUNIT")
+    info["unit"] = _unit(bunit)
+    rate = _is_rate(bunit, info["unit"])
+    photflam = _first(headers, "PHOTFLAM")
+    photplam = _first(headers, "PHOTPLAM")
+    info["zeropoint"] = hst_zeropoint(photflam, photplam, rate=rate, exptime=exptime)
+    info["meta"] = {"format": "HST", "hdu": where, "weight_source": weight_source,
+                    "instrument": _python(_first((primary,), "INSTRUME")),
+                    "detector": _python(_first((primary,), "DETECTOR")),
+                    "bunit": _python(bunit), "photflam": _python(photflam),
+                    "photplam": _python(photplam), "zeropoint_for_rate": rate,
+                    "mjd_obs": _python(_first((primary, header), "EXPSTART", "MJD-OBS"))}
+    return info
+
+
+def _is_rate(bunit, unit):
+    """Whether HST data are count rates (per second): true when BUNIT is absent."""
+    if not isinstance(bunit, str) or not bunit.strip():
+        return True
+    if unit is not None:
+        return any(base == u.s and power == -1 for base, power in zip(unit.bases, unit.powers))
+    return "/S" in bunit.upper().replace(" ", "")
+
+
+def _read_plain(hdul, shown, key):
+    if key is None:
+        sci = next((h for h in hdul if not isinstance(h, (fits.BinTableHDU, fits.TableHDU))
+                    and getattr(h, "data", None) is not None and h.data.ndim == 2), None)
+        if sci is None:
+            raise InputError(f"FITS file {shown!r} holds no 2-D image")
+    else:
+        sci = _get_hdu(hdul, key, shown)
+    index = _hdu_index(hdul, sci)
+    data = _native(_image(sci, shown))
+    primary, header = hdul[0].header, sci.header
+    where = _describe(sci, index)
+    filt = _first((header, primary), "FILTER")
+    bunit = _first((header, primary), "BUNIT")
+    return {"data": data, "wcs": _fits_wcs(header, hdul, shown, where),
+            "band": str(filt).strip() if filt else None,
+            "exptime": _exptime((header, primary), "EXPTIME"),
+            "unit": _unit(bunit), "extname": sci.name or None, "index": index,
+            "meta": {"format": "FITS image", "hdu": where,
+                     "instrument": _python(_first((primary, header), "INSTRUME")),
+                     "telescope": _python(_first((primary, header), "TELESCOP")),
+                     "bunit": _python(bunit)}}
