@@ -3,9 +3,18 @@
 See https://astromix.readthedocs.io (the docs/ folder) for the user guide.
 """
 
+from .data import Exposure
 from .errors import AstromixError, BackendError, InputError
+from .fitting import fit_scene, sample_scene
 from .mixtures import GaussianMixture
-from .models import GaussianMixturePSF, PointSource, SersicMixture
+from .models import (
+    GaussianMixturePSF,
+    PointSource,
+    SceneModel,
+    SersicMixture,
+    SersicSource,
+    StarSource,
+)
 from .settings import AccuracySettings, get_default_settings, set_default_settings
 
 try:
@@ -18,5 +27,6 @@ except ImportError:  # running from a source tree without setuptools_scm metadat
         __version__ = "0.0.0"
 
 __all__ = ["GaussianMixture", "GaussianMixturePSF", "SersicMixture", "PointSource",
+           "SceneModel", "SersicSource", "StarSource", "Exposure", "fit_scene", "sample_scene",
            "AccuracySettings", "get_default_settings", "set_default_settings", "AstromixError",
            "InputError", "BackendError", "__version__"]

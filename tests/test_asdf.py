@@ -42,6 +42,7 @@ SERSIC_SCHEMA_URI = "asdf://astromix.org/astromix/schemas/sersic_mixture-1.0.0"
 POINT_TAG = "asdf://astromix.org/astromix/tags/point_source-1.0.0"
 POINT_SCHEMA_URI = "asdf://astromix.org/astromix/schemas/point_source-1.0.0"
 EXPOSURE_TAG = "asdf://astromix.org/astromix/tags/exposure-1.0.0"
+SCENE_TAG = "asdf://astromix.org/astromix/tags/scene_model-1.0.0"
 EXPOSURE_SCHEMA_URI = "asdf://astromix.org/astromix/schemas/exposure-1.0.0"
 
 
@@ -359,7 +360,8 @@ def test_resource_mappings():
 def test_get_extensions():
     (ext,) = get_extensions()
     assert ext.extension_uri == EXTENSION_URI
-    assert [t.tag_uri for t in ext.tags] == [TAG, PSF_TAG, SERSIC_TAG, POINT_TAG, EXPOSURE_TAG]
+    assert [t.tag_uri for t in ext.tags] == [TAG, PSF_TAG, SERSIC_TAG, POINT_TAG, EXPOSURE_TAG,
+                                            SCENE_TAG]
     assert any(isinstance(c, GaussianMixtureConverter) for c in ext.converters)
     assert any(isinstance(c, GaussianMixturePSFConverter) for c in ext.converters)
     assert any(isinstance(c, SersicMixtureConverter) for c in ext.converters)
@@ -1250,3 +1252,28 @@ def test_exposure_in_a_tree_round_trip(asdf_config, tmp_path):
     np.testing.assert_array_equal(back.data, exp.data)
     np.testing.assert_array_equal(back.weight, exp.weight)
     assert np.array_equal(back.psf.parameters, psf.parameters)
+
+
+def test_scene_schema_example_reads_and_extra_keys_fail(asdf_config, tmp_path):
+    from astromix import SceneModel
+
+    schema = yaml.safe_load(asdf_config.resource_manager[
+        "asdf://astromix.org/astromix/schemas/scene_model-1.0.0"])
+    (description, standard, body), = schema["examples"]
+    version = standard.rsplit("-", 1)[-1]
+
+    def document(node):
+        return (f"#ASDF 1.0.0\n#ASDF_STANDARD {version}\n%YAML 1.1\n%TAG ! tag:stsci.edu:asdf/\n"
+                f"--- !core/asdf-1.1.0\nexample: " + node.replace("\n", "\n  ") + "\n...\n")
+
+    path = tmp_path / "scene.asdf"
+    path.write_text(document(body))
+    with open_asdf(path) as af:
+        scene = af["example"]
+        assert isinstance(scene, SceneModel), description
+        assert scene.bands == ("g", "r") and scene.source_kinds == ("sersic", "star")
+        assert scene.n_0.fixed and float(scene.flux_r_0.value) == 20.0
+    path.write_text(document(body.replace("fixed: [n_0]", "fixed: [n_0]\n  colour: red")))
+    with pytest.raises(InputError, match="colour"):
+        with open_asdf(path) as af:
+            af["example"]

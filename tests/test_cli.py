@@ -77,7 +77,8 @@ def test_demo_writes_files_and_fits_well(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     name = _active_backend_or_skip()
     out_dir = tmp_path / "demo"
-    code = main(["demo", "--n-components", "3", "--output", str(out_dir), "--backend", name])
+    code = main(["demo", "--hst-psf", "--n-components", "3", "--output", str(out_dir),
+                 "--backend", name])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"backend: {name}" in captured.out
@@ -101,6 +102,48 @@ def test_demo_writes_files_and_fits_well(tmp_path, capsys):
     assert sorted(p.name for p in out_dir.iterdir()) == ["psf_mixture.asdf", "psf_mixture.png"]
 
 
+def test_demo_decam_scene_fit(tmp_path, capsys):
+    """The default demo: two sources in the 8 real DECam exposures, files and sane values."""
+    asdf = pytest.importorskip("asdf")
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("photutils")
+    from astropy.table import Table
+
+    name = _active_backend_or_skip()
+    out_dir = tmp_path / "scene"
+    code = main(["demo", "--output", str(out_dir), "--backend", name, "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "kept: neighbour as" in captured.out
+    assert sorted(p.name for p in out_dir.iterdir()) == ["catalog.ecsv", "exposures.ecsv",
+                                                         "residuals.png", "scene.asdf"]
+    cat = Table.read(out_dir / "catalog.ecsv")
+    exps = Table.read(out_dir / "exposures.ecsv")
+    assert len(cat) == 2 and len(exps) == 8
+    assert sorted(set(exps["band"])) == ["g", "r", "z"]
+    # every exposure is fitted to within 40% of its noise variance (PSFEx PSF, CP astrometry)
+    assert np.all(exps["chi2_dof"] < 1.4), exps
+    gal = cat[0]
+    assert gal["kind"] == "sersic"
+    # a red galaxy: flux rises from g to z, measured to better than 1%
+    assert gal["flux_g"] < gal["flux_r"] < gal["flux_z"]
+    for b in "grz":
+        assert gal[f"flux_err_{b}"] < 0.01 * gal[f"flux_{b}"]
+    assert 1.0 < gal["r_eff"] < 4.0 and 2.0 < gal["n"] < 5.0
+    # the neighbour sits about 5.5 arcsec away and is 100x fainter
+    sep = np.hypot((cat["ra"][1] - gal["ra"]) * np.cos(np.radians(gal["dec"])),
+                   cat["dec"][1] - gal["dec"]) * 3600
+    assert 4.0 < sep < 7.0
+    assert 0 < cat["flux_r"][1] < 0.05 * gal["flux_r"]
+    with asdf.open(out_dir / "scene.asdf") as af:
+        scene = af.tree["scene"]
+        assert isinstance(scene, astromix.SceneModel)
+        assert scene.n_sources == 2 and scene.bands == ("g", "r", "z")
+        assert float(scene.flux_r_0.value) == pytest.approx(gal["flux_r"])
+        assert len(af.tree["exposures"]) == 8
+        assert af.tree["fit"]["dof"] > 16000
+
+
 def test_demo_unknown_backend_is_one_line_exit_2(tmp_path, capsys):
     code = main(["demo", "--backend", "no-such-backend", "--output", str(tmp_path / "x")])
     captured = capsys.readouterr()
@@ -113,7 +156,7 @@ def test_demo_unknown_backend_is_one_line_exit_2(tmp_path, capsys):
 
 def test_demo_bad_index_and_bad_output_exit_2(tmp_path, capsys):
     _active_backend_or_skip()
-    assert main(["demo", "--index", "100", "--output", str(tmp_path / "y")]) == 2
+    assert main(["demo", "--hst-psf", "--index", "100", "--output", str(tmp_path / "y")]) == 2
     assert "index" in _one_line_error(capsys.readouterr().err)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

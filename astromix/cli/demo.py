@@ -1,14 +1,32 @@
-"""``astromix demo``: fit a Gaussian mixture to a real HST PSF and show the result.
+"""``astromix demo``: fit a galaxy and its neighbour jointly in eight real DECam exposures.
 
-Loads one of the shipped HST ACS/WFC F814W PSF images
-(:func:`astromix.datasets.load_hst_psf`), fits an N-component mixture with
-:func:`astromix.fitting.fit_gaussian_mixture`, prints a short report and writes
+The main job of astromix on the shipped real data
+(:func:`astromix.datasets.decam_multiexposure`): eight DECam community-pipeline
+exposures (g x3, r x2, z x3; 2014-2018; Legacy Surveys DR9) of a galaxy and its
+faint neighbour, each with its own TPV WCS, inverse-variance map, data-quality
+mask, zero point and PSFEx PSF.  The demo
 
-* ``DIR/psf_mixture.asdf``: the fitted :class:`~astromix.GaussianMixture` under
-  the key ``psf``, with the fit metrics under ``fit`` and the data source under
-  ``source``;
-* ``DIR/psf_mixture.png``: data, model, residual in % of the peak, and the
-  radial profiles.
+1. reads each exposure (:meth:`astromix.Exposure.from_fits`) and turns its PSFEx
+   model into a Gaussian mixture at the galaxy (:func:`astromix.io.psfex.read_psfex`);
+2. detects the sources on the sharpest z-band exposure (photutils segmentation)
+   for the starting catalog;
+3. fits both sources jointly in all eight exposures
+   (:func:`astromix.fitting.fit_scene`: per-band fluxes in nanomaggies, positions,
+   and the galaxy's r_eff, n, ellip, theta), the images' sky taken from the Legacy
+   Surveys' CCD-wide sky model (``--fit-background`` fits a constant per exposure
+   instead: in these 10" cutouts it trades off against the galaxy's outer
+   profile); the faint neighbour is tried as a point source and as an
+   exponential disk and the model with the lower BIC kept; and writes
+
+* ``DIR/catalog.ecsv``: one row per source, values and errors;
+* ``DIR/exposures.ecsv``: one row per exposure: name, band, chi2, dof, background;
+* ``DIR/residuals.png``: data, model and residual / sigma of every exposure;
+* ``DIR/scene.asdf``: the fitted :class:`~astromix.SceneModel`, the catalog and
+  the exposures with their PSF mixtures (re-fittable without the FITS files).
+
+``astromix demo --hst-psf`` runs the earlier, smaller demo instead: a Gaussian
+mixture fitted to a shipped HST PSF (``DIR/psf_mixture.asdf``,
+``DIR/psf_mixture.png``).
 
 Each file is written to a temporary file in ``DIR`` and renamed into place, so
 an interrupted run leaves any previous file intact.
@@ -26,7 +44,8 @@ import numpy as np
 from ..errors import AstromixError
 from ._shared import atomic_path, image_panels, prepare_output_folder, radial_profile
 
-__all__ = ["add_parser", "run", "write_asdf", "write_png", "component_table"]
+__all__ = ["add_parser", "run", "run_hst_psf", "load_decam_exposures", "detect_catalog",
+           "write_asdf", "write_png", "component_table"]
 
 log = logging.getLogger("astromix")
 
@@ -48,28 +67,244 @@ def _positive_int(text):
 def add_parser(subparsers):
     """Register the ``demo`` subcommand."""
     parser = subparsers.add_parser(
-        "demo", help="fit a Gaussian mixture to a shipped HST PSF and plot it",
-        description="Fit a Gaussian mixture to one of the 100 HST ACS/WFC F814W PSF "
-                    "images shipped with astromix (GalSim COSMOS sample), print the "
-                    "residual metrics, and write DIR/psf_mixture.asdf and "
-                    "DIR/psf_mixture.png.")
+        "demo", help="fit a galaxy and its neighbour in 8 real DECam exposures",
+        description="Fit a galaxy and its faint neighbour jointly in the eight DECam "
+                    "exposures (g, r, z) shipped with astromix, each with its own WCS, "
+                    "noise and PSFEx PSF, and write DIR/catalog.ecsv, DIR/exposures.ecsv, "
+                    "DIR/residuals.png and DIR/scene.asdf.  With --hst-psf: fit a Gaussian "
+                    "mixture to a shipped HST PSF instead.")
     parser.add_argument("-o", "--output", metavar="DIR", default=DEFAULT_OUTPUT,
                         help=f"output folder, created if needed (default: ./{DEFAULT_OUTPUT})")
     parser.add_argument("-b", "--backend", metavar="NAME", default=None,
                         help="compute backend: numpy, numba or cupy (default: the active "
                              "one; see 'astromix backends')")
+    parser.add_argument("--psf-components", metavar="N", type=_positive_int, default=6,
+                        help="Gaussians per PSF mixture (default: 6)")
+    parser.add_argument("--fit-background", action="store_true",
+                        help="fit a constant background per exposure instead of subtracting "
+                             "the survey's CCD-wide sky model")
+    parser.add_argument("--hst-psf", action="store_true",
+                        help="run the HST PSF-mixture demo instead of the DECam scene fit")
     parser.add_argument("-n", "--n-components", metavar="N", type=_positive_int, default=4,
-                        help="number of Gaussian components (default: 4)")
+                        help="--hst-psf: number of Gaussian components (default: 4)")
     parser.add_argument("--index", metavar="I", type=int, default=0,
-                        help="which of the 100 HST PSFs, 0-99 (default: 0)")
+                        help="--hst-psf: which of the 100 HST PSFs, 0-99 (default: 0)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the random initialisation (default: 0)")
+                        help="--hst-psf: seed of the random initialisation (default: 0)")
     parser.add_argument("--no-plot", action="store_true",
                         help="do not write the PNG figure (no matplotlib needed)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar on stderr")
     parser.set_defaults(func=run)
     return parser
+
+
+def load_decam_exposures(*, psf_components=6, progress=True):
+    """The eight shipped DECam exposures, each with a PSF mixture at the galaxy.
+
+    Parameters
+    ----------
+    psf_components : int, optional
+        Gaussians per PSF mixture.
+    progress : bool, optional
+
+    Returns
+    -------
+    list of Exposure
+        In date order; ``zeropoint`` makes fluxes nanomaggies with a scene
+        zeropoint of 22.5; ``psf`` is a GaussianMixturePSF fitted to the PSFEx
+        model at the image centre (where the galaxy is); ``meta["sky"]`` is the
+        Legacy Surveys' CCD-wide sky level [ADU].
+    """
+    from tqdm.auto import tqdm
+
+    from ..data import Exposure
+    from ..datasets import decam_multiexposure
+    from ..io.psfex import read_psfex
+
+    table = decam_multiexposure()
+    out = []
+    for row in tqdm(table, desc="exposures and PSF mixtures", disable=not progress,
+                    leave=False):
+        first = Exposure.from_fits(row["image"], name=row["name"])
+        ny, nx = first.data.shape
+        psf = read_psfex(row["psfex"]).mixture((nx - 1) / 2, (ny - 1) / 2,
+                                               n_components=psf_components)
+        e = Exposure.from_fits(row["image"], psf=psf, zeropoint=float(row["zeropoint"]),
+                               name=row["name"])
+        e.meta["sky"] = float(row["sky"])
+        out.append(e)
+    return out
+
+
+def detect_catalog(exposure, *, nsigma=3.0, npixels=6, zeropoint=22.5, bands=("g", "r", "z")):
+    """A starting catalog from a photutils segmentation of one exposure.
+
+    Parameters
+    ----------
+    exposure : Exposure
+    nsigma : float, optional
+        Detection threshold over the sigma-clipped noise of the smoothed image.
+    npixels : int, optional
+        Minimum connected pixels of a source.
+    zeropoint : float, optional
+        Catalog flux unit (AB mag) for the starting fluxes.
+    bands : sequence of str, optional
+        Bands given the same starting flux.
+
+    Returns
+    -------
+    astropy.table.Table
+        ``id``, ``kind`` (sersic), ``ra``, ``dec`` [deg], ``flux_<band>``,
+        ``r_eff`` [arcsec], brightest first.
+
+    Raises
+    ------
+    AstromixError
+        If nothing is detected.
+    """
+    from astropy.convolution import convolve
+    from astropy.stats import sigma_clipped_stats
+    from astropy.table import Table
+    from photutils.segmentation import (
+        SourceCatalog,
+        deblend_sources,
+        detect_sources,
+        make_2dgaussian_kernel,
+    )
+
+    data = np.asarray(exposure.data, dtype=float)
+    mask = np.asarray(exposure.weight) <= 0
+    _, median, _ = sigma_clipped_stats(data, mask=mask)
+    sub = np.where(mask, 0.0, data - median)
+    conv = convolve(sub, make_2dgaussian_kernel(3.0, size=7))
+    _, _, std = sigma_clipped_stats(conv, mask=mask)
+    segm = detect_sources(conv, nsigma * std, npixels, mask=mask)   # positional: photutils 2 and 3
+    if segm is None:
+        raise AstromixError(f"no source detected in {exposure.name}")
+    segm = deblend_sources(conv, segm, npixels, progress_bar=False)
+    sc = SourceCatalog(sub, segm, convolved_data=conv)
+    order = np.argsort(-np.asarray(sc.segment_flux, dtype=float))
+    centroid = np.atleast_2d(np.asarray(sc.centroid, dtype=float))[order]
+    flux = np.asarray(sc.segment_flux, dtype=float)[order]
+    fwhm = np.asarray(getattr(sc.fwhm, "value", sc.fwhm), dtype=float)[order]
+    ellip = np.clip(np.asarray(sc.ellipticity, dtype=float)[order], 0.05, 0.8)
+    phi = np.radians(np.asarray(getattr(sc.orientation, "value", sc.orientation),
+                                dtype=float)[order])
+    ra, dec = exposure.pixel_to_world(centroid[:, 0], centroid[:, 1])
+    scale = exposure.flux_scale(zeropoint)
+    _, jac = _pixel_scale(exposure, ra[0], dec[0])
+    out = Table({"id": [f"src{k}" for k in range(len(flux))], "kind": ["sersic"] * len(flux),
+                 "ra": np.atleast_1d(ra), "dec": np.atleast_1d(dec)})
+    for b in bands:
+        out[f"flux_{b}"] = np.maximum(flux / scale, 0.1)
+    out["r_eff"] = np.clip(0.5 * fwhm / jac, 0.3, 3.0)
+    out["ellip"] = ellip
+    # photutils' orientation is the major axis from +x towards +y: to east of north
+    from ..models.scene import local_affine
+    theta = []
+    for k in range(len(flux)):
+        _, j = local_affine(exposure.wcs, float(np.atleast_1d(ra)[k]),
+                            float(np.atleast_1d(dec)[k]))
+        north, east = np.linalg.solve(j, [np.cos(phi[k]), np.sin(phi[k])])
+        theta.append(float(np.mod(np.arctan2(east, north), np.pi)))
+    out["theta"] = theta
+    out.meta["zeropoint"] = zeropoint
+    return out
+
+
+def _pixel_scale(exposure, ra, dec):
+    from ..models.scene import local_affine
+
+    _, jac = local_affine(exposure.wcs, float(ra), float(dec))
+    return None, float(np.sqrt(abs(np.linalg.det(jac))))       # px per arcsec
+
+
+def run(args):
+    """Run the demo (see the module docstring); returns the exit status."""
+    if args.hst_psf:
+        return run_hst_psf(args)
+    from .. import backends
+    from ._scene import print_report, write_scene_outputs
+
+    out = sys.stdout
+    progress = not args.no_progress
+    with (backends.use_backend(args.backend) if args.backend
+          else contextlib.nullcontext(backends.get_backend())) as bk:
+        prepare_output_folder(args.output)
+        t0 = time.perf_counter()
+        exposures = load_decam_exposures(psf_components=args.psf_components, progress=progress)
+        print(f"astromix demo: {len(exposures)} DECam exposures (Legacy Surveys DR9; "
+              f"bands {', '.join(sorted({e.band for e in exposures}))}) of a galaxy and its "
+              f"neighbour; backend {bk.name}", file=out)
+        z_band = [e for e in exposures if e.band == "z"] or exposures
+        sharpest = min(z_band, key=lambda e: _psf_size(e))
+        catalog = detect_catalog(sharpest)[:2]
+        t_prep = time.perf_counter() - t0
+        background = "fit" if args.fit_background else [e.meta["sky"] for e in exposures]
+        fitted, result, choice = fit_with_model_choice(catalog, exposures, background,
+                                                       progress=progress, out=out)
+        t_fit = time.perf_counter() - t0 - t_prep
+        written = write_scene_outputs(
+            args.output, fitted, result, exposures, plot=not args.no_plot,
+            title=f"astromix demo: a galaxy and its neighbour in {len(exposures)} DECam "
+                  "exposures (sky subtracted)")
+    print_report(out, fitted, result)
+    print(f"time: {t_prep:.1f} s reading and PSF mixtures, {t_fit:.1f} s fitting, "
+          f"{time.perf_counter() - t0:.1f} s in all", file=out)
+    for path in written:
+        print(f"wrote {path}", file=out)
+    return 0
+
+
+def fit_with_model_choice(catalog, exposures, background, *, progress=True, out=None):
+    """Fit the galaxy (Sersic) with each faint source as a point source or an exponential.
+
+    Every source after the first is tried as a :class:`~astromix.models.scene.StarSource`
+    and as a Sersic profile with n fixed to 1; the model with the lower Bayesian
+    information criterion, ``chi2 + k ln(N)`` (k free parameters, N pixels),
+    is kept, as the Tractor chooses between point sources and galaxies.
+
+    Returns
+    -------
+    fitted : SceneModel
+    catalog : astropy.table.Table
+    choice : dict
+        ``{kind: (chi2, k, bic)}`` for both models.
+    """
+    from ..fitting import fit_scene
+    from ..models.scene import SceneModel
+
+    results, choice = {}, {}
+    for kind in ("star", "sersic"):
+        cat = catalog.copy()
+        cat["n"] = [2.0] + [1.0] * (len(cat) - 1)
+        cat["kind"] = ["sersic"] + [kind] * (len(cat) - 1)
+        scene = SceneModel.from_catalog(cat, bands=("g", "r", "z"), zeropoint=22.5)
+        for i in range(1, scene.n_sources):
+            if kind == "sersic":
+                getattr(scene, f"n_{i}").fixed = True
+        fitted, table = fit_scene(scene, exposures, background=background, progress=progress)
+        info = fitted.fit_info
+        k = len(info["free_parameters"])
+        bic = info["chi2"] + k * np.log(info["dof"] + k)
+        results[kind] = (fitted, table)
+        choice[kind] = (info["chi2"], k, bic)
+        if out is not None:
+            print(f"neighbour as {'point source' if kind == 'star' else 'exponential disk'}: "
+                  f"chi2 = {info['chi2']:.1f}, {k} free parameters, BIC = {bic:.1f}", file=out)
+    best = min(choice, key=lambda kind: choice[kind][2])
+    if out is not None:
+        print(f"kept: neighbour as {'point source' if best == 'star' else 'exponential disk'}",
+              file=out)
+    return results[best][0], results[best][1], choice
+
+
+def _psf_size(exposure):
+    mix = exposure.psf_at(0.0, 0.0)
+    mix = getattr(mix, "mixture", mix)
+    _, _, cov = mix.moments()
+    return float(np.trace(cov))
 
 
 def component_table(mixture):
@@ -167,8 +402,8 @@ def write_png(path, image, model, mixture, title=""):
         fig.savefig(fh, format="png", dpi=100)
 
 
-def run(args):
-    """Run the demo (see the module docstring); returns the exit status."""
+def run_hst_psf(args):
+    """``astromix demo --hst-psf``: a Gaussian mixture fitted to a shipped HST PSF."""
     from .. import backends
     from ..datasets import load_hst_psf
 

@@ -317,6 +317,11 @@ def decam_multiexposure():
             that factor within 0.3-2.4 % for all 8 exposures.
         ``sig1`` [nanomaggy]
             Per-pixel sky noise from survey-ccds.
+        ``sky`` [ADU]
+            Sky level per pixel of the CCD-wide sky model of the Legacy Surveys
+            (survey-ccds ``ccdskycounts`` [ADU/s] times ``exptime``).  The
+            images are not sky-subtracted; legacypipe subtracts this model
+            before fitting sources.
         ``fwhm`` [pix]
             Seeing FWHM from survey-ccds (the CP's median stellar FWHM,
             2.7-5.5 px).
@@ -363,16 +368,18 @@ def decam_multiexposure():
             "band": band, **paths, "expnum": expnum, "ccdname": ccdname,
             "mjd_obs": float(ccd["mjd_obs"]), "exptime": exptime,
             "zeropoint": float(ccd["ccdzpt"]) + 2.5 * np.log10(exptime),
-            "sig1": float(ccd["sig1"]), "fwhm": float(ccd["fwhm"]),
+            "sig1": float(ccd["sig1"]), "sky": float(ccd["ccdskycounts"]) * exptime,
+            "fwhm": float(ccd["fwhm"]),
         })
     rows.sort(key=lambda r: r["mjd_obs"])
     names = ["name", "band", "image", "invvar", "dq", "psfex", "expnum", "ccdname", "mjd_obs",
-             "exptime", "zeropoint", "sig1", "fwhm"]
+             "exptime", "zeropoint", "sig1", "sky", "fwhm"]
     table = Table(rows=[[r[n] for n in names] for r in rows], names=names)
     table["mjd_obs"].unit = u.d
     table["exptime"].unit = u.s
     table["zeropoint"].unit = u.mag
     table["sig1"].unit = u.nmgy
+    table["sky"].unit = u.adu
     table["fwhm"].unit = u.pix
     table.meta["target"] = DECAM_TARGET
     table.meta["pixscale"] = 0.262

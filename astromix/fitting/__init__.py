@@ -16,10 +16,12 @@ from .. import backends as _backends
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from .lsq import MixtureLSQFitter
-from .nested import DynestyFitter
+from .nested import DynestyFitter, Posterior
+from .scene import exposure_table, fit_scene, sample_scene, scene_catalog
 
-__all__ = ["DynestyFitter", "MixtureLSQFitter", "fit_gaussian_mixture", "fit_psf_mixture",
-           "mixture_from_vector", "mixture_to_vector"]
+__all__ = ["DynestyFitter", "MixtureLSQFitter", "Posterior", "exposure_table",
+           "fit_gaussian_mixture", "fit_psf_mixture", "fit_scene", "mixture_from_vector",
+           "mixture_to_vector", "sample_scene", "scene_catalog"]
 
 log = logging.getLogger("astromix")
 

@@ -133,16 +133,24 @@ class MixtureLSQFitter:
         self.calc_uncertainties = calc_uncertainties
         self.fit_info = {}
 
-    def __call__(self, model, x, y, z, weights=None, *, maxiter=None, ftol=1e-10, xtol=1e-10,
-                 gtol=1e-10):
-        """Fit ``model`` to ``z`` sampled at ``(x, y)``.
+    def __call__(self, model, x, y=None, z=None, weights=None, *, maxiter=None, ftol=1e-10,
+                 xtol=1e-10, gtol=1e-10, **objective_kwargs):
+        """Fit ``model`` to ``z`` sampled at ``(x, y)``, or a scene to exposures.
 
         Parameters
         ----------
         model : astropy.modeling.FittableModel
-            A 2-input model (astromix models and compound models of them).
+            A 2-input model (astromix models and compound models of them), or a
+            :class:`~astromix.SceneModel`.
         x, y, z : array-like, same shape
-            Pixel coordinates [px] and data.
+            Pixel coordinates [px] and data.  For a scene, ``x`` is the
+            exposure or list of exposures (:class:`~astromix.Exposure`) and
+            ``y``, ``z``, ``weights`` are not given: the exposures carry their
+            data and inverse variances.  The scene is fitted by L-BFGS-B on
+            the summed chi2 with its analytic gradient from the backend kernels,
+            then polished by Newton steps on the Hessian (central differences
+            of the analytic gradient), whose inverse gives the covariance
+            (``fit_info["param_cov"]``).
         weights : array-like, optional
             1 / sigma per point (astropy's convention); 0 masks a point.
         maxiter : int, optional
@@ -155,6 +163,10 @@ class MixtureLSQFitter:
         fitted : model
             A copy with the best-fit parameters and ``fit_info``.
 
+        **objective_kwargs
+            For a scene only: ``background``, ``dtype``, ``backend`` (see
+            :meth:`astromix.SceneModel.chi2`).
+
         Raises
         ------
         InputError
@@ -162,6 +174,15 @@ class MixtureLSQFitter:
             free parameter.
         """
         t0 = time.perf_counter()
+        if hasattr(model, "_objective_for"):
+            if y is not None or z is not None or weights is not None:
+                raise InputError(f"{type(model).__name__} is fitted to exposures: "
+                                 "fitter(model, exposures)")
+            return self._fit_objective(model, x, maxiter, t0, objective_kwargs)
+        if objective_kwargs:
+            raise InputError(f"unexpected keyword(s) {sorted(objective_kwargs)}")
+        if y is None or z is None:
+            raise InputError("MixtureLSQFitter needs x, y and z")
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         z = np.asarray(z, dtype=np.float64)
@@ -273,3 +294,142 @@ class MixtureLSQFitter:
         self.fit_info = info
         fitted.fit_info = info
         return fitted
+
+    # -- models fitted through a chi2 objective (scenes of exposures) ---------------------
+    def _fit_objective(self, model, data, maxiter, t0, objective_kwargs):
+        """L-BFGS-B, then Newton polish, on ``model._objective_for(data)``."""
+        fitted = model.copy()
+        objective = fitted._objective_for(data, **objective_kwargs)
+        p0, free, bounds = model_to_fit_params(fitted)
+        free = list(free)
+        if not free:
+            raise InputError("the model has no free parameter")
+        lo, hi = np.asarray(bounds[0], float), np.asarray(bounds[1], float)
+        span = np.where(np.isfinite(hi - lo), hi - lo, 1.0)
+        p0 = np.clip(np.asarray(p0, dtype=np.float64), lo + 1e-9 * span, hi - 1e-9 * span)
+        full = _FreeToFull(fitted, free)
+        fun = _ScaledChi2(objective, full, p0, np.ones(len(free)))
+        fun.scale = _hessian_scales(fun, objective.default_scales(fitted.parameters)[free])
+        ubounds = [(None if not np.isfinite(a) else (a - c) / s_,
+                    None if not np.isfinite(b) else (b - c) / s_)
+                   for a, b, c, s_ in zip(lo, hi, p0, fun.scale)]
+        res = optimize.minimize(fun, np.zeros(len(free)), jac=True, method="L-BFGS-B",
+                                bounds=ubounds, options={"maxiter": maxiter or 5000,
+                                                         "ftol": 1e-12, "gtol": 1e-6})
+        u_best, chi2 = res.x, float(res.fun)
+        hess = _numerical_hessian(fun, u_best)
+        for _ in range(5):                     # Newton polish within the bounds
+            _, g = fun(u_best)
+            try:
+                step = -np.linalg.solve(hess, g)
+            except np.linalg.LinAlgError:
+                break
+            u_new = u_best + step
+            for i, (a, b) in enumerate(ubounds):
+                u_new[i] = min(max(u_new[i], -np.inf if a is None else a),
+                               np.inf if b is None else b)
+            c_new, _ = fun(u_new)
+            if not c_new < chi2:
+                break
+            done = chi2 - c_new < 1e-9 * max(chi2, 1.0)
+            u_best, chi2 = u_new, c_new
+            if done:
+                break
+        p_free = fun.free_values(u_best)
+        fitter_to_model_params(fitted, p_free)
+        chi2 = float(objective(fitted.parameters, gradient=False))
+        dof = max(objective.n_data - len(free) - objective.n_nuisance, 1)
+        info = {"chi2": chi2, "dof": dof, "nfev": objective.n_calls, "njev": objective.n_calls,
+                "status": res.status, "message": str(res.message),
+                "success": bool(res.success) or chi2 <= float(res.fun),
+                "jacobian": "backend gradient",
+                "free_parameters": [fitted.param_names[i] for i in free],
+                "objective": objective, "time_s": time.perf_counter() - t0}
+        if self.calc_uncertainties:
+            hess = _numerical_hessian(fun, u_best)
+            try:
+                cov_u = 2.0 * np.linalg.inv(hess)
+            except np.linalg.LinAlgError:
+                cov_u = 2.0 * np.linalg.pinv(hess)
+            cov = cov_u * np.outer(fun.scale, fun.scale)
+            info["param_cov"] = cov
+            info["param_std"] = dict(zip(info["free_parameters"],
+                                         np.sqrt(np.clip(np.diag(cov), 0, None))))
+        self.fit_info = info
+        fitted.fit_info = info
+        return fitted
+
+
+class _FreeToFull:
+    """Full parameter vector (fixed and tied included) from the free values, and back."""
+
+    def __init__(self, model, free):
+        self.model = model
+        self.free = free
+        self.tied = [i for i, n in enumerate(model.param_names) if model.tied[n]]
+
+    def __call__(self, p_free):
+        fitter_to_model_params(self.model, p_free)
+        return np.array(self.model.parameters, dtype=np.float64)
+
+    def gradient(self, p_free, grad_full, p_full):
+        """d chi2 / d free values, tied parameters chained by central differences."""
+        g = grad_full[self.free].copy()
+        if self.tied:
+            for j in range(len(self.free)):
+                h = 1e-7 * max(abs(p_free[j]), 1e-3)
+                up, down = p_free.copy(), p_free.copy()
+                up[j] += h
+                down[j] -= h
+                dt = (self(up)[self.tied] - self(down)[self.tied]) / (2 * h)
+                g[j] += grad_full[self.tied] @ dt
+            self(p_free)
+        return g
+
+
+class _ScaledChi2:
+    """chi2 and gradient in scaled offsets ``u = (p_free - p0) / scale``."""
+
+    def __init__(self, objective, full, p0, scale):
+        self.objective, self.full, self.p0, self.scale = objective, full, p0, scale
+
+    def free_values(self, u):
+        return self.p0 + np.asarray(u) * self.scale
+
+    def __call__(self, u):
+        pf = self.free_values(u)
+        p = self.full(pf)
+        chi2, grad = self.objective(p, gradient=True)
+        if not np.isfinite(chi2):
+            return np.inf, np.zeros_like(u)
+        return chi2, self.full.gradient(pf, grad, p) * self.scale
+
+
+def _numerical_hessian(fun, u, h=1e-3):
+    """Symmetrised central differences of the analytic gradient (scaled coordinates)."""
+    n = u.size
+    hess = np.empty((n, n))
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = h
+        hess[i] = (fun(u + e)[1] - fun(u - e)[1]) / (2 * h)
+    return 0.5 * (hess + hess.T)
+
+
+def _hessian_scales(fun, default):
+    """Scales of the free parameters: 1-sigma steps from the Hessian diagonal.
+
+    Where the diagonal is not positive (a poor start), ``default`` is kept.
+    """
+    fun.scale = np.asarray(default, dtype=np.float64)
+    n = fun.scale.size
+    diag = np.empty(n)
+    h = 1e-2
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = h
+        diag[i] = (fun(e)[1][i] - fun(-e)[1][i]) / (2 * h)
+    good = np.isfinite(diag) & (diag > 0)
+    out = fun.scale.copy()
+    out[good] = fun.scale[good] * np.sqrt(2.0 / diag[good])
+    return out

@@ -28,7 +28,7 @@ from astropy.modeling.fitting import (
 
 from ..errors import InputError
 
-__all__ = ["DynestyFitter"]
+__all__ = ["DynestyFitter", "Posterior"]
 
 log = logging.getLogger("astromix")
 
@@ -155,6 +155,148 @@ class _LogLikelihood:
         if not math.isfinite(chi2):
             return -np.inf
         return -0.5 * chi2 + self.norm
+
+
+class _ObjectiveLogLikelihood(_LogLikelihood):
+    """Gaussian log-likelihood ``-chi2 / 2 + const`` from a chi2 objective (a scene).
+
+    The constant, ``sum log(sqrt(w)) - N/2 log(2 pi)`` over the unmasked pixels
+    (w the inverse variances), makes ``log Z`` a normalised evidence.
+    """
+
+    def __init__(self, model, objective, fit_param_indices, low, high):
+        self.model = model
+        self.objective = objective
+        self.fit_param_indices = fit_param_indices
+        self.low, self.high = low, high
+        self.check_bounds = bool(np.any(np.isfinite(low)) or np.any(np.isfinite(high)))
+        norm = 0.0
+        for e in objective.exposures:
+            w = np.asarray(e.weight, dtype=np.float64)
+            w = w[w > 0]
+            norm += 0.5 * float(np.sum(np.log(w))) - 0.5 * w.size * math.log(2 * math.pi)
+        self.norm = norm
+        self._lock = threading.Lock() if model.has_tied else None
+
+    def __call__(self, free):
+        if self.check_bounds and (np.any(free < self.low) or np.any(free > self.high)):
+            return -np.inf
+        with np.errstate(all="ignore"):
+            chi2 = float(self.objective(self.parameters(free), gradient=False))
+        if not math.isfinite(chi2):
+            return -np.inf
+        return -0.5 * chi2 + self.norm
+
+
+class Posterior:
+    """Posterior samples of a nested-sampling fit, with a summary and a corner plot.
+
+    Built by :class:`DynestyFitter` (``fit_info["posterior"]``) and returned by
+    :func:`astromix.fitting.sample_scene`.
+
+    Attributes
+    ----------
+    param_names : list of str
+        Free parameter names, the columns of the sample arrays.
+    samples : ndarray, shape (n, n_free)
+        Equal-weight posterior samples.
+    weighted_samples : ndarray, shape (m, n_free)
+        Every dead and live point of the run.
+    weights : ndarray, shape (m,)
+        Normalised importance weights of ``weighted_samples`` (sum 1).
+    logz, logz_err : float
+        Natural log of the evidence and its uncertainty.
+    best : dict
+        ``{name: value}`` at the highest-likelihood sample.
+    model : astropy model
+        The model at the highest-likelihood sample.
+    results : dynesty Results
+        The raw run.
+    """
+
+    def __init__(self, info, model):
+        self.param_names = list(info["param_names"])
+        self.samples = info["samples"]
+        self.weighted_samples = info["weighted_samples"]
+        self.weights = info["weights"]
+        self.logz = info["logz"]
+        self.logz_err = info["logz_err"]
+        self.best = dict(info["best"])
+        self.results = info["results"]
+        self.model = model
+
+    def __repr__(self):
+        return (f"<Posterior: {len(self.param_names)} parameters, {len(self.samples)} "
+                f"equal-weight samples, log Z = {self.logz:.2f} +/- {self.logz_err:.2f}>")
+
+    def _columns(self, params):
+        if params is None:
+            return list(range(len(self.param_names)))
+        missing = [p for p in params if p not in self.param_names]
+        if missing:
+            raise InputError(f"unknown parameter(s) {missing}; the posterior has "
+                             f"{self.param_names}")
+        return [self.param_names.index(p) for p in params]
+
+    def summary(self):
+        """One row per parameter: best, mean, std, median and the 16th/84th percentiles.
+
+        Returns
+        -------
+        astropy.table.Table
+            Columns ``name``, ``best``, ``mean``, ``std``, ``median``, ``q16``, ``q84``
+            (weighted quantiles of the weighted samples).
+        """
+        from astropy.table import Table
+        w = self.weights
+        mean = w @ self.weighted_samples
+        std = np.sqrt(w @ (self.weighted_samples - mean) ** 2)
+        rows = []
+        for i, name in enumerate(self.param_names):
+            x = self.weighted_samples[:, i]
+            order = np.argsort(x)
+            cdf = np.cumsum(w[order])
+            q16, q50, q84 = np.interp([0.16, 0.5, 0.84], cdf, x[order])
+            rows.append((name, self.best[name], mean[i], std[i], q50, q16, q84))
+        return Table(rows=rows, names=("name", "best", "mean", "std", "median", "q16", "q84"))
+
+    def corner(self, params=None, *, fig=None, labels=None, truths=None, color=None, **kwargs):
+        """Corner plot of the (weighted) posterior with the ``corner`` package.
+
+        Parameters
+        ----------
+        params : list of str, optional
+            Parameters to show (default: all).
+        fig : matplotlib.figure.Figure, optional
+            Draw over an existing corner plot (to compare posteriors).
+        labels : list of str, optional
+            Axis labels (default: the parameter names).
+        truths : dict or sequence, optional
+            Values to mark, by name or in the order of ``params``.
+        color : str, optional
+        **kwargs
+            Passed to :func:`corner.corner`.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+
+        Raises
+        ------
+        InputError
+            For an unknown parameter name.
+        ImportError
+            Without the ``corner`` package.
+        """
+        import corner
+        cols = self._columns(params)
+        names = [self.param_names[i] for i in cols]
+        if isinstance(truths, dict):
+            truths = [truths.get(n) for n in names]
+        kwargs.setdefault("plot_datapoints", False)
+        kwargs.setdefault("levels", (0.393, 0.865))
+        return corner.corner(self.weighted_samples[:, cols], weights=self.weights, fig=fig,
+                             labels=labels or names, truths=truths, color=color, **kwargs)
 
 
 # -- the fitter ------------------------------------------------------------------------
@@ -297,8 +439,8 @@ class DynestyFitter(Fitter):
         return (f"{type(self).__name__}(nlive={self.nlive}, bound={self.bound!r}, "
                 f"sample={self.sample!r}, dlogz={self.dlogz})")
 
-    def __call__(self, model, x, y, z=None, weights=None, *, priors=None, maxcall=None,
-                 equivalencies=None):
+    def __call__(self, model, x, y=None, z=None, weights=None, *, priors=None, maxcall=None,
+                 equivalencies=None, **objective_kwargs):
         """Sample the posterior of ``model``'s free parameters given the data.
 
         Parameters
@@ -306,9 +448,12 @@ class DynestyFitter(Fitter):
         model : astropy.modeling.FittableModel
             A single model (not a model set) with one output and one input
             (``x -> y``) or two inputs (``x, y -> z``); compound models work.
-            Not modified.
+            Or a :class:`~astromix.SceneModel`, sampled against the exposures
+            given as ``x`` (with the likelihood of the summed chi2 of
+            :meth:`~astromix.SceneModel.chi2`).  Not modified.
         x, y : array_like or Quantity
-            Input coordinates; for a 1-D model ``y`` is the data.
+            Input coordinates; for a 1-D model ``y`` is the data.  For a scene,
+            ``x`` is the list of exposures and ``y`` is not given.
         z : array_like or Quantity, optional
             The data, for a 2-D model; broadcast with ``x`` and ``y``.
         weights : array_like, optional
@@ -324,6 +469,9 @@ class DynestyFitter(Fitter):
             run stopped short of ``dlogz``).
         equivalencies : list, optional
             Extra unit equivalencies for inputs with units (as astropy fitters).
+        **objective_kwargs
+            For a scene only: ``background``, ``dtype``, ``backend`` (see
+            :meth:`astromix.SceneModel.chi2`).
 
         Returns
         -------
@@ -344,6 +492,16 @@ class DynestyFitter(Fitter):
             If dynesty is not installed.
         """
         dynesty = _import_dynesty()
+        if hasattr(model, "_objective_for"):
+            if y is not None or z is not None or weights is not None or equivalencies:
+                raise InputError(f"{type(model).__name__} is sampled against exposures: "
+                                 "fitter(model, exposures, priors=...)")
+            return self._fit_objective(model, x, priors=dict(priors or {}), maxcall=maxcall,
+                                       dynesty=dynesty, objective_kwargs=objective_kwargs)
+        if objective_kwargs:
+            raise InputError(f"unexpected keyword(s) {sorted(objective_kwargs)}")
+        if y is None:
+            raise InputError("DynestyFitter needs the data (y, or x, y and z)")
         self._validate(model, z)
         priors = dict(priors or {})
         if any(isinstance(v, tuple) and any(isinstance(b, u.Quantity) for b in v)
@@ -506,7 +664,28 @@ class DynestyFitter(Fitter):
         prior_list, low, high = self._build_priors(model, free_names, priors)
         inputs, data, w = self._prepare_data(model, x, y, z, weights)
         loglike = _LogLikelihood(model, inputs, data, w, fit_param_indices, low, high)
-        transform = _PriorTransform(prior_list)
+        return self._run(model, loglike, _PriorTransform(prior_list), free_names, maxcall,
+                         dynesty)
+
+    def _fit_objective(self, model, data, *, priors, maxcall, dynesty, objective_kwargs):
+        """Sampling of a model whose likelihood comes from a chi2 objective (a scene)."""
+        model = model.copy()
+        model.sync_constraints = False
+        _, fit_param_indices, _ = model_to_fit_params(model)
+        free_names = [model.param_names[i] for i in fit_param_indices]
+        if not free_names:
+            raise InputError("the model has no free parameter (all fixed or tied)")
+        prior_list, low, high = self._build_priors(model, free_names, priors)
+        objective = model._objective_for(data, **objective_kwargs)
+        loglike = _ObjectiveLogLikelihood(model, objective, fit_param_indices, low, high)
+        fitted = self._run(model, loglike, _PriorTransform(prior_list), free_names, maxcall,
+                           dynesty)
+        self.fit_info["objective"] = objective
+        fitted.fit_info = self.fit_info
+        return fitted
+
+    def _run(self, model, loglike, transform, free_names, maxcall, dynesty):
+        """Run dynesty and fill :attr:`fit_info`; returns the model at the best sample."""
         rng = self._generator()
         ndim = len(free_names)
 
@@ -558,6 +737,7 @@ class DynestyFitter(Fitter):
             "niter": int(results.niter),
             "time_s": elapsed,
         }
+        self.fit_info["posterior"] = Posterior(self.fit_info, model)
         log.info("DynestyFitter: %d free parameters, %d likelihood calls in %.2f s, "
                  "log Z = %.3f +/- %.3f", ndim, ncall, elapsed, self.fit_info["logz"],
                  self.fit_info["logz_err"])

@@ -1,6 +1,8 @@
 """astropy.modeling models built on Gaussian mixtures."""
 
 from .psf import GaussianMixturePSF
+from .scene import SceneModel, SersicSource, StarSource
 from .sersic import PointSource, SersicMixture
 
-__all__ = ["GaussianMixturePSF", "PointSource", "SersicMixture"]
+__all__ = ["GaussianMixturePSF", "PointSource", "SceneModel", "SersicMixture", "SersicSource",
+           "StarSource"]

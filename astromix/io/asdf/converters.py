@@ -68,7 +68,7 @@ from asdf_astropy.converters.transform.core import TransformConverterBase, param
 from .extension import TAG_URI_PREFIX
 
 __all__ = ["GaussianMixtureConverter", "GaussianMixturePSFConverter", "SersicMixtureConverter",
-           "PointSourceConverter", "ExposureConverter", "CONVERTERS"]
+           "PointSourceConverter", "ExposureConverter", "SceneModelConverter", "CONVERTERS"]
 
 _GM_KEYS = ("amp", "mean", "cov")
 
@@ -734,3 +734,91 @@ class ExposureConverter(Converter):
 
 
 CONVERTERS.append(ExposureConverter())
+
+
+# -- SceneModel -----------------------------------------------------------------------------------
+
+def _scene_default_bounds(name):
+    from ...models.scene import _BOUNDS
+
+    return _BOUNDS.get(name.rsplit("_", 1)[0], (None, None))
+
+
+class SceneModelConverter(Converter):
+    """ASDF converter for :class:`astromix.SceneModel`.
+
+    The tagged node (schema ``scene_model-1.0.0``) holds ``bands`` (list of
+    str, or [null] for one unnamed band), ``zeropoint`` (AB mag of one catalog
+    flux unit, or null), ``sources`` (one mapping per source: ``kind``
+    (sersic or star), ``name``, ``ra``, ``dec`` [deg], ``flux`` ({band: value};
+    key ``""`` for the unnamed band), and for Sersic sources ``r_eff``
+    [arcsec], ``n``, ``ellip``, ``theta`` [rad, east of north]), ``fixed``
+    (names of the fixed parameters), ``bounds`` (non-default bounds by
+    parameter name) and an optional ``name``.  Tied constraints are not
+    written (a warning says so).  Implements the asdf ``Converter`` interface.
+    """
+
+    tags = [TAG_URI_PREFIX + "scene_model-1.0.0"]
+    types = ["astromix.models.scene.SceneModel"]
+
+    def to_yaml_tree(self, obj, tag, ctx):
+        """Serialise a SceneModel into a plain mapping (see the class docstring)."""
+        p = obj.parameters
+        sources = []
+        for i, kind in enumerate(obj.source_kinds):
+            idx = obj.source_index(i)
+            src = {"kind": kind, "name": str(obj.source_names[i]),
+                   "ra": float(p[idx["ra"]]), "dec": float(p[idx["dec"]]),
+                   "flux": {("" if b is None else b): float(p[idx[("flux", b)]])
+                            for b in obj.bands}}
+            if kind == "sersic":
+                for key in ("r_eff", "n", "ellip", "theta"):
+                    src[key] = float(p[idx[key]])
+            sources.append(src)
+        node = {"bands": [b for b in obj.bands], "zeropoint": obj.zeropoint,
+                "sources": sources,
+                "fixed": [n for n in obj.param_names if getattr(obj, n).fixed]}
+        if obj.name is not None:
+            node["name"] = str(obj.name)
+        return _add_bounds_warn_tied(node, obj, _scene_default_bounds)
+
+    def from_yaml_tree(self, node, tag, ctx):
+        """Rebuild the SceneModel through its checked constructor.
+
+        Raises
+        ------
+        astromix.InputError
+            On a malformed node; the message names the file and the tag.
+        """
+        from ...errors import InputError
+        from ...models.scene import SceneModel, SersicSource, StarSource
+
+        where = _where(tag, ctx)
+        try:
+            bands = [None if b in (None, "") else str(b) for b in node["bands"]]
+            sources = []
+            for src in node["sources"]:
+                flux = {(None if b == "" else b): v for b, v in src["flux"].items()}
+                if list(flux) == [None]:
+                    flux = flux[None]
+                if src["kind"] == "sersic":
+                    sources.append(SersicSource(src["ra"], src["dec"], flux, src["r_eff"],
+                                                src["n"], src["ellip"], src["theta"],
+                                                name=src.get("name")))
+                elif src["kind"] == "star":
+                    sources.append(StarSource(src["ra"], src["dec"], flux,
+                                              name=src.get("name")))
+                else:
+                    raise InputError(f"unknown source kind {src['kind']!r}")
+            model = SceneModel(sources, bands=bands, zeropoint=node.get("zeropoint"),
+                               name=node.get("name"))
+            for name in node.get("fixed", []):
+                getattr(model, name).fixed = True
+            for name, (lo, hi) in node.get("bounds", {}).items():
+                getattr(model, name).bounds = (lo, hi)
+        except (KeyError, TypeError, ValueError, AttributeError, InputError) as exc:
+            raise InputError(f"{where}: {exc}") from None
+        return model
+
+
+CONVERTERS.append(SceneModelConverter())

@@ -1,0 +1,337 @@
+"""Fitting and sampling scenes of sources in many exposures.
+
+:func:`fit_scene` and :func:`sample_scene` are thin layers over
+:class:`~astromix.fitting.MixtureLSQFitter` and
+:class:`~astromix.fitting.DynestyFitter`, which both fit a
+:class:`~astromix.SceneModel` to a list of :class:`~astromix.Exposure` through
+the scene's chi2 objective (the backend kernels' chi2 and analytic gradient,
+summed over exposures).  This is the job of forcepho (Johnson et al., in prep.;
+github.com/bd-j/forcepho), done on the CPU or GPU backends with honest errors.
+"""
+
+import logging
+import math
+
+import numpy as np
+from astropy import units as u
+from astropy.table import MaskedColumn, Table
+
+from ..errors import InputError
+from ..models.scene import SceneModel
+from .lsq import MixtureLSQFitter
+from .nested import DynestyFitter
+
+__all__ = ["fit_scene", "sample_scene", "scene_catalog", "exposure_table"]
+
+log = logging.getLogger("astromix")
+
+_SHAPE_UNITS = {"r_eff": u.arcsec, "n": u.one, "ellip": u.one, "theta": u.rad}
+
+
+def _progress_bar(progress, desc, unit):
+    from tqdm.auto import tqdm
+    return tqdm(desc=desc, unit=unit, disable=not progress, leave=False)
+
+
+def _max_shift_px(fitted, objective):
+    """Largest move of a source since the objective's reference point [px]."""
+    p = fitted.parameters
+    worst = 0.0
+    for pls in objective.placements:
+        for pl in pls:
+            if pl is None:
+                continue
+            idx = fitted.source_index(pl.source)
+            d = np.array([(p[idx["dec"]] - pl.dec_ref) * 3600.0,
+                          (p[idx["ra"]] - pl.ra_ref) * pl.cosd * 3600.0])
+            worst = max(worst, float(np.hypot(*(pl.jac @ d))))
+    return worst
+
+
+def _bound_positions(scene, max_shift):
+    """A copy whose unbounded positions may move at most ``max_shift`` arcsec."""
+    scene = scene.copy()
+    if max_shift is None:
+        return scene
+    for i in range(scene.n_sources):
+        dec = float(getattr(scene, f"dec_{i}").value)
+        for name, step in ((f"ra_{i}", max_shift / 3600.0 / max(math.cos(math.radians(dec)),
+                                                                 1e-6)),
+                           (f"dec_{i}", max_shift / 3600.0)):
+            param = getattr(scene, name)
+            if param.fixed or param.tied or param.bounds != (None, None):
+                continue
+            v = float(param.value)
+            param.bounds = (v - step, v + step)
+    return scene
+
+
+def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None,
+              relinearize=0.25, dtype=np.float64, backend=None, progress=True, fitter=None):
+    """Fit a scene of sources jointly in every exposure; returns the fit and a catalog.
+
+    Minimises the chi2 summed over the exposures (L-BFGS-B with the analytic
+    gradient from the backend kernels, then Newton steps) with
+    :class:`~astromix.fitting.MixtureLSQFitter`; parameter errors come from the
+    inverse of the chi2 Hessian (central differences of the analytic gradient)
+    at the optimum: ``cov = 2 H^-1``.  Fixed, tied and bounded parameters of the
+    scene are honoured.
+
+    Parameters
+    ----------
+    scene : SceneModel
+        Starting values; not modified.
+    exposures : Exposure or sequence of Exposure
+        Each with a celestial WCS, a PSF (fixed or varying) and a band that the
+        scene has fluxes for; with a zero point when the scene has one.
+    background : {"fit", None} or float or sequence, optional
+        ``"fit"`` (default): a constant background per exposure, profiled out
+        (its best value for every trial scene; the fitted values are in the
+        exposure table); None: none; numbers: known backgrounds [data units].
+    max_shift : float or None, optional
+        Sources may move at most this far from their starting positions
+        [arcsec] (bounds on ``ra_<i>``, ``dec_<i>`` that have none); keeps a faint
+        source from wandering onto a bright neighbour.  None: unbounded.
+    maxiter : int, optional
+        Iteration limit of L-BFGS-B.
+    relinearize : float or None, optional
+        When a source moves by more than this [px] from where the WCS maps were
+        linearised and the PSFs evaluated, fit again from there (once).
+    dtype : {numpy.float64, numpy.float32}, optional
+        Arithmetic of the kernels.
+    backend : str, optional
+        Backend name (default: the active backend).
+    progress : bool, optional
+        Show a progress bar counting chi2 evaluations.
+    fitter : MixtureLSQFitter, optional
+        A configured fitter (e.g. ``calc_uncertainties=False``).
+
+    Returns
+    -------
+    fitted : SceneModel
+        The best-fit scene; ``fitted.fit_info`` holds ``chi2``, ``dof``,
+        ``param_cov``, ``param_std``, ``exposures`` (see :func:`exposure_table`)
+        and the ``objective``.
+    catalog : astropy.table.Table
+        One row per source (see :func:`scene_catalog`).
+
+    Raises
+    ------
+    InputError
+        For a scene that is not a SceneModel; no exposures; an exposure of a
+        band without fluxes, or without WCS or PSF; a source on no exposure;
+        no free parameter.
+
+    Examples
+    --------
+    See the gallery example "Fitting a galaxy in eight DECam exposures" and
+    ``astromix demo``.
+    """
+    if not isinstance(scene, SceneModel):
+        raise InputError(f"fit_scene needs a SceneModel, got {type(scene).__name__}")
+    fitter = fitter if fitter is not None else MixtureLSQFitter()
+    bar = _progress_bar(progress, "fit_scene", " chi2")
+    try:
+        kwargs = {"background": background, "dtype": dtype, "backend": backend,
+                  "progress": bar}
+        fitted = fitter(_bound_positions(scene, max_shift), exposures, maxiter=maxiter,
+                        **kwargs)
+        if relinearize is not None:
+            shift = _max_shift_px(fitted, fitted.fit_info["objective"])
+            if shift > relinearize:
+                log.info("fit_scene: sources moved by up to %.2f px; fitting again from there",
+                         shift)
+                fitted = fitter(fitted, exposures, maxiter=maxiter, **kwargs)
+    finally:
+        bar.close()
+    _wrap_angles(fitted)
+    info = fitted.fit_info
+    info["objective"].progress = None
+    info["exposures"] = exposure_table(info["objective"], len(info["free_parameters"]))
+    catalog = scene_catalog(fitted, info.get("param_std", {}))
+    return fitted, catalog
+
+
+def _wrap_angles(scene):
+    """Position angles into [0, pi) (the profile is symmetric under theta + pi)."""
+    for i, kind in enumerate(scene.source_kinds):
+        if kind == "sersic":
+            param = getattr(scene, f"theta_{i}")
+            if not param.fixed and not param.tied:
+                param.value = float(np.mod(param.value, math.pi))
+
+
+def scene_catalog(scene, errors=None):
+    """The sources of a scene as a catalog, one row per source.
+
+    Parameters
+    ----------
+    scene : SceneModel
+    errors : dict, optional
+        ``{parameter name: 1-sigma error}`` (``fit_info["param_std"]`` of a fit);
+        parameters without one (fixed, tied, not fitted) get NaN.
+
+    Returns
+    -------
+    astropy.table.Table
+        Columns ``id``, ``kind`` (``"sersic"`` or ``"star"``), ``ra``, ``dec``
+        [deg], ``ra_err``, ``dec_err`` [arcsec, on the sky: ``ra_err`` is
+        along RA times cos(dec)], ``flux_<band>``, ``flux_err_<band>`` (catalog
+        units: see the scene's ``zeropoint``; with one, also ``mag_<band>``, AB),
+        and for Sersic sources ``r_eff``, ``r_eff_err`` [arcsec], ``n``,
+        ``n_err``, ``ellip``, ``ellip_err``, ``theta``, ``theta_err`` [rad, east
+        of north] (masked for stars).  ``meta["zeropoint"]`` is the scene's.
+    """
+    errors = dict(errors or {})
+    p = scene.parameters
+    n = scene.n_sources
+    names = scene.param_names
+
+    def err(j):
+        return float(errors.get(names[j], np.nan))
+
+    cols = {"id": list(scene.source_names), "kind": list(scene.source_kinds)}
+    ra, dec, ra_err, dec_err = (np.empty(n) for _ in range(4))
+    for i in range(n):
+        idx = scene.source_index(i)
+        ra[i], dec[i] = p[idx["ra"]], p[idx["dec"]]
+        ra_err[i] = err(idx["ra"]) * 3600.0 * math.cos(math.radians(dec[i]))
+        dec_err[i] = err(idx["dec"]) * 3600.0
+    table = Table(cols)
+    table["ra"] = ra * u.deg
+    table["dec"] = dec * u.deg
+    table["ra_err"] = ra_err * u.arcsec
+    table["dec_err"] = dec_err * u.arcsec
+    for b in scene.bands:
+        key = "flux" if b is None else f"flux_{b}"
+        ekey = "flux_err" if b is None else f"flux_err_{b}"
+        f = np.array([p[scene.source_index(i)[("flux", b)]] for i in range(n)])
+        table[key] = f
+        table[ekey] = [err(scene.source_index(i)[("flux", b)]) for i in range(n)]
+        if scene.zeropoint is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mag = np.where(f > 0, scene.zeropoint - 2.5 * np.log10(np.abs(f)), np.nan)
+            table["mag" if b is None else f"mag_{b}"] = mag * u.ABmag
+    is_star = np.array([k != "sersic" for k in scene.source_kinds])
+    for name, unit in _SHAPE_UNITS.items():
+        vals = np.zeros(n)
+        errs = np.zeros(n)
+        for i in range(n):
+            idx = scene.source_index(i)
+            if name in idx:
+                vals[i], errs[i] = p[idx[name]], err(idx[name])
+        table[name] = MaskedColumn(vals, mask=is_star, unit=unit if unit != u.one else None)
+        table[f"{name}_err"] = MaskedColumn(errs, mask=is_star,
+                                            unit=unit if unit != u.one else None)
+    table.meta["zeropoint"] = scene.zeropoint
+    return table
+
+
+def exposure_table(objective, n_free=0):
+    """Per exposure of a scene fit: name, band, pixels, chi2, dof and background.
+
+    Parameters
+    ----------
+    objective : astromix.models.scene.SceneObjective
+        From ``fit_info["objective"]`` (its values are those of the last
+        evaluation, which :func:`fit_scene` leaves at the best fit).
+    n_free : int, optional
+        Number of free parameters, shared among exposures in proportion to
+        their pixel counts for ``dof``.
+
+    Returns
+    -------
+    astropy.table.Table
+        Columns ``name``, ``band``, ``npix`` (unmasked pixels), ``chi2``,
+        ``dof``, ``chi2_dof`` and ``background`` [data units].
+    """
+    exps = objective.exposures
+    dof = objective.dof_per_exposure(n_free)
+    return Table({"name": [str(getattr(e, "name", "") or f"exposure_{k}")
+                           for k, e in enumerate(exps)],
+                  "band": [str(getattr(e, "band", "")) for e in exps],
+                  "npix": [int((np.asarray(e.weight) > 0).sum()) for e in exps],
+                  "chi2": objective.chi2_per_exposure.copy(),
+                  "dof": dof,
+                  "chi2_dof": objective.chi2_per_exposure / dof,
+                  "background": objective.backgrounds.copy()})
+
+
+def sample_scene(scene, exposures, *, priors=None, fit=True, width=8.0, nlive=200, dlogz=0.1,
+                 bound="multi", sample="auto", rng=None, maxcall=None, background="fit",
+                 dtype=np.float64, backend=None, progress=True, pool=None):
+    """Posterior of a scene's parameters by nested sampling (dynesty): optimise, then sample.
+
+    Parameters
+    ----------
+    scene : SceneModel
+        Starting point (and the values of fixed parameters); not modified.
+    exposures : Exposure or sequence of Exposure
+    priors : dict, optional
+        ``{parameter name: prior}``: a ``(low, high)`` tuple (uniform), a frozen
+        :mod:`scipy.stats` distribution or a callable ppf, as for
+        :class:`~astromix.fitting.DynestyFitter`.  Free parameters without
+        one get a uniform prior ``best +- width * sigma`` around the optimum of
+        :func:`fit_scene` (intersected with the parameter's bounds).
+    fit : bool, optional
+        Run :func:`fit_scene` first (needed for the default priors).
+    width : float, optional
+        Half-width of the default priors in units of the fitted errors.
+    nlive, dlogz, bound, sample, rng, pool
+        Passed to :class:`~astromix.fitting.DynestyFitter`.
+    maxcall : int, optional
+        Stop after about this many likelihood calls.
+    background, dtype, backend
+        As for :func:`fit_scene`.
+    progress : bool, optional
+        Show progress (fit bar, then dynesty's line).
+
+    Returns
+    -------
+    Posterior
+        With ``samples``, ``weights``, ``logz``, ``summary()``, ``corner()``;
+        plus ``catalog`` (posterior medians and standard deviations, in the
+        layout of :func:`scene_catalog`), ``scene`` (the maximum-likelihood
+        sample) and ``fit`` (the optimised scene, if ``fit``).
+
+    Raises
+    ------
+    InputError
+        As :func:`fit_scene`; and for a free parameter without a prior when
+        ``fit`` is False and its bounds are not finite.
+    ImportError
+        Without dynesty.
+    """
+    if not isinstance(scene, SceneModel):
+        raise InputError(f"sample_scene needs a SceneModel, got {type(scene).__name__}")
+    priors = dict(priors or {})
+    start = scene
+    fitted = None
+    if fit:
+        fitted, _ = fit_scene(scene, exposures, background=background, dtype=dtype,
+                              backend=backend, progress=progress)
+        start = fitted.copy()
+        std = fitted.fit_info.get("param_std", {})
+        for name in fitted.fit_info["free_parameters"]:
+            if name in priors:
+                continue
+            s = std.get(name)
+            if not (s is not None and np.isfinite(s) and s > 0):
+                continue
+            v = float(getattr(fitted, name).value)
+            priors[name] = (v - width * s, v + width * s)
+    sampler = DynestyFitter(nlive=nlive, bound=bound, sample=sample, dlogz=dlogz, rng=rng,
+                            progress=progress, pool=pool)
+    best = sampler(start, exposures, priors=priors, maxcall=maxcall, background=background,
+                   dtype=dtype, backend=backend)
+    post = sampler.fit_info["posterior"]
+    post.scene = best
+    post.fit = fitted
+    summary = post.summary()
+    median = best.copy()
+    errors = {}
+    for row in summary:
+        setattr(median, row["name"], row["median"])
+        errors[row["name"]] = float(row["std"])
+    post.catalog = scene_catalog(median, errors)
+    return post

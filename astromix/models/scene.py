@@ -1,0 +1,929 @@
+r"""Scenes of galaxies and stars on the sky, rendered into many exposures at once.
+
+A :class:`SceneModel` holds sources described on the sky (:class:`SersicSource`,
+:class:`StarSource`): per-band fluxes, (ra, dec) [deg], and for galaxies the
+half-light radius ``r_eff`` [arcsec], Sersic index ``n``, ellipticity ``ellip``
+and position angle ``theta`` [rad, east of north].  In each exposure a source
+becomes a Gaussian mixture in that exposure's pixels (Hogg & Lang 2013;
+forcepho, Johnson et al.):
+
+1. the sky-plane Sersic mixture (:class:`~astromix.models.sersic_table.SersicMixtureTable`),
+   in arcsec offsets (north, east) from a reference point;
+2. mapped to pixels with the local affine map of the exposure's full WCS at the
+   source (the 2x2 Jacobian from finite differences of ``world_to_pixel``, so
+   TPV, SIP and gwcs distortions are included, and the pixel position of the
+   reference point);
+3. convolved with the exposure's PSF mixture at the source;
+4. scaled from catalog flux units to data units by the exposure's zero point.
+
+All sources of an exposure are one mixture, rendered and differentiated by the
+backend kernel in one call; the gradient with respect to every component is
+chained back to the source parameters analytically.
+"""
+
+import math
+import warnings
+
+import numpy as np
+from astropy import units as u
+from astropy.modeling import FittableModel, Parameter
+
+from ..backends import get_backend
+from ..errors import InputError
+from ..mixtures import GaussianMixture
+from ..settings import AccuracySettings, get_default_settings
+from ._base import evaluate_mixture
+
+__all__ = ["SersicSource", "StarSource", "SceneModel", "SceneObjective", "SceneWarning",
+           "local_affine"]
+
+ARCSEC = 1.0 / 3600.0
+SERSIC_PARAMETERS = ("ra", "dec", "r_eff", "n", "ellip", "theta")
+STAR_PARAMETERS = ("ra", "dec")
+_BOUNDS = {"r_eff": (1e-3, None), "n": (0.3, 8.0), "ellip": (0.0, 0.95)}
+
+
+class SceneWarning(UserWarning):
+    """A scene or exposure was used in a documented but possibly unintended way."""
+
+
+def _value(x, unit, what):
+    """A float from a number or a Quantity convertible to ``unit``."""
+    if isinstance(x, u.Quantity):
+        try:
+            return float(x.to_value(unit))
+        except u.UnitsError:
+            raise InputError(f"{what} must be in units of {unit}, got {x.unit}") from None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number, got {x!r}") from None
+    if not math.isfinite(v):
+        raise InputError(f"{what} must be finite, got {v}")
+    return v
+
+
+def _fluxes(flux, what):
+    if isinstance(flux, dict):
+        if not flux:
+            raise InputError(f"{what}: flux must name at least one band")
+        return {str(b): _value(v, u.one, f"{what} flux[{b!r}]") for b, v in flux.items()}
+    return {None: _value(flux, u.one, f"{what} flux")}
+
+
+class _SkySource:
+    kind = None
+    shape_names = ()
+
+    def __init__(self, ra, dec, flux, *, name=None):
+        self.ra = _value(ra, u.deg, "ra")
+        self.dec = _value(dec, u.deg, "dec")
+        if not -90 <= self.dec <= 90:
+            raise InputError(f"dec must be within [-90, 90] deg, got {self.dec}")
+        self.flux = _fluxes(flux, type(self).__name__)
+        self.name = None if name is None else str(name)
+
+    def __repr__(self):
+        shape = "".join(f", {k}={getattr(self, k):.4g}" for k in self.shape_names)
+        return (f"{type(self).__name__}(ra={self.ra:.6f}, dec={self.dec:.6f}, "
+                f"flux={self.flux}{shape})")
+
+
+class SersicSource(_SkySource):
+    """A Sersic galaxy described on the sky.
+
+    Parameters
+    ----------
+    ra, dec : float or Quantity
+        Centre [deg] (ICRS, or whatever frame the exposures' WCS use).
+    flux : float or dict
+        Total flux per band ``{band: flux}`` in the scene's catalog units (see
+        ``zeropoint`` of :class:`SceneModel`), or one number for every band.
+    r_eff : float or Quantity, optional
+        Half-light radius along the major axis [arcsec], > 0.
+    n : float, optional
+        Sersic index, 0.3 to 8.
+    ellip : float, optional
+        Ellipticity 1 - b/a, in [0, 0.95].
+    theta : float or Quantity, optional
+        Position angle of the major axis, east of north [rad].
+    name : str, optional
+        Identifier used in catalogs.
+
+    Raises
+    ------
+    InputError
+        On non-finite values, a declination outside [-90, 90] or a shape outside
+        the ranges above.
+    """
+
+    kind = "sersic"
+    shape_names = ("r_eff", "n", "ellip", "theta")
+
+    def __init__(self, ra, dec, flux, r_eff=0.5, n=1.0, ellip=0.0, theta=0.0, *, name=None):
+        super().__init__(ra, dec, flux, name=name)
+        self.r_eff = _value(r_eff, u.arcsec, "r_eff")
+        self.n = _value(n, u.one, "n")
+        self.ellip = _value(ellip, u.one, "ellip")
+        self.theta = _value(theta, u.rad, "theta")
+        if self.r_eff <= 0:
+            raise InputError(f"r_eff must be > 0 arcsec, got {self.r_eff}")
+        if not 0.3 <= self.n <= 8.0:
+            raise InputError(f"n must be within [0.3, 8], got {self.n}")
+        if not 0.0 <= self.ellip <= 0.95:
+            raise InputError(f"ellip must be within [0, 0.95], got {self.ellip}")
+
+
+class StarSource(_SkySource):
+    """A point source described on the sky.
+
+    Parameters
+    ----------
+    ra, dec : float or Quantity
+        Position [deg].
+    flux : float or dict
+        Total flux per band ``{band: flux}`` (catalog units), or one number.
+    name : str, optional
+
+    Raises
+    ------
+    InputError
+        On non-finite values or a declination outside [-90, 90].
+    """
+
+    kind = "star"
+
+
+def local_affine(wcs, ra, dec, step=0.5):
+    """Pixel position and local Jacobian of a WCS at a sky position.
+
+    Parameters
+    ----------
+    wcs : astropy.wcs.WCS or gwcs.WCS
+        Any celestial WCS with the shared (APE 14) ``world_to_pixel_values``.
+    ra, dec : float
+        Position [deg].
+    step : float, optional
+        Half-step of the central differences [arcsec].
+
+    Returns
+    -------
+    pixel : ndarray, shape (2,)
+        (x, y) of the position [px, 0-based].
+    jacobian : ndarray, shape (2, 2)
+        ``d(x, y) / d(north, east)`` [px / arcsec]: column 0 is the change of
+        pixel position per arcsec towards north, column 1 towards east, from the
+        full WCS (distortions included).
+
+    Raises
+    ------
+    InputError
+        If the WCS gives non-finite pixel positions there.
+    """
+    cosd = math.cos(math.radians(dec))
+    d = step * ARCSEC
+    ras = np.array([ra, ra, ra, ra + d / cosd, ra - d / cosd])
+    decs = np.array([dec, dec + d, dec - d, dec, dec])
+    x, y = wcs.world_to_pixel_values(ras, decs)
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise InputError(f"the WCS gives no pixel position at (ra, dec) = ({ra}, {dec})")
+    jac = np.array([[x[1] - x[2], x[3] - x[4]], [y[1] - y[2], y[3] - y[4]]]) / (2 * step)
+    return np.array([x[0], y[0]]), jac
+
+
+def _shape_matrices(ellip, theta):
+    """S = R diag(1, q^2) R^T in the (north, east) frame, and dS/dellip, dS/dtheta."""
+    c, s = math.cos(theta), math.sin(theta)
+    rot = np.array([[c, -s], [s, c]])
+    drot = np.array([[-s, -c], [c, -s]])
+    q = 1.0 - ellip
+    diag = np.diag([1.0, q * q])
+    shape = rot @ diag @ rot.T
+    d_ellip = rot @ np.diag([0.0, -2.0 * q]) @ rot.T
+    d_theta = drot @ diag @ rot.T + rot @ diag @ drot.T
+    return shape, d_ellip, d_theta
+
+
+class _Placement:
+    """One source in one exposure: reference point, local WCS map, PSF and flux scale."""
+
+    __slots__ = ("source", "ra_ref", "dec_ref", "cosd", "pixel", "jac", "psf_amp",
+                 "psf_mean", "psf_cov", "flux_scale", "band_index", "sl")
+
+    def __init__(self, source, ra_ref, dec_ref, pixel, jac, psf, flux_scale, band_index):
+        self.source = source
+        self.ra_ref, self.dec_ref = ra_ref, dec_ref
+        self.cosd = math.cos(math.radians(dec_ref))
+        self.pixel, self.jac = pixel, jac
+        self.psf_amp = np.asarray(psf.amp, dtype=float)
+        self.psf_mean = np.asarray(psf.mean, dtype=float)
+        self.psf_cov = np.asarray(psf.cov, dtype=float)
+        self.flux_scale = flux_scale
+        self.band_index = band_index
+        self.sl = None
+
+
+class SceneModel(FittableModel):
+    r"""Galaxies and stars on the sky, rendered into exposures with their WCS and PSF.
+
+    An astropy model whose parameters are those of all the sources, named
+    ``<name>_<i>`` for source ``i`` (0-based, catalog order): ``flux_<band>_<i>``
+    for each band, ``ra_<i>``, ``dec_<i>`` [deg], and for Sersic sources
+    ``r_eff_<i>`` [arcsec], ``n_<i>``, ``ellip_<i>``, ``theta_<i>`` [rad, east of
+    north].  Fix, tie or bound them as with any astropy model
+    (``scene.n_0.fixed = True``).
+
+    Parameters
+    ----------
+    sources : sequence of SersicSource or StarSource
+        The catalog; at least one source.
+    bands : sequence of str, optional
+        The bands with a flux parameter per source; by default the union of
+        the bands named by the sources (sources giving one number for flux get
+        it in every band).
+    zeropoint : float, optional
+        AB magnitude of one catalog flux unit (22.5 for nanomaggies, 23.9 for
+        microjansky).  With it, a source of flux F gives ``F *
+        exposure.flux_scale(zeropoint)`` data units in an exposure with a zero
+        point; without it (None), fluxes are in the exposures' data units.
+    settings : AccuracySettings, optional
+        Culling and pixel integration for rendering.
+    **kwargs
+        Passed to :class:`astropy.modeling.Model`.
+
+    Raises
+    ------
+    InputError
+        With no sources, a source of an unknown type, or a source without a
+        flux for one of ``bands``.
+
+    Notes
+    -----
+    Evaluating the model at pixel coordinates needs an exposure:
+    ``scene.in_exposure(exposure)(x, y)`` gives the pixel-integrated,
+    PSF-convolved image of the scene in that exposure's pixels (without
+    background).  Fitting uses :meth:`chi2`, which renders every exposure with
+    the backend kernels; see :func:`astromix.fitting.fit_scene`.
+
+    Examples
+    --------
+    >>> from astromix.models.scene import SceneModel, SersicSource, StarSource
+    >>> scene = SceneModel([SersicSource(150.1, 2.2, {"g": 10.0, "r": 20.0}, r_eff=0.8, n=2),
+    ...                     StarSource(150.1002, 2.2001, {"g": 3.0, "r": 4.0})])
+    >>> scene.param_names[:8]
+    ('flux_g_0', 'flux_r_0', 'ra_0', 'dec_0', 'r_eff_0', 'n_0', 'ellip_0', 'theta_0')
+    >>> scene.n_sources, scene.bands
+    (2, ('g', 'r'))
+    """
+
+    n_inputs = 2
+    n_outputs = 1
+    _param_names = ()
+
+    def __init__(self, sources, *, bands=None, zeropoint=None, settings=None, **kwargs):
+        sources = list(sources)
+        if not sources:
+            raise InputError("the scene has no sources (empty catalog)")
+        for s in sources:
+            if not isinstance(s, SersicSource | StarSource):
+                raise InputError(f"scene sources must be SersicSource or StarSource, got "
+                                 f"{type(s).__name__}")
+        if bands is None:
+            named = [b for s in sources for b in s.flux if b is not None]
+            bands = tuple(dict.fromkeys(named)) or (None,)
+        bands = tuple(None if b is None else str(b) for b in bands)
+        if len(set(bands)) != len(bands):
+            raise InputError(f"bands must be distinct, got {bands}")
+        if settings is not None and not isinstance(settings, AccuracySettings):
+            raise InputError("settings must be an AccuracySettings instance")
+        self._settings = settings
+        self._bands = bands
+        self._zeropoint = None if zeropoint is None else float(zeropoint)
+        self._kinds = tuple(s.kind for s in sources)
+        self._source_names = tuple(s.name if s.name is not None else str(i)
+                                   for i, s in enumerate(sources))
+        names, values, index = [], {}, []
+        for i, s in enumerate(sources):
+            idx = {}
+            for b in bands:
+                if b in s.flux:
+                    f = s.flux[b]
+                elif None in s.flux:
+                    f = s.flux[None]
+                else:
+                    raise InputError(f"source {i} ({self._source_names[i]}) has no flux in band "
+                                     f"{b!r}; it has {sorted(k for k in s.flux if k)}")
+                name = f"flux_{b}_{i}" if b is not None else f"flux_{i}"
+                idx[("flux", b)] = len(names)
+                names.append(name)
+                values[name] = f
+            for p in (SERSIC_PARAMETERS if s.kind == "sersic" else STAR_PARAMETERS):
+                idx[p] = len(names)
+                names.append(f"{p}_{i}")
+                values[names[-1]] = getattr(s, p)
+            index.append(idx)
+        self._index = index
+        self._param_names = tuple(names)
+        for name in names:
+            base = name.rsplit("_", 1)[0]
+            param = Parameter(name, default=0.0, bounds=_BOUNDS.get(base, (None, None)))
+            param.model = self
+            self.__dict__[name] = param
+        self._exposure = None
+        super().__init__(**{**values, **kwargs})
+
+    @classmethod
+    def from_catalog(cls, catalog, *, bands=None, zeropoint=None, settings=None):
+        """A scene from a catalog table, one row per source.
+
+        Parameters
+        ----------
+        catalog : astropy.table.Table or str
+            A table or the path of one (any format astropy reads: ECSV, FITS,
+            ...).  Columns: ``ra``, ``dec`` [deg] (required); ``kind``
+            (``"sersic"`` or ``"star"``, default sersic); ``flux_<band>`` per band
+            or ``flux`` for every band (default 1); ``r_eff`` [arcsec] (default
+            0.5), ``n`` (default 1), ``ellip`` (default 0), ``theta`` [rad, east
+            of north] (default 0); ``id`` (optional).  Columns with units are
+            converted (deg, arcsec, rad).  The catalog of :func:`fit_scene` is
+            valid input (masked shape columns of stars are ignored).
+        bands : sequence of str, optional
+            Bands of the scene (default: those of the ``flux_<band>`` columns).
+        zeropoint : float, optional
+            AB magnitude of one catalog flux unit; default
+            ``catalog.meta["zeropoint"]`` when present.
+        settings : AccuracySettings, optional
+
+        Returns
+        -------
+        SceneModel
+
+        Raises
+        ------
+        InputError
+            For an unreadable file, an empty catalog, missing ``ra``/``dec``
+            columns, or bad values (the message names the row).
+        """
+        from astropy.table import Table
+
+        path = None
+        if not isinstance(catalog, Table):
+            path = str(catalog)
+            try:
+                catalog = Table.read(path)
+            except Exception as exc:
+                raise InputError(f"cannot read catalog {path!r}: {exc}") from None
+        where = f"catalog {path!r}" if path else "catalog"
+        if len(catalog) == 0:
+            raise InputError(f"{where} has no rows")
+        missing = [c for c in ("ra", "dec") if c not in catalog.colnames]
+        if missing:
+            raise InputError(f"{where} lacks column(s) {missing}; it has {catalog.colnames}")
+        flux_cols = {c[5:]: c for c in catalog.colnames
+                     if c.startswith("flux_") and not c.startswith("flux_err")}
+        if bands is None and flux_cols:
+            bands = tuple(flux_cols)
+        if zeropoint is None:
+            zeropoint = catalog.meta.get("zeropoint")
+
+        def get(row, name, unit, default):
+            if name not in catalog.colnames:
+                return default
+            v = row[name]
+            if np.ma.is_masked(v):
+                return default
+            col_unit = catalog[name].unit
+            if col_unit is not None and unit is not None:
+                return (float(v) * col_unit).to_value(unit)
+            return float(v)
+
+        sources = []
+        for k, row in enumerate(catalog):
+            try:
+                ra, dec = get(row, "ra", u.deg, None), get(row, "dec", u.deg, None)
+                if bands is None:
+                    flux = get(row, "flux", None, 1.0)
+                else:
+                    flux = {b: get(row, flux_cols.get(b, "flux"), None, 1.0) for b in bands}
+                kind = str(row["kind"]).strip().lower() if "kind" in catalog.colnames \
+                    else "sersic"
+                name = str(row["id"]) if "id" in catalog.colnames else None
+                if kind in ("star", "point", "psf"):
+                    sources.append(StarSource(ra, dec, flux, name=name))
+                elif kind in ("sersic", "galaxy", "gal"):
+                    sources.append(SersicSource(
+                        ra, dec, flux, r_eff=get(row, "r_eff", u.arcsec, 0.5),
+                        n=get(row, "n", None, 1.0), ellip=get(row, "ellip", None, 0.0),
+                        theta=get(row, "theta", u.rad, 0.0), name=name))
+                else:
+                    raise InputError(f"unknown kind {kind!r} (use 'sersic' or 'star')")
+            except (InputError, TypeError, ValueError) as exc:
+                raise InputError(f"{where}, row {k}: {exc}") from None
+        return cls(sources, bands=bands, zeropoint=zeropoint, settings=settings)
+
+    # -- description -------------------------------------------------------------------
+    @property
+    def param_names(self):
+        """Names of the parameters, source by source (see the class docstring)."""
+        return self._param_names
+
+    @property
+    def inputs(self):
+        return ("x", "y")
+
+    @inputs.setter
+    def inputs(self, value):
+        pass
+
+    @property
+    def outputs(self):
+        return ("z",)
+
+    @outputs.setter
+    def outputs(self, value):
+        pass
+
+    @property
+    def bands(self):
+        """The bands with a flux parameter (tuple of str; ``(None,)`` for one unnamed band)."""
+        return self._bands
+
+    @property
+    def zeropoint(self):
+        """AB magnitude of one catalog flux unit, or None (fluxes in data units)."""
+        return self._zeropoint
+
+    @property
+    def settings(self):
+        """The AccuracySettings used for rendering."""
+        return self._settings if self._settings is not None else get_default_settings()
+
+    @property
+    def n_sources(self):
+        """Number of sources."""
+        return len(self._kinds)
+
+    @property
+    def source_kinds(self):
+        """``"sersic"`` or ``"star"`` per source."""
+        return self._kinds
+
+    @property
+    def source_names(self):
+        """Identifier of each source (its ``name``, else its index)."""
+        return self._source_names
+
+    def source_index(self, i):
+        """``{parameter: position in self.parameters}`` of source ``i``.
+
+        Keys are ``("flux", band)``, ``"ra"``, ``"dec"`` and for Sersic sources
+        ``"r_eff"``, ``"n"``, ``"ellip"``, ``"theta"``.
+        """
+        return dict(self._index[i])
+
+    @property
+    def sources(self):
+        """The sources with the current parameter values (new objects)."""
+        p = self.parameters
+        out = []
+        for i, kind in enumerate(self._kinds):
+            idx = self._index[i]
+            flux = {b: float(p[idx[("flux", b)]]) for b in self._bands}
+            if None in flux:
+                flux = flux[None]
+            if kind == "sersic":
+                out.append(SersicSource(p[idx["ra"]], p[idx["dec"]], flux,
+                                        *(p[idx[k]] for k in ("r_eff", "n", "ellip", "theta")),
+                                        name=self._source_names[i]))
+            else:
+                out.append(StarSource(p[idx["ra"]], p[idx["dec"]], flux,
+                                      name=self._source_names[i]))
+        return out
+
+    def copy(self):
+        """A deep copy (parameters, constraints, bands, zeropoint, bound exposure)."""
+        new = super().copy()
+        new._exposure = self._exposure
+        return new
+
+    # -- one exposure ------------------------------------------------------------------
+    def in_exposure(self, exposure):
+        """A copy bound to ``exposure``: evaluating it gives the scene in its pixels.
+
+        Parameters
+        ----------
+        exposure : astromix.data.Exposure
+            With a celestial WCS and a PSF.
+
+        Returns
+        -------
+        SceneModel
+        """
+        new = self.copy()
+        new._exposure = exposure
+        return new
+
+    @property
+    def exposure(self):
+        """The exposure bound by :meth:`in_exposure` (None when unbound)."""
+        return self._exposure
+
+    def evaluate(self, x, y, *params):
+        """Pixel-integrated scene in the bound exposure at pixel coordinates ``x, y``.
+
+        Raises
+        ------
+        InputError
+            If no exposure is bound (see :meth:`in_exposure`).
+        """
+        if self._exposure is None:
+            raise InputError("evaluating a SceneModel needs an exposure: use "
+                             "scene.in_exposure(exposure)(x, y) or scene.render(exposure)")
+        p = np.array([float(np.ravel(v)[0]) for v in params])
+        mix = self.mixture(self._exposure, parameters=p)
+        return evaluate_mixture(mix, x, y, self.settings)
+
+    def placements(self, exposure, parameters=None, *, psf_cache=None):
+        """Per source, its local geometry in ``exposure`` (None where it is off the image).
+
+        Parameters
+        ----------
+        exposure : astromix.data.Exposure
+        parameters : ndarray, optional
+            Parameter values (default: the current ones); the reference points
+            are the sources' positions there.
+        psf_cache : dict, optional
+            Reused PSF mixtures keyed by (id(exposure), source index).
+
+        Returns
+        -------
+        list of _Placement or None
+        """
+        p = self.parameters if parameters is None else parameters
+        band = getattr(exposure, "band", None)
+        if band not in self._bands:
+            if self._bands == (None,):
+                band = None
+            else:
+                raise InputError(f"exposure {getattr(exposure, 'name', '?')!r} has band "
+                                 f"{band!r}; the scene has fluxes in {list(self._bands)}")
+        b_index = self._bands.index(band)
+        wcs = getattr(exposure, "wcs", None)
+        if wcs is None:
+            raise InputError(f"exposure {getattr(exposure, 'name', '?')!r} has no WCS")
+        scale = 1.0
+        if self._zeropoint is not None:
+            scale = exposure.flux_scale(self._zeropoint)
+        ny, nx = exposure.data.shape
+        out = []
+        for i in range(self.n_sources):
+            idx = self._index[i]
+            ra, dec = float(p[idx["ra"]]), float(p[idx["dec"]])
+            pixel, jac = local_affine(wcs, ra, dec)
+            pscale = math.sqrt(abs(np.linalg.det(jac)))          # px per arcsec
+            extent = 5.0 * (p[idx["r_eff"]] * pscale if "r_eff" in idx else 0.0) + 10.0
+            if not (-extent <= pixel[0] <= nx - 1 + extent
+                    and -extent <= pixel[1] <= ny - 1 + extent):
+                out.append(None)
+                continue
+            key = (id(exposure), i)
+            psf = None if psf_cache is None else psf_cache.get(key)
+            if psf is None:
+                psf = exposure.psf_at(pixel[0], pixel[1])
+                psf = getattr(psf, "mixture", psf)
+                if psf_cache is not None:
+                    psf_cache[key] = psf
+            out.append(_Placement(i, ra, dec, pixel, jac, psf, scale, b_index))
+        return out
+
+    def _source_terms(self, p, gradient=True):
+        """Per Sersic source: table amplitudes and variances (and n-derivatives), shapes."""
+        from .sersic_table import SersicMixtureTable
+        table = SersicMixtureTable.load()
+        terms = {}
+        for i, kind in enumerate(self._kinds):
+            if kind != "sersic":
+                continue
+            idx = self._index[i]
+            n = p[idx["n"]]
+            a, v = table(n)
+            da, dv = table.derivatives(n) if gradient else (None, None)
+            terms[i] = (a, v, da, dv) + _shape_matrices(p[idx["ellip"]], p[idx["theta"]])
+        return terms
+
+    def _component_arrays(self, p, placements, terms=None):
+        """amp (J,), mean (J, 2), cov (J, 2, 2) of all placed sources; sets .sl."""
+        if terms is None:
+            terms = self._source_terms(p, gradient=False)
+        amps, means, covs = [], [], []
+        start = 0
+        for pl in placements:
+            if pl is None:
+                continue
+            idx = self._index[pl.source]
+            flux = p[idx[("flux", self._bands[pl.band_index])]] * pl.flux_scale
+            d = np.array([(p[idx["dec"]] - pl.dec_ref) * 3600.0,
+                          (p[idx["ra"]] - pl.ra_ref) * pl.cosd * 3600.0])
+            centre = pl.pixel + pl.jac @ d
+            if self._kinds[pl.source] == "sersic":
+                a, v, _, _, shape, _, _ = terms[pl.source]
+                t = pl.jac @ shape @ pl.jac.T * p[idx["r_eff"]] ** 2
+                k, m = len(a), len(pl.psf_amp)
+                amp = (flux * a[:, None] * pl.psf_amp[None, :]).ravel()
+                mean = np.broadcast_to(centre + pl.psf_mean, (k, m, 2)).reshape(-1, 2)
+                cov = (v[:, None, None, None] * t + pl.psf_cov[None]).reshape(-1, 2, 2)
+            else:
+                amp = flux * pl.psf_amp
+                mean = centre + pl.psf_mean
+                cov = pl.psf_cov
+            pl.sl = slice(start, start + len(amp))
+            start += len(amp)
+            amps.append(amp)
+            means.append(mean)
+            covs.append(cov)
+        if not amps:
+            return np.zeros(0), np.zeros((0, 2)), np.zeros((0, 2, 2))
+        return np.concatenate(amps), np.concatenate(means), np.concatenate(covs)
+
+    def _chain(self, p, placements, d_amp, d_mean, d_cov, grad, terms=None):
+        """Add d chi2 / d parameters to ``grad`` from per-component gradients."""
+        if terms is None:
+            terms = self._source_terms(p)
+        for pl in placements:
+            if pl is None:
+                continue
+            idx = self._index[pl.source]
+            band = self._bands[pl.band_index]
+            flux = p[idx[("flux", band)]] * pl.flux_scale
+            ga, gm, gc = d_amp[pl.sl], d_mean[pl.sl], d_cov[pl.sl]
+            g_centre = pl.jac.T @ gm.sum(0)                    # d/d(north, east) arcsec
+            grad[idx["dec"]] += g_centre[0] * 3600.0
+            grad[idx["ra"]] += g_centre[1] * pl.cosd * 3600.0
+            if self._kinds[pl.source] == "sersic":
+                r = p[idx["r_eff"]]
+                a, v, da, dv, shape, s_e, s_t = terms[pl.source]
+                m = len(pl.psf_amp)
+                k = len(a)
+                gak = ga.reshape(k, m) @ pl.psf_amp            # sum_l p_l gA_kl
+                gck = gc.reshape(k, m, 2, 2).sum(1)            # sum_l gC_kl
+                jac = pl.jac
+                h = np.einsum("kab,ab->k", gck, jac @ shape @ jac.T)
+                h_e = np.einsum("kab,ab->k", gck, jac @ s_e @ jac.T)
+                h_t = np.einsum("kab,ab->k", gck, jac @ s_t @ jac.T)
+                grad[idx[("flux", band)]] += pl.flux_scale * float(a @ gak)
+                grad[idx["r_eff"]] += float(2.0 * r * (v @ h))
+                grad[idx["n"]] += float(flux * (da @ gak) + r * r * (dv @ h))
+                grad[idx["ellip"]] += float(r * r * (v @ h_e))
+                grad[idx["theta"]] += float(r * r * (v @ h_t))
+            else:
+                grad[idx[("flux", band)]] += pl.flux_scale * float(pl.psf_amp @ ga)
+        return grad
+
+    def _objective_for(self, exposures, *, background="fit", dtype=np.float64, backend=None,
+                       progress=None):
+        """The :class:`SceneObjective` the fitters use (see MixtureLSQFitter, DynestyFitter)."""
+        obj = SceneObjective(self, exposures, background=background, dtype=dtype,
+                             backend=backend)
+        obj.progress = progress
+        return obj
+
+    def mixture(self, exposure, *, parameters=None):
+        """The scene as one GaussianMixture in the pixels of ``exposure``.
+
+        Parameters
+        ----------
+        exposure : astromix.data.Exposure
+            With a celestial WCS, a PSF and (when the scene has a ``zeropoint``)
+            a zero point.
+        parameters : ndarray, optional
+            Parameter values (default: the current ones).
+
+        Returns
+        -------
+        GaussianMixture
+            PSF-convolved, in data units and pixel coordinates of ``exposure``.
+
+        Raises
+        ------
+        InputError
+            If the exposure's band has no flux parameter, or it lacks a WCS or PSF.
+        """
+        p = self.parameters if parameters is None else np.asarray(parameters, dtype=float)
+        amp, mean, cov = self._component_arrays(p, self.placements(exposure, p))
+        if len(amp) == 0:
+            return GaussianMixture(np.zeros(1), np.zeros((1, 2)), np.eye(2)[None])
+        return GaussianMixture._unchecked(amp, mean, cov)
+
+    def render(self, exposure, *, dtype=np.float64, backend=None):
+        """Image of the scene in ``exposure``'s pixels, (ny, nx), data units, no background.
+
+        Parameters
+        ----------
+        exposure : astromix.data.Exposure
+        dtype : {numpy.float64, numpy.float32}, optional
+        backend : str, optional
+
+        Returns
+        -------
+        ndarray, shape (ny, nx)
+        """
+        bk = get_backend(backend)
+        mix = self.mixture(exposure)
+        return bk.to_numpy(mix.render(exposure.data.shape, dtype=dtype,
+                                      settings=self.settings, backend=backend))
+
+    def chi2(self, exposures, *, gradient=True, background="fit", dtype=np.float64,
+             backend=None):
+        """Chi-square of the scene against exposures, summed, with its gradient.
+
+        Parameters
+        ----------
+        exposures : Exposure or sequence of Exposure
+        gradient : bool, optional
+            Also return d chi2 / d parameters.
+        background : {"fit", None} or float or sequence, optional
+            ``"fit"``: a constant background per exposure, set to its best value
+            for the current sources (profiled out; its uncertainty then enters
+            the other parameters' errors as if it were fitted); None or 0: no
+            background; numbers: known backgrounds per exposure [data units].
+        dtype : {numpy.float64, numpy.float32}, optional
+            Arithmetic of the kernels.
+        backend : str, optional
+
+        Returns
+        -------
+        chi2 : float
+        grad : ndarray, shape (n_parameters,), only if ``gradient``
+            d chi2 / d :attr:`parameters` (fixed and tied parameters included).
+
+        Raises
+        ------
+        InputError
+            As :meth:`mixture`; also if no exposure overlaps any source.
+        """
+        obj = SceneObjective(self, exposures, background=background, dtype=dtype,
+                             backend=backend)
+        return obj(self.parameters, gradient=gradient)
+
+
+class SceneObjective:
+    """chi2 (and gradient) of a scene's parameters against a set of exposures.
+
+    The callable the fitters minimise or sample: the reference points, local WCS
+    maps and PSF mixtures are computed once (at ``parameters``), then each call
+    renders every exposure with the backend kernel.
+
+    Parameters
+    ----------
+    scene : SceneModel
+    exposures : Exposure or sequence of Exposure
+    background : {"fit", None} or float or sequence of float, optional
+        See :meth:`SceneModel.chi2`.
+    dtype : numpy dtype, optional
+    backend : str, optional
+    parameters : ndarray, optional
+        Where to linearise the WCS (default: the scene's current parameters).
+
+    Raises
+    ------
+    InputError
+        With no exposures, a band with no flux parameter, a missing WCS or PSF,
+        or no exposure overlapping any source.
+
+    Warns
+    -----
+    SceneWarning
+        For each exposure that overlaps no source (it is left out).
+    """
+
+    def __init__(self, scene, exposures, *, background="fit", dtype=np.float64, backend=None,
+                 parameters=None):
+        if not isinstance(exposures, list | tuple):
+            exposures = [exposures]
+        if not exposures:
+            raise InputError("no exposures to fit")
+        self.scene = scene
+        self.bk = get_backend(backend)
+        self.dtype = np.dtype(dtype)
+        self.settings = scene.settings
+        p = scene.parameters if parameters is None else np.asarray(parameters, dtype=float)
+        self.reference = p.copy()
+        self.psf_cache = {}
+        self.exposures, self.placements, self.data, self.weight, self.fixed_bg = \
+            [], [], [], [], []
+        if background is None or background == "fit" or np.ndim(background) == 0:
+            bgs = [background] * len(exposures)
+        else:
+            bgs = list(background)
+            if len(bgs) != len(exposures):
+                raise InputError(f"{len(bgs)} backgrounds for {len(exposures)} exposures")
+        covered = np.zeros(scene.n_sources, dtype=bool)
+        for e, bg in zip(exposures, bgs):
+            pls = scene.placements(e, p, psf_cache=self.psf_cache)
+            if all(pl is None for pl in pls):
+                warnings.warn(f"exposure {getattr(e, 'name', '?')!r} overlaps no source of the "
+                              "scene; it is left out", SceneWarning)
+                continue
+            covered |= np.array([pl is not None for pl in pls])
+            weight = np.asarray(e.weight, dtype=self.dtype)
+            data = np.where(weight > 0, np.asarray(e.data, dtype=self.dtype), 0)
+            self.exposures.append(e)
+            self.placements.append(pls)
+            self.data.append(self.bk.asarray(data))
+            self.weight.append(self.bk.asarray(weight))
+            self.fixed_bg.append(None if bg == "fit" else float(bg or 0.0))
+        if not self.exposures:
+            raise InputError("no exposure overlaps any source of the scene")
+        missing = [scene.source_names[i] for i in np.flatnonzero(~covered)]
+        if missing:
+            raise InputError(f"source(s) {missing} lie on no exposure")
+        self.n_data = int(sum(int((np.asarray(e.weight) > 0).sum()) for e in self.exposures))
+        self.backgrounds = np.array([b if b is not None else 0.0 for b in self.fixed_bg])
+        self.chi2_per_exposure = np.zeros(len(self.exposures))
+        self.n_calls = 0
+        self.progress = None
+
+    def __getstate__(self):
+        # backends hold thread-local buffers: pickle (for process pools) by name
+        state = self.__dict__.copy()
+        state["bk"] = self.bk.name
+        state["data"] = [self.bk.to_numpy(d) for d in self.data]
+        state["weight"] = [self.bk.to_numpy(w) for w in self.weight]
+        state["progress"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.bk = get_backend(state["bk"])
+        self.data = [self.bk.asarray(d) for d in self.data]
+        self.weight = [self.bk.asarray(w) for w in self.weight]
+
+    def __call__(self, parameters, gradient=True):
+        """chi2 (and d chi2 / d parameters, shape (n_parameters,)) at ``parameters``."""
+        self.n_calls += 1
+        if self.progress is not None:
+            self.progress.update(1)
+        p = np.asarray(parameters, dtype=float)
+        bk, xp, scene = self.bk, self.bk.xp, self.scene
+        total = 0.0
+        grad = np.zeros(p.size) if gradient else None
+        terms = scene._source_terms(p, gradient=gradient)
+        for k, (pls, data, weight) in enumerate(zip(self.placements, self.data, self.weight)):
+            amp, mean, cov = scene._component_arrays(p, pls, terms)
+            table = bk.prepare(amp, mean, cov, self.settings)
+            work = bk.scratch(data.shape, self.dtype, "scene")
+            model = bk.render(table, data.shape, self.dtype, self.settings, out=work)
+            bg = self.fixed_bg[k]
+            if bg is None:
+                sw = float(xp.sum(weight, dtype=np.float64))
+                bg = float(xp.sum(weight * (data - model), dtype=np.float64)) / sw
+            self.backgrounds[k] = bg
+            target = data - self.dtype.type(bg) if bg else data
+            value, rimg = bk.residual(model, target, weight, out=model)
+            self.chi2_per_exposure[k] = value
+            total += value
+            if gradient:
+                acc = bk.accumulate(table, rimg, self.settings)
+                d_amp, d_mean, d_cov = bk.assemble_gradient(table, bk.to_numpy(acc))
+                scene._chain(p, pls, d_amp, d_mean, d_cov, grad, terms)
+        return (total, grad) if gradient else total
+
+    @property
+    def n_nuisance(self):
+        """Number of profiled nuisance parameters (one fitted background per exposure)."""
+        return sum(1 for b in self.fixed_bg if b is None)
+
+    def default_scales(self, parameters):
+        """Typical step of each parameter (n_parameters,), to precondition optimisers.
+
+        Fluxes: 10% (at least 1e-3); positions: 0.1 arcsec; r_eff: 10% (at least
+        0.01 arcsec); n: 0.3; ellip: 0.05; theta: 0.2 rad.
+        """
+        p = np.asarray(parameters, dtype=float)
+        out = np.ones(p.size)
+        for i in range(self.scene.n_sources):
+            for key, j in self.scene.source_index(i).items():
+                name = key[0] if isinstance(key, tuple) else key
+                if name == "flux":
+                    out[j] = max(0.1 * abs(p[j]), 1e-3)
+                elif name == "ra":
+                    cosd = math.cos(math.radians(p[self.scene.source_index(i)["dec"]]))
+                    out[j] = 0.1 * ARCSEC / max(cosd, 1e-6)
+                elif name == "dec":
+                    out[j] = 0.1 * ARCSEC
+                elif name == "r_eff":
+                    out[j] = max(0.1 * p[j], 0.01)
+                else:
+                    out[j] = {"n": 0.3, "ellip": 0.05, "theta": 0.2}[name]
+        return out
+
+    def dof_per_exposure(self, n_free):
+        """Degrees of freedom per exposure: its unmasked pixels minus its share of parameters.
+
+        The free parameters (``n_free`` in all) are shared in proportion to the
+        exposures' pixel counts; a fitted background takes one more per exposure.
+        """
+        npix = np.array([int((np.asarray(e.weight) > 0).sum()) for e in self.exposures])
+        nbg = np.array([1 if b is None else 0 for b in self.fixed_bg])
+        return npix - nbg - n_free * npix / npix.sum()
