@@ -176,3 +176,40 @@ def test_component_table_sorted_and_axes():
     np.testing.assert_allclose(rows[0, 3:5], [3.0, 1.0])
     assert abs(abs(rows[0, 5]) - 90.0) < 1e-9  # major axis along y
     np.testing.assert_allclose(rows[1, 3:], [2.0, 1.0, 0.0], atol=1e-12)
+
+
+def test_fit_scene_command_on_two_decam_exposures(tmp_path, capsys):
+    """fit-scene with PSFEx PSFs, known skies and the catalog of a previous fit."""
+    asdf = pytest.importorskip("asdf")
+    from astropy.table import Table
+
+    from astromix.datasets import decam_multiexposure
+
+    _active_backend_or_skip()
+    table = decam_multiexposure()[:2]
+    catalog = Table({"id": ["gal", "nb"], "kind": ["sersic", "star"],
+                     "ra": [244.77974, 244.77830], "dec": [12.07233, 12.07251],
+                     "flux_z": [100.0, 1.0], "flux_r": [50.0, 0.5], "r_eff": [1.5, 0.0],
+                     "n": [2.0, 0.0]})
+    catalog.meta["zeropoint"] = 22.5
+    cat_path = tmp_path / "start.ecsv"
+    catalog.write(cat_path)
+    out_dir = tmp_path / "fs"
+    args = ["fit-scene", *table["image"], "--psf", *table["psfex"],
+            "--exposure-zeropoints", *[str(z) for z in table["zeropoint"]],
+            "--background", *[str(s) for s in table["sky"]], "--catalog", str(cat_path),
+            "--psf-components", "4", "--output", str(out_dir), "--no-progress", "--no-plot"]
+    assert main(args) == 0, capsys.readouterr().err
+    cat = Table.read(out_dir / "catalog.ecsv")
+    assert list(cat["id"]) == ["gal", "nb"] and list(cat["kind"]) == ["sersic", "star"]
+    assert cat["flux_z"][0] > cat["flux_r"][0] > 30
+    exps = Table.read(out_dir / "exposures.ecsv")
+    assert list(exps["band"]) == ["z", "r"] and np.all(exps["chi2_dof"] < 1.4)
+    with asdf.open(out_dir / "scene.asdf") as af:
+        stored = af.tree["exposures"]
+        assert all(isinstance(e.psf, astromix.GaussianMixturePSF) for e in stored)
+    # a mismatched number of PSFs is a one-line error
+    bad = args[:]
+    bad[bad.index("--psf") + 2:bad.index("--psf") + 3] = [table["psfex"][0], table["psfex"][1]]
+    assert main(bad) == 2
+    assert "PSF files for 2 images" in _one_line_error(capsys.readouterr().err)

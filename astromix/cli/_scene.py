@@ -20,12 +20,29 @@ def write_scene_asdf(path, fitted, catalog, exposures, info=None):
 
     The tree holds ``scene`` (the :class:`~astromix.SceneModel`), ``catalog``
     (astropy Table), ``exposures`` (list of :class:`~astromix.Exposure`, with
-    their PSF mixtures, so the fit can be repeated without the original files)
+    their PSF mixtures, so the fit can be repeated without the original files;
+    a position-dependent PSF is stored as its mixture at the first source)
     and ``fit`` (chi2, dof, time).
     """
+    import copy
+
     import asdf
 
-    tree = {"scene": fitted, "catalog": catalog, "exposures": list(exposures),
+    from ..models.psf import GaussianMixturePSF
+
+    stored = []
+    for e in exposures:
+        if e.psf is not None and not isinstance(e.psf, GaussianMixturePSF):
+            # a position-dependent PSF (PSFEx) is stored as its mixture at the first
+            # source on the image, so that the file can be re-fitted on its own
+            e = copy.copy(e)
+            ra, dec = float(fitted.ra_0.value), float(fitted.dec_0.value)
+            x, y = e.world_to_pixel(ra, dec)
+            e.psf = e.psf_at(float(x), float(y))
+            e.meta = dict(e.meta, psf_note=f"PSF mixture at the position of source 0 "
+                                           f"(x={float(x):.2f}, y={float(y):.2f})")
+        stored.append(e)
+    tree = {"scene": fitted, "catalog": catalog, "exposures": stored,
             "fit": {k: (v.item() if isinstance(v, np.generic) else v)
                     for k, v in (info or {}).items()}}
     with atomic_path(path) as tmp:

@@ -309,15 +309,20 @@ class MixtureLSQFitter:
         p0 = np.clip(np.asarray(p0, dtype=np.float64), lo + 1e-9 * span, hi - 1e-9 * span)
         full = _FreeToFull(fitted, free)
         fun = _ScaledChi2(objective, full, p0, np.ones(len(free)))
-        fun.scale = _hessian_scales(fun, objective.default_scales(fitted.parameters)[free])
-        ubounds = [(None if not np.isfinite(a) else (a - c) / s_,
-                    None if not np.isfinite(b) else (b - c) / s_)
-                   for a, b, c, s_ in zip(lo, hi, p0, fun.scale)]
+
+        def scaled_bounds(scale):
+            return [(None if not np.isfinite(a) else (a - c) / s_,
+                     None if not np.isfinite(b) else (b - c) / s_)
+                    for a, b, c, s_ in zip(lo, hi, p0, scale)]
+
+        default = objective.default_scales(fitted.parameters)[free]
+        fun.scale = _hessian_scales(fun, default, scaled_bounds(default))
+        ubounds = scaled_bounds(fun.scale)
         res = optimize.minimize(fun, np.zeros(len(free)), jac=True, method="L-BFGS-B",
                                 bounds=ubounds, options={"maxiter": maxiter or 5000,
                                                          "ftol": 1e-12, "gtol": 1e-6})
         u_best, chi2 = res.x, float(res.fun)
-        hess = _numerical_hessian(fun, u_best)
+        hess = _numerical_hessian(fun, u_best, bounds=ubounds)
         for _ in range(5):                     # Newton polish within the bounds
             _, g = fun(u_best)
             try:
@@ -346,15 +351,24 @@ class MixtureLSQFitter:
                 "free_parameters": [fitted.param_names[i] for i in free],
                 "objective": objective, "time_s": time.perf_counter() - t0}
         if self.calc_uncertainties:
-            hess = _numerical_hessian(fun, u_best)
+            # parameters stopped at a bound are held there: their rows and columns are
+            # left out of the inversion and their errors are NaN
+            at_bound = np.array([(a is not None and u_best[i] - a < 1e-6) or
+                                 (b is not None and b - u_best[i] < 1e-6)
+                                 for i, (a, b) in enumerate(ubounds)], dtype=bool)
+            keep = np.flatnonzero(~at_bound)
+            hess = _numerical_hessian(fun, u_best, bounds=ubounds)[np.ix_(keep, keep)]
+            cov_u = np.full((len(free), len(free)), np.nan)
             try:
-                cov_u = 2.0 * np.linalg.inv(hess)
+                cov_u[np.ix_(keep, keep)] = 2.0 * np.linalg.inv(hess)
             except np.linalg.LinAlgError:
-                cov_u = 2.0 * np.linalg.pinv(hess)
+                cov_u[np.ix_(keep, keep)] = 2.0 * np.linalg.pinv(hess)
             cov = cov_u * np.outer(fun.scale, fun.scale)
+            diag = np.diag(cov)
             info["param_cov"] = cov
             info["param_std"] = dict(zip(info["free_parameters"],
-                                         np.sqrt(np.clip(np.diag(cov), 0, None))))
+                                         np.where(diag > 0, np.sqrt(np.abs(diag)), np.nan)))
+            info["at_bound"] = [info["free_parameters"][i] for i in np.flatnonzero(at_bound)]
         self.fit_info = info
         fitted.fit_info = info
         return fitted
@@ -405,30 +419,42 @@ class _ScaledChi2:
         return chi2, self.full.gradient(pf, grad, p) * self.scale
 
 
-def _numerical_hessian(fun, u, h=1e-3):
-    """Symmetrised central differences of the analytic gradient (scaled coordinates)."""
+def _steps(u, i, h, bounds):
+    """(u_plus, u_minus, width): a difference step along i that stays within the bounds."""
+    lo, hi = bounds[i] if bounds is not None else (None, None)
+    up, down = u.copy(), u.copy()
+    up[i] = u[i] + h if hi is None else min(u[i] + h, hi)
+    down[i] = u[i] - h if lo is None else max(u[i] - h, lo)
+    return up, down, up[i] - down[i]
+
+
+def _numerical_hessian(fun, u, h=1e-3, bounds=None):
+    """Symmetrised differences of the analytic gradient (scaled coordinates).
+
+    Central where possible, one-sided at a bound (the objective is never
+    evaluated outside the bounds).
+    """
     n = u.size
     hess = np.empty((n, n))
     for i in range(n):
-        e = np.zeros(n)
-        e[i] = h
-        hess[i] = (fun(u + e)[1] - fun(u - e)[1]) / (2 * h)
+        up, down, width = _steps(u, i, h, bounds)
+        hess[i] = (fun(up)[1] - fun(down)[1]) / width if width > 0 else 0.0
     return 0.5 * (hess + hess.T)
 
 
-def _hessian_scales(fun, default):
+def _hessian_scales(fun, default, bounds=None):
     """Scales of the free parameters: 1-sigma steps from the Hessian diagonal.
 
     Where the diagonal is not positive (a poor start), ``default`` is kept.
     """
     fun.scale = np.asarray(default, dtype=np.float64)
     n = fun.scale.size
-    diag = np.empty(n)
-    h = 1e-2
+    diag = np.full(n, np.nan)
+    u0 = np.zeros(n)
     for i in range(n):
-        e = np.zeros(n)
-        e[i] = h
-        diag[i] = (fun(e)[1][i] - fun(-e)[1][i]) / (2 * h)
+        up, down, width = _steps(u0, i, 1e-2, bounds)
+        if width > 0:
+            diag[i] = (fun(up)[1][i] - fun(down)[1][i]) / width
     good = np.isfinite(diag) & (diag > 0)
     out = fun.scale.copy()
     out[good] = fun.scale[good] * np.sqrt(2.0 / diag[good])

@@ -1,0 +1,224 @@
+"""``astromix fit-scene``: fit a catalog of sources jointly in several images.
+
+Reads each image with :meth:`astromix.Exposure.from_fits` (DECam community
+pipeline, JWST cal/i2d, HST drz/flt or a plain FITS image with a celestial
+WCS), gives it a PSF (a PSFEx model, turned into a Gaussian mixture at every
+source; a PSF image, fitted once by :func:`astromix.fitting.fit_psf_mixture`;
+or an ASDF file holding a GaussianMixturePSF), builds the scene from the
+catalog (:meth:`astromix.SceneModel.from_catalog`), fits it with
+:func:`astromix.fitting.fit_scene` and writes ``DIR/catalog.ecsv``,
+``DIR/exposures.ecsv``, ``DIR/residuals.png`` and ``DIR/scene.asdf`` as the
+demo does.  ``--sample`` adds a nested-sampling posterior
+(:func:`astromix.fitting.sample_scene`): ``DIR/posterior.ecsv`` (summary),
+``DIR/posterior_samples.ecsv`` (equal-weight samples) and ``DIR/corner.png``.
+"""
+
+import contextlib
+import functools
+import os
+import sys
+
+import numpy as np
+
+from ..errors import InputError
+from ._shared import atomic_path, prepare_output_folder
+
+__all__ = ["add_parser", "run", "load_psf"]
+
+
+def add_parser(subparsers):
+    """Register the ``fit-scene`` subcommand."""
+    parser = subparsers.add_parser(
+        "fit-scene", help="fit a catalog of galaxies and stars jointly in several images",
+        description="Fit the sources of a catalog (ra, dec, optional kind, flux_<band>, "
+                    "r_eff [arcsec], n, ellip, theta [rad, east of north]) jointly in every "
+                    "image, each with its own WCS, noise and PSF, and write "
+                    "DIR/catalog.ecsv, DIR/exposures.ecsv, DIR/residuals.png and "
+                    "DIR/scene.asdf.")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="FITS images (DECam CP ooi, JWST cal/i2d, HST drz/flt, or plain "
+                             "with a celestial WCS)")
+    parser.add_argument("--catalog", required=True, metavar="CAT",
+                        help="starting catalog (ECSV, FITS, ... any format astropy reads)")
+    parser.add_argument("--psf", nargs="+", required=True, metavar="PSF",
+                        help="one PSF per image, or one for all: a PSFEx file, a PSF image "
+                             "(FITS) or an ASDF file with a GaussianMixturePSF")
+    parser.add_argument("--psf-oversampling", type=float, default=None, metavar="N",
+                        help="oversampling of PSF images (default: header OVERSAMP/DET_SAMP, "
+                             "else 1)")
+    parser.add_argument("--psf-components", type=int, default=6, metavar="N",
+                        help="Gaussians per PSF mixture (default: 6)")
+    parser.add_argument("--zeropoint", type=float, default=None, metavar="MAG",
+                        help="AB magnitude of one catalog flux unit (22.5: nanomaggies; "
+                             "default: the catalog's meta, else fluxes in image units)")
+    parser.add_argument("--exposure-zeropoints", nargs="+", type=float, default=None,
+                        metavar="MAG", help="AB zero point of each image (one data unit), "
+                                            "overriding what the files give")
+    parser.add_argument("--bands", nargs="+", default=None, metavar="BAND",
+                        help="band of each image, overriding the headers")
+    background = parser.add_mutually_exclusive_group()
+    background.add_argument("--background", nargs="+", type=float, default=None,
+                            metavar="VALUE", help="known background of each image (data "
+                                                  "units) instead of fitting a constant")
+    background.add_argument("--no-background", action="store_true",
+                            help="images are background-subtracted: fit no background")
+    parser.add_argument("--max-shift", type=float, default=1.0, metavar="ARCSEC",
+                        help="how far a source may move from its catalog position "
+                             "(default: 1 arcsec)")
+    parser.add_argument("--sample", action="store_true",
+                        help="also sample the posterior with dynesty (slower)")
+    parser.add_argument("--nlive", type=int, default=200, help="live points for --sample")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for --sample")
+    parser.add_argument("-o", "--output", metavar="DIR", default="astromix-scene",
+                        help="output folder (default: ./astromix-scene)")
+    parser.add_argument("-b", "--backend", metavar="NAME", default=None,
+                        help="compute backend (default: the active one)")
+    parser.add_argument("--no-plot", action="store_true", help="no PNG figures")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _per_image(values, n, what):
+    if values is None:
+        return [None] * n
+    if len(values) == 1:
+        return list(values) * n
+    if len(values) != n:
+        raise InputError(f"{len(values)} {what} for {n} images: give one, or one per image")
+    return list(values)
+
+
+def load_psf(path, *, n_components=6, oversampling=None):
+    """A PSF for :class:`~astromix.Exposure` from a file.
+
+    Parameters
+    ----------
+    path : str
+        A PSFEx model (standard ``.psf`` or merged-table layout, which the
+        exposure evaluates at every source), an ASDF file whose tree holds a GaussianMixturePSF or
+        GaussianMixture (under ``psf`` or as the only such object), or a FITS
+        PSF image (fitted once with :func:`~astromix.fitting.fit_psf_mixture`).
+    n_components : int, optional
+        Gaussians of the fitted mixtures.
+    oversampling : float, optional
+        Oversampling of a PSF image (default: header ``OVERSAMP`` or
+        ``DET_SAMP``, else 1).
+
+    Returns
+    -------
+    callable or GaussianMixturePSF
+        For a PSFEx model, ``psf(x, y) -> GaussianMixturePSF`` (its
+        :meth:`~astromix.io.psfex.PSFExModel.mixture` with ``n_components``).
+
+    Raises
+    ------
+    InputError
+        For a missing or unreadable file, or one holding no PSF.
+    """
+    from astropy.io import fits
+
+    from ..fitting import fit_psf_mixture
+    from ..io.psfex import read_psfex
+    from ..mixtures import GaussianMixture
+    from ..models.psf import GaussianMixturePSF
+
+    if not os.path.exists(path):
+        raise InputError(f"PSF file {path!r} does not exist")
+    if path.endswith(".asdf"):
+        from ..io.asdf import open_asdf
+
+        with open_asdf(path) as af:
+            tree = af.tree
+            found = [v for v in tree.values() if isinstance(v, GaussianMixturePSF |
+                                                             GaussianMixture)]
+            psf = tree.get("psf", found[0] if len(found) == 1 else None)
+        if not isinstance(psf, GaussianMixturePSF | GaussianMixture):
+            raise InputError(f"ASDF file {path!r} holds no GaussianMixturePSF under 'psf'")
+        return psf if isinstance(psf, GaussianMixturePSF) else GaussianMixturePSF(psf)
+    try:
+        with fits.open(path) as hdul:
+            is_psfex = any(isinstance(h, fits.BinTableHDU) and
+                           any(c.lower() == "psf_mask" for c in h.columns.names)
+                           for h in hdul[1:])
+            if not is_psfex:
+                hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
+                if hdu is None:
+                    raise InputError(f"{path!r} holds neither a PSFEx model nor a PSF image")
+                image = np.asarray(hdu.data, dtype=float)
+                header = hdu.header
+    except OSError as exc:
+        raise InputError(f"cannot read PSF file {path!r}: {exc}") from None
+    if is_psfex:
+        return functools.partial(read_psfex(path).mixture, n_components=n_components)
+    if oversampling is None:
+        oversampling = float(header.get("OVERSAMP", header.get("DET_SAMP", 1)))
+    return fit_psf_mixture(image, n_components, oversampling=oversampling, objective="chi2")
+
+
+def run(args):
+    """Run ``astromix fit-scene`` (see the module docstring); returns the exit status."""
+    from .. import backends
+    from ..data import Exposure
+    from ..fitting import fit_scene, sample_scene
+    from ..models.scene import SceneModel
+    from ._scene import print_report, write_scene_outputs
+
+    n = len(args.images)
+    psfs = _per_image(args.psf, n, "PSF files")
+    zps = _per_image(args.exposure_zeropoints, n, "zero points")
+    bands = _per_image(args.bands, n, "bands")
+    if args.no_background:
+        background = None
+    elif args.background is not None:
+        background = _per_image(args.background, n, "backgrounds")
+    else:
+        background = "fit"
+    out = sys.stdout
+    with (backends.use_backend(args.backend) if args.backend
+          else contextlib.nullcontext(backends.get_backend())):
+        prepare_output_folder(args.output)
+        cache = {}
+        exposures = []
+        for path, psf_path, zp, band in zip(args.images, psfs, zps, bands):
+            if psf_path not in cache:
+                cache[psf_path] = load_psf(psf_path, n_components=args.psf_components,
+                                           oversampling=args.psf_oversampling)
+            exposures.append(Exposure.from_fits(path, psf=cache[psf_path], zeropoint=zp,
+                                                band=band))
+        scene = SceneModel.from_catalog(args.catalog, zeropoint=args.zeropoint)
+        print(f"astromix fit-scene: {scene.n_sources} source(s) in {n} image(s), bands "
+              f"{', '.join(str(b) for b in scene.bands)}", file=out)
+        fitted, catalog = fit_scene(scene, exposures, background=background,
+                                    max_shift=args.max_shift, progress=not args.no_progress)
+        written = write_scene_outputs(args.output, fitted, catalog, exposures,
+                                      plot=not args.no_plot, title="astromix fit-scene")
+        print_report(out, fitted, catalog)
+        if args.sample:
+            post = sample_scene(scene, exposures, background=background, nlive=args.nlive,
+                                rng=args.seed, progress=not args.no_progress)
+            summary = post.summary()
+            samples = _samples_table(post)
+            for name, table in (("posterior.ecsv", summary),
+                                ("posterior_samples.ecsv", samples)):
+                path = os.path.join(args.output, name)
+                with atomic_path(path) as tmp:
+                    table.write(tmp, format="ascii.ecsv", overwrite=True)
+                written.append(path)
+            if not args.no_plot:
+                path = os.path.join(args.output, "corner.png")
+                fig = post.corner()
+                with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                    fig.savefig(fh, format="png", dpi=80)
+                written.append(path)
+            print(f"posterior: log Z = {post.logz:.2f} +- {post.logz_err:.2f}, "
+                  f"{len(post.samples)} samples", file=out)
+    for path in written:
+        print(f"wrote {path}", file=out)
+    return 0
+
+
+def _samples_table(post):
+    from astropy.table import Table
+
+    return Table(post.samples, names=post.param_names)
