@@ -527,7 +527,7 @@ class CupyBackend(c.Backend):
             raise InputError(f"table must have shape (K, {c.NPAR}), got {table.shape}")
         return table
 
-    def render(self, table, shape, dtype, settings, out=None):
+    def render(self, table, shape, dtype, settings, out=None, threads=None):
         """Render a prepared mixture into an image on the GPU (into ``out`` when given).
 
         Parameters
@@ -596,7 +596,7 @@ class CupyBackend(c.Backend):
         chi2 = float(self._chi2_kernel(model, data, weight))
         return chi2, rimg
 
-    def accumulate(self, table, rimg, settings):
+    def accumulate(self, table, rimg, settings, threads=None):
         """Gradient accumulators of every component against a residual image.
 
         Parameters

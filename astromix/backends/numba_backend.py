@@ -451,7 +451,9 @@ class NumbaBackend(c.Backend):
         return _assemble(np.ascontiguousarray(table), np.ascontiguousarray(acc, dtype=np.float64))
 
     @staticmethod
-    def _threads(table, shape):
+    def _threads(table, shape, threads=None):
+        if threads == 1:
+            return 1  # the caller parallelises (e.g. over exposures)
         if shape[0] * shape[1] * 0.25 < PARALLEL_MIN_WORK / max(table.shape[0], 1):
             return 1  # cannot reach the threshold even if every component filled a quarter
         nthreads = numba.get_num_threads()
@@ -459,8 +461,13 @@ class NumbaBackend(c.Backend):
             return nthreads
         return 1
 
-    def render(self, table, shape, dtype, settings, out=None):
-        """Render a prepared mixture into a new (ny, nx) image of ``dtype`` (or ``out``)."""
+    def render(self, table, shape, dtype, settings, out=None, threads=None):
+        """Render a prepared mixture into a new (ny, nx) image of ``dtype`` (or ``out``).
+
+        ``threads=1`` runs on the calling thread only (the kernels release the GIL,
+        so callers may run several at once); by default large images use all
+        of Numba's threads.
+        """
         if out is None:
             img = np.zeros(shape, dtype=dtype)
         else:
@@ -468,7 +475,7 @@ class NumbaBackend(c.Backend):
             img.fill(0)
         table = np.ascontiguousarray(table, dtype=np.float64)
         n2 = settings.n_sigma ** 2
-        nthreads = self._threads(table, shape)
+        nthreads = self._threads(table, shape, threads)
         if nthreads == 1:
             _render_rows(img, table, 0, shape[0], n2)
         else:
@@ -490,13 +497,16 @@ class NumbaBackend(c.Backend):
             chi2 = _residual_serial(model, data, weight, rimg)
         return float(chi2), rimg
 
-    def accumulate(self, table, rimg, settings):
-        """Gradient accumulators (K, NACC) float64 for the residual image ``rimg``."""
+    def accumulate(self, table, rimg, settings, threads=None):
+        """Gradient accumulators (K, NACC) float64 for the residual image ``rimg``.
+
+        ``threads``: as for :meth:`render`.
+        """
         table = np.ascontiguousarray(table, dtype=np.float64)
         rimg = np.ascontiguousarray(rimg)
         acc = np.zeros((table.shape[0], c.NACC), dtype=np.float64)
         n2 = settings.n_sigma ** 2
-        if self._threads(table, rimg.shape) == 1:
+        if self._threads(table, rimg.shape, threads) == 1:
             _accumulate_serial(table, rimg, n2, acc)
         else:
             _accumulate_parallel(table, rimg, n2, acc)

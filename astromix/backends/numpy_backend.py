@@ -55,7 +55,7 @@ class NumpyBackend(c.Backend):
     name = "numpy"
     xp = np
 
-    def render(self, table, shape, dtype, settings, out=None):
+    def render(self, table, shape, dtype, settings, out=None, threads=None):
         """Render a prepared mixture (see ``_common.prepare``) into a (ny, nx) image.
 
         ``out``, if given, is an array of that shape and dtype, overwritten and returned.
@@ -90,7 +90,7 @@ class NumpyBackend(c.Backend):
         np.multiply(wr, 2, out=r)
         return chi2, r
 
-    def accumulate(self, table, rimg, settings):
+    def accumulate(self, table, rimg, settings, threads=None):
         """Gradient accumulators (K, NACC) float64 for the residual image ``rimg``."""
         acc = np.zeros((table.shape[0], c.NACC), dtype=np.float64)
         dtype = rimg.dtype

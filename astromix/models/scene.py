@@ -851,6 +851,7 @@ class SceneObjective:
         state["data"] = [self.bk.to_numpy(d) for d in self.data]
         state["weight"] = [self.bk.to_numpy(w) for w in self.weight]
         state["progress"] = None
+        state.pop("_pool", None)
         return state
 
     def __setstate__(self, state):
@@ -860,34 +861,72 @@ class SceneObjective:
         self.weight = [self.bk.asarray(w) for w in self.weight]
 
     def __call__(self, parameters, gradient=True):
-        """chi2 (and d chi2 / d parameters, shape (n_parameters,)) at ``parameters``."""
+        """chi2 (and d chi2 / d parameters, shape (n_parameters,)) at ``parameters``.
+
+        With the Numba backend and several exposures, the exposures are
+        rendered concurrently on Numba's threads (its kernels release the GIL),
+        each on one thread: the per-exposure work of a scene is too small to
+        split well inside one image.
+        """
         self.n_calls += 1
         if self.progress is not None:
             self.progress.update(1)
         p = np.asarray(parameters, dtype=float)
-        bk, xp, scene = self.bk, self.bk.xp, self.scene
+        terms = self.scene._source_terms(p, gradient=gradient)
+        n = len(self.placements)
+        workers = self._workers()
+        if workers > 1 and n > 1:
+            pool = self._get_pool(workers)
+            results = list(pool.map(lambda k: self._one(k, p, terms, gradient, 1), range(n)))
+        else:
+            results = [self._one(k, p, terms, gradient, None) for k in range(n)]
         total = 0.0
         grad = np.zeros(p.size) if gradient else None
-        terms = scene._source_terms(p, gradient=gradient)
-        for k, (pls, data, weight) in enumerate(zip(self.placements, self.data, self.weight)):
-            amp, mean, cov = scene._component_arrays(p, pls, terms)
-            table = bk.prepare(amp, mean, cov, self.settings)
-            work = bk.scratch(data.shape, self.dtype, "scene")
-            model = bk.render(table, data.shape, self.dtype, self.settings, out=work)
-            bg = self.fixed_bg[k]
-            if bg is None:
-                sw = float(xp.sum(weight, dtype=np.float64))
-                bg = float(xp.sum(weight * (data - model), dtype=np.float64)) / sw
-            self.backgrounds[k] = bg
-            target = data - self.dtype.type(bg) if bg else data
-            value, rimg = bk.residual(model, target, weight, out=model)
+        for k, (value, bg, g) in enumerate(results):
             self.chi2_per_exposure[k] = value
+            self.backgrounds[k] = bg
             total += value
             if gradient:
-                acc = bk.accumulate(table, rimg, self.settings)
-                d_amp, d_mean, d_cov = bk.assemble_gradient(table, bk.to_numpy(acc))
-                scene._chain(p, pls, d_amp, d_mean, d_cov, grad, terms)
+                grad += g
         return (total, grad) if gradient else total
+
+    def _workers(self):
+        if self.bk.name != "numba":
+            return 1
+        import numba
+        return numba.get_num_threads()
+
+    def _get_pool(self, workers):
+        pool = getattr(self, "_pool", None)
+        if pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            pool = self._pool = ThreadPoolExecutor(max_workers=workers,
+                                                   thread_name_prefix="astromix-scene")
+        return pool
+
+    def _one(self, k, p, terms, gradient, threads):
+        """(chi2, background, gradient or None) of exposure k."""
+        bk, xp, scene = self.bk, self.bk.xp, self.scene
+        # each exposure has its own placements, touched by one thread at a time
+        placed, data, weight = self.placements[k], self.data[k], self.weight[k]
+        amp, mean, cov = scene._component_arrays(p, placed, terms)
+        table = bk.prepare(amp, mean, cov, self.settings)
+        work = bk.scratch(data.shape, self.dtype, "scene")
+        kw = {} if threads is None else {"threads": threads}
+        model = bk.render(table, data.shape, self.dtype, self.settings, out=work, **kw)
+        bg = self.fixed_bg[k]
+        if bg is None:
+            sw = float(xp.sum(weight, dtype=np.float64))
+            bg = float(xp.sum(weight * (data - model), dtype=np.float64)) / sw
+        target = data - self.dtype.type(bg) if bg else data
+        value, rimg = bk.residual(model, target, weight, out=model)
+        if not gradient:
+            return value, bg, None
+        acc = bk.accumulate(table, rimg, self.settings, **kw)
+        d_amp, d_mean, d_cov = bk.assemble_gradient(table, bk.to_numpy(acc))
+        grad = np.zeros(p.size)
+        scene._chain(p, placed, d_amp, d_mean, d_cov, grad, terms)
+        return value, bg, grad
 
     @property
     def n_nuisance(self):
