@@ -300,3 +300,33 @@ def test_sample_scene_posterior_agrees_with_fit():
     assert abs(row["median"] - post.fit.flux_g_0.value) < 0.5 * fit_err
     assert post.samples.shape[1] == 3 and np.isfinite(post.logz)
     assert post.catalog["flux_g"][0] == pytest.approx(row["median"])
+
+
+def test_gwcs_exposure_renders_like_the_equivalent_fits_wcs():
+    """A gwcs (as JWST products carry) and the same TAN projection as a FITS WCS agree."""
+    gwcs = pytest.importorskip("gwcs")
+    from astropy import coordinates as coord
+    from astropy import units as u
+    from astropy.modeling import models
+    from gwcs import coordinate_frames as cf
+
+    shape = (50, 52)
+    fits_wcs = make_wcs(shape, scale=0.2, rot=0.4)
+    crpix = fits_wcs.wcs.crpix
+    cd = fits_wcs.wcs.cd
+    transform = ((models.Shift(-(crpix[0] - 1)) & models.Shift(-(crpix[1] - 1)))
+                 | models.AffineTransformation2D(matrix=cd, translation=[0, 0])
+                 | models.Pix2Sky_TAN()
+                 | models.RotateNative2Celestial(RA, DEC, 180.0))
+    detector = cf.Frame2D(name="detector", axes_names=("x", "y"), unit=(u.pix, u.pix))
+    sky = cf.CelestialFrame(reference_frame=coord.ICRS(), name="icrs", unit=(u.deg, u.deg))
+    g = gwcs.wcs.WCS([(detector, transform), (sky, None)])
+    assert np.allclose(g.world_to_pixel_values(RA + 1e-4, DEC - 2e-4),
+                       fits_wcs.world_to_pixel_values(RA + 1e-4, DEC - 2e-4), atol=1e-6)
+    scene = SceneModel([SersicSource(RA + 0.5 / 3600, DEC, {"r": 100.0}, r_eff=0.8, n=2.5,
+                                     ellip=0.2, theta=1.0)])
+    a = scene.render(Exposure(np.zeros(shape), uncertainty=np.ones(shape), wcs=fits_wcs,
+                              psf=PSF, band="r"))
+    b = scene.render(Exposure(np.zeros(shape), uncertainty=np.ones(shape), wcs=g, psf=PSF,
+                              band="r"))
+    assert np.max(np.abs(a - b)) < 1e-6 * a.max()
