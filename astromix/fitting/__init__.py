@@ -13,6 +13,7 @@ import numpy as np
 from scipy import optimize
 
 from .. import backends as _backends
+from .._threads import blas_single_threaded
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from .lsq import MixtureLSQFitter
@@ -154,6 +155,7 @@ def _l1max_objective(data, mask, max_residual, settings, backend):
     return fun
 
 
+@blas_single_threaded
 def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=None,
                          nonnegative=True, n_negative=0, objective="chi2", max_residual=0.058,
                          maxiter=2000, settings=None, backend=None):

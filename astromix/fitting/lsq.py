@@ -7,6 +7,7 @@ from astropy.modeling import CompoundModel
 from astropy.modeling.fitting import fitter_to_model_params, model_to_fit_params
 from scipy import optimize
 
+from .._threads import blas_single_threaded
 from ..errors import InputError
 from ..models._base import grid_origin
 
@@ -133,6 +134,7 @@ class MixtureLSQFitter:
         self.calc_uncertainties = calc_uncertainties
         self.fit_info = {}
 
+    @blas_single_threaded
     def __call__(self, model, x, y=None, z=None, weights=None, *, maxiter=None, ftol=1e-10,
                  xtol=1e-10, gtol=1e-10, **objective_kwargs):
         """Fit ``model`` to ``z`` sampled at ``(x, y)``, or a scene to exposures.

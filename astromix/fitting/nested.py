@@ -26,6 +26,7 @@ from astropy.modeling.fitting import (
     model_to_fit_params,
 )
 
+from .._threads import blas_single_threaded
 from ..errors import InputError
 
 __all__ = ["DynestyFitter", "Posterior"]
@@ -439,6 +440,7 @@ class DynestyFitter(Fitter):
         return (f"{type(self).__name__}(nlive={self.nlive}, bound={self.bound!r}, "
                 f"sample={self.sample!r}, dlogz={self.dlogz})")
 
+    @blas_single_threaded
     def __call__(self, model, x, y=None, z=None, weights=None, *, priors=None, maxcall=None,
                  equivalencies=None, **objective_kwargs):
         """Sample the posterior of ``model``'s free parameters given the data.
