@@ -159,3 +159,19 @@ def test_missing_or_corrupt_file(tmp_path):
              version="1", r_min=0.02, r_max=6.0, description=np.array(["x"]))
     with pytest.raises(AstromixError, match="corrupt"):
         SersicMixtureTable.from_file(corrupt)
+
+
+def test_evaluate_matches_the_splines():
+    from astromix.models.sersic_table import SersicMixtureTable
+
+    table = SersicMixtureTable.load()
+    for n in (table.n_min, 0.7, 1.0, 2.345, 4.0, table.n_max):
+        amp, var, damp, dvar = table.evaluate(n)
+        a, v = table(n)
+        da, dv = table.derivatives(n)
+        assert np.allclose(amp, a, rtol=1e-12, atol=1e-15)
+        assert np.allclose(var, v, rtol=1e-12)
+        assert np.allclose(damp, da, rtol=1e-10, atol=1e-13)
+        assert np.allclose(dvar, dv, rtol=1e-10, atol=1e-13)
+    with pytest.raises(InputError):
+        table.evaluate(table.n_max + 0.1)

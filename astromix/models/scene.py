@@ -606,10 +606,8 @@ class SceneModel(FittableModel):
             if kind != "sersic":
                 continue
             idx = self._index[i]
-            n = p[idx["n"]]
-            a, v = table(n)
-            da, dv = table.derivatives(n) if gradient else (None, None)
-            terms[i] = (a, v, da, dv) + _shape_matrices(p[idx["ellip"]], p[idx["theta"]])
+            terms[i] = table.evaluate(p[idx["n"]]) + _shape_matrices(p[idx["ellip"]],
+                                                                      p[idx["theta"]])
         return terms
 
     def _component_arrays(self, p, placements, terms=None):
