@@ -9,6 +9,7 @@ from .fitting import fit_scene, sample_scene
 from .mixtures import GaussianMixture
 from .models import (
     GaussianMixturePSF,
+    MoffatStar,
     PointSource,
     SceneModel,
     SersicMixture,
@@ -26,7 +27,7 @@ except ImportError:  # running from a source tree without setuptools_scm metadat
     except Exception:
         __version__ = "0.0.0"
 
-__all__ = ["GaussianMixture", "GaussianMixturePSF", "SersicMixture", "PointSource",
+__all__ = ["GaussianMixture", "GaussianMixturePSF", "SersicMixture", "PointSource", "MoffatStar",
            "SceneModel", "SersicSource", "StarSource", "Exposure", "fit_scene", "sample_scene",
            "AccuracySettings", "get_default_settings", "set_default_settings", "AstromixError",
            "InputError", "BackendError", "__version__"]

@@ -361,7 +361,7 @@ def test_get_extensions():
     (ext,) = get_extensions()
     assert ext.extension_uri == EXTENSION_URI
     assert [t.tag_uri for t in ext.tags] == [TAG, PSF_TAG, SERSIC_TAG, POINT_TAG, EXPOSURE_TAG,
-                                            SCENE_TAG]
+                                            SCENE_TAG, MOFFAT_TAG]
     assert any(isinstance(c, GaussianMixtureConverter) for c in ext.converters)
     assert any(isinstance(c, GaussianMixturePSFConverter) for c in ext.converters)
     assert any(isinstance(c, SersicMixtureConverter) for c in ext.converters)
@@ -1277,3 +1277,211 @@ def test_scene_schema_example_reads_and_extra_keys_fail(asdf_config, tmp_path):
     with pytest.raises(InputError, match="colour"):
         with open_asdf(path) as af:
             af["example"]
+
+
+# -- MoffatStar -------------------------------------------------------------------------------
+
+MOFFAT_TAG = "asdf://astromix.org/astromix/tags/moffat_star-1.0.0"
+MOFFAT_SCHEMA_URI = "asdf://astromix.org/astromix/schemas/moffat_star-1.0.0"
+MOFFAT_PARAMETERS = ("flux", "x_0", "y_0", "fwhm", "beta", "ellip", "theta")
+
+
+def _moffat(**kwargs):
+    from astromix.models.moffat import MoffatStar
+
+    kwargs = {"flux": 812.5, "x_0": 20.3, "y_0": 18.9, "fwhm": 3.7, "beta": 2.9, "ellip": 0.15,
+              "theta": 0.4, **kwargs}
+    return MoffatStar(**kwargs)
+
+
+def _check_same_moffat(back, model, *, evaluate=True):
+    assert type(back) is type(model)
+    assert back.param_names == model.param_names
+    for name in model.param_names:
+        got, want = getattr(back, name), getattr(model, name)
+        assert got.value == want.value, name
+        assert got.fixed == want.fixed, name
+        assert got.bounds == want.bounds, name
+        assert got.unit == want.unit, name
+    assert back.name == model.name and back.quadrature == model.quadrature
+    assert back.inputs == model.inputs and back.outputs == model.outputs
+    if evaluate:
+        y, x = np.mgrid[:40, :42]
+        assert np.array_equal(back(x, y), model(x, y))  # bit for bit
+
+
+@pytest.mark.parametrize("storage", ["internal", "inline"])
+def test_moffat_round_trip(asdf_config, tmp_path, storage):
+    import astropy.units as u
+
+    star = _moffat(flux=812.5 * u.nJy, name="star", quadrature=7)
+    star.beta.fixed = True
+    star.ellip.fixed = False          # default: fixed
+    star.flux.bounds = (0.0, None)
+    star.beta.bounds = (1.5, 8.0)
+    star.bounding_box = ((0.0, 38.0), (1.0, 40.0))
+    path = tmp_path / "star.asdf"
+    asdf.AsdfFile({"star": star}).write_to(path, all_array_storage=storage)
+    raw = asdf.util.load_yaml(path, tagged=True)["star"]
+    assert raw._tag == MOFFAT_TAG
+    assert raw["beta_fixed"] is True and raw["ellip_fixed"] is False
+    assert raw["theta_fixed"] is True and raw["quadrature"] == 7
+    assert raw["bounds"] == {"flux": [0.0, None], "beta": [1.5, 8.0]}
+    with open_asdf(path) as af:  # validates against the schemas
+        back = af["star"]
+    assert back.flux.unit == u.nJy
+    assert back.fwhm.bounds == (1e-3, None)  # a default bound, not written, restored
+    assert back.bounding_box.bounding_box() == ((0.0, 38.0), (1.0, 40.0))
+    _check_same_moffat(back, star)
+
+
+def test_moffat_default_layout_and_fitted_model(asdf_config, tmp_path):
+    from astromix.fitting import MixtureLSQFitter
+
+    truth = _moffat()
+    y, x = np.mgrid[:40, :40]
+    fitted = MixtureLSQFitter()(_moffat(flux=700.0, fwhm=3.0, ellip=0.15), x, y, truth(x, y))
+    path = tmp_path / "star.asdf"
+    asdf.AsdfFile({"star": fitted}).write_to(path)
+    raw = asdf.util.load_yaml(path, tagged=True)["star"]
+    for name in MOFFAT_PARAMETERS:
+        assert raw[f"{name}_fixed"] is (name in ("ellip", "theta")), name
+    for key in ("bounds", "fixed", "name", "bounding_box"):
+        assert key not in raw, key
+    assert raw["inputs"] == ["x", "y"] and raw["outputs"] == ["z"] and raw["quadrature"] == 5
+    with open_asdf(path) as af:
+        back = af["star"]
+    assert back._user_bounding_box is None
+    _check_same_moffat(back, fitted)
+
+
+def test_moffat_schema_and_manifest(asdf_config):
+    from astromix.models.moffat import MoffatStar
+
+    schema = asdf.schema.load_schema(MOFFAT_SCHEMA_URI)
+    asdf.schema.check_schema(schema)
+    assert schema["id"] == MOFFAT_SCHEMA_URI and schema["tag"] == MOFFAT_TAG
+    ref, own = schema["allOf"]
+    assert ref == {"$ref": "http://stsci.edu/schemas/asdf/transform/transform-1.4.0"}
+    assert own["additionalProperties"] is False
+    assert set(own["required"]) == set(MOFFAT_PARAMETERS)
+    assert set(asdf.schema.load_schema(ref["$ref"])["properties"]) <= set(own["properties"])
+    for name in MOFFAT_PARAMETERS:
+        assert own["properties"][f"{name}_fixed"]["type"] == "boolean", name
+    manifest = yaml.safe_load(asdf_config.resource_manager[MANIFEST_URI])
+    tags = {t["tag_uri"]: t["schema_uri"] for t in manifest["tags"]}
+    assert tags[MOFFAT_TAG] == MOFFAT_SCHEMA_URI
+    manager = asdf.AsdfFile().extension_manager
+    assert manager.handles_type(MoffatStar) and manager.handles_tag(MOFFAT_TAG)
+
+
+def test_moffat_schema_example_reads(asdf_config, tmp_path):
+    from astromix.models.moffat import MoffatStar
+
+    schema = yaml.safe_load(asdf_config.resource_manager[MOFFAT_SCHEMA_URI])
+    (description, standard, body), = schema["examples"]
+    expected = MoffatStar(1000.0, 31.3, 30.8, 4.0, 3.5, name="star")
+    expected.beta.fixed = True
+    version = standard.rsplit("-", 1)[-1]
+    path = tmp_path / "example.asdf"
+    path.write_text(f"#ASDF 1.0.0\n#ASDF_STANDARD {version}\n%YAML 1.1\n"
+                    f"%TAG ! tag:stsci.edu:asdf/\n--- !core/asdf-1.1.0\nexample: "
+                    + body.replace("\n", "\n  ") + "\n...\n")
+    with open_asdf(path) as af:  # validates against the schema
+        assert isinstance(af["example"], MoffatStar), description
+        _check_same_moffat(af["example"], expected)
+
+
+def _moffat_node(model=None):
+    from astromix.io.asdf.converters import MoffatStarConverter
+
+    return MoffatStarConverter().to_yaml_tree(model or _moffat(), MOFFAT_TAG, None)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda n: n.update(extra=1.0), "Additional properties"),
+    (lambda n: n.pop("fwhm"), "required property"),
+    (lambda n: n.update(beta="steep"), "beta"),
+    (lambda n: n.update(ellip_fixed=1), "boolean"),
+    (lambda n: n.update(quadrature=0), "minimum"),
+    (lambda n: n.update(quadrature=2.5), "integer"),
+    (lambda n: n.update(psf=np.ones(3)), "Additional properties"),
+], ids=["extra", "missing-fwhm", "beta-string", "fixed-int", "quadrature-0",
+        "quadrature-float", "psf"])
+def test_moffat_schema_rejects_bad_tree(asdf_config, change, match):
+    node = _moffat_node()
+    change(node)
+    with pytest.raises(asdf.ValidationError, match=match):
+        asdf.AsdfFile({"s": TaggedDict(node, MOFFAT_TAG)}).validate()
+
+
+def test_moffat_schema_accepts_transform_properties(asdf_config):
+    node = _moffat_node()
+    node.update(name="src", bounding_box=[[0.0, 10.0], [1.0, 12.0]], fixed={"flux": True},
+                bounds={"x_0": [0.0, None]})
+    asdf.AsdfFile({"s": TaggedDict(node, MOFFAT_TAG)}).validate()
+
+
+@pytest.mark.parametrize("change, match, validate", [
+    (lambda n: n.update(beta=1.0), "beta must be a finite number > 1", True),
+    (lambda n: n.update(fwhm=-2.0), "fwhm must be", True),
+    (lambda n: n.update(ellip=1.0), r"ellip must lie in \[0, 1\)", True),
+    (lambda n: n.update(theta=float("nan")), "non-finite", True),
+    (lambda n: n.pop("beta"), "missing required property", False),
+    (lambda n: n.update(flux="bright"), "flux must be a number", False),
+    (lambda n: n.update(beta_fixed="yes"), "beta_fixed must be a boolean", False),
+    (lambda n: n.update(quadrature=40), "quadrature must be an integer in", False),
+    (lambda n: n.update(quadrature="5"), "quadrature must be an integer", False),
+], ids=["beta-1", "fwhm-negative", "ellip-1", "theta-nan", "no-beta", "flux-string",
+        "fixed-string", "quadrature-40", "quadrature-string"])
+def test_moffat_invalid_content_in_file(asdf_config, tmp_path, change, match, validate):
+    node = _moffat_node()
+    change(node)
+    path = tmp_path / "bad.asdf"
+    if validate:
+        asdf.AsdfFile({"s": TaggedDict(node, MOFFAT_TAG)}).write_to(path)
+    else:
+        placeholder = "asdf://astromix.org/astromix/tags/placeholder-1.0.0"
+        asdf.AsdfFile({"s": TaggedDict(node, placeholder)}).write_to(
+            path, all_array_storage="inline")
+        path.write_text(path.read_text().replace(placeholder, MOFFAT_TAG))
+    with pytest.raises(InputError, match=match) as info:
+        open_asdf(path, validate=validate)
+    assert str(path) in str(info.value) and "astromix/tags/moffat_star-1.0.0" in str(info.value)
+
+
+def test_moffat_absent_flags_take_the_model_defaults(asdf_config, tmp_path):
+    node = _moffat_node()
+    for name in MOFFAT_PARAMETERS:
+        del node[f"{name}_fixed"]
+    del node["quadrature"]
+    node["fixed"] = {"beta": True}   # a transform-1.4.0 fixed mapping is honoured too
+    path = tmp_path / "flags.asdf"
+    asdf.AsdfFile({"s": TaggedDict(node, MOFFAT_TAG)}).write_to(path)
+    with open_asdf(path) as af:
+        back = af["s"]
+    assert [back.fixed[n] for n in MOFFAT_PARAMETERS] == [False] * 3 + [False, True, True, True]
+    assert back.quadrature == 5
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: setattr(m, "beta", 0.9), "beta must be"),
+    (lambda m: setattr(m, "fwhm", 0.0), "fwhm must be"),
+    (lambda m: setattr(m, "x_0", np.nan), "non-finite"),
+], ids=["beta", "fwhm", "nan"])
+def test_moffat_invalid_model_not_written(asdf_config, change, match):
+    import io
+
+    model = _moffat()
+    change(model)
+    with pytest.raises(InputError, match=match):
+        asdf.AsdfFile({"m": model}).write_to(io.BytesIO())
+
+
+def test_moffat_tied_warns(asdf_config):
+    import io
+
+    model = _moffat()
+    model.y_0.tied = lambda m: m.x_0
+    with pytest.warns(asdf.exceptions.AsdfWarning, match="tied"):
+        asdf.AsdfFile({"m": model}).write_to(io.BytesIO())

@@ -254,7 +254,10 @@ class MixtureLSQFitter:
         if weights is None:
             cov = cov * chi2 / dof
         info["param_cov"] = cov
-        info["param_std"] = dict(zip(info["free_parameters"], np.sqrt(np.diag(cov))))
+        diag = np.diag(cov)
+        # a singular J^T J (a parameter without influence) gives no error: NaN, not a warning
+        info["param_std"] = dict(zip(info["free_parameters"],
+                                     np.where(diag > 0, np.sqrt(np.abs(diag)), np.nan)))
 
     def _fit_on_grid(self, fitted, x, y, z, w, weights, p0, free, lo, hi, maxiter, t0):
         """L-BFGS-B on chi2 with the backend's gradient, for a model on a pixel grid."""

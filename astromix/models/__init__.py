@@ -1,8 +1,9 @@
 """astropy.modeling models built on Gaussian mixtures."""
 
+from .moffat import MoffatStar
 from .psf import GaussianMixturePSF
 from .scene import SceneModel, SersicSource, StarSource
 from .sersic import PointSource, SersicMixture
 
-__all__ = ["GaussianMixturePSF", "PointSource", "SceneModel", "SersicMixture", "SersicSource",
-           "StarSource"]
+__all__ = ["GaussianMixturePSF", "MoffatStar", "PointSource", "SceneModel", "SersicMixture",
+           "SersicSource", "StarSource"]
