@@ -850,6 +850,7 @@ class SceneObjective:
         state["weight"] = [self.bk.to_numpy(w) for w in self.weight]
         state["progress"] = None
         state.pop("_pool", None)
+        state.pop("_work", None)
         return state
 
     def __setstate__(self, state):
@@ -873,7 +874,7 @@ class SceneObjective:
         terms = self.scene._source_terms(p, gradient=gradient)
         n = len(self.placements)
         workers = self._workers()
-        if workers > 1 and n > 1:
+        if workers > 1 and n > 1 and self._work_per_exposure() >= 4e6:
             pool = self._get_pool(workers)
             results = list(pool.map(lambda k: self._one(k, p, terms, gradient, 1), range(n)))
         else:
@@ -887,6 +888,18 @@ class SceneObjective:
             if gradient:
                 grad += g
         return (total, grad) if gradient else total
+
+    def _work_per_exposure(self):
+        """Mean pixels x Gaussians per exposure: below ~4e6 the threads' hand-offs and the
+        GIL-bound Python of each exposure cost more than a second thread saves."""
+        if not hasattr(self, "_work"):
+            total = 0.0
+            for pls, data in zip(self.placements, self.data):
+                k = sum(len(pl.psf_amp) * (20 if self.scene.source_kinds[pl.source] == "sersic"
+                                           else 1) for pl in pls if pl is not None)
+                total += k * data.size
+            self._work = total / max(len(self.placements), 1)
+        return self._work
 
     def _workers(self):
         if self.bk.name != "numba":
