@@ -26,7 +26,7 @@ __all__ = ["main", "build_parser"]
 log = logging.getLogger("astromix")
 
 #: Subcommand modules, in the order ``astromix --help`` lists them.
-_SUBCOMMANDS = ("backends", "demo", "fit_scene", "psf_mixture")
+_SUBCOMMANDS = ("backends", "demo", "fit_photometry", "fit_scene", "psf_mixture")
 
 
 def _version():

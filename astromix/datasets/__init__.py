@@ -386,3 +386,58 @@ def decam_multiexposure():
     table.meta["source"] = ("Legacy Surveys DR9, NOIRLab DECam community pipeline V4.8.2a; "
                             "see astromix/datasets/decam_multiexposure/README.rst")
     return table
+
+
+# -- MUSE and HST images of the Hubble Deep Field South ----------------------------------------
+
+#: Sub-folder holding the MUSE/HST pair of the Hubble Deep Field South (see
+#: :func:`muse_hst_hdfs`).
+MUSE_HST_FOLDER = "muse_hst_hdfs"
+_SUBFOLDERS = _SUBFOLDERS + (MUSE_HST_FOLDER,)
+__all__ += ["muse_hst_hdfs", "MUSE_HST_FOLDER"]
+
+
+def muse_hst_hdfs():
+    """Paths of the MUSE and HST images of the Hubble Deep Field South (from MPDAF).
+
+    A pair for image and star photometry between instruments
+    (:func:`astromix.photometry.fit_image_photometry`,
+    :func:`astromix.photometry.fit_star_photometry`):
+
+    * ``"muse"``: ``IMAGE-HDFS-1.34.fits.gz``, the MUSE white-light image,
+      331 x 326 pixels at 0.2 arcsec/px; extensions ``DATA`` (flux in
+      1e-20 erg/s/cm^2/A per pixel: header ``FSCALE``, no ``BUNIT``),
+      ``STAT`` (variance) and ``DQ`` (nonzero = bad);
+    * ``"hst"``: ``HST-HDFS.fits.gz``, the HST WFPC2 F606W drizzled image,
+      500 x 500 pixels at 0.0399 arcsec/px, inside the MUSE field; extension
+      ``DATA`` in counts/s with ``PHOTFLAM = 1.89972e-18`` erg/s/cm^2/A per
+      count/s, ``FILTNAM1 = 'F606W'`` (``FILTER1 = 28``, WFPC2's number).
+
+    Read them with :func:`astromix.photometry.read_image`; put the HST image
+    in MUSE's units with ``rescale_to_flux_units(paths["hst"], unit=1e-20)``.
+    ESO (MUSE) and MAST (HST) data as distributed with MPDAF (BSD-3, CNRS /
+    CRAL); see ``muse_hst_hdfs/README.rst`` and ``LICENSE.txt``.
+
+    Returns
+    -------
+    dict
+        ``{"muse": str, "hst": str}``: absolute paths of the two
+        gzip-compressed FITS files.
+
+    Raises
+    ------
+    InputError
+        If a file of the data set is missing (a broken installation).
+
+    Examples
+    --------
+    >>> from astropy.io import fits
+    >>> from astromix.datasets import muse_hst_hdfs
+    >>> paths = muse_hst_hdfs()
+    >>> sorted(paths)
+    ['hst', 'muse']
+    >>> fits.getval(paths["hst"], "PHOTFLAM", ext=1), fits.getval(paths["muse"], "NAXIS1", ext=1)
+    (1.89972e-18, 326)
+    """
+    return {"muse": get_path(f"{MUSE_HST_FOLDER}/IMAGE-HDFS-1.34.fits.gz"),
+            "hst": get_path(f"{MUSE_HST_FOLDER}/HST-HDFS.fits.gz")}

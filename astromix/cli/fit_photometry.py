@@ -1,0 +1,198 @@
+"""``astromix fit-photometry``: scale, background, pointing and PSF of an image against another.
+
+imphot's ``fit_photometry`` script for any pair of instruments::
+
+    astromix fit-photometry muse.fits hst_f606w.fits --flux-unit 1e-20 \\
+        --regions stars.reg --json fit.json --plot fit.png --save-fits fitted/
+
+TARGET and REFERENCE are FITS images with a celestial WCS: the extension
+given by ``--ext`` / ``--reference-ext``, else a ``DATA`` or ``SCI``
+extension, else the first HDU with an image; a variance (``STAT``) or
+standard deviation (``ERR``) extension and a ``DQ`` extension beside it are
+used when present (:func:`astromix.photometry.read_image`).  The reference is
+regridded onto the target's pixels (flux conserving) and the whole image is
+fitted in Fourier space (:func:`astromix.photometry.fit_image_photometry`);
+with ``--star RA DEC RADIUS`` the star there is also fitted with a Moffat
+profile in both images (:func:`astromix.photometry.fit_star_photometry`).
+
+The fitted values are printed as a table.  ``--json`` writes ``{"target",
+"reference", "method": "image", "fwhm", "beta", "scale", "bg", "dx", "dy",
+"dra", "ddec", "rms", "units", "seconds"}`` with each measurement as
+``{"value", "error", "fixed"}`` (and ``"star"``: the same for the star fit);
+``--plot`` a figure of the fit (format from the file's extension);
+``--save-fits`` the fitted image, model and residual as FITS files.  Every
+file is written to a temporary file and renamed into place.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+
+from ..errors import InputError
+from ._shared import atomic_path, prepare_output_folder
+
+__all__ = ["add_parser", "run"]
+
+log = logging.getLogger("astromix")
+
+_FIXABLE = (("fwhm", "arcsec"), ("beta", ""), ("scale", ""), ("bg", "target units"),
+            ("dx", "arcsec"), ("dy", "arcsec"))
+
+
+def _number(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _hdu(text):
+    text = text.strip()
+    if not text:
+        raise argparse.ArgumentTypeError("expected an HDU number or name")
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def add_parser(subparsers):
+    """Register the ``fit-photometry`` subcommand."""
+    parser = subparsers.add_parser(
+        "fit-photometry",
+        help="fit the flux scale, background, pointing offset and PSF of an image against a "
+             "sharper reference image of the same sky (imphot)",
+        description="Fit the flux scale (target / reference), background offset [target "
+                    "units], pointing offset dx, dy [arcsec along the target's x, y; the shift "
+                    "of the reference's features onto the target's] and the FWHM [arcsec] and "
+                    "beta of the Moffat kernel that blurs the reference to the target, in "
+                    "Fourier space (imphot's image fit); optionally also from one star.",
+        epilog="Example: astromix fit-photometry muse.fits hst.fits --flux-unit 1e-20 "
+               "--json fit.json --plot fit.png")
+    parser.add_argument("target", metavar="TARGET", help="FITS image to characterise (e.g. MUSE)")
+    parser.add_argument("reference", metavar="REFERENCE",
+                        help="sharper FITS image of the same sky (e.g. HST)")
+    parser.add_argument("--ext", type=_hdu, default=None, metavar="HDU",
+                        help="HDU of the target image (default: DATA, SCI or the first image)")
+    parser.add_argument("--reference-ext", type=_hdu, default=None, metavar="HDU",
+                        help="HDU of the reference image (same default)")
+    parser.add_argument("--star", nargs=3, type=_number, metavar=("RA", "DEC", "RADIUS"),
+                        help="also fit the star at RA, DEC [deg] within RADIUS [arcsec] with a "
+                             "Moffat profile in both images")
+    parser.add_argument("--regions", metavar="FILE",
+                        help="ds9 region file: include regions restrict the image fit, "
+                             "exclude regions (-circle ...) remove areas")
+    for name, unit in _FIXABLE:
+        parser.add_argument(f"--fix-{name}", type=_number, default=None, metavar="VALUE",
+                            help=f"hold {name} fixed at VALUE" + (f" [{unit}]" if unit else ""))
+    parser.add_argument("--flux-unit", default=None, metavar="UNIT",
+                        help="first convert the reference (HST) from count rates with its "
+                             "PHOTFLAM to this flux unit: a number (x erg/s/cm2/A, e.g. 1e-20 "
+                             "for MUSE) or a unit string")
+    parser.add_argument("--model", choices=("imphot", "windowed"), default="imphot",
+                        help="imphot: taper the reference before blurring it (default, as "
+                             "imphot); windowed: taper the blurred reference, like the target")
+    parser.add_argument("--margin", type=_number, default=2.0, metavar="ARCSEC",
+                        help="zero padding [arcsec] (default 2)")
+    parser.add_argument("--taper", type=_number, default=9, metavar="PX",
+                        help="width of the mask-edge taper [px] (default 9; 0: none)")
+    psf = parser.add_mutually_exclusive_group()
+    psf.add_argument("--reference-psf", nargs=2, type=_number, default=(0.085, 1.6),
+                     metavar=("FWHM", "BETA"),
+                     help="Moffat model of the reference's PSF applied to the target "
+                          "(default 0.085 arcsec, 1.6: HST)")
+    psf.add_argument("--no-reference-psf", action="store_true",
+                     help="do not blur the target by a model of the reference's PSF")
+    parser.add_argument("--regrid", choices=("exact", "interp", "adaptive"), default="exact",
+                        help="how the reference is resampled (default exact)")
+    parser.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    parser.add_argument("--plot", metavar="OUT", help="write a figure of the fit (png, pdf...)")
+    parser.add_argument("--save-fits", metavar="DIR",
+                        help="write <target>_image.fits, _model.fits and _residual.fits here")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _check_outputs(args):
+    """Refuse existing outputs (without --overwrite) and unwritable folders before fitting."""
+    for path in (args.json, args.plot):
+        if path is None:
+            continue
+        if os.path.exists(path) and not args.overwrite:
+            raise InputError(f"{path!r} exists (use --overwrite)")
+        prepare_output_folder(os.path.dirname(os.path.abspath(path)))
+    if args.plot is not None:
+        ext = os.path.splitext(args.plot)[1].lstrip(".").lower()
+        if not ext:
+            raise InputError(f"--plot {args.plot!r}: give a file extension (png, pdf, svg...)")
+    if args.save_fits is not None:
+        prepare_output_folder(args.save_fits)
+
+
+def run(args):
+    """Run ``astromix fit-photometry`` with parsed arguments; returns the exit status."""
+    from ..photometry import (
+        fit_image_photometry,
+        fit_star_photometry,
+        read_image,
+        rescale_to_flux_units,
+    )
+
+    _check_outputs(args)
+    t0 = time.perf_counter()
+    target = read_image(args.target, ext=args.ext)
+    reference = read_image(args.reference, ext=args.reference_ext)
+    if args.flux_unit is not None:
+        try:
+            unit = float(args.flux_unit)
+        except ValueError:
+            unit = args.flux_unit
+        reference = rescale_to_flux_units(reference, unit=unit)
+    fixed = {f"fix_{name}": getattr(args, f"fix_{name}") for name, _ in _FIXABLE}
+    result = fit_image_photometry(
+        target, reference, regions=args.regions, margin=args.margin, taper=args.taper,
+        reference_psf=None if args.no_reference_psf else tuple(args.reference_psf),
+        model=args.model, regrid_method=args.regrid, **fixed)
+    star = None
+    if args.star is not None:
+        ra, dec, radius = args.star
+        star = fit_star_photometry(target, reference, (ra, dec), radius,
+                                   fix_fwhm=args.fix_fwhm, fix_beta=args.fix_beta)
+    seconds = time.perf_counter() - t0
+
+    print(f"{target.name} against {reference.name} (image fit, {args.model} model, "
+          f"{seconds:.2f} s)")
+    result.summary().pprint(max_lines=-1, max_width=-1)
+    if star is not None:
+        print(f"star at ({args.star[0]:.6f}, {args.star[1]:.6f}), radius {args.star[2]:g}\":")
+        star.summary().pprint(max_lines=-1, max_width=-1)
+
+    if args.json is not None:
+        doc = {"target": os.path.abspath(args.target),
+               "reference": os.path.abspath(args.reference), "method": "image",
+               "model": args.model, **result.to_dict(), "units": result.units,
+               "seconds": seconds}
+        if star is not None:
+            doc["star"] = {"ra": args.star[0], "dec": args.star[1], "radius": args.star[2],
+                           **star.to_dict(), "units": star.units}
+        with atomic_path(args.json) as tmp, open(tmp, "w") as fh:
+            json.dump(doc, fh, indent=1)
+            fh.write("\n")
+        log.info("wrote %s", args.json)
+    if args.plot is not None:
+        fig = result.plot()
+        ext = os.path.splitext(args.plot)[1].lstrip(".").lower()
+        with atomic_path(args.plot) as tmp:
+            fig.savefig(tmp, format=ext, dpi=100)
+        log.info("wrote %s", args.plot)
+    if args.save_fits is not None:
+        for path in result.write_fits(args.save_fits, overwrite=args.overwrite):
+            log.info("wrote %s", path)
+    return 0
