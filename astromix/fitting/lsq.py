@@ -165,9 +165,8 @@ class MixtureLSQFitter:
         fitted : model
             A copy with the best-fit parameters and ``fit_info``.
 
-        **objective_kwargs
-            For a scene only: ``background``, ``dtype``, ``backend`` (see
-            :meth:`astromix.SceneModel.chi2`).
+        background, dtype, backend : optional
+            Keywords for a scene only (see :meth:`astromix.SceneModel.chi2`).
 
         Raises
         ------

@@ -471,9 +471,8 @@ class DynestyFitter(Fitter):
             run stopped short of ``dlogz``).
         equivalencies : list, optional
             Extra unit equivalencies for inputs with units (as astropy fitters).
-        **objective_kwargs
-            For a scene only: ``background``, ``dtype``, ``backend`` (see
-            :meth:`astromix.SceneModel.chi2`).
+        background, dtype, backend : optional
+            Keywords for a scene only (see :meth:`astromix.SceneModel.chi2`).
 
         Returns
         -------
