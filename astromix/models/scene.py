@@ -193,15 +193,18 @@ def local_affine(wcs, ra, dec, step=0.5):
 
 
 def _shape_matrices(ellip, theta):
-    """S = R diag(1, q^2) R^T in the (north, east) frame, and dS/dellip, dS/dtheta."""
+    """S = R diag(1, q^2) R^T in the (north, east) frame, and dS/dellip, dS/dtheta.
+
+    Written out with scalars: the scene fitter calls it for every source at
+    every step, where small-array NumPy calls would cost more than the maths.
+    """
     c, s = math.cos(theta), math.sin(theta)
-    rot = np.array([[c, -s], [s, c]])
-    drot = np.array([[-s, -c], [c, -s]])
     q = 1.0 - ellip
-    diag = np.diag([1.0, q * q])
-    shape = rot @ diag @ rot.T
-    d_ellip = rot @ np.diag([0.0, -2.0 * q]) @ rot.T
-    d_theta = drot @ diag @ rot.T + rot @ diag @ drot.T
+    q2 = q * q
+    cc, ss, cs = c * c, s * s, c * s
+    shape = np.array([[cc + q2 * ss, cs * (1.0 - q2)], [cs * (1.0 - q2), ss + q2 * cc]])
+    d_ellip = -2.0 * q * np.array([[ss, -cs], [-cs, cc]])
+    d_theta = (1.0 - q2) * np.array([[-2.0 * cs, cc - ss], [cc - ss, 2.0 * cs]])
     return shape, d_ellip, d_theta
 
 
@@ -666,9 +669,8 @@ class SceneModel(FittableModel):
                 gak = ga.reshape(k, m) @ pl.psf_amp            # sum_l p_l gA_kl
                 gck = gc.reshape(k, m, 2, 2).sum(1)            # sum_l gC_kl
                 jac = pl.jac
-                h = np.einsum("kab,ab->k", gck, jac @ shape @ jac.T)
-                h_e = np.einsum("kab,ab->k", gck, jac @ s_e @ jac.T)
-                h_t = np.einsum("kab,ab->k", gck, jac @ s_t @ jac.T)
+                mats = np.stack([jac @ shape @ jac.T, jac @ s_e @ jac.T, jac @ s_t @ jac.T])
+                h, h_e, h_t = (gck.reshape(k, 4) @ mats.reshape(3, 4).T).T
                 grad[idx[("flux", band)]] += pl.flux_scale * float(a @ gak)
                 grad[idx["r_eff"]] += float(2.0 * r * (v @ h))
                 grad[idx["n"]] += float(flux * (da @ gak) + r * r * (dv @ h))

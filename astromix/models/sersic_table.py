@@ -18,6 +18,7 @@ where :math:`\gamma(2n, b_n) = \Gamma(2n)/2` (Graham & Driver 2005, PASA 22,
 :math:`\log v_k`), so the mixture and its n-derivatives are continuous.
 """
 
+import bisect
 import functools
 from importlib import resources
 
@@ -183,6 +184,7 @@ class SersicMixtureTable:
         self._logvar = CubicSpline(n, np.log(var), axis=0)
         self._damp = self._amp.derivative()
         self._dlogvar = self._logvar.derivative()
+        self._coeffs = None
 
     @property
     def n_min(self):
@@ -325,17 +327,25 @@ class SersicMixtureTable:
         InputError
             If ``n`` is outside ``[n_min, n_max]`` or not finite.
         """
-        n = float(self._check(n))
-        x = self.nodes
-        i = min(max(int(np.searchsorted(x, n, side="right")) - 1, 0), x.size - 2)
-        t = n - x[i]
-        ca = self._amp.c[:, i, :]
-        cv = self._logvar.c[:, i, :]
-        amp = ((ca[0] * t + ca[1]) * t + ca[2]) * t + ca[3]
-        damp = (3.0 * ca[0] * t + 2.0 * ca[1]) * t + ca[2]
-        var = np.exp(((cv[0] * t + cv[1]) * t + cv[2]) * t + cv[3])
-        dvar = var * ((3.0 * cv[0] * t + 2.0 * cv[1]) * t + cv[2])
-        return amp, var, damp, dvar
+        try:
+            n = float(n)
+        except (TypeError, ValueError):
+            raise InputError(f"Sersic index must be a number, got {n!r}") from None
+        if not (self.n_min <= n <= self.n_max):       # also refuses NaN
+            self._check(n)
+        if self._coeffs is None:
+            # (m, 4, 2K): cubic coefficients of amp and log var per interval, together
+            self._coeffs = np.ascontiguousarray(
+                np.concatenate([self._amp.c, self._logvar.c], axis=2).transpose(1, 0, 2))
+            self._node_list = self.nodes.tolist()
+        i = min(max(bisect.bisect_right(self._node_list, n) - 1, 0), len(self._node_list) - 2)
+        t = n - self._node_list[i]
+        c = self._coeffs[i]
+        value = ((c[0] * t + c[1]) * t + c[2]) * t + c[3]
+        slope = (3.0 * t * c[0] + 2.0 * c[1]) * t + c[2]
+        k = value.size // 2
+        var = np.exp(value[k:])
+        return value[:k], var, slope[:k], var * slope[k:]
 
     def __repr__(self):
         return (f"<SersicMixtureTable K={self.n_components} n in [{self.n_min:g}, "
