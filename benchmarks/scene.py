@@ -33,9 +33,10 @@ Cases
   (reading the 8 exposures and fitting their PSFEx PSFs; detecting; fitting the
   two sources with both neighbour models).
 
-Targets (PASS / MISS): chi2 + gradient at >= 25x forcepho's CPU kernel (the
-forcepho-equivalent rate >= 25 x 55e6 = 1.4e9/s at its slowest, 1.9e9/s at its
-fastest); the demo < 60 s.
+Targets (PASS / MISS): chi2 + gradient at >= 25x forcepho's CPU kernel, read two
+ways: for the same scene (the forcepho-equivalent rate >= 25 x 55e6 = 1.4e9/s
+and 25 x 75e6 = 1.9e9/s), and per evaluation actually made (astromix's culled
+evaluations per second against forcepho's 55-75e6/s); the demo < 60 s.
 
 Usage::
 
@@ -218,11 +219,15 @@ def main(argv=None):
           f"evaluations ({forcepho_gauss} Gaussians x {n_pix} px); forcepho's CPU kernel at "
           f"55-75e6/s would take {forcepho_evals / 75e6:.2f}-{forcepho_evals / 55e6:.2f} s")
     print(f"{'dtype':8s} {'chi2+grad':>10s} {'chi2':>9s} {'evaluated/s':>12s} "
-          f"{'fp-equiv/s':>11s} {'x forcepho':>12s} {'x GalSim (value)':>17s}  target >= 25x")
+          f"{'fp-equiv/s':>11s} {'x forcepho':>12s} {'x GalSim (value)':>17s}  "
+          "target >= 25x: same scene / per evaluation")
     for name, t, t_val, ev, eq, sp in rows:
         status = "PASS" if min(sp) >= 25 else "MISS"
+        per_eval = [ev / r for r in FORCEPHO_RATE]
+        status_eval = "PASS" if min(per_eval) >= 25 else "MISS"
         print(f"{name:8s} {t * 1e3:8.2f}ms {t_val * 1e3:7.2f}ms {ev:12.3g} {eq:11.3g} "
-              f"{min(sp):5.1f}-{max(sp):5.1f} {t_gs / t_val:17.1f}  {status}")
+              f"{min(sp):5.1f}-{max(sp):5.1f} {t_gs / t_val:17.1f}  {status} / {status_eval} "
+              f"({min(per_eval):.1f}-{max(per_eval):.1f}x per evaluation)")
     print(f"GalSim, values only (draw the 10 sources into 9 exposures): {t_gs * 1e3:.1f} ms")
     if not args.no_demo:
         demo = run_demo()

@@ -875,20 +875,26 @@ class SceneObjective:
         p = np.asarray(parameters, dtype=float)
         terms = self.scene._source_terms(p, gradient=gradient)
         n = len(self.placements)
+        # three phases, so that the threads run only the GIL-free kernels: a thread
+        # coming back from a kernel while another runs Python would wait for the GIL
+        tables = [self._table(k, p, terms) for k in range(n)]
         workers = self._workers()
         if workers > 1 and n > 1 and self._work_per_exposure() >= 4e6:
             pool = self._get_pool(workers)
-            results = list(pool.map(lambda k: self._one(k, p, terms, gradient, 1), range(n)))
+            results = list(pool.map(lambda k: self._kernels(k, tables[k], gradient, 1),
+                                    range(n)))
         else:
-            results = [self._one(k, p, terms, gradient, None) for k in range(n)]
+            results = [self._kernels(k, tables[k], gradient, None) for k in range(n)]
         total = 0.0
         grad = np.zeros(p.size) if gradient else None
-        for k, (value, bg, g) in enumerate(results):
+        for k, (value, bg, acc) in enumerate(results):
             self.chi2_per_exposure[k] = value
             self.backgrounds[k] = bg
             total += value
             if gradient:
-                grad += g
+                d_amp, d_mean, d_cov = self.bk.assemble_gradient(tables[k],
+                                                                 self.bk.to_numpy(acc))
+                self.scene._chain(p, self.placements[k], d_amp, d_mean, d_cov, grad, terms)
         return (total, grad) if gradient else total
 
     def _work_per_exposure(self):
@@ -917,13 +923,15 @@ class SceneObjective:
                                                    thread_name_prefix="astromix-scene")
         return pool
 
-    def _one(self, k, p, terms, gradient, threads):
-        """(chi2, background, gradient or None) of exposure k."""
-        bk, xp, scene = self.bk, self.bk.xp, self.scene
-        # each exposure has its own placements, touched by one thread at a time
-        placed, data, weight = self.placements[k], self.data[k], self.weight[k]
-        amp, mean, cov = scene._component_arrays(p, placed, terms)
-        table = bk.prepare(amp, mean, cov, self.settings)
+    def _table(self, k, p, terms):
+        """The prepared component table of exposure k (sets the placements' slices)."""
+        amp, mean, cov = self.scene._component_arrays(p, self.placements[k], terms)
+        return self.bk.prepare(amp, mean, cov, self.settings)
+
+    def _kernels(self, k, table, gradient, threads):
+        """(chi2, background, gradient accumulators or None) of exposure k."""
+        bk, xp = self.bk, self.bk.xp
+        data, weight = self.data[k], self.weight[k]
         work = bk.scratch(data.shape, self.dtype, "scene")
         kw = {} if threads is None else {"threads": threads}
         model = bk.render(table, data.shape, self.dtype, self.settings, out=work, **kw)
@@ -935,11 +943,7 @@ class SceneObjective:
         value, rimg = bk.residual(model, target, weight, out=model)
         if not gradient:
             return value, bg, None
-        acc = bk.accumulate(table, rimg, self.settings, **kw)
-        d_amp, d_mean, d_cov = bk.assemble_gradient(table, bk.to_numpy(acc))
-        grad = np.zeros(p.size)
-        scene._chain(p, placed, d_amp, d_mean, d_cov, grad, terms)
-        return value, bg, grad
+        return value, bg, bk.accumulate(table, rimg, self.settings, **kw)
 
     @property
     def n_nuisance(self):
