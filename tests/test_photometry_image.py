@@ -350,3 +350,31 @@ def test_batch_reraises_with_the_exposure_name():
     with pytest.raises(BatchError, match="exp0: the fit failed with TypeError") as info:
         fit_image_photometry_batch(targets[:1], reference, executor="serial", bogus=1)
     assert isinstance(info.value, AstromixError) and isinstance(info.value.original, TypeError)
+
+
+@pytest.mark.parametrize("executor", ["serial", "threads"])
+def test_batch_progress_bar_changes_nothing(executor, capsys):
+    targets, reference = _targets()
+
+    def batch(progress):
+        if executor == "threads":
+            with ThreadPoolExecutor(2) as pool:
+                return fit_image_photometry_batch(targets, reference, executor=pool,
+                                                  progress=progress, **KW)
+        return fit_image_photometry_batch(targets, reference, executor=executor,
+                                          progress=progress, **KW)
+
+    quiet = batch(False)
+    assert capsys.readouterr().err == ""
+    loud = batch(True)
+    assert "3/3" in capsys.readouterr().err        # tqdm's bar on stderr counted them all
+    assert [r.name for r in loud] == [r.name for r in quiet] == ["exp0", "exp1", "exp2"]
+    for a, b in zip(quiet, loud):
+        assert a.to_dict() == b.to_dict()
+    # errors are the same with and without the bar
+    bad = [targets[0], Exposure(targets[1].data, wcs=targets[1].wcs, name="broken",
+                                mask=~(np.eye(64, dtype=bool) & (np.arange(64) < 10)))]
+    for progress in (False, True):
+        with pytest.raises(InputError, match=r"^broken: only 10 pixels"):
+            fit_image_photometry_batch(bad, reference, executor="serial", progress=progress,
+                                       **KW)

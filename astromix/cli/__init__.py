@@ -26,7 +26,8 @@ __all__ = ["main", "build_parser"]
 log = logging.getLogger("astromix")
 
 #: Subcommand modules, in the order ``astromix --help`` lists them.
-_SUBCOMMANDS = ("backends", "demo", "fit_photometry", "fit_scene", "psf_mixture")
+_SUBCOMMANDS = ("backends", "broadband_image", "demo", "fit_photometry", "fit_scene", "psf_mixture",
+               "regrid")
 
 
 def _version():

@@ -441,3 +441,43 @@ def muse_hst_hdfs():
     """
     return {"muse": get_path(f"{MUSE_HST_FOLDER}/IMAGE-HDFS-1.34.fits.gz"),
             "hst": get_path(f"{MUSE_HST_FOLDER}/HST-HDFS.fits.gz")}
+
+
+# -- CFHT FOCAM image of Abell 370 ------------------------------------------------------------
+
+#: Sub-folder holding the CFHT FOCAM I-band image of Abell 370 (see :func:`cfht_a370`).
+CFHT_A370_FOLDER = "cfht_a370"
+_SUBFOLDERS = _SUBFOLDERS + (CFHT_A370_FOLDER,)
+__all__ += ["cfht_a370", "CFHT_A370_FOLDER"]
+
+
+def cfht_a370():
+    """Path of the CFHT FOCAM I-band image of the cluster Abell 370 (from MPDAF).
+
+    ``a370II.fits.gz``: one primary HDU of 1909 x 1797 pixels, ``int16`` in
+    ADU (sky ~2000 ADU, not subtracted; saturated near 13000 ADU, header
+    ``MAXLIN = 13300``), about 0.205 arcsec/px with a rotated TAN WCS; the
+    median of five 1800 s exposures with seeing-limited stars across the
+    field (for Moffat fits, e.g. ``benchmarks/moffat_field.py``).  CFHT data
+    as distributed with MPDAF (BSD-3, CNRS / CRAL); see
+    ``cfht_a370/README.rst`` and ``LICENSE.txt``.
+
+    Returns
+    -------
+    str
+        The absolute path of the gzip-compressed FITS file.
+
+    Raises
+    ------
+    InputError
+        If the file is missing (a broken installation).
+
+    Examples
+    --------
+    >>> from astropy.io import fits
+    >>> from astromix.datasets import cfht_a370
+    >>> header = fits.getheader(cfht_a370())
+    >>> header["NAXIS1"], header["NAXIS2"], header["BITPIX"]
+    (1909, 1797, 16)
+    """
+    return get_path(f"{CFHT_A370_FOLDER}/a370II.fits.gz")

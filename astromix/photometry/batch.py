@@ -10,6 +10,7 @@ the targets.
 import concurrent.futures
 import logging
 import os
+import threading
 
 from ..errors import AstromixError
 
@@ -72,8 +73,16 @@ def _rename(exc, name, index):
                       index=index, original=exc)
 
 
+def _progress_bar(total, progress):
+    """A tqdm bar on stderr counting finished targets (a no-op bar when ``progress`` is False)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="fit_image_photometry", unit="target",
+                disable=not progress)
+
+
 def fit_image_photometry_batch(targets, reference, *, executor=None, max_workers=None,
-                               **kwargs):
+                               progress=True, **kwargs):
     """Fit many target images against one reference image; results in the targets' order.
 
     Each target is fitted with :func:`~astromix.photometry.fit_image_photometry`
@@ -98,6 +107,10 @@ def fit_image_photometry_batch(targets, reference, *, executor=None, max_workers
         processes (default ``os.cpu_count()``), shut down at the end.
     max_workers : int, optional
         Processes of the default pool.
+    progress : bool, optional
+        Show a :mod:`tqdm` progress bar on standard error counting the
+        finished targets (in whatever order they finish; default True).  It
+        changes neither the results nor the errors.
     **kwargs
         Passed to :func:`fit_image_photometry` (``fix_fwhm``, ``regions``, ...).
 
@@ -137,19 +150,36 @@ def fit_image_photometry_batch(targets, reference, *, executor=None, max_workers
             own = True
     if executor == "serial":
         results = []
-        for i, (target, name) in enumerate(zip(targets, names)):
-            try:
-                results.append(_fit_one(target, reference, kwargs))
-            except Exception as exc:
-                raise _rename(exc, name, i) from exc
-            log.info("batch: %d/%d done (%s)", i + 1, len(targets), name)
+        with _progress_bar(len(targets), progress) as bar:
+            for i, (target, name) in enumerate(zip(targets, names)):
+                try:
+                    results.append(_fit_one(target, reference, kwargs))
+                except Exception as exc:
+                    raise _rename(exc, name, i) from exc
+                bar.update(1)
+                log.info("batch: %d/%d done (%s)", i + 1, len(targets), name)
         return results
     if not isinstance(executor, concurrent.futures.Executor):
+        if own:  # pragma: no cover - our own pool is always an Executor
+            executor.shutdown(wait=False)
         raise AstromixError(f"executor must be a concurrent.futures.Executor, 'serial' or None, "
                             f"got {executor!r}")
     futures = []
+    bar = _progress_bar(len(targets), progress)
+    lock = threading.Lock()
+    closed = False
+
+    def _tick(future):  # runs in the executor's threads: count finished fits, in any order
+        if future.cancelled() or future.exception() is not None:
+            return
+        with lock:
+            if not closed:
+                bar.update(1)
+
     try:
         futures = [executor.submit(_fit_one, t, reference, kwargs) for t in targets]
+        for future in futures:
+            future.add_done_callback(_tick)  # called at once when already done
         results = []
         for i, (future, name) in enumerate(zip(futures, names)):
             try:
@@ -159,7 +189,13 @@ def fit_image_photometry_batch(targets, reference, *, executor=None, max_workers
                     f.cancel()
                 raise _rename(exc, name, i) from exc
             log.info("batch: %d/%d done (%s)", i + 1, len(targets), name)
+        with lock:  # a future's callbacks may run just after result() returned
+            bar.n = len(targets)
+            bar.refresh()
         return results
     finally:
         if own:
             executor.shutdown(wait=True, cancel_futures=True)
+        with lock:
+            closed = True
+            bar.close()

@@ -1,0 +1,102 @@
+"""``astromix broadband-image``: a broad-band image from a spectral cube and a filter curve.
+
+::
+
+    astromix broadband-image DATACUBE.fits f606w.dat --output white_f606w.fits
+    astromix broadband-image DATACUBE.fits johnson_v --output white_v.fits
+
+CUBE is a FITS cube with a spectral WCS axis (MUSE-like: ``DATA``, optional
+``STAT`` variance or ``ERR``, optional ``DQ`` != 0 bad; ``--ext`` picks the
+science HDU).  FILTER is either
+
+* a text file of two columns, wavelength [Angstrom] and throughput (``#``
+  comments; linearly interpolated, zero outside its samples), or
+* when no such file exists, the name of a bandpass that
+  :meth:`synphot.SpectralElement.from_filter` knows (``johnson_v``,
+  ``cousins_r``, ``bessel_j``, ...; synphot downloads these curves, so it
+  needs the network or a local ``PYSYN_CDBS`` copy).
+
+Each plane gets the filter curve integrated over its wavelength range and the
+image is the weighted mean of the planes, per pixel
+(:func:`astromix.photometry.make_broadband_image`, imphot's
+``make_wideband_image``).  OUT.fits holds ``DATA`` (the cube's unit and
+celestial WCS), ``STAT`` (variance, when the cube has one) and ``DQ``
+(1 = no valid plane), written atomically.
+"""
+
+import logging
+import os
+import warnings
+
+from ..errors import InputError
+from .regrid import _hdu, check_output, write_exposure
+
+__all__ = ["add_parser", "run", "load_filter"]
+
+log = logging.getLogger("astromix")
+
+
+def add_parser(subparsers):
+    """Register the ``broadband-image`` subcommand."""
+    parser = subparsers.add_parser(
+        "broadband-image",
+        help="make a broad-band image from a spectral cube weighted by a filter curve",
+        description="Collapse CUBE into an image weighted by the FILTER curve: a two-column "
+                    "text file (wavelength [Angstrom], throughput) or a synphot bandpass name "
+                    "(e.g. johnson_v; downloaded by synphot).",
+        epilog="Example: astromix broadband-image DATACUBE.fits f606w.dat --output f606w.fits")
+    parser.add_argument("cube", metavar="CUBE", help="FITS cube with a spectral WCS axis")
+    parser.add_argument("filter", metavar="FILTER",
+                        help="two-column file (wavelength [A], throughput) or a synphot "
+                             "bandpass name")
+    parser.add_argument("--output", "-o", required=True, metavar="OUT.fits",
+                        help="the FITS file to write")
+    parser.add_argument("--ext", type=_hdu, default=None, metavar="HDU",
+                        help="HDU of the cube (default: DATA, SCI or the first image)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def load_filter(spec):
+    """The filter curve for FILTER: a file name as is, else a synphot bandpass."""
+    if os.path.isfile(spec):
+        return spec
+    if os.path.sep in spec or "." in os.path.basename(spec):
+        raise InputError(f"no such filter file: {spec!r}")
+    try:
+        from synphot import SpectralElement
+    except ImportError:
+        raise InputError(f"no such filter file: {spec!r} (and synphot, for bandpass names, is "
+                         "not installed)") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return SpectralElement.from_filter(spec)
+    except Exception as exc:  # unknown name, no network...
+        text = " ".join(str(exc).split())
+        raise InputError(f"FILTER {spec!r} is neither a file nor a synphot bandpass synphot "
+                         f"could load ({type(exc).__name__}: {text})") from None
+
+
+def run(args):
+    """Run ``astromix broadband-image`` with parsed arguments; returns the exit status."""
+    import numpy as np
+
+    from ..photometry import make_broadband_image
+
+    check_output(args.output, args.overwrite)
+    if not os.path.isfile(args.cube):
+        raise InputError(f"no such file: {args.cube!r}")
+    curve = load_filter(args.filter)
+    image = make_broadband_image(args.cube, curve, ext=args.ext)
+    write_exposure(image, args.output, history=[
+        f"astromix broadband-image of {os.path.basename(args.cube)}",
+        f"through {os.path.basename(args.filter)}"])
+    used = int(np.count_nonzero(image.meta["weights"] > 0))
+    print(f"{os.path.basename(args.cube)} through {args.filter}: {used} planes, "
+          f"{image.shape[1]} x {image.shape[0]} px, "
+          f"{100 * image.meta['filter_fraction_outside']:.2f}% of the filter outside the cube "
+          f"-> {args.output}")
+    log.info("wrote %s", args.output)
+    return 0

@@ -1,0 +1,177 @@
+"""Tests of ``astromix regrid`` and ``astromix broadband-image``."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from astromix.cli import main
+from astromix.photometry import read_image
+
+
+def _wcs(scale, n, crval=(53.0, -27.8)):
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = list(crval)
+    w.wcs.crpix = [(n + 1) / 2, (n + 1) / 2]
+    w.wcs.cdelt = [-scale / 3600, scale / 3600]
+    return w
+
+
+@pytest.fixture
+def images(tmp_path):
+    """A fine reference (0.05"/px, 80 x 80, SCI + ERR) with sources, a coarse target (0.2"/px)."""
+    rng = np.random.default_rng(4)
+    n = 80
+    y, x = np.mgrid[0:n, 0:n]
+    ref = np.zeros((n, n))
+    for _ in range(5):
+        cx, cy = rng.uniform(25, 55, 2)
+        ref += rng.uniform(1, 3) * np.exp(-0.5 * ((x - cx) ** 2 + (y - cy) ** 2) / 2.0 ** 2)
+    reference = tmp_path / "hst.fits"
+    hdr = _wcs(0.05, n).to_header()
+    hdr["BUNIT"] = "electron/s"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(ref, hdr, name="SCI"),
+                  fits.ImageHDU(np.full((n, n), 0.1), hdr, name="ERR")]).writeto(reference)
+    target = tmp_path / "muse.fits"
+    fits.HDUList([fits.PrimaryHDU(),
+                  fits.ImageHDU(np.zeros((24, 24), np.float32), _wcs(0.2, 24).to_header(),
+                                name="DATA")]).writeto(target)
+    return str(reference), str(target), ref
+
+
+def test_regrid_conserves_flux(images, tmp_path, capsys):
+    reference, target, ref = images
+    out = tmp_path / "sub" / "hst_on_muse.fits"
+    assert main(["regrid", reference, target, "--output", str(out)]) == 0
+    assert "area ratio 16" in capsys.readouterr().out
+    img = read_image(out)
+    assert img.shape == (24, 24)
+    # the target's grid and WCS
+    twcs = WCS(fits.getheader(target, "DATA")).celestial
+    np.testing.assert_allclose(img.wcs.wcs.crval, twcs.wcs.crval)
+    np.testing.assert_allclose(img.wcs.wcs.cdelt, twcs.wcs.cdelt)
+    assert str(img.unit) == "electron / s"
+    # the 80 x 80 fine pixels are the central 20 x 20 coarse ones: all the flux lands there
+    good = ~img.mask
+    assert good[2:22, 2:22].all()
+    np.testing.assert_allclose(img.data[good].sum(), ref.sum(), rtol=1e-9)
+    # variance: 0.1^2 per fine pixel, times the area ratio -> 16 x 0.01 per coarse pixel
+    np.testing.assert_allclose(img.uncertainty.array[2:22, 2:22], 0.16, rtol=1e-6)
+    # interp and adaptive conserve the total too, to a smaller accuracy
+    for method in ("interp", "adaptive"):
+        other = tmp_path / f"{method}.fits"
+        assert main(["regrid", reference, target, "-o", str(other), "--method", method]) == 0
+        o = read_image(other)
+        np.testing.assert_allclose(o.data[~o.mask].sum(), ref.sum(), rtol=0.05)
+    # the output exists: refused without --overwrite, replaced with it
+    assert main(["regrid", reference, target, "--output", str(out)]) == 2
+    assert "exists (use --overwrite)" in capsys.readouterr().err
+    assert main(["regrid", reference, target, "--output", str(out), "--overwrite",
+                 "--ext", "SCI", "--target-ext", "DATA"]) == 0
+
+
+def _one_line_error(capsys, command):
+    err = capsys.readouterr().err
+    assert err.startswith(f"astromix {command}: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_regrid_bad_input(images, tmp_path, capsys):
+    reference, target, _ = images
+    out = str(tmp_path / "o.fits")
+    assert main(["regrid", reference, str(tmp_path / "missing.fits"), "-o", out]) == 2
+    assert "no such file" in _one_line_error(capsys, "regrid")
+    nowcs = tmp_path / "nowcs.fits"
+    fits.PrimaryHDU(np.ones((5, 5))).writeto(nowcs)
+    assert main(["regrid", reference, str(nowcs), "-o", out]) == 2
+    assert "celestial WCS" in _one_line_error(capsys, "regrid")
+    far = tmp_path / "far.fits"
+    fits.PrimaryHDU(np.ones((5, 5)), _wcs(0.2, 5, crval=(60.0, 10.0)).to_header()).writeto(far)
+    assert main(["regrid", reference, str(far), "-o", out]) == 2
+    assert "does not overlap" in _one_line_error(capsys, "regrid")
+    assert main(["regrid", reference, target, "-o", out, "--method", "nearest"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert not (tmp_path / "o.fits").exists()
+
+
+WAVE = 5000.0 + np.arange(4.0)
+
+
+@pytest.fixture
+def cube(tmp_path):
+    """A 4-plane MUSE-like cube (DATA, STAT, DQ) at 5000-5003 A and a triangle-ish filter."""
+    rng = np.random.default_rng(5)
+    data = rng.uniform(1, 2, (4, 6, 5))
+    var = rng.uniform(0.1, 0.2, (4, 6, 5))
+    dq = np.zeros((4, 6, 5), np.int16)
+    dq[1, 2, 3] = 1                                     # one bad plane at one pixel
+    w = _wcs(0.2, 6)
+    hdr = fits.Header()
+    hdr.update(w.to_header())
+    hdr["WCSAXES"] = 3
+    hdr["CTYPE3"], hdr["CUNIT3"] = "AWAV", "Angstrom"
+    hdr["CRVAL3"], hdr["CRPIX3"], hdr["CDELT3"] = WAVE[0], 1.0, 1.0
+    hdr["BUNIT"] = "10**(-20)*erg/s/cm**2/Angstrom"
+    path = tmp_path / "cube.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, hdr, name="DATA"),
+                  fits.ImageHDU(var, hdr, name="STAT"),
+                  fits.ImageHDU(dq, hdr, name="DQ")]).writeto(path)
+    filt = tmp_path / "filter.dat"
+    filt.write_text("# wavelength [A] throughput\n5000 0\n5001 1\n5002 1\n5003 0\n")
+    return str(path), str(filt), data, var
+
+
+def test_broadband_image_by_hand(cube, tmp_path, capsys):
+    path, filt, data, var = cube
+    out = tmp_path / "bb.fits"
+    assert main(["broadband-image", path, filt, "--output", str(out)]) == 0
+    assert "4 planes" in capsys.readouterr().out
+    img = read_image(out)
+    # each plane covers +-0.5 A: the filter integrated over them
+    w = np.array([0.125, 0.875, 0.875, 0.125])
+    expect = np.tensordot(w, data, axes=1) / w.sum()
+    expect_var = np.tensordot(w ** 2, var, axes=1) / w.sum() ** 2
+    wb = w[[0, 2, 3]]                                   # the pixel with a bad plane
+    expect[2, 3] = np.dot(wb, data[[0, 2, 3], 2, 3]) / wb.sum()
+    expect_var[2, 3] = np.dot(wb ** 2, var[[0, 2, 3], 2, 3]) / wb.sum() ** 2
+    np.testing.assert_allclose(img.data, expect, rtol=1e-12)
+    np.testing.assert_allclose(img.uncertainty.array, expect_var, rtol=1e-12)
+    assert not img.mask.any() and img.shape == (6, 5)
+    np.testing.assert_allclose(img.wcs.wcs.crval, [53.0, -27.8])
+    assert "erg" in str(img.unit)
+
+
+def test_broadband_image_bad_input(cube, tmp_path, capsys):
+    path, filt, _, _ = cube
+    out = str(tmp_path / "bb.fits")
+    assert main(["broadband-image", path, str(tmp_path / "nofilter.dat"), "-o", out]) == 2
+    assert "no such filter file" in _one_line_error(capsys, "broadband-image")
+    bad = tmp_path / "bad.dat"
+    bad.write_text("1 2 3\nfoo bar\n")
+    assert main(["broadband-image", path, str(bad), "-o", out]) == 2
+    assert "cannot read the filter curve" in _one_line_error(capsys, "broadband-image")
+    image = tmp_path / "image.fits"
+    fits.PrimaryHDU(np.ones((5, 5))).writeto(image)
+    assert main(["broadband-image", str(image), filt, "-o", out]) == 2
+    assert "is not a cube" in _one_line_error(capsys, "broadband-image")
+    away = tmp_path / "away.dat"
+    away.write_text("7000 1\n7100 1\n")
+    assert main(["broadband-image", path, str(away), "-o", out]) == 2
+    assert "does not overlap" in _one_line_error(capsys, "broadband-image")
+    assert main(["broadband-image", str(tmp_path / "nocube.fits"), filt, "-o", out]) == 2
+    assert "no such file" in _one_line_error(capsys, "broadband-image")
+    assert not (tmp_path / "bb.fits").exists()
+
+
+def test_broadband_image_unknown_bandpass_name(cube, tmp_path, capsys):
+    path, _, _, _ = cube
+    rc = main(["broadband-image", path, "no_such_band_xyz", "-o", str(tmp_path / "bb.fits")])
+    assert rc == 2
+    assert "synphot" in _one_line_error(capsys, "broadband-image")
+
+
+def test_help_lists_the_commands(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "regrid" in text and "broadband-image" in text
