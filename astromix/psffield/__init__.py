@@ -1,0 +1,27 @@
+"""The PSF of a field from its stars (the job of ShapePipe, PSFEx and Piff).
+
+* :func:`detect_sources`, :func:`read_ldac` -- a source catalog from an image
+  (photutils) or from a SExtractor FITS_LDAC file;
+* :func:`select_stars` -- the stars on the size-magnitude locus (ShapePipe's
+  rule), with a reserve kept out for validation; :func:`plot_size_magnitude`;
+* :func:`fit_psf_field` -- a pixel PSF whose basis varies as a polynomial in
+  (x, y) (PSFEx's model), fitted with Piff's outlier loop; the
+  :class:`PSFFieldModel` gives the PSF at any position as an image or a
+  GaussianMixturePSF and exports itself as a PSFEx model
+  (:func:`astromix.io.psfex.write_psfex`).
+"""
+
+from .model import PSFFieldModel, fit_psf_field
+from .stars import (
+    FLAG_BAD_PIXELS,
+    FLAG_CROWDED,
+    FLAG_EDGE,
+    FLAG_SATURATED,
+    detect_sources,
+    plot_size_magnitude,
+    read_ldac,
+    select_stars,
+)
+
+__all__ = ["FLAG_BAD_PIXELS", "FLAG_CROWDED", "FLAG_EDGE", "FLAG_SATURATED", "PSFFieldModel",
+           "detect_sources", "fit_psf_field", "plot_size_magnitude", "read_ldac", "select_stars"]

@@ -1,0 +1,89 @@
+"""Tests of astromix.psffield.model (pixel PSF-field model) on a GalSim field."""
+
+import numpy as np
+import pytest
+
+galsim = pytest.importorskip("galsim")
+
+from astropy.table import Table  # noqa: E402
+
+from astromix.io.psfex import read_psfex, write_psfex  # noqa: E402
+from astromix.psffield.model import fit_psf_field  # noqa: E402
+
+HELD_OUT = [(100.0, 100.0), (500.0, 500.0), (900.0, 200.0), (300.0, 850.0), (700.0, 650.0)]
+
+
+def _profile(x, y):
+    u, v = x / 1000.0 - 0.5, y / 1000.0 - 0.5
+    return galsim.Moffat(beta=3.5, fwhm=3.2 + 0.5 * u + 0.4 * v * v).shear(
+        g1=0.06 * u - 0.03 * v, g2=0.04 * v + 0.05 * u * u)
+
+
+def _truth(x, y, size=25):
+    arr = _profile(x, y).drawImage(scale=1.0, nx=size, ny=size).array
+    return arr / arr.sum()
+
+
+@pytest.fixture(scope="module")
+def field():
+    rng = np.random.default_rng(1)
+    n = 80
+    img = galsim.ImageD(1000, 1000)
+    xs, ys = rng.uniform(20, 980, n), rng.uniform(20, 980, n)
+    fluxes = 2e5 * rng.uniform(0.5, 2.0, n)
+    for i, (x, y, f) in enumerate(zip(xs, ys, fluxes)):
+        prof = _profile(x, y).withFlux(f)
+        if i < 3:  # binaries
+            prof = prof + _profile(x, y).withFlux(0.4 * f).shift(2.5, 1.5)
+        st = prof.drawImage(scale=1.0, center=galsim.PositionD(x + 1, y + 1), nx=41, ny=41)
+        b = st.bounds & img.bounds
+        img[b] += st[b]
+    arr = img.array + rng.normal(0, 1.0, img.array.shape)
+    for i in (3, 4):  # cosmic rays
+        j, k = int(round(ys[i])) + 2, int(round(xs[i]))
+        arr[j, k - 1:k + 2] += 0.015 * fluxes[i]
+    stars = Table({"x": xs + rng.normal(0, 0.2, n), "y": ys + rng.normal(0, 0.2, n)})
+    model = fit_psf_field(arr, stars, weight=np.ones_like(arr), background=0.0, size=25,
+                          degree=2)
+    return model, xs, ys
+
+
+def test_accuracy_and_rejection(field):
+    model, xs, ys = field
+    info = model.fit_info
+    assert info["converged"]
+    rejected = np.flatnonzero(model.stars["rejected"])
+    assert set(range(5)) <= set(rejected)
+    assert len(rejected) <= 7
+    assert np.all(model.stars["used"] == ~model.stars["rejected"] & ~model.stars["edge"])
+    good = np.asarray(model.stars["used"])
+    assert np.max(np.hypot(model.stars["x_fit"][good] - xs[good],
+                           model.stars["y_fit"][good] - ys[good])) < 0.05
+    for x, y in HELD_OUT:
+        img = model.image(x, y)
+        assert img.shape == (25, 25)
+        assert img.sum() == pytest.approx(1.0)
+        truth = _truth(x, y)
+        assert np.abs(img - truth).max() / truth.max() < 4e-3
+
+
+def test_psfex_round_trip(field, tmp_path):
+    model, _, _ = field
+    path = write_psfex(tmp_path / "field.psf", model.to_psfex(), dtype=np.float64)
+    back = read_psfex(path)
+    assert back.degree == 2 and back.shape == (25, 25) and back.meta["ACCEPTED"] > 0
+    for x, y in HELD_OUT:
+        # independent evaluation of the PSFEx polynomial
+        xt = (x + 1 - back.polzero[0]) / back.polscal[0]
+        yt = (y + 1 - back.polzero[1]) / back.polscal[1]
+        terms = [1, xt, xt ** 2, yt, xt * yt, yt ** 2]
+        grid = np.tensordot(terms, back.basis, axes=1)
+        np.testing.assert_allclose(grid / grid.sum(), model.image(x, y), atol=1e-12)
+        np.testing.assert_allclose(back.image(x, y), model.image(x, y), atol=1e-12)
+
+
+def test_mixture(field):
+    model, _, _ = field
+    mix = model.mixture(500.0, 500.0, n_components=4)
+    assert mix.fit_info["image_max_residual_over_peak"] < 2e-2
+    assert sum(mix.mixture.amp) == pytest.approx(1.0)

@@ -1,0 +1,171 @@
+"""Tests of astromix.psffield.stars: detection, LDAC reading, star selection, plot."""
+
+import galsim
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from astromix.errors import InputError
+from astromix.psffield import (
+    FLAG_SATURATED,
+    detect_sources,
+    plot_size_magnitude,
+    read_ldac,
+    select_stars,
+)
+
+FWHM = 3.0          # px, of the Gaussian stars before pixel integration
+# as drawn (convolved with the pixel box): variance + 1/12 px^2
+FWHM_PIX = np.sqrt(FWHM ** 2 + 8 * np.log(2) / 12.0)
+SAT = 20000.0
+
+
+@pytest.fixture(scope="module")
+def field():
+    """(image, star xy, galaxy xy, saturated xy): a 480 x 480 px simulated field."""
+    rng = np.random.default_rng(3)
+    n = 480
+    image = galsim.ImageF(n, n, scale=1.0)
+    # jittered grid of cells: one object per cell, well separated
+    cells = [(i, j) for i in range(8) for j in range(8)]
+    rng.shuffle(cells)
+    pos = np.array([[40 + 57 * i + rng.uniform(-8, 8), 40 + 57 * j + rng.uniform(-8, 8)]
+                    for i, j in cells])
+    stars, gals, sats = pos[:40], pos[40:60], pos[60:63]
+    psf = galsim.Gaussian(fwhm=FWHM)
+    for x, y in stars:
+        flux = 10 ** rng.uniform(3.5, 5.0)
+        psf.withFlux(flux).drawImage(image, center=(x + 1, y + 1), add_to_image=True)
+    for x, y in gals:
+        gal = galsim.Exponential(half_light_radius=rng.uniform(2.5, 5.0), flux=3e4)
+        gal = gal.shear(g1=rng.uniform(-0.3, 0.3), g2=rng.uniform(-0.3, 0.3))
+        galsim.Convolve(gal, psf).drawImage(image, center=(x + 1, y + 1), add_to_image=True)
+    for x, y in sats:
+        psf.withFlux(2e6).drawImage(image, center=(x + 1, y + 1), add_to_image=True)
+    data = image.array.astype(float) + 100.0 + rng.normal(0.0, 5.0, (n, n))
+    data = np.minimum(data, SAT)
+    return data, stars, gals, sats
+
+
+def _match(cat, xy, tol=1.5):
+    """Index of the catalog row nearest to each position (-1 when farther than tol px)."""
+    d = np.hypot(cat["x"][None, :] - xy[:, 0:1], cat["y"][None, :] - xy[:, 1:2])
+    idx = np.argmin(d, axis=1)
+    return np.where(d[np.arange(len(xy)), idx] < tol, idx, -1)
+
+
+def test_detect_and_select_simulated(field):
+    data, stars, gals, sats = field
+    cat = detect_sources(data, saturation=0.99 * SAT)
+    assert set(cat.colnames) >= {"id", "x", "y", "flux", "mag", "fwhm", "snr", "flags"}
+    istar, igal, isat = _match(cat, stars), _match(cat, gals), _match(cat, sats)
+    assert np.all(istar >= 0) and np.all(igal >= 0) and np.all(isat >= 0)
+    # centroids to 0.1 px, 0-based
+    assert np.max(np.hypot(cat["x"][istar] - stars[:, 0], cat["y"][istar] - stars[:, 1])) < 0.1
+    assert np.all(cat["flags"][isat] & FLAG_SATURATED)
+    assert not np.any(cat["flags"][istar] & FLAG_SATURATED)
+
+    sel = select_stars(cat, seed=1)
+    assert abs(sel.meta["fwhm_mode"] - FWHM_PIX) < 0.1
+    assert np.all(sel["star"][istar])
+    assert not np.any(sel["star"][igal])
+    assert not np.any(sel["star"][isat])
+    nstar = int(sel["star"].sum())
+    assert nstar == len(stars)
+    # reserve: 20% of the stars, a subset of them, reproducible
+    assert sel["reserve"].sum() == round(0.2 * nstar)
+    assert np.all(sel["star"][sel["reserve"]])
+    assert np.array_equal(sel["selected"], sel["star"] & ~sel["reserve"])
+    again = select_stars(cat, seed=1)
+    assert np.array_equal(again["reserve"], sel["reserve"])
+    other = select_stars(cat, rng=np.random.default_rng(2))
+    assert not np.array_equal(other["reserve"], sel["reserve"])
+    assert select_stars(cat, reserve=0.0)["reserve"].sum() == 0
+
+
+def test_detect_masks_bad_pixels_and_weight(field):
+    data = field[0].copy()
+    data[200:203, 200:203] = np.nan
+    weight = np.full(data.shape, 1 / 25.0)
+    cat = detect_sources(data, weight=weight)
+    assert np.all(np.isfinite(cat["x"]))
+    near = np.hypot(cat["x"] - 201, cat["y"] - 201) < 10
+    assert np.all(cat["flags"][near] & 8)
+    with pytest.raises(InputError):
+        detect_sources(data, weight=weight[:-1])
+    with pytest.raises(InputError):
+        detect_sources(np.zeros(5))
+
+
+def test_read_ldac(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 50
+    fwhm = np.r_[np.full(30, 3.5) + rng.normal(0, 0.03, 30), rng.uniform(4.5, 9, 20)]
+    flux = 10 ** rng.uniform(3, 5, n)
+    cols = [
+        fits.Column("NUMBER", "J", array=np.arange(1, n + 1)),
+        fits.Column("X_IMAGE", "E", array=rng.uniform(1, 1000, n)),
+        fits.Column("Y_IMAGE", "E", array=rng.uniform(1, 1000, n)),
+        fits.Column("FLUX_APER", "3E", array=np.column_stack([flux, 2 * flux, 3 * flux])),
+        fits.Column("FLUXERR_APER", "3E", array=np.column_stack([flux / 50] * 3)),
+        fits.Column("FWHM_IMAGE", "E", array=fwhm),
+        fits.Column("FLAGS", "I", array=np.r_[np.zeros(n - 1), 2]),
+    ]
+    head = fits.Column("Field Header Card", "80A", array=["SIMPLE  =                    T"])
+    path = tmp_path / "cat.ldac"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([head], name="LDAC_IMHEAD"),
+                  fits.BinTableHDU.from_columns(cols, name="LDAC_OBJECTS")]).writeto(path)
+    cat = read_ldac(path)
+    raw = Table.read(path, hdu="LDAC_OBJECTS")
+    np.testing.assert_allclose(cat["x"], raw["X_IMAGE"] - 1)
+    np.testing.assert_allclose(cat["y"], raw["Y_IMAGE"] - 1)
+    np.testing.assert_allclose(cat["flux"], raw["FLUX_APER"][:, 0])
+    np.testing.assert_allclose(cat["snr"], 50, rtol=1e-5)
+    np.testing.assert_allclose(cat["mag"], -2.5 * np.log10(cat["flux"]))
+    assert cat["flags"][-1] == 2 and cat["id"][0] == 1
+    sel = select_stars(cat, seed=0)
+    assert abs(sel.meta["fwhm_mode"] - 3.5) < 0.05
+    assert sel["star"].sum() == 30 - (cat["flags"][:30] > 0).sum()
+
+    bad = tmp_path / "plain.fits"
+    fits.PrimaryHDU(np.zeros((2, 2))).writeto(bad)
+    with pytest.raises(InputError):
+        read_ldac(bad)
+    with pytest.raises(InputError):
+        read_ldac(tmp_path / "missing.fits")
+
+
+def test_select_refuses_bad_input():
+    cat = Table({"mag": [1.0], "fwhm": [3.0], "snr": [5.0], "flags": [0]})
+    with pytest.raises(InputError):
+        select_stars(cat)                       # S/N below 20: nothing left
+    with pytest.raises(InputError):
+        select_stars(cat, snr_range=None, reserve=1.0)
+    with pytest.raises(InputError):
+        select_stars(Table({"mag": [1.0]}))
+
+
+def test_cfht_a370_stars():
+    from astromix.datasets import cfht_a370
+
+    image = fits.getdata(cfht_a370())
+    cat = detect_sources(image, saturation=12000.0)
+    assert len(cat) > 1000
+    sel = select_stars(cat, seed=0)
+    # the stellar locus of this image is near 3.4 px (0.7 arcsec)
+    assert 3.0 < sel.meta["fwhm_mode"] < 3.7
+    assert sel["star"].sum() >= 40
+    assert not np.any(sel["star"] & (sel["flags"] > 0))
+
+
+def test_plot_size_magnitude(field):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = select_stars(detect_sources(field[0], saturation=0.99 * SAT), seed=0)
+    ax = plot_size_magnitude(sel)
+    assert len(ax.collections) >= 3
+    plt.close(ax.figure)
