@@ -8,7 +8,10 @@
   (x, y) (PSFEx's model), fitted with Piff's outlier loop; the
   :class:`PSFFieldModel` gives the PSF at any position as an image or a
   GaussianMixturePSF and exports itself as a PSFEx model
-  (:func:`astromix.io.psfex.write_psfex`).
+  (:func:`astromix.io.psfex.write_psfex`);
+* :func:`validate_psf_field`, :func:`rho_statistics`, :func:`plot_whiskers` --
+  HSM sizes and shapes of reserve stars against the model, pixel RMSE, and
+  rho statistics with TreeCorr (Jarvis et al. 2016).
 """
 
 from .model import PSFFieldModel, fit_psf_field
@@ -22,6 +25,15 @@ from .stars import (
     read_ldac,
     select_stars,
 )
+from .validation import (
+    FLAG_HSM_MODEL,
+    FLAG_HSM_STAR,
+    plot_whiskers,
+    rho_statistics,
+    validate_psf_field,
+)
 
-__all__ = ["FLAG_BAD_PIXELS", "FLAG_CROWDED", "FLAG_EDGE", "FLAG_SATURATED", "PSFFieldModel",
-           "detect_sources", "fit_psf_field", "plot_size_magnitude", "read_ldac", "select_stars"]
+__all__ = ["FLAG_BAD_PIXELS", "FLAG_CROWDED", "FLAG_EDGE", "FLAG_HSM_MODEL", "FLAG_HSM_STAR",
+           "FLAG_SATURATED", "PSFFieldModel", "detect_sources", "fit_psf_field",
+           "plot_size_magnitude", "plot_whiskers", "read_ldac", "rho_statistics", "select_stars",
+           "validate_psf_field"]

@@ -1,0 +1,164 @@
+"""``astromix psf-field``: model the PSF of a field from its stars and validate it.
+
+::
+
+    astromix psf-field image.fits --saturation 12000 --outdir psf_out
+
+Sources are detected in IMAGE (:func:`astromix.psffield.detect_sources`) or
+read from a SExtractor FITS_LDAC catalog (``--catalog``); the stars are
+selected on the size-magnitude locus with a random reserve
+(:func:`astromix.psffield.select_stars`), the PSF field is fitted on the
+other stars (:func:`astromix.psffield.fit_psf_field`) and validated on the
+reserve (:func:`astromix.psffield.validation.validate_psf_field`,
+:func:`~astromix.psffield.validation.rho_statistics`).
+
+Written in OUTDIR (each file atomically): ``psf.psf`` (PSFEx model),
+``stars.ecsv`` (the stars, selected and reserve, with flags and fit columns),
+``validation.ecsv`` (HSM moments per reserve star), ``rho_stats.ecsv`` and,
+unless ``--no-plot``, ``size_magnitude.png`` and ``whiskers.png``.
+"""
+
+import logging
+import os
+import time
+
+from ..errors import InputError
+from ._shared import atomic_path, prepare_output_folder
+
+__all__ = ["add_parser", "run"]
+
+log = logging.getLogger("astromix")
+
+
+def add_parser(subparsers):
+    """Register the ``psf-field`` subcommand."""
+    parser = subparsers.add_parser(
+        "psf-field",
+        help="model the PSF of a field from its stars (PSFEx-style) and validate it",
+        description="Detect or read sources, select stars with a reserve, fit a pixel PSF "
+                    "varying as a polynomial in (x, y) and validate it on the reserve stars "
+                    "(HSM moments, pixel RMSE, rho statistics).",
+        epilog="Example: astromix psf-field image.fits --saturation 12000 --outdir psf_out")
+    parser.add_argument("image", metavar="IMAGE", help="FITS image (first image HDU)")
+    parser.add_argument("--weight", metavar="W", help="FITS inverse-variance map")
+    parser.add_argument("--catalog", metavar="CAT", help="SExtractor FITS_LDAC catalog")
+    parser.add_argument("--degree", type=int, default=2, help="polynomial degree (default 2)")
+    parser.add_argument("--size", type=int, default=25, help="PSF stamp side [px], odd "
+                        "(default 25)")
+    parser.add_argument("--reserve", type=float, default=0.2,
+                        help="fraction of stars kept for validation (default 0.2)")
+    parser.add_argument("--saturation", type=float, default=None,
+                        help="saturation level [image unit] for detection")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the reserve draw")
+    parser.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
+                        help="arcsec per pixel for the rho statistics (default: from the "
+                             "WCS, else 1)")
+    parser.add_argument("--outdir", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--no-plot", action="store_true", help="write no figures")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _read(path, what):
+    import numpy as np
+    from astropy.io import fits
+
+    try:
+        with fits.open(path) as hdul:
+            for hdu in hdul:
+                if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
+                    return np.asarray(hdu.data, dtype=np.float64), hdu.header
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {what} {path!r}: {exc}") from None
+    raise InputError(f"{what} {path!r} has no 2-D image HDU")
+
+
+def _pixel_scale(header):
+    import warnings
+
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header).celestial
+        if wcs.naxis == 2 and wcs.has_celestial:
+            return float(proj_plane_pixel_scales(wcs).mean() * 3600.0)
+    except Exception:  # noqa: BLE001 - any WCS problem: no scale
+        pass
+    return None
+
+
+def _write_table(table, path):
+    with atomic_path(path) as tmp:
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
+
+
+def run(args):
+    """Run ``astromix psf-field`` with parsed arguments; returns the exit status."""
+    import numpy as np
+
+    from ..io.psfex import write_psfex
+    from ..psffield import detect_sources, fit_psf_field, read_ldac, select_stars
+    from ..psffield.validation import plot_whiskers, rho_statistics, validate_psf_field
+
+    t0 = time.perf_counter()
+    prepare_output_folder(args.outdir)
+    image, header = _read(args.image, "image")
+    weight = None if args.weight is None else _read(args.weight, "weight")[0]
+    if weight is not None and weight.shape != image.shape:
+        raise InputError(f"weight shape {weight.shape} differs from image {image.shape}")
+    if args.catalog is not None:
+        catalog = read_ldac(args.catalog)
+    else:
+        catalog = detect_sources(image, weight=weight, saturation=args.saturation)
+    stars = select_stars(catalog, reserve=args.reserve, seed=args.seed)
+    stars = stars[np.asarray(stars["star"], bool)]
+    n_res = int(np.sum(stars["reserve"]))
+    if n_res == 0:
+        raise InputError("no reserve stars to validate with (raise --reserve)")
+    model = fit_psf_field(image, stars[np.asarray(stars["selected"], bool)], weight=weight,
+                          size=args.size, degree=args.degree)
+    fitted = model.stars
+    for name in ("x_fit", "y_fit", "flux_fit", "chi2_dof", "rejected", "used"):
+        col = np.full(len(stars), np.nan if fitted[name].dtype.kind == "f" else False,
+                      dtype=fitted[name].dtype)
+        col[np.asarray(stars["selected"], bool)] = fitted[name]
+        stars[name] = col
+    table = validate_psf_field(image, model, stars, size=args.size, weight=weight)
+    scale = args.pixel_scale or _pixel_scale(header) or 1.0
+    try:
+        rho = rho_statistics(table, pixel_scale=scale)
+    except InputError as exc:
+        log.warning("no rho statistics: %s", exc)
+        rho = None
+
+    write_psfex(os.path.join(args.outdir, "psf.psf"), model.to_psfex(), overwrite=True)
+    _write_table(stars, os.path.join(args.outdir, "stars.ecsv"))
+    _write_table(table, os.path.join(args.outdir, "validation.ecsv"))
+    if rho is not None:
+        _write_table(rho, os.path.join(args.outdir, "rho_stats.ecsv"))
+    if not args.no_plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from ..psffield import plot_size_magnitude
+
+        catalog_sel = select_stars(catalog, reserve=args.reserve, seed=args.seed)
+        for name, draw in (("size_magnitude.png", lambda ax: plot_size_magnitude(catalog_sel,
+                                                                                  ax=ax)),
+                           ("whiskers.png", lambda ax: plot_whiskers(table, ax=ax))):
+            fig, ax = plt.subplots(figsize=(6, 5))
+            draw(ax)
+            path = os.path.join(args.outdir, name)
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format="png", dpi=100)
+            plt.close(fig)
+    m = table.meta
+    print(f"{len(stars)} stars ({n_res} reserve), {model.fit_info['n_used']} used in the fit; "
+          f"reserve: median dsigma/sigma {m['median_dsigma_over_sigma']:+.4f}, de1 "
+          f"{m['median_de1']:+.4f}, de2 {m['median_de2']:+.4f}, pixel RMSE/peak "
+          f"{m['median_rmse']:.4f} ({time.perf_counter() - t0:.1f} s) -> {args.outdir}")
+    return 0

@@ -1,0 +1,46 @@
+"""Tests of ``astromix psf-field`` on the shipped CFHT image."""
+
+import os
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+pytest.importorskip("galsim")
+pytest.importorskip("treecorr")
+pytest.importorskip("photutils")
+pytest.importorskip("matplotlib")
+
+from astromix.cli import main  # noqa: E402
+from astromix.datasets import cfht_a370  # noqa: E402
+from astromix.io.psfex import read_psfex  # noqa: E402
+
+
+def test_psf_field_cfht(tmp_path, capsys):
+    out = tmp_path / "psf"
+    status = main(["psf-field", cfht_a370(), "--saturation", "12000", "--size", "19",
+                   "--outdir", str(out)])
+    assert status == 0
+    assert "reserve" in capsys.readouterr().out
+    for name in ("psf.psf", "stars.ecsv", "validation.ecsv", "rho_stats.ecsv",
+                 "size_magnitude.png", "whiskers.png"):
+        assert os.path.getsize(out / name) > 0
+    stars = Table.read(out / "stars.ecsv")
+    n_res = int(np.sum(stars["reserve"]))
+    assert n_res >= 5 and np.sum(stars["selected"]) >= 20
+    psf = read_psfex(out / "psf.psf")
+    assert psf.basis.shape == (6, 19, 19)
+    val = Table.read(out / "validation.ecsv")
+    assert len(val) == n_res
+    ok = val["flag"] == 0
+    assert ok.sum() >= n_res - 1
+    # measured: median RMSE/peak 0.027, |dsigma/sigma| 0.04, |de| < 0.004 (9 reserve stars)
+    assert np.median(val["rmse"][ok]) < 0.05
+    assert abs(np.median(val["dsigma_over_sigma"][ok])) < 0.08
+    assert np.all(np.isfinite(Table.read(out / "rho_stats.ecsv")["r"]))
+
+
+def test_psf_field_bad_input(tmp_path, capsys):
+    status = main(["psf-field", str(tmp_path / "missing.fits"), "--outdir", str(tmp_path / "o")])
+    assert status == 2
+    assert "missing.fits" in capsys.readouterr().err
