@@ -1,11 +1,10 @@
 """Helpers shared by the subcommands: atomic writes and the panels of the diagnostic figures."""
 
-import contextlib
 import os
-import tempfile
 
 import numpy as np
 
+from .._atomic import atomic_path  # noqa: F401  (the subcommands import it from here)
 from ..errors import InputError
 
 
@@ -18,27 +17,6 @@ def prepare_output_folder(folder):
                          f"{exc.strerror or exc}") from None
     if not os.access(folder, os.W_OK):
         raise InputError(f"output folder {folder!r} is not writable")
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it into place on success.
-
-    On any exception the temporary file is removed and ``path`` is untouched.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600; give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def radial_profile(image, centre):

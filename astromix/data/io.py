@@ -49,20 +49,17 @@ exposures replaced or appended), flushed to disk and renamed over the original
 unchanged.
 """
 
-import contextlib
 import contextvars
-import errno
 import io
 import json
 import logging
 import numbers
 import os
-import secrets
-import shutil
 import warnings
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..errors import InputError
 from .exposure import Exposure, ExposureWarning, _is_astropy_wcs, _is_gwcs
 
@@ -234,46 +231,6 @@ def warn_unstored_psf(names, stacklevel=3):
                       "reading", ExposureWarning, stacklevel=stacklevel)
 
 
-def _create_temp(path):
-    """Create an empty temporary file next to ``path`` (mode 0666 less the umask)."""
-    folder, name = os.path.split(path)
-    for _ in range(100):
-        tmp = os.path.join(folder or ".", f".{name}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            continue
-        os.close(fd)
-        return tmp
-    raise FileExistsError(errno.EEXIST, "could not create a temporary file",  # pragma: no cover
-                          folder)
-
-
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _atomic(path, *, copy_existing):
-    """Yield a temporary file beside ``path`` (a copy of it if asked); rename it on success."""
-    tmp = _create_temp(path)
-    try:
-        if copy_existing:
-            shutil.copyfile(path, tmp)
-            shutil.copymode(path, tmp)
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 # -- public API -----------------------------------------------------------------------------------
 
 def write_exposures(path, exposures, *, overwrite=False, group=None):
@@ -440,7 +397,7 @@ def _write_hdf5(path, exposures, *, overwrite, group):
             raise InputError(f"{shown} exists but is not a readable HDF5 file ({exc}); "
                              "refusing to replace it") from None
     payloads = [_h5_payload(exp) for exp in exposures]  # every check before any write
-    with _atomic(path, copy_existing=exists) as tmp:
+    with atomic_path(path, copy_existing=exists) as tmp:
         with h5py.File(tmp, "r+" if exists else "w", track_order=True) as f:
             parent = f.require_group(group) if group else f
             for exp, payload in zip(exposures, payloads):
@@ -700,7 +657,7 @@ def _write_asdf(path, exposures, *, overwrite, group):
             index[exp.name] = len(merged)
             merged.append(exp)
     tree[key] = merged
-    with _atomic(path, copy_existing=False) as tmp:
+    with atomic_path(path) as tmp:
         _write_asdf_tree(asdf, tree, tmp)
     log.debug("wrote %d exposure(s) to %s", len(exposures), shown)
 

@@ -47,17 +47,15 @@ HDF5 does not reclaim the space of a deleted group, so a file rewritten many
 times grows slowly (``h5repack`` compacts it).
 """
 
-import contextlib
 import errno
 import logging
 import numbers
 import os
-import secrets
-import shutil
 from collections.abc import Sequence
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 
@@ -198,46 +196,13 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
             raise InputError(f"{shown} already has band {band!r} and overwrite=False; "
                              "the file was left unchanged")
 
-    tmp = _create_temp(path)
-    try:
-        if exists:
-            shutil.copyfile(path, tmp)
-            shutil.copymode(path, tmp)
+    with atomic_path(path, copy_existing=exists) as tmp:
         with h5py.File(tmp, "r+" if exists else "w") as f:
             if band in f:
                 del f[band]
             _fill_group(f.create_group(band), params, locs, scale)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
     log.debug("wrote forcepho PSF %s/%s: %d location(s), %d x %d components", shown, band,
               params.shape[0], n_sersic_bins, params.shape[1] // n_sersic_bins)
-
-
-def _create_temp(path):
-    """Create an empty temporary file next to ``path`` (mode 0666 less the umask)."""
-    folder, name = os.path.split(path)
-    for _ in range(100):
-        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            continue
-        os.close(fd)
-        return tmp
-    raise FileExistsError(errno.EEXIST, "could not create a temporary file",  # pragma: no cover
-                          folder)
-
-
-def _fsync(path):
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fill_group(group, params, locations, scale):

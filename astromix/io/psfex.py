@@ -64,17 +64,16 @@ Examples
 ((63, 63), 1.0)
 """
 
-import contextlib
 import math
 import numbers
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..errors import InputError
 
 __all__ = ["PSFExModel", "read_psfex", "write_psfex"]
@@ -868,30 +867,6 @@ def _select_row(data, columns, nrows, path, ccdname, row):
 
 
 # -- writing ---------------------------------------------------------------------------
-@contextlib.contextmanager
-def _atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it into place on success.
-
-    The temporary name keeps a ``.gz`` ending so that astropy compresses it
-    as it would ``path``.  On any exception the temporary file is removed and
-    ``path`` is untouched.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    suffix = ".tmp.gz" if path.lower().endswith(".gz") else ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def _half_light_diameter(image, psf_samp, n_sub=5):
     """Twice the half-light radius [image px] of a PSF image about its centroid."""
     img = np.clip(image, 0, None)
@@ -1057,6 +1032,6 @@ def write_psfex(path, model_or_arrays, *, overwrite=False, dtype=np.float32):
             continue
         hdr[key] = value
     hdul = fits.HDUList([fits.PrimaryHDU(), table])
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         hdul.writeto(tmp, overwrite=True)
     return os.path.abspath(path)

@@ -491,7 +491,8 @@ class ImagePhotometryResult(PhotometryResult):
         """
         from astropy.io import fits
 
-        from ..cli._shared import atomic_path, prepare_output_folder
+        from .._atomic import atomic_path
+        from ..cli._shared import prepare_output_folder
 
         folder = os.fspath(folder)
         prepare_output_folder(folder)
