@@ -1,11 +1,23 @@
 """Helpers shared by the subcommands: atomic writes and the panels of the diagnostic figures."""
 
+import argparse
 import os
 
 import numpy as np
 
 from .._atomic import atomic_path  # noqa: F401  (the subcommands import it from here)
 from ..errors import InputError
+
+
+def hdu_argument(text):
+    """argparse type of an HDU option: a number (``"1"``) or a name (``"SCI"``)."""
+    text = text.strip()
+    if not text:
+        raise argparse.ArgumentTypeError("expected an HDU number or name")
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def prepare_output_folder(folder):

@@ -29,7 +29,8 @@ import os
 import warnings
 
 from ..errors import InputError
-from .regrid import _hdu, check_output, write_exposure
+from ._shared import hdu_argument
+from .regrid import check_output, write_exposure
 
 __all__ = ["add_parser", "run", "load_filter"]
 
@@ -51,7 +52,7 @@ def add_parser(subparsers):
                              "bandpass name")
     parser.add_argument("--output", "-o", required=True, metavar="OUT.fits",
                         help="the FITS file to write")
-    parser.add_argument("--ext", type=_hdu, default=None, metavar="HDU",
+    parser.add_argument("--ext", type=hdu_argument, default=None, metavar="HDU",
                         help="HDU of the cube (default: DATA, SCI or the first image)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.set_defaults(func=run)

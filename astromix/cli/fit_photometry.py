@@ -32,7 +32,7 @@ import os
 import time
 
 from ..errors import InputError
-from ._shared import atomic_path, prepare_output_folder
+from ._shared import atomic_path, hdu_argument, prepare_output_folder
 
 __all__ = ["add_parser", "run"]
 
@@ -52,15 +52,6 @@ def _number(text):
     return value
 
 
-def _hdu(text):
-    text = text.strip()
-    if not text:
-        raise argparse.ArgumentTypeError("expected an HDU number or name")
-    try:
-        return int(text)
-    except ValueError:
-        return text
-
 
 def add_parser(subparsers):
     """Register the ``fit-photometry`` subcommand."""
@@ -78,9 +69,9 @@ def add_parser(subparsers):
     parser.add_argument("target", metavar="TARGET", help="FITS image to characterise (e.g. MUSE)")
     parser.add_argument("reference", metavar="REFERENCE",
                         help="sharper FITS image of the same sky (e.g. HST)")
-    parser.add_argument("--ext", type=_hdu, default=None, metavar="HDU",
+    parser.add_argument("--ext", type=hdu_argument, default=None, metavar="HDU",
                         help="HDU of the target image (default: DATA, SCI or the first image)")
-    parser.add_argument("--reference-ext", type=_hdu, default=None, metavar="HDU",
+    parser.add_argument("--reference-ext", type=hdu_argument, default=None, metavar="HDU",
                         help="HDU of the reference image (same default)")
     parser.add_argument("--star", nargs=3, type=_number, metavar=("RA", "DEC", "RADIUS"),
                         help="also fit the star at RA, DEC [deg] within RADIUS [arcsec] with a "

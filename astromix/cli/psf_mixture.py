@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 from ..errors import AstromixError, InputError
-from ._shared import atomic_path, image_panels, prepare_output_folder, radial_profile
+from ._shared import atomic_path, hdu_argument, image_panels, prepare_output_folder, radial_profile
 
 __all__ = ["add_parser", "run", "read_psf_image", "header_oversampling", "output_paths",
            "write_fits", "write_png"]
@@ -85,16 +85,6 @@ def _flag01(text):
     return text == "1"
 
 
-def _hdu(text):
-    """An HDU number (``"1"``) or name (``"SCI"``)."""
-    text = text.strip()
-    if not text:
-        raise argparse.ArgumentTypeError("expected an HDU number or name")
-    try:
-        return int(text)
-    except ValueError:
-        return text
-
 
 def add_parser(subparsers):
     """Register the ``psf-mixture`` subcommand."""
@@ -112,7 +102,7 @@ def add_parser(subparsers):
                         help="band (filter) name, the HDF5 group written (required)")
     parser.add_argument("--psf_image", "--psf-image", dest="psf_image", required=True,
                         metavar="FITS", help="FITS file holding the PSF image (required)")
-    parser.add_argument("--ext", type=_hdu, default=0, metavar="HDU",
+    parser.add_argument("--ext", type=hdu_argument, default=0, metavar="HDU",
                         help="HDU of the image: number or EXTNAME (default: 0)")
     parser.add_argument("--oversample", type=_positive_float, default=None, metavar="N",
                         help="image pixels per science pixel (default: the header's "

@@ -24,17 +24,11 @@ import logging
 import os
 
 from ..errors import InputError
-from ._shared import atomic_path, prepare_output_folder
+from ._shared import atomic_path, hdu_argument, prepare_output_folder
 
 __all__ = ["add_parser", "run", "write_exposure"]
 
 log = logging.getLogger("astromix")
-
-
-def _hdu(text):
-    from .fit_photometry import _hdu as parse
-
-    return parse(text)
 
 
 def add_parser(subparsers):
@@ -53,9 +47,9 @@ def add_parser(subparsers):
     parser.add_argument("--method", choices=("exact", "interp", "adaptive"), default="exact",
                         help="exact: pixel overlaps (default); interp: bilinear; "
                              "adaptive: anti-aliased")
-    parser.add_argument("--ext", type=_hdu, default=None, metavar="HDU",
+    parser.add_argument("--ext", type=hdu_argument, default=None, metavar="HDU",
                         help="HDU of the reference image (default: DATA, SCI or the first image)")
-    parser.add_argument("--target-ext", type=_hdu, default=None, metavar="HDU",
+    parser.add_argument("--target-ext", type=hdu_argument, default=None, metavar="HDU",
                         help="HDU of the target image (same default)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.set_defaults(func=run)
