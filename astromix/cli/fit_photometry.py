@@ -52,7 +52,6 @@ def _number(text):
     return value
 
 
-
 def add_parser(subparsers):
     """Register the ``fit-photometry`` subcommand."""
     parser = subparsers.add_parser(

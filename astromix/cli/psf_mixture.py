@@ -85,7 +85,6 @@ def _flag01(text):
     return text == "1"
 
 
-
 def add_parser(subparsers):
     """Register the ``psf-mixture`` subcommand."""
     parser = subparsers.add_parser(
