@@ -103,7 +103,7 @@ def evaluated_pairs(scene, objective):
     n2 = scene.settings.n_sigma ** 2
     total = 0
     p = scene.parameters
-    terms = scene._source_terms(p, gradient=False)
+    terms = scene._source_terms(p)
     for pls, data in zip(objective.placements, objective.data):
         amp, mean, cov = scene._component_arrays(p, pls, terms)
         table = _common.prepare(amp, mean, cov, scene.settings)

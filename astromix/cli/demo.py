@@ -193,12 +193,12 @@ def detect_catalog(exposure, *, nsigma=3.0, npixels=6, zeropoint=22.5, bands=("g
                                 dtype=float)[order])
     ra, dec = exposure.pixel_to_world(centroid[:, 0], centroid[:, 1])
     scale = exposure.flux_scale(zeropoint)
-    _, jac = _pixel_scale(exposure, ra[0], dec[0])
+    px_per_arcsec = 1.0 / exposure.pixel_scale(centroid[0, 0], centroid[0, 1])
     out = Table({"id": [f"src{k}" for k in range(len(flux))], "kind": ["sersic"] * len(flux),
                  "ra": np.atleast_1d(ra), "dec": np.atleast_1d(dec)})
     for b in bands:
         out[f"flux_{b}"] = np.maximum(flux / scale, 0.1)
-    out["r_eff"] = np.clip(0.5 * fwhm / jac, 0.3, 3.0)
+    out["r_eff"] = np.clip(0.5 * fwhm / px_per_arcsec, 0.3, 3.0)
     out["ellip"] = ellip
     # photutils' orientation is the major axis from +x towards +y: to east of north
     from ..models.scene import local_affine
@@ -211,13 +211,6 @@ def detect_catalog(exposure, *, nsigma=3.0, npixels=6, zeropoint=22.5, bands=("g
     out["theta"] = theta
     out.meta["zeropoint"] = zeropoint
     return out
-
-
-def _pixel_scale(exposure, ra, dec):
-    from ..models.scene import local_affine
-
-    _, jac = local_affine(exposure.wcs, float(ra), float(dec))
-    return None, float(np.sqrt(abs(np.linalg.det(jac))))       # px per arcsec
 
 
 def run(args):

@@ -600,7 +600,7 @@ class SceneModel(FittableModel):
             out.append(_Placement(i, ra, dec, pixel, jac, psf, scale, b_index))
         return out
 
-    def _source_terms(self, p, gradient=True):
+    def _source_terms(self, p):
         """Per Sersic source: table amplitudes and variances (and n-derivatives), shapes."""
         from .sersic_table import SersicMixtureTable
         table = SersicMixtureTable.load()
@@ -616,7 +616,7 @@ class SceneModel(FittableModel):
     def _component_arrays(self, p, placements, terms=None):
         """amp (J,), mean (J, 2), cov (J, 2, 2) of all placed sources; sets .sl."""
         if terms is None:
-            terms = self._source_terms(p, gradient=False)
+            terms = self._source_terms(p)
         amps, means, covs = [], [], []
         start = 0
         for pl in placements:
@@ -873,7 +873,7 @@ class SceneObjective:
         if self.progress is not None:
             self.progress.update(1)
         p = np.asarray(parameters, dtype=float)
-        terms = self.scene._source_terms(p, gradient=gradient)
+        terms = self.scene._source_terms(p)
         n = len(self.placements)
         # three phases, so that the threads run only the GIL-free kernels: a thread
         # coming back from a kernel while another runs Python would wait for the GIL
