@@ -327,6 +327,7 @@ class MixtureLSQFitter:
                                                          "ftol": 1e-12, "gtol": 1e-6})
         u_best, chi2 = res.x, float(res.fun)
         hess = _numerical_hessian(fun, u_best, bounds=ubounds)
+        hess_at = u_best
         for _ in range(5):                     # Newton polish within the bounds
             _, g = fun(u_best)
             try:
@@ -361,7 +362,9 @@ class MixtureLSQFitter:
                                  (b is not None and b - u_best[i] < 1e-6)
                                  for i, (a, b) in enumerate(ubounds)], dtype=bool)
             keep = np.flatnonzero(~at_bound)
-            hess = _numerical_hessian(fun, u_best, bounds=ubounds)[np.ix_(keep, keep)]
+            if u_best is not hess_at:          # the Newton steps moved: a new Hessian
+                hess = _numerical_hessian(fun, u_best, bounds=ubounds)
+            hess = hess[np.ix_(keep, keep)]
             cov_u = np.full((len(free), len(free)), np.nan)
             try:
                 cov_u[np.ix_(keep, keep)] = 2.0 * np.linalg.inv(hess)
