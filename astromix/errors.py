@@ -5,7 +5,7 @@ user input raises :class:`InputError`.  The ``astromix`` command turns these int
 a one-line message and exit status 2.
 """
 
-__all__ = ["AstromixError", "InputError", "BackendError"]
+__all__ = ["AstromixError", "InputError", "BackendError", "BatchError"]
 
 
 class AstromixError(Exception):
@@ -18,3 +18,34 @@ class InputError(AstromixError, ValueError):
 
 class BackendError(AstromixError, RuntimeError):
     """A compute backend is unknown or cannot be used on this machine."""
+
+
+class BatchError(AstromixError, RuntimeError):
+    """An item of a batch (:func:`astromix.parallel.parallel_map`) failed with an
+    exception outside the astromix family (a bug, a broken worker pool, an
+    object that cannot be pickled); the message names the item.
+
+    Attributes
+    ----------
+    label : str
+        The item's label (also available as ``name``).
+    index : int
+        Its position in the batch.
+    original : BaseException
+        The worker's exception (also the ``__cause__``).
+    """
+
+    def __init__(self, message, *, label=None, index=None, original=None, name=None):
+        super().__init__(message)
+        self.label = label if label is not None else name
+        self.index = index
+        self.original = original
+
+    @property
+    def name(self):
+        """The item's label (an alias of ``label``)."""
+        return self.label
+
+    @name.setter
+    def name(self, value):
+        self.label = value

@@ -27,7 +27,8 @@ reference's features that aligns them with the target's; ``dra, ddec``
 blurs the reference to the target).
 """
 
-from .batch import BatchError, fit_image_photometry_batch
+from ..errors import BatchError
+from .batch import fit_image_photometry_batch
 from .helpers import (
     PhotometryWarning,
     filter_weights,

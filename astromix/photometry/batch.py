@@ -7,36 +7,13 @@ iterator (whose Python 3 iteration was broken: it defined ``next()`` but not
 the targets.
 """
 
-import concurrent.futures
-import logging
+import functools
 import os
-import threading
 
-from ..errors import AstromixError
+from ..errors import AstromixError, BatchError
+from ..parallel import parallel_map
 
 __all__ = ["fit_image_photometry_batch", "BatchError"]
-
-log = logging.getLogger("astromix")
-
-
-class BatchError(AstromixError, RuntimeError):
-    """A fit of a batch failed; the message names the exposure.
-
-    Attributes
-    ----------
-    name : str
-        The exposure's name.
-    index : int
-        Its position in the batch.
-    original : BaseException
-        The worker's exception (also the ``__cause__``).
-    """
-
-    def __init__(self, message, *, name=None, index=None, original=None):
-        super().__init__(message)
-        self.name = name
-        self.index = index
-        self.original = original
 
 
 def _target_name(target, index):
@@ -57,28 +34,6 @@ def _fit_one(target, reference, kwargs):
     from .image import fit_image_photometry
 
     return fit_image_photometry(target, reference, **kwargs)
-
-
-def _rename(exc, name, index):
-    """``exc`` re-raised with the exposure's name in its message, keeping its class if we can."""
-    message = f"{name}: {exc}"
-    if isinstance(exc, AstromixError):
-        try:
-            new = type(exc)(message)
-        except TypeError:  # a subclass with another signature
-            new = BatchError(message, name=name, index=index, original=exc)
-        new.name, new.index, new.original = name, index, exc
-        return new
-    return BatchError(f"{name}: the fit failed with {type(exc).__name__}: {exc}", name=name,
-                      index=index, original=exc)
-
-
-def _progress_bar(total, progress):
-    """A tqdm bar on stderr counting finished targets (a no-op bar when ``progress`` is False)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="fit_image_photometry", unit="target",
-                disable=not progress)
 
 
 def fit_image_photometry_batch(targets, reference, *, executor=None, max_workers=None,
@@ -128,7 +83,15 @@ def fit_image_photometry_batch(targets, reference, *, executor=None, max_workers
         targets' order is reported; the tasks not yet started are cancelled.
     BatchError
         When a worker fails with any other exception (a bug, a broken
-        process pool), with the exposure's name.
+        process pool), with the exposure's name (``name``, ``index``,
+        ``original``).
+    InputError
+        ``executor`` is not an Executor, "serial" or None.
+
+    See Also
+    --------
+    astromix.parallel.parallel_map : the executor logic (ordering, progress,
+        errors) shared by every batch entry point.
 
     Examples
     --------
@@ -138,64 +101,15 @@ def fit_image_photometry_batch(targets, reference, *, executor=None, max_workers
     """
     targets = list(targets)
     names = [_target_name(t, i) for i, t in enumerate(targets)]
-    if not targets:
-        return []
-    own = False
-    if executor is None:
-        if len(targets) == 1:
-            executor = "serial"
-        else:
-            executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=max_workers or os.cpu_count() or 1)
-            own = True
-    if executor == "serial":
-        results = []
-        with _progress_bar(len(targets), progress) as bar:
-            for i, (target, name) in enumerate(zip(targets, names)):
-                try:
-                    results.append(_fit_one(target, reference, kwargs))
-                except Exception as exc:
-                    raise _rename(exc, name, i) from exc
-                bar.update(1)
-                log.info("batch: %d/%d done (%s)", i + 1, len(targets), name)
-        return results
-    if not isinstance(executor, concurrent.futures.Executor):
-        if own:  # pragma: no cover - our own pool is always an Executor
-            executor.shutdown(wait=False)
-        raise AstromixError(f"executor must be a concurrent.futures.Executor, 'serial' or None, "
-                            f"got {executor!r}")
-    futures = []
-    bar = _progress_bar(len(targets), progress)
-    lock = threading.Lock()
-    closed = False
-
-    def _tick(future):  # runs in the executor's threads: count finished fits, in any order
-        if future.cancelled() or future.exception() is not None:
-            return
-        with lock:
-            if not closed:
-                bar.update(1)
-
     try:
-        futures = [executor.submit(_fit_one, t, reference, kwargs) for t in targets]
-        for future in futures:
-            future.add_done_callback(_tick)  # called at once when already done
-        results = []
-        for i, (future, name) in enumerate(zip(futures, names)):
-            try:
-                results.append(future.result())
-            except Exception as exc:
-                for f in futures[i + 1:]:
-                    f.cancel()
-                raise _rename(exc, name, i) from exc
-            log.info("batch: %d/%d done (%s)", i + 1, len(targets), name)
-        with lock:  # a future's callbacks may run just after result() returned
-            bar.n = len(targets)
-            bar.refresh()
-        return results
-    finally:
-        if own:
-            executor.shutdown(wait=True, cancel_futures=True)
-        with lock:
-            closed = True
-            bar.close()
+        return parallel_map(functools.partial(_fit_one, reference=reference, kwargs=kwargs),
+                            targets, executor=executor, max_workers=max_workers,
+                            progress=progress, desc="fit_image_photometry", labels=names)
+    except BatchError as err:
+        original = err.original
+        if type(err) is not BatchError or isinstance(original, (AstromixError, type(None))) \
+                or not str(err).startswith(f"{err.label}: failed with "):
+            raise  # an astromix error, or a task that could not be submitted
+        raise BatchError(f"{err.label}: the fit failed with {type(original).__name__}: "
+                         f"{original}", label=err.label, index=err.index,
+                         original=original) from original
