@@ -7,6 +7,7 @@ galsim = pytest.importorskip("galsim")
 
 from astropy.table import Table  # noqa: E402
 
+from astromix.errors import InputError  # noqa: E402
 from astromix.io.psfex import read_psfex, write_psfex  # noqa: E402
 from astromix.psffield.model import fit_psf_field  # noqa: E402
 
@@ -53,7 +54,9 @@ def test_accuracy_and_rejection(field):
     info = model.fit_info
     assert info["converged"]
     rejected = np.flatnonzero(model.stars["rejected"])
-    assert set(range(5)) <= set(rejected)
+    assert set(range(3)) <= set(rejected)  # the binaries
+    for i in (3, 4):  # cosmic rays: the star rejected, or the ray's pixels masked
+        assert i in rejected or model.stars["n_masked"][i] >= 3
     assert len(rejected) <= 7
     assert np.all(model.stars["used"] == ~model.stars["rejected"] & ~model.stars["edge"])
     good = np.asarray(model.stars["used"])
@@ -65,6 +68,37 @@ def test_accuracy_and_rejection(field):
         assert img.sum() == pytest.approx(1.0)
         truth = _truth(x, y)
         assert np.abs(img - truth).max() / truth.max() < 4e-3
+
+
+def test_neighbour_pixels_are_masked_not_the_star():
+    """A faint neighbour in a star's wings: its pixels are masked, the star stays in."""
+    rng = np.random.default_rng(3)
+    img = galsim.ImageD(400, 400)
+    pos = [(x, y) for x in (40.3, 120.6, 200.2, 280.7, 360.4) for y in (45.5, 150.1, 250.8,
+                                                                     350.2)]
+    for x, y in pos:
+        st = _profile(500, 500).withFlux(1e5).drawImage(
+            scale=1.0, center=galsim.PositionD(x + 1, y + 1), nx=41, ny=41)
+        img[st.bounds & img.bounds] += st[st.bounds & img.bounds]
+    # a galaxy 9 px from star 5, 3% of its flux
+    gal = galsim.Exponential(half_light_radius=1.5).withFlux(3e3).drawImage(
+        scale=1.0, center=galsim.PositionD(pos[5][0] + 1 + 9, pos[5][1] + 1 + 3), nx=31, ny=31)
+    img[gal.bounds & img.bounds] += gal[gal.bounds & img.bounds]
+    arr = img.array + rng.normal(0, 1.0, img.array.shape)
+    stars = Table(rows=pos, names=("x", "y"))
+    model = fit_psf_field(arr, stars, weight=np.ones_like(arr), background=0.0, degree=1)
+    st = model.stars
+    assert st["n_masked"][5] >= 5 and not st["rejected"][5] and st["used"][5]
+    assert np.median(st["n_masked"]) <= 1
+    truth = _truth(500, 500)
+    assert np.abs(model.image(200.0, 200.0) - truth).max() / truth.max() < 3e-3
+    unmasked = fit_psf_field(arr, stars, weight=np.ones_like(arr), background=0.0, degree=1,
+                             pixel_clip=None, clip=100.0)
+    assert np.all(unmasked.stars["n_masked"] == 0)
+    with pytest.raises(InputError):
+        fit_psf_field(arr, stars, accuracy=-1)
+    with pytest.raises(InputError):
+        fit_psf_field(arr, stars, pixel_clip=0)
 
 
 def test_psfex_round_trip(field, tmp_path):

@@ -77,6 +77,27 @@ def test_wrong_size_gives_expected_dsigma():
     assert np.all(out["rmse"] > 0.01)
 
 
+class _OffsetModel(_ExactModel):
+    """An exact model whose own centre is 0.3, -0.2 px off the star's (another convention)."""
+
+    def image(self, x, y, shape, center=(0.0, 0.0)):
+        return super().image(x, y, shape, center=(center[0] + 0.3, center[1] - 0.2))
+
+
+def test_fit_center_removes_a_centre_convention():
+    stars = Table(rows=POS, names=("x", "y"))
+    fitted = validate_psf_field(_field(), _OffsetModel(), stars, size=25, background=0.0)
+    fixed = validate_psf_field(_field(), _OffsetModel(), stars, size=25, background=0.0,
+                               fit_center=False)
+    assert np.all(fitted["flag"] == 0) and np.all(fixed["flag"] == 0)
+    # the model's centre lands on the star: fitted centre = star - the model's offset
+    np.testing.assert_allclose(fitted["x_model"], np.array(POS)[:, 0] - 0.3, atol=1e-3)
+    np.testing.assert_allclose(fitted["y_model"], np.array(POS)[:, 1] + 0.2, atol=1e-3)
+    assert np.all(fitted["rmse"] < 5e-3)
+    assert np.all(fixed["rmse"] > 0.015)  # a 0.36 px offset left in: 1.7% of the peak
+    np.testing.assert_allclose(fitted["flux"], 1e4, rtol=1e-2)
+
+
 def test_validate_inputs():
     stars = Table(rows=POS, names=("x", "y"))
     with pytest.raises(InputError):

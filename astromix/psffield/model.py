@@ -17,10 +17,12 @@ included): an image of a star is the model sampled at pixel centres.
 
 **The fit** (Bertin 2011's PSFEx scheme, with Piff's outlier loop):
 
-1. A ``size x size`` stamp is cut around every star (stars whose stamp leaves
-   the image are flagged ``edge`` and not used); its background is removed
-   (``background``) and its per-pixel variance taken from ``weight`` (or, when
-   absent, from the robust scatter of the stamp's outer 2-pixel ring).
+1. A stamp of ``size + 4`` pixels is cut around every star (2 pixels more on
+   each side than the PSF grid, so that the resampled star fills the grid;
+   stars whose stamp leaves the image are flagged ``edge`` and not used); its
+   background is removed (``background``) and its per-pixel variance taken
+   from ``weight`` (or, when absent, from the robust scatter of the stamp's
+   outer 2-pixel ring).
 2. Start: flux = stamp sum, centroid = Gaussian-windowed first moment (window
    sigma 2 px, iterated from the input position).
 3. Each star is *resampled onto the PSF grid*: the stamp divided by the flux
@@ -30,9 +32,16 @@ included): an image of a star is the model sampled at pixel centres.
    touch a masked pixel are dropped.  Then, independently for every grid
    pixel, the coefficients of the polynomial are the weighted *linear* least
    squares solution over the stars (an ``nterms x nterms`` system per pixel).
-4. Constraints: every basis image is corrected by a combination of the
-   x and y derivatives of the mean PSF so that the Gaussian-windowed (sigma
-   ``2 fwhm``) first moments of all the ``B_k`` vanish, i.e. the PSF is
+   The weights include PSFEx's ``PSF_ACCURACY`` term: the variance of a pixel
+   is the noise's plus ``(accuracy * model)^2``, so that the brightest stars,
+   whose chi2 is dominated by model errors rather than noise, do not outweigh
+   all others.  The model is zero outside the disk of radius ``size / 2``
+   (as PSFEx's).
+4. Constraints: the Gaussian-windowed first moments (window sigma ``fwhm /
+   2``, close to SExtractor's ``XWIN_IMAGE`` and HSM's centroid) of all the
+   ``B_k`` are made to vanish -- every basis image is first shifted (quintic
+   spline) by the windowed centroid of the mean PSF, then corrected by a
+   combination of the x and y derivatives of the mean PSF -- i.e. the PSF is
    centred on its central pixel at every position (this removes the
    degeneracy between star centroids and a shift of the model), and ``B_0``
    is scaled to unit sum, ``B_k`` (k > 0) to zero sum (so the PSF has unit sum
@@ -40,7 +49,12 @@ included): an image of a star is the model sampled at pixel centres.
 5. Each star's flux and sub-pixel centroid are refitted against the model
    (two Gauss-Newton steps of the three-parameter least squares; the model
    is shifted to the star with the same quintic spline), and its
-   ``chi2 = sum w (data - model)^2`` with ``dof = npix - 3`` is recorded.
+   ``chi2 = sum w (data - model)^2`` (noise weights only) with ``dof = npix -
+   3`` is recorded.  In the first two passes, the pixels of a star further
+   from the model than ``pixel_clip`` times the noise and a 10% model error
+   (neighbours, cosmic rays, bad columns), grown by 2 pixels for their fainter
+   wings, are masked for the rest of the fit
+   (their count is the star's ``n_masked``).
 6. Piff's outlier loop: among the used stars, those beyond
    ``median + clip * spread`` in ``log(chi2/dof)`` (``spread`` = 1.4826
    MAD, at least the statistical ``sqrt(2 / dof)``) *and* with
@@ -72,6 +86,7 @@ from ..io.psfex import PSFExModel
 __all__ = ["PSFFieldModel", "fit_psf_field"]
 
 _SPLINE_ORDER = 5
+_MARGIN = 2  # px cut around each star beyond the PSF grid
 
 
 def _n_terms(degree):
@@ -130,7 +145,8 @@ class PSFFieldModel:
     stars : astropy.table.Table
         The input table plus ``x_fit, y_fit`` (fitted 0-based centroid),
         ``flux_fit``, ``chi2``, ``dof``, ``chi2_dof``, ``edge`` (stamp
-        outside the image), ``residual_frac`` (``sqrt(chi2 / sum w (flux
+        outside the image), ``n_masked`` (pixels masked as off the model),
+        ``residual_frac`` (``sqrt(chi2 / sum w (flux
         model)^2)``), ``rejected`` (outlier) and ``used`` (in the final fit).
     fit_info : dict
         ``n_iter``, ``converged``, ``chi2``, ``dof`` (totals over used
@@ -220,7 +236,8 @@ def _as_image(array, name, shape=None):
 
 
 def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=1,
-                  background=None, n_iter=10, clip=3.0, max_remove=0.1, min_stars=None):
+                  background=None, accuracy=0.05, n_iter=10, clip=3.0, max_remove=0.1,
+                  pixel_clip=5.0, min_stars=None):
     """Fit a PSFEx-style pixel PSF-field model to the stars of an image.
 
     Parameters
@@ -241,6 +258,10 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     background : None, float or array-like, optional
         None (default): subtract from each stamp the median of its outer
         2-pixel ring.  A number or an image: subtract it.
+    accuracy : float, optional
+        PSFEx's ``PSF_ACCURACY``: relative model error added in quadrature to
+        the noise of every pixel in the least-squares weights (default 0.05;
+        0: noise only).  It does not enter the outlier statistics.
     n_iter : int, optional
         Maximum number of least-squares fit / reject iterations after the
         robust first pass (default 10).
@@ -249,6 +270,9 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     max_remove : float, optional
         Largest fraction of the used stars rejected per iteration (default
         0.1; at least one).
+    pixel_clip : float or None, optional
+        Mask the pixels of a star further than this many sigmas (noise and a
+        10% model error) from the model (default 5); None: no pixel masking.
     min_stars : int, optional
         Fewest usable stars (default ``2 nterms``).
 
@@ -280,6 +304,7 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     """
     t0 = time.perf_counter()
     from astropy.table import Table
+    from scipy import ndimage
 
     data = _as_image(image, "image")
     ny_img, nx_img = data.shape
@@ -292,6 +317,10 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     if isinstance(size, bool) or int(size) != size or size < 5 or size % 2 == 0:
         raise InputError(f"size must be an odd integer >= 5, got {size!r}")
     size = int(size)
+    if not (np.isfinite(accuracy) and accuracy >= 0):
+        raise InputError(f"accuracy must be a number >= 0, got {accuracy!r}")
+    if pixel_clip is not None and not (np.isfinite(pixel_clip) and pixel_clip > 0):
+        raise InputError(f"pixel_clip must be > 0 or None, got {pixel_clip!r}")
     if isinstance(degree, bool) or int(degree) != degree or degree < 0:
         raise InputError(f"degree must be an integer >= 0, got {degree!r}")
     degree = int(degree)
@@ -316,17 +345,21 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     n_stars = len(stars)
     half = size // 2
     npix = size * size
-    ring = np.ones((size, size), bool)
+    # stars are cut with a margin so that their resampled images fill the PSF grid
+    m = _MARGIN
+    big = size + 2 * m
+    bhalf = half + m
+    ring = np.ones((big, big), bool)
     ring[2:-2, 2:-2] = False
 
     # -- stamps ---------------------------------------------------------------------
-    stamps = np.zeros((n_stars, size, size))
-    wstamps = np.zeros((n_stars, size, size))
+    stamps = np.zeros((n_stars, big, big))
+    wstamps = np.zeros((n_stars, big, big))
     ix = np.rint(xs).astype(int)
     iy = np.rint(ys).astype(int)
-    edge = (ix - half < 0) | (iy - half < 0) | (ix + half >= nx_img) | (iy + half >= ny_img)
+    edge = (ix - bhalf < 0) | (iy - bhalf < 0) | (ix + bhalf >= nx_img) | (iy + bhalf >= ny_img)
     for s in np.flatnonzero(~edge):
-        sl = (slice(iy[s] - half, iy[s] + half + 1), slice(ix[s] - half, ix[s] + half + 1))
+        sl = (slice(iy[s] - bhalf, iy[s] + bhalf + 1), slice(ix[s] - bhalf, ix[s] + bhalf + 1))
         st = data[sl].copy()
         w = weight[sl].copy() if weight is not None else None
         good = np.isfinite(st) & (w > 0 if w is not None else True)
@@ -352,8 +385,8 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     dx = xs - ix
     dy = ys - iy
     for s in np.flatnonzero(~edge):
-        xc, yc = _windowed_centroid(stamps[s], half + dx[s], half + dy[s])
-        dx[s], dy[s] = xc - half, yc - half
+        xc, yc = _windowed_centroid(stamps[s], bhalf + dx[s], bhalf + dy[s])
+        dx[s], dy[s] = xc - bhalf, yc - bhalf
         flux[s] = stamps[s].sum()
     if "flux" in stars.colnames:
         given = np.asarray(stars["flux"], dtype=np.float64)
@@ -361,6 +394,8 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     bad_flux = ~(flux > 0)
     used = ~edge & ~bad_flux
     rejected = np.zeros(n_stars, bool)
+    n_masked = np.zeros(n_stars, int)
+    weff = wstamps.copy()  # weights with the model-error floor (from the current model)
     if used.sum() < min_stars:
         raise InputError(f"only {int(used.sum())} usable stars (inside the image, positive "
                          f"flux); at least {min_stars} are needed for degree {degree}")
@@ -371,6 +406,7 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     polscal = np.array([max(xu.max() - xu.min(), 1.0), max(yu.max() - yu.min(), 1.0)])
 
     grid_y, grid_x = np.mgrid[:size, :size].astype(np.float64) - half
+    disk = (grid_x ** 2 + grid_y ** 2 <= (half + 0.5) ** 2).astype(np.float64)
     chi2 = np.full(n_stars, np.nan)
     frac = np.full(n_stars, np.nan)
     dof = np.full(n_stars, npix - 3.0)
@@ -387,10 +423,11 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
         yv = np.empty((idx.size, npix))
         wv = np.empty((idx.size, npix))
         for n, s in enumerate(idx):
-            yv[n] = _shift(stamps[s] / flux[s], -dx[s], -dy[s]).ravel()
-            mask = _shift((wstamps[s] > 0).astype(np.float64), -dx[s], -dy[s], order=1)
-            wv[n] = np.where(mask > 0.999, _shift(wstamps[s], -dx[s], -dy[s], order=1), 0.0
-                             ).ravel() * flux[s] ** 2
+            inner = (slice(m, m + size), slice(m, m + size))
+            yv[n] = _shift(stamps[s] / flux[s], -dx[s], -dy[s])[inner].ravel()
+            mask = _shift((weff[s] > 0).astype(np.float64), -dx[s], -dy[s], order=1)[inner]
+            wv[n] = np.where(mask > 0.999, _shift(weff[s], -dx[s], -dy[s], order=1)[inner],
+                             0.0).ravel() * flux[s] ** 2
         if it == 0:
             # robust start: the per-pixel median of the resampled stars (degree 0)
             basis = np.zeros((nterms, size, size))
@@ -401,14 +438,41 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
             ridge = 1e-10 * np.trace(a, axis1=1, axis2=2)[:, None, None] / nterms + 1e-300
             sol = np.linalg.solve(a + ridge * np.eye(nterms), rhs[..., None])[..., 0]
             basis = sol.T.reshape(nterms, size, size)
-        basis = _constrain(basis, grid_x, grid_y)
+        basis = _constrain(basis * disk, grid_x, grid_y) * disk
         psfex = PSFExModel(basis, polzero, polscal, degree)
 
         # per-star flux and centroid against the model, chi2
         for s in np.flatnonzero(~edge & ~bad_flux):
-            psf = psfex.grid(ix[s] + dx[s], iy[s] + dy[s])
-            flux[s], dx[s], dy[s], chi2[s], frac[s] = _fit_star(stamps[s], wstamps[s], psf, flux[s],
+            psf = np.pad(psfex.grid(ix[s] + dx[s], iy[s] + dy[s]), m)
+            if pixel_clip is not None and it <= 1:
+                # mask the pixels of neighbours and cosmic rays: far off the model
+                # beyond the noise and a 10% model error
+                model_s = flux[s] * _shift(psf, dx[s], dy[s])
+                with np.errstate(divide="ignore"):
+                    var = np.where(wstamps[s] > 0, 1.0 / wstamps[s], np.inf)
+                bad = np.abs(stamps[s] - model_s) > pixel_clip * np.sqrt(
+                    var + (0.1 * np.abs(model_s)) ** 2)
+                if bad.any():  # and the fainter wings around them
+                    bad = ndimage.binary_dilation(bad, iterations=2)
+                n_masked[s] += int(np.count_nonzero(bad & (wstamps[s] > 0)))
+                wstamps[s][bad] = 0.0
+                weff[s][bad] = 0.0
+            flux[s], dx[s], dy[s], chi2[s], frac[s] = _fit_star(stamps[s], weff[s], psf, flux[s],
                                                        dx[s], dy[s])
+            if accuracy > 0:
+                # the outlier statistics use the noise alone; the next least-squares
+                # solution adds PSFEx's PSF_ACCURACY: a model-error floor
+                # proportional to the model
+                model_s = flux[s] * _shift(psf, dx[s], dy[s])
+                chi2[s] = float(np.sum(wstamps[s] * (stamps[s] - model_s) ** 2))
+                norm = float(np.sum(wstamps[s] * model_s ** 2))
+                frac[s] = math.sqrt(chi2[s] / norm) if norm > 0 else np.inf
+                model_s = np.abs(model_s)
+                with np.errstate(divide="ignore"):
+                    weff[s] = np.where(wstamps[s] > 0, 1.0 / (1.0 / np.where(
+                        wstamps[s] > 0, wstamps[s], 1.0) + (accuracy * model_s) ** 2), 0.0)
+            else:
+                weff[s] = wstamps[s]
             dof[s] = max(np.count_nonzero(wstamps[s]) - 3.0, 1.0)
         ratio = chi2 / dof
         total = float(np.sum(chi2[used]))
@@ -441,6 +505,7 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     out["dof"] = np.where(edge, 0.0, dof)
     out["chi2_dof"] = chi2 / dof
     out["residual_frac"] = frac
+    out["n_masked"] = np.where(edge, 0, n_masked)
     out["edge"] = edge
     out["rejected"] = rejected
     out["used"] = used
@@ -456,12 +521,18 @@ def _constrain(basis, grid_x, grid_y):
     """Zero the windowed first moments of every basis image; unit / zero sums."""
     mean = basis[0] / basis[0].sum()
     fwhm = 2.3548 * math.sqrt(1.0 / (2 * math.pi * max(mean.max(), 1e-12)))
-    win = np.exp(-(grid_x ** 2 + grid_y ** 2) / (2 * (2 * fwhm) ** 2))
+    win = np.exp(-(grid_x ** 2 + grid_y ** 2) / (2 * (0.5 * fwhm) ** 2))
     gy, gx = np.gradient(mean)
     templates = np.stack([gx, gy])                  # (2, ny, nx)
     coords = np.stack([grid_x * win, grid_y * win])
     m = np.einsum("ipq,jpq->ij", coords, templates)   # moment i of template j
-    out = basis.copy()
+    # centre the mean PSF by an exact (spline) shift of every basis image, then
+    # remove what is left of each image's windowed first moment with the templates
+    w0 = win * mean
+    cx = float((w0 * grid_x).sum() / w0.sum())
+    cy = float((w0 * grid_y).sum() / w0.sum())
+    out = np.stack([_shift(b, -cx, -cy) for b in basis]) if max(abs(cx), abs(cy)) > 1e-6 \
+        else basis.copy()
     for _ in range(2):
         mom = np.einsum("ipq,kpq->ki", coords, out)  # (nterms, 2)
         corr = np.linalg.solve(m, mom.T).T          # template amounts

@@ -1,8 +1,8 @@
 """Validation of a PSF-field model on reserve stars (ShapePipe / Piff statistics).
 
 * :func:`validate_psf_field` -- per reserve star, HSM adaptive moments
-  (:func:`galsim.hsm.FindAdaptiveMom`) of the star and of the model drawn at
-  the same sub-pixel centre and flux-matched: shapes, sizes, their residuals
+  (:func:`galsim.hsm.FindAdaptiveMom`) of the star and of the model with its
+  flux and sub-pixel centre fitted to the star: shapes, sizes, their residuals
   and the pixel RMSE;
 * :func:`rho_statistics` -- the rho statistics rho1..rho5 of Jarvis et al.
   (2016) with TreeCorr;
@@ -47,7 +47,46 @@ def _hsm(stamp, weight=None):
             res.moments_centroid.y)
 
 
-def validate_psf_field(image, model, stars, *, size=25, weight=None, background=None):
+def _reflux(psfex, stamp, w, x, y, dx, dy, size, fit_center, n_steps=4, eps=0.02):
+    """Weighted least-squares flux (and sub-pixel centre) of the model on a stamp.
+
+    Returns ``(flux, cx, cy, psf)``: ``(cx, cy)`` the model centre relative to
+    the stamp's central pixel and ``psf`` the unit-sum model drawn there.
+    """
+    def draw(cx, cy):
+        return psfex.image(x, y, shape=(size, size), center=(cx, cy))
+
+    def linear_flux(psf):
+        den = float(np.sum(w * psf ** 2))
+        return float(np.sum(w * stamp * psf) / den) if den > 0 else np.nan
+
+    psf = draw(dx, dy)
+    flux = linear_flux(psf)
+    if not fit_center or not np.isfinite(flux) or flux <= 0:
+        return flux, dx, dy, psf
+    for _ in range(n_steps):
+        gx = (draw(dx + eps, dy) - draw(dx - eps, dy)) / (2 * eps)
+        gy = (draw(dx, dy + eps) - draw(dx, dy - eps)) / (2 * eps)
+        jac = np.stack([psf.ravel(), flux * gx.ravel(), flux * gy.ravel()], axis=1)
+        r = (stamp - flux * psf).ravel()
+        jw = jac * w.ravel()[:, None]
+        try:
+            step = np.linalg.solve(jw.T @ jac, jw.T @ r)
+        except np.linalg.LinAlgError:
+            break
+        if not np.all(np.isfinite(step)):
+            break
+        step[1:] = np.clip(step[1:], -0.5, 0.5)
+        dx, dy = dx + step[1], dy + step[2]
+        psf = draw(dx, dy)
+        flux = linear_flux(psf)
+        if max(abs(step[1]), abs(step[2])) < 1e-4:
+            break
+    return flux, dx, dy, psf
+
+
+def validate_psf_field(image, model, stars, *, size=25, weight=None, background=None,
+                       fit_center=True):
     """Compare a PSF-field model with the reserve stars (HSM moments, pixel RMSE).
 
     Parameters
@@ -66,12 +105,19 @@ def validate_psf_field(image, model, stars, *, size=25, weight=None, background=
     background : None or float, optional
         None (default): subtract the median of each stamp's outer 2-pixel
         ring; a number: subtract it.
+    fit_center : bool, optional
+        Fit the model's flux *and* sub-pixel centre to each star by weighted
+        least squares (Gauss-Newton from the HSM centroid; default), as Piff
+        refits its reserve stars, so that the comparison does not depend on
+        how a model defines its centre.  False: the model is centred on the
+        star's HSM centroid and only its flux is fitted.
 
     Returns
     -------
     astropy.table.Table
         One row per star: ``x, y`` (input), ``x_hsm, y_hsm`` (HSM centroid,
-        0-based), ``flux`` (flux of the matched model), ``e1_star, e2_star,
+        0-based), ``x_model, y_model`` (the model's fitted centre, 0-based),
+        ``flux`` (flux of the matched model), ``e1_star, e2_star,
         sigma_star`` [px], ``e1_model, e2_model, sigma_model``, ``de1, de2``
         (star - model), ``dsigma_over_sigma`` ((star - model) / star),
         ``rmse`` (pixel RMS of star - model divided by the star's peak) and
@@ -107,7 +153,8 @@ def validate_psf_field(image, model, stars, *, size=25, weight=None, background=
     yy, xx = np.mgrid[:size, :size]
     ring = (np.minimum(np.minimum(xx, yy), np.minimum(size - 1 - xx, size - 1 - yy)) < 2)
 
-    names = ("x_hsm", "y_hsm", "flux", "e1_star", "e2_star", "sigma_star", "e1_model",
+    names = ("x_hsm", "y_hsm", "x_model", "y_model", "flux", "e1_star", "e2_star", "sigma_star",
+             "e1_model",
              "e2_model", "sigma_model", "rmse")
     n = len(stars)
     cols = {k: np.full(n, np.nan) for k in names}
@@ -138,17 +185,17 @@ def validate_psf_field(image, model, stars, *, size=25, weight=None, background=
         g1, g2, sig, x0, y0 = star
         cols["x_hsm"][i], cols["y_hsm"][i] = ix - half + x0, iy - half + y0
         cols["e1_star"][i], cols["e2_star"][i], cols["sigma_star"][i] = g1, g2, sig
+        wfit = good.astype(float) if w is None else np.where(good, w, 0.0)
         try:
-            psf = psfex.image(cols["x_hsm"][i], cols["y_hsm"][i], shape=(size, size),
-                              center=(x0 - half, y0 - half))
+            flux, cx, cy, psf = _reflux(psfex, stamp, wfit, cols["x_hsm"][i], cols["y_hsm"][i],
+                                        x0 - half, y0 - half, size, fit_center)
         except InputError:
             flag[i] |= FLAG_HSM_MODEL
             continue
-        den = float(np.sum(psf[good] ** 2))
-        flux = float(np.sum(stamp[good] * psf[good]) / den) if den > 0 else np.nan
         if not np.isfinite(flux) or flux <= 0:
             flag[i] |= FLAG_HSM_MODEL
             continue
+        cols["x_model"][i], cols["y_model"][i] = ix + cx, iy + cy
         mod = flux * psf
         cols["flux"][i] = flux
         peak = float(np.max(stamp[good]))
