@@ -8,6 +8,7 @@ from .errors import AstromixError, BackendError, InputError
 from .fitting import fit_scene, sample_scene
 from .mixtures import GaussianMixture
 from .models import (
+    ExposureWeightedPSF,
     GaussianMixturePSF,
     MoffatStar,
     PointSource,
@@ -28,6 +29,7 @@ except ImportError:  # running from a source tree without setuptools_scm metadat
         __version__ = "0.0.0"
 
 __all__ = ["GaussianMixture", "GaussianMixturePSF", "SersicMixture", "PointSource", "MoffatStar",
-           "SceneModel", "SersicSource", "StarSource", "Exposure", "fit_scene", "sample_scene",
+           "SceneModel", "SersicSource", "StarSource", "ExposureWeightedPSF", "Exposure",
+           "fit_scene", "sample_scene",
            "AccuracySettings", "get_default_settings", "set_default_settings", "AstromixError",
            "InputError", "BackendError", "__version__"]

@@ -26,8 +26,8 @@ __all__ = ["main", "build_parser"]
 log = logging.getLogger("astromix")
 
 #: Subcommand modules, in the order ``astromix --help`` lists them.
-_SUBCOMMANDS = ("backends", "broadband_image", "demo", "fit_photometry", "fit_scene", "psf_field",
-               "psf_mixture", "regrid")
+_SUBCOMMANDS = ("backends", "broadband_image", "demo", "fit_photometry", "fit_scene", "mosaic_psf",
+               "psf_field", "psf_mixture", "regrid")
 
 
 def _version():

@@ -1,0 +1,286 @@
+"""``astromix mosaic-psf``: the PSF of a drizzled mosaic at every source of a catalog.
+
+The replacement of YOUNG's ``run_mstpsf_modeling.py`` (without MPI; see
+``max_workers``), driven by the same JSON configuration::
+
+    astromix mosaic-psf --config config.json
+
+Configuration fields (YOUNG's names):
+
+``img_path``
+    The mosaic (JWST ``i2d``): WCS from the ``SCI`` HDU, context from ``CON``.
+``catalog_path``, ``catalog_format``, ``catalog_hdu``, ``x_col``, ``y_col``
+    The source catalog (``catalog_format``: ``"fits"`` (default), ``"csv"`` or
+    any astropy table format; ``catalog_hdu`` for FITS, default 1) and its
+    pixel-position columns (default ``x``, ``y``).
+``1-indexed`` (or ``one_indexed``)
+    True when the positions are 1-based (SExtractor's ``X_IMAGE``).
+``association_path``
+    The level-3 association JSON: the exposures are put in its order (the
+    context order).  Optional.
+``csv_path``
+    The table of exposures (YOUNG's CSV from the i2d ``HDRTAB``, see
+    :func:`astromix.mosaic.exposures_from_table`); default the ``HDRTAB`` of
+    ``img_path``.
+``psf_array_filename``
+    Output cube (N, dimension, dimension) in catalog order: ``.fits`` (with a
+    ``SOURCES`` table), ``.asdf`` or ``.npy`` (default ``psf_array.fits``).
+``sigma``
+    Gaussian smoothing [mosaic px] after combination (default none; YOUNG's
+    script used 0.8; measure it with
+    :meth:`astromix.ExposureWeightedPSF.calibrate_smoothing`).
+``pixel_scale``
+    Mosaic pixel scale [arcsec/px]; checked against the WCS (a warning when
+    they differ by more than 1%).
+``dimension``
+    Stamp size [mosaic px] (default 51).
+
+astromix's own fields: ``provider`` (``"stpsf"``, default; ``"poppy"``;
+``"image"``), ``provider_options`` (keyword arguments of the provider class;
+for ``"image"``: ``images``, a FITS path or a mapping from detector to path,
+and ``oversampling``), ``pixfrac`` (default 1), ``max_workers`` (processes;
+default 1) and ``overwrite`` (default true).  ``STPSF_PATH`` (or
+``stpsf_path``) sets stpsf's data folder.  Unknown fields are reported and
+ignored.
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+from ..errors import AstromixError, InputError
+
+__all__ = ["add_parser", "run", "read_config", "read_catalog", "make_provider"]
+
+log = logging.getLogger("astromix")
+
+#: Fields this command reads; others are reported and ignored.
+KNOWN_FIELDS = ("img_path", "catalog_path", "association_path", "csv_path", "catalog_format",
+                "catalog_hdu", "x_col", "y_col", "1-indexed", "one_indexed", "1_indexed",
+                "psf_array_filename", "sigma", "pixel_scale", "dimension", "provider",
+                "provider_options", "pixfrac", "max_workers", "overwrite", "STPSF_PATH",
+                "stpsf_path")
+
+
+def add_parser(subparsers):
+    """Register the ``mosaic-psf`` subcommand."""
+    parser = subparsers.add_parser(
+        "mosaic-psf",
+        help="the PSF of a drizzled mosaic at every source of a catalog (YOUNG's config)",
+        description="Compute the exposure-time-weighted PSF of a drizzled mosaic (JWST i2d) "
+                    "at every source of a catalog, each exposure's PSF rotated into the "
+                    "mosaic through its WCS, and write the cube (N, dim, dim) in catalog "
+                    "order; reads YOUNG's config.json.",
+        epilog="Example: astromix mosaic-psf --config config.json")
+    parser.add_argument("--config", required=True, metavar="JSON",
+                        help="configuration file (see 'astromix mosaic-psf' in the docs)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def read_config(path):
+    """Read and check the JSON configuration; returns a dict with defaults filled in.
+
+    Raises
+    ------
+    InputError
+        If the file is missing or not a JSON object, or a required field
+        (``img_path``, ``catalog_path``) is missing.
+    """
+    try:
+        with open(path) as fh:
+            cfg = json.load(fh)
+    except OSError as exc:
+        raise InputError(f"config {path!r} cannot be read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"config {path!r} is not valid JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"config {path!r} must hold a JSON object")
+    unknown = sorted(k for k in cfg if k not in KNOWN_FIELDS)
+    if unknown:
+        log.warning("config fields ignored: %s", ", ".join(unknown))
+    for key in ("img_path", "catalog_path"):
+        if not cfg.get(key):
+            raise InputError(f"config {path!r} has no {key!r}")
+    base = os.path.dirname(os.path.abspath(path))
+    for key in ("img_path", "catalog_path", "association_path", "csv_path",
+                "psf_array_filename"):
+        if cfg.get(key):
+            cfg[key] = os.path.join(base, os.path.expanduser(str(cfg[key])))
+    one = [cfg[k] for k in ("1-indexed", "one_indexed", "1_indexed") if k in cfg]
+    out = {
+        "one_indexed": bool(one[0]) if one else False,
+        "catalog_format": str(cfg.get("catalog_format", "fits")).lower(),
+        "catalog_hdu": cfg.get("catalog_hdu", 1),
+        "x_col": cfg.get("x_col", "x"), "y_col": cfg.get("y_col", "y"),
+        "psf_array_filename": cfg.get("psf_array_filename") or os.path.join(base,
+                                                                            "psf_array.fits"),
+        "sigma": cfg.get("sigma"), "pixel_scale": cfg.get("pixel_scale"),
+        "dimension": cfg.get("dimension", 51), "provider": str(cfg.get("provider", "stpsf")),
+        "provider_options": dict(cfg.get("provider_options") or {}),
+        "pixfrac": float(cfg.get("pixfrac", 1.0)), "max_workers": int(cfg.get("max_workers", 1)),
+        "overwrite": bool(cfg.get("overwrite", True)),
+        "stpsf_path": cfg.get("STPSF_PATH") or cfg.get("stpsf_path"),
+    }
+    for key in ("img_path", "catalog_path", "association_path", "csv_path"):
+        out[key] = cfg.get(key)
+    try:
+        out["dimension"] = int(out["dimension"])
+    except (TypeError, ValueError):
+        raise InputError(f"dimension must be an integer, got {cfg.get('dimension')!r}") from None
+    if out["dimension"] < 1:
+        raise InputError(f"dimension must be >= 1, got {out['dimension']}")
+    if out["sigma"] is not None:
+        try:
+            out["sigma"] = float(out["sigma"])
+        except (TypeError, ValueError):
+            raise InputError(f"sigma must be a number or null, got {out['sigma']!r}") from None
+    return out
+
+
+def read_catalog(path, fmt="fits", hdu=1, x_col="x", y_col="y", one_indexed=False):
+    """Source positions [0-based mosaic px] from a catalog file, in its order.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read, a column is missing (the message lists the
+        columns), a position is not finite, or the catalog is empty.
+    """
+    from astropy.table import Table
+
+    if not os.path.exists(path):
+        raise InputError(f"catalog {path!r} does not exist")
+    try:
+        if fmt in ("fits", "fit"):
+            from astropy.io import fits
+
+            with fits.open(path, memmap=False) as hdul:
+                try:
+                    table = Table(hdul[hdu].data)
+                except (KeyError, IndexError):
+                    raise InputError(f"catalog {path!r} has no HDU {hdu!r}") from None
+        elif fmt == "csv":
+            table = Table.read(path, format="ascii.csv")
+        else:
+            table = Table.read(path, format=fmt)
+    except InputError:
+        raise
+    except Exception as exc:  # astropy raises many kinds here
+        raise InputError(f"catalog {path!r} cannot be read as {fmt}: {exc}") from None
+    for col in (x_col, y_col):
+        if col not in table.colnames:
+            raise InputError(f"catalog {path!r} has no column {col!r}; it has "
+                             f"{table.colnames[:20]}")
+    x = np.asarray(table[x_col], dtype=np.float64)
+    y = np.asarray(table[y_col], dtype=np.float64)
+    if x.size == 0:
+        raise InputError(f"catalog {path!r} is empty")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise InputError(f"catalog {path!r} has non-finite positions")
+    if one_indexed:
+        x, y = x - 1.0, y - 1.0
+    return x, y
+
+
+def make_provider(name, options, stpsf_path=None):
+    """The PSF provider named in the configuration.
+
+    Raises
+    ------
+    InputError
+        On an unknown provider or bad options.
+    """
+    from ..mosaic import ImageProvider, PoppyProvider, StpsfProvider
+
+    options = dict(options)
+    try:
+        if name == "stpsf":
+            if stpsf_path and "data_path" not in options:
+                options["data_path"] = stpsf_path
+            return StpsfProvider(**options)
+        if name == "poppy":
+            return PoppyProvider(**options)
+        if name == "image":
+            images = options.pop("images", None)
+            if images is None:
+                raise InputError("provider 'image' needs provider_options.images (a FITS path "
+                                 "or a mapping detector -> path)")
+            return ImageProvider(images, **options)
+    except TypeError as exc:
+        raise InputError(f"bad provider_options for {name!r}: {exc}") from None
+    raise InputError(f"unknown provider {name!r}; use 'stpsf', 'poppy' or 'image'")
+
+
+def run(args):
+    """Run ``astromix mosaic-psf`` (see the module docstring); returns the exit status."""
+    import concurrent.futures
+
+    from ..mosaic import ExposureWeightedPSF, write_psf_cube
+
+    t0 = time.perf_counter()
+    out = sys.stdout
+    cfg = read_config(args.config)
+    provider = make_provider(cfg["provider"], cfg["provider_options"], cfg["stpsf_path"])
+    x, y = read_catalog(cfg["catalog_path"], cfg["catalog_format"], cfg["catalog_hdu"],
+                        cfg["x_col"], cfg["y_col"], cfg["one_indexed"])
+    target = cfg["psf_array_filename"]
+    if not cfg["overwrite"] and os.path.exists(target):
+        raise InputError(f"{target} exists and overwrite is false; nothing was computed")
+    model = ExposureWeightedPSF.from_i2d(cfg["img_path"], provider,
+                                         exposure_table=cfg["csv_path"],
+                                         association=cfg["association_path"],
+                                         sigma=cfg["sigma"], pixfrac=cfg["pixfrac"])
+    if model.context is None:
+        log.warning("%s has no context (CON) extension: every exposure covering a source "
+                    "counts", cfg["img_path"])
+    scale = _wcs_scale(model.wcs, x, y)
+    if cfg["pixel_scale"] is not None and abs(scale / float(cfg["pixel_scale"]) - 1) > 0.01:
+        log.warning("config pixel_scale %.5g differs from the mosaic WCS's %.5g arcsec/px; "
+                    "the WCS is used", float(cfg["pixel_scale"]), scale)
+    print(f"astromix mosaic-psf: {cfg['img_path']}, {len(model.exposures)} exposures, "
+          f"{x.size} sources, dim {cfg['dimension']}, provider {cfg['provider']}, "
+          f"mosaic {scale:.4f} arcsec/px", file=out)
+    workers = cfg["max_workers"]
+    executor = "serial" if workers <= 1 else concurrent.futures.ProcessPoolExecutor(workers)
+    try:
+        cube = model.cube(x, y, cfg["dimension"], executor=executor,
+                          progress=getattr(args, "progress", True))
+    finally:
+        if executor != "serial":
+            executor.shutdown(wait=True, cancel_futures=True)
+    sources = model.source_table(x, y)
+    sources["x"] += 1.0 if cfg["one_indexed"] else 0.0
+    sources["y"] += 1.0 if cfg["one_indexed"] else 0.0
+    meta = {"ORIGIN": "astromix mosaic-psf", "PSFDIM": cfg["dimension"],
+            "SIGMA": cfg["sigma"] if cfg["sigma"] is not None else 0.0,
+            "PIXFRAC": cfg["pixfrac"], "PROVIDER": cfg["provider"], "PIXSCALE": scale,
+            "NEXPOSE": len(model.exposures)}
+    try:
+        write_psf_cube(target, cube, sources, meta=meta, overwrite=cfg["overwrite"])
+    except OSError as exc:
+        raise AstromixError(f"cannot write {target!r}: {exc.strerror or exc}") from None
+    n_zero = int(np.sum(sources["n_exposures"] == 0))
+    print(f"{model.n_unique_psfs} unique PSFs; {x.size} PSFs in "
+          f"{time.perf_counter() - t0:.2f} s; exposures per source "
+          f"{int(np.min(sources['n_exposures']))}-{int(np.max(sources['n_exposures']))}"
+          + (f" ({n_zero} source(s) without exposures: zero PSF)" if n_zero else ""), file=out)
+    print(f"wrote {target}", file=out)
+    return 0
+
+
+def _wcs_scale(wcs, x, y):
+    """Mosaic pixel scale [arcsec/px] at the catalog's mean position."""
+    xm, ym = float(np.mean(x)), float(np.mean(y))
+    ra, dec = wcs.pixel_to_world_values(np.array([xm, xm + 1, xm]), np.array([ym, ym, ym + 1]))
+    ra, dec = np.asarray(ra), np.asarray(dec)
+    c = np.cos(np.radians(dec[0]))
+    dx = np.hypot((ra[1] - ra[0]) * c, dec[1] - dec[0])
+    dy = np.hypot((ra[2] - ra[0]) * c, dec[2] - dec[0])
+    return float(np.sqrt(dx * dy) * 3600.0)
