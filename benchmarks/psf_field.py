@@ -30,7 +30,9 @@ Method
    shape residuals ``de1, de2`` (star - model).  The table prints the median
    and the RMS over the reserve stars of each, for each code, and their ratio.
 
-Run ``python benchmarks/psf_field.py [--snr-min 10] [--seed 0]``.  Skips with
+Run ``python benchmarks/psf_field.py [--snr-min 10] [--seed 0] [--basis mixture]``
+(``--basis mixture``: :func:`astromix.psffield.fit_mixture_psf_field` with
+``--n-components`` Gaussians, started from the pixel fit, instead).  Skips with
 a message (exit 0) when ``source-extractor`` or ``psfex`` is not on PATH
 (``apt-get install source-extractor psfex``).
 """
@@ -183,6 +185,10 @@ def main(argv=None):
     parser.add_argument("--folds", type=int, default=5,
                         help="cross-validation folds (default 5: 20%% reserve each)")
     parser.add_argument("--degree", type=int, default=2)
+    parser.add_argument("--basis", choices=("pixel", "mixture"), default="pixel",
+                        help="astromix's model: pixel grid (default) or Gaussian mixture")
+    parser.add_argument("--n-components", type=int, default=4,
+                        help="Gaussians of the mixture basis (default 4)")
     args = parser.parse_args(argv)
 
     sex = _find("source-extractor", "sex")
@@ -199,7 +205,13 @@ def main(argv=None):
 
     from astromix.datasets import cfht_a370
     from astromix.io.psfex import read_psfex
-    from astromix.psffield import detect_sources, fit_psf_field, select_stars, validate_psf_field
+    from astromix.psffield import (
+        detect_sources,
+        fit_mixture_psf_field,
+        fit_psf_field,
+        select_stars,
+        validate_psf_field,
+    )
 
     raw = fits.getdata(cfht_a370()).astype(np.float64)
     data, weight = inverse_variance(raw)
@@ -230,6 +242,10 @@ def main(argv=None):
             t0 = time.perf_counter()
             model = fit_psf_field(data, fit_stars, weight=weight, background=0.0, size=SIZE,
                                   degree=args.degree, **FIT_OPTIONS)
+            if args.basis == "mixture":
+                model = fit_mixture_psf_field(data, fit_stars, weight=weight, background=0.0,
+                                              pixel_model=model,
+                                              n_components=args.n_components)
             t_fit += time.perf_counter() - t0
             n_used += model.fit_info["n_used"]
             with warnings.catch_warnings():

@@ -3,6 +3,7 @@
 ::
 
     astromix psf-field image.fits --saturation 12000 --outdir psf_out
+    astromix psf-field image.fits --basis mixture --n-components 4 --outdir psf_mix
 
 Sources are detected in IMAGE (:func:`astromix.psffield.detect_sources`) or
 read from a SExtractor FITS_LDAC catalog (``--catalog``); the stars are
@@ -45,6 +46,11 @@ def add_parser(subparsers):
     parser.add_argument("--degree", type=int, default=2, help="polynomial degree (default 2)")
     parser.add_argument("--size", type=int, default=25, help="PSF stamp side [px], odd "
                         "(default 25)")
+    parser.add_argument("--basis", choices=("pixel", "mixture"), default="pixel",
+                        help="PSF model: pixel grid (PSFEx's PIXEL basis; default) or a "
+                             "Gaussian mixture whose amplitudes and covariances vary")
+    parser.add_argument("--n-components", type=int, default=4,
+                        help="Gaussians of the mixture basis (default 4)")
     parser.add_argument("--reserve", type=float, default=0.2,
                         help="fraction of stars kept for validation (default 0.2)")
     parser.add_argument("--saturation", type=float, default=None,
@@ -100,7 +106,13 @@ def run(args):
     import numpy as np
 
     from ..io.psfex import write_psfex
-    from ..psffield import detect_sources, fit_psf_field, read_ldac, select_stars
+    from ..psffield import (
+        detect_sources,
+        fit_mixture_psf_field,
+        fit_psf_field,
+        read_ldac,
+        select_stars,
+    )
     from ..psffield.validation import plot_whiskers, rho_statistics, validate_psf_field
 
     t0 = time.perf_counter()
@@ -120,8 +132,12 @@ def run(args):
         raise InputError("no reserve stars to validate with (raise --reserve)")
     model = fit_psf_field(image, stars[np.asarray(stars["selected"], bool)], weight=weight,
                           size=args.size, degree=args.degree)
+    if args.basis == "mixture":
+        model = fit_mixture_psf_field(image, stars[np.asarray(stars["selected"], bool)],
+                                      weight=weight, n_components=args.n_components,
+                                      pixel_model=model)
     fitted = model.stars
-    for name in ("x_fit", "y_fit", "flux_fit", "chi2_dof", "rejected", "used"):
+    for name in ("x_fit", "y_fit", "flux_fit", "chi2_dof", "n_masked", "rejected", "used"):
         col = np.full(len(stars), np.nan if fitted[name].dtype.kind == "f" else False,
                       dtype=fitted[name].dtype)
         col[np.asarray(stars["selected"], bool)] = fitted[name]

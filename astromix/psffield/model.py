@@ -307,7 +307,6 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     from scipy import ndimage
 
     data = _as_image(image, "image")
-    ny_img, nx_img = data.shape
     if weight is not None:
         weight = _as_image(weight, "weight", data.shape)
         if np.any(~np.isfinite(weight)) or np.any(weight < 0):
@@ -347,38 +346,12 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     npix = size * size
     # stars are cut with a margin so that their resampled images fill the PSF grid
     m = _MARGIN
-    big = size + 2 * m
     bhalf = half + m
-    ring = np.ones((big, big), bool)
-    ring[2:-2, 2:-2] = False
 
     # -- stamps ---------------------------------------------------------------------
-    stamps = np.zeros((n_stars, big, big))
-    wstamps = np.zeros((n_stars, big, big))
     ix = np.rint(xs).astype(int)
     iy = np.rint(ys).astype(int)
-    edge = (ix - bhalf < 0) | (iy - bhalf < 0) | (ix + bhalf >= nx_img) | (iy + bhalf >= ny_img)
-    for s in np.flatnonzero(~edge):
-        sl = (slice(iy[s] - bhalf, iy[s] + bhalf + 1), slice(ix[s] - bhalf, ix[s] + bhalf + 1))
-        st = data[sl].copy()
-        w = weight[sl].copy() if weight is not None else None
-        good = np.isfinite(st) & (w > 0 if w is not None else True)
-        if bkg_image is None:
-            st -= np.median(st[ring & good]) if np.any(ring & good) else 0.0
-        elif np.ndim(bkg_image) == 0:
-            st -= bkg_image
-        else:
-            st -= bkg_image[sl]
-        if w is None:
-            vals = st[ring & good]
-            sig = 1.4826 * np.median(np.abs(vals - np.median(vals))) if vals.size else 0.0
-            if not sig > 0:
-                sig = max(float(np.std(vals)) if vals.size else 0.0, 1e-12 * np.abs(st).max(),
-                          1e-300)
-            w = np.full(st.shape, 1.0 / sig ** 2)
-        w = np.where(good, w, 0.0)
-        stamps[s] = np.where(good, st, 0.0)
-        wstamps[s] = w
+    stamps, wstamps, edge = _cut_stamps(data, weight, bkg_image, ix, iy, bhalf)
 
     # -- starting flux and centroid --------------------------------------------------
     flux = np.zeros(n_stars)
@@ -515,6 +488,46 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
             "n_rejected": int(rejected.sum()), "n_edge": int(edge.sum()), "history": history,
             "time_s": time.perf_counter() - t0}
     return PSFFieldModel(basis, polzero, polscal, degree, stars=out, fit_info=info)
+
+
+def _cut_stamps(data, weight, bkg_image, ix, iy, bhalf):
+    """Background-subtracted stamps of side ``2 bhalf + 1`` centred on pixels (ix, iy).
+
+    Returns ``(stamps, weights, edge)``: stamps (n, big, big) with masked pixels
+    set to 0, inverse-variance weights (from ``weight`` or the robust scatter of
+    the stamp's outer 2-pixel ring; 0 = masked) and the boolean ``edge`` (stamp
+    leaves the image; those stamps are all zero).
+    """
+    ny_img, nx_img = data.shape
+    n = len(ix)
+    big = 2 * bhalf + 1
+    ring = np.ones((big, big), bool)
+    ring[2:-2, 2:-2] = False
+    stamps = np.zeros((n, big, big))
+    wstamps = np.zeros((n, big, big))
+    edge = (ix - bhalf < 0) | (iy - bhalf < 0) | (ix + bhalf >= nx_img) | (iy + bhalf >= ny_img)
+    for s in np.flatnonzero(~edge):
+        sl = (slice(iy[s] - bhalf, iy[s] + bhalf + 1), slice(ix[s] - bhalf, ix[s] + bhalf + 1))
+        st = data[sl].copy()
+        w = weight[sl].copy() if weight is not None else None
+        good = np.isfinite(st) & (w > 0 if w is not None else True)
+        if bkg_image is None:
+            st -= np.median(st[ring & good]) if np.any(ring & good) else 0.0
+        elif np.ndim(bkg_image) == 0:
+            st -= bkg_image
+        else:
+            st -= bkg_image[sl]
+        if w is None:
+            vals = st[ring & good]
+            sig = 1.4826 * np.median(np.abs(vals - np.median(vals))) if vals.size else 0.0
+            if not sig > 0:
+                sig = max(float(np.std(vals)) if vals.size else 0.0, 1e-12 * np.abs(st).max(),
+                          1e-300)
+            w = np.full(st.shape, 1.0 / sig ** 2)
+        w = np.where(good, w, 0.0)
+        stamps[s] = np.where(good, st, 0.0)
+        wstamps[s] = w
+    return stamps, wstamps, edge
 
 
 def _constrain(basis, grid_x, grid_y):

@@ -92,9 +92,9 @@ def validate_psf_field(image, model, stars, *, size=25, weight=None, background=
     Parameters
     ----------
     image : array-like, shape (ny, nx)
-    model : PSFFieldModel or astromix.io.psfex.PSFExModel
-        Anything with ``to_psfex()`` or a PSFExModel's ``image(x, y, shape=,
-        center=)``.
+    model : PSFFieldModel, MixturePSFFieldModel or astromix.io.psfex.PSFExModel
+        A pixel model (evaluated through ``to_psfex()``) or anything with a
+        PSFExModel's ``image(x, y, shape=, center=)``.
     stars : astropy.table.Table
         Columns ``x``, ``y`` (0-based); when it has a ``reserve`` column only
         those rows are used (the output of :func:`select_stars`).
@@ -147,7 +147,11 @@ def validate_psf_field(image, model, stars, *, size=25, weight=None, background=
             raise InputError(f"stars has no column {col!r}")
     if "reserve" in stars.colnames:
         stars = stars[np.asarray(stars["reserve"], bool)]
-    psfex = model.to_psfex() if hasattr(model, "to_psfex") else model
+    from .model import PSFFieldModel
+
+    # a pixel model through its PSFEx form; others (PSFExModel, the mixture field)
+    # draw themselves
+    psfex = model.to_psfex() if isinstance(model, PSFFieldModel) else model
     half = size // 2
     ny, nx = data.shape
     yy, xx = np.mgrid[:size, :size]

@@ -1,0 +1,164 @@
+"""Tests of astromix.psffield.mixture_field (Gaussian-mixture PSF field) on GalSim fields."""
+
+import numpy as np
+import pytest
+
+galsim = pytest.importorskip("galsim")
+
+from astropy.table import Table  # noqa: E402
+
+from astromix import Exposure, GaussianMixturePSF  # noqa: E402
+from astromix.errors import InputError  # noqa: E402
+from astromix.io.psfex import read_psfex, write_psfex  # noqa: E402
+from astromix.psffield.mixture_field import (  # noqa: E402
+    MixturePSFFieldModel,
+    fit_mixture_psf_field,
+)
+from astromix.psffield.validation import validate_psf_field  # noqa: E402
+
+AMPS = (0.7, 0.3)
+HELD_OUT = [(150.0, 150.0), (500.0, 500.0), (850.0, 200.0), (300.0, 800.0), (700.0, 650.0)]
+
+
+def _covs(x, y):
+    """The true covariances [px^2] of the two components at (x, y): linear in x and y."""
+    u, v = x / 1000.0 - 0.5, y / 1000.0 - 0.5
+    c_a = np.array([[2.0 + 0.6 * u, 0.25 * v], [0.25 * v, 2.2 - 0.3 * u]])
+    c_b = np.array([[7.0 + 1.0 * u, 0.4 * v], [0.4 * v, 7.5 + 0.5 * v]])
+    return c_a, c_b
+
+
+def _profile(x, y):
+    parts = []
+    for amp, cov in zip(AMPS, _covs(x, y)):
+        lo = np.linalg.cholesky(cov)
+        parts.append(galsim.Gaussian(sigma=1.0).transform(lo[0, 0], lo[0, 1], lo[1, 0], lo[1, 1])
+                     .withFlux(amp))
+    return galsim.Add(parts)
+
+
+def _truth(x, y, size=25):
+    """GalSim's exact pixel-integrated rendering, unit sum."""
+    arr = _profile(x, y).drawImage(scale=1.0, nx=size, ny=size).array
+    return arr / arr.sum()
+
+
+@pytest.fixture(scope="module")
+def field():
+    rng = np.random.default_rng(7)
+    n = 60
+    img = galsim.ImageD(1000, 1000)
+    xs, ys = rng.uniform(25, 975, n), rng.uniform(25, 975, n)
+    fluxes = 1e5 * rng.uniform(0.5, 2.0, n)
+    for x, y, f in zip(xs, ys, fluxes):
+        st = _profile(x, y).withFlux(f).drawImage(scale=1.0, center=galsim.PositionD(x + 1, y + 1),
+                                                  nx=41, ny=41)
+        b = st.bounds & img.bounds
+        img[b] += st[b]
+    arr = img.array + rng.normal(0, 1.0, img.array.shape)
+    stars = Table({"x": xs + rng.normal(0, 0.2, n), "y": ys + rng.normal(0, 0.2, n)})
+    model = fit_mixture_psf_field(arr, stars, weight=np.ones_like(arr), background=0.0,
+                                  degree=1, n_components=2)
+    return model, arr, xs, ys
+
+
+def test_recovers_the_varying_mixture(field):
+    model, _, xs, ys = field
+    assert isinstance(model, MixturePSFFieldModel) and model.n_components == 2
+    assert model.fit_info["n_used"] >= 57  # the pixel fit may reject a few
+    for x, y in HELD_OUT:
+        psf = model.mixture(x, y)
+        assert isinstance(psf, GaussianMixturePSF)
+        mix = psf.mixture
+        assert mix.amp.sum() == pytest.approx(1.0)
+        order = np.argsort(np.trace(mix.cov, axis1=1, axis2=2))
+        np.testing.assert_allclose(mix.amp[order], AMPS, atol=0.02)
+        for got, want in zip(mix.cov[order], _covs(x, y)):
+            np.testing.assert_allclose(got, want, atol=0.03 * np.trace(want))
+        truth = _truth(x, y)
+        # the renderer's pixel integration agrees with GalSim's to ~3e-3 of the peak
+        assert np.abs(model.image(x, y) - truth).max() / truth.max() < 4e-3
+    good = np.asarray(model.stars["used"])
+    assert np.max(np.hypot(model.stars["x_fit"][good] - xs[good],
+                           model.stars["y_fit"][good] - ys[good])) < 0.03
+
+
+def test_image_centre_and_callable(field):
+    model, _, _, _ = field
+    a = model.image(500.0, 500.0, shape=(21, 21), center=(0.3, -0.2))
+    truth = _profile(500.0, 500.0).drawImage(scale=1.0, nx=21, ny=21,
+                                             offset=galsim.PositionD(0.3, -0.2)).array
+    assert np.abs(a - truth / truth.sum()).max() / a.max() < 4e-3
+    # a PSF as a callable of position: what Exposure takes
+    assert model(500.0, 500.0).mixture.amp.sum() == pytest.approx(1.0)
+    from astropy.wcs import WCS
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = [500.0, 500.0]
+    wcs.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+    exp = Exposure(np.zeros((1000, 1000)), wcs=wcs, psf=model, band="i")
+    np.testing.assert_allclose(exp.psf_at(300.0, 800.0).mixture.cov,
+                               model.mixture(300.0, 800.0).mixture.cov)
+    with pytest.raises(InputError):
+        model.mixture(np.nan, 3.0)
+
+
+def test_psfex_export_and_validation(field, tmp_path):
+    model, arr, xs, ys = field
+    psfex = model.to_psfex()
+    assert psfex.meta["MIXPROJ"] < 5e-3
+    back = read_psfex(write_psfex(tmp_path / "mix.psf", psfex))
+    for x, y in HELD_OUT:
+        np.testing.assert_allclose(back.image(x, y), model.image(x, y), atol=5e-3 * 0.1)
+    stars = Table({"x": xs[:10], "y": ys[:10]})
+    out = validate_psf_field(arr, model, stars, size=25, background=0.0)
+    ok = out["flag"] == 0
+    assert ok.sum() == 10
+    assert np.all(np.abs(out["dsigma_over_sigma"][ok]) < 3e-3)
+    assert np.all(np.abs(out["de1"][ok]) < 3e-3) and np.all(np.abs(out["de2"][ok]) < 3e-3)
+
+
+def test_psf_at_sky_through_each_wcs(field):
+    """Two exposures of one sky position: each PSF comes from its own pixel there."""
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    from astromix.datasets import cfht_a370
+    from astromix.psffield import psf_at_sky
+
+    model, _, _, _ = field
+    with warnings.catch_warnings():  # the 1990s header's RADECSYS and friends
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs_a = WCS(fits.getheader(cfht_a370())).celestial
+    ra, dec = wcs_a.pixel_to_world_values(300.0, 700.0)
+    wcs_b = wcs_a.deepcopy()  # a dithered exposure, rotated by 90 deg: the star at (600, 400)
+    wcs_b.wcs.crval = [float(ra), float(dec)]
+    wcs_b.wcs.crpix = [601.0, 401.0]
+    wcs_b.wcs.cd = wcs_b.wcs.cd @ np.array([[0.0, -1.0], [1.0, 0.0]])
+    wcs_b.wcs.set()
+    exps = [Exposure(np.zeros((1000, 1000)), wcs=wcs_a, psf=model, band="I", name="a"),
+            Exposure(np.zeros((1000, 1000)), wcs=wcs_b, psf=model, band="I", name="b"),
+            Exposure(np.zeros((100, 100)), wcs=wcs_a, psf=model, band="I", name="c")]
+    out = psf_at_sky(exps, float(ra), float(dec))
+    assert list(out["name"]) == ["a", "b", "c"] and list(out["inside"]) == [True, True, False]
+    np.testing.assert_allclose([out["x"][0], out["y"][0]], [300.0, 700.0], atol=1e-6)
+    np.testing.assert_allclose([out["x"][1], out["y"][1]], [600.0, 400.0], atol=1e-6)
+    assert out["psf"][2] is None
+    for row, (x, y) in zip(out[:2], [(300.0, 700.0), (600.0, 400.0)]):
+        np.testing.assert_allclose(row["psf"].mixture.cov, model.mixture(x, y).mixture.cov)
+    images = psf_at_sky(exps[:2], float(ra), float(dec), kind="image", shape=(15, 15))
+    np.testing.assert_allclose(np.asarray(images["psf"][1], dtype=float),
+                               model.image(600.0, 400.0, shape=(15, 15)))
+    with pytest.raises(InputError):
+        psf_at_sky(exps, float(ra), float(dec), kind="cube")
+
+
+def test_inputs():
+    stars = Table({"x": [10.0], "y": [10.0]})
+    with pytest.raises(InputError):
+        fit_mixture_psf_field(np.zeros((50, 50)), stars, n_components=0)
+    with pytest.raises(InputError):
+        fit_mixture_psf_field(np.zeros((50, 50)), stars, pixel_model="pixels")
