@@ -49,7 +49,7 @@ def test_psf_field_bad_input(tmp_path, capsys):
 def test_psf_field_cfht_mixture_basis(tmp_path, capsys):
     out = tmp_path / "mix"
     status = main(["psf-field", cfht_a370(), "--saturation", "12000", "--basis", "mixture",
-                   "--n-components", "3", "--no-plot", "--outdir", str(out)])
+                   "--n-components", "3", "--snr-min", "15", "--no-plot", "--outdir", str(out)])
     assert status == 0
     psf = read_psfex(out / "psf.psf")
     assert psf.degree == 4 and 0 < psf.meta["MIXPROJ"] < 0.05  # projection of degree 2 + 2

@@ -55,6 +55,9 @@ def add_parser(subparsers):
                         help="fraction of stars kept for validation (default 0.2)")
     parser.add_argument("--saturation", type=float, default=None,
                         help="saturation level [image unit] for detection")
+    parser.add_argument("--snr-min", type=float, default=20.0,
+                        help="lowest S/N of a star (default 20; 10 doubles the CFHT A370 "
+                             "stars)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the reserve draw")
     parser.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
                         help="arcsec per pixel for the rho statistics (default: from the "
@@ -125,7 +128,8 @@ def run(args):
         catalog = read_ldac(args.catalog)
     else:
         catalog = detect_sources(image, weight=weight, saturation=args.saturation)
-    stars = select_stars(catalog, reserve=args.reserve, seed=args.seed)
+    stars = select_stars(catalog, snr_range=(args.snr_min, None), reserve=args.reserve,
+                         seed=args.seed)
     stars = stars[np.asarray(stars["star"], bool)]
     n_res = int(np.sum(stars["reserve"]))
     if n_res == 0:
@@ -162,7 +166,8 @@ def run(args):
 
         from ..psffield import plot_size_magnitude
 
-        catalog_sel = select_stars(catalog, reserve=args.reserve, seed=args.seed)
+        catalog_sel = select_stars(catalog, snr_range=(args.snr_min, None),
+                                   reserve=args.reserve, seed=args.seed)
         for name, draw in (("size_magnitude.png", lambda ax: plot_size_magnitude(catalog_sel,
                                                                                   ax=ax)),
                            ("whiskers.png", lambda ax: plot_whiskers(table, ax=ax))):
