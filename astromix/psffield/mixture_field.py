@@ -37,7 +37,13 @@ callable of position).
    Each star's flux and sub-pixel centre are then refitted against the model
    (Gauss-Newton), and in the first iteration the pixels further from the
    model than ``pixel_clip`` sigmas are masked (neighbours, cosmic rays).
-3. The iterations stop when the chi2 changes by less than 0.1 of its dof.
+3. The iterations stop when the chi2 changes by less than 0.1 of its dof; then
+   Piff's outlier loop rejects whole stars (as the pixel fit does) and the fit
+   goes on without them (at most three rounds).
+
+With ``start="moments"`` step 1 is replaced by windowed moments of each
+star, so that undersampled stars, which a pixel grid at the image's own
+sampling cannot represent, are modelled too.
 
 References: Bertin (2011, PSFEx) for the polynomial variation and the
 coordinates; Hogg & Lang (2013) and forcepho (Johnson et al.) for Gaussian
@@ -53,7 +59,15 @@ from .. import backends as _backends
 from ..errors import InputError
 from ..io.psfex import PSFExModel
 from ..mixtures import GaussianMixture
-from .model import PSFFieldModel, _cut_stamps, _n_terms, _poly_terms, fit_psf_field
+from .model import (
+    PSFFieldModel,
+    _clipped,
+    _cut_stamps,
+    _n_terms,
+    _poly_terms,
+    _windowed_centroid,
+    fit_psf_field,
+)
 
 __all__ = ["MixturePSFFieldModel", "fit_mixture_psf_field"]
 
@@ -278,6 +292,9 @@ def _fit_flux_centre(stamp, w, amp, mean, cov, flux, cx, cy, settings, backend, 
     d = stamp.ravel()
     wf = w.ravel()
     shape = stamp.shape
+    start = (flux, cx, cy)
+    m0 = _mixture_image(amp, mean, cov, (cx, cy), shape, settings, backend).ravel()
+    chi2_start = float(np.sum(wf * (d - flux * m0) ** 2))
     for _ in range(n_steps):
         m = _mixture_image(amp, mean, cov, (cx, cy), shape, settings, backend).ravel()
         mx = (_mixture_image(amp, mean, cov, (cx + eps, cy), shape, settings, backend)
@@ -299,12 +316,17 @@ def _fit_flux_centre(stamp, w, amp, mean, cov, flux, cx, cy, settings, backend, 
         if max(abs(step[1]), abs(step[2])) < 1e-4:
             break
     m = _mixture_image(amp, mean, cov, (cx, cy), shape, settings, backend)
+    if not float(np.sum(wf * (d - flux * m.ravel()) ** 2)) <= chi2_start:
+        # the steps made things worse (a poor model far from the minimum): keep the start
+        flux, cx, cy = start
+        m = m0.reshape(shape)
     return flux, cx, cy, m
 
 
 def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_components=4,
-                          background=None, accuracy=0.0, pixel_clip=5.0, n_iter=10,
-                          damping=1e-3, pixel_model=None, settings=None, **pixel_kwargs):
+                          background=None, accuracy=0.0, pixel_clip=5.0, n_iter=30,
+                          damping=1e-3, start="pixel", pixel_model=None, clip=3.0,
+                          settings=None, **pixel_kwargs):
     """Fit a Gaussian-mixture PSF field (parameters polynomial in x, y) to the stars of an image.
 
     Parameters
@@ -331,14 +353,27 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
     pixel_clip : float or None, optional
         Mask star pixels further than this many sigmas from the model (default 5).
     n_iter : int, optional
-        Most Gauss-Newton iterations (default 10).
+        Most Levenberg-Marquardt iterations per round (default 30).
     damping : float, optional
         Starting Levenberg-Marquardt damping, relative to the diagonal of the
         normal matrix (default 1e-3).
+    start : {"pixel", "moments"}, optional
+        Where the fit starts: ``"pixel"`` (default) runs
+        :func:`~astromix.psffield.fit_psf_field` first (its star selection,
+        fluxes, centroids and mean PSF); ``"moments"`` needs no pixel model:
+        Gaussian-windowed moments give each star's centroid and the median
+        covariance, and the mixture starts as
+        concentric Gaussians 0.5-3 times it.  Use ``"moments"`` for
+        undersampled stars (FWHM below ~2.5 px), which a pixel grid at the
+        image's sampling cannot represent.
     pixel_model : PSFFieldModel, optional
         A pixel fit of the same stars to start from (otherwise one is made
         with ``size``, ``degree``, ``weight``, ``background``, ``pixel_clip``
         and ``pixel_kwargs``).
+    clip : float, optional
+        Outlier threshold of Piff's loop on whole stars after each converged
+        fit, in robust sigmas of ``log(chi2/dof)`` (default 3; with the
+        residual-fraction criterion of :func:`~astromix.psffield.fit_psf_field`).
     settings : AccuracySettings, optional
         Pixel-integration and culling settings of the renderer.
     **pixel_kwargs
@@ -383,15 +418,10 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
     n_components = int(n_components)
     if not isinstance(stars, Table):
         stars = Table(stars)
-    if pixel_model is None:
-        pixel_model = fit_psf_field(image, stars, weight=weight, size=size, degree=degree,
-                                    background=background, pixel_clip=pixel_clip,
-                                    **pixel_kwargs)
-    elif not isinstance(pixel_model, PSFFieldModel):
+    if start not in ("pixel", "moments"):
+        raise InputError(f"start must be 'pixel' or 'moments', got {start!r}")
+    if pixel_model is not None and not isinstance(pixel_model, PSFFieldModel):
         raise InputError(f"pixel_model must be a PSFFieldModel, got {type(pixel_model).__name__}")
-    degree = pixel_model.degree
-    size = pixel_model.size
-    nterms = _n_terms(degree)
     data = np.asarray(image, dtype=np.float64)
     w_img = None if weight is None else np.asarray(weight, dtype=np.float64)
     if background is None:
@@ -401,12 +431,25 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
     else:
         bkg = np.asarray(background, dtype=np.float64)
     backend = _cpu_backend()
-
-    # -- the starting mixture: the pixel model's PSF at the centre of the stars --------
-    centre = pixel_model.polzero - 1.0
-    start = fit_psf_mixture(pixel_model.image(*centre), n_components, objective="chi2",
-                            settings=settings, backend=backend)
-    base = start.mixture
+    if start == "pixel" or pixel_model is not None:
+        if pixel_model is None:
+            pixel_model = fit_psf_field(image, stars, weight=weight, size=size, degree=degree,
+                                        background=background, pixel_clip=pixel_clip,
+                                        **pixel_kwargs)
+        degree = pixel_model.degree
+        size = pixel_model.size
+        # the starting mixture: the pixel model's PSF at the centre of the stars
+        centre = pixel_model.polzero - 1.0
+        base = fit_psf_mixture(pixel_model.image(*centre), n_components, objective="chi2",
+                               settings=settings, backend=backend).mixture
+        table = pixel_model.stars.copy()
+        polzero, polscal = pixel_model.polzero, pixel_model.polscal
+        pixel_info = pixel_model.fit_info
+    else:
+        table, base, polzero, polscal = _moments_start(data, w_img, bkg, stars, size,
+                                                       degree, n_components)
+        pixel_info = None
+    nterms = _n_terms(degree)
     k = len(base)
     mean = np.asarray(base.mean, dtype=np.float64)
     amp_c = np.zeros((k, nterms))
@@ -415,11 +458,10 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
     cov_c[:, 0, 0] = base.cov[:, 0, 0]
     cov_c[:, 1, 0] = base.cov[:, 0, 1]
     cov_c[:, 2, 0] = base.cov[:, 1, 1]
-    model = MixturePSFFieldModel(mean, amp_c, cov_c, pixel_model.polzero, pixel_model.polscal,
-                                 degree, size=size, settings=settings)
+    model = MixturePSFFieldModel(mean, amp_c, cov_c, polzero, polscal, degree, size=size,
+                                 settings=settings)
 
-    # -- the stars of the pixel fit --------------------------------------------------
-    table = pixel_model.stars.copy()
+    # -- the stars -------------------------------------------------------------------
     used = np.asarray(table["used"], bool)
     idx = np.flatnonzero(used)
     xs = np.asarray(table["x_fit"], dtype=np.float64)
@@ -429,7 +471,7 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
     ix = np.rint(np.where(used, xs, 0.0)).astype(int)
     iy = np.rint(np.where(used, ys, 0.0)).astype(int)
     stamps, wbase, edge = _cut_stamps(data, w_img, bkg, ix[idx], iy[idx], half)
-    if np.any(edge):  # the pixel fit's stamps had a margin, so this cannot happen
+    if np.any(edge):  # the stamps of both starts had a margin, so this cannot happen
         raise InputError("a used star's stamp leaves the image")  # pragma: no cover
     cx = xs[idx] - ix[idx] + half
     cy = ys[idx] - iy[idx] + half
@@ -443,76 +485,107 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
     converged = False
     weff = wbase.copy()
     chi2 = np.zeros(idx.size)
+    norm = np.ones(idx.size)
+    active = np.ones(idx.size, bool)
+    rejected_here = np.zeros(idx.size, bool)
     lam = float(damping)
     it = 0
-    for it in range(1, int(n_iter) + 1):
-        # per star: flux and centre, pixel masking, weights, and the normal equations
-        normal = np.zeros((n_par, n_par))
-        rhs = np.zeros(n_par)
-        for n in range(idx.size):
-            amp, cov = model.parameters(xs[idx[n]], ys[idx[n]])
-            fl[n], cx[n], cy[n], mimg = _fit_flux_centre(stamps[n], weff[n], amp, mean, cov,
-                                                         fl[n], cx[n], cy[n], settings, backend)
-            mod = fl[n] * mimg
-            if pixel_clip is not None and it == 1:
+    # rounds: mask the pixels far off the starting model and fit; mask against the
+    # fitted model and fit again; then Piff's outlier loop on whole stars
+    masking = pixel_clip is not None
+    for _round in range(4):
+        # first against the starting model (with a loose 100% model error when it
+        # comes from moments alone), then again against the converged one
+        clip_now = masking and _round <= 1
+        floor = 1.0 if (_round == 0 and pixel_info is None) else 0.1
+        for _ in range(int(n_iter)):
+            it += 1
+            # per star: flux and centre, pixel masking, weights, the normal equations
+            normal = np.zeros((n_par, n_par))
+            rhs = np.zeros(n_par)
+            for n in np.flatnonzero(active):
+                amp, cov = model.parameters(xs[idx[n]], ys[idx[n]])
+                fl[n], cx[n], cy[n], mimg = _fit_flux_centre(stamps[n], weff[n], amp, mean, cov,
+                                                             fl[n], cx[n], cy[n], settings,
+                                                             backend)
+                mod = fl[n] * mimg
+                if clip_now:
+                    with np.errstate(divide="ignore"):
+                        var = np.where(wbase[n] > 0, 1.0 / wbase[n], np.inf)
+                    bad = np.abs(stamps[n] - mod) > pixel_clip * np.sqrt(var + (floor * mod) ** 2)
+                    if bad.any():
+                        from scipy import ndimage
+                        bad = ndimage.binary_dilation(bad, iterations=2)
+                    n_masked[n] += int(np.count_nonzero(bad & (wbase[n] > 0)))
+                    wbase[n][bad] = 0.0
                 with np.errstate(divide="ignore"):
-                    var = np.where(wbase[n] > 0, 1.0 / wbase[n], np.inf)
-                bad = np.abs(stamps[n] - mod) > pixel_clip * np.sqrt(var + (0.1 * mod) ** 2)
-                if bad.any():
-                    from scipy import ndimage
-                    bad = ndimage.binary_dilation(bad, iterations=2)
-                n_masked[n] += int(np.count_nonzero(bad & (wbase[n] > 0)))
-                wbase[n][bad] = 0.0
-            with np.errstate(divide="ignore"):
-                weff[n] = np.where(wbase[n] > 0, 1.0 / (1.0 / np.where(wbase[n] > 0, wbase[n],
-                                                                       1.0)
-                                                        + (accuracy * mod) ** 2), 0.0)
-            resid = (stamps[n] - mod).ravel()
-            chi2[n] = float(np.sum(wbase[n].ravel() * resid ** 2))
-            gauss, deriv = _star_images(amp, mean, cov, np.array([cx[n], cy[n]]), shape,
-                                        settings, backend)
-            cols = [gauss[1:] - gauss[0]] if k > 1 else []
-            cols.append((amp[:, None, None] * deriv).reshape(3 * k, -1))
-            d = np.concatenate(cols, axis=0) * fl[n]               # (J, npix)
-            # order the parameters as [amp (g>=1, term), cov (g, j, term)]
-            jac = (d[:, None, :] * terms[n][None, :, None]).reshape(-1, d.shape[1])
-            ww = weff[n].ravel()
-            normal += (jac * ww) @ jac.T
-            rhs += (jac * ww) @ resid
-        total = float(chi2.sum())
-        dof = float(sum(np.count_nonzero(wbase[n]) - 3 for n in range(idx.size)))
-        history.append(total)
-        if it > 1 and abs(history[-2] - total) < 0.1 * dof:
-            converged = True
-            break
-        # Levenberg-Marquardt: a step is taken only if it lowers the weighted chi2
-        current = _weighted_chi2(model, stamps, weff, fl, cx, cy, xs[idx], ys[idx], settings,
-                                 backend)
-        diag = np.diag(normal).copy()
-        diag[diag <= 0] = 1.0
-        for _ in range(12):
-            try:
-                step = np.linalg.solve(normal + lam * np.diag(diag), rhs)
-            except np.linalg.LinAlgError:
-                lam *= 10.0
-                continue
-            new_amp = amp_c.copy()
-            if k > 1:
-                new_amp[1:] += step[:n_amp].reshape(k - 1, nterms)
-                new_amp[0] = np.eye(1, nterms)[0] - new_amp[1:].sum(axis=0)
-            new_cov = cov_c + step[n_amp:].reshape(k, 3, nterms)
-            trial = MixturePSFFieldModel(mean, new_amp, new_cov, model.polzero, model.polscal,
-                                         degree, size=size, settings=settings)
-            if all(_positive(trial, xs[i], ys[i]) for i in idx) and _weighted_chi2(
-                    trial, stamps, weff, fl, cx, cy, xs[idx], ys[idx], settings,
-                    backend) < current:
-                amp_c, cov_c, model = new_amp, new_cov, trial
-                lam = max(lam / 3.0, 1e-9)
+                    weff[n] = np.where(wbase[n] > 0, 1.0 / (
+                        1.0 / np.where(wbase[n] > 0, wbase[n], 1.0) + (accuracy * mod) ** 2), 0.0)
+                resid = (stamps[n] - mod).ravel()
+                chi2[n] = float(np.sum(wbase[n].ravel() * resid ** 2))
+                norm[n] = float(np.sum(wbase[n] * mod ** 2))
+                gauss, deriv = _star_images(amp, mean, cov, np.array([cx[n], cy[n]]), shape,
+                                            settings, backend)
+                cols = [gauss[1:] - gauss[0]] if k > 1 else []
+                cols.append((amp[:, None, None] * deriv).reshape(3 * k, -1))
+                d = np.concatenate(cols, axis=0) * fl[n]               # (J, npix)
+                # parameters in the order [amp (g >= 1, term), cov (g, j, term)]
+                jac = (d[:, None, :] * terms[n][None, :, None]).reshape(-1, d.shape[1])
+                ww = weff[n].ravel()
+                normal += (jac * ww) @ jac.T
+                rhs += (jac * ww) @ resid
+            clip_now = False
+            total = float(chi2[active].sum())
+            dof = float(sum(np.count_nonzero(wbase[n]) - 3 for n in np.flatnonzero(active)))
+            history.append(total)
+            if len(history) > 1 and abs(history[-2] - total) < 0.1 * dof:
+                converged = True
                 break
-            lam *= 10.0
-        else:
-            converged = True  # no step lowers chi2: at the minimum
+            # Levenberg-Marquardt: a step is taken only if it lowers the weighted chi2
+            act = np.flatnonzero(active)
+            current = _weighted_chi2(model, stamps[act], weff[act], fl[act], cx[act], cy[act],
+                                     xs[idx[act]], ys[idx[act]], settings, backend)
+            diag = np.diag(normal).copy()
+            diag[diag <= 0] = 1.0
+            for _ in range(12):
+                try:
+                    step = np.linalg.solve(normal + lam * np.diag(diag), rhs)
+                except np.linalg.LinAlgError:
+                    lam *= 10.0
+                    continue
+                new_amp = amp_c.copy()
+                if k > 1:
+                    new_amp[1:] += step[:n_amp].reshape(k - 1, nterms)
+                    new_amp[0] = np.eye(1, nterms)[0] - new_amp[1:].sum(axis=0)
+                new_cov = cov_c + step[n_amp:].reshape(k, 3, nterms)
+                trial = MixturePSFFieldModel(mean, new_amp, new_cov, model.polzero,
+                                             model.polscal, degree, size=size, settings=settings)
+                if all(_positive(trial, xs[idx[n]], ys[idx[n]]) for n in act) and _weighted_chi2(
+                        trial, stamps[act], weff[act], fl[act], cx[act], cy[act], xs[idx[act]],
+                        ys[idx[act]], settings, backend) < current:
+                    amp_c, cov_c, model = new_amp, new_cov, trial
+                    lam = max(lam / 3.0, 1e-9)
+                    break
+                lam *= 10.0
+            else:
+                converged = True  # no step lowers chi2: at the minimum
+                break
+        if masking and _round == 0:
+            continue  # fit again with the masks
+        # Piff's outlier loop on whole stars (as fit_psf_field), then fit again
+        dofs_n = np.array([max(np.count_nonzero(wbase[n]) - 3.0, 1.0) for n in range(idx.size)])
+        ratio = np.log(np.maximum(chi2 / dofs_n, 1e-300))
+        frac = np.sqrt(chi2 / np.maximum(norm, 1e-300))
+        over = np.flatnonzero(active & _clipped(ratio, active, clip,
+                                                math.sqrt(2.0 / np.median(dofs_n[active])))
+                              & (frac > 2.0 * np.median(frac[active])))
+        over = over[np.argsort(ratio[over])[::-1]][:max(1, int(0.1 * active.sum()))]
+        over = over[:max(0, int(active.sum()) - 2 * nterms)]
+        if over.size == 0:
             break
+        active[over] = False
+        rejected_here[over] = True
+        converged = False
 
     out = table
     x_fit = np.full(len(out), np.nan)
@@ -535,12 +608,104 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
     nm = np.zeros(len(out), int)
     nm[idx] = n_masked
     out["n_masked"] = nm
+    used_col = np.zeros(len(out), bool)
+    used_col[idx[active]] = True
+    rejected_col = np.asarray(out["rejected"], bool).copy()
+    rejected_col[idx[rejected_here]] = True
+    out["used"] = used_col
+    out["rejected"] = rejected_col
     model.stars = out
-    model.fit_info = {"n_iter": it, "converged": converged, "chi2": float(chi2.sum()),
-                      "dof": float(dofs.sum()), "history": history, "n_used": int(idx.size),
+    dofs[~used_col] = 0.0
+    model.fit_info = {"n_iter": it, "converged": converged,
+                      "chi2": float(chi2[active].sum()), "dof": float(dofs.sum()),
+                      "history": history, "n_used": int(active.sum()),
+                      "n_rejected": int(rejected_here.sum()),
                       "time_s": time.perf_counter() - t0,
-                      "pixel_fit_info": pixel_model.fit_info}
+                      "pixel_fit_info": pixel_info}
     return model
+
+
+def _moments_start(data, weight, bkg, stars, size, degree, k):
+    """Star table, starting mixture and PSFEx coordinates from windowed moments.
+
+    No pixel model: every star's centroid (Gaussian-windowed first moment) and
+    covariance (second moments in a Gaussian window of sigma 2 px, corrected
+    for the window exactly for a Gaussian star: ``C = (m^-1 - W^-1)^-1``, so
+    that stars of sigma < 1 px, where HSM collapses, are measured too); the
+    starting mixture has ``k`` concentric Gaussians with the median covariance
+    (pixel variance 1/12 removed) scaled by 0.5 .. 3 and amplitudes halving
+    outwards.
+    """
+    from astropy.table import Table
+
+    if isinstance(size, bool) or int(size) != size or size < 5 or size % 2 == 0:
+        raise InputError(f"size must be an odd integer >= 5, got {size!r}")
+    if isinstance(degree, bool) or int(degree) != degree or degree < 0:
+        raise InputError(f"degree must be an integer >= 0, got {degree!r}")
+    if data.ndim != 2:
+        raise InputError(f"image must be 2-d, got shape {data.shape}")
+    if not isinstance(stars, Table):
+        stars = Table(stars)
+    for col in ("x", "y"):
+        if col not in stars.colnames:
+            raise InputError(f"stars needs columns 'x' and 'y'; has {stars.colnames}")
+    xs = np.asarray(stars["x"], dtype=np.float64)
+    ys = np.asarray(stars["y"], dtype=np.float64)
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        raise InputError("star positions must be finite")
+    half = int(size) // 2
+    ix, iy = np.rint(xs).astype(int), np.rint(ys).astype(int)
+    stamps, wst, edge = _cut_stamps(data, weight, bkg, ix, iy, half)
+    n = len(stars)
+    x_fit, y_fit = np.full(n, np.nan), np.full(n, np.nan)
+    flux = np.full(n, np.nan)
+    covs = np.full((n, 2, 2), np.nan)
+    yy, xx = np.mgrid[:2 * half + 1, :2 * half + 1].astype(np.float64)
+    win2 = 2.0 ** 2  # Gaussian window variance [px^2]
+    for s in np.flatnonzero(~edge):
+        st = np.where(wst[s] > 0, stamps[s], 0.0)
+        xc, yc = _windowed_centroid(st, half + xs[s] - ix[s], half + ys[s] - iy[s], sigma=2.0)
+        dx, dy = xx - xc, yy - yc
+        wi = np.exp(-(dx ** 2 + dy ** 2) / (2 * win2)) * st
+        tot = wi.sum()
+        if not tot > 0:
+            continue
+        m = np.array([[np.sum(wi * dx * dx), np.sum(wi * dx * dy)],
+                      [np.sum(wi * dx * dy), np.sum(wi * dy * dy)]]) / tot
+        # a Gaussian of covariance C seen through the window: m = (C^-1 + W^-1)^-1
+        try:
+            c = np.linalg.inv(np.linalg.inv(m) - np.eye(2) / win2)
+        except np.linalg.LinAlgError:
+            continue
+        if not (c[0, 0] > 0 and np.linalg.det(c) > 0):
+            c = m
+        covs[s] = c
+        x_fit[s] = ix[s] - half + xc
+        y_fit[s] = iy[s] - half + yc
+        flux[s] = float(st.sum())
+    used = ~edge & np.isfinite(x_fit) & (flux > 0)
+    nterms = _n_terms(int(degree))
+    if used.sum() < 2 * nterms:
+        raise InputError(f"only {int(used.sum())} usable stars (inside the image, measured by "
+                         f"HSM, positive flux); at least {2 * nterms} are needed for degree "
+                         f"{degree}")
+    c = np.median(covs[used], axis=0) - np.eye(2) / 12.0
+    if not (c[0, 0] > 0 and np.linalg.det(c) > 0):
+        c = np.median(covs[used], axis=0)
+    scales = np.geomspace(0.5, 3.0, k) if k > 1 else np.ones(1)
+    amps = 0.5 ** np.arange(k)
+    base = GaussianMixture(amps / amps.sum(), np.zeros((k, 2)), scales[:, None, None] * c)
+    xu, yu = x_fit[used] + 1.0, y_fit[used] + 1.0
+    polzero = np.array([0.5 * (xu.min() + xu.max()), 0.5 * (yu.min() + yu.max())])
+    polscal = np.array([max(xu.max() - xu.min(), 1.0), max(yu.max() - yu.min(), 1.0)])
+    table = stars.copy()
+    table["x_fit"] = x_fit
+    table["y_fit"] = y_fit
+    table["flux_fit"] = flux
+    table["edge"] = edge
+    table["rejected"] = np.zeros(n, bool)
+    table["used"] = used
+    return table, base, polzero, polscal
 
 
 def _weighted_chi2(model, stamps, w, flux, cx, cy, xs, ys, settings, backend):

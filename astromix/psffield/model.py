@@ -49,8 +49,9 @@ included): an image of a star is the model sampled at pixel centres.
 5. Each star's flux and sub-pixel centroid are refitted against the model
    (two Gauss-Newton steps of the three-parameter least squares; the model
    is shifted to the star with the same quintic spline), and its
-   ``chi2 = sum w (data - model)^2`` (noise weights only) with ``dof = npix -
-   3`` is recorded.  In the first two passes, the pixels of a star further
+   ``chi2 = sum w (data - model)^2`` with ``dof = npix - 3`` is recorded
+   (both with the noise weights alone, without the ``accuracy`` term).  In
+   the first two passes, the pixels of a star further
    from the model than ``pixel_clip`` times the noise and a 10% model error
    (neighbours, cosmic rays, bad columns), grown by 2 pixels for their fainter
    wings, are masked for the rest of the fit
@@ -430,23 +431,27 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
                 n_masked[s] += int(np.count_nonzero(bad & (wstamps[s] > 0)))
                 wstamps[s][bad] = 0.0
                 weff[s][bad] = 0.0
-            flux[s], dx[s], dy[s], chi2[s], frac[s] = _fit_star(stamps[s], weff[s], psf, flux[s],
+            flux[s], dx[s], dy[s], chi2[s], frac[s] = _fit_star(stamps[s], wstamps[s], psf, flux[s],
                                                        dx[s], dy[s])
             if accuracy > 0:
-                # the outlier statistics use the noise alone; the next least-squares
-                # solution adds PSFEx's PSF_ACCURACY: a model-error floor
-                # proportional to the model
-                model_s = flux[s] * _shift(psf, dx[s], dy[s])
-                chi2[s] = float(np.sum(wstamps[s] * (stamps[s] - model_s) ** 2))
-                norm = float(np.sum(wstamps[s] * model_s ** 2))
-                frac[s] = math.sqrt(chi2[s] / norm) if norm > 0 else np.inf
-                model_s = np.abs(model_s)
+                # the star's flux, centre and outlier statistics use the noise alone;
+                # the next least-squares solution of the basis adds PSFEx's
+                # PSF_ACCURACY: a model-error floor proportional to the model
+                model_s = np.abs(flux[s] * _shift(psf, dx[s], dy[s]))
                 with np.errstate(divide="ignore"):
                     weff[s] = np.where(wstamps[s] > 0, 1.0 / (1.0 / np.where(
                         wstamps[s] > 0, wstamps[s], 1.0) + (accuracy * model_s) ** 2), 0.0)
             else:
                 weff[s] = wstamps[s]
             dof[s] = max(np.count_nonzero(wstamps[s]) - 3.0, 1.0)
+        # a star whose refit fails (no positive flux) leaves the fit
+        failed = used & ~(np.isfinite(flux) & (flux > 0) & np.isfinite(chi2))
+        if failed.any():
+            used &= ~failed
+            rejected |= failed
+            if used.sum() < min_stars:
+                raise InputError(f"only {int(used.sum())} stars left with a positive refitted "
+                                 f"flux; at least {min_stars} are needed for degree {degree}")
         ratio = chi2 / dof
         total = float(np.sum(chi2[used]))
         total_dof = float(np.sum(dof[used]))
