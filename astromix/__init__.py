@@ -5,7 +5,7 @@ See https://astromix.readthedocs.io (the docs/ folder) for the user guide.
 
 from .data import Exposure
 from .errors import AstromixError, BackendError, InputError
-from .fitting import fit_scene, sample_scene
+from .fitting import fit_patches, fit_scene, sample_scene
 from .mixtures import GaussianMixture
 from .models import (
     ExposureWeightedPSF,
@@ -31,5 +31,6 @@ except ImportError:  # running from a source tree without setuptools_scm metadat
 __all__ = ["GaussianMixture", "GaussianMixturePSF", "SersicMixture", "PointSource", "MoffatStar",
            "SceneModel", "SersicSource", "StarSource", "ExposureWeightedPSF", "Exposure",
            "fit_scene", "sample_scene",
+           "fit_patches",
            "AccuracySettings", "get_default_settings", "set_default_settings", "AstromixError",
            "InputError", "BackendError", "__version__"]

@@ -18,11 +18,13 @@ from ..errors import InputError
 from ..mixtures import GaussianMixture
 from .lsq import MixtureLSQFitter
 from .nested import DynestyFitter, Posterior
+from .patches import Patch, fit_patches, make_patches
 from .scene import exposure_table, fit_scene, sample_scene, scene_catalog
 
 __all__ = ["DynestyFitter", "MixtureLSQFitter", "Posterior", "exposure_table",
            "fit_gaussian_mixture", "fit_psf_mixture", "fit_scene", "mixture_from_vector",
            "mixture_to_vector", "sample_scene", "scene_catalog"]
+__all__ += ["Patch", "fit_patches", "make_patches"]
 
 log = logging.getLogger("astromix")
 
