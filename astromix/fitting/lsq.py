@@ -387,11 +387,31 @@ class _FreeToFull:
     def __init__(self, model, free):
         self.model = model
         self.free = free
-        self.tied = [i for i, n in enumerate(model.param_names) if model.tied[n]]
+        tied = model.tied  # astropy rebuilds this dict at every access: read it once
+        self.tied = [i for i, n in enumerate(model.param_names) if tied[n]]
+        # without tied parameters the full vector is the fixed values with the free ones
+        # put in: O(n), where astropy's fitter_to_model_params reads model.fixed and
+        # model.tied for every parameter (O(n^2), seconds per call for large scenes)
+        scalar = len(model.parameters) == len(model.param_names)
+        self._base = (np.array(model.parameters, dtype=np.float64)
+                      if scalar and not self.tied else None)
+        self._free_index = np.asarray(free, dtype=int)
+        # as fitter_to_model_params: free values are clipped to their bounds
+        bounds = model.bounds
+        names = [model.param_names[i] for i in self._free_index]
+        self._lo = np.array([-np.inf if bounds[n][0] is None else bounds[n][0] for n in names],
+                            dtype=np.float64)
+        self._hi = np.array([np.inf if bounds[n][1] is None else bounds[n][1] for n in names],
+                            dtype=np.float64)
 
     def __call__(self, p_free):
-        fitter_to_model_params(self.model, p_free)
-        return np.array(self.model.parameters, dtype=np.float64)
+        if self._base is None:
+            fitter_to_model_params(self.model, p_free)
+            return np.array(self.model.parameters, dtype=np.float64)
+        full = self._base.copy()
+        full[self._free_index] = np.clip(p_free, self._lo, self._hi)
+        self.model.parameters = full
+        return full
 
     def gradient(self, p_free, grad_full, p_full):
         """d chi2 / d free values, tied parameters chained by central differences."""
