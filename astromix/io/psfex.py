@@ -98,6 +98,23 @@ def _n_terms(degree):
     return (degree + 1) * (degree + 2) // 2
 
 
+def _polynomial_terms(x, y, polzero, polscal, degree):
+    """PSFEx's polynomial terms at 0-based positions, shape ``broadcast(x, y) + (nterms,)``.
+
+    ``1, xt, .., xt^d, yt, xt yt, .., yt^d`` with ``xt = (x + 1 - POLZERO1) /
+    POLSCAL1`` (1-based positions, as PSFEx's ``X_IMAGE``), ``yt`` likewise.
+    """
+    xt = (np.asarray(x, dtype=np.float64) + 1.0 - polzero[0]) / polscal[0]
+    yt = (np.asarray(y, dtype=np.float64) + 1.0 - polzero[1]) / polscal[1]
+    xp = [np.ones_like(xt)]
+    yp = [np.ones_like(yt)]
+    for _ in range(degree):
+        xp.append(xp[-1] * xt)
+        yp.append(yp[-1] * yt)
+    return np.stack([xp[i] * yp[j] for j in range(degree + 1) for i in range(degree + 1 - j)],
+                    axis=-1)
+
+
 def _fail(path, message):
     where = f"{path}: " if path else ""
     return InputError(f"{where}{message}")
@@ -318,16 +335,7 @@ class PSFExModel:
             raise _fail(self.path, f"bad position x, y: {exc}") from None
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
             raise _fail(self.path, "positions must be finite")
-        xt = (x + 1.0 - self.polzero[0]) / self.polscal[0]
-        yt = (y + 1.0 - self.polzero[1]) / self.polscal[1]
-        d = self.degree
-        xp = [np.ones_like(xt)]
-        yp = [np.ones_like(yt)]
-        for _ in range(d):
-            xp.append(xp[-1] * xt)
-            yp.append(yp[-1] * yt)
-        terms = [xp[i] * yp[j] for j in range(d + 1) for i in range(d + 1 - j)]
-        return np.stack(terms, axis=-1)
+        return _polynomial_terms(x, y, self.polzero, self.polscal, self.degree)
 
     def _scalar_position(self, x, y):
         try:

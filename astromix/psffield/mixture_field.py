@@ -57,14 +57,12 @@ import numpy as np
 
 from .. import backends as _backends
 from ..errors import InputError
-from ..io.psfex import PSFExModel
+from ..io.psfex import PSFExModel, _n_terms, _polynomial_terms
 from ..mixtures import GaussianMixture
 from .model import (
     PSFFieldModel,
     _clipped,
     _cut_stamps,
-    _n_terms,
-    _poly_terms,
     _windowed_centroid,
     fit_psf_field,
 )
@@ -138,10 +136,7 @@ class MixturePSFFieldModel:
 
     def coefficients(self, x, y):
         """Polynomial terms at 0-based ``x, y`` (PSFEx order), shape ``(..., nterms)``."""
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        return _poly_terms((x + 1.0 - self.polzero[0]) / self.polscal[0],
-                           (y + 1.0 - self.polzero[1]) / self.polscal[1], self.degree)
+        return _polynomial_terms(x, y, self.polzero, self.polscal, self.degree)
 
     def parameters(self, x, y):
         """``(amp (K,), cov (K, 2, 2))`` of the mixture at 0-based ``(x, y)``."""
@@ -246,8 +241,7 @@ class MixturePSFFieldModel:
         gx, gy = gx.ravel(), gy.ravel()
         images = np.stack([self.image(x, y, shape=(size, size), normalize=False).ravel()
                            for x, y in zip(gx, gy)])
-        terms = _poly_terms((gx + 1.0 - self.polzero[0]) / self.polscal[0],
-                            (gy + 1.0 - self.polzero[1]) / self.polscal[1], degree)
+        terms = _polynomial_terms(gx, gy, self.polzero, self.polscal, degree)
         sol, *_ = np.linalg.lstsq(terms, images, rcond=None)        # (nterms, npix)
         err = np.abs(terms @ sol - images).max() / images.max()
         meta = {"MIXPROJ": float(err)}

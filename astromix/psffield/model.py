@@ -82,27 +82,12 @@ import time
 import numpy as np
 
 from ..errors import InputError
-from ..io.psfex import PSFExModel
+from ..io.psfex import PSFExModel, _n_terms, _polynomial_terms
 
 __all__ = ["PSFFieldModel", "fit_psf_field"]
 
 _SPLINE_ORDER = 5
 _MARGIN = 2  # px cut around each star beyond the PSF grid
-
-
-def _n_terms(degree):
-    return (degree + 1) * (degree + 2) // 2
-
-
-def _poly_terms(xt, yt, degree):
-    """PSFEx-ordered polynomial terms, shape (n, nterms)."""
-    xp = [np.ones_like(xt)]
-    yp = [np.ones_like(yt)]
-    for _ in range(degree):
-        xp.append(xp[-1] * xt)
-        yp.append(yp[-1] * yt)
-    return np.stack([xp[i] * yp[j] for j in range(degree + 1) for i in range(degree + 1 - j)],
-                    axis=-1)
 
 
 def _shift(image, dx, dy, order=_SPLINE_ORDER):
@@ -391,8 +376,8 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     it = 0
     for it in range(0, int(n_iter) + 1):
         idx = np.flatnonzero(used)
-        coeffs = _poly_terms((ix[idx] + dx[idx] + 1.0 - polzero[0]) / polscal[0],
-                             (iy[idx] + dy[idx] + 1.0 - polzero[1]) / polscal[1], degree)
+        coeffs = _polynomial_terms(ix[idx] + dx[idx], iy[idx] + dy[idx], polzero, polscal,
+                                   degree)
         # resample the used stars onto the PSF grid
         yv = np.empty((idx.size, npix))
         wv = np.empty((idx.size, npix))
