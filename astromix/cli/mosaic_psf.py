@@ -44,7 +44,6 @@ default 1) and ``overwrite`` (default true).  ``STPSF_PATH`` (or
 ignored.
 """
 
-import json
 import logging
 import os
 import sys
@@ -93,13 +92,9 @@ def read_config(path):
         If the file is missing or not a JSON object, or a required field
         (``img_path``, ``catalog_path``) is missing.
     """
-    try:
-        with open(path) as fh:
-            cfg = json.load(fh)
-    except OSError as exc:
-        raise InputError(f"config {path!r} cannot be read: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"config {path!r} is not valid JSON: {exc}") from None
+    from ..mosaic.exposures import read_json
+
+    cfg = read_json(path, "config")
     if not isinstance(cfg, dict):
         raise InputError(f"config {path!r} must hold a JSON object")
     unknown = sorted(k for k in cfg if k not in KNOWN_FIELDS)

@@ -96,6 +96,23 @@ class InputExposure:
 
 
 # -- context ---------------------------------------------------------------------------------
+def context_planes(context):
+    """A context image as ``(nplanes, ny, nx)`` integers (a 2-d one gets one plane).
+
+    Raises
+    ------
+    InputError
+        If it is not a 2-d or 3-d integer array.
+    """
+    ctx = np.asarray(context)
+    if ctx.ndim == 2:
+        ctx = ctx[None]
+    if ctx.ndim != 3 or not np.issubdtype(ctx.dtype, np.integer):
+        raise InputError(f"the context image must be a 2-d or 3-d integer array, got "
+                         f"{ctx.dtype} of shape {ctx.shape}")
+    return ctx
+
+
 def decode_context(context, x, y, n_inputs=None):
     """Which inputs contributed to the mosaic pixels nearest to many positions, at once.
 
@@ -134,12 +151,7 @@ def decode_context(context, x, y, n_inputs=None):
     >>> np.flatnonzero(decode_context(ctx, [2.2], [0.9])[0]).tolist()
     [1, 3, 32]
     """
-    ctx = np.asarray(context)
-    if ctx.ndim == 2:
-        ctx = ctx[None]
-    if ctx.ndim != 3 or not np.issubdtype(ctx.dtype, np.integer):
-        raise InputError(f"the context image must be a 2-d or 3-d integer array, got "
-                         f"{ctx.dtype} of shape {ctx.shape}")
+    ctx = context_planes(context)
     ix, iy = _pixel_indices(x, y, ctx.shape[1:])
     nbits = 8 * ctx.dtype.itemsize
     planes = ctx[:, iy, ix].astype(np.int64) & ((1 << nbits) - 1)  # (n_planes, N), unsigned
@@ -174,6 +186,17 @@ def _pixel_indices(x, y, shape):
 
 
 # -- association and exposure tables ------------------------------------------------------------
+def read_json(path, what):
+    """The content of a JSON file; InputError naming the file (as ``what``) if it fails."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except OSError as exc:
+        raise InputError(f"{what} {path!r} cannot be read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what} {path!r} is not valid JSON: {exc}") from None
+
+
 def read_association(path):
     """Names of the science members of a JWST association, in order (the context order).
 
@@ -194,13 +217,7 @@ def read_association(path):
     InputError
         If the file is missing, not JSON, or has no science member.
     """
-    try:
-        with open(path) as fh:
-            asn = json.load(fh)
-    except OSError as exc:
-        raise InputError(f"association {path!r} cannot be read: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"association {path!r} is not JSON: {exc}") from None
+    asn = read_json(path, "association")
     try:
         members = asn["products"][0]["members"]
     except (KeyError, IndexError, TypeError):

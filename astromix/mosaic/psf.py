@@ -47,6 +47,7 @@ from ..errors import InputError
 from ._kernel import accumulate
 from .exposures import (
     InputExposure,
+    context_planes,
     decode_context,
     exposures_from_table,
     order_exposures,
@@ -282,12 +283,7 @@ class ExposureWeightedPSF:
         self.exposures = exposures
         self.provider = provider
         if context is not None:
-            context = np.asarray(context)
-            if context.ndim == 2:
-                context = context[None]
-            if context.ndim != 3 or not np.issubdtype(context.dtype, np.integer):
-                raise InputError(f"context must be a 3-d integer array, got {context.dtype} "
-                                 f"{context.shape}")
+            context = context_planes(context)
             if 32 * context.shape[0] < len(exposures) - 31:
                 raise InputError(f"the context has {context.shape[0]} plane(s) for "
                                  f"{len(exposures)} exposures")
