@@ -497,6 +497,7 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
             # per star: flux and centre, pixel masking, weights, the normal equations
             normal = np.zeros((n_par, n_par))
             rhs = np.zeros(n_par)
+            current = 0.0  # the weighted chi2 the Levenberg-Marquardt step must lower
             for n in np.flatnonzero(active):
                 amp, cov = model.parameters(xs[idx[n]], ys[idx[n]])
                 fl[n], cx[n], cy[n], mimg = _fit_flux_centre(stamps[n], weff[n], amp, mean, cov,
@@ -528,6 +529,7 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
                 ww = weff[n].ravel()
                 normal += (jac * ww) @ jac.T
                 rhs += (jac * ww) @ resid
+                current += float(np.sum(ww * resid ** 2))
             clip_now = False
             total = float(chi2[active].sum())
             dof = float(sum(np.count_nonzero(wbase[n]) - 3 for n in np.flatnonzero(active)))
@@ -537,8 +539,6 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
                 break
             # Levenberg-Marquardt: a step is taken only if it lowers the weighted chi2
             act = np.flatnonzero(active)
-            current = _weighted_chi2(model, stamps[act], weff[act], fl[act], cx[act], cy[act],
-                                     xs[idx[act]], ys[idx[act]], settings, backend)
             diag = np.diag(normal).copy()
             diag[diag <= 0] = 1.0
             for _ in range(12):
