@@ -97,10 +97,40 @@ def test_fit_photometry_errors(pair, tmp_path, capsys):
 def test_fit_photometry_hdfs_with_star(tmp_path, capsys):
     paths = muse_hst_hdfs()
     out = tmp_path / "hdfs.json"
-    rc = main(["fit-photometry", paths["muse"], paths["hst"], "--flux-unit", "1e-20",
+    # the reference is converted with its PHOTFLAM to MUSE's FSCALE (1e-20) by default
+    rc = main(["fit-photometry", paths["muse"], paths["hst"],
                "--star", "338.2448972", "-60.5565334", "1.0", "--json", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
     assert 0.6 < doc["fwhm"]["value"] < 0.9 and 0.6 < doc["scale"]["value"] < 0.9
     assert set(doc["star"]) >= set(MEASUREMENTS) | {"ra", "dec", "radius"}
     assert "star at" in capsys.readouterr().out
+
+
+def _with_bunit(path, bunit, tmp_path):
+    with fits.open(path) as hdul:
+        hdul["DATA"].header["BUNIT"] = bunit
+        out = tmp_path / "muse_bunit.fits"
+        hdul.writeto(out)
+    return str(out)
+
+
+@pytest.mark.parametrize("option, bunit, expected", [
+    ("auto", "1e-20 erg / (s cm2 Angstrom)", 1.5),   # the target's BUNIT
+    ("auto", None, 15.0),                             # unknown unit: count rates, warned
+    ("none", "1e-20 erg / (s cm2 Angstrom)", 15.0),   # no conversion asked
+    ("1e-21", None, 0.15),                            # an explicit unit
+])
+def test_fit_photometry_flux_unit(pair, tmp_path, caplog, option, bunit, expected):
+    """--flux-unit auto converts the PHOTFLAM reference to the target's unit when it is known."""
+    target, reference = pair
+    if bunit is not None:
+        target = _with_bunit(target, bunit, tmp_path)
+    out = tmp_path / f"fit_{option}.json"
+    with caplog.at_level("WARNING", logger="astromix"):
+        assert main(["fit-photometry", target, reference, "--flux-unit", option,
+                     "--no-reference-psf", "--fix-beta", "3", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["scale"]["value"] == pytest.approx(expected, rel=0.02)
+    warned = "unit is unknown" in caplog.text
+    assert warned == (option == "auto" and bunit is None)

@@ -2,14 +2,17 @@
 
 imphot's ``fit_photometry`` script for any pair of instruments::
 
-    astromix fit-photometry muse.fits hst_f606w.fits --flux-unit 1e-20 \\
+    astromix fit-photometry muse.fits hst_f606w.fits \\
         --regions stars.reg --json fit.json --plot fit.png --save-fits fitted/
 
 TARGET and REFERENCE are FITS images with a celestial WCS: the extension
 given by ``--ext`` / ``--reference-ext``, else a ``DATA`` or ``SCI``
 extension, else the first HDU with an image; a variance (``STAT``) or
 standard deviation (``ERR``) extension and a ``DQ`` extension beside it are
-used when present (:func:`astromix.photometry.read_image`).  The reference is
+used when present (:func:`astromix.photometry.read_image`).  An HST reference
+in count rates is converted with its PHOTFLAM to the target's flux unit (its
+``BUNIT``, or MUSE's ``FSCALE``; ``--flux-unit`` gives another or ``none``).
+The reference is
 regridded onto the target's pixels (flux conserving) and the whole image is
 fitted in Fourier space (:func:`astromix.photometry.fit_image_photometry`);
 with ``--star RA DEC RADIUS`` the star there is also fitted with a Moffat
@@ -63,8 +66,8 @@ def add_parser(subparsers):
                     "of the reference's features onto the target's] and the FWHM [arcsec] and "
                     "beta of the Moffat kernel that blurs the reference to the target, in "
                     "Fourier space (imphot's image fit); optionally also from one star.",
-        epilog="Example: astromix fit-photometry muse.fits hst.fits --flux-unit 1e-20 "
-               "--json fit.json --plot fit.png")
+        epilog="Example: astromix fit-photometry muse.fits hst.fits --json fit.json "
+               "--plot fit.png")
     parser.add_argument("target", metavar="TARGET", help="FITS image to characterise (e.g. MUSE)")
     parser.add_argument("reference", metavar="REFERENCE",
                         help="sharper FITS image of the same sky (e.g. HST)")
@@ -81,13 +84,16 @@ def add_parser(subparsers):
     for name, unit in _FIXABLE:
         parser.add_argument(f"--fix-{name}", type=_number, default=None, metavar="VALUE",
                             help=f"hold {name} fixed at VALUE" + (f" [{unit}]" if unit else ""))
-    parser.add_argument("--flux-unit", default=None, metavar="UNIT",
-                        help="first convert the reference (HST) from count rates with its "
-                             "PHOTFLAM to this flux unit: a number (x erg/s/cm2/A, e.g. 1e-20 "
-                             "for MUSE) or a unit string")
-    parser.add_argument("--model", choices=("imphot", "windowed"), default="imphot",
-                        help="imphot: taper the reference before blurring it (default, as "
-                             "imphot); windowed: taper the blurred reference, like the target")
+    parser.add_argument("--flux-unit", default="auto", metavar="UNIT",
+                        help="convert the reference (HST) from count rates with its PHOTFLAM "
+                             "to this flux unit first: a number (x erg/s/cm2/A, e.g. 1e-20 for "
+                             "MUSE) or a unit string; 'auto' (default): the target's unit "
+                             "(BUNIT, or MUSE's FSCALE) when the reference has a PHOTFLAM; "
+                             "'none': no conversion")
+    parser.add_argument("--model", choices=("windowed", "imphot"), default="windowed",
+                        help="windowed (default): taper the blurred reference, like the "
+                             "target; imphot: taper the reference before blurring it, as imphot "
+                             "(biased where taper zones cover much of the field)")
     parser.add_argument("--margin", type=_number, default=2.0, metavar="ARCSEC",
                         help="zero padding [arcsec] (default 2)")
     parser.add_argument("--taper", type=_number, default=9, metavar="PX",
@@ -126,6 +132,50 @@ def _check_outputs(args):
         prepare_output_folder(args.save_fits)
 
 
+def _header_keyword(image, key):
+    for name in ("header", "primary_header"):
+        header = image.meta.get(name)
+        if header is not None and key in header:
+            return header[key]
+    return None
+
+
+def _flux_unit(option, target, reference):
+    """The unit the reference is converted to (None: no conversion) for ``--flux-unit``.
+
+    ``auto``: when the reference's headers hold a PHOTFLAM and the target's
+    unit is a flux density per wavelength (its ``BUNIT``, or MUSE's
+    ``FSCALE`` in erg/s/cm^2/A), that unit; otherwise no conversion (with a
+    warning when the reference has a PHOTFLAM, since the scale then comes
+    out in target units per reference count rate).
+    """
+    from ..photometry.helpers import FLAM
+
+    text = option.strip()
+    if text.lower() == "none":
+        return None
+    if text.lower() != "auto":
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    if _header_keyword(reference, "PHOTFLAM") is None:
+        return None
+    if target.unit is not None and target.unit.is_equivalent(FLAM):
+        return target.unit
+    fscale = _header_keyword(target, "FSCALE")
+    try:
+        fscale = float(fscale)
+    except (TypeError, ValueError):
+        fscale = None
+    if fscale is not None and math.isfinite(fscale) and fscale > 0:
+        return fscale
+    log.warning("the reference has a PHOTFLAM but the target's unit is unknown (no flux-density "
+                "BUNIT or FSCALE): the reference stays in count rates, so scale is in target "
+                "units per reference count rate; give --flux-unit to convert it")
+    return None
+
+
 def run(args):
     """Run ``astromix fit-photometry`` with parsed arguments; returns the exit status."""
     from ..photometry import (
@@ -139,12 +189,10 @@ def run(args):
     t0 = time.perf_counter()
     target = read_image(args.target, ext=args.ext)
     reference = read_image(args.reference, ext=args.reference_ext)
-    if args.flux_unit is not None:
-        try:
-            unit = float(args.flux_unit)
-        except ValueError:
-            unit = args.flux_unit
+    unit = _flux_unit(args.flux_unit, target, reference)
+    if unit is not None:
         reference = rescale_to_flux_units(reference, unit=unit)
+        log.info("reference converted with its PHOTFLAM to %s", reference.unit)
     fixed = {f"fix_{name}": getattr(args, f"fix_{name}") for name, _ in _FIXABLE}
     result = fit_image_photometry(
         target, reference, regions=args.regions, margin=args.margin, taper=args.taper,

@@ -11,7 +11,10 @@ A&A 608, A1)::
 
 where ``H`` is the transform of the (cropped, median-subtracted, tapered)
 reference, ``w`` that of the taper and ``Moffat(f)`` the transform of a
-unit-flux circular Moffat profile.
+unit-flux circular Moffat profile.  That is imphot's model (``model="imphot"``);
+by default (``model="windowed"``) the taper multiplies the blurred, shifted
+reference instead, as it multiplies the target, which removes a bias of a few
+sigma of imphot's model where taper zones cover much of the field.
 """
 
 import dataclasses
@@ -696,7 +699,7 @@ def _radial_profile(spectrum, q, nbins=40):
 
 def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix_scale=None,
                          fix_bg=None, fix_dx=None, fix_dy=None, regions=None, margin=2.0,
-                         taper=9, reference_psf=HST_PSF, model="imphot", regrid_method="exact",
+                         taper=9, reference_psf=HST_PSF, model="windowed", regrid_method="exact",
                          mask=None,
                          init_fwhm=0.5, init_beta=5.0, init_dx=0.0, init_dy=0.0, max_refits=2):
     """Flux scale, background, pointing offset and PSF of a target image against a reference.
@@ -721,6 +724,8 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
        and taper, and ``T`` multiplied by the transform of
        ``reference_psf`` (so that both images carry the reference's PSF),
        ``M(f) = bg' w(f) + scale H(f) Moffat(f) exp(-2 pi i (dx fx + dy fy))``
+       (imphot's model, ``model="imphot"``; by default the taper is applied
+       after the blur and shift instead, see ``model``)
        is fitted to ``T`` by least squares on the real and imaginary parts
        (:func:`scipy.optimize.least_squares`, trust-region reflective, with
        an analytic Jacobian), where ``bg' = bg - median_t + scale
@@ -781,17 +786,18 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
         approximates the target's PSF; default (0.085, 1.6), imphot's HST
         value.  None: not applied, and the fitted Moffat is the kernel
         relating the two images.
-    model : {"imphot", "windowed"}, optional
-        ``"imphot"`` (default): the model above, where the taper multiplies
-        the reference *before* it is blurred and shifted, as imphot does.
-        ``"windowed"``: the taper multiplies the blurred, shifted reference,
-        as it multiplies the target: ``M(f) = bg' w(f) + scale FFT(w
-        IFFT(H0(f) Moffat(f) exp(...)))`` with ``H0`` the FFT of the
-        untapered reference (two more FFTs per evaluation).  The two differ
-        within about a taper width of the mask edges; where those edges
-        cover much of the fitted area (a small reference field, many
-        excluded regions) imphot's model biases the fit by a few sigma
-        (see the tests), the windowed one does not.
+    model : {"windowed", "imphot"}, optional
+        ``"windowed"`` (default): the taper multiplies the blurred, shifted
+        reference, as it multiplies the target: ``M(f) = bg' w(f) + scale
+        FFT(w IFFT(H0(f) Moffat(f) exp(...)))`` with ``H0`` the FFT of the
+        untapered reference (two more FFTs per evaluation, about 20% more
+        time).  ``"imphot"``: the model above, where the taper multiplies the
+        reference *before* it is blurred and shifted, as imphot does (use it
+        to reproduce imphot's numbers).  The two differ within about a taper
+        width of the mask edges; where those edges cover much of the fitted
+        area (a small reference field, many excluded regions) or a bright
+        source sits near an edge, imphot's model biases the fit by a few
+        sigma (see the recovery tests), the windowed one does not.
     regrid_method : {"exact", "interp", "adaptive"}, optional
         How the reference is resampled (see :func:`~astromix.photometry.regrid`).
     mask : array-like of bool, shape of the target, optional
