@@ -160,3 +160,53 @@ def test_compiled_prepare_and_assembly_match_reference(other, mode):
     acc = rng.normal(size=(30, _common.NACC))
     for a, b in zip(bk.assemble_gradient(ref, acc), _common.assemble_gradient(ref, acc)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape, k", [((40, 45), 9), ((400, 380), 300)])
+def test_jacobian_kernel(backend, mode, shape, k):
+    """Backend.jacobian: the chained pixel derivatives of a mixture, against finite differences.
+
+    With coefficients chaining each component's amplitude, centre and covariance
+    to parameters, the Jacobian images are d render / d parameter: checked by central
+    differences of the NumPy render of a mixture moved along each parameter (small
+    case: in the large one, pixels crossing a culling ellipse's edge make the
+    differences jump), against the NumPy reference implementation (the large case
+    runs the Numba kernel on several threads), and at scattered points (NumPy,
+    ``jacobian_points``) against the image.
+    """
+    from astromix.models._base import chain_coefficients
+
+    rng = np.random.default_rng(5)
+    g = random_mixture(rng, k, shape, sigma_range=(0.4, 5.0), negative=True)
+    s = AccuracySettings(pixel_integration=mode)
+    # three parameters: a common shift in x, a stretch of every covariance, a flux scale
+    # on every other component (component derivatives m: (K, 3, 6))
+    m = np.zeros((k, 3, 6))
+    m[:, 0, 1] = 1.0
+    m[:, 1, 3] = g.cov[:, 0, 0]
+    m[:, 1, 4] = g.cov[:, 0, 1]
+    m[:, 1, 5] = g.cov[:, 1, 1]
+    m[::2, 2, 0] = g.amp[::2]
+
+    def moved(t):
+        amp = g.amp * np.where(np.arange(k) % 2 == 0, 1.0 + t[2], 1.0)
+        return GaussianMixture(amp, g.mean + [t[0], 0.0], g.cov * (1.0 + t[1]))
+
+    bk = backends.get_backend(backend)
+    table = _common.prepare(g.amp, g.mean, g.cov, s)
+    jac = bk.to_numpy(bk.jacobian(table, chain_coefficients(table, m), shape, s))
+    assert jac.shape == (3,) + shape
+    ref = _common.Backend.jacobian(bk, table, chain_coefficients(table, m), shape, s)
+    _agree(jac, ref, 1e-9)
+    h = 1e-5
+    for p in range(3 if k < 50 else 0):
+        up, down = np.zeros(3), np.zeros(3)
+        up[p], down[p] = h, -h
+        num = (moved(up).render(shape, settings=s, backend="numpy")
+               - moved(down).render(shape, settings=s, backend="numpy")) / (2 * h)
+        _agree(jac[p], num, 1e-5)
+    yy, xx = rng.integers(0, shape[0], 50), rng.integers(0, shape[1], 50)
+    pts = _common.jacobian_points(table, chain_coefficients(table, m), xx.astype(float),
+                                  yy.astype(float), s.n_sigma)
+    np.testing.assert_allclose(pts, jac[:, yy, xx], rtol=1e-9, atol=1e-9 * np.abs(jac).max())

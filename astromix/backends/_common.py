@@ -132,6 +132,78 @@ def assemble_gradient(table, acc):
     return d_amp, d_mean, d_cov
 
 
+def unit_gradients(table, assemble=None):
+    """The gradient of each component for each accumulator set to 1: the linear map
+    from the NACC per-pixel accumulator terms to d value / d (amp, mean, cov).
+
+    Returns ``(d_amp (K, NACC), d_mean (K, NACC, 2), d_cov (K, NACC, 2, 2))``:
+    for one pixel whose accumulator terms (the summands above with ``R = 1``)
+    are ``a_m``, ``d value / d amp_k = sum_m d_amp[k, m] a_m`` (and so on),
+    since :func:`assemble_gradient` is linear in the accumulators.
+    ``assemble``: a faster version of :func:`assemble_gradient` (a backend's).
+    """
+    k = table.shape[0]
+    rep = np.repeat(table, NACC, axis=0)
+    eye = np.tile(np.eye(NACC), (k, 1))
+    d_amp, d_mean, d_cov = (assemble or assemble_gradient)(rep, eye)
+    return (d_amp.reshape(k, NACC), d_mean.reshape(k, NACC, 2),
+            d_cov.reshape(k, NACC, 2, 2))
+
+
+def pixel_terms(table_row, dx, dy, n_sigma):
+    """The NACC accumulator terms (``R = 1``) of one component at offsets ``dx, dy``.
+
+    ``dx, dy`` are float64 arrays of one shape (pixel minus centre); returns an
+    array of shape ``(NACC,) + dx.shape``, zero outside the culling ellipse.
+    """
+    fxx, fxy, fyy = table_row[FXX], table_row[FXY], table_row[FYY]
+    vx = fxx * dx + fxy * dy
+    vy = fxy * dx + fyy * dy
+    q = dx * vx + dy * vy
+    e = np.where(q <= n_sigma * n_sigma, np.exp(-0.5 * np.minimum(q, 100.0)), 0.0)
+    vx2, vy2 = vx * vx, vy * vy
+    out = np.zeros((NACC,) + np.shape(dx))
+    if table_row[USE4]:
+        ep = e * (1.0 + BOX_C4 * (vx2 * (vx2 - 6 * fxx) + 3 * fxx * fxx
+                                  + vy2 * (vy2 - 6 * fyy) + 3 * fyy * fyy))
+        px = e * (4 * vx2 * vx - 12 * fxx * vx)
+        py = e * (4 * vy2 * vy - 12 * fyy * vy)
+        out[6], out[7] = px, py
+        out[8], out[9] = px * vx, px * vy
+        out[10], out[11] = py * vx, py * vy
+        out[12] = e * (vx2 - fxx)
+        out[13] = e * (vy2 - fyy)
+    else:
+        ep = e
+    out[0] = ep
+    out[1], out[2] = ep * vx, ep * vy
+    out[3], out[4], out[5] = ep * vx2, ep * vx * vy, ep * vy2
+    return out
+
+
+def jacobian_points(table, coeff, x, y, n_sigma):
+    """Jacobian of a model at arbitrary points, from chained coefficients (NumPy).
+
+    Parameters
+    ----------
+    table : ndarray, shape (K, NPAR)
+    coeff : ndarray, shape (K, P, NACC)
+        ``d value / d theta_p = sum_k sum_m coeff[k, p, m] a_{k,m}`` with
+        ``a_{k,m}`` the accumulator terms of component k at the point (see
+        :func:`pixel_terms`).
+    x, y : ndarray, shape (N,)
+
+    Returns
+    -------
+    ndarray, shape (P, N)
+    """
+    out = np.zeros((coeff.shape[1], x.shape[0]))
+    for k, trow in enumerate(table):
+        terms = pixel_terms(trow, x - trow[MX], y - trow[MY], n_sigma)
+        out += coeff[k] @ terms
+    return out
+
+
 class Backend:
     """Base class of the backends: the array-library-agnostic steps, in NumPy.
 
@@ -176,6 +248,26 @@ class Backend:
     def to_numpy(self, x):
         """Return ``x`` as a NumPy array on the host."""
         return np.asarray(x)
+
+    def jacobian(self, table, coeff, shape, settings, threads=None):
+        """Jacobian images ``(P, ny, nx)`` float64 (NumPy, on the host) of a model.
+
+        ``coeff`` (K, P, NACC) chains each component's accumulator terms to
+        the model's P parameters (see :func:`jacobian_points`); pixel ``(j,
+        i)`` is at ``(x=i, y=j)``.  This NumPy version loops over components,
+        vectorised over each component's culling box; backends may override it.
+        """
+        out = np.zeros((coeff.shape[1],) + tuple(shape))
+        for k, trow in enumerate(table):
+            j0, j1, i0, i1 = box(trow, shape)
+            if j1 < j0 or i1 < i0:
+                continue
+            dx = (np.arange(i0, i1 + 1) - trow[MX])[None, :]
+            dy = (np.arange(j0, j1 + 1) - trow[MY])[:, None]
+            dx, dy = np.broadcast_arrays(dx, dy)
+            terms = pixel_terms(trow, dx, dy, settings.n_sigma)
+            out[:, j0:j1 + 1, i0:i1 + 1] += np.tensordot(coeff[k], terms, axes=(1, 0))
+        return out
 
 
 def evaluate_points(table, x, y, n_sigma, *, derivatives=False):

@@ -163,6 +163,94 @@ def _render_parallel(img, table, nband, n2):
 
 
 @njit(**_JIT)
+def _jacobian_rows(out, table, coeff, active, y0, y1, n2):
+    # Add every component's chained derivative terms to rows [y0, y1) of the
+    # (P, ny, nx) float64 Jacobian images: out[p] += sum_m coeff[k, p, m] a_m.
+    npar = out.shape[0]
+    nx = out.shape[2]
+    qmax = n2
+    eb = np.empty(nx)
+    pb = np.empty(nx)
+    vxb = np.empty(nx)
+    vyb = np.empty(nx)
+    for k in range(table.shape[0]):
+        t = table[k]
+        j0, j1, i0, i1 = _box(t, y1, nx)
+        j0 = max(j0, y0)
+        if j1 < j0 or i1 < i0:
+            continue
+        fxx = t[_FXX]
+        fxy = t[_FXY]
+        fyy = t[_FYY]
+        x0 = i0 - t[_MX]
+        n = i1 - i0 + 1
+        use4 = t[_USE4] != 0.0
+        cst = 1.0 + _C4 * 3.0 * (fxx * fxx + fyy * fyy)
+        six_fxx = 6.0 * fxx
+        six_fyy = 6.0 * fyy
+        for j in range(j0, j1 + 1):
+            dy = j - t[_MY]
+            bx = fxy * dy
+            by = fyy * dy
+            for i in range(n):
+                dx = x0 + i
+                vx = fxx * dx + bx
+                vy = fxy * dx + by
+                q = dx * vx + dy * vy
+                e = _exp_half(min(q, qmax))
+                eb[i] = e if q <= qmax else 0.0
+                vxb[i] = vx
+                vyb[i] = vy
+                vx2 = vx * vx
+                vy2 = vy * vy
+                pb[i] = cst + _C4 * (vx2 * (vx2 - six_fxx) + vy2 * (vy2 - six_fyy))
+            for p in range(npar):
+                if not active[k, p]:
+                    continue
+                c = coeff[k, p]
+                c0 = c[0]
+                c1 = c[1]
+                c2 = c[2]
+                c3 = c[3]
+                c4 = c[4]
+                c5 = c[5]
+                orow = out[p, j, i0:i1 + 1]
+                if use4:
+                    c6 = c[6]
+                    c7 = c[7]
+                    c8 = c[8]
+                    c9 = c[9]
+                    c10 = c[10]
+                    c11 = c[11]
+                    c12 = c[12]
+                    c13 = c[13]
+                    for i in range(n):
+                        vx = vxb[i]
+                        vy = vyb[i]
+                        vx2 = vx * vx
+                        vy2 = vy * vy
+                        quad = c0 + vx * (c1 + c3 * vx + c4 * vy) + vy * (c2 + c5 * vy)
+                        px = vx * (4.0 * vx2 - 12.0 * fxx)
+                        py = vy * (4.0 * vy2 - 12.0 * fyy)
+                        rest = (px * (c6 + c8 * vx + c9 * vy) + py * (c7 + c10 * vx + c11 * vy)
+                                + c12 * (vx2 - fxx) + c13 * (vy2 - fyy))
+                        orow[i] += eb[i] * (pb[i] * quad + rest)
+                else:
+                    for i in range(n):
+                        vx = vxb[i]
+                        vy = vyb[i]
+                        orow[i] += eb[i] * (c0 + vx * (c1 + c3 * vx + c4 * vy)
+                                            + vy * (c2 + c5 * vy))
+
+
+@njit(parallel=True, **_JIT)
+def _jacobian_parallel(out, table, coeff, active, nband, n2):
+    ny = out.shape[1]
+    for b in prange(nband):
+        _jacobian_rows(out, table, coeff, active, (b * ny) // nband, ((b + 1) * ny) // nband, n2)
+
+
+@njit(**_JIT)
 def _accumulate_moments(t, rimg, n2, out, j0, j1, i0, i1):
     # The six sums of a component without the fourth-order factor.
     dt = rimg.dtype.type
@@ -482,6 +570,26 @@ class NumbaBackend(c.Backend):
             nband = min(shape[0], 4 * nthreads)
             _render_parallel(img, table, nband, n2)
         return img
+
+    def jacobian(self, table, coeff, shape, settings, threads=None):
+        """Jacobian images ``(P, ny, nx)`` float64 of a model; see :meth:`Backend.jacobian`.
+
+        One pass over each component's culling box per row evaluates the
+        Gaussian and its polynomial terms once and adds them to every
+        parameter's image; row bands run in parallel on large images.
+        """
+        table = np.ascontiguousarray(table, dtype=np.float64)
+        coeff = np.ascontiguousarray(coeff, dtype=np.float64)
+        out = np.zeros((coeff.shape[1],) + tuple(shape))
+        active = np.any(coeff != 0.0, axis=2)
+        n2 = float(settings.n_sigma ** 2)
+        nthreads = self._threads(table, shape, threads)
+        if nthreads == 1:
+            _jacobian_rows(out, table, coeff, active, 0, shape[0], n2)
+        else:
+            nband = min(shape[0], 4 * nthreads)
+            _jacobian_parallel(out, table, coeff, active, nband, n2)
+        return out
 
     def residual(self, model, data, weight, out=None):
         """Return ``(chi2, R)`` with ``R = 2 w (model - data)``; chi2 summed in float64.

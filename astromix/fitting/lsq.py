@@ -98,11 +98,11 @@ class MixtureLSQFitter:
 
     A single astromix source model (:class:`~astromix.SersicMixture`,
     :class:`~astromix.PointSource`) fitted to a whole-pixel image grid (as from
-    ``numpy.mgrid``) without tied parameters takes a faster route: L-BFGS-B on
-    chi2 with its gradient from the backend's kernel, chained to the model's
-    parameters (no per-pixel Jacobian); the covariance then comes from one
-    Jacobian at the solution (``fit_info["jacobian"]`` is
-    ``"backend gradient"``).
+    ``numpy.mgrid``) without tied parameters takes a faster route: the same
+    trust-region least squares, with the residual rendered by the backend and
+    the Jacobian images from the backend's Jacobian kernel (all parameters in
+    one pass over each component's pixels), without astropy's per-call
+    overhead (``fit_info["jacobian"]`` is ``"backend kernel"``).
 
     Notes
     -----
@@ -207,10 +207,10 @@ class MixtureLSQFitter:
         lo, hi = np.asarray(bounds[0], float), np.asarray(bounds[1], float)
         span = np.where(np.isfinite(hi - lo), hi - lo, 1.0)
         p0 = np.clip(np.asarray(p0, dtype=np.float64), lo + 1e-9 * span, hi - 1e-9 * span)
-        if (hasattr(fitted, "_chain") and not fitted.has_tied and good.all()
+        if (hasattr(fitted, "_mixture_and_derivatives") and not fitted.has_tied and good.all()
                 and grid_origin(xf, yf) is not None):
             return self._fit_on_grid(fitted, xf, yf, zf, wf, weights, p0, free, lo, hi,
-                                     maxiter, t0)
+                                     maxiter, ftol, xtol, gtol, t0)
         jac_all, jac_kind = _analytic_jacobian(fitted)
 
         def residual(p):
@@ -258,42 +258,53 @@ class MixtureLSQFitter:
         info["param_std"] = dict(zip(info["free_parameters"],
                                      np.where(diag > 0, np.sqrt(np.abs(diag)), np.nan)))
 
-    def _fit_on_grid(self, fitted, x, y, z, w, weights, p0, free, lo, hi, maxiter, t0):
-        """L-BFGS-B on chi2 with the backend's gradient, for a model on a pixel grid."""
+    def _fit_on_grid(self, fitted, x, y, z, w, weights, p0, free, lo, hi, maxiter, ftol, xtol,
+                     gtol, t0):
+        """Levenberg-Marquardt with the backend's kernels, for a model on a pixel grid.
+
+        One pass of the backend's Jacobian kernel gives the model image and its
+        derivative images for every free parameter together (the image is one
+        more row of chained coefficients, see
+        :func:`astromix.models._base.chain_coefficients`); :func:`_levenberg_marquardt`
+        minimises the weighted residuals within the bounds, without astropy's
+        per-call overhead.
+        """
+        from ..backends import _common, get_backend
+        from ..models._base import chain_coefficients
+
+        bk = get_backend()
+        settings = fitted.settings
         x0, y0 = grid_origin(x, y)
-        inverse_variance = w * w
+        shape = z.shape
         full = np.array(fitted.parameters, dtype=np.float64)
         free = list(free)
-        scale = np.maximum(np.abs(p0), 1.0)
-        n_calls = [0]
+        wflat = w.ravel()
+        zflat = z.ravel()
 
-        def fun(u):
-            n_calls[0] += 1
+        def evaluate(u):
             p = full.copy()
-            p[free] = u * scale
-            mix = fitted._mixture_from(p).shift(-x0, -y0)
-            chi2, (d_amp, d_mean, d_cov) = mix.chi2(z, inverse_variance, gradient=True,
-                                                    settings=fitted.settings)
-            grad = np.array([float(g) for g in fitted._chain(p, d_amp, d_mean, d_cov)])
-            return chi2, grad[free] * scale
+            p[free] = u
+            mix, comp = fitted._mixture_and_derivatives(p)
+            table = bk.prepare(mix.amp, mix.mean, mix.cov, settings)
+            coeff = np.zeros((table.shape[0], len(free) + 1, _common.NACC))
+            coeff[:, 0, 0] = table[:, _common.AMP] * table[:, _common.NORM]   # the image
+            coeff[:, 1:] = chain_coefficients(table, comp[:, free])
+            table[:, _common.MX] -= x0
+            table[:, _common.MY] -= y0
+            out = bk.jacobian(table, coeff, shape, settings).reshape(len(free) + 1, -1)
+            return wflat * (out[0] - zflat), (out[1:] * wflat).T
 
-        bounds = [(None if not np.isfinite(a) else a / s_, None if not np.isfinite(b) else b / s_)
-                  for a, b, s_ in zip(lo, hi, scale)]
-        res = optimize.minimize(fun, p0 / scale, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"maxiter": maxiter or 2000, "ftol": 1e-14,
-                                         "gtol": 1e-9})
-        fitter_to_model_params(fitted, res.x * scale)
-        resid = (w * (np.asarray(fitted(x, y), dtype=np.float64) - z)).ravel()
-        chi2 = float(np.sum(resid ** 2))
+        p_fit, resid, jac, nfev, status, message = _levenberg_marquardt(
+            evaluate, p0, lo, hi, max_nfev=maxiter or 100 * (len(free) + 1), ftol=ftol,
+            xtol=xtol, gtol=gtol)
+        fitter_to_model_params(fitted, p_fit)
+        chi2 = float(resid @ resid)
         dof = max(resid.size - len(free), 1)
-        info = {"chi2": chi2, "dof": dof, "nfev": n_calls[0], "njev": n_calls[0],
-                "status": res.status, "message": str(res.message),
-                "success": bool(res.success), "jacobian": "backend gradient",
+        info = {"chi2": chi2, "dof": dof, "nfev": nfev, "njev": nfev, "status": status,
+                "message": message, "success": status > 0, "jacobian": "backend kernel",
                 "free_parameters": [fitted.param_names[i] for i in free],
                 "time_s": time.perf_counter() - t0}
         if self.calc_uncertainties:
-            derivs = fitted.fit_deriv(x, y, *fitted.parameters)
-            jac = w.ravel()[:, None] * np.column_stack([np.ravel(derivs[i]) for i in free])
             self._add_covariance(info, jac, chi2, dof, weights)
         self.fit_info = info
         fitted.fit_info = info
@@ -486,3 +497,85 @@ def _hessian_scales(fun, default, bounds=None):
     out = fun.scale.copy()
     out[good] = fun.scale[good] * np.sqrt(2.0 / diag[good])
     return out
+
+
+def _levenberg_marquardt(evaluate, p0, lo, hi, *, max_nfev, ftol, xtol, gtol):
+    """Bounded Levenberg-Marquardt on ``evaluate(p) -> (residuals (N,), jacobian (N, P))``.
+
+    Marquardt's scaling of the damping by ``diag(J^T J)``, Nielsen's (1999)
+    update of the damping from the gain ratio, and steps projected onto the
+    box ``[lo, hi]`` (the predicted decrease is that of the projected step);
+    parameters at a bound that the descent direction pushes outwards are held
+    there for the step, and a parameter that the step would take past a bound
+    stops at it while the step of the others is solved again (an active set),
+    so that the others move freely.
+    The stopping rules are those of :func:`scipy.optimize.least_squares`:
+    ``ftol`` on the relative decrease of the cost of an accepted step,
+    ``xtol`` on the step length relative to ``|p|``, ``gtol`` on the largest
+    scaled gradient component.  Each evaluation gives the Jacobian at the
+    trial point too, so an accepted step costs one evaluation.
+
+    Returns ``(p, residuals, jacobian, nfev, status, message)`` with status
+    as scipy's (0: too many evaluations; 1: gtol; 2: ftol; 3: xtol).
+    """
+    p = np.clip(np.asarray(p0, dtype=np.float64), lo, hi)
+    r, jac = evaluate(p)
+    nfev = 1
+    cost = float(r @ r)
+    a = jac.T @ jac
+    g = jac.T @ r
+    mu = 1e-3                      # relative to diag(J^T J) (Marquardt's scaling)
+    nu = 2.0
+    status, message = 0, "the maximum number of function evaluations is exceeded"
+    while nfev < max_nfev:
+        # parameters held at a bound by the descent direction -g stay there this step
+        free = ~(((p <= lo) & (g > 0)) | ((p >= hi) & (g < 0)))
+        scale = np.sqrt(np.maximum(np.diag(a), 1e-300))
+        if not free.any() or np.max(np.abs(g[free]) / scale[free]) <= gtol * max(
+                np.sqrt(cost), 1e-300):
+            status, message = 1, "gtol termination condition is satisfied"
+            break
+        damped = a + mu * np.diag(np.maximum(np.diag(a), 1e-12 * max(float(np.max(np.diag(a))),
+                                                                         1e-300)))
+        h = np.zeros_like(p)
+        try:
+            # a parameter the step would take past a bound stops at it, and the step of
+            # the others is solved again with it held there
+            for _ in range(p.size):
+                h[free] = np.linalg.solve(damped[np.ix_(free, free)],
+                                          -g[free] - damped[np.ix_(free, ~free)] @ h[~free])
+                out = free & ((p + h < lo) | (p + h > hi))
+                if not out.any():
+                    break
+                h[out] = np.clip(p + h, lo, hi)[out] - p[out]
+                free &= ~out
+                if not free.any():
+                    break
+        except np.linalg.LinAlgError:
+            mu *= nu
+            nu *= 2.0
+            continue
+        p_new = np.clip(p + h, lo, hi)
+        h = p_new - p
+        if np.linalg.norm(h) <= xtol * (xtol + np.linalg.norm(p)):
+            status, message = 3, "xtol termination condition is satisfied"
+            break
+        r_new, jac_new = evaluate(p_new)
+        nfev += 1
+        cost_new = float(r_new @ r_new)
+        predicted = -(2.0 * float(h @ g) + float(h @ a @ h))
+        gain = (cost - cost_new) / predicted if predicted > 0 else -1.0
+        if np.isfinite(cost_new) and gain > 0:
+            decrease = cost - cost_new
+            p, r, jac, cost = p_new, r_new, jac_new, cost_new
+            a = jac.T @ jac
+            g = jac.T @ r
+            mu *= max(1.0 / 3.0, 1.0 - (2.0 * gain - 1.0) ** 3)
+            nu = 2.0
+            if decrease <= ftol * cost_new:
+                status, message = 2, "ftol termination condition is satisfied"
+                break
+        else:
+            mu *= nu
+            nu *= 2.0
+    return p, r, jac, nfev, status, message

@@ -59,3 +59,73 @@ def mixture_derivatives(mixture, x, y, settings):
     _, (d_amp, d_mean, d_cov) = _common.evaluate_points(table, xb, yb, settings.n_sigma,
                                                         derivatives=True)
     return shape, d_amp, d_mean, d_cov
+
+
+#: The component parameters of :func:`chain_gradient` and :func:`chain_coefficients`:
+#: amplitude, centre x and y, covariance xx, xy (= yx) and yy.
+N_COMPONENT_PARAMS = 6
+
+
+def _stack_component_gradients(d_amp, d_mean, d_cov):
+    """(K, 6, ...) from d_amp (K, ...), d_mean (K, ..., 2), d_cov (K, ..., 2, 2)."""
+    return np.stack([d_amp, d_mean[..., 0], d_mean[..., 1], d_cov[..., 0, 0],
+                     d_cov[..., 0, 1] + d_cov[..., 1, 0], d_cov[..., 1, 1]], axis=1)
+
+
+def chain_gradient(m, d_amp, d_mean, d_cov):
+    """Chain per-component derivatives to a model's P parameters.
+
+    Parameters
+    ----------
+    m : ndarray, shape (K, P, 6)
+        The model's component derivatives: ``m[k, p]`` = d (amp_k, mean_kx,
+        mean_ky, C_kxx, C_kxy, C_kyy) / d theta_p.
+    d_amp, d_mean, d_cov : ndarray, shapes (K, ...), (K, ..., 2), (K, ..., 2, 2)
+        Derivatives of something (a chi2, or pixel values: the trailing axes
+        ``...``) with respect to each component's amplitude, centre and
+        covariance (``d_cov`` the symmetric matrix gradient).
+
+    Returns
+    -------
+    list of P arrays of shape ``...``
+    """
+    g = _stack_component_gradients(d_amp, d_mean, d_cov)
+    return list(np.tensordot(m, g, axes=([0, 2], [0, 1])))
+
+
+def chain_coefficients(table, m):
+    """Coefficients ``(K, P, NACC)`` chaining each component's pixel terms to P parameters.
+
+    With ``m`` the model's component derivatives (see :func:`chain_gradient`)
+    and the linear map from a pixel's accumulator terms to the component
+    gradients (:func:`astromix.backends._common.unit_gradients`), the
+    derivative of a pixel's value with respect to parameter p is
+    ``sum_k sum_m coeff[k, p, m] a_{k,m}(pixel)``.
+    """
+    g = _stack_component_gradients(*_common.unit_gradients(
+        table, get_backend().assemble_gradient))                       # (K, 6, NACC)
+    return np.einsum("kpq,kqm->kpm", m, g)
+
+
+def chained_jacobian(mixture, m, x, y, settings):
+    """Derivatives of a model's values at ``x, y`` with respect to its P parameters.
+
+    The model's value is the pixel-integrated ``mixture``; ``m`` (K, P, 6) its
+    component derivatives (see :func:`chain_gradient`).  On a regular grid of
+    whole pixels the backend's Jacobian kernel fills the P images in one pass
+    over each component; elsewhere NumPy evaluates the same terms point by
+    point.  Returns a list of P arrays of the broadcast shape of ``x, y``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    shape = np.broadcast_shapes(x.shape, y.shape)
+    table = _common.prepare(mixture.amp, mixture.mean, mixture.cov, settings)
+    coeff = chain_coefficients(table, m)
+    origin = grid_origin(x, y)
+    if origin is not None:
+        table[:, _common.MX] -= origin[0]
+        table[:, _common.MY] -= origin[1]
+        return list(get_backend().jacobian(table, coeff, shape, settings))
+    xb, yb = np.broadcast_to(x, shape).ravel(), np.broadcast_to(y, shape).ravel()
+    out = _common.jacobian_points(table, coeff, xb, yb, settings.n_sigma)
+    return [row.reshape(shape) for row in out]

@@ -6,7 +6,7 @@ from astropy.modeling import Fittable2DModel, Parameter
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
-from ._base import evaluate_mixture, mixture_derivatives, scalar
+from ._base import chain_gradient, chained_jacobian, evaluate_mixture, scalar
 
 __all__ = ["SersicMixture", "PointSource"]
 
@@ -52,6 +52,10 @@ class _MixtureSourceBase(Fittable2DModel):
     def input_units(self):
         """Pixel coordinates carry no unit (None)."""
         return None
+
+    def _mixture_and_derivatives(self, p):
+        """The mixture at parameter values ``p`` and its component derivatives (J, P, 6)."""
+        return self._mixture_from(p), self._component_derivatives(p)
 
     def _bounding_box_from(self, mix):
         n = self.settings.n_sigma
@@ -167,53 +171,75 @@ class SersicMixture(_MixtureSourceBase):
         return value * unit if unit is not None else value
 
     def fit_deriv(self, x, y, flux, x_0, y_0, r_eff, n, ellip, theta):
-        """Analytic derivatives with respect to the 7 parameters (list of arrays like ``x``)."""
+        """Analytic derivatives with respect to the 7 parameters (list of arrays like ``x``).
+
+        On a whole-pixel grid the backend's Jacobian kernel computes all 7
+        images in one pass over the components
+        (:func:`astromix.models._base.chained_jacobian`).
+        """
         p = [scalar(v) for v in (flux, x_0, y_0, r_eff, n, ellip, theta)]
-        out_shape, d_amp, d_mean, d_cov = mixture_derivatives(self._mixture_from(p), x, y,
-                                                              self.settings)
-        return [np.reshape(d, out_shape) for d in self._chain(p, d_amp, d_mean, d_cov)]
+        return chained_jacobian(*self._mixture_and_derivatives(p), x, y, self.settings)
 
     def _mixture_from(self, p):
         """The (convolved) mixture for the parameter values ``p`` (in param_names order)."""
         return self._convolve(self._galaxy(*p))
 
+    def _component_derivatives(self, p):
+        """d (amp, mean x, mean y, C_xx, C_xy, C_yy) / d parameter for each component.
+
+        Returns an array (J, 7, 6) for the J components of :meth:`_mixture_from`
+        (galaxy index slowest, as :meth:`GaussianMixture.convolve` orders them).
+        """
+        return self._mixture_and_derivatives(p)[1]
+
+    def _mixture_and_derivatives(self, p):
+        """The mixture of :meth:`_mixture_from` and :meth:`_component_derivatives` at ``p``.
+
+        One evaluation of the table and the shape matrix for both (the fitter's
+        hot path); the mixture is checked only through its parameters.
+        """
+        flux, x_0, y_0, r_eff, n, ellip, theta = (float(v) for v in p)
+        if not (r_eff > 0 and 0 <= ellip < 1 and np.isfinite(flux) and np.isfinite(theta)
+                and np.isfinite(x_0) and np.isfinite(y_0)):
+            self._mixture_from(p)                 # raises the checked constructor's error
+        table = self._table()
+        a, v = table(n)
+        da_dn, dv_dn = table.derivatives(n)
+        c, s = np.cos(theta), np.sin(theta)
+        q = 1.0 - ellip
+        q2 = q * q
+        # S = R diag(1, q^2) R^T and its derivatives, as (xx, xy, yy)
+        shape_m = np.array([c * c + q2 * s * s, c * s * (1.0 - q2), s * s + q2 * c * c])
+        d_ellip = -2.0 * q * np.array([s * s, -c * s, c * c])
+        d_theta = (1.0 - q2) * np.array([-2.0 * c * s, c * c - s * s, 2.0 * c * s])
+        r2 = r_eff * r_eff
+        gal_cov = (v * r2)[:, None] * shape_m                             # (K, 3)
+        cov = np.empty((len(a), 2, 2))
+        cov[:, 0, 0] = gal_cov[:, 0]
+        cov[:, 0, 1] = cov[:, 1, 0] = gal_cov[:, 1]
+        cov[:, 1, 1] = gal_cov[:, 2]
+        mix = self._convolve(GaussianMixture._unchecked(a * flux, np.tile([x_0, y_0], (len(a), 1)),
+                                                        cov))
+        pa = self._psf_amplitudes()
+        m = np.zeros((len(a), len(pa), 7, 6))
+        m[:, :, 0, 0] = np.outer(a, pa)
+        m[:, :, 4, 0] = flux * np.outer(da_dn, pa)
+        m[:, :, 1, 1] = 1.0
+        m[:, :, 2, 2] = 1.0
+        m[:, :, 3, 3:] = (2.0 * r_eff * v)[:, None, None] * shape_m
+        m[:, :, 4, 3:] = (dv_dn * r2)[:, None, None] * shape_m
+        m[:, :, 5, 3:] = (v * r2)[:, None, None] * d_ellip
+        m[:, :, 6, 3:] = (v * r2)[:, None, None] * d_theta
+        return mix, m.reshape(-1, 7, 6)
+
     def _chain(self, p, d_amp, d_mean, d_cov):
         """Chain derivatives with respect to the mixture's components to the parameters.
 
         ``d_amp`` (J, ...), ``d_mean`` (J, ..., 2), ``d_cov`` (J, ..., 2, 2) for the J
-        components of :meth:`_mixture_from` (galaxy index slowest); the trailing axes
-        ``...`` (pixels, or none for a chi2 gradient) are kept.  Returns 7 arrays.
+        components of :meth:`_mixture_from`; the trailing axes ``...`` (pixels, or
+        none for a chi2 gradient) are kept.  Returns 7 arrays.
         """
-        flux, x_0, y_0, r_eff, n, ellip, theta = p
-        table = self._table()
-        a, v = table(n)
-        da_dn, dv_dn = table.derivatives(n)
-        rot, shape_m = self._shape_matrix(ellip, theta)
-        q = 1.0 - ellip
-        d_shape_dellip = rot @ np.diag([0.0, -2.0 * q]) @ rot.T
-        drot = np.array([[-np.sin(theta), -np.cos(theta)], [np.cos(theta), -np.sin(theta)]])
-        diag = np.diag([1.0, q * q])
-        d_shape_dtheta = drot @ diag @ rot.T + rot @ diag @ drot.T
-        pa = self._psf_amplitudes()
-        k = len(a)
-        rest = d_amp.shape[1:]
-        ones = (1,) * len(rest)
-        # component j = (galaxy k, psf l) with k slowest (GaussianMixture.convolve)
-        g_amp = np.tensordot(pa, d_amp.reshape((k, len(pa)) + rest), axes=([0], [1]))
-        g_cov = d_cov.reshape((k, len(pa)) + rest + (2, 2)).sum(1)
-
-        def contract(dc):                       # sum_k sum_ab dC_k[a, b] g_cov[k, ..., a, b]
-            return np.einsum("kab,k...ab->...", dc, g_cov)
-
-        r2 = r_eff * r_eff
-        return [(a.reshape((k,) + ones) * g_amp).sum(0),
-                d_mean[..., 0].sum(0),
-                d_mean[..., 1].sum(0),
-                contract((2.0 * r_eff * v)[:, None, None] * shape_m),
-                (flux * da_dn.reshape((k,) + ones) * g_amp).sum(0)
-                + contract((dv_dn * r2)[:, None, None] * shape_m),
-                contract((v * r2)[:, None, None] * d_shape_dellip),
-                contract((v * r2)[:, None, None] * d_shape_dtheta)]
+        return chain_gradient(self._component_derivatives(p), d_amp, d_mean, d_cov)
 
     @property
     def bounding_box(self):
@@ -281,19 +307,24 @@ class PointSource(_MixtureSourceBase):
     def fit_deriv(self, x, y, flux, x_0, y_0):
         """Analytic derivatives with respect to flux, x_0 and y_0."""
         p = [scalar(v) for v in (flux, x_0, y_0)]
-        shape, d_amp, d_mean, d_cov = mixture_derivatives(self._mixture_from(p), x, y,
-                                                          self.settings)
-        return [np.reshape(d, shape) for d in self._chain(p, d_amp, d_mean, d_cov)]
+        return chained_jacobian(self._mixture_from(p), self._component_derivatives(p), x, y,
+                                self.settings)
 
     def _mixture_from(self, p):
         """The mixture for the parameter values ``p`` = (flux, x_0, y_0)."""
         return self._psf.scale_flux(p[0]).shift(p[1], p[2])
 
+    def _component_derivatives(self, p):
+        """d (amp, mean x, mean y, C_xx, C_xy, C_yy) / d (flux, x_0, y_0), shape (J, 3, 6)."""
+        m = np.zeros((len(self._psf.amp), 3, 6))
+        m[:, 0, 0] = self._psf.amp
+        m[:, 1, 1] = 1.0
+        m[:, 2, 2] = 1.0
+        return m
+
     def _chain(self, p, d_amp, d_mean, d_cov):
         """Chain component derivatives (J, ...) to (flux, x_0, y_0); see SersicMixture."""
-        ones = (1,) * (d_amp.ndim - 1)
-        return [(self._psf.amp.reshape((-1,) + ones) * d_amp).sum(0),
-                d_mean[..., 0].sum(0), d_mean[..., 1].sum(0)]
+        return chain_gradient(self._component_derivatives(p), d_amp, d_mean, d_cov)
 
     @property
     def bounding_box(self):
