@@ -17,10 +17,13 @@ def grid_origin(x, y):
         return None
     x0, y0 = x[0, 0], y[0, 0]
     ny, nx = x.shape
-    if not (np.array_equal(x[0], x0 + np.arange(nx)) and np.array_equal(y[:, 0], y0 + np.arange(ny))
-            and (x == x[0]).all() and (y == y[:, :1]).all()):
+    row, col = x[0], y[:, 0]
+    if not ((row == x0 + np.arange(nx)).all() and (col == y0 + np.arange(ny)).all()):
         return None
-    return x0, y0
+    # every row of x equal to the first, every column of y to the first
+    if (x == row).all() and (y == col[:, None]).all():
+        return x0, y0
+    return None
 
 
 def evaluate_mixture(mixture, x, y, settings):
@@ -34,12 +37,12 @@ def evaluate_mixture(mixture, x, y, settings):
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     shape = np.broadcast_shapes(x.shape, y.shape)
-    table = _common.prepare(mixture.amp, mixture.mean, mixture.cov, settings)
+    bk = get_backend()
+    table = bk.prepare(mixture.amp, mixture.mean, mixture.cov, settings)
     origin = grid_origin(x, y)
     if origin is not None:
         table[:, _common.MX] -= origin[0]
         table[:, _common.MY] -= origin[1]
-        bk = get_backend()
         return bk.to_numpy(bk.render(table, shape, np.float64, settings))
     xb, yb = np.broadcast_to(x, shape).ravel(), np.broadcast_to(y, shape).ravel()
     return _common.evaluate_points(table, xb, yb, settings.n_sigma).reshape(shape)

@@ -145,18 +145,31 @@ class SersicMixture(_MixtureSourceBase):
         from .sersic_table import SersicMixtureTable
         return SersicMixtureTable.load()
 
-    @staticmethod
-    def _shape_matrix(ellip, theta):
-        c, s = np.cos(theta), np.sin(theta)
-        rot = np.array([[c, -s], [s, c]])
-        q = 1.0 - ellip
-        return rot, rot @ np.diag([1.0, q * q]) @ rot.T
+    def _table_values(self, n):
+        """Amplitudes, variances and their n-derivatives, shape (K,) each."""
+        table = self._table()
+        fast = getattr(table, "evaluate", None)
+        if fast is not None:
+            return fast(n)           # one interval lookup for the four (SersicMixtureTable)
+        return table(n) + table.derivatives(n)
 
     def _galaxy(self, flux, x_0, y_0, r_eff, n, ellip, theta):
-        amp, var = self._table()(n)
-        _, shape = self._shape_matrix(ellip, theta)
-        cov = (var * r_eff * r_eff)[:, None, None] * shape
-        return GaussianMixture(amp * flux, np.tile([x_0, y_0], (len(amp), 1)), cov)
+        amp, var = self._table_values(n)[:2]
+        c, s = np.cos(theta), np.sin(theta)
+        q2 = (1.0 - ellip) ** 2
+        # R diag(1, q^2) R^T as (xx, xy, yy)
+        shape = np.array([c * c + q2 * s * s, c * s * (1.0 - q2), s * s + q2 * c * c])
+        gal = (var * r_eff * r_eff)[:, None] * shape
+        cov = np.empty((len(amp), 2, 2))
+        cov[:, 0, 0] = gal[:, 0]
+        cov[:, 0, 1] = cov[:, 1, 0] = gal[:, 1]
+        cov[:, 1, 1] = gal[:, 2]
+        mean = np.tile([x_0, y_0], (len(amp), 1))
+        if (r_eff > 0 and 0 <= ellip < 1 and np.isfinite(flux) and np.isfinite(theta)
+                and np.isfinite(x_0) and np.isfinite(y_0)):
+            # positive-definite by construction: no eigenvalue checks (a hot path)
+            return GaussianMixture._unchecked(amp * flux, mean, cov)
+        return GaussianMixture(amp * flux, mean, cov)      # raises a clear error
 
     def mixture(self):
         """The GaussianMixture of the model as evaluated (PSF-convolved when a PSF is set)."""
@@ -195,16 +208,11 @@ class SersicMixture(_MixtureSourceBase):
     def _mixture_and_derivatives(self, p):
         """The mixture of :meth:`_mixture_from` and :meth:`_component_derivatives` at ``p``.
 
-        One evaluation of the table and the shape matrix for both (the fitter's
-        hot path); the mixture is checked only through its parameters.
+        The fitter's hot path.
         """
         flux, x_0, y_0, r_eff, n, ellip, theta = (float(v) for v in p)
-        if not (r_eff > 0 and 0 <= ellip < 1 and np.isfinite(flux) and np.isfinite(theta)
-                and np.isfinite(x_0) and np.isfinite(y_0)):
-            self._mixture_from(p)                 # raises the checked constructor's error
-        table = self._table()
-        a, v = table(n)
-        da_dn, dv_dn = table.derivatives(n)
+        mix = self._mixture_from(p)
+        a, v, da_dn, dv_dn = self._table_values(n)
         c, s = np.cos(theta), np.sin(theta)
         q = 1.0 - ellip
         q2 = q * q
@@ -213,13 +221,6 @@ class SersicMixture(_MixtureSourceBase):
         d_ellip = -2.0 * q * np.array([s * s, -c * s, c * c])
         d_theta = (1.0 - q2) * np.array([-2.0 * c * s, c * c - s * s, 2.0 * c * s])
         r2 = r_eff * r_eff
-        gal_cov = (v * r2)[:, None] * shape_m                             # (K, 3)
-        cov = np.empty((len(a), 2, 2))
-        cov[:, 0, 0] = gal_cov[:, 0]
-        cov[:, 0, 1] = cov[:, 1, 0] = gal_cov[:, 1]
-        cov[:, 1, 1] = gal_cov[:, 2]
-        mix = self._convolve(GaussianMixture._unchecked(a * flux, np.tile([x_0, y_0], (len(a), 1)),
-                                                        cov))
         pa = self._psf_amplitudes()
         m = np.zeros((len(a), len(pa), 7, 6))
         m[:, :, 0, 0] = np.outer(a, pa)
