@@ -270,12 +270,13 @@ class Backend:
         return out
 
 
-def evaluate_points(table, x, y, n_sigma, *, derivatives=False):
+def evaluate_points(table, x, y, n_sigma):
     """Pixel-integrated values of a prepared mixture at arbitrary points (NumPy).
 
     The same numerics as the kernels (culling ellipse, fourth-order factor),
     vectorised over components and points; used by the astropy models, which
-    are evaluated at the pixel coordinates a fitter passes.
+    are evaluated at the pixel coordinates a fitter passes (their derivatives
+    there: :func:`jacobian_points`).
 
     Parameters
     ----------
@@ -283,17 +284,11 @@ def evaluate_points(table, x, y, n_sigma, *, derivatives=False):
     x, y : ndarray, shape (N,)
         Pixel coordinates [px].
     n_sigma : float
-    derivatives : bool
-        Also return, per component and point, the derivatives of the value
-        with respect to the component's amplitude, centre and covariance.
 
     Returns
     -------
     value : ndarray, shape (N,)
-    (d_amp (K, N), d_mean (K, N, 2), d_cov (K, N, 2, 2)), only if ``derivatives``
     """
-    k = table.shape[0]
-    n = x.shape[0]
     dx = x[None, :] - table[:, MX, None]
     dy = y[None, :] - table[:, MY, None]
     fxx, fxy, fyy = table[:, FXX, None], table[:, FXY, None], table[:, FYY, None]
@@ -306,27 +301,4 @@ def evaluate_points(table, x, y, n_sigma, *, derivatives=False):
     c4 = BOX_C4
     p = np.where(use4, 1.0 + c4 * (vx2 * (vx2 - 6 * fxx) + 3 * fxx * fxx
                                    + vy2 * (vy2 - 6 * fyy) + 3 * fyy * fyy), 1.0)
-    ep = e * p
-    value = (table[:, AMP, None] * table[:, NORM, None] * ep).sum(0)
-    if not derivatives:
-        return value
-    acc = np.zeros((k, n, NACC))
-    acc[..., 0] = ep
-    acc[..., 1] = ep * vx
-    acc[..., 2] = ep * vy
-    acc[..., 3] = ep * vx2
-    acc[..., 4] = ep * vx * vy
-    acc[..., 5] = ep * vy2
-    e4 = np.where(use4, e, 0.0)
-    px = e4 * (4 * vx2 * vx - 12 * fxx * vx)
-    py = e4 * (4 * vy2 * vy - 12 * fyy * vy)
-    acc[..., 6] = px
-    acc[..., 7] = py
-    acc[..., 8] = px * vx
-    acc[..., 9] = px * vy
-    acc[..., 10] = py * vx
-    acc[..., 11] = py * vy
-    acc[..., 12] = e4 * (vx2 - fxx)
-    acc[..., 13] = e4 * (vy2 - fyy)
-    d_amp, d_mean, d_cov = assemble_gradient(np.repeat(table, n, axis=0), acc.reshape(k * n, NACC))
-    return value, (d_amp.reshape(k, n), d_mean.reshape(k, n, 2), d_cov.reshape(k, n, 2, 2))
+    return (table[:, AMP, None] * table[:, NORM, None] * e * p).sum(0)

@@ -48,22 +48,6 @@ def evaluate_mixture(mixture, x, y, settings):
     return _common.evaluate_points(table, xb, yb, settings.n_sigma).reshape(shape)
 
 
-def mixture_derivatives(mixture, x, y, settings):
-    """Per component and point: d value / d (amp, mean, cov), and the broadcast shape.
-
-    Returns ``(shape, d_amp (K, N), d_mean (K, N, 2), d_cov (K, N, 2, 2))``
-    with N the number of points; ``d_cov`` is the symmetric matrix gradient.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    shape = np.broadcast_shapes(x.shape, y.shape)
-    xb, yb = np.broadcast_to(x, shape).ravel(), np.broadcast_to(y, shape).ravel()
-    table = _common.prepare(mixture.amp, mixture.mean, mixture.cov, settings)
-    _, (d_amp, d_mean, d_cov) = _common.evaluate_points(table, xb, yb, settings.n_sigma,
-                                                        derivatives=True)
-    return shape, d_amp, d_mean, d_cov
-
-
 #: The component parameters of :func:`chain_gradient` and :func:`chain_coefficients`:
 #: amplitude, centre x and y, covariance xx, xy (= yx) and yy.
 N_COMPONENT_PARAMS = 6

@@ -6,7 +6,7 @@ from astropy.modeling import Fittable2DModel, Parameter
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
-from ._base import evaluate_mixture, mixture_derivatives, scalar
+from ._base import chained_jacobian, evaluate_mixture, scalar
 
 __all__ = ["GaussianMixturePSF"]
 
@@ -182,24 +182,44 @@ class GaussianMixturePSF(Fittable2DModel):
         """Analytic derivatives of :meth:`evaluate` with respect to every parameter.
 
         Returns a list of arrays shaped like ``x``, in the order of
-        :attr:`param_names`.
+        :attr:`param_names`.  On a whole-pixel grid the backend's Jacobian
+        kernel computes them all in one pass over the components
+        (:func:`astromix.models._base.chained_jacobian`).
         """
-        f = scalar(flux)
-        amp, mean, cov, (sx, sy, rho) = self._arrays([scalar(c) for c in comp])
-        unit_flux = GaussianMixture._unchecked(amp, mean + [scalar(x_0), scalar(y_0)], cov)
-        shape, d_amp, d_mean, d_cov = mixture_derivatives(unit_flux, x, y, self.settings)
-        # d_amp is the unit-flux profile G_k; the other derivatives include amp_k (flux 1)
-        gxx, gxy, gyy = d_cov[..., 0, 0], d_cov[..., 0, 1], d_cov[..., 1, 1]
-        out = [(amp[:, None] * d_amp).sum(0), f * d_mean[..., 0].sum(0),
-               f * d_mean[..., 1].sum(0)]
-        for k in range(len(amp)):
-            out.append(f * d_amp[k])
-            out.append(f * d_mean[k, :, 0])
-            out.append(f * d_mean[k, :, 1])
-            out.append(f * (2 * sx[k] * gxx[k] + 2 * rho[k] * sy[k] * gxy[k]))
-            out.append(f * (2 * sy[k] * gyy[k] + 2 * rho[k] * sx[k] * gxy[k]))
-            out.append(f * 2 * sx[k] * sy[k] * gxy[k])
-        return [np.reshape(d, shape) for d in out]
+        p = [scalar(flux), scalar(x_0), scalar(y_0)] + [scalar(c) for c in comp]
+        return chained_jacobian(*self._mixture_and_derivatives(p), x, y, self.settings)
+
+    def _mixture_from(self, p):
+        """The mixture as evaluated for the parameter values ``p`` (param_names order)."""
+        amp, mean, cov, _ = self._arrays(p[3:])
+        return GaussianMixture._unchecked(amp * p[0], mean + [p[1], p[2]], cov)
+
+    def _mixture_and_derivatives(self, p):
+        """The mixture at ``p`` and d (amp, mean x, mean y, C_xx, C_xy, C_yy) / d parameter.
+
+        The derivatives have shape (K, 3 + 6K, 6) (see
+        :func:`astromix.models._base.chain_gradient`).
+        """
+        p = np.asarray(p, dtype=np.float64)
+        flux = p[0]
+        amp, mean, cov, (sx, sy, rho) = self._arrays(p[3:])
+        k = len(amp)
+        idx = np.arange(k)
+        m = np.zeros((k, 3 + 6 * k, 6))
+        m[:, 0, 0] = amp
+        m[:, 1, 1] = 1.0
+        m[:, 2, 2] = 1.0
+        base = 3 + 6 * idx
+        m[idx, base, 0] = flux                     # amp_k
+        m[idx, base + 1, 1] = 1.0                  # xoff_k
+        m[idx, base + 2, 2] = 1.0                  # yoff_k
+        m[idx, base + 3, 3] = 2.0 * sx             # sigma_x_k: C_xx, C_xy
+        m[idx, base + 3, 4] = rho * sy
+        m[idx, base + 4, 5] = 2.0 * sy             # sigma_y_k: C_yy, C_xy
+        m[idx, base + 4, 4] = rho * sx
+        m[idx, base + 5, 4] = sx * sy              # rho_k: C_xy
+        mix = GaussianMixture._unchecked(amp * flux, mean + p[1:3], cov)
+        return mix, m
 
     @property
     def bounding_box(self):
