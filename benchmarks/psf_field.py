@@ -30,9 +30,13 @@ Method
    shape residuals ``de1, de2`` (star - model).  The table prints the median
    and the RMS over the reserve stars of each, for each code, and their ratio.
 
-Run ``python benchmarks/psf_field.py [--snr-min 10] [--seed 0] [--basis mixture]``
-(``--basis mixture``: :func:`astromix.psffield.fit_mixture_psf_field` with
-``--n-components`` Gaussians, started from the pixel fit, instead).  Skips with
+Run ``python benchmarks/psf_field.py [--snr-min 10] [--seed 0] [--basis mixture]
+[--oversampling N]`` (``--basis mixture``:
+:func:`astromix.psffield.fit_mixture_psf_field` with ``--n-components``
+Gaussians, started from the pixel fit, instead; ``--oversampling N``: both
+codes on a grid of ``N`` samples per image pixel, astromix with
+``oversampling=N`` and PSFEx with ``PSF_SAMPLING 1/N`` and ``PSF_SIZE`` the
+same ``size * N`` rounded up to odd PSF pixels).  Skips with
 a message (exit 0) when ``source-extractor`` or ``psfex`` is not on PATH
 (``apt-get install source-extractor psfex``).
 """
@@ -126,14 +130,15 @@ def match_ldac(ldac, stars, out, radius=1.5):
     return np.asarray(found, int)
 
 
-def run_psfex(psfex, ldac, work, degree=2):
+def run_psfex(psfex, ldac, work, degree=2, oversampling=1):
     """PSFEx on every row of ``ldac``; returns (path of the .psf, seconds)."""
+    grid = SIZE * oversampling + (1 - SIZE * oversampling % 2)  # PSF pixels, odd
     defaults = subprocess.run([psfex, "-d"], capture_output=True, text=True, check=True).stdout
     with open(os.path.join(work, "default.psfex"), "w") as fh:
         fh.write(defaults)
     t0 = time.perf_counter()
     subprocess.run([psfex, ldac, "-c", "default.psfex", "-BASIS_TYPE", "PIXEL",
-                    "-PSF_SAMPLING", "1.0", "-PSF_SIZE", f"{SIZE},{SIZE}",
+                    "-PSF_SAMPLING", repr(1.0 / oversampling), "-PSF_SIZE", f"{grid},{grid}",
                     "-PSFVAR_KEYS", "X_IMAGE,Y_IMAGE", "-PSFVAR_GROUPS", "1,1",
                     "-PSFVAR_DEGREES", str(degree), "-SAMPLE_AUTOSELECT", "N",
                     "-SAMPLE_FWHMRANGE", "0.5,30", "-SAMPLE_MINSN", "1", "-SAMPLE_MAXELLIP", "1",
@@ -189,7 +194,12 @@ def main(argv=None):
                         help="astromix's model: pixel grid (default) or Gaussian mixture")
     parser.add_argument("--n-components", type=int, default=4,
                         help="Gaussians of the mixture basis (default 4)")
+    parser.add_argument("--oversampling", type=int, default=1,
+                        help="PSF grid samples per image pixel for both codes (default 1; "
+                             "PSFEx: PSF_SAMPLING = 1 / N)")
     args = parser.parse_args(argv)
+    if args.oversampling < 1:
+        parser.error("--oversampling must be >= 1")
 
     sex = _find("source-extractor", "sex")
     psfex = _find("psfex")
@@ -235,13 +245,14 @@ def main(argv=None):
             fit_stars, reserve = stars[fold != k], stars[fold == k]
             match_ldac(ldac, fit_stars, os.path.join(work, "fit.ldac"))
             psf_path, seconds = run_psfex(psfex, os.path.join(work, "fit.ldac"), work,
-                                          degree=args.degree)
+                                          degree=args.degree, oversampling=args.oversampling)
             t_psfex += seconds
             peer = read_psfex(psf_path)
             n_accepted += int(peer.meta.get("ACCEPTED", 0))
             t0 = time.perf_counter()
             model = fit_psf_field(data, fit_stars, weight=weight, background=0.0, size=SIZE,
-                                  degree=args.degree, **FIT_OPTIONS)
+                                  degree=args.degree, oversampling=args.oversampling,
+                                  **FIT_OPTIONS)
             if args.basis == "mixture":
                 model = fit_mixture_psf_field(data, fit_stars, weight=weight, background=0.0,
                                               pixel_model=model,
@@ -260,6 +271,7 @@ def main(argv=None):
     print(f"CFHT A370: {len(stars)} stars on the locus (S/N >= {args.snr_min:g}, FWHM mode "
           f"{catalog.meta['fwhm_mode']:.2f} px, matched in SExtractor's catalog); "
           f"{args.folds}-fold cross-validation: each fold fits both codes on the other stars "
+          f"(PSF grid: {args.oversampling} sample(s) per image pixel) "
           f"(astromix used {n_used / args.folds:.1f}, PSFEx accepted "
           f"{n_accepted / args.folds:.1f} per fold on average)")
     print(f"validation on {ours['n']} held-out stars (median |x| / RMS / median):")

@@ -3,6 +3,7 @@
 ::
 
     astromix psf-field image.fits --saturation 12000 --outdir psf_out
+    astromix psf-field image.fits --oversampling 2 --outdir psf_fine   # undersampled stars
     astromix psf-field image.fits --basis mixture --n-components 4 --outdir psf_mix
 
 Sources are detected in IMAGE (:func:`astromix.psffield.detect_sources`) or
@@ -46,6 +47,10 @@ def add_parser(subparsers):
     parser.add_argument("--degree", type=int, default=2, help="polynomial degree (default 2)")
     parser.add_argument("--size", type=int, default=25, help="PSF stamp side [px], odd "
                         "(default 25)")
+    parser.add_argument("--oversampling", type=int, default=1, metavar="N",
+                        help="pixel basis: PSF grid samples per image pixel (default 1; 2 "
+                             "for undersampled stars, FWHM < ~2.5 px; PSFEx's PSF_SAMPLING "
+                             "= 1/N)")
     parser.add_argument("--basis", choices=("pixel", "mixture"), default="pixel",
                         help="PSF model: pixel grid (PSFEx's PIXEL basis; default) or a "
                              "Gaussian mixture whose amplitudes and covariances vary")
@@ -119,6 +124,11 @@ def run(args):
     from ..psffield.validation import plot_whiskers, rho_statistics, validate_psf_field
 
     t0 = time.perf_counter()
+    if args.oversampling < 1:
+        raise InputError(f"--oversampling must be an integer >= 1, got {args.oversampling}")
+    if args.oversampling != 1 and args.basis == "mixture":
+        raise InputError("--oversampling applies to the pixel basis only: the mixture basis "
+                         "is already a forward model of the star pixels (at any sampling)")
     prepare_output_folder(args.outdir)
     image, header = _read(args.image, "image")
     weight = None if args.weight is None else _read(args.weight, "weight")[0]
@@ -135,7 +145,7 @@ def run(args):
     if n_res == 0:
         raise InputError("no reserve stars to validate with (raise --reserve)")
     model = fit_psf_field(image, stars[np.asarray(stars["selected"], bool)], weight=weight,
-                          size=args.size, degree=args.degree)
+                          size=args.size, degree=args.degree, oversampling=args.oversampling)
     if args.basis == "mixture":
         model = fit_mixture_psf_field(image, stars[np.asarray(stars["selected"], bool)],
                                       weight=weight, n_components=args.n_components,
