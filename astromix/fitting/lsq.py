@@ -263,18 +263,15 @@ class MixtureLSQFitter:
         """Levenberg-Marquardt with the backend's kernels, for a model on a pixel grid.
 
         One pass of the backend's Jacobian kernel gives the model image and its
-        derivative images for every free parameter together (the image is one
-        more row of chained coefficients, see
-        :func:`astromix.models._base.chain_coefficients`); :func:`_levenberg_marquardt`
+        derivative images for every free parameter together
+        (:func:`astromix.models._base.jacobian_images`); :func:`_levenberg_marquardt`
         minimises the weighted residuals within the bounds, without astropy's
         per-call overhead.
         """
-        from ..backends import _common, get_backend
-        from ..models._base import chain_coefficients
+        from ..models._base import jacobian_images
 
-        bk = get_backend()
         settings = fitted.settings
-        x0, y0 = grid_origin(x, y)
+        origin = grid_origin(x, y)
         shape = z.shape
         full = np.array(fitted.parameters, dtype=np.float64)
         free = list(free)
@@ -285,13 +282,8 @@ class MixtureLSQFitter:
             p = full.copy()
             p[free] = u
             mix, comp = fitted._mixture_and_derivatives(p)
-            table = bk.prepare(mix.amp, mix.mean, mix.cov, settings)
-            coeff = np.zeros((table.shape[0], len(free) + 1, _common.NACC))
-            coeff[:, 0, 0] = table[:, _common.AMP] * table[:, _common.NORM]   # the image
-            coeff[:, 1:] = chain_coefficients(table, comp[:, free])
-            table[:, _common.MX] -= x0
-            table[:, _common.MY] -= y0
-            out = bk.jacobian(table, coeff, shape, settings).reshape(len(free) + 1, -1)
+            out = jacobian_images(mix, comp[:, free], origin, shape, settings,
+                                  image=True).reshape(len(free) + 1, -1)
             return wflat * (out[0] - zflat), (out[1:] * wflat).T
 
         p_fit, resid, jac, nfev, status, message = _levenberg_marquardt(

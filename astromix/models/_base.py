@@ -48,71 +48,65 @@ def evaluate_mixture(mixture, x, y, settings):
     return _common.evaluate_points(table, xb, yb, settings.n_sigma).reshape(shape)
 
 
-#: The component parameters of :func:`chain_gradient` and :func:`chain_coefficients`:
-#: amplitude, centre x and y, covariance xx, xy (= yx) and yy.
-N_COMPONENT_PARAMS = 6
-
-
 def _stack_component_gradients(d_amp, d_mean, d_cov):
     """(K, 6, ...) from d_amp (K, ...), d_mean (K, ..., 2), d_cov (K, ..., 2, 2)."""
     return np.stack([d_amp, d_mean[..., 0], d_mean[..., 1], d_cov[..., 0, 0],
                      d_cov[..., 0, 1] + d_cov[..., 1, 0], d_cov[..., 1, 1]], axis=1)
 
 
-def chain_gradient(m, d_amp, d_mean, d_cov):
-    """Chain per-component derivatives to a model's P parameters.
-
-    Parameters
-    ----------
-    m : ndarray, shape (K, P, 6)
-        The model's component derivatives: ``m[k, p]`` = d (amp_k, mean_kx,
-        mean_ky, C_kxx, C_kxy, C_kyy) / d theta_p.
-    d_amp, d_mean, d_cov : ndarray, shapes (K, ...), (K, ..., 2), (K, ..., 2, 2)
-        Derivatives of something (a chi2, or pixel values: the trailing axes
-        ``...``) with respect to each component's amplitude, centre and
-        covariance (``d_cov`` the symmetric matrix gradient).
-
-    Returns
-    -------
-    list of P arrays of shape ``...``
-    """
-    g = _stack_component_gradients(d_amp, d_mean, d_cov)
-    return list(np.tensordot(m, g, axes=([0, 2], [0, 1])))
-
-
 def chain_coefficients(table, m):
     """Coefficients ``(K, P, NACC)`` chaining each component's pixel terms to P parameters.
 
-    With ``m`` the model's component derivatives (see :func:`chain_gradient`)
-    and the linear map from a pixel's accumulator terms to the component
-    gradients (:func:`astromix.backends._common.unit_gradients`), the
-    derivative of a pixel's value with respect to parameter p is
-    ``sum_k sum_m coeff[k, p, m] a_{k,m}(pixel)``.
+    ``m`` (K, P, 6) are the model's component derivatives: ``m[k, p]`` = d
+    (amp_k, mean_kx, mean_ky, C_kxx, C_kxy, C_kyy) / d theta_p.  With the
+    linear map from a pixel's accumulator terms to the component gradients
+    (:func:`astromix.backends._common.unit_gradients`), the derivative of a
+    pixel's value with respect to parameter p is ``sum_k sum_m coeff[k, p, m]
+    a_{k,m}(pixel)``.
     """
     g = _stack_component_gradients(*_common.unit_gradients(
         table, get_backend().assemble_gradient))                       # (K, 6, NACC)
     return np.einsum("kpq,kqm->kpm", m, g)
 
 
+def jacobian_images(mixture, m, origin, shape, settings, *, image=False):
+    """The backend's Jacobian images ``(P, ny, nx)`` of a model on a whole-pixel grid.
+
+    ``mixture`` and ``m`` as in :func:`chained_jacobian`; ``origin`` = (x, y) of
+    pixel (0, 0).  With ``image`` the model image comes first, ``(1 + P, ny,
+    nx)``: it is one more row of coefficients, so the kernel's one pass over
+    each component gives both (the fitter's evaluation).
+    """
+    bk = get_backend()
+    table = bk.prepare(mixture.amp, mixture.mean, mixture.cov, settings)
+    coeff = chain_coefficients(table, m)
+    if image:
+        rows = np.zeros((coeff.shape[0], 1, _common.NACC))
+        rows[:, 0, 0] = table[:, _common.AMP] * table[:, _common.NORM]
+        coeff = np.concatenate([rows, coeff], axis=1)
+    table[:, _common.MX] -= origin[0]
+    table[:, _common.MY] -= origin[1]
+    return bk.jacobian(table, coeff, shape, settings)
+
+
 def chained_jacobian(mixture, m, x, y, settings):
     """Derivatives of a model's values at ``x, y`` with respect to its P parameters.
 
     The model's value is the pixel-integrated ``mixture``; ``m`` (K, P, 6) its
-    component derivatives (see :func:`chain_gradient`).  On a regular grid of
-    whole pixels the backend's Jacobian kernel fills the P images in one pass
-    over each component; elsewhere NumPy evaluates the same terms point by
-    point.  Returns a list of P arrays of the broadcast shape of ``x, y``.
+    component derivatives (see :func:`chain_coefficients`).  On a regular grid
+    of whole pixels the backend's Jacobian kernel fills the P images in one pass
+    over each component (:func:`jacobian_images`); elsewhere NumPy evaluates
+    the same terms point by point.  Returns a list of P arrays of the broadcast
+    shape of ``x, y``.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     shape = np.broadcast_shapes(x.shape, y.shape)
-    table = _common.prepare(mixture.amp, mixture.mean, mixture.cov, settings)
-    coeff = chain_coefficients(table, m)
     origin = grid_origin(x, y)
     if origin is not None:
-        table[:, _common.MX] -= origin[0]
-        table[:, _common.MY] -= origin[1]
-        return list(get_backend().jacobian(table, coeff, shape, settings))
+        return list(jacobian_images(mixture, m, origin, shape, settings))
+    table = _common.prepare(mixture.amp, mixture.mean, mixture.cov, settings)
+    coeff = chain_coefficients(table, m)
     xb, yb = np.broadcast_to(x, shape).ravel(), np.broadcast_to(y, shape).ravel()
     out = _common.jacobian_points(table, coeff, xb, yb, settings.n_sigma)
     return [row.reshape(shape) for row in out]

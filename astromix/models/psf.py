@@ -172,10 +172,8 @@ class GaussianMixturePSF(Fittable2DModel):
         are computed point by point with NumPy.
         """
         unit = getattr(flux, "unit", None)
-        amp, mean, cov, _ = self._arrays([scalar(c) for c in comp])
-        mix = GaussianMixture._unchecked(amp * scalar(flux), mean + [scalar(x_0), scalar(y_0)],
-                                         cov)
-        value = evaluate_mixture(mix, x, y, self.settings)
+        p = [scalar(flux), scalar(x_0), scalar(y_0)] + [scalar(c) for c in comp]
+        value = evaluate_mixture(self._mixture_from(p), x, y, self.settings)
         return value * unit if unit is not None else value
 
     def fit_deriv(self, x, y, flux, x_0, y_0, *comp):
@@ -198,7 +196,7 @@ class GaussianMixturePSF(Fittable2DModel):
         """The mixture at ``p`` and d (amp, mean x, mean y, C_xx, C_xy, C_yy) / d parameter.
 
         The derivatives have shape (K, 3 + 6K, 6) (see
-        :func:`astromix.models._base.chain_gradient`).
+        :func:`astromix.models._base.chain_coefficients`).
         """
         p = np.asarray(p, dtype=np.float64)
         flux = p[0]
@@ -218,8 +216,7 @@ class GaussianMixturePSF(Fittable2DModel):
         m[idx, base + 4, 5] = 2.0 * sy             # sigma_y_k: C_yy, C_xy
         m[idx, base + 4, 4] = rho * sx
         m[idx, base + 5, 4] = sx * sy              # rho_k: C_xy
-        mix = GaussianMixture._unchecked(amp * flux, mean + p[1:3], cov)
-        return mix, m
+        return GaussianMixture._unchecked(amp * flux, mean + p[1:3], cov), m
 
     @property
     def bounding_box(self):

@@ -6,7 +6,7 @@ from astropy.modeling import Fittable2DModel, Parameter
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
-from ._base import chain_gradient, chained_jacobian, evaluate_mixture, scalar
+from ._base import chained_jacobian, evaluate_mixture, scalar
 
 __all__ = ["SersicMixture", "PointSource"]
 
@@ -52,10 +52,6 @@ class _MixtureSourceBase(Fittable2DModel):
     def input_units(self):
         """Pixel coordinates carry no unit (None)."""
         return None
-
-    def _mixture_and_derivatives(self, p):
-        """The mixture at parameter values ``p`` and its component derivatives (J, P, 6)."""
-        return self._mixture_from(p), self._component_derivatives(p)
 
     def _bounding_box_from(self, mix):
         n = self.settings.n_sigma
@@ -153,12 +149,18 @@ class SersicMixture(_MixtureSourceBase):
             return fast(n)           # one interval lookup for the four (SersicMixtureTable)
         return table(n) + table.derivatives(n)
 
-    def _galaxy(self, flux, x_0, y_0, r_eff, n, ellip, theta):
-        amp, var = self._table_values(n)[:2]
+    @staticmethod
+    def _shape_terms(ellip, theta):
+        """R(theta) diag(1, q^2) R(theta)^T as (xx, xy, yy), and q = 1 - ellip."""
         c, s = np.cos(theta), np.sin(theta)
-        q2 = (1.0 - ellip) ** 2
-        # R diag(1, q^2) R^T as (xx, xy, yy)
-        shape = np.array([c * c + q2 * s * s, c * s * (1.0 - q2), s * s + q2 * c * c])
+        q = 1.0 - ellip
+        q2 = q * q
+        return np.array([c * c + q2 * s * s, c * s * (1.0 - q2), s * s + q2 * c * c]), q
+
+    def _galaxy(self, flux, x_0, y_0, r_eff, n, ellip, theta, amp_var=None):
+        """The unconvolved mixture; ``amp_var``: the table's (amp, var) at n, if known."""
+        amp, var = self._table_values(n)[:2] if amp_var is None else amp_var
+        shape = self._shape_terms(ellip, theta)[0]
         gal = (var * r_eff * r_eff)[:, None] * shape
         cov = np.empty((len(amp), 2, 2))
         cov[:, 0, 0] = gal[:, 0]
@@ -173,14 +175,13 @@ class SersicMixture(_MixtureSourceBase):
 
     def mixture(self):
         """The GaussianMixture of the model as evaluated (PSF-convolved when a PSF is set)."""
-        p = [scalar(getattr(self, name).value) for name in self.param_names]
-        return self._convolve(self._galaxy(*p))
+        return self._mixture_from([scalar(getattr(self, name).value) for name in self.param_names])
 
     def evaluate(self, x, y, flux, x_0, y_0, r_eff, n, ellip, theta):
         """Pixel-integrated surface brightness at pixel coordinates ``x, y`` [flux / px]."""
         unit = getattr(flux, "unit", None)
         p = [scalar(v) for v in (flux, x_0, y_0, r_eff, n, ellip, theta)]
-        value = evaluate_mixture(self._convolve(self._galaxy(*p)), x, y, self.settings)
+        value = evaluate_mixture(self._mixture_from(p), x, y, self.settings)
         return value * unit if unit is not None else value
 
     def fit_deriv(self, x, y, flux, x_0, y_0, r_eff, n, ellip, theta):
@@ -197,27 +198,23 @@ class SersicMixture(_MixtureSourceBase):
         """The (convolved) mixture for the parameter values ``p`` (in param_names order)."""
         return self._convolve(self._galaxy(*p))
 
-    def _component_derivatives(self, p):
-        """d (amp, mean x, mean y, C_xx, C_xy, C_yy) / d parameter for each component.
-
-        Returns an array (J, 7, 6) for the J components of :meth:`_mixture_from`
-        (galaxy index slowest, as :meth:`GaussianMixture.convolve` orders them).
-        """
-        return self._mixture_and_derivatives(p)[1]
-
     def _mixture_and_derivatives(self, p):
-        """The mixture of :meth:`_mixture_from` and :meth:`_component_derivatives` at ``p``.
+        """The mixture of :meth:`_mixture_from` at ``p`` and its component derivatives.
 
-        The fitter's hot path.
+        The derivatives, d (amp, mean x, mean y, C_xx, C_xy, C_yy) / d parameter,
+        have shape (J, 7, 6) for the J components (galaxy index slowest, as
+        :meth:`GaussianMixture.convolve` orders them); see
+        :func:`astromix.models._base.chain_coefficients`.  The fitter's hot path:
+        the table is evaluated once for both.
         """
         flux, x_0, y_0, r_eff, n, ellip, theta = (float(v) for v in p)
-        mix = self._mixture_from(p)
         a, v, da_dn, dv_dn = self._table_values(n)
+        mix = self._convolve(self._galaxy(flux, x_0, y_0, r_eff, n, ellip, theta,
+                                          amp_var=(a, v)))
+        shape_m, q = self._shape_terms(ellip, theta)
         c, s = np.cos(theta), np.sin(theta)
-        q = 1.0 - ellip
         q2 = q * q
-        # S = R diag(1, q^2) R^T and its derivatives, as (xx, xy, yy)
-        shape_m = np.array([c * c + q2 * s * s, c * s * (1.0 - q2), s * s + q2 * c * c])
+        # derivatives of the shape terms (xx, xy, yy)
         d_ellip = -2.0 * q * np.array([s * s, -c * s, c * c])
         d_theta = (1.0 - q2) * np.array([-2.0 * c * s, c * c - s * s, 2.0 * c * s])
         r2 = r_eff * r_eff
@@ -232,15 +229,6 @@ class SersicMixture(_MixtureSourceBase):
         m[:, :, 5, 3:] = (v * r2)[:, None, None] * d_ellip
         m[:, :, 6, 3:] = (v * r2)[:, None, None] * d_theta
         return mix, m.reshape(-1, 7, 6)
-
-    def _chain(self, p, d_amp, d_mean, d_cov):
-        """Chain derivatives with respect to the mixture's components to the parameters.
-
-        ``d_amp`` (J, ...), ``d_mean`` (J, ..., 2), ``d_cov`` (J, ..., 2, 2) for the J
-        components of :meth:`_mixture_from`; the trailing axes ``...`` (pixels, or
-        none for a chi2 gradient) are kept.  Returns 7 arrays.
-        """
-        return chain_gradient(self._component_derivatives(p), d_amp, d_mean, d_cov)
 
     @property
     def bounding_box(self):
@@ -308,24 +296,20 @@ class PointSource(_MixtureSourceBase):
     def fit_deriv(self, x, y, flux, x_0, y_0):
         """Analytic derivatives with respect to flux, x_0 and y_0."""
         p = [scalar(v) for v in (flux, x_0, y_0)]
-        return chained_jacobian(self._mixture_from(p), self._component_derivatives(p), x, y,
-                                self.settings)
+        return chained_jacobian(*self._mixture_and_derivatives(p), x, y, self.settings)
 
     def _mixture_from(self, p):
         """The mixture for the parameter values ``p`` = (flux, x_0, y_0)."""
         return self._psf.scale_flux(p[0]).shift(p[1], p[2])
 
-    def _component_derivatives(self, p):
-        """d (amp, mean x, mean y, C_xx, C_xy, C_yy) / d (flux, x_0, y_0), shape (J, 3, 6)."""
+    def _mixture_and_derivatives(self, p):
+        """The mixture at ``p`` = (flux, x_0, y_0) and d (amp, mean x, mean y, C_xx, C_xy,
+        C_yy) / d (flux, x_0, y_0), shape (J, 3, 6)."""
         m = np.zeros((len(self._psf.amp), 3, 6))
         m[:, 0, 0] = self._psf.amp
         m[:, 1, 1] = 1.0
         m[:, 2, 2] = 1.0
-        return m
-
-    def _chain(self, p, d_amp, d_mean, d_cov):
-        """Chain component derivatives (J, ...) to (flux, x_0, y_0); see SersicMixture."""
-        return chain_gradient(self._component_derivatives(p), d_amp, d_mean, d_cov)
+        return self._mixture_from(p), m
 
     @property
     def bounding_box(self):
