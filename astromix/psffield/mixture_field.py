@@ -63,6 +63,7 @@ from .model import (
     PSFFieldModel,
     _clipped,
     _cut_stamps,
+    _star_positions,
     _windowed_centroid,
     fit_psf_field,
 )
@@ -630,7 +631,6 @@ def _moments_start(data, weight, bkg, stars, size, degree, k):
     (pixel variance 1/12 removed) scaled by 0.5 .. 3 and amplitudes halving
     outwards.
     """
-    from astropy.table import Table
 
     if isinstance(size, bool) or int(size) != size or size < 5 or size % 2 == 0:
         raise InputError(f"size must be an odd integer >= 5, got {size!r}")
@@ -638,15 +638,7 @@ def _moments_start(data, weight, bkg, stars, size, degree, k):
         raise InputError(f"degree must be an integer >= 0, got {degree!r}")
     if data.ndim != 2:
         raise InputError(f"image must be 2-d, got shape {data.shape}")
-    if not isinstance(stars, Table):
-        stars = Table(stars)
-    for col in ("x", "y"):
-        if col not in stars.colnames:
-            raise InputError(f"stars needs columns 'x' and 'y'; has {stars.colnames}")
-    xs = np.asarray(stars["x"], dtype=np.float64)
-    ys = np.asarray(stars["y"], dtype=np.float64)
-    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
-        raise InputError("star positions must be finite")
+    stars, xs, ys = _star_positions(stars)
     half = int(size) // 2
     ix, iy = np.rint(xs).astype(int), np.rint(ys).astype(int)
     stamps, wst, edge = _cut_stamps(data, weight, bkg, ix, iy, half)

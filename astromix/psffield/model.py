@@ -416,7 +416,6 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     ((3, 51, 51), 0.5, (25, 25))
     """
     t0 = time.perf_counter()
-    from astropy.table import Table
     from scipy import ndimage
 
     data = _as_image(image, "image")
@@ -444,15 +443,7 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
         raise InputError(f"degree must be an integer >= 0, got {degree!r}")
     degree = int(degree)
     nterms = _n_terms(degree)
-    if not isinstance(stars, Table):
-        stars = Table(stars)
-    for col in ("x", "y"):
-        if col not in stars.colnames:
-            raise InputError(f"stars needs columns 'x' and 'y'; has {stars.colnames}")
-    xs = np.asarray(stars["x"], dtype=np.float64)
-    ys = np.asarray(stars["y"], dtype=np.float64)
-    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
-        raise InputError("star positions must be finite")
+    stars, xs, ys = _star_positions(stars)
     if background is None:
         bkg_image = None
     elif np.ndim(background) == 0:
@@ -630,6 +621,25 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
         info["cg_iterations"] = fine.cg_history
     return PSFFieldModel(basis, polzero, polscal, degree, stars=out, fit_info=info,
                          oversampling=oversampling)
+
+
+def _star_positions(stars):
+    """``(table, x, y)``: the stars as a Table and their finite 0-based positions.
+
+    Raises InputError without columns ``x`` and ``y`` or with non-finite values.
+    """
+    from astropy.table import Table
+
+    if not isinstance(stars, Table):
+        stars = Table(stars)
+    for col in ("x", "y"):
+        if col not in stars.colnames:
+            raise InputError(f"stars needs columns 'x' and 'y'; has {stars.colnames}")
+    xs = np.asarray(stars["x"], dtype=np.float64)
+    ys = np.asarray(stars["y"], dtype=np.float64)
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        raise InputError("star positions must be finite")
+    return stars, xs, ys
 
 
 def _cut_stamps(data, weight, bkg_image, ix, iy, bhalf):
