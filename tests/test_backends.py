@@ -195,6 +195,12 @@ def test_compiled_prepare_and_assembly_match_reference(other, mode):
     acc = rng.normal(size=(30, _common.NACC))
     for a, b in zip(bk.assemble_gradient(ref, acc), _common.assemble_gradient(ref, acc)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
+    # the unit-accumulator map: the same gradients by a matrix product
+    unit = bk.unit_gradients(ref)
+    assert unit.shape == (30, 6, _common.NACC)
+    expect = _common.stack_gradients(*_common.assemble_gradient(ref, acc))
+    got = np.einsum("kqm,km->kq", unit, acc)
+    np.testing.assert_allclose(got, expect, rtol=1e-11, atol=1e-12 * np.abs(expect).max())
 
 
 @pytest.mark.parametrize("mode", MODES)

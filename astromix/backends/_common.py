@@ -132,6 +132,16 @@ def assemble_gradient(table, acc):
     return d_amp, d_mean, d_cov
 
 
+def stack_gradients(d_amp, d_mean, d_cov):
+    """(K, 6, ...) from d_amp (K, ...), d_mean (K, ..., 2), d_cov (K, ..., 2, 2).
+
+    The six rows are d / d (amp, mean_x, mean_y, C_xx, C_xy, C_yy), the C_xy row
+    being ``d_cov[xy] + d_cov[yx]`` (one off-diagonal parameter).
+    """
+    return np.stack([d_amp, d_mean[..., 0], d_mean[..., 1], d_cov[..., 0, 0],
+                     d_cov[..., 0, 1] + d_cov[..., 1, 0], d_cov[..., 1, 1]], axis=1)
+
+
 def unit_gradients(table, assemble=None):
     """The gradient of each component for each accumulator set to 1: the linear map
     from the NACC per-pixel accumulator terms to d value / d (amp, mean, cov).
@@ -222,6 +232,14 @@ class Backend:
     def assemble_gradient(self, table, acc):
         """Gradients from accumulators; see :func:`assemble_gradient`."""
         return assemble_gradient(table, acc)
+
+    def unit_gradients(self, table):
+        """The linear map ``(K, 6, NACC)`` from a pixel's accumulator terms to the
+        derivatives of its value with respect to each component's (amp, mean_x,
+        mean_y, C_xx, C_xy, C_yy): :func:`unit_gradients`, stacked as by
+        :func:`stack_gradients`.
+        """
+        return stack_gradients(*unit_gradients(table, self.assemble_gradient))
 
     def asarray(self, x, dtype=None):
         """Return ``x`` as an array of this backend."""

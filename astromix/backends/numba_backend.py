@@ -13,17 +13,18 @@ below 3e-8 of the value itself for q <= 25 (n_sigma = 5) and 2e-5 at q = 49
 Each component is evaluated over its culling box with rows of one length and
 the ellipse applied as a mask (see ``_common``): with rows of varying length the
 loop exits are mispredicted and the short rows cost ~35% more.  In render and
-accumulate each row is walked in whole chunks of ``CHUNK`` pixels, the row extended to the left (or the
-right, at the image's edge) to a multiple of ``CHUNK``: a pixel outside the box is
-outside the ellipse, so the mask gives it exactly zero, and the compiler's vector
-loop has no scalar remainder (with it, a 63-pixel row cost 60% more than a
-64-pixel one).  An image narrower than the chunks gets the remainder loop.
+accumulate each row is walked in whole chunks of ``CHUNK`` pixels, the row
+extended to the left (or the right, at the image's edge) to a multiple of
+``CHUNK``: a pixel outside the box is outside the ellipse, so the mask gives it
+exactly zero, and the compiler's vector loop has no scalar remainder (with it,
+a 63-pixel row cost 60% more than a 64-pixel one).  An image whose width is not
+a multiple of ``CHUNK`` is worked on in a zero-padded copy.
 
 The gradient sums of a component without the fourth-order factor are
 accumulated per column (three sums in ``dy`` in a scratch row) and reduced over
 the columns once per component, not once per row: the per-row horizontal
 reductions of the vector accumulators cost as much as the pixels (float32
-accumulate on the 64x64 benchmark stamp: 93 -> 56 us).
+accumulate on the 64x64 benchmark stamp, with both changes: 100 -> 71 us).
 
 Threads: one image is split into bands of rows rendered in parallel, each band
 looping over the components that reach it; gradients are accumulated in
@@ -528,40 +529,68 @@ def _prepare(amp, mean, cov, n_sigma, mode, threshold):
 
 
 @njit(error_model="numpy", cache=True)
+def _component_gradient(t, s, res):
+    # _common.assemble_gradient for one component (table row t, accumulators s):
+    # res = d / d (amp, mean_x, mean_y, C_xx, C_xy, C_yy), C_xy being one of the
+    # two symmetric off-diagonal entries of the matrix gradient.
+    norm = t[_NORM]
+    a = t[_AMP] * norm
+    fxx, fxy, fyy = t[_FXX], t[_FXY], t[_FYY]
+    res[0] = norm * s[0]
+    res[1] = a * (s[1] - _C4 * (s[6] * fxx + s[7] * fxy))
+    res[2] = a * (s[2] - _C4 * (s[6] * fxy + s[7] * fyy))
+    # g[p, q] = -F_pq s0 / 2 + Svv_pq / 2 - C4 (F_xp Spx_q + F_yp Spy_q)
+    #           + 6 C4 (s12 F_xp F_xq + s13 F_yp F_yq), symmetrised
+    c6 = 6.0 * _C4
+    gxx = (-0.5 * fxx * s[0] + 0.5 * s[3] - _C4 * (fxx * s[8] + fxy * s[10])
+           + c6 * (s[12] * fxx * fxx + s[13] * fxy * fxy))
+    gyy = (-0.5 * fyy * s[0] + 0.5 * s[5] - _C4 * (fxy * s[9] + fyy * s[11])
+           + c6 * (s[12] * fxy * fxy + s[13] * fyy * fyy))
+    gxy = (-0.5 * fxy * s[0] + 0.5 * s[4] - 0.5 * _C4 * (fxx * s[9] + fxy * s[11]
+                                                          + fxy * s[8] + fyy * s[10])
+           + c6 * (s[12] * fxx * fxy + s[13] * fxy * fyy))
+    res[3] = a * gxx
+    res[4] = a * gxy
+    res[5] = a * gyy
+
+
+@njit(error_model="numpy", cache=True)
 def _assemble(table, acc):
     # _common.assemble_gradient, compiled
     k = table.shape[0]
     d_amp = np.empty(k)
     d_mean = np.empty((k, 2))
     d_cov = np.empty((k, 2, 2))
-    f = np.empty((2, 2))
-    svv = np.empty((2, 2))
-    g = np.empty((2, 2))
+    res = np.empty(6)
     for n in range(k):
-        t = table[n]
-        s = acc[n]
-        norm = t[_NORM]
-        a = t[_AMP] * norm
-        f[0, 0] = t[_FXX]
-        f[0, 1] = t[_FXY]
-        f[1, 0] = t[_FXY]
-        f[1, 1] = t[_FYY]
-        svv[0, 0] = s[3]
-        svv[0, 1] = s[4]
-        svv[1, 0] = s[4]
-        svv[1, 1] = s[5]
-        d_amp[n] = norm * s[0]
-        for p in range(2):
-            d_mean[n, p] = a * (s[1 + p] - _C4 * (s[6] * f[0, p] + s[7] * f[1, p]))
-        for p in range(2):
-            for q in range(2):
-                g[p, q] = (-0.5 * f[p, q] * s[0] + 0.5 * svv[p, q]
-                           - _C4 * (f[0, p] * s[8 + q] + f[1, p] * s[10 + q])
-                           + 6.0 * _C4 * (s[12] * f[0, p] * f[0, q] + s[13] * f[1, p] * f[1, q]))
-        for p in range(2):
-            for q in range(2):
-                d_cov[n, p, q] = a * 0.5 * (g[p, q] + g[q, p])
+        _component_gradient(table[n], acc[n], res)
+        d_amp[n] = res[0]
+        d_mean[n, 0] = res[1]
+        d_mean[n, 1] = res[2]
+        d_cov[n, 0, 0] = res[3]
+        d_cov[n, 0, 1] = res[4]
+        d_cov[n, 1, 0] = res[4]
+        d_cov[n, 1, 1] = res[5]
     return d_amp, d_mean, d_cov
+
+
+@njit(error_model="numpy", cache=True)
+def _unit_gradients(table):
+    # _common.Backend.unit_gradients, compiled: the gradient map is linear in the
+    # accumulators, so column m is the gradient of the unit accumulator e_m
+    k = table.shape[0]
+    out = np.empty((k, 6, c.NACC))
+    s = np.zeros(c.NACC)
+    res = np.empty(6)
+    for n in range(k):
+        for m in range(c.NACC):
+            s[m] = 1.0
+            _component_gradient(table[n], s, res)
+            s[m] = 0.0
+            for r in range(6):
+                out[n, r, m] = res[r]
+            out[n, 4, m] *= 2.0
+    return out
 
 
 def estimate_work(table, shape):
@@ -599,6 +628,10 @@ class NumbaBackend(c.Backend):
     def assemble_gradient(self, table, acc):
         """(d_amp, d_mean, d_cov) from accumulators; see :func:`_common.assemble_gradient`."""
         return _assemble(np.ascontiguousarray(table), np.ascontiguousarray(acc, dtype=np.float64))
+
+    def unit_gradients(self, table):
+        """(K, 6, NACC) map from accumulator terms to component gradients (compiled)."""
+        return _unit_gradients(np.ascontiguousarray(table, dtype=np.float64))
 
     @staticmethod
     def _threads(table, shape, threads=None):

@@ -48,25 +48,17 @@ def evaluate_mixture(mixture, x, y, settings):
     return _common.evaluate_points(table, xb, yb, settings.n_sigma).reshape(shape)
 
 
-def _stack_component_gradients(d_amp, d_mean, d_cov):
-    """(K, 6, ...) from d_amp (K, ...), d_mean (K, ..., 2), d_cov (K, ..., 2, 2)."""
-    return np.stack([d_amp, d_mean[..., 0], d_mean[..., 1], d_cov[..., 0, 0],
-                     d_cov[..., 0, 1] + d_cov[..., 1, 0], d_cov[..., 1, 1]], axis=1)
-
-
 def chain_coefficients(table, m):
     """Coefficients ``(K, P, NACC)`` chaining each component's pixel terms to P parameters.
 
     ``m`` (K, P, 6) are the model's component derivatives: ``m[k, p]`` = d
     (amp_k, mean_kx, mean_ky, C_kxx, C_kxy, C_kyy) / d theta_p.  With the
     linear map from a pixel's accumulator terms to the component gradients
-    (:func:`astromix.backends._common.unit_gradients`), the derivative of a
+    (the backend's ``unit_gradients``), the derivative of a
     pixel's value with respect to parameter p is ``sum_k sum_m coeff[k, p, m]
     a_{k,m}(pixel)``.
     """
-    g = _stack_component_gradients(*_common.unit_gradients(
-        table, get_backend().assemble_gradient))                       # (K, 6, NACC)
-    return np.einsum("kpq,kqm->kpm", m, g)
+    return np.matmul(m, get_backend().unit_gradients(table))  # (K, P, 6) @ (K, 6, NACC)
 
 
 def jacobian_images(mixture, m, origin, shape, settings, *, image=False):
