@@ -24,9 +24,11 @@ def _check_covariances(cov, what="cov"):
     bad = np.nonzero(asym > 1e-10 * scale)[0]
     if bad.size:
         raise InputError(f"{what} is not symmetric in component(s) {bad.tolist()}")
-    det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] * cov[:, 1, 0]
-    bad = np.nonzero(~((cov[:, 0, 0] > 0) & (det > 0)))[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] * cov[:, 1, 0]
+    bad = np.nonzero(~((cov[:, 0, 0] > 0) & (det > 0) & np.isfinite(det)))[0]
     if bad.size:
+        # (a determinant that overflows counts as not positive definite)
         raise InputError(f"{what} is not positive definite in component(s) {bad.tolist()} "
                          f"(C_xx = {cov[bad[0], 0, 0]:.4g}, det = {det[bad[0]]:.4g})")
 

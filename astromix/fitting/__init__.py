@@ -51,13 +51,21 @@ def mixture_to_vector(mixture):
 
 
 def mixture_from_vector(vector):
-    """Inverse of :func:`mixture_to_vector`: a vector (6 K,) to a GaussianMixture."""
+    """Inverse of :func:`mixture_to_vector`: a vector (6 K,) to a GaussianMixture.
+
+    Raises
+    ------
+    InputError
+        If a covariance overflows (an optimiser's trial step far out): the
+        mixture's validation refuses the non-finite values.
+    """
     p = np.asarray(vector, dtype=np.float64).reshape(-1, 6)
-    l11, l21, l22 = np.exp(p[:, 3]), p[:, 4], np.exp(p[:, 5])
-    cov = np.empty((p.shape[0], 2, 2))
-    cov[:, 0, 0] = l11 * l11
-    cov[:, 0, 1] = cov[:, 1, 0] = l11 * l21
-    cov[:, 1, 1] = l21 * l21 + l22 * l22
+    with np.errstate(over="ignore", invalid="ignore"):
+        l11, l21, l22 = np.exp(p[:, 3]), p[:, 4], np.exp(p[:, 5])
+        cov = np.empty((p.shape[0], 2, 2))
+        cov[:, 0, 0] = l11 * l11
+        cov[:, 0, 1] = cov[:, 1, 0] = l11 * l21
+        cov[:, 1, 1] = l21 * l21 + l22 * l22
     return GaussianMixture(p[:, 0], p[:, 1:3], cov)
 
 
