@@ -30,31 +30,18 @@ Threads: one image is split into bands of rows rendered in parallel, each band
 looping over the components that reach it; gradients are accumulated in
 parallel over components.  Work below ``PARALLEL_MIN_WORK`` Gaussian-pixel
 evaluations (a small stamp) runs on one thread, since starting threads would
-cost more than it saves; the Jacobian kernel counts its work once per image it
-fills, so a fit's stamp (eight images) runs on all threads.
-
-Importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set already
-(before Numba's OpenMP threading layer starts): idle OpenMP threads then sleep
-instead of spinning.  With spinning threads a kernel split over the two cores of
-the reference machine took 2x *longer* than on one thread whenever another
-process held a core (the Sersic stamp's Jacobian: 557 us against 300 us); with
-sleeping ones it takes 325 us there, and 200 us instead of 160 us on a quiet
-machine.
+cost more than it saves.
 """
 
 import math
-import os
 
-# before Numba's OpenMP layer starts (see the module docstring)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-from numba import njit, prange, types  # noqa: E402
-from numba.extending import overload  # noqa: E402
-
-from ..settings import BOX_C4, BOX_VARIANCE  # noqa: E402
-from . import _common as c  # noqa: E402
+from ..settings import BOX_C4, BOX_VARIANCE
+from . import _common as c
 
 __all__ = ["CHUNK", "PARALLEL_MIN_WORK", "NumbaBackend"]
 
@@ -647,15 +634,13 @@ class NumbaBackend(c.Backend):
         return _unit_gradients(np.ascontiguousarray(table, dtype=np.float64))
 
     @staticmethod
-    def _threads(table, shape, threads=None, images=1):
-        # threads for a call filling ``images`` images of ``shape``
+    def _threads(table, shape, threads=None):
         if threads == 1:
             return 1  # the caller parallelises (e.g. over exposures)
-        min_work = PARALLEL_MIN_WORK / images
-        if shape[0] * shape[1] * 0.25 < min_work / max(table.shape[0], 1):
+        if shape[0] * shape[1] * 0.25 < PARALLEL_MIN_WORK / max(table.shape[0], 1):
             return 1  # cannot reach the threshold even if every component filled a quarter
         nthreads = numba.get_num_threads()
-        if nthreads > 1 and estimate_work(table, shape) >= min_work:
+        if nthreads > 1 and estimate_work(table, shape) >= PARALLEL_MIN_WORK:
             return nthreads
         return 1
 
@@ -716,9 +701,10 @@ class NumbaBackend(c.Backend):
         out = np.zeros((coeff.shape[1], ny, nx))
         active = np.any(coeff != 0.0, axis=2)
         n2 = float(settings.n_sigma ** 2)
-        # the work counted once per image: a fit's 64x64 Sersic stamp (8 images) takes
-        # 0.30 ms on one thread, 0.20 ms on two (passive OpenMP threads, see above)
-        nthreads = self._threads(table, shape, threads, images=coeff.shape[1])
+        # the same threshold as render (not weighted by the number of images: a 64x64
+        # stamp's 8 images take 0.33 ms on one thread, 0.17 ms on two, but 2.6-7.8 ms
+        # when another process holds one of the two cores)
+        nthreads = self._threads(table, shape, threads)
         if nthreads == 1:
             _jacobian_rows(out, table, coeff, active, 0, ny, n2)
         else:
