@@ -245,20 +245,9 @@ def _jacobian_rows(out, table, coeff, active, y0, y1, n2):
         six_fyy = 6.0 * fyy
         for j in range(j0, j1 + 1):
             dy = j - t[_MY]
-            bx = fxy * dy
-            by = fyy * dy
             for i in range(n):
-                dx = x0 + i
-                vx = fxx * dx + bx
-                vy = fxy * dx + by
-                q = dx * vx + dy * vy
-                e = _exp_half(min(q, qmax))
-                eb[i] = e if q <= qmax else 0.0
-                vxb[i] = vx
-                vyb[i] = vy
-                vx2 = vx * vx
-                vy2 = vy * vy
-                pb[i] = cst + _C4 * (vx2 * (vx2 - six_fxx) + vy2 * (vy2 - six_fyy))
+                eb[i], pb[i], vxb[i], vyb[i] = _gauss4(x0 + i, dy, fxx, fxy, fyy, cst, _C4,
+                                                       six_fxx, six_fyy, qmax)
             for p in range(npar):
                 if not active[k, p]:
                     continue
