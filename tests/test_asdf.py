@@ -787,7 +787,8 @@ def test_sersic_round_trip(asdf_config, tmp_path, storage, with_psf):
 
     psf = _psf(3, seed=20) if with_psf else None
     gal = _sersic(psf=psf, name="disc",
-                  settings=AccuracySettings(n_sigma=6.0, pixel_integration="variance"))
+                  settings=AccuracySettings(n_sigma=6.0, pixel_integration="variance",
+                                            merge_tolerance=1e-4))
     # Non-default fixed flags and bounds.
     gal.n.fixed = True
     gal.theta.fixed = True

@@ -814,6 +814,28 @@ def test_callable_psf_not_stored_warns_once(tmp_path):
         assert all(e.psf is None for e in read_exposures(path))
 
 
+def test_hdf5_psf_settings_and_files_without_newer_keys(tmp_path):
+    from astromix import AccuracySettings
+
+    settings = AccuracySettings(n_sigma=6.0, merge_tolerance=1e-4)
+    path = tmp_path / "settings.h5"
+    write_exposures(path, _exposure(psf=_psf(settings=settings)))
+    (back,) = read_exposures(path)
+    assert back.psf.settings == settings
+
+    def drop_merge_tolerance(name, obj):
+        if "settings_merge_tolerance" in obj.attrs:
+            del obj.attrs["settings_merge_tolerance"]
+            dropped.append(name)
+
+    dropped = []
+    with h5py.File(path, "r+") as f:       # as written before merge_tolerance existed
+        f.visititems(drop_merge_tolerance)
+    assert dropped
+    (back,) = read_exposures(path)
+    assert back.psf.settings == settings.with_(merge_tolerance=AccuracySettings().merge_tolerance)
+
+
 def test_hdf5_replacing_a_group_keeps_the_others(tmp_path):
     path = tmp_path / "scene.h5"
     a, b = _exposure(name="a", band="g"), _exposure(name="b", band="r")

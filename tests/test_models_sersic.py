@@ -5,7 +5,7 @@ import pytest
 from astropy.modeling import models
 from conftest import assert_fit_deriv_matches
 
-from astromix import GaussianMixture, InputError, PointSource, SersicMixture
+from astromix import AccuracySettings, GaussianMixture, InputError, PointSource, SersicMixture
 from astromix.fitting import MixtureLSQFitter
 from astromix.models import sersic as sersic_module
 
@@ -144,12 +144,75 @@ def test_psf_convolved_image_matches_galsim(n, r_eff, q):
 
 
 def test_mixture_and_bounding_box():
-    gal = SersicMixture(10.0, 30.0, 20.0, 3.0, 2.0, 0.2, 0.3, psf=PSF)
+    gal = SersicMixture(10.0, 30.0, 20.0, 3.0, 2.0, 0.2, 0.3, psf=PSF,
+                        settings=AccuracySettings(merge_tolerance=0))
     mix = gal.mixture()
     assert mix.flux == pytest.approx(10.0)
-    assert len(mix) == gal._table()(2.0)[0].size * len(PSF)
+    # without merging: the table's galaxy, built here by hand, convolved with the PSF
+    a, v = gal._table()(2.0)
+    c, s, q = np.cos(0.3), np.sin(0.3), 0.8
+    rot = np.array([[c, -s], [s, c]])
+    shape = rot @ np.diag([1.0, q * q]) @ rot.T
+    galaxy = GaussianMixture(10.0 * a, np.tile([30.0, 20.0], (a.size, 1)),
+                             9.0 * v[:, None, None] * shape)
+    expected = galaxy.convolve(PSF)
+    assert len(mix) == a.size * len(PSF)
+    np.testing.assert_allclose(mix.amp, expected.amp, rtol=1e-12)
+    np.testing.assert_allclose(mix.mean, expected.mean, rtol=1e-12)
+    np.testing.assert_allclose(mix.cov, expected.cov, rtol=1e-12, atol=1e-14)
     (ylo, yhi), (xlo, xhi) = gal.bounding_box.bounding_box()
     assert xlo < 30 < xhi and ylo < 20 < yhi
+
+
+PSF3 = GaussianMixture([0.5, 0.3, 0.2], np.zeros((3, 2)),
+                       [np.eye(2) * 1.0, np.eye(2) * 4.0, np.eye(2) * 9.0])
+
+
+@pytest.mark.parametrize("n, r_eff", [(1.0, 1.5), (1.0, 4.0), (2.0, 10.0), (4.0, 4.0)])
+@pytest.mark.parametrize("tolerance", [1e-5, 1e-4])
+def test_merged_components_within_tolerance(n, r_eff, tolerance):
+    """Merging keeps the flux and changes the image by less than the tolerance of its peak."""
+    shape = (128, 128) if r_eff > 5 else (64, 64)
+    centre = (shape[1] / 2 - 0.3, shape[0] / 2 + 0.2)
+    kw = dict(flux=100.0, x_0=centre[0], y_0=centre[1], r_eff=r_eff, n=n, ellip=0.3,
+              theta=0.5, psf=PSF3)
+    full = SersicMixture(**kw, settings=AccuracySettings(merge_tolerance=0)).mixture()
+    merged = SersicMixture(**kw, settings=AccuracySettings(merge_tolerance=tolerance)).mixture()
+    assert len(merged) < 0.7 * len(full)
+    assert merged.flux == pytest.approx(full.flux, rel=1e-12)
+    ref = full.render(shape)
+    assert np.abs(merged.render(shape) - ref).max() <= tolerance * ref.max()
+
+
+def test_merging_rules():
+    """Wide components take the PSF's mean covariance only for a concentric, positive PSF."""
+    kw = dict(flux=1.0, x_0=30.0, y_0=30.0, r_eff=4.0, n=1.0, ellip=0.3, theta=0.5)
+    settings = AccuracySettings(merge_tolerance=1e-4)
+    mix = SersicMixture(**kw, psf=PSF3, settings=settings).mixture()
+    psf_mean_cov = (PSF3.amp[:, None, None] * PSF3.cov).sum(0)
+    # the widest galaxy component appears once, convolved with the mean PSF covariance
+    widest = mix.cov[np.argmax(mix.cov[:, 0, 0])]
+    table_a, table_v = SersicMixture._table()(1.0)
+    assert np.isclose(np.trace(widest - psf_mean_cov) / 16.0,
+                      table_v[-1] * (1 + 0.7 ** 2)), "the widest is not merged over the PSF"
+    shifted = GaussianMixture(PSF3.amp, [[0.0, 0.0], [0.5, 0.0], [0.0, 0.0]], PSF3.cov)
+    mix = SersicMixture(**kw, psf=shifted, settings=settings).mixture()
+    # no wide merge: every PSF centre keeps its components
+    assert np.count_nonzero(np.isclose(mix.mean[:, 0], 30.5)) > 1
+    # without a PSF only the smallest components (below the pixel) merge
+    alone = SersicMixture(**kw, settings=settings).mixture()
+    assert len(alone) < table_a.size and alone.flux == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("settings", [AccuracySettings(merge_tolerance=1e-4),
+                                      AccuracySettings(merge_tolerance=1e-4,
+                                                       pixel_integration="none")])
+def test_fit_deriv_of_the_merged_mixture(settings):
+    """The derivatives of merged components (n through the merged amplitude and variance)."""
+    model = SersicMixture(50.0, 20.2, 19.7, 3.0, 2.3, 0.2, -0.4, psf=PSF3, settings=settings)
+    assert len(model.mixture()) < 40
+    y, x = np.mgrid[:40, :40].astype(float)
+    assert_fit_deriv_matches(model, x, y)
 
 
 def test_fit_recovers_injected_parameters():
@@ -187,6 +250,12 @@ def test_point_source():
 
 
 def test_bad_input():
+    for bad in (-1e-6, 0.02, float("nan")):
+        with pytest.raises(InputError, match="merge_tolerance"):
+            AccuracySettings(merge_tolerance=bad)
+    for name, args in (("r_eff", (1.0, 0.0, 0.0, -2.0)), ("flux", (np.inf, 0.0, 0.0, 2.0))):
+        with pytest.raises(InputError, match=name):
+            SersicMixture(*args).mixture()
     with pytest.raises(InputError, match="psf"):
         PointSource(1.0, 0.0, 0.0)
     with pytest.raises(InputError, match="psf must be"):

@@ -451,7 +451,8 @@ def _wcs_payload(exp):
     return "none", None
 
 
-_SETTINGS_KEYS = ("n_sigma", "pixel_integration", "fourth_order_threshold")
+_SETTINGS_KEYS = ("n_sigma", "pixel_integration", "fourth_order_threshold",
+                  "merge_tolerance")
 
 
 def _psf_payload(psf):
@@ -594,7 +595,9 @@ def _psf_from_group(sub):
     mixture = GaussianMixture(sub["amp"][()], sub["mean"][()], sub["cov"][()])
     settings = None
     if "settings_n_sigma" in sub.attrs:
-        settings = AccuracySettings(**{k: _attr(sub, f"settings_{k}") for k in _SETTINGS_KEYS})
+        # keys added after a file was written (merge_tolerance) take their defaults
+        settings = AccuracySettings(**{k: _attr(sub, f"settings_{k}") for k in _SETTINGS_KEYS
+                                       if f"settings_{k}" in sub.attrs})
     head = {}
     for name in ("flux", "x_0", "y_0"):
         i = names.index(name)

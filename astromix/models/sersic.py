@@ -7,6 +7,7 @@ from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
 from ._base import chained_jacobian, evaluate_mixture, scalar
+from ._sersic_build import sersic_components
 
 __all__ = ["SersicMixture", "PointSource"]
 
@@ -40,13 +41,6 @@ class _MixtureSourceBase(Fittable2DModel):
     def settings(self):
         """The AccuracySettings used for evaluation."""
         return self._settings if self._settings is not None else get_default_settings()
-
-    def _convolve(self, mix):
-        return mix if self._psf is None else mix.convolve(self._psf)
-
-    def _psf_amplitudes(self):
-        """Amplitudes of the PSF components (one unit component without a PSF)."""
-        return np.ones(1) if self._psf is None else self._psf.amp
 
     @property
     def input_units(self):
@@ -149,29 +143,32 @@ class SersicMixture(_MixtureSourceBase):
             return fast(n)           # one interval lookup for the four (SersicMixtureTable)
         return table(n) + table.derivatives(n)
 
-    @staticmethod
-    def _shape_terms(ellip, theta):
-        """R(theta) diag(1, q^2) R(theta)^T as (xx, xy, yy), and q = 1 - ellip."""
-        c, s = np.cos(theta), np.sin(theta)
-        q = 1.0 - ellip
-        q2 = q * q
-        return np.array([c * c + q2 * s * s, c * s * (1.0 - q2), s * s + q2 * c * c]), q
+    def _components(self, p, derivatives=False):
+        """(amp, mean, cov[, d/d parameters]) of the (convolved, merged) mixture at ``p``.
 
-    def _galaxy(self, flux, x_0, y_0, r_eff, n, ellip, theta, amp_var=None):
-        """The unconvolved mixture; ``amp_var``: the table's (amp, var) at n, if known."""
-        amp, var = self._table_values(n)[:2] if amp_var is None else amp_var
-        shape = self._shape_terms(ellip, theta)[0]
-        gal = (var * r_eff * r_eff)[:, None] * shape
-        cov = np.empty((len(amp), 2, 2))
-        cov[:, 0, 0] = gal[:, 0]
-        cov[:, 0, 1] = cov[:, 1, 0] = gal[:, 1]
-        cov[:, 1, 1] = gal[:, 2]
-        mean = np.tile([x_0, y_0], (len(amp), 1))
-        if (r_eff > 0 and 0 <= ellip < 1 and np.isfinite(flux) and np.isfinite(theta)
+        See :mod:`astromix.models._sersic_build`: components that the PSF
+        blurs into one are merged while the change stays below the settings'
+        ``merge_tolerance`` of the peak.
+        """
+        flux, x_0, y_0, r_eff, n, ellip, theta = (float(v) for v in p)
+        if not (r_eff > 0 and 0 <= ellip < 1 and np.isfinite(flux) and np.isfinite(theta)
                 and np.isfinite(x_0) and np.isfinite(y_0)):
-            # positive-definite by construction: no eigenvalue checks (a hot path)
-            return GaussianMixture._unchecked(amp * flux, mean, cov)
-        return GaussianMixture(amp * flux, mean, cov)      # raises a clear error
+            self._refuse(flux, x_0, y_0, r_eff, ellip, theta)
+        a, v, da, dv = self._table_values(n)
+        settings = self.settings
+        box = 0.0 if settings.pixel_integration == "none" else 1.0 / 12.0
+        return sersic_components(a, v, da, dv, (flux, x_0, y_0, r_eff, n, ellip, theta),
+                                 self._psf, settings.merge_tolerance, box, derivatives)
+
+    @staticmethod
+    def _refuse(flux, x_0, y_0, r_eff, ellip, theta):
+        """Raise the InputError that names the first invalid parameter."""
+        for name, value in (("flux", flux), ("x_0", x_0), ("y_0", y_0), ("theta", theta)):
+            if not np.isfinite(value):
+                raise InputError(f"{name} must be finite, got {value!r}")
+        if not r_eff > 0:
+            raise InputError(f"r_eff must be > 0, got {r_eff!r}")
+        raise InputError(f"ellip must lie in [0, 1), got {ellip!r}")
 
     def mixture(self):
         """The GaussianMixture of the model as evaluated (PSF-convolved when a PSF is set)."""
@@ -196,39 +193,18 @@ class SersicMixture(_MixtureSourceBase):
 
     def _mixture_from(self, p):
         """The (convolved) mixture for the parameter values ``p`` (in param_names order)."""
-        return self._convolve(self._galaxy(*p))
+        return GaussianMixture._unchecked(*self._components(p))
 
     def _mixture_and_derivatives(self, p):
         """The mixture of :meth:`_mixture_from` at ``p`` and its component derivatives.
 
         The derivatives, d (amp, mean x, mean y, C_xx, C_xy, C_yy) / d parameter,
-        have shape (J, 7, 6) for the J components (galaxy index slowest, as
-        :meth:`GaussianMixture.convolve` orders them); see
+        have shape (J, 7, 6) for the J components; see
         :func:`astromix.models._base.chain_coefficients`.  The fitter's hot path:
-        the table is evaluated once for both.
+        one compiled call gives both.
         """
-        flux, x_0, y_0, r_eff, n, ellip, theta = (float(v) for v in p)
-        a, v, da_dn, dv_dn = self._table_values(n)
-        mix = self._convolve(self._galaxy(flux, x_0, y_0, r_eff, n, ellip, theta,
-                                          amp_var=(a, v)))
-        shape_m, q = self._shape_terms(ellip, theta)
-        c, s = np.cos(theta), np.sin(theta)
-        q2 = q * q
-        # derivatives of the shape terms (xx, xy, yy)
-        d_ellip = -2.0 * q * np.array([s * s, -c * s, c * c])
-        d_theta = (1.0 - q2) * np.array([-2.0 * c * s, c * c - s * s, 2.0 * c * s])
-        r2 = r_eff * r_eff
-        pa = self._psf_amplitudes()
-        m = np.zeros((len(a), len(pa), 7, 6))
-        m[:, :, 0, 0] = np.outer(a, pa)
-        m[:, :, 4, 0] = flux * np.outer(da_dn, pa)
-        m[:, :, 1, 1] = 1.0
-        m[:, :, 2, 2] = 1.0
-        m[:, :, 3, 3:] = (2.0 * r_eff * v)[:, None, None] * shape_m
-        m[:, :, 4, 3:] = (dv_dn * r2)[:, None, None] * shape_m
-        m[:, :, 5, 3:] = (v * r2)[:, None, None] * d_ellip
-        m[:, :, 6, 3:] = (v * r2)[:, None, None] * d_theta
-        return mix, m.reshape(-1, 7, 6)
+        amp, mean, cov, jac = self._components(p, derivatives=True)
+        return GaussianMixture._unchecked(amp, mean, cov), jac
 
     @property
     def bounding_box(self):

@@ -188,7 +188,8 @@ CONVERTERS = [GaussianMixtureConverter()]
 #: Per-component parameter bases of GaussianMixturePSF, the columns of ``component_fixed``.
 _PSF_COMPONENT_PARAMETERS = ("amp", "xoff", "yoff", "sigma_x", "sigma_y", "rho")
 _PSF_HEAD = ("flux", "x_0", "y_0")
-_SETTINGS_KEYS = ("n_sigma", "pixel_integration", "fourth_order_threshold")
+_SETTINGS_KEYS = ("n_sigma", "pixel_integration", "fourth_order_threshold",
+                  "merge_tolerance")
 
 
 def _default_bounds(name):

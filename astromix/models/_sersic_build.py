@@ -1,0 +1,268 @@
+"""Components of a PSF-convolved Sersic mixture, with the ones the PSF blurs together merged.
+
+A Sersic mixture of K scale-free Gaussians (amplitudes ``a_i``, variances
+``v_i`` in units of r_eff^2, shape matrix ``T``) convolved with a PSF of M
+Gaussians (``b_j``, centres ``mu_j``, covariances ``P_j``) has K x M
+components ``flux a_i b_j N(v_i T + P_j)``.  Many of them are nearly the same
+Gaussian, and rendering them separately costs time for nothing:
+
+* **small galaxy components** (``v_i T << P_j``): for one PSF component, a
+  run of the smallest galaxy components is replaced by one Gaussian of the
+  same total amplitude and the amplitude-weighted mean variance (their second
+  moments are kept);
+* **wide galaxy components** (``v_i T >> P_j``): one galaxy component
+  convolved with every PSF component is replaced by one Gaussian convolved
+  with the PSF's moment-matched covariance ``sum_j b_j P_j / sum_j b_j``
+  (only when the PSF components share one centre and have positive weights).
+
+Merging Gaussians of one centre with moment-matched covariances changes the
+profile at second order: replacing ``sum_k w_k N(C_k)`` by ``W N(C)``, ``C =
+sum_k w_k C_k / W``, changes the value at the centre by ``(1/8) sum_k w_k
+((C_k - C) : grad grad)^2 N(C)``, which is ``sum_k w_k kappa_k^2 N(C)(0)``
+for ``C_k - C`` proportional to ``C`` (``kappa_k`` the largest ``|eigenvalue|``
+of ``C^-1 (C_k - C)``; the same expression bounds the anisotropic case
+within a small factor).  Runs are extended while this estimate stays below
+``tolerance`` times the sum of the component peaks (the profile's peak when
+the PSF components are concentric): half of it for the wide merges, half
+shared among the PSF components for the small ones.  Measured against the
+unmerged mixture on 64 x 64 stamps (n = 1-4, r_eff = 1.5-10 px, 3-Gaussian
+PSF): the largest difference stays below the tolerance, and 60 components
+become 27-40 (1e-5 and 1e-4).
+
+The merged model is a smooth function of the parameters between changes of
+the grouping; where the grouping changes, the model jumps by less than the
+tolerance.
+
+This module computes the components and their derivatives with respect to
+the model's seven parameters in one loop, compiled by Numba when it is
+importable (the call costs a few microseconds; the same function runs as
+plain Python without Numba).
+"""
+
+import math
+
+import numpy as np
+
+__all__ = ["sersic_components"]
+
+
+def _kappa(cxx, cxy, cyy, dxx, dxy, dyy):
+    # largest |eigenvalue| of C^-1 D for C positive definite, D symmetric (2x2):
+    # the roots of det(C) l^2 - b l + det(D) = 0
+    det_c = cxx * cyy - cxy * cxy
+    b = cxx * dyy + cyy * dxx - 2.0 * cxy * dxy
+    disc = b * b - 4.0 * det_c * (dxx * dyy - dxy * dxy)
+    return (abs(b) + math.sqrt(max(disc, 0.0))) / (2.0 * det_c)
+
+
+def _peak(cxx, cxy, cyy):
+    # the peak of a unit-flux Gaussian of covariance C
+    return 1.0 / (2.0 * math.pi * math.sqrt(cxx * cyy - cxy * cxy))
+
+
+def _build(a, v, da, dv, flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov, tolerance,
+           box, derivatives):
+    k_gal = a.shape[0]
+    m_psf = pamp.shape[0]
+    c, s = math.cos(theta), math.sin(theta)
+    q = 1.0 - ellip
+    q2 = q * q
+    r2 = r_eff * r_eff
+    # shape matrix (xx, xy, yy) per unit r_eff^2, and its derivatives
+    sh = (c * c + q2 * s * s, c * s * (1.0 - q2), s * s + q2 * c * c)
+    d_el = (-2.0 * q * s * s, 2.0 * q * c * s, -2.0 * q * c * c)
+    d_th = ((1.0 - q2) * -2.0 * c * s, (1.0 - q2) * (c * c - s * s), (1.0 - q2) * 2.0 * c * s)
+    txx, txy, tyy = r2 * sh[0], r2 * sh[1], r2 * sh[2]
+
+    # the PSF's moment-matched covariance (for the wide merges), if allowed
+    psum = 0.0
+    pxx = pxy = pyy = 0.0
+    concentric = m_psf > 1
+    for j in range(m_psf):
+        psum += pamp[j]
+        pxx += pamp[j] * pcov[j, 0, 0]
+        pxy += pamp[j] * 0.5 * (pcov[j, 0, 1] + pcov[j, 1, 0])
+        pyy += pamp[j] * pcov[j, 1, 1]
+        if pamp[j] <= 0.0 or pmean[j, 0] != pmean[0, 0] or pmean[j, 1] != pmean[0, 1]:
+            concentric = False
+    if concentric:
+        pxx /= psum
+        pxy /= psum
+        pyy /= psum
+
+    # tolerance budget: a fraction of the summed component peaks (flux left out)
+    peak = 0.0
+    if tolerance > 0.0:
+        for i in range(k_gal):
+            for j in range(m_psf):
+                peak += abs(a[i] * pamp[j]) * _peak(
+                    v[i] * txx + pcov[j, 0, 0] + box,
+                    v[i] * txy + 0.5 * (pcov[j, 0, 1] + pcov[j, 1, 0]),
+                    v[i] * tyy + pcov[j, 1, 1] + box)
+    budget = tolerance * peak
+
+    # wide merges: galaxy components i >= i_wide take the PSF's mean covariance
+    i_wide = k_gal
+    if concentric and tolerance > 0.0:
+        used = 0.0
+        for i in range(k_gal - 1, -1, -1):
+            cxx = v[i] * txx + pxx + box
+            cxy = v[i] * txy + pxy
+            cyy = v[i] * tyy + pyy + box
+            e = 0.0
+            for j in range(m_psf):
+                kap = _kappa(cxx, cxy, cyy, pcov[j, 0, 0] - pxx,
+                             0.5 * (pcov[j, 0, 1] + pcov[j, 1, 0]) - pxy, pcov[j, 1, 1] - pyy)
+                e += pamp[j] * kap * kap
+            e *= abs(a[i]) * _peak(cxx, cxy, cyy)
+            if used + e > 0.5 * budget:
+                break
+            used += e
+            i_wide = i
+
+    # small merges: per PSF component, galaxy components 0 .. run[j]-1 become one
+    run = np.ones(m_psf, dtype=np.int64)
+    if i_wide == 0:
+        run[:] = 0
+    elif tolerance > 0.0:
+        for j in range(m_psf):
+            pj_xy = 0.5 * (pcov[j, 0, 1] + pcov[j, 1, 0])
+            s0 = a[0]
+            s1 = a[0] * v[0]
+            s2 = a[0] * v[0] * v[0]
+            if a[0] <= 0.0:
+                continue
+            for i in range(1, i_wide):
+                if a[i] <= 0.0:
+                    break
+                s0 += a[i]
+                s1 += a[i] * v[i]
+                s2 += a[i] * v[i] * v[i]
+                vb = s1 / s0
+                spread = max(s2 - s1 * vb, 0.0)
+                cxx = vb * txx + pcov[j, 0, 0] + box
+                cxy = vb * txy + pj_xy
+                cyy = vb * tyy + pcov[j, 1, 1] + box
+                kap = _kappa(cxx, cxy, cyy, txx, txy, tyy)
+                e = abs(pamp[j]) * spread * kap * kap * _peak(cxx, cxy, cyy)
+                if e > 0.5 * budget / m_psf:
+                    break
+                run[j] = i + 1
+
+    n_out = (k_gal - i_wide) * (1 if concentric and i_wide < k_gal else m_psf)
+    for j in range(m_psf):
+        if i_wide > 0:
+            n_out += 1 + (i_wide - run[j])
+    amp = np.empty(n_out)
+    mean = np.empty((n_out, 2))
+    cov = np.empty((n_out, 2, 2))
+    jac = np.zeros((n_out if derivatives else 0, 7, 6))
+
+    # (alpha, nu, d alpha/dn, d nu/dn) of each output, then the PSF part
+    out = 0
+    for i in range(k_gal):
+        wide = i >= i_wide and concentric
+        for j in range(1 if wide else m_psf):
+            if i < i_wide and i < run[j] - 1:
+                continue                       # inside a run, emitted at its last member
+            if i < i_wide and run[j] > 1 and i == run[j] - 1:
+                s0 = 0.0
+                s1 = 0.0
+                sd0 = 0.0
+                sd1 = 0.0
+                for ii in range(run[j]):
+                    s0 += a[ii]
+                    s1 += a[ii] * v[ii]
+                    sd0 += da[ii]
+                    sd1 += da[ii] * v[ii] + a[ii] * dv[ii]
+                alpha = s0
+                nu = s1 / s0
+                d_alpha = sd0
+                d_nu = (sd1 - nu * sd0) / s0
+            else:
+                alpha, nu, d_alpha, d_nu = a[i], v[i], da[i], dv[i]
+            if wide:
+                beta, mx, my = psum, pmean[0, 0], pmean[0, 1]
+                cxx0, cxy0, cyy0 = pxx, pxy, pyy
+            else:
+                beta, mx, my = pamp[j], pmean[j, 0], pmean[j, 1]
+                cxx0 = pcov[j, 0, 0]
+                cxy0 = 0.5 * (pcov[j, 0, 1] + pcov[j, 1, 0])
+                cyy0 = pcov[j, 1, 1]
+            amp[out] = flux * alpha * beta
+            mean[out, 0] = x_0 + mx
+            mean[out, 1] = y_0 + my
+            cov[out, 0, 0] = nu * txx + cxx0
+            cov[out, 0, 1] = cov[out, 1, 0] = nu * txy + cxy0
+            cov[out, 1, 1] = nu * tyy + cyy0
+            if derivatives:
+                m = jac[out]
+                m[0, 0] = alpha * beta
+                m[4, 0] = flux * d_alpha * beta
+                m[1, 1] = 1.0
+                m[2, 2] = 1.0
+                for t in range(3):
+                    m[3, 3 + t] = 2.0 * r_eff * nu * sh[t]
+                    m[4, 3 + t] = d_nu * r2 * sh[t]
+                    m[5, 3 + t] = nu * r2 * d_el[t]
+                    m[6, 3 + t] = nu * r2 * d_th[t]
+            out += 1
+    return amp, mean, cov, jac
+
+
+try:
+    import numba
+except ImportError:                                    # pragma: no cover - numba is optional
+    _compiled = _build
+else:
+    _opts = {"cache": True, "error_model": "numpy", "nogil": True}
+    _kappa = numba.njit(inline="always", **_opts)(_kappa)
+    _peak = numba.njit(inline="always", **_opts)(_peak)
+    _compiled = numba.njit(**_opts)(_build)
+
+
+def sersic_components(a, v, da, dv, params, psf, tolerance, box, derivatives=False):
+    """Amplitudes, centres, covariances (and derivatives) of a PSF-convolved Sersic mixture.
+
+    Parameters
+    ----------
+    a, v, da, dv : ndarray, shape (K,)
+        The table's amplitudes and variances (units of r_eff^2) at ``n`` and
+        their n-derivatives.
+    params : sequence of 7 floats
+        flux, x_0 [px], y_0 [px], r_eff [px], n, ellip, theta [rad] (``n``
+        unused here: the table values carry it).
+    psf : GaussianMixture or None
+        Unit-flux PSF (None: a point, no convolution).
+    tolerance : float
+        Merge while the estimated change stays below this fraction of the
+        profile's peak (0: no merging, the K x M components in the order of
+        :meth:`GaussianMixture.convolve`, galaxy index slowest).
+    box : float
+        Pixel-box variance added when estimating peaks [px^2] (1/12, or 0 for
+        point sampling).
+    derivatives : bool, optional
+        Also return d (amp, x, y, C_xx, C_xy, C_yy) / d (flux, x_0, y_0,
+        r_eff, n, ellip, theta) per component.
+
+    Returns
+    -------
+    amp : ndarray, shape (J,)
+    mean : ndarray, shape (J, 2)
+    cov : ndarray, shape (J, 2, 2)
+    jac : ndarray, shape (J, 7, 6), only with ``derivatives``
+    """
+    if psf is None:
+        pamp, pmean, pcov = _POINT
+    else:
+        pamp, pmean, pcov = psf.amp, psf.mean, psf.cov
+    flux, x_0, y_0, r_eff, _, ellip, theta = (float(p) for p in params)
+    amp, mean, cov, jac = _compiled(
+        np.asarray(a, dtype=np.float64), np.asarray(v, dtype=np.float64),
+        np.asarray(da, dtype=np.float64), np.asarray(dv, dtype=np.float64),
+        flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov, float(tolerance), float(box),
+        bool(derivatives))
+    return (amp, mean, cov, jac) if derivatives else (amp, mean, cov)
+
+
+_POINT = (np.ones(1), np.zeros((1, 2)), np.zeros((1, 2, 2)))
