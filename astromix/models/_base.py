@@ -8,6 +8,8 @@ from ..backends import _common, get_backend
 def scalar(value):
     """The float inside an astropy parameter value (scalar, 1-element array or Quantity)."""
     value = getattr(value, "value", value)
+    if isinstance(value, (float, np.generic)) or getattr(value, "ndim", None) == 0:
+        return float(value)          # the common case, 5x faster than ravelling
     return float(np.ravel(value)[0])
 
 

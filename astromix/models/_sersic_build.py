@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-__all__ = ["sersic_components"]
+__all__ = ["sersic_components", "table_coefficients"]
 
 
 def _kappa(cxx, cxy, cyy, dxx, dxy, dyy):
@@ -60,9 +60,27 @@ def _peak(cxx, cxy, cyy):
     return 1.0 / (2.0 * math.pi * math.sqrt(cxx * cyy - cxy * cxy))
 
 
-def _build(a, v, da, dv, flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov, tolerance,
+def _build(coeffs, t_n, flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov, tolerance,
            box, derivatives):
-    k_gal = a.shape[0]
+    # the table at n: amplitudes, variances and their n-derivatives from the cubic
+    # coefficients of the amplitudes and log-variances (cubic_values, inlined)
+    k_gal = coeffs.shape[1] // 2
+    a = np.empty(k_gal)
+    v = np.empty(k_gal)
+    da = np.empty(k_gal)
+    dv = np.empty(k_gal)
+    for i in range(k_gal):
+        for half in range(2):
+            col = i + half * k_gal
+            val = ((coeffs[0, col] * t_n + coeffs[1, col]) * t_n + coeffs[2, col]) * t_n \
+                + coeffs[3, col]
+            slope = (3.0 * t_n * coeffs[0, col] + 2.0 * coeffs[1, col]) * t_n + coeffs[2, col]
+            if half == 0:
+                a[i] = val
+                da[i] = slope
+            else:
+                v[i] = math.exp(val)
+                dv[i] = v[i] * slope
     m_psf = pamp.shape[0]
     c, s = math.cos(theta), math.sin(theta)
     q = 1.0 - ellip
@@ -221,17 +239,20 @@ else:
     _compiled = numba.njit(**_opts)(_build)
 
 
-def sersic_components(a, v, da, dv, params, psf, tolerance, box, derivatives=False):
+def sersic_components(coeffs, t_n, params, psf, tolerance, box, derivatives=False):
     """Amplitudes, centres, covariances (and derivatives) of a PSF-convolved Sersic mixture.
 
     Parameters
     ----------
-    a, v, da, dv : ndarray, shape (K,)
-        The table's amplitudes and variances (units of r_eff^2) at ``n`` and
-        their n-derivatives.
+    coeffs : ndarray, shape (4, 2K)
+        Cubic coefficients (of t^3, t^2, t, 1) of the K amplitudes and the K
+        log-variances (units of r_eff^2) on the table's interval holding n
+        (:meth:`~astromix.models.sersic_table.SersicMixtureTable.interval`).
+    t_n : float
+        n minus the interval's first node.
     params : sequence of 7 floats
         flux, x_0 [px], y_0 [px], r_eff [px], n, ellip, theta [rad] (``n``
-        unused here: the table values carry it).
+        unused here: ``coeffs`` and ``t_n`` carry it).
     psf : GaussianMixture or None
         Unit-flux PSF (None: a point, no convolution).
     tolerance : float
@@ -258,11 +279,24 @@ def sersic_components(a, v, da, dv, params, psf, tolerance, box, derivatives=Fal
         pamp, pmean, pcov = psf.amp, psf.mean, psf.cov
     flux, x_0, y_0, r_eff, _, ellip, theta = (float(p) for p in params)
     amp, mean, cov, jac = _compiled(
-        np.asarray(a, dtype=np.float64), np.asarray(v, dtype=np.float64),
-        np.asarray(da, dtype=np.float64), np.asarray(dv, dtype=np.float64),
-        flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov, float(tolerance), float(box),
-        bool(derivatives))
+        coeffs, float(t_n), flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov,
+        float(tolerance), float(box), bool(derivatives))
     return (amp, mean, cov, jac) if derivatives else (amp, mean, cov)
+
+
+def table_coefficients(amp, var, damp, dvar):
+    """``(coeffs, 0.0)`` for :func:`sersic_components` from a table's values at one n.
+
+    For tables without :meth:`interval` (analytic stand-ins in tests): the
+    constant and linear coefficients reproduce the values and n-derivatives
+    at ``t_n = 0``.
+    """
+    amp, var = np.asarray(amp, dtype=np.float64), np.asarray(var, dtype=np.float64)
+    coeffs = np.zeros((4, 2 * amp.size))
+    coeffs[3] = np.concatenate([amp, np.log(var)])
+    coeffs[2] = np.concatenate([np.asarray(damp, dtype=np.float64),
+                                np.asarray(dvar, dtype=np.float64) / var])
+    return coeffs, 0.0
 
 
 _POINT = (np.ones(1), np.zeros((1, 2)), np.zeros((1, 2, 2)))

@@ -7,7 +7,7 @@ from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
 from ._base import chained_jacobian, evaluate_mixture, scalar
-from ._sersic_build import sersic_components
+from ._sersic_build import sersic_components, table_coefficients
 
 __all__ = ["SersicMixture", "PointSource"]
 
@@ -135,13 +135,13 @@ class SersicMixture(_MixtureSourceBase):
         from .sersic_table import SersicMixtureTable
         return SersicMixtureTable.load()
 
-    def _table_values(self, n):
-        """Amplitudes, variances and their n-derivatives, shape (K,) each."""
+    def _table_interval(self, n):
+        """The table's cubic coefficients (4, 2K) around ``n`` and the offset in the interval."""
         table = self._table()
-        fast = getattr(table, "evaluate", None)
-        if fast is not None:
-            return fast(n)           # one interval lookup for the four (SersicMixtureTable)
-        return table(n) + table.derivatives(n)
+        interval = getattr(table, "interval", None)
+        if interval is not None:
+            return interval(n)       # SersicMixtureTable
+        return table_coefficients(*table(n), *table.derivatives(n))
 
     def _components(self, p, derivatives=False):
         """(amp, mean, cov[, d/d parameters]) of the (convolved, merged) mixture at ``p``.
@@ -154,10 +154,10 @@ class SersicMixture(_MixtureSourceBase):
         if not (r_eff > 0 and 0 <= ellip < 1 and np.isfinite(flux) and np.isfinite(theta)
                 and np.isfinite(x_0) and np.isfinite(y_0)):
             self._refuse(flux, x_0, y_0, r_eff, ellip, theta)
-        a, v, da, dv = self._table_values(n)
+        coeffs, t_n = self._table_interval(n)
         settings = self.settings
         box = 0.0 if settings.pixel_integration == "none" else 1.0 / 12.0
-        return sersic_components(a, v, da, dv, (flux, x_0, y_0, r_eff, n, ellip, theta),
+        return sersic_components(coeffs, t_n, (flux, x_0, y_0, r_eff, n, ellip, theta),
                                  self._psf, settings.merge_tolerance, box, derivatives)
 
     @staticmethod

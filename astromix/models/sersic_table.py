@@ -327,6 +327,29 @@ class SersicMixtureTable:
         InputError
             If ``n`` is outside ``[n_min, n_max]`` or not finite.
         """
+        return cubic_values(*self.interval(n))
+
+    def interval(self, n):
+        """The splines' cubic coefficients on the interval holding ``n``, and the offset in it.
+
+        Parameters
+        ----------
+        n : float
+            Sersic index in ``[n_min, n_max]``.
+
+        Returns
+        -------
+        coeffs : ndarray, shape (4, 2K)
+            Coefficients (of t^3, t^2, t, 1) of the amplitudes (columns :K)
+            and the log-variances (columns K:) on the interval.
+        t : float
+            ``n`` minus the interval's first node; see :func:`cubic_values`.
+
+        Raises
+        ------
+        InputError
+            If ``n`` is outside ``[n_min, n_max]`` or not finite.
+        """
         try:
             n = float(n)
         except (TypeError, ValueError):
@@ -339,17 +362,33 @@ class SersicMixtureTable:
                 np.concatenate([self._amp.c, self._logvar.c], axis=2).transpose(1, 0, 2))
             self._node_list = self.nodes.tolist()
         i = min(max(bisect.bisect_right(self._node_list, n) - 1, 0), len(self._node_list) - 2)
-        t = n - self._node_list[i]
-        c = self._coeffs[i]
-        value = ((c[0] * t + c[1]) * t + c[2]) * t + c[3]
-        slope = (3.0 * t * c[0] + 2.0 * c[1]) * t + c[2]
-        k = value.size // 2
-        var = np.exp(value[k:])
-        return value[:k], var, slope[:k], var * slope[k:]
+        return self._coeffs[i], n - self._node_list[i]
 
     def __repr__(self):
         return (f"<SersicMixtureTable K={self.n_components} n in [{self.n_min:g}, "
                 f"{self.n_max:g}], {self.nodes.size} nodes>")
+
+
+def cubic_values(coeffs, t):
+    """Amplitudes, variances and n-derivatives from one interval's cubic coefficients.
+
+    Parameters
+    ----------
+    coeffs : ndarray, shape (4, 2K)
+        As returned by :meth:`SersicMixtureTable.interval`.
+    t : float
+        Offset of ``n`` in the interval.
+
+    Returns
+    -------
+    amp, var, damp_dn, dvar_dn : ndarray, shape (K,)
+    """
+    c = coeffs
+    value = ((c[0] * t + c[1]) * t + c[2]) * t + c[3]
+    slope = (3.0 * t * c[0] + 2.0 * c[1]) * t + c[2]
+    k = value.size // 2
+    var = np.exp(value[k:])
+    return value[:k], var, slope[:k], var * slope[k:]
 
 
 @functools.lru_cache(maxsize=1)
