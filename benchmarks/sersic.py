@@ -18,8 +18,10 @@ Cases
   astromix's model reused), (b) with n changing at every call (never a value seen
   before: GalSim rebuilds its Sersic, astromix sets ``model.n``):
 
-  - value: ``model(x, y)`` on the pixel grid, and ``model.mixture().render(shape)``;
-    GalSim: one ``drawImage``;
+  - value: ``model(x, y)`` on the pixel grid (float64, through astropy's
+    ``Model.__call__``), ``model.mixture().render(shape)`` (float64) and
+    ``model.mixture().render(shape, dtype=float32)`` (float32, the type of
+    GalSim's default image, ``ImageF``); GalSim: one ``drawImage`` (float32);
   - value + gradient: ``model.mixture().chi2(data, weight, gradient=True)`` (chi2
     and its gradient with respect to every Gaussian), and ``model.fit_deriv(x, y,
     ...)`` (the 7 Jacobian images of a least-squares fit, numpy); GalSim has no
@@ -161,6 +163,10 @@ def _astromix_calls(model, nxt, x, y, data, weight):
         model.n = nxt()
         model.mixture().render(STAMP)
 
+    def render32():
+        model.n = nxt()
+        model.mixture().render(STAMP, dtype=np.float32)
+
     def chi2_grad():
         model.n = nxt()
         model.mixture().chi2(data, weight, gradient=True)
@@ -170,6 +176,7 @@ def _astromix_calls(model, nxt, x, y, data, weight):
         model.fit_deriv(x, y, *model.parameters)
 
     return (("value: model(x, y)", value), ("value: mixture().render", render),
+            ("value: render float32", render32),
             ("value+grad: chi2(gradient)", chi2_grad), ("value+grad: fit_deriv", fit_deriv))
 
 
