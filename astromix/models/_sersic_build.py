@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-__all__ = ["sersic_components", "table_coefficients"]
+__all__ = ["sersic_components", "shape_terms", "table_coefficients"]
 
 
 def _kappa(cxx, cxy, cyy, dxx, dxy, dyy):
@@ -60,8 +60,8 @@ def _peak(cxx, cxy, cyy):
     return 1.0 / (2.0 * math.pi * math.sqrt(cxx * cyy - cxy * cxy))
 
 
-def _build(coeffs, t_n, flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov, tolerance,
-           box, derivatives):
+def _build(coeffs, t_n, flux, x_0, y_0, r_eff, shape, pamp, pmean, pcov, tolerance, box,
+           derivatives):
     # the table at n: amplitudes, variances and their n-derivatives from the cubic
     # coefficients of the amplitudes and log-variances (cubic_values, inlined)
     k_gal = coeffs.shape[1] // 2
@@ -82,15 +82,9 @@ def _build(coeffs, t_n, flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov, 
                 v[i] = math.exp(val)
                 dv[i] = v[i] * slope
     m_psf = pamp.shape[0]
-    c, s = math.cos(theta), math.sin(theta)
-    q = 1.0 - ellip
-    q2 = q * q
     r2 = r_eff * r_eff
-    # shape matrix (xx, xy, yy) per unit r_eff^2, and its derivatives
-    sh = (c * c + q2 * s * s, c * s * (1.0 - q2), s * s + q2 * c * c)
-    d_el = (-2.0 * q * s * s, 2.0 * q * c * s, -2.0 * q * c * c)
-    d_th = ((1.0 - q2) * -2.0 * c * s, (1.0 - q2) * (c * c - s * s), (1.0 - q2) * 2.0 * c * s)
-    txx, txy, tyy = r2 * sh[0], r2 * sh[1], r2 * sh[2]
+    # shape matrix (xx, xy, yy) per unit r_eff^2, and its ellip and theta derivatives
+    txx, txy, tyy = r2 * shape[0], r2 * shape[1], r2 * shape[2]
 
     # the PSF's moment-matched covariance (for the wide merges), if allowed
     psum = 0.0
@@ -220,10 +214,10 @@ def _build(coeffs, t_n, flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov, 
                 m[1, 1] = 1.0
                 m[2, 2] = 1.0
                 for t in range(3):
-                    m[3, 3 + t] = 2.0 * r_eff * nu * sh[t]
-                    m[4, 3 + t] = d_nu * r2 * sh[t]
-                    m[5, 3 + t] = nu * r2 * d_el[t]
-                    m[6, 3 + t] = nu * r2 * d_th[t]
+                    m[3, 3 + t] = 2.0 * r_eff * nu * shape[t]
+                    m[4, 3 + t] = d_nu * r2 * shape[t]
+                    m[5, 3 + t] = nu * r2 * shape[3 + t]
+                    m[6, 3 + t] = nu * r2 * shape[6 + t]
             out += 1
     return amp, mean, cov, jac
 
@@ -239,7 +233,25 @@ else:
     _compiled = numba.njit(**_opts)(_build)
 
 
-def sersic_components(coeffs, t_n, params, psf, tolerance, box, derivatives=False):
+def shape_terms(ellip, theta):
+    """The shape matrix of a Sersic profile and its derivatives, as 9 numbers.
+
+    ``S = R(theta) diag(1, q^2) R(theta)^T`` with ``q = 1 - ellip``, ``theta``
+    from +x counter-clockwise [rad]: ``(S_xx, S_xy, S_yy, dS/dellip (3),
+    dS/dtheta (3))``, shape (9,).  The covariance of a component of variance
+    ``v`` (units of r_eff^2) is ``v r_eff^2 S``.
+    """
+    c, s = math.cos(theta), math.sin(theta)
+    q = 1.0 - ellip
+    q2 = q * q
+    cc, ss, cs = c * c, s * s, c * s
+    return np.array([cc + q2 * ss, cs * (1.0 - q2), ss + q2 * cc,
+                     -2.0 * q * ss, 2.0 * q * cs, -2.0 * q * cc,
+                     -2.0 * (1.0 - q2) * cs, (1.0 - q2) * (cc - ss), 2.0 * (1.0 - q2) * cs])
+
+
+def sersic_components(coeffs, t_n, flux, x_0, y_0, r_eff, shape, psf, tolerance, box,
+                      derivatives=False):
     """Amplitudes, centres, covariances (and derivatives) of a PSF-convolved Sersic mixture.
 
     Parameters
@@ -250,11 +262,15 @@ def sersic_components(coeffs, t_n, params, psf, tolerance, box, derivatives=Fals
         (:meth:`~astromix.models.sersic_table.SersicMixtureTable.interval`).
     t_n : float
         n minus the interval's first node.
-    params : sequence of 7 floats
-        flux, x_0 [px], y_0 [px], r_eff [px], n, ellip, theta [rad] (``n``
-        unused here: ``coeffs`` and ``t_n`` carry it).
-    psf : GaussianMixture or None
-        Unit-flux PSF (None: a point, no convolution).
+    flux, x_0, y_0, r_eff : float
+        Total flux, centre [px] and r_eff [units of the shape matrix: px, or
+        arcsec with a shape matrix in px^2 / arcsec^2].
+    shape : ndarray, shape (9,)
+        The shape matrix and its derivatives with respect to ellip and theta
+        (:func:`shape_terms`, or its image through a WCS Jacobian).
+    psf : tuple of ndarray or None
+        The unit-flux PSF's amplitudes (M,), centres (M, 2) [px] and
+        covariances (M, 2, 2) [px^2], float64 (None: a point, no convolution).
     tolerance : float
         Merge while the estimated change stays below this fraction of the
         profile's peak (0: no merging, the K x M components in the order of
@@ -276,11 +292,10 @@ def sersic_components(coeffs, t_n, params, psf, tolerance, box, derivatives=Fals
     if psf is None:
         pamp, pmean, pcov = _POINT
     else:
-        pamp, pmean, pcov = psf.amp, psf.mean, psf.cov
-    flux, x_0, y_0, r_eff, _, ellip, theta = (float(p) for p in params)
-    amp, mean, cov, jac = _compiled(
-        coeffs, float(t_n), flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov,
-        float(tolerance), float(box), bool(derivatives))
+        pamp, pmean, pcov = psf
+    amp, mean, cov, jac = _compiled(coeffs, float(t_n), float(flux), float(x_0), float(y_0),
+                                    float(r_eff), shape, pamp, pmean, pcov, float(tolerance),
+                                    float(box), bool(derivatives))
     return (amp, mean, cov, jac) if derivatives else (amp, mean, cov)
 
 

@@ -7,7 +7,7 @@ from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
 from ._base import chained_jacobian, evaluate_mixture, scalar
-from ._sersic_build import sersic_components, table_coefficients
+from ._sersic_build import sersic_components, shape_terms, table_coefficients
 
 __all__ = ["SersicMixture", "PointSource"]
 
@@ -157,8 +157,9 @@ class SersicMixture(_MixtureSourceBase):
         coeffs, t_n = self._table_interval(n)
         settings = self.settings
         box = 0.0 if settings.pixel_integration == "none" else 1.0 / 12.0
-        return sersic_components(coeffs, t_n, (flux, x_0, y_0, r_eff, n, ellip, theta),
-                                 self._psf, settings.merge_tolerance, box, derivatives)
+        psf = None if self._psf is None else (self._psf.amp, self._psf.mean, self._psf.cov)
+        return sersic_components(coeffs, t_n, flux, x_0, y_0, r_eff, shape_terms(ellip, theta),
+                                 psf, settings.merge_tolerance, box, derivatives)
 
     @staticmethod
     def _refuse(flux, x_0, y_0, r_eff, ellip, theta):
