@@ -215,6 +215,22 @@ def test_fit_deriv_of_the_merged_mixture(settings):
     assert_fit_deriv_matches(model, x, y)
 
 
+def test_builder_without_numba_gives_the_same_components():
+    """The plain-Python builder (used without Numba) against the compiled one."""
+    from astromix.models import _sersic_build as b
+    from astromix.models.sersic_table import SersicMixtureTable
+
+    coeffs, t_n = SersicMixtureTable.load().interval(1.7)
+    jac = np.array([[0.9, -0.2], [0.3, 1.1]])
+    args = (coeffs, t_n, 20.0, 10.5, 12.25, 3.0, b.shape_terms(0.3, 0.4), jac,
+            PSF3.amp, PSF3.mean, PSF3.cov, 1e-4, 1.0 / 12.0, True)
+    plain = b._build(*args)
+    compiled = b._compiled(*args)
+    assert len(plain[0]) < 60
+    for got, want in zip(plain, compiled):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
 def test_fit_recovers_injected_parameters():
     rng = np.random.default_rng(7)
     truth = SersicMixture(500.0, 32.4, 31.1, 4.5, 1.8, 0.3, 0.5, psf=PSF)

@@ -60,8 +60,16 @@ def _peak(cxx, cxy, cyy):
     return 1.0 / (2.0 * math.pi * math.sqrt(cxx * cyy - cxy * cxy))
 
 
-def _build(coeffs, t_n, flux, x_0, y_0, r_eff, shape, pamp, pmean, pcov, tolerance, box,
-           derivatives):
+def _build(coeffs, t_n, flux, x_0, y_0, r_eff, source_shape, wcs_jac, pamp, pmean, pcov,
+           tolerance, box, derivatives):
+    # the shape matrix and its two derivatives in the image: J S J^T (J = wcs_jac)
+    shape = np.empty(9)
+    ja, jb, jc, jd = wcs_jac[0, 0], wcs_jac[0, 1], wcs_jac[1, 0], wcs_jac[1, 1]
+    for u in range(3):
+        sxx, sxy, syy = source_shape[3 * u], source_shape[3 * u + 1], source_shape[3 * u + 2]
+        shape[3 * u] = ja * ja * sxx + 2.0 * ja * jb * sxy + jb * jb * syy
+        shape[3 * u + 1] = ja * jc * sxx + (ja * jd + jb * jc) * sxy + jb * jd * syy
+        shape[3 * u + 2] = jc * jc * sxx + 2.0 * jc * jd * sxy + jd * jd * syy
     # the table at n: amplitudes, variances and their n-derivatives from the cubic
     # coefficients of the amplitudes and log-variances (cubic_values, inlined)
     k_gal = coeffs.shape[1] // 2
@@ -251,7 +259,7 @@ def shape_terms(ellip, theta):
 
 
 def sersic_components(coeffs, t_n, flux, x_0, y_0, r_eff, shape, psf, tolerance, box,
-                      derivatives=False):
+                      derivatives=False, wcs_jac=None):
     """Amplitudes, centres, covariances (and derivatives) of a PSF-convolved Sersic mixture.
 
     Parameters
@@ -267,7 +275,7 @@ def sersic_components(coeffs, t_n, flux, x_0, y_0, r_eff, shape, psf, tolerance,
         arcsec with a shape matrix in px^2 / arcsec^2].
     shape : ndarray, shape (9,)
         The shape matrix and its derivatives with respect to ellip and theta
-        (:func:`shape_terms`, or its image through a WCS Jacobian).
+        (:func:`shape_terms`), in the source's frame.
     psf : tuple of ndarray or None
         The unit-flux PSF's amplitudes (M,), centres (M, 2) [px] and
         covariances (M, 2, 2) [px^2], float64 (None: a point, no convolution).
@@ -281,6 +289,10 @@ def sersic_components(coeffs, t_n, flux, x_0, y_0, r_eff, shape, psf, tolerance,
     derivatives : bool, optional
         Also return d (amp, x, y, C_xx, C_xy, C_yy) / d (flux, x_0, y_0,
         r_eff, n, ellip, theta) per component.
+    wcs_jac : ndarray, shape (2, 2), optional
+        Pixels per unit of the source's frame (a local WCS Jacobian, px per
+        arcsec for a source on the sky): the shape matrices are ``J S J^T``
+        in the image.  Default: the identity (a source in pixels).
 
     Returns
     -------
@@ -294,8 +306,9 @@ def sersic_components(coeffs, t_n, flux, x_0, y_0, r_eff, shape, psf, tolerance,
     else:
         pamp, pmean, pcov = psf
     amp, mean, cov, jac = _compiled(coeffs, float(t_n), float(flux), float(x_0), float(y_0),
-                                    float(r_eff), shape, pamp, pmean, pcov, float(tolerance),
-                                    float(box), bool(derivatives))
+                                    float(r_eff), shape, _IDENTITY if wcs_jac is None else wcs_jac,
+                                    pamp, pmean, pcov, float(tolerance), float(box),
+                                    bool(derivatives))
     return (amp, mean, cov, jac) if derivatives else (amp, mean, cov)
 
 
@@ -315,3 +328,4 @@ def table_coefficients(amp, var, damp, dvar):
 
 
 _POINT = (np.ones(1), np.zeros((1, 2)), np.zeros((1, 2, 2)))
+_IDENTITY = np.eye(2)

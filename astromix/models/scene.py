@@ -33,6 +33,7 @@ from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
 from ._base import evaluate_mixture
+from ._sersic_build import sersic_components, shape_terms
 
 __all__ = ["SersicSource", "StarSource", "SceneModel", "SceneObjective", "SceneWarning",
            "local_affine"]
@@ -190,22 +191,6 @@ def local_affine(wcs, ra, dec, step=0.5):
         raise InputError(f"the WCS gives no pixel position at (ra, dec) = ({ra}, {dec})")
     jac = np.array([[x[1] - x[2], x[3] - x[4]], [y[1] - y[2], y[3] - y[4]]]) / (2 * step)
     return np.array([x[0], y[0]]), jac
-
-
-def _shape_matrices(ellip, theta):
-    """S = R diag(1, q^2) R^T in the (north, east) frame, and dS/dellip, dS/dtheta.
-
-    Written out with scalars: the scene fitter calls it for every source at
-    every step, where small-array NumPy calls would cost more than the maths.
-    """
-    c, s = math.cos(theta), math.sin(theta)
-    q = 1.0 - ellip
-    q2 = q * q
-    cc, ss, cs = c * c, s * s, c * s
-    shape = np.array([[cc + q2 * ss, cs * (1.0 - q2)], [cs * (1.0 - q2), ss + q2 * cc]])
-    d_ellip = -2.0 * q * np.array([[ss, -cs], [-cs, cc]])
-    d_theta = (1.0 - q2) * np.array([[-2.0 * cs, cc - ss], [cc - ss, 2.0 * cs]])
-    return shape, d_ellip, d_theta
 
 
 class _Placement:
@@ -601,7 +586,7 @@ class SceneModel(FittableModel):
         return out
 
     def _source_terms(self, p):
-        """Per Sersic source: table amplitudes and variances (and n-derivatives), shapes."""
+        """Per Sersic source: the table's cubic around n (coefficients, offset), shapes."""
         from .sersic_table import SersicMixtureTable
         table = SersicMixtureTable.load()
         terms = {}
@@ -609,75 +594,83 @@ class SceneModel(FittableModel):
             if kind != "sersic":
                 continue
             idx = self._index[i]
-            terms[i] = table.evaluate(p[idx["n"]]) + _shape_matrices(p[idx["ellip"]],
-                                                                      p[idx["theta"]])
+            terms[i] = table.interval(p[idx["n"]]) + (shape_terms(p[idx["ellip"]],
+                                                                   p[idx["theta"]]),)
         return terms
 
-    def _component_arrays(self, p, placements, terms=None):
-        """amp (J,), mean (J, 2), cov (J, 2, 2) of all placed sources; sets .sl."""
+    def _component_arrays(self, p, placements, terms=None, derivatives=False):
+        """amp (J,), mean (J, 2), cov (J, 2, 2) of all placed sources; sets .sl.
+
+        With ``derivatives``, also d (amp, x, y, C_xx, C_xy, C_yy) / d (flux,
+        x, y, r_eff, n, ellip, theta) per component, (J, 7, 6), in the
+        exposure's pixels (flux: the exposure's, x, y: the centre [px],
+        r_eff [arcsec]), for :meth:`_chain`.  Galaxies are built by the
+        compiled :func:`~astromix.models._sersic_build.sersic_components`,
+        their components merged within the settings' ``merge_tolerance``.
+        """
         if terms is None:
             terms = self._source_terms(p)
-        amps, means, covs = [], [], []
+        settings = self.settings
+        box = 0.0 if settings.pixel_integration == "none" else 1.0 / 12.0
+        parts = []
         start = 0
         for pl in placements:
             if pl is None:
                 continue
             idx = self._index[pl.source]
             flux = p[idx[("flux", self._bands[pl.band_index])]] * pl.flux_scale
-            d = np.array([(p[idx["dec"]] - pl.dec_ref) * 3600.0,
-                          (p[idx["ra"]] - pl.ra_ref) * pl.cosd * 3600.0])
-            centre = pl.pixel + pl.jac @ d
+            north = (p[idx["dec"]] - pl.dec_ref) * 3600.0
+            east = (p[idx["ra"]] - pl.ra_ref) * pl.cosd * 3600.0
+            jac = pl.jac
+            centre = (pl.pixel[0] + jac[0, 0] * north + jac[0, 1] * east,
+                      pl.pixel[1] + jac[1, 0] * north + jac[1, 1] * east)
             if self._kinds[pl.source] == "sersic":
-                a, v, _, _, shape, _, _ = terms[pl.source]
-                t = pl.jac @ shape @ pl.jac.T * p[idx["r_eff"]] ** 2
-                k, m = len(a), len(pl.psf_amp)
-                amp = (flux * a[:, None] * pl.psf_amp[None, :]).ravel()
-                mean = np.broadcast_to(centre + pl.psf_mean, (k, m, 2)).reshape(-1, 2)
-                cov = (v[:, None, None, None] * t + pl.psf_cov[None]).reshape(-1, 2, 2)
+                coeffs, t_n, shape = terms[pl.source]
+                # the (north, east) shape and its derivatives seen through the WCS Jacobian
+                part = sersic_components(
+                    coeffs, t_n, flux, centre[0], centre[1], p[idx["r_eff"]], shape,
+                    (pl.psf_amp, pl.psf_mean, pl.psf_cov), settings.merge_tolerance, box,
+                    derivatives, wcs_jac=jac)
             else:
                 amp = flux * pl.psf_amp
-                mean = centre + pl.psf_mean
-                cov = pl.psf_cov
-            pl.sl = slice(start, start + len(amp))
-            start += len(amp)
-            amps.append(amp)
-            means.append(mean)
-            covs.append(cov)
-        if not amps:
-            return np.zeros(0), np.zeros((0, 2)), np.zeros((0, 2, 2))
-        return np.concatenate(amps), np.concatenate(means), np.concatenate(covs)
+                part = (amp, np.asarray(centre) + pl.psf_mean, pl.psf_cov)
+                if derivatives:
+                    m = np.zeros((amp.size, 7, 6))
+                    m[:, 0, 0] = pl.psf_amp
+                    m[:, 1, 1] = m[:, 2, 2] = 1.0
+                    part += (m,)
+            n_part = len(part[0])
+            pl.sl = slice(start, start + n_part)
+            start += n_part
+            parts.append(part)
+        if not parts:
+            empty = (np.zeros(0), np.zeros((0, 2)), np.zeros((0, 2, 2)))
+            return empty + ((np.zeros((0, 7, 6)),) if derivatives else ())
+        return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
-    def _chain(self, p, placements, d_amp, d_mean, d_cov, grad, terms=None):
-        """Add d chi2 / d parameters to ``grad`` from per-component gradients."""
-        if terms is None:
-            terms = self._source_terms(p)
-        for pl in placements:
-            if pl is None:
-                continue
+    def _chain(self, p, placements, d_amp, d_mean, d_cov, grad, m):
+        """Add d chi2 / d parameters to ``grad`` from per-component gradients.
+
+        ``m`` (J, 7, 6): the component derivatives of :meth:`_component_arrays`.
+        """
+        g6 = np.column_stack([d_amp, d_mean, d_cov[:, 0, 0], d_cov[:, 0, 1] + d_cov[:, 1, 0],
+                              d_cov[:, 1, 1]])
+        local = np.einsum("jpk,jk->jp", m, g6)                  # d chi2 / d local (J, 7)
+        placed = [pl for pl in placements if pl is not None]
+        if not placed:
+            return grad
+        sums = np.add.reduceat(local, [pl.sl.start for pl in placed], axis=0)
+        for pl, g in zip(placed, sums):
             idx = self._index[pl.source]
-            band = self._bands[pl.band_index]
-            flux = p[idx[("flux", band)]] * pl.flux_scale
-            ga, gm, gc = d_amp[pl.sl], d_mean[pl.sl], d_cov[pl.sl]
-            g_centre = pl.jac.T @ gm.sum(0)                    # d/d(north, east) arcsec
+            grad[idx[("flux", self._bands[pl.band_index])]] += pl.flux_scale * g[0]
+            g_centre = pl.jac.T @ g[1:3]                       # d/d(north, east) arcsec
             grad[idx["dec"]] += g_centre[0] * 3600.0
             grad[idx["ra"]] += g_centre[1] * pl.cosd * 3600.0
             if self._kinds[pl.source] == "sersic":
-                r = p[idx["r_eff"]]
-                a, v, da, dv, shape, s_e, s_t = terms[pl.source]
-                m = len(pl.psf_amp)
-                k = len(a)
-                gak = ga.reshape(k, m) @ pl.psf_amp            # sum_l p_l gA_kl
-                gck = gc.reshape(k, m, 2, 2).sum(1)            # sum_l gC_kl
-                jac = pl.jac
-                mats = np.stack([jac @ shape @ jac.T, jac @ s_e @ jac.T, jac @ s_t @ jac.T])
-                h, h_e, h_t = (gck.reshape(k, 4) @ mats.reshape(3, 4).T).T
-                grad[idx[("flux", band)]] += pl.flux_scale * float(a @ gak)
-                grad[idx["r_eff"]] += float(2.0 * r * (v @ h))
-                grad[idx["n"]] += float(flux * (da @ gak) + r * r * (dv @ h))
-                grad[idx["ellip"]] += float(r * r * (v @ h_e))
-                grad[idx["theta"]] += float(r * r * (v @ h_t))
-            else:
-                grad[idx[("flux", band)]] += pl.flux_scale * float(pl.psf_amp @ ga)
+                grad[idx["r_eff"]] += g[3]
+                grad[idx["n"]] += g[4]
+                grad[idx["ellip"]] += g[5]
+                grad[idx["theta"]] += g[6]
         return grad
 
     def _objective_for(self, exposures, *, background="fit", dtype=np.float64, backend=None,
@@ -877,7 +870,8 @@ class SceneObjective:
         n = len(self.placements)
         # three phases, so that the threads run only the GIL-free kernels: a thread
         # coming back from a kernel while another runs Python would wait for the GIL
-        tables = [self._table(k, p, terms) for k in range(n)]
+        prepared = [self._table(k, p, terms, gradient) for k in range(n)]
+        tables = [t for t, _ in prepared]
         workers = self._workers()
         if workers > 1 and n > 1 and self._work_per_exposure() >= 4e6:
             pool = self._get_pool(workers)
@@ -894,7 +888,8 @@ class SceneObjective:
             if gradient:
                 d_amp, d_mean, d_cov = self.bk.assemble_gradient(tables[k],
                                                                  self.bk.to_numpy(acc))
-                self.scene._chain(p, self.placements[k], d_amp, d_mean, d_cov, grad, terms)
+                self.scene._chain(p, self.placements[k], d_amp, d_mean, d_cov, grad,
+                                  prepared[k][1])
         return (total, grad) if gradient else total
 
     def _work_per_exposure(self):
@@ -923,10 +918,14 @@ class SceneObjective:
                                                    thread_name_prefix="astromix-scene")
         return pool
 
-    def _table(self, k, p, terms):
-        """The prepared component table of exposure k (sets the placements' slices)."""
-        amp, mean, cov = self.scene._component_arrays(p, self.placements[k], terms)
-        return self.bk.prepare(amp, mean, cov, self.settings)
+    def _table(self, k, p, terms, derivatives):
+        """(prepared component table, component derivatives or None) of exposure k.
+
+        Sets the placements' slices.
+        """
+        arrays = self.scene._component_arrays(p, self.placements[k], terms, derivatives)
+        table = self.bk.prepare(*arrays[:3], self.settings)
+        return table, (arrays[3] if derivatives else None)
 
     def _kernels(self, k, table, gradient, threads):
         """(chi2, background, gradient accumulators or None) of exposure k."""
