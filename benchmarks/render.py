@@ -207,6 +207,44 @@ def time_galsim(positions, repeats, min_time):
             "scene, 100 stamps": best_time(scene, max(2, repeats // 2), min_time)}
 
 
+def time_same_profile(positions, repeats, min_time):
+    """astromix drawing GalSim's profile itself: SersicMixture(n=2, r_eff=4) x Gaussian(1.5).
+
+    Informational (the targets are judged on the 54-Gaussian case): the
+    galaxy GalSim draws, as astromix models it (20-component Sersic mixture,
+    components the PSF blurs together merged within the default
+    ``merge_tolerance``), rendered by the active backend, the stamp centred as
+    GalSim's (31.5, 31.5) and the scene with the same 100 centres.  Returns
+    {(case, dtype): seconds}, the stamp's component count and its largest
+    difference from GalSim's image relative to the peak.
+    """
+    import galsim
+
+    from astromix import SersicMixture
+
+    psf = GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 1.5 ** 2])
+    model = SersicMixture(1.0, 31.5, 31.5, R_EFF, 2.0, 0.0, 0.0, psf=psf)
+    stamp = model.mixture()
+    one = SersicMixture(1.0, 0.0, 0.0, R_EFF, 2.0, 0.0, 0.0, psf=psf).mixture()
+    scene = GaussianMixture._unchecked(
+        np.tile(one.amp, len(positions)),
+        (one.mean[None, :, :] + positions[:, None, :]).reshape(-1, 2),
+        np.tile(one.cov, (len(positions), 1, 1)))
+    ref = galsim.Convolve(galsim.Sersic(n=2, half_light_radius=R_EFF),
+                          galsim.Gaussian(sigma=1.5)).drawImage(
+        nx=STAMP[1], ny=STAMP[0], scale=1, method="auto", dtype=np.float64).array
+    error = float(np.abs(stamp.render(STAMP) - ref).max() / ref.max())
+    out = {}
+    for dtype in (np.float32, np.float64):
+        dname = np.dtype(dtype).name
+        out[("stamp", dname)] = best_time(
+            lambda dtype=dtype: model.mixture().render(STAMP, dtype=dtype), repeats, min_time)[0]
+        out[("scene", dname)] = best_time(
+            lambda dtype=dtype: scene.render(SCENE, dtype=dtype), max(2, repeats // 2),
+            min_time)[0]
+    return out, len(stamp), error
+
+
 # -- report --------------------------------------------------------------------------
 def _fmt_time(t):
     if t < 1e-3:
@@ -296,6 +334,20 @@ def main(argv=None):
         print(f"GalSim {galsim.__version__} (one thread), best time per call:")
         for k, (t, _) in gs.items():
             print(f"  {k:<20s} {_fmt_time(t)}")
+        print()
+
+    if gs is not None:
+        same, n_same, err_same = time_same_profile(positions, repeats, min_time)
+        results["same_profile"] = {"components": n_same, "max_error_vs_galsim": err_same,
+                                   **{f"{c}_{d}_s": t for (c, d), t in same.items()}}
+        print("For information, GalSim's profile drawn by astromix "
+              f"({backends.get_backend().name}): "
+              f"SersicMixture(n=2, r_eff=4) x Gaussian(1.5), {n_same} Gaussians after "
+              f"merging, max |astromix - GalSim| = {err_same:.1e} of the peak; "
+              "mixture().render (stamp: built at each call) against GalSim's draws:")
+        for (c, d), t in same.items():
+            peer = gs["stamp, fixed n"][0] if c == "stamp" else gs["scene, 100 stamps"][0]
+            print(f"  {c:<6s} {d:<8s} {_fmt_time(t):>11s}  {peer / t:6.1f}x GalSim")
         print()
 
     header = (f"{'backend':<7s} {'dtype':<7s} {'case':<5s} {'call':<9s} {'time/call':>11s} "
