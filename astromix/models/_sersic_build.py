@@ -20,14 +20,14 @@ profile at second order: replacing ``sum_k w_k N(C_k)`` by ``W N(C)``, ``C =
 sum_k w_k C_k / W``, changes the value at the centre by ``(1/8) sum_k w_k
 ((C_k - C) : grad grad)^2 N(C)``, which is ``sum_k w_k kappa_k^2 N(C)(0)``
 for ``C_k - C`` proportional to ``C`` (``kappa_k`` the largest ``|eigenvalue|``
-of ``C^-1 (C_k - C)``; the same expression bounds the anisotropic case
-within a small factor).  Runs are extended while this estimate stays below
+of ``C^-1 (C_k - C)``; for other differences it is an estimate, checked by
+the measurements below).  Runs are extended while this estimate stays below
 ``tolerance`` times the sum of the component peaks (the profile's peak when
 the PSF components are concentric): half of it for the wide merges, half
 shared among the PSF components for the small ones.  Measured against the
 unmerged mixture on 64 x 64 stamps (n = 1-4, r_eff = 1.5-10 px, 3-Gaussian
-PSF): the largest difference stays below the tolerance, and 60 components
-become 27-40 (1e-5 and 1e-4).
+PSF): the largest difference stays below the tolerance (at 10-40% of it),
+and 60 components become 31-41 (1e-5) or 26-35 (1e-4).
 
 The merged model is a smooth function of the parameters between changes of
 the grouping; where the grouping changes, the model jumps by less than the
@@ -91,7 +91,7 @@ def _build(coeffs, t_n, flux, x_0, y_0, r_eff, source_shape, wcs_jac, pamp, pmea
                 dv[i] = v[i] * slope
     m_psf = pamp.shape[0]
     r2 = r_eff * r_eff
-    # shape matrix (xx, xy, yy) per unit r_eff^2, and its ellip and theta derivatives
+    # the galaxy's covariance per unit variance: r_eff^2 times the image-frame shape
     txx, txy, tyy = r2 * shape[0], r2 * shape[1], r2 * shape[2]
 
     # the PSF's moment-matched covariance (for the wide merges), if allowed
