@@ -310,8 +310,9 @@ class SersicMixtureTable:
 
         The same values as :meth:`__call__` and :meth:`derivatives`, from the
         splines' piecewise-cubic coefficients directly (one interval lookup
-        instead of four spline evaluations): the scene fitter calls it for
-        every source at every step.
+        instead of four spline evaluations; :func:`cubic_values` of
+        :meth:`interval`, whose coefficients the models' compiled builder
+        takes directly).
 
         Parameters
         ----------
