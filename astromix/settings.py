@@ -99,6 +99,11 @@ class AccuracySettings:
         object.__setattr__(self, "n_sigma", float(self.n_sigma))
         object.__setattr__(self, "fourth_order_threshold", float(self.fourth_order_threshold))
 
+    @property
+    def box_variance(self):
+        """Variance of the pixel box added to every covariance [px^2]: 1/12, 0 with "none"."""
+        return 0.0 if self.pixel_integration == "none" else BOX_VARIANCE
+
     def with_(self, **changes):
         """Return a copy with some fields changed (the object itself is immutable)."""
         return dataclasses.replace(self, **changes)

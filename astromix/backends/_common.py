@@ -45,7 +45,7 @@ import threading
 
 import numpy as np
 
-from ..settings import BOX_C4, BOX_VARIANCE
+from ..settings import BOX_C4
 
 AMP, MX, MY, SXX, SXY, SYY, FXX, FXY, FYY, NORM, USE4, INVDET, HY, HX = range(14)
 NPAR = 14
@@ -59,7 +59,7 @@ def prepare(amp, mean, cov, settings):
     cov = np.asarray(cov, dtype=np.float64)
     k = amp.shape[0]
     table = np.zeros((k, NPAR), dtype=np.float64)
-    box = 0.0 if settings.pixel_integration == "none" else BOX_VARIANCE
+    box = settings.box_variance
     sxx = cov[:, 0, 0] + box
     sxy = 0.5 * (cov[:, 0, 1] + cov[:, 1, 0])
     syy = cov[:, 1, 1] + box

@@ -611,7 +611,7 @@ class SceneModel(FittableModel):
         if terms is None:
             terms = self._source_terms(p)
         settings = self.settings
-        box = 0.0 if settings.pixel_integration == "none" else 1.0 / 12.0
+        box = settings.box_variance
         parts = []
         start = 0
         for pl in placements:

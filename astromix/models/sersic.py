@@ -156,7 +156,7 @@ class SersicMixture(_MixtureSourceBase):
             self._refuse(flux, x_0, y_0, r_eff, ellip, theta)
         coeffs, t_n = self._table_interval(n)
         settings = self.settings
-        box = 0.0 if settings.pixel_integration == "none" else 1.0 / 12.0
+        box = settings.box_variance
         psf = None if self._psf is None else (self._psf.amp, self._psf.mean, self._psf.cov)
         return sersic_components(coeffs, t_n, flux, x_0, y_0, r_eff, shape_terms(ellip, theta),
                                  psf, settings.merge_tolerance, box, derivatives)
