@@ -160,6 +160,54 @@ def test_gradient_matches_finite_differences(backend, mode):
         np.testing.assert_allclose(ana, num, rtol=1e-5, atol=1e-7 * np.abs(num).max())
 
 
+def _rotated(s1, s2, theta):
+    c, s = np.cos(theta), np.sin(theta)
+    rot = np.array([[c, -s], [s, c]])
+    return rot @ np.diag([s1 ** 2, s2 ** 2]) @ rot.T
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+@pytest.mark.parametrize("mode", ["kurtosis", "none"])
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-9), (np.float32, 1e-5)])
+def test_numba_row_recurrence(mode, dtype, rtol):
+    """The Numba kernels' row recurrence against the NumPy reference.
+
+    Components at least ``REC_ROWS`` rows tall whose numbers stay normal are
+    walked by recurrence down the rows (restarted every ``RESTART`` rows), the
+    others with exponentials.  This mixture has both kinds in both dtypes: a
+    component 299 rows tall (four restarts), one whose centre lies outside the
+    image, moderately elliptical tilted ones (float32 falls back for one of
+    them), a thin tilted one (both fall back) and small ones.
+    """
+    from astromix.backends import numba_backend as nb
+
+    shape = (300, 180)
+    amp = np.array([1.0, 0.5, 0.8, 0.6, 0.3, -0.2, 0.4])
+    mean = np.array([[90.3, 150.2], [60.7, 80.4], [120.1, 200.6], [-8.4, 40.2],
+                     [150.5, 20.3], [30.2, 250.7], [100.6, 110.1]])
+    cov = np.array([_rotated(30, 30, 0), _rotated(25, 0.6, np.pi / 4), _rotated(12, 4, 0.4),
+                    _rotated(9, 6, 2.0), _rotated(1.5, 1.0, 0.3), _rotated(40, 2.0, 1.2),
+                    _rotated(3.0, 2.5, 0.7)])
+    g = GaussianMixture(amp, mean, cov)
+    s = AccuracySettings(pixel_integration=mode)
+    table = _common.prepare(g.amp, g.mean, g.cov, s)
+    itemsize = np.dtype(dtype).itemsize
+    rec = [row[_common.USE4] == 0 and nb._use_rec(row, *_common.box(row, shape), itemsize)
+           for row in table]
+    assert any(rec) and not all(rec)
+    assert _common.box(table[0], shape)[1] - _common.box(table[0], shape)[0] > 4 * nb.RESTART
+    ref = g.render(shape, settings=s, backend="numpy")
+    _agree(g.render(shape, dtype=dtype, settings=s, backend="numba"), ref, rtol)
+    rng = np.random.default_rng(3)
+    data = ref + rng.normal(0, 1e-3, shape)
+    weight = rng.uniform(0.5, 2.0, shape)
+    c_ref, g_ref = g.chi2(data, weight, gradient=True, settings=s, backend="numpy")
+    c_nb, g_nb = g.chi2(data.astype(dtype), weight.astype(dtype), gradient=True, settings=s,
+                        backend="numba")
+    assert c_nb == pytest.approx(c_ref, rel=10 * rtol)
+    for a, b in zip(g_nb, g_ref):
+        _agree(a, b, 100 * rtol)
+
 def test_float32_gradient_close_to_float64(backend):
     rng = np.random.default_rng(8)
     g = random_mixture(rng, 6, (40, 40), margin=4, sigma_range=(1, 5))
