@@ -252,6 +252,13 @@ def _exp_wide(q):
     return _EXP_INT[k] * (p * p)
 
 
+@njit(inline="always", **_JIT)
+def _q_step(fxx, fxy, fyy, dx, dy):
+    # q = d^T F d at offset (dx, dy) and its row step q(dy + 1) - q(dy)
+    return ((fxx * dx + 2.0 * fxy * dy) * dx + fyy * dy * dy,
+            2.0 * (fxy * dx + fyy * dy) + fyy)
+
+
 @njit(**_JIT)
 def _rec_safe(t, j0, j1, i0, i1, qsafe):
     # True when q and its row step q(j+1) - q(j) stay within +-qsafe over the box
@@ -261,9 +268,7 @@ def _rec_safe(t, j0, j1, i0, i1, qsafe):
     for jj in (j0, j1 + 1):
         dy = jj - t[_MY]
         for ii in (i0, i1):
-            dx = ii - t[_MX]
-            q = (fxx * dx + 2.0 * fxy * dy) * dx + fyy * dy * dy
-            dq = 2.0 * (fxy * dx + fyy * dy) + fyy
+            q, dq = _q_step(fxx, fxy, fyy, ii - t[_MX], dy)
             m = max(m, q, abs(dq))
     # and the row factor exp(-F_yy k), k < RESTART rows into a block
     return m <= qsafe and fyy * min(j1 - j0 + 1, RESTART) <= 0.5 * qsafe
@@ -285,15 +290,11 @@ def _rec_start(t, dy, x0, a, b, f, r):
     # elsewhere (the chunks' padding).
     dt = f.dtype.type
     fxx, fxy, fyy = t[_FXX], t[_FXY], t[_FYY]
-    c = fyy * dy * dy
-    d = 2.0 * fyy * dy + fyy
     for i in range(f.shape[0]):
-        dx = x0 + i
+        q, dq = _q_step(fxx, fxy, fyy, x0 + i, dy)
         inside = i >= a and i <= b
-        q = (fxx * dx + 2.0 * fxy * dy) * dx + c if inside else 0.0
-        dq = 2.0 * fxy * dx + d if inside else 0.0
-        f[i] = dt(_exp_wide(q)) if inside else dt(0.0)
-        r[i] = dt(_exp_wide(dq)) if inside else dt(0.0)
+        f[i] = dt(_exp_wide(q if inside else 0.0)) if inside else dt(0.0)
+        r[i] = dt(_exp_wide(dq if inside else 0.0)) if inside else dt(0.0)
 
 
 @njit(**_JIT)
@@ -316,8 +317,9 @@ def _chords(t, j0, j1, x0, n2, lo, hi):
 @njit(**_JIT)
 def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, lohi):
     # Add one component without the fourth-order factor to rows j0..j1, by the
-    # recurrence of the module docstring: per column, f(j+1) = f(j) r(j) and
-    # r(j+1) = r(j) exp(-F_yy), two rows per pass; the ellipse is the row's chord.
+    # recurrence of the module docstring: per column, f(j+1) = f(j) r(j) with
+    # r(j) = r(js) exp(-F_yy (j - js)), two rows per pass; the ellipse is the
+    # row's chord.
     dt = img.dtype.type
     n = nch * CHUNK
     x0 = s - t[_MX]
@@ -688,11 +690,16 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, lohi):
 
 
 @njit(**_JIT)
-def _accumulate_serial(table, rimg, n2, acc):
+def _accumulate_scratch(rimg):
+    # (cs, sc, lohi): the work rows of _accumulate_one for one thread
     ny, nx = rimg.shape
-    cs = np.empty((3, nx), dtype=rimg.dtype)
-    sc = np.empty((2, nx), dtype=rimg.dtype)
-    lohi = np.empty((2, ny), dtype=rimg.dtype)
+    return (np.empty((3, nx), dtype=rimg.dtype), np.empty((2, nx), dtype=rimg.dtype),
+            np.empty((2, ny), dtype=rimg.dtype))
+
+
+@njit(**_JIT)
+def _accumulate_serial(table, rimg, n2, acc):
+    cs, sc, lohi = _accumulate_scratch(rimg)
     for k in range(table.shape[0]):
         _accumulate_one(table[k], rimg, n2, acc[k], cs, sc, lohi)
 
@@ -700,11 +707,8 @@ def _accumulate_serial(table, rimg, n2, acc):
 @njit(parallel=True, **_JIT)
 def _accumulate_parallel(table, rimg, n2, acc, nblock):
     # components interleaved over nblock blocks, each with its own scratch
-    ny, nx = rimg.shape
     for b in prange(nblock):
-        cs = np.empty((3, nx), dtype=rimg.dtype)
-        sc = np.empty((2, nx), dtype=rimg.dtype)
-        lohi = np.empty((2, ny), dtype=rimg.dtype)
+        cs, sc, lohi = _accumulate_scratch(rimg)
         for k in range(b, table.shape[0], nblock):
             _accumulate_one(table[k], rimg, n2, acc[k], cs, sc, lohi)
 
