@@ -30,8 +30,8 @@ Components without the fourth-order factor that are at least ``REC_ROWS32`` /
 ``REC_ROWS64`` rows tall (float32 / float64) are walked down their rows by
 recurrence instead of exponentials: with ``f = exp(-q/2)`` at one pixel and ``r``
 the ratio to the pixel below, ``f(j+1) = f(j) r(j)`` and ``r(j) = r(j0) exp(-F_yy
-(j - j0))``, the last factor rounded once per row, so each pixel costs two
-multiplications.  The start row ``j0`` is computed exactly (``_exp_wide``, a table
+(j - j0))``, the last factor a float64 product of ``exp(-F_yy)`` rounded once per
+row, so each pixel costs two multiplications.  The start row ``j0`` is computed exactly (``_exp_wide``, a table
 of ``exp`` at integers times a polynomial, accurate to ~1 ulp for ``|q| <= 1400``)
 and again every ``RESTART`` rows; the ellipse is applied as the row's chord, and
 two rows are done per pass over the row buffers.  The recurrence is used only
@@ -335,14 +335,20 @@ def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, lohi):
         je = min(js + RESTART, j1 + 1)
         _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
         j = js
+        e1 = math.exp(-fyy)
+        pa64 = 1.0
         while j + 1 < je:
             la = lo[j - j0]
             ha = hi[j - j0]
             lb = lo[j + 1 - j0]
             hb = hi[j + 1 - j0]
-            # the row ratio r(j) = r(js) exp(-F_yy (j - js)), its factor rounded once
-            pa = dt(math.exp(-fyy * (j - js)))
-            pb = dt(math.exp(-fyy * (j + 1 - js)))
+            # the row ratio r(j) = r(js) exp(-F_yy (j - js)): the factor is a float64
+            # product of exp(-F_yy) (a scalar exp per row cost 25% of the stamp's
+            # render), rounded once to dt
+            pb64 = pa64 * e1
+            pa = dt(pa64)
+            pb = dt(pb64)
+            pa64 = pb64 * e1
             ra = img[j, s:s + n]
             rb = img[j + 1, s:s + n]
             for i in range(n):
@@ -562,6 +568,8 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi):
         je = min(js + RESTART, j1 + 1)
         _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
         j = js
+        e1 = math.exp(-fyy)
+        pa64 = 1.0
         while j + 1 < je:
             la = lo[j - j0]
             ha = hi[j - j0]
@@ -569,8 +577,11 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi):
             hb = hi[j + 1 - j0]
             dya = dt(j - t[_MY])
             dyb = dt(j + 1 - t[_MY])
-            pa = dt(math.exp(-fyy * (j - js)))
-            pb = dt(math.exp(-fyy * (j + 1 - js)))
+            # the row factors as in _render_rec
+            pb64 = pa64 * e1
+            pa = dt(pa64)
+            pb = dt(pb64)
+            pa64 = pb64 * e1
             ra = rimg[j, s:s + n]
             rb = rimg[j + 1, s:s + n]
             for i in range(n):
