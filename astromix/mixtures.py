@@ -361,15 +361,14 @@ def _check_data(bk, data, weight):
     dtype = np.float32 if data.dtype == np.float32 else np.float64
     data = data.astype(dtype, copy=False)
     weight = weight.astype(dtype, copy=False)
-    if not bool(xp.all(xp.isfinite(weight))):
+    n_weight, n_negative, n_data, n_weighted = bk.bad_pixel_counts(data, weight)
+    if n_weight:
         raise InputError("weight has non-finite values")
-    if bool(xp.any(weight < 0)):
+    if n_negative:
         raise InputError("weight (inverse variance) has negative values")
-    finite = xp.isfinite(data)
-    if not bool(xp.all(finite)):
-        if bool(xp.any(~finite & (weight > 0))):
-            n = int(xp.sum(~finite & (weight > 0)))
-            raise InputError(f"data has {n} non-finite pixel(s) with positive weight; "
+    if n_data:
+        if n_weighted:
+            raise InputError(f"data has {n_weighted} non-finite pixel(s) with positive weight; "
                              "give them weight 0 to mask them")
-        data = xp.where(finite, data, dtype(0))
+        data = xp.where(xp.isfinite(data), data, dtype(0))
     return data, weight

@@ -251,6 +251,28 @@ def test_compiled_prepare_and_assembly_match_reference(other, mode):
     np.testing.assert_allclose(got, expect, rtol=1e-11, atol=1e-12 * np.abs(expect).max())
 
 
+@pytest.mark.parametrize("other", OTHER)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bad_pixel_counts_match_reference(other, dtype):
+    """A backend's compiled data check counts what the NumPy expressions count."""
+    rng = np.random.default_rng(8)
+    data = rng.normal(size=(37, 41)).astype(dtype)
+    weight = rng.uniform(0, 2, size=(37, 41)).astype(dtype)
+    for arr, vals in ((data, [np.nan, np.inf, -np.inf]), (weight, [np.nan, np.inf, -1.0, 0.0])):
+        idx = rng.choice(arr.size, size=(len(vals), 9), replace=False)
+        for v, ii in zip(vals, idx):
+            arr.flat[ii] = v
+    bk = backends.get_backend(other)
+    finite = np.isfinite(data)
+    expect = (int(np.sum(~np.isfinite(weight))), int(np.sum(weight < 0)), int(np.sum(~finite)),
+              int(np.sum(~finite & (weight > 0))))
+    assert expect[0] == 18 and expect[1] == 9 and expect[2] == 27  # the injected pixels
+    for d, w in ((data, weight), (data[:, ::2], weight[:, ::2])):  # and a strided view
+        d, w = bk.asarray(d), bk.asarray(w)
+        assert bk.bad_pixel_counts(d, w) == _common.Backend.bad_pixel_counts(bk, d, w)
+    assert bk.bad_pixel_counts(bk.asarray(data), bk.asarray(weight)) == expect
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape, k", [((40, 45), 9), ((400, 380), 300)])
 def test_jacobian_kernel(backend, mode, shape, k):

@@ -241,6 +241,24 @@ class Backend:
         """
         return stack_gradients(*unit_gradients(table, self.assemble_gradient))
 
+    def bad_pixel_counts(self, data, weight):
+        """Counts of the pixels that ``GaussianMixture.chi2`` checks, in one place.
+
+        Parameters
+        ----------
+        data, weight : arrays of this backend, shape (ny, nx), the same dtype
+
+        Returns
+        -------
+        counts : tuple of 4 int
+            Pixels with a non-finite weight, with a negative weight, with
+            non-finite data, and with non-finite data and a positive weight.
+        """
+        xp = self.xp
+        finite = xp.isfinite(data)
+        return (int(xp.sum(~xp.isfinite(weight))), int(xp.sum(weight < 0)),
+                int(xp.sum(~finite)), int(xp.sum(~finite & (weight > 0))))
+
     def asarray(self, x, dtype=None):
         """Return ``x`` as an array of this backend."""
         return self.xp.asarray(x, dtype=dtype)

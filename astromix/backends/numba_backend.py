@@ -29,19 +29,19 @@ accumulate on the 64x64 benchmark stamp, with both changes: 100 -> 71 us).
 Components without the fourth-order factor that are at least ``REC_ROWS32`` /
 ``REC_ROWS64`` rows tall (float32 / float64) are walked down their rows by
 recurrence instead of exponentials: with ``f = exp(-q/2)`` at one pixel and ``r``
-the ratio to the pixel below, ``f(j+1) = f(j) r(j)`` and ``r(j) = r(j0) exp(-F_yy
-(j - j0))``, the last factor a float64 product of ``exp(-F_yy)`` rounded once per
-row, so each pixel costs two multiplications.  The start row ``j0`` is computed exactly (``_exp_wide``, a table
-of ``exp`` at integers times a polynomial, accurate to ~1 ulp for ``|q| <= 1400``)
-and again every ``RESTART`` rows; the ellipse is applied as the row's chord, and
-two rows are done per pass over the row buffers.  The recurrence is used only
-where every ``f``, ``r`` and row factor over the box stays a normal number
-(``|q| <= QSAFE32`` or ``QSAFE64``): thin tilted components, mostly in float32,
-keep the exponentials.  Measured against NumPy: float64 renders agree to 2e-13
-of the peak (as before), float32 to 8e-7; on the benchmark's 54-Gaussian stamp
+the ratio to the pixel below, ``f(j+1) = f(j) r(j)`` and ``r(j) = r(j0) exp(-F_yy (j
+- j0))``, the last factor a float64 product of ``exp(-F_yy)`` rounded once per row,
+so each pixel costs two multiplications. The start row ``j0`` is computed exactly
+(``_exp_wide``, a table of ``exp`` at integers times a polynomial, accurate to ~1
+ulp for ``|q| <= 1400``) and again every ``RESTART`` rows; the ellipse is applied as
+the row's chord, and two rows are done per pass over the row buffers. The recurrence
+is used only where every ``f``, ``r`` and row factor over the box stays a normal
+number (``|q| <= QSAFE32`` or ``QSAFE64``): thin tilted components, mostly in
+float32, keep the exponentials. Measured against NumPy: float64 renders agree to
+2e-13 of the peak (as before), float32 to 8e-7; on the benchmark's 54-Gaussian stamp
 the float64 render went from 96 to 53 us and chi2 + gradient from 240 to 150 us
-(float32: 45 -> 45 us and 133 -> 125 us, where the start rows cost as much as
-the exponentials saved on shorter components).
+(float32: 45 -> 45 us and 133 -> 125 us, where the start rows cost as much as the
+exponentials saved on shorter components).
 
 Threads: one image is split into bands of rows rendered in parallel, each band
 looping over the components that reach it; gradients are accumulated in
@@ -768,6 +768,28 @@ def _residual_parallel(model, data, weight, rimg):
     return part.sum()
 
 
+@njit(error_model="numpy", boundscheck=False, nogil=True, cache=True)
+def _bad_pixel_counts(data, weight):
+    # Backend.bad_pixel_counts in one pass (no fastmath: it tests for NaN and inf)
+    nw = 0
+    nneg = 0
+    nd = 0
+    ndw = 0
+    for j in range(data.shape[0]):
+        for i in range(data.shape[1]):
+            w = weight[j, i]
+            d = data[j, i]
+            if not math.isfinite(w):
+                nw += 1
+            elif w < 0:
+                nneg += 1
+            if not math.isfinite(d):
+                nd += 1
+                if w > 0:
+                    ndw += 1
+    return nw, nneg, nd, ndw
+
+
 @njit(error_model="numpy", cache=True)
 def _prepare(amp, mean, cov, n_sigma, mode, threshold):
     # _common.prepare, compiled (no fastmath: the same float64 arithmetic)
@@ -982,6 +1004,10 @@ class NumbaBackend(c.Backend):
             nband = min(ny, 4 * nthreads)
             _jacobian_parallel(out, table, coeff, active, nband, n2)
         return out
+
+    def bad_pixel_counts(self, data, weight):
+        """:meth:`Backend.bad_pixel_counts` in one compiled pass (no temporaries)."""
+        return tuple(int(v) for v in _bad_pixel_counts(data, weight))
 
     def residual(self, model, data, weight, out=None):
         """Return ``(chi2, R)`` with ``R = 2 w (model - data)``; chi2 summed in float64.
