@@ -297,6 +297,73 @@ def _rec_start(t, dy, x0, a, b, f, r):
         r[i] = dt(_exp_wide(dq if inside else 0.0)) if inside else dt(0.0)
 
 
+@njit(inline="always", **_JIT)
+def _exp_half_sq(q):
+    # float64 exp(-q/2) for |q| <= 400 as p(-q/512)**256, p the degree-9 Taylor
+    # polynomial of exp (relative error ~3e-14: for float32 start rows)
+    x = q * (-1.0 / 512.0)
+    p = 1.0 / 362880.0
+    p = 1.0 / 40320.0 + x * p
+    p = 1.0 / 5040.0 + x * p
+    p = 1.0 / 720.0 + x * p
+    p = 1.0 / 120.0 + x * p
+    p = 1.0 / 24.0 + x * p
+    p = 1.0 / 6.0 + x * p
+    p = 0.5 + x * p
+    p = 1.0 + x * p
+    p = 1.0 + x * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    return p * p
+
+
+@njit(**_JIT)
+def _rec_start32(t, dy, x0, a, b, f, r, w):
+    # _rec_start for float32, with 3 x CHUNK exponentials instead of 2 per column:
+    # the box's columns a + l + CHUNK m are reached from its first CHUNK columns
+    # a + l by float64 recurrences across chunks, f(x + CHUNK) = f(x) R(x) with
+    # R(x + CHUNK) = R(x) exp(-CHUNK^2 F_xx) and r(x + CHUNK) = r(x) exp(-CHUNK F_xy)
+    # (relative error ~m^2 1e-16 after m chunks: nothing in float32).  Every value
+    # stored lies in the box, where q >= 0 and |q|, |dq| <= QSAFE32, so none
+    # leaves the normal range.
+    fxx, fxy, fyy = t[_FXX], t[_FXY], t[_FYY]
+    fl = w[0]
+    rl = w[1]
+    gl = w[2]
+    for l in range(CHUNK):
+        x = x0 + a + l
+        q, dq = _q_step(fxx, fxy, fyy, x, dy)
+        fl[l] = _exp_half_sq(q)
+        rl[l] = _exp_half_sq(dq)
+        # q(x + CHUNK) - q(x)
+        gl[l] = _exp_half_sq(2.0 * CHUNK * (fxx * x + fxy * dy) + CHUNK * CHUNK * fxx)
+    kg = math.exp(-CHUNK * CHUNK * fxx)
+    kr = math.exp(-CHUNK * fxy)
+    n = f.shape[0]
+    f[:a] = 0.0
+    r[:a] = 0.0
+    f[b + 1:] = 0.0
+    r[b + 1:] = 0.0
+    for m in range((b - a) // CHUNK + 1):
+        o = a + m * CHUNK
+        e = min(CHUNK, b + 1 - o)
+        fo = f[o:o + e]
+        ro = r[o:o + e]
+        for l in range(e):
+            fo[l] = fl[l]
+            ro[l] = rl[l]
+        for l in range(CHUNK):
+            fl[l] *= gl[l]
+            gl[l] *= kg
+            rl[l] *= kr
+    return n
+
+
 @njit(**_JIT)
 def _chords(t, j0, j1, x0, n2, lo, hi):
     # The culling ellipse's chord in rows j0..j1 as column offsets from the
@@ -315,7 +382,7 @@ def _chords(t, j0, j1, x0, n2, lo, hi):
 
 
 @njit(**_JIT)
-def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, lohi):
+def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, lohi, w):
     # Add one component without the fourth-order factor to rows j0..j1, by the
     # recurrence of the module docstring: per column, f(j+1) = f(j) r(j) with
     # r(j) = r(js) exp(-F_yy (j - js)), two rows per pass; the ellipse is the
@@ -333,7 +400,10 @@ def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, lohi):
     zero = dt(0.0)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
-        _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
+        if img.itemsize == 4:
+            _rec_start32(t, js - t[_MY], x0, i0 - s, i1 - s, f, r, w)
+        else:
+            _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
         j = js
         e1 = math.exp(-fyy)
         pa64 = 1.0
@@ -377,6 +447,7 @@ def _render_rows(img, table, y0, y1, n2):
     qmax = dt(n2)
     sc = np.empty((2, nx), dtype=img.dtype)
     lohi = np.empty((2, y1), dtype=img.dtype)
+    w = np.empty((3, CHUNK))
     for k in range(table.shape[0]):
         t = table[k]
         j0, j1, i0, i1 = _box(t, y1, nx)
@@ -387,7 +458,7 @@ def _render_rows(img, table, y0, y1, n2):
         if t[_USE4] != 0.0:
             _render_use4(img, t, j0, j1, s, nch, qmax)
         elif _use_rec(t, j0, j1, i0, i1, img.itemsize):
-            _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, lohi)
+            _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, lohi, w)
         else:
             _render_plain(img, t, j0, j1, s, nch, qmax)
 
@@ -546,7 +617,7 @@ def _moments_out(t, x0f, n, cs, out):
 
 
 @njit(**_JIT)
-def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi):
+def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi, w):
     # _accumulate_moments by the recurrence of _render_rec (two rows per pass).
     dt = rimg.dtype.type
     n = nch * CHUNK
@@ -566,7 +637,10 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi):
     zero = dt(0.0)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
-        _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
+        if rimg.itemsize == 4:
+            _rec_start32(t, js - t[_MY], x0, i0 - s, i1 - s, f, r, w)
+        else:
+            _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
         j = js
         e1 = math.exp(-fyy)
         pa64 = 1.0
@@ -614,7 +688,7 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi):
 
 
 @njit(**_JIT)
-def _accumulate_one(t, rimg, n2, out, cs, sc, lohi):
+def _accumulate_one(t, rimg, n2, out, cs, sc, lohi, w):
     # The NACC sums of one component (layout in _common), accumulated in the
     # working dtype and added to ``out`` (float64); scratch of the working dtype:
     # cs (3, nx), sc (2, nx), lohi (2, ny).
@@ -626,7 +700,7 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, lohi):
     s, nch = _chunks(i0, i1)
     if t[_USE4] == 0.0:
         if _use_rec(t, j0, j1, i0, i1, rimg.itemsize):
-            _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi)
+            _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi, w)
         else:
             _accumulate_moments(t, rimg, n2, out, j0, j1, s, nch, cs)
         return
@@ -716,23 +790,23 @@ def _accumulate_scratch(rimg):
     # (cs, sc, lohi): the work rows of _accumulate_one for one thread
     ny, nx = rimg.shape
     return (np.empty((3, nx), dtype=rimg.dtype), np.empty((2, nx), dtype=rimg.dtype),
-            np.empty((2, ny), dtype=rimg.dtype))
+            np.empty((2, ny), dtype=rimg.dtype), np.empty((3, CHUNK)))
 
 
 @njit(**_JIT)
 def _accumulate_serial(table, rimg, n2, acc):
-    cs, sc, lohi = _accumulate_scratch(rimg)
+    cs, sc, lohi, w = _accumulate_scratch(rimg)
     for k in range(table.shape[0]):
-        _accumulate_one(table[k], rimg, n2, acc[k], cs, sc, lohi)
+        _accumulate_one(table[k], rimg, n2, acc[k], cs, sc, lohi, w)
 
 
 @njit(parallel=True, **_JIT)
 def _accumulate_parallel(table, rimg, n2, acc, nblock):
     # components interleaved over nblock blocks, each with its own scratch
     for b in prange(nblock):
-        cs, sc, lohi = _accumulate_scratch(rimg)
+        cs, sc, lohi, w = _accumulate_scratch(rimg)
         for k in range(b, table.shape[0], nblock):
-            _accumulate_one(table[k], rimg, n2, acc[k], cs, sc, lohi)
+            _accumulate_one(table[k], rimg, n2, acc[k], cs, sc, lohi, w)
 
 
 @njit(**_JIT)
