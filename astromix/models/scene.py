@@ -648,30 +648,42 @@ class SceneModel(FittableModel):
             return empty + ((np.zeros((0, 7, 6)),) if derivatives else ())
         return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
-    def _chain(self, p, placements, d_amp, d_mean, d_cov, grad, m):
+    def _chain(self, placements, d_amp, d_mean, d_cov, grad, m, matrix=None):
         """Add d chi2 / d parameters to ``grad`` from per-component gradients.
 
-        ``m`` (J, 7, 6): the component derivatives of :meth:`_component_arrays`.
+        ``m`` (J, 7, 6): the component derivatives of :meth:`_component_arrays`;
+        ``matrix``: :meth:`_chain_matrix` of ``placements`` (computed if omitted).
         """
-        g6 = np.column_stack([d_amp, d_mean, d_cov[:, 0, 0], d_cov[:, 0, 1] + d_cov[:, 1, 0],
-                              d_cov[:, 1, 1]])
-        local = np.einsum("jpk,jk->jp", m, g6)                  # d chi2 / d local (J, 7)
         placed = [pl for pl in placements if pl is not None]
         if not placed:
             return grad
+        g6 = np.column_stack([d_amp, d_mean, d_cov[:, 0, 0], d_cov[:, 0, 1] + d_cov[:, 1, 0],
+                              d_cov[:, 1, 1]])
+        local = np.einsum("jpk,jk->jp", m, g6)                  # d chi2 / d local (J, 7)
         sums = np.add.reduceat(local, [pl.sl.start for pl in placed], axis=0)
-        for pl, g in zip(placed, sums):
-            idx = self._index[pl.source]
-            grad[idx[("flux", self._bands[pl.band_index])]] += pl.flux_scale * g[0]
-            g_centre = pl.jac.T @ g[1:3]                       # d/d(north, east) arcsec
-            grad[idx["dec"]] += g_centre[0] * 3600.0
-            grad[idx["ra"]] += g_centre[1] * pl.cosd * 3600.0
-            if self._kinds[pl.source] == "sersic":
-                grad[idx["r_eff"]] += g[3]
-                grad[idx["n"]] += g[4]
-                grad[idx["ellip"]] += g[5]
-                grad[idx["theta"]] += g[6]
+        if matrix is None:
+            matrix = self._chain_matrix(placements, grad.size)
+        grad += matrix @ sums.ravel()
         return grad
+
+    def _chain_matrix(self, placements, n_parameters):
+        """The linear map (n_parameters, 7 x placed sources) from each placed source's
+        d chi2 / d (flux, x, y, r_eff, n, ellip, theta) in an exposure to d chi2 /
+        d parameters: constant for a set of placements (their WCS Jacobians, flux
+        scales and reference points are fixed when they are made)."""
+        placed = [pl for pl in placements if pl is not None]
+        out = np.zeros((n_parameters, 7 * len(placed)))
+        for q, pl in enumerate(placed):
+            idx = self._index[pl.source]
+            c = 7 * q
+            out[idx[("flux", self._bands[pl.band_index])], c] += pl.flux_scale
+            # d/d(north, east) [arcsec] = J^T d/d(x, y)
+            out[idx["dec"], c + 1:c + 3] += 3600.0 * pl.jac[:, 0]
+            out[idx["ra"], c + 1:c + 3] += 3600.0 * pl.cosd * pl.jac[:, 1]
+            if self._kinds[pl.source] == "sersic":
+                for name, col in (("r_eff", 3), ("n", 4), ("ellip", 5), ("theta", 6)):
+                    out[idx[name], c + col] += 1.0
+        return out
 
     def _objective_for(self, exposures, *, background="fit", dtype=np.float64, backend=None,
                        progress=None):
@@ -832,6 +844,8 @@ class SceneObjective:
         if missing:
             raise InputError(f"source(s) {missing} lie on no exposure")
         self.n_data = int(sum(int((np.asarray(e.weight) > 0).sum()) for e in self.exposures))
+        # the chain rule from each exposure's per-source derivatives to the parameters
+        self._chain_matrices = [scene._chain_matrix(pls, p.size) for pls in self.placements]
         self.backgrounds = np.array([b if b is not None else 0.0 for b in self.fixed_bg])
         self.chi2_per_exposure = np.zeros(len(self.exposures))
         self.n_calls = 0
@@ -888,8 +902,8 @@ class SceneObjective:
             if gradient:
                 d_amp, d_mean, d_cov = self.bk.assemble_gradient(tables[k],
                                                                  self.bk.to_numpy(acc))
-                self.scene._chain(p, self.placements[k], d_amp, d_mean, d_cov, grad,
-                                  prepared[k][1])
+                self.scene._chain(self.placements[k], d_amp, d_mean, d_cov, grad,
+                                  prepared[k][1], self._chain_matrices[k])
         return (total, grad) if gradient else total
 
     def _work_per_exposure(self):
