@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-__all__ = ["sersic_components", "shape_terms", "table_coefficients"]
+__all__ = ["exposure_components", "sersic_components", "shape_terms", "table_coefficients"]
 
 
 def _kappa(cxx, cxy, cyy, dxx, dxy, dyy):
@@ -230,15 +230,105 @@ def _build(coeffs, t_n, flux, x_0, y_0, r_eff, source_shape, wcs_jac, pamp, pmea
     return amp, mean, cov, jac
 
 
+def _build_many(p, sersic, term, flux_index, flux_scale, ra_index, dec_index, r_eff_index,
+                ra_ref, dec_ref, cosd, pixel, wcs_jac, psf_start, pamp, pmean, pcov, coeffs, t_n,
+                shapes, tolerance, box, derivatives):
+    # every placed source of one exposure (see exposure_components)
+    n_src = sersic.shape[0]
+    k_gal = coeffs.shape[2] // 2
+    n_max = 0
+    for q in range(n_src):
+        n_max += (psf_start[q + 1] - psf_start[q]) * (k_gal if sersic[q] else 1)
+    amp = np.empty(n_max)
+    mean = np.empty((n_max, 2))
+    cov = np.empty((n_max, 2, 2))
+    jac = np.zeros((n_max if derivatives else 0, 7, 6))
+    starts = np.empty(n_src + 1, dtype=np.int64)
+    out = 0
+    for q in range(n_src):
+        starts[q] = out
+        flux = p[flux_index[q]] * flux_scale[q]
+        north = (p[dec_index[q]] - dec_ref[q]) * 3600.0
+        east = (p[ra_index[q]] - ra_ref[q]) * cosd[q] * 3600.0
+        x_0 = pixel[q, 0] + wcs_jac[q, 0, 0] * north + wcs_jac[q, 0, 1] * east
+        y_0 = pixel[q, 1] + wcs_jac[q, 1, 0] * north + wcs_jac[q, 1, 1] * east
+        j0, j1 = psf_start[q], psf_start[q + 1]
+        if sersic[q]:
+            c = term[q]
+            a, m, v, d = _build(coeffs[c], t_n[c], flux, x_0, y_0, p[r_eff_index[q]],
+                                shapes[c], wcs_jac[q], pamp[j0:j1], pmean[j0:j1], pcov[j0:j1],
+                                tolerance, box, derivatives)
+            n = a.shape[0]
+            amp[out:out + n] = a
+            mean[out:out + n] = m
+            cov[out:out + n] = v
+            if derivatives:
+                jac[out:out + n] = d
+        else:
+            n = j1 - j0
+            for j in range(n):
+                amp[out + j] = flux * pamp[j0 + j]
+                mean[out + j, 0] = x_0 + pmean[j0 + j, 0]
+                mean[out + j, 1] = y_0 + pmean[j0 + j, 1]
+                cov[out + j] = pcov[j0 + j]
+                if derivatives:
+                    jac[out + j, 0, 0] = pamp[j0 + j]
+                    jac[out + j, 1, 1] = 1.0
+                    jac[out + j, 2, 2] = 1.0
+        out += n
+    starts[n_src] = out
+    return amp[:out], mean[:out], cov[:out], jac[:out] if derivatives else jac, starts
+
+
 try:
     import numba
 except ImportError:                                    # pragma: no cover - numba is optional
     _compiled = _build
+    _compiled_many = _build_many
 else:
     _opts = {"cache": True, "error_model": "numpy", "nogil": True}
     _kappa = numba.njit(inline="always", **_opts)(_kappa)
     _peak = numba.njit(inline="always", **_opts)(_peak)
-    _compiled = numba.njit(**_opts)(_build)
+    _build = _compiled = numba.njit(**_opts)(_build)
+    _compiled_many = numba.njit(**_opts)(_build_many)
+
+
+def exposure_components(p, pack, coeffs, t_n, shapes, tolerance, box, derivatives=False):
+    """Components (and derivatives) of all the sources placed in one exposure, in one call.
+
+    The sources are Sersic profiles (:func:`sersic_components`, on the sky
+    through each source's local WCS Jacobian) and points (the PSF), with
+    centres from the sky position offsets: ``(x, y) = pixel + J (north,
+    east)``, offsets in arcsec from the reference point.
+
+    Parameters
+    ----------
+    p : ndarray, shape (n_parameters,)
+        The scene's parameter vector (flux, ra [deg], dec [deg], r_eff [arcsec]).
+    pack : tuple
+        Per placed source (Q of them): ``(sersic (Q,) bool, term (Q,) int
+        (row of coeffs, t_n and shapes), flux_index, flux_scale, ra_index,
+        dec_index, r_eff_index, ra_ref, dec_ref, cosd (Q,), pixel (Q, 2),
+        wcs_jac (Q, 2, 2) [px / arcsec], psf_start (Q + 1,), psf_amp (M,),
+        psf_mean (M, 2), psf_cov (M, 2, 2))``, the PSFs of source q being
+        rows ``psf_start[q]:psf_start[q + 1]``.
+    coeffs, t_n, shapes : ndarray, shapes (S, 4, 2K), (S,), (S, 9)
+        The table's cubic coefficients, offsets and shape terms of each
+        source (:func:`sersic_components`; rows of point sources unused).
+    tolerance, box : float
+        As for :func:`sersic_components`.
+    derivatives : bool, optional
+
+    Returns
+    -------
+    amp, mean, cov : ndarray, shapes (J,), (J, 2), (J, 2, 2)
+    jac : ndarray, shape (J, 7, 6), only with ``derivatives``
+    starts : ndarray, shape (Q + 1,)
+        Source q's components are rows ``starts[q]:starts[q + 1]``.
+    """
+    amp, mean, cov, jac, starts = _compiled_many(
+        p, *pack, coeffs, t_n, shapes, float(tolerance), float(box), bool(derivatives))
+    return ((amp, mean, cov, jac) if derivatives else (amp, mean, cov)) + (starts,)
 
 
 def shape_terms(ellip, theta):

@@ -33,7 +33,7 @@ from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
 from ._base import evaluate_mixture
-from ._sersic_build import sersic_components, shape_terms
+from ._sersic_build import exposure_components, shape_terms
 
 __all__ = ["SersicSource", "StarSource", "SceneModel", "SceneObjective", "SceneWarning",
            "local_affine"]
@@ -586,67 +586,83 @@ class SceneModel(FittableModel):
         return out
 
     def _source_terms(self, p):
-        """Per Sersic source: the table's cubic around n (coefficients, offset), shapes."""
+        """The table's cubics around each Sersic source's n and its shape terms.
+
+        Returns ``(coeffs (N, 4, 2K), t_n (N,), shapes (N, 9))`` for the N
+        sources (rows of point sources are zero); see :func:`exposure_components`.
+        """
         from .sersic_table import SersicMixtureTable
         table = SersicMixtureTable.load()
-        terms = {}
+        coeffs = t_n = None
+        shapes = np.zeros((self.n_sources, 9))
         for i, kind in enumerate(self._kinds):
             if kind != "sersic":
                 continue
             idx = self._index[i]
-            terms[i] = table.interval(p[idx["n"]]) + (shape_terms(p[idx["ellip"]],
-                                                                   p[idx["theta"]]),)
-        return terms
+            c, t = table.interval(p[idx["n"]])
+            if coeffs is None:
+                coeffs = np.zeros((self.n_sources,) + c.shape)
+                t_n = np.zeros(self.n_sources)
+            coeffs[i] = c
+            t_n[i] = t
+            shapes[i] = shape_terms(p[idx["ellip"]], p[idx["theta"]])
+        if coeffs is None:
+            coeffs, t_n = np.zeros((self.n_sources, 4, 2)), np.zeros(self.n_sources)
+        return coeffs, t_n, shapes
 
-    def _component_arrays(self, p, placements, terms=None, derivatives=False):
+    def _pack(self, placements):
+        """The per-source constants of :func:`exposure_components` for a set of placements."""
+        placed = [pl for pl in placements if pl is not None]
+        q = len(placed)
+        idx = [self._index[pl.source] for pl in placed]
+        sersic = np.array([self._kinds[pl.source] == "sersic" for pl in placed], dtype=bool)
+        psf_start = np.zeros(q + 1, dtype=np.int64)
+        psf_start[1:] = np.cumsum([pl.psf_amp.size for pl in placed])
+
+        def cat(name, shape):
+            return (np.concatenate([getattr(pl, name) for pl in placed]) if placed
+                    else np.zeros(shape))
+
+        return (sersic, np.array([pl.source for pl in placed], dtype=np.int64),
+                np.array([ix[("flux", self._bands[pl.band_index])]
+                          for ix, pl in zip(idx, placed)], dtype=np.int64),
+                np.array([pl.flux_scale for pl in placed], dtype=float),
+                np.array([ix["ra"] for ix in idx], dtype=np.int64),
+                np.array([ix["dec"] for ix in idx], dtype=np.int64),
+                np.array([ix.get("r_eff", 0) for ix in idx], dtype=np.int64),
+                np.array([pl.ra_ref for pl in placed], dtype=float),
+                np.array([pl.dec_ref for pl in placed], dtype=float),
+                np.array([pl.cosd for pl in placed], dtype=float),
+                np.array([pl.pixel for pl in placed], dtype=float).reshape(q, 2),
+                np.array([pl.jac for pl in placed], dtype=float).reshape(q, 2, 2),
+                psf_start, cat("psf_amp", (0,)), cat("psf_mean", (0, 2)),
+                cat("psf_cov", (0, 2, 2)))
+
+    def _component_arrays(self, p, placements, terms=None, derivatives=False, pack=None):
         """amp (J,), mean (J, 2), cov (J, 2, 2) of all placed sources; sets .sl.
 
         With ``derivatives``, also d (amp, x, y, C_xx, C_xy, C_yy) / d (flux,
         x, y, r_eff, n, ellip, theta) per component, (J, 7, 6), in the
         exposure's pixels (flux: the exposure's, x, y: the centre [px],
-        r_eff [arcsec]), for :meth:`_chain`.  Galaxies are built by the
-        compiled :func:`~astromix.models._sersic_build.sersic_components`,
-        their components merged within the settings' ``merge_tolerance``.
+        r_eff [arcsec]), for :meth:`_chain`.  All the sources of the exposure
+        are built in one compiled call
+        (:func:`~astromix.models._sersic_build.exposure_components`), the
+        galaxies' components merged within the settings' ``merge_tolerance``.
+        ``terms``: :meth:`_source_terms` at ``p``, ``pack``: :meth:`_pack` of
+        ``placements`` (both computed if omitted).
         """
         if terms is None:
             terms = self._source_terms(p)
+        if pack is None:
+            pack = self._pack(placements)
         settings = self.settings
-        box = settings.box_variance
-        parts = []
-        start = 0
-        for pl in placements:
-            if pl is None:
-                continue
-            idx = self._index[pl.source]
-            flux = p[idx[("flux", self._bands[pl.band_index])]] * pl.flux_scale
-            north = (p[idx["dec"]] - pl.dec_ref) * 3600.0
-            east = (p[idx["ra"]] - pl.ra_ref) * pl.cosd * 3600.0
-            jac = pl.jac
-            centre = (pl.pixel[0] + jac[0, 0] * north + jac[0, 1] * east,
-                      pl.pixel[1] + jac[1, 0] * north + jac[1, 1] * east)
-            if self._kinds[pl.source] == "sersic":
-                coeffs, t_n, shape = terms[pl.source]
-                # the (north, east) shape and its derivatives seen through the WCS Jacobian
-                part = sersic_components(
-                    coeffs, t_n, flux, centre[0], centre[1], p[idx["r_eff"]], shape,
-                    (pl.psf_amp, pl.psf_mean, pl.psf_cov), settings.merge_tolerance, box,
-                    derivatives, wcs_jac=jac)
-            else:
-                amp = flux * pl.psf_amp
-                part = (amp, np.asarray(centre) + pl.psf_mean, pl.psf_cov)
-                if derivatives:
-                    m = np.zeros((amp.size, 7, 6))
-                    m[:, 0, 0] = pl.psf_amp
-                    m[:, 1, 1] = m[:, 2, 2] = 1.0
-                    part += (m,)
-            n_part = len(part[0])
-            pl.sl = slice(start, start + n_part)
-            start += n_part
-            parts.append(part)
-        if not parts:
-            empty = (np.zeros(0), np.zeros((0, 2)), np.zeros((0, 2, 2)))
-            return empty + ((np.zeros((0, 7, 6)),) if derivatives else ())
-        return tuple(np.concatenate(arrays) for arrays in zip(*parts))
+        *arrays, starts = exposure_components(
+            np.asarray(p, dtype=float), pack, *terms, settings.merge_tolerance,
+            settings.box_variance, derivatives)
+        placed = [pl for pl in placements if pl is not None]
+        for pl, a, b in zip(placed, starts[:-1].tolist(), starts[1:].tolist()):
+            pl.sl = slice(a, b)
+        return tuple(arrays)
 
     def _chain(self, placements, d_amp, d_mean, d_cov, grad, m, matrix=None):
         """Add d chi2 / d parameters to ``grad`` from per-component gradients.
@@ -846,6 +862,7 @@ class SceneObjective:
         self.n_data = int(sum(int((np.asarray(e.weight) > 0).sum()) for e in self.exposures))
         # the chain rule from each exposure's per-source derivatives to the parameters
         self._chain_matrices = [scene._chain_matrix(pls, p.size) for pls in self.placements]
+        self._packs = [scene._pack(pls) for pls in self.placements]
         self.backgrounds = np.array([b if b is not None else 0.0 for b in self.fixed_bg])
         self.chi2_per_exposure = np.zeros(len(self.exposures))
         self.n_calls = 0
@@ -937,7 +954,8 @@ class SceneObjective:
 
         Sets the placements' slices.
         """
-        arrays = self.scene._component_arrays(p, self.placements[k], terms, derivatives)
+        arrays = self.scene._component_arrays(p, self.placements[k], terms, derivatives,
+                                              self._packs[k])
         table = self.bk.prepare(*arrays[:3], self.settings)
         return table, (arrays[3] if derivatives else None)
 
