@@ -139,6 +139,10 @@ _L1MAX_EPS = 2e-4
 _L1MAX_PENALTY = 200.0
 
 
+#: Restarts of L-BFGS-B from its result in fit_gaussian_mixture (while it improves).
+_POLISH_RESTARTS = 3
+
+
 def _l1max_objective(data, mask, max_residual, settings, backend):
     """Objective and gradient of sum|r| / flux + penalty * sum(max(|r| - cap, 0)^2)."""
     from ..settings import get_default_settings
@@ -173,7 +177,8 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
 
     Minimises, over every component's amplitude, centre and covariance
     (Cholesky-parameterised, so covariances stay positive definite), with
-    L-BFGS-B and the backend's analytic gradient, either chi-square
+    L-BFGS-B (scipy; restarted from its result while that still improves, at
+    most 3 times) and the backend's analytic gradient, either chi-square
     (``objective="chi2"``, weighted least squares) or the two accuracy
     metrics of a PSF mixture (``"l1max"``: the summed absolute residual over
     the flux, smoothed, plus a steep penalty on pixels whose residual exceeds
@@ -300,6 +305,17 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
         res = optimize.minimize(fun, v0, jac=True, method="L-BFGS-B",
                                 bounds=bounds, options={"maxiter": maxiter, "maxfun": 2 * maxiter})
         n_it += res.nit
+        # restarted while it still improves: L-BFGS-B stops on a small relative
+        # reduction while the smoothed l1 objective is still falling (JWST F200W,
+        # 4 Gaussians: sum|res|/flux 0.171 -> 0.167), and where it stops depends on
+        # rounding; a fresh curvature estimate goes on from there
+        for _ in range(_POLISH_RESTARTS):
+            again = optimize.minimize(fun, res.x, jac=True, method="L-BFGS-B", bounds=bounds,
+                                      options={"maxiter": maxiter, "maxfun": 2 * maxiter})
+            n_it += again.nit
+            if not again.fun < res.fun - 1e-6 * abs(res.fun):
+                break
+            res = again
         log.debug("start %d: %s %.6g after %d iterations", s, objective, res.fun, res.nit)
         if best is None or res.fun < best.fun:
             best = res
