@@ -279,3 +279,27 @@ def test_bad_input():
     with pytest.raises(InputError):
         SersicMixture(1.0, 0.0, 0.0, 2.0, 9.5).evaluate(0.0, 0.0, 1.0, 0.0, 0.0, 2.0, 9.5, 0.0,
                                                         0.0)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_grid_origin_recognises_whole_pixel_grids(monkeypatch, compiled):
+    """The model's grid check (compiled, and its NumPy fallback) finds whole-pixel grids
+    and only those; off the grid the model is evaluated point by point, the same values."""
+    from astromix.models import _base
+
+    if not compiled:
+        monkeypatch.setattr(_base, "_grid_check", None)
+    y, x = np.mgrid[:20, :30].astype(float)
+    assert _base.grid_origin(x, y) == (0.0, 0.0)
+    assert _base.grid_origin(x + 2.5, y - 7.0) == (2.5, -7.0)
+    xs, ys = np.meshgrid(np.arange(30.0) + 0.25, np.arange(20.0))   # views of 1-d ranges
+    assert _base.grid_origin(xs, ys) == (0.25, 0.0)
+    for bad in ((x * 1.0001, y), (x, y + np.eye(20, 30) * 1e-9), (y, x),
+                (x[:, ::2], y[:, ::2]), (x[:2, :3], y[:2, :3])):
+        assert _base.grid_origin(*bad) is None
+    xn = x.copy()
+    xn[5, 7] = np.nan
+    assert _base.grid_origin(xn, y) is None
+    m = SersicMixture(50.0, 14.3, 9.6, 3.0, 1.5, 0.2, 0.4)
+    jitter = y + np.eye(20, 30) * 1e-9
+    np.testing.assert_allclose(m(x, jitter), m(x, y), rtol=0, atol=1e-6 * m(x, y).max())
