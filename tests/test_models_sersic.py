@@ -303,3 +303,34 @@ def test_grid_origin_recognises_whole_pixel_grids(monkeypatch, compiled):
     m = SersicMixture(50.0, 14.3, 9.6, 3.0, 1.5, 0.2, 0.4)
     jitter = y + np.eye(20, 30) * 1e-9
     np.testing.assert_allclose(m(x, jitter), m(x, y), rtol=0, atol=1e-6 * m(x, y).max())
+
+
+def test_fast_call_equals_astropy_call():
+    """model(x, y) on float64 arrays skips astropy's input handling with the same result;
+    units, keywords, scalars and model sets still take astropy's path."""
+    from astropy import units as u
+    from astropy.modeling import Fittable2DModel
+
+    psf = GaussianMixture([0.7, 0.3], [[0.0, 0.0], [0.2, -0.1]],
+                          [np.eye(2) * 1.2, np.eye(2) * 4.0])
+    y, x = np.mgrid[:24, :30].astype(float)
+    xs, ys = np.array([3.2, 10.7, 15.0]), np.array([4.1, 12.3, 8.8])
+    for m in (SersicMixture(80.0, 14.3, 11.6, 3.0, 2.5, 0.3, 0.7, psf=psf),
+              PointSource(40.0, 12.2, 9.9, psf=psf)):
+        for args in ((x, y), (xs, ys)):
+            np.testing.assert_array_equal(m(*args), Fittable2DModel.__call__(m, *args))
+        # a scalar point and a keyword go through astropy
+        one = m(np.array([12.0]), np.array([10.0]))[0]
+        assert float(m(12.0, 10.0)) == pytest.approx(float(one), rel=1e-12)
+        boxed = m(x, y, with_bounding_box=True)
+        inside = np.isfinite(boxed)
+        # (astropy renders the box's sub-grid: a different origin, the same values)
+        full = m(x, y)
+        np.testing.assert_allclose(boxed[inside], full[inside], rtol=1e-9, atol=1e-9 * full.max())
+        if isinstance(m, PointSource):
+            assert 0 < inside.sum() < inside.size   # the box cuts the 30-px-wide grid
+    q = SersicMixture(80.0 * u.Jy, 14.3, 11.6, 3.0, 2.5, 0.3, 0.7, psf=psf)
+    out = q(x, y)
+    assert isinstance(out, u.Quantity) and out.unit == u.Jy
+    np.testing.assert_allclose(out.value, SersicMixture(80.0, 14.3, 11.6, 3.0, 2.5, 0.3, 0.7,
+                                                        psf=psf)(x, y))

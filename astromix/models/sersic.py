@@ -1,5 +1,7 @@
 """SersicMixture and PointSource: galaxies and stars as Gaussian mixtures (astropy models)."""
 
+import math
+
 import numpy as np
 from astropy.modeling import Fittable2DModel, Parameter
 
@@ -46,6 +48,26 @@ class _MixtureSourceBase(Fittable2DModel):
     def input_units(self):
         """Pixel coordinates carry no unit (None)."""
         return None
+
+    def __call__(self, *args, **kwargs):
+        """Evaluate at pixel coordinates, as :meth:`astropy.modeling.Model.__call__` does.
+
+        Two float64 NumPy arrays of one shape and no keyword arguments, for a
+        single model whose parameters carry no units, go straight to
+        :meth:`evaluate`: the same values, without astropy's input and parameter
+        handling (about 40 us a call, as long as rendering a 64 x 64 stamp).
+        Anything else (units, model sets, ``with_bounding_box``, scalars,
+        broadcasting) takes astropy's path.
+        """
+        if not kwargs and len(args) == 2:
+            x, y = args
+            if (type(x) is np.ndarray and type(y) is np.ndarray and x.shape == y.shape
+                    and x.ndim >= 1 and x.dtype == np.float64 and y.dtype == np.float64
+                    and len(self) == 1):
+                params = [getattr(self, name) for name in self.param_names]
+                if all(par.unit is None for par in params):
+                    return self.evaluate(x, y, *(par.value for par in params))
+        return super().__call__(*args, **kwargs)
 
     def _bounding_box_from(self, mix):
         n = self.settings.n_sigma
@@ -151,8 +173,8 @@ class SersicMixture(_MixtureSourceBase):
         ``merge_tolerance`` of the peak.
         """
         flux, x_0, y_0, r_eff, n, ellip, theta = (float(v) for v in p)
-        if not (r_eff > 0 and 0 <= ellip < 1 and np.isfinite(flux) and np.isfinite(theta)
-                and np.isfinite(x_0) and np.isfinite(y_0)):
+        if not (r_eff > 0 and 0 <= ellip < 1 and math.isfinite(flux) and math.isfinite(theta)
+                and math.isfinite(x_0) and math.isfinite(y_0)):
             self._refuse(flux, x_0, y_0, r_eff, ellip, theta)
         coeffs, t_n = self._table_interval(n)
         settings = self.settings
