@@ -334,3 +334,32 @@ def test_fast_call_equals_astropy_call():
     assert isinstance(out, u.Quantity) and out.unit == u.Jy
     np.testing.assert_allclose(out.value, SersicMixture(80.0, 14.3, 11.6, 3.0, 2.5, 0.3, 0.7,
                                                         psf=psf)(x, y))
+
+
+def test_reused_components_follow_parameters_and_settings():
+    """The kept build is reused only at the same parameters, settings and table."""
+    from astromix.settings import get_default_settings, set_default_settings
+
+    psf = GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 1.5])
+    y, x = np.mgrid[:32, :32].astype(float)
+    m = SersicMixture(100.0, 15.2, 16.1, 3.0, 2.0, 0.2, 0.3, psf=psf)
+    first = m(x, y)
+    np.testing.assert_array_equal(m(x, y), first)
+    for name, value in (("n", 2.5), ("r_eff", 3.5), ("x_0", 15.3), ("theta", 0.31)):
+        setattr(m, name, value)
+        fresh = SersicMixture(*m.parameters, psf=psf)
+        np.testing.assert_array_equal(m(x, y), fresh(x, y))
+        # the derivatives at the same point, after the value: one build serves both
+        np.testing.assert_array_equal(np.array(m.fit_deriv(x, y, *m.parameters)),
+                                      np.array(fresh.fit_deriv(x, y, *fresh.parameters)))
+    with pytest.raises(ValueError):
+        m._mixture_and_derivatives(list(m.parameters))[1][0, 0, 0] = 1.0   # read-only
+    before = get_default_settings()
+    try:
+        set_default_settings(AccuracySettings(pixel_integration="none"))
+        plain = m(x, y)
+        assert np.abs(plain - m(x, y)).max() == 0
+        set_default_settings(before)
+        assert np.abs(plain - m(x, y)).max() > 1e-4 * plain.max()
+    finally:
+        set_default_settings(before)

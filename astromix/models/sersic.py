@@ -216,18 +216,38 @@ class SersicMixture(_MixtureSourceBase):
 
     def _mixture_from(self, p):
         """The (convolved) mixture for the parameter values ``p`` (in param_names order)."""
-        return GaussianMixture._unchecked(*self._components(p))
+        return self._built(p, False)[0]
 
     def _mixture_and_derivatives(self, p):
         """The mixture of :meth:`_mixture_from` at ``p`` and its component derivatives.
 
         The derivatives, d (amp, mean x, mean y, C_xx, C_xy, C_yy) / d parameter,
-        have shape (J, 7, 6) for the J components; see
+        have shape (J, 7, 6) for the J components (read-only); see
         :func:`astromix.models._base.chain_coefficients`.  The fitter's hot path:
         one compiled call gives both.
         """
-        amp, mean, cov, jac = self._components(p, derivatives=True)
-        return GaussianMixture._unchecked(amp, mean, cov), jac
+        return self._built(p, True)
+
+    def _built(self, p, derivatives):
+        """(mixture, derivatives or None) at ``p``, the last one kept for reuse.
+
+        A model evaluated again with the same parameter values, settings and
+        table (drawn into another grid, or its ``fit_deriv`` after its value at
+        the same point, as fitters do) reuses the components instead of building
+        them again (~15 us of a 64 x 64 stamp's ~60 us).
+        """
+        key = (tuple(p), self.settings, self._table())
+        last = self.__dict__.get("_last_build")
+        if last is not None and last[0] == key and (last[2] is not None or not derivatives):
+            return last[1], (last[2] if derivatives else None)
+        if derivatives:
+            amp, mean, cov, jac = self._components(p, derivatives=True)
+            jac.setflags(write=False)
+        else:
+            (amp, mean, cov), jac = self._components(p), None
+        mix = GaussianMixture._unchecked(amp, mean, cov)
+        self.__dict__["_last_build"] = (key, mix, jac)
+        return mix, jac
 
     @property
     def bounding_box(self):
