@@ -29,19 +29,24 @@ accumulate on the 64x64 benchmark stamp, with both changes: 100 -> 71 us).
 Components without the fourth-order factor that are at least ``REC_ROWS32`` /
 ``REC_ROWS64`` rows tall (float32 / float64) are walked down their rows by
 recurrence instead of exponentials: with ``f = exp(-q/2)`` at one pixel and ``r``
-the ratio to the pixel below, ``f(j+1) = f(j) r(j)`` and ``r(j) = r(j0) exp(-F_yy (j
-- j0))``, the last factor a float64 product of ``exp(-F_yy)`` rounded once per row,
-so each pixel costs two multiplications. The start row ``j0`` is computed exactly
-(``_exp_wide``, a table of ``exp`` at integers times a polynomial, accurate to ~1
-ulp for ``|q| <= 1400``) and again every ``RESTART`` rows; the ellipse is applied as
-the row's chord, and two rows are done per pass over the row buffers. The recurrence
-is used only where every ``f``, ``r`` and row factor over the box stays a normal
-number (``|q| <= QSAFE32`` or ``QSAFE64``): thin tilted components, mostly in
-float32, keep the exponentials. Measured against NumPy: float64 renders agree to
-2e-13 of the peak (as before), float32 to 8e-7; on the benchmark's 54-Gaussian stamp
-the float64 render went from 96 to 53 us and chi2 + gradient from 240 to 150 us
-(float32: 45 -> 45 us and 133 -> 125 us, where the start rows cost as much as the
-exponentials saved on shorter components).
+the ratio to the pixel below, ``f(j+1) = f(j) r(j)`` and
+``r(j) = r(j0) exp(-F_yy (j - j0))``, the last factor a float64 product of
+``exp(-F_yy)`` rounded once per row (a scalar ``exp`` per row had cost a quarter
+of a float32 stamp's render), so each pixel costs two multiplications.  The
+start row ``j0`` is computed exactly, again every ``RESTART`` rows: in float64
+by ``_exp_wide`` (a table of ``exp`` at integers times a polynomial, ~1 ulp for
+``|q| <= 1400``), in float32 by ``_rec_start32`` (3 x ``CHUNK`` exponentials,
+the other columns by float64 recurrences across chunks).  The ellipse is
+applied as the row's chord, and two rows are done per pass over the row
+buffers.  The recurrence is used only where every ``f``, ``r`` and row factor
+over the box stays a normal number (``|q| <= QSAFE32`` or ``QSAFE64``): thin
+tilted components, mostly in float32, keep the exponentials.  Measured against
+NumPy: float64 renders agree to 2e-13 of the peak (as before), float32 to
+8e-7.  On the benchmark's 54-Gaussian stamp the float64 render went from 96 to
+43 us and chi2 + gradient from 240 to 123 us, float32 from 45 to 34 us and
+from 133 to 90 us.  The fourth-order components accumulate their 14 sums in one
+flat loop over a copy of their box (the vector sums reduced once per component,
+not per row).
 
 Threads: one image is split into bands of rows rendered in parallel, each band
 looping over the components that reach it; gradients are accumulated in
@@ -299,8 +304,9 @@ def _rec_start(t, dy, x0, a, b, f, r):
 
 @njit(inline="always", **_JIT)
 def _exp_half_sq(q):
-    # float64 exp(-q/2) for |q| <= 400 as p(-q/512)**256, p the degree-9 Taylor
-    # polynomial of exp (relative error ~3e-14: for float32 start rows)
+    # float64 exp(-q/2) as p(-q/512)**256, p the degree-9 Taylor polynomial of exp:
+    # relative error below 1e-9 for |q| <= QSAFE32 = 160 (1e-6 at 320), for the
+    # float32 start rows, whose arguments stay within QSAFE32
     x = q * (-1.0 / 512.0)
     p = 1.0 / 362880.0
     p = 1.0 / 40320.0 + x * p
@@ -328,9 +334,11 @@ def _rec_start32(t, dy, x0, a, b, f, r, w):
     # the box's columns a + l + CHUNK m are reached from its first CHUNK columns
     # a + l by float64 recurrences across chunks, f(x + CHUNK) = f(x) R(x) with
     # R(x + CHUNK) = R(x) exp(-CHUNK^2 F_xx) and r(x + CHUNK) = r(x) exp(-CHUNK F_xy)
-    # (relative error ~m^2 1e-16 after m chunks: nothing in float32).  Every value
-    # stored lies in the box, where q >= 0 and |q|, |dq| <= QSAFE32, so none
-    # leaves the normal range.
+    # (relative error ~1e-9 per chunk: nothing in float32).  The exponentials'
+    # arguments are q and dq in the box and q(x + CHUNK) - q(x) for two columns in
+    # it, all within QSAFE32 (a lane whose next column leaves the box is not
+    # stored again), so every value stored is a normal float32 number; w is a
+    # (3, CHUNK) float64 scratch.
     fxx, fxy, fyy = t[_FXX], t[_FXY], t[_FYY]
     fl = w[0]
     rl = w[1]
@@ -344,7 +352,6 @@ def _rec_start32(t, dy, x0, a, b, f, r, w):
         gl[l] = _exp_half_sq(2.0 * CHUNK * (fxx * x + fxy * dy) + CHUNK * CHUNK * fxx)
     kg = math.exp(-CHUNK * CHUNK * fxx)
     kr = math.exp(-CHUNK * fxy)
-    n = f.shape[0]
     f[:a] = 0.0
     r[:a] = 0.0
     f[b + 1:] = 0.0
@@ -361,7 +368,6 @@ def _rec_start32(t, dy, x0, a, b, f, r, w):
             fl[l] *= gl[l]
             gl[l] *= kg
             rl[l] *= kr
-    return n
 
 
 @njit(**_JIT)
