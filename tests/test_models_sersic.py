@@ -294,6 +294,7 @@ def test_grid_origin_recognises_whole_pixel_grids(monkeypatch, compiled):
     assert _base.grid_origin(x + 2.5, y - 7.0) == (2.5, -7.0)
     xs, ys = np.meshgrid(np.arange(30.0) + 0.25, np.arange(20.0))   # views of 1-d ranges
     assert _base.grid_origin(xs, ys) == (0.25, 0.0)
+    assert _base.grid_origin(x.astype(">f8"), y.astype(">f8")) == (0.0, 0.0)  # FITS order
     for bad in ((x * 1.0001, y), (x, y + np.eye(20, 30) * 1e-9), (y, x),
                 (x[:, ::2], y[:, ::2]), (x[:2, :3], y[:2, :3])):
         assert _base.grid_origin(*bad) is None

@@ -44,7 +44,7 @@ def grid_origin(x, y):
     if x.ndim != 2 or x.shape != y.shape or x.size < 64:
         return None
     x0, y0 = x[0, 0], y[0, 0]
-    if _grid_check is not None:
+    if _grid_check is not None and x.dtype.isnative and y.dtype.isnative:
         return (x0, y0) if _grid_check(x, y) else None
     ny, nx = x.shape
     row, col = x[0], y[:, 0]
