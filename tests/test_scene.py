@@ -273,6 +273,12 @@ def test_bad_input():
             far.chi2([make_exposure((20, 20), "g")])
     with pytest.raises(InputError):
         SersicSource(RA, DEC, 1.0, n=12.0)
+    from astropy import units as u
+    with pytest.raises(InputError, match="finite"):
+        SersicSource(RA, DEC, 1.0, r_eff=np.nan * u.arcsec)
+    with pytest.raises(InputError, match="units of"):
+        SersicSource(RA, DEC, 1.0, r_eff=1.0 * u.kg)
+    assert SersicSource(RA, DEC, 1.0, r_eff=60 * u.mas).r_eff == pytest.approx(0.06)
     with pytest.raises(InputError, match="SceneModel"):
         fit_scene(GaussianMixturePSF(PSF), [make_exposure((20, 20), "g")])
     with pytest.raises(InputError, match="needs an exposure"):

@@ -52,13 +52,14 @@ def _value(x, unit, what):
     """A float from a number or a Quantity convertible to ``unit``."""
     if isinstance(x, u.Quantity):
         try:
-            return float(x.to_value(unit))
+            v = float(x.to_value(unit))
         except u.UnitsError:
             raise InputError(f"{what} must be in units of {unit}, got {x.unit}") from None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a number, got {x!r}") from None
+    else:
+        try:
+            v = float(x)
+        except (TypeError, ValueError):
+            raise InputError(f"{what} must be a number, got {x!r}") from None
     if not math.isfinite(v):
         raise InputError(f"{what} must be finite, got {v}")
     return v
