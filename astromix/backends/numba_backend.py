@@ -848,6 +848,77 @@ def _residual_parallel(model, data, weight, rimg):
     return part.sum()
 
 
+@njit(parallel=True, **_JIT)
+def _exposures_chi2(model, data, weight, tables, toff, shapes, ioff, rtasks, atasks, n2,
+                    background, fit_background, gradient, acc):
+    # chi2 (and gradient sums) of several exposures in one call: images packed
+    # in flat arrays (exposure e: ioff[e], shape shapes[e], width a multiple of
+    # CHUNK), tables stacked (exposure e: rows toff[e]..toff[e+1]).  Row bands
+    # rtasks (e, y0, y1) are rendered, their residuals taken, and component
+    # blocks atasks (e, first, step) accumulated, each phase over all threads.
+    ne = shapes.shape[0]
+    nr = rtasks.shape[0]
+    sums = np.zeros((nr, 3))
+    for q in prange(nr):
+        e, y0, y1 = rtasks[q, 0], rtasks[q, 1], rtasks[q, 2]
+        ny, nx = shapes[e, 0], shapes[e, 1]
+        img = model[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
+        img[y0:y1, :] = 0.0
+        _render_rows(img, tables[toff[e]:toff[e + 1]], y0, y1, n2)
+        if fit_background[e]:
+            d = data[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
+            w = weight[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
+            swr = 0.0
+            sw = 0.0
+            for j in range(y0, y1):
+                for i in range(nx):
+                    swr += float(w[j, i]) * (float(d[j, i]) - float(img[j, i]))
+                    sw += float(w[j, i])
+            sums[q, 0] = swr
+            sums[q, 1] = sw
+    bg = background.copy()
+    for e in range(ne):
+        if fit_background[e]:
+            swr = 0.0
+            sw = 0.0
+            for q in range(nr):
+                if rtasks[q, 0] == e:
+                    swr += sums[q, 0]
+                    sw += sums[q, 1]
+            bg[e] = swr / sw
+    for q in prange(nr):
+        e, y0, y1 = rtasks[q, 0], rtasks[q, 1], rtasks[q, 2]
+        ny, nx = shapes[e, 0], shapes[e, 1]
+        img = model[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
+        d = data[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
+        w = weight[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
+        dt = img.dtype.type
+        b = dt(bg[e])
+        c = 0.0
+        for j in range(y0, y1):
+            mr = img[j]
+            dr = d[j]
+            wr = w[j]
+            for i in range(nx):
+                r = mr[i] - (dr[i] - b)
+                wrr = wr[i] * r
+                mr[i] = dt(2.0) * wrr
+                c += wrr * r
+        sums[q, 2] = c
+    chi2 = np.zeros(ne)
+    for q in range(nr):
+        chi2[rtasks[q, 0]] += sums[q, 2]
+    if gradient:
+        for q in prange(atasks.shape[0]):
+            e, first, step = atasks[q, 0], atasks[q, 1], atasks[q, 2]
+            ny, nx = shapes[e, 0], shapes[e, 1]
+            img = model[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
+            cs, sc, lohi, w = _accumulate_scratch(img)
+            for k in range(toff[e] + first, toff[e + 1], step):
+                _accumulate_one(tables[k], img, n2, acc[k], cs, sc, lohi, w)
+    return chi2, bg
+
+
 @njit(error_model="numpy", boundscheck=False, nogil=True, cache=True)
 def _bad_pixel_counts(data, weight):
     # Backend.bad_pixel_counts in one pass (no fastmath: it tests for NaN and inf)
@@ -1088,6 +1159,94 @@ class NumbaBackend(c.Backend):
     def bad_pixel_counts(self, data, weight):
         """:meth:`Backend.bad_pixel_counts` in one compiled pass (no temporaries)."""
         return tuple(int(v) for v in _bad_pixel_counts(data, weight))
+
+    def exposures_layout(self, shapes, nthreads=None):
+        """Packing of several images for :meth:`exposures_chi2`.
+
+        Parameters
+        ----------
+        shapes : sequence of (ny, nx)
+            The exposures' image shapes.
+        nthreads : int, optional
+            Threads to balance the work over (default: ``numba.get_num_threads()``).
+
+        Returns
+        -------
+        layout : dict
+            ``shapes`` (E, 2) with widths padded to a multiple of ``CHUNK``,
+            ``offsets`` (E,) into the packed arrays, ``size``, and the row-band
+            and component-block tasks.
+        """
+        nthreads = nthreads or numba.get_num_threads()
+        padded = np.array([(ny, -(-nx // CHUNK) * CHUNK) for ny, nx in shapes], dtype=np.int64)
+        offsets = np.zeros(len(padded), dtype=np.int64)
+        offsets[1:] = np.cumsum(padded[:, 0] * padded[:, 1])[:-1]
+        nb = max(1, nthreads)
+        rtasks = np.array([(e, (b * ny) // nb, ((b + 1) * ny) // nb)
+                           for e, (ny, _) in enumerate(padded) for b in range(nb)
+                           if (b * ny) // nb < ((b + 1) * ny) // nb], dtype=np.int64)
+        atasks = np.array([(e, b, nb) for e in range(len(padded)) for b in range(nb)],
+                          dtype=np.int64)
+        return {"shapes": padded, "offsets": offsets,
+                "size": int(np.sum(padded[:, 0] * padded[:, 1])),
+                "rtasks": rtasks.reshape(-1, 3), "atasks": atasks.reshape(-1, 3)}
+
+    def pack_images(self, images, layout, dtype):
+        """The images (a sequence of (ny, nx) arrays) packed as ``layout`` says, zero-padded."""
+        out = np.zeros(layout["size"], dtype=dtype)
+        for img, (ny, nxp), o in zip(images, layout["shapes"], layout["offsets"]):
+            view = out[o:o + ny * nxp].reshape(ny, nxp)
+            view[:, :img.shape[1]] = img
+        return out
+
+    def exposures_chi2(self, tables, layout, data, weight, background, settings,
+                       gradient=True):
+        """chi2 of several exposures and their gradient sums, in one parallel call.
+
+        The exposures' models are rendered in row bands, their backgrounds
+        (where fitted) and residuals taken, and the gradient sums accumulated
+        in blocks of components, each phase spread over all of Numba's threads
+        (no Python between the kernels, and the work balanced across the
+        exposures).  The arithmetic is that of :meth:`render`,
+        :meth:`residual` and :meth:`accumulate` per exposure.
+
+        Parameters
+        ----------
+        tables : list of ndarray
+            The prepared tables (K_e, NPAR) of the E exposures.
+        layout : dict
+            From :meth:`exposures_layout`.
+        data, weight : ndarray
+            The exposures' images and inverse variances packed by
+            :meth:`pack_images` (float32 or float64; padding weight 0).
+        background : sequence of float or None
+            Per exposure, a fixed background or None to fit it (the weighted
+            mean residual).
+        settings : AccuracySettings
+        gradient : bool, optional
+
+        Returns
+        -------
+        chi2 : ndarray, shape (E,)
+        background : ndarray, shape (E,)
+            The backgrounds used.
+        acc : list of ndarray (K_e, NACC) float64, or None
+            The gradient sums per exposure.
+        """
+        toff = np.zeros(len(tables) + 1, dtype=np.int64)
+        toff[1:] = np.cumsum([len(t) for t in tables])
+        stacked = (np.concatenate(tables) if len(tables) else np.zeros((0, c.NPAR)))
+        stacked = np.ascontiguousarray(stacked, dtype=np.float64)
+        fit_bg = np.array([b is None for b in background], dtype=np.bool_)
+        fixed = np.array([0.0 if b is None else float(b) for b in background])
+        acc = np.zeros((stacked.shape[0], c.NACC))
+        model = self.scratch((layout["size"],), data.dtype, "exposures")
+        chi2, bg = _exposures_chi2(model, data, weight, stacked, toff, layout["shapes"],
+                                   layout["offsets"], layout["rtasks"], layout["atasks"],
+                                   float(settings.n_sigma ** 2), fixed, fit_bg, bool(gradient),
+                                   acc)
+        accs = [acc[toff[e]:toff[e + 1]] for e in range(len(tables))] if gradient else None
+        return chi2, bg, accs
 
     def residual(self, model, data, weight, out=None):
         """Return ``(chi2, R)`` with ``R = 2 w (model - data)``; chi2 summed in float64.

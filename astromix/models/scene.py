@@ -864,6 +864,12 @@ class SceneObjective:
         # the chain rule from each exposure's per-source derivatives to the parameters
         self._chain_matrices = [scene._chain_matrix(pls, p.size) for pls in self.placements]
         self._packs = [scene._pack(pls) for pls in self.placements]
+        # the Numba backend takes all the exposures in one parallel call
+        self._layout = self._packed = None
+        if hasattr(self.bk, "exposures_chi2"):
+            self._layout = self.bk.exposures_layout([d.shape for d in self.data])
+            self._packed = (self.bk.pack_images(self.data, self._layout, self.dtype),
+                            self.bk.pack_images(self.weight, self._layout, self.dtype))
         self.backgrounds = np.array([b if b is not None else 0.0 for b in self.fixed_bg])
         self.chi2_per_exposure = np.zeros(len(self.exposures))
         self.n_calls = 0
@@ -876,8 +882,6 @@ class SceneObjective:
         state["data"] = [self.bk.to_numpy(d) for d in self.data]
         state["weight"] = [self.bk.to_numpy(w) for w in self.weight]
         state["progress"] = None
-        state.pop("_pool", None)
-        state.pop("_work", None)
         return state
 
     def __setstate__(self, state):
@@ -889,10 +893,11 @@ class SceneObjective:
     def __call__(self, parameters, gradient=True):
         """chi2 (and d chi2 / d parameters, shape (n_parameters,)) at ``parameters``.
 
-        With the Numba backend and several exposures, the exposures are
-        rendered concurrently on Numba's threads (its kernels release the GIL),
-        each on one thread: the per-exposure work of a scene is too small to
-        split well inside one image.
+        With the Numba backend all the exposures go to one parallel call
+        (:meth:`~astromix.backends.numba_backend.NumbaBackend.exposures_chi2`):
+        their row bands are rendered, and their components' gradient sums
+        accumulated, over all of Numba's threads, with no Python between the
+        kernels; other backends take the exposures one by one.
         """
         self.n_calls += 1
         if self.progress is not None:
@@ -900,17 +905,15 @@ class SceneObjective:
         p = np.asarray(parameters, dtype=float)
         terms = self.scene._source_terms(p)
         n = len(self.placements)
-        # three phases, so that the threads run only the GIL-free kernels: a thread
-        # coming back from a kernel while another runs Python would wait for the GIL
         prepared = [self._table(k, p, terms, gradient) for k in range(n)]
         tables = [t for t, _ in prepared]
-        workers = self._workers()
-        if workers > 1 and n > 1 and self._work_per_exposure() >= 4e6:
-            pool = self._get_pool(workers)
-            results = list(pool.map(lambda k: self._kernels(k, tables[k], gradient, 1),
-                                    range(n)))
+        if self._layout is not None:
+            chi2, bgs, accs = self.bk.exposures_chi2(tables, self._layout, *self._packed,
+                                                     self.fixed_bg, self.settings, gradient)
+            results = [(float(chi2[k]), float(bgs[k]), accs[k] if gradient else None)
+                       for k in range(n)]
         else:
-            results = [self._kernels(k, tables[k], gradient, None) for k in range(n)]
+            results = [self._kernels(k, tables[k], gradient) for k in range(n)]
         total = 0.0
         grad = np.zeros(p.size) if gradient else None
         for k, (value, bg, acc) in enumerate(results):
@@ -924,32 +927,6 @@ class SceneObjective:
                                   prepared[k][1], self._chain_matrices[k])
         return (total, grad) if gradient else total
 
-    def _work_per_exposure(self):
-        """Mean pixels x Gaussians per exposure: below ~4e6 the threads' hand-offs and the
-        GIL-bound Python of each exposure cost more than a second thread saves."""
-        if not hasattr(self, "_work"):
-            total = 0.0
-            for pls, data in zip(self.placements, self.data):
-                k = sum(len(pl.psf_amp) * (20 if self.scene.source_kinds[pl.source] == "sersic"
-                                           else 1) for pl in pls if pl is not None)
-                total += k * data.size
-            self._work = total / max(len(self.placements), 1)
-        return self._work
-
-    def _workers(self):
-        if self.bk.name != "numba":
-            return 1
-        import numba
-        return numba.get_num_threads()
-
-    def _get_pool(self, workers):
-        pool = getattr(self, "_pool", None)
-        if pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-            pool = self._pool = ThreadPoolExecutor(max_workers=workers,
-                                                   thread_name_prefix="astromix-scene")
-        return pool
-
     def _table(self, k, p, terms, derivatives):
         """(prepared component table, component derivatives or None) of exposure k.
 
@@ -960,13 +937,12 @@ class SceneObjective:
         table = self.bk.prepare(*arrays[:3], self.settings)
         return table, (arrays[3] if derivatives else None)
 
-    def _kernels(self, k, table, gradient, threads):
+    def _kernels(self, k, table, gradient):
         """(chi2, background, gradient accumulators or None) of exposure k."""
         bk, xp = self.bk, self.bk.xp
         data, weight = self.data[k], self.weight[k]
         work = bk.scratch(data.shape, self.dtype, "scene")
-        kw = {} if threads is None else {"threads": threads}
-        model = bk.render(table, data.shape, self.dtype, self.settings, out=work, **kw)
+        model = bk.render(table, data.shape, self.dtype, self.settings, out=work)
         bg = self.fixed_bg[k]
         if bg is None:
             sw = float(xp.sum(weight, dtype=np.float64))
@@ -975,7 +951,7 @@ class SceneObjective:
         value, rimg = bk.residual(model, target, weight, out=model)
         if not gradient:
             return value, bg, None
-        return value, bg, bk.accumulate(table, rimg, self.settings, **kw)
+        return value, bg, bk.accumulate(table, rimg, self.settings)
 
     @property
     def n_nuisance(self):
