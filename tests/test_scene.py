@@ -246,6 +246,34 @@ def test_all_exposures_in_one_call_match_one_by_one(dtype, rtol, background):
         np.testing.assert_allclose(obj.backgrounds, bg_one, rtol=rtol, atol=1e-12)
 
 
+def _chi2_in_worker(obj, p):
+    return obj(p)[0]
+
+
+def test_forked_worker_after_parallel_kernels():
+    """A worker forked after this process ran the parallel kernels evaluates the scene
+    on its own thread: GNU OpenMP is not fork-safe, and Numba aborts a forked child
+    at its first parallel region."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from astromix import backends
+
+    if "numba" not in backends.available_backends():
+        pytest.skip("needs numba")
+    bk = backends.get_backend("numba")
+    if not bk.parallel_available():
+        pytest.skip("needs two Numba threads")
+    truth = truth_scene()
+    exps = noisy_exposures(truth, np.random.default_rng(9))
+    obj = SceneObjective(SceneModel(truth.sources, zeropoint=22.5), exps, backend="numba")
+    p = obj.scene.parameters
+    ref = obj(p)[0]                                   # the parallel call, in this process
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        got = pool.submit(_chi2_in_worker, obj, p).result(timeout=300)
+    assert got == pytest.approx(ref, rel=1e-10)
+
+
 def test_fit_recovers_injected_parameters_with_honest_errors():
     rng = np.random.default_rng(11)
     truth = truth_scene()

@@ -56,6 +56,7 @@ cost more than it saves.
 """
 
 import math
+import os
 
 import numba
 import numpy as np
@@ -66,6 +67,27 @@ from ..settings import BOX_C4, BOX_VARIANCE
 from . import _common as c
 
 __all__ = ["CHUNK", "PARALLEL_MIN_WORK", "NumbaBackend"]
+
+#: os.getpid() of the process that last ran a parallel kernel (None: none yet).
+_PARALLEL_PID = None
+
+
+def _parallel_allowed():
+    """False in a process forked from one that had run Numba's parallel kernels.
+
+    GNU OpenMP (Numba's ``omp`` threading layer on Linux) is not fork-safe:
+    Numba aborts such a child at its first parallel region ("fork() called from
+    a process already using GNU OpenMP"), which is what a default
+    ``ProcessPoolExecutor`` does after the parent has fitted something.  Such a
+    child runs the kernels on its own thread instead.
+    """
+    return _PARALLEL_PID is None or _PARALLEL_PID == os.getpid()
+
+
+def _mark_parallel():
+    global _PARALLEL_PID
+    _PARALLEL_PID = os.getpid()
+
 
 #: Below this many Gaussian-pixel evaluations a call runs on one thread.
 PARALLEL_MIN_WORK = 150_000
@@ -1084,7 +1106,9 @@ class NumbaBackend(c.Backend):
         if shape[0] * shape[1] * 0.25 < PARALLEL_MIN_WORK / max(table.shape[0], 1):
             return 1  # cannot reach the threshold even if every component filled a quarter
         nthreads = numba.get_num_threads()
-        if nthreads > 1 and estimate_work(table, shape) >= PARALLEL_MIN_WORK:
+        if (nthreads > 1 and estimate_work(table, shape) >= PARALLEL_MIN_WORK
+                and _parallel_allowed()):
+            _mark_parallel()
             return nthreads
         return 1
 
@@ -1160,6 +1184,15 @@ class NumbaBackend(c.Backend):
         """:meth:`Backend.bad_pixel_counts` in one compiled pass (no temporaries)."""
         return tuple(int(v) for v in _bad_pixel_counts(data, weight))
 
+    def parallel_available(self):
+        """True when this process may run the parallel kernels on more than one thread.
+
+        False with one Numba thread (e.g. ``numba.set_num_threads(1)`` in a
+        worker) and in a process forked from one that had run them (see
+        :func:`_parallel_allowed`).
+        """
+        return numba.get_num_threads() > 1 and _parallel_allowed()
+
     def exposures_layout(self, shapes, nthreads=None):
         """Packing of several images for :meth:`exposures_chi2`.
 
@@ -1203,6 +1236,9 @@ class NumbaBackend(c.Backend):
                        gradient=True):
         """chi2 of several exposures and their gradient sums, in one parallel call.
 
+        Only where :meth:`parallel_available` (callers take the exposures one
+        by one otherwise).
+
         The exposures' models are rendered in row bands, their backgrounds
         (where fitted) and residuals taken, and the gradient sums accumulated
         in blocks of components, each phase spread over all of Numba's threads
@@ -1241,6 +1277,7 @@ class NumbaBackend(c.Backend):
         fixed = np.array([0.0 if b is None else float(b) for b in background])
         acc = np.zeros((stacked.shape[0], c.NACC))
         model = self.scratch((layout["size"],), data.dtype, "exposures")
+        _mark_parallel()
         chi2, bg = _exposures_chi2(model, data, weight, stacked, toff, layout["shapes"],
                                    layout["offsets"], layout["rtasks"], layout["atasks"],
                                    float(settings.n_sigma ** 2), fixed, fit_bg, bool(gradient),
@@ -1256,7 +1293,8 @@ class NumbaBackend(c.Backend):
         data = np.ascontiguousarray(data, dtype=model.dtype)
         weight = np.ascontiguousarray(weight, dtype=model.dtype)
         rimg = np.empty_like(model) if out is None else out
-        if model.size >= 1 << 18 and numba.get_num_threads() > 1:
+        if model.size >= 1 << 18 and numba.get_num_threads() > 1 and _parallel_allowed():
+            _mark_parallel()
             chi2 = _residual_parallel(model, data, weight, rimg)
         else:
             chi2 = _residual_serial(model, data, weight, rimg)

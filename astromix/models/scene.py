@@ -893,11 +893,13 @@ class SceneObjective:
     def __call__(self, parameters, gradient=True):
         """chi2 (and d chi2 / d parameters, shape (n_parameters,)) at ``parameters``.
 
-        With the Numba backend all the exposures go to one parallel call
+        With the Numba backend on more than one thread all the exposures go to
+        one parallel call
         (:meth:`~astromix.backends.numba_backend.NumbaBackend.exposures_chi2`):
         their row bands are rendered, and their components' gradient sums
         accumulated, over all of Numba's threads, with no Python between the
-        kernels; other backends take the exposures one by one.
+        kernels; otherwise (other backends, one thread, a forked worker) the
+        exposures are taken one by one.
         """
         self.n_calls += 1
         if self.progress is not None:
@@ -907,7 +909,7 @@ class SceneObjective:
         n = len(self.placements)
         prepared = [self._table(k, p, terms, gradient) for k in range(n)]
         tables = [t for t, _ in prepared]
-        if self._layout is not None:
+        if self._layout is not None and self.bk.parallel_available():
             chi2, bgs, accs = self.bk.exposures_chi2(tables, self._layout, *self._packed,
                                                      self.fixed_bg, self.settings, gradient)
             results = [(float(chi2[k]), float(bgs[k]), accs[k] if gradient else None)
