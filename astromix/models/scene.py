@@ -865,11 +865,7 @@ class SceneObjective:
         self._chain_matrices = [scene._chain_matrix(pls, p.size) for pls in self.placements]
         self._packs = [scene._pack(pls) for pls in self.placements]
         # the Numba backend takes all the exposures in one parallel call
-        self._layout = self._packed = None
-        if hasattr(self.bk, "exposures_chi2"):
-            self._layout = self.bk.exposures_layout([d.shape for d in self.data])
-            self._packed = (self.bk.pack_images(self.data, self._layout, self.dtype),
-                            self.bk.pack_images(self.weight, self._layout, self.dtype))
+        self._set_packed()
         self.backgrounds = np.array([b if b is not None else 0.0 for b in self.fixed_bg])
         self.chi2_per_exposure = np.zeros(len(self.exposures))
         self.n_calls = 0
@@ -882,6 +878,7 @@ class SceneObjective:
         state["data"] = [self.bk.to_numpy(d) for d in self.data]
         state["weight"] = [self.bk.to_numpy(w) for w in self.weight]
         state["progress"] = None
+        state["_packed"] = None          # the packed copies are made again on arrival
         return state
 
     def __setstate__(self, state):
@@ -889,6 +886,15 @@ class SceneObjective:
         self.bk = get_backend(state["bk"])
         self.data = [self.bk.asarray(d) for d in self.data]
         self.weight = [self.bk.asarray(w) for w in self.weight]
+        self._set_packed()
+
+    def _set_packed(self):
+        """The Numba backend's packed copies of the images (see :meth:`__call__`)."""
+        self._layout = self._packed = None
+        if hasattr(self.bk, "exposures_chi2"):
+            self._layout = self.bk.exposures_layout([d.shape for d in self.data])
+            self._packed = (self.bk.pack_images(self.data, self._layout, self.dtype),
+                            self.bk.pack_images(self.weight, self._layout, self.dtype))
 
     def __call__(self, parameters, gradient=True):
         """chi2 (and d chi2 / d parameters, shape (n_parameters,)) at ``parameters``.
