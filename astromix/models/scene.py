@@ -28,7 +28,7 @@ import numpy as np
 from astropy import units as u
 from astropy.modeling import FittableModel, Parameter
 
-from ..backends import get_backend
+from ..backends import _common, get_backend
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
@@ -665,21 +665,18 @@ class SceneModel(FittableModel):
             pl.sl = slice(a, b)
         return tuple(arrays)
 
-    def _chain(self, placements, d_amp, d_mean, d_cov, grad, m, matrix=None):
+    def _chain(self, placements, d_amp, d_mean, d_cov, grad, m, matrix):
         """Add d chi2 / d parameters to ``grad`` from per-component gradients.
 
         ``m`` (J, 7, 6): the component derivatives of :meth:`_component_arrays`;
-        ``matrix``: :meth:`_chain_matrix` of ``placements`` (computed if omitted).
+        ``matrix``: :meth:`_chain_matrix` of ``placements``.
         """
         placed = [pl for pl in placements if pl is not None]
         if not placed:
             return grad
-        g6 = np.column_stack([d_amp, d_mean, d_cov[:, 0, 0], d_cov[:, 0, 1] + d_cov[:, 1, 0],
-                              d_cov[:, 1, 1]])
+        g6 = _common.stack_gradients(d_amp, d_mean, d_cov)      # (J, 6)
         local = np.einsum("jpk,jk->jp", m, g6)                  # d chi2 / d local (J, 7)
         sums = np.add.reduceat(local, [pl.sl.start for pl in placed], axis=0)
-        if matrix is None:
-            matrix = self._chain_matrix(placements, grad.size)
         grad += matrix @ sums.ravel()
         return grad
 
