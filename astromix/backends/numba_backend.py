@@ -822,31 +822,37 @@ def _accumulate_scratch(rimg):
 
 
 @njit(**_JIT)
-def _accumulate_serial(table, rimg, n2, acc):
+def _accumulate_block(table, rimg, n2, acc, first, step):
+    # components first, first + step, ... of table, with one scratch
     cs, sc, lohi, w = _accumulate_scratch(rimg)
-    for k in range(table.shape[0]):
+    for k in range(first, table.shape[0], step):
         _accumulate_one(table[k], rimg, n2, acc[k], cs, sc, lohi, w)
+
+
+@njit(**_JIT)
+def _accumulate_serial(table, rimg, n2, acc):
+    _accumulate_block(table, rimg, n2, acc, 0, 1)
 
 
 @njit(parallel=True, **_JIT)
 def _accumulate_parallel(table, rimg, n2, acc, nblock):
     # components interleaved over nblock blocks, each with its own scratch
     for b in prange(nblock):
-        cs, sc, lohi, w = _accumulate_scratch(rimg)
-        for k in range(b, table.shape[0], nblock):
-            _accumulate_one(table[k], rimg, n2, acc[k], cs, sc, lohi, w)
+        _accumulate_block(table, rimg, n2, acc, b, nblock)
 
 
 @njit(**_JIT)
-def _residual_rows(model, data, weight, rimg, j):
+def _residual_rows(model, data, weight, rimg, j, offset=0.0):
+    # row j of R = 2 w (model - (data - offset)); returns its chi2 (float64)
     dt = model.dtype.type
+    b = dt(offset)
     s = 0.0
     mr = model[j]
     dr = data[j]
     wr = weight[j]
     rr = rimg[j]
     for i in range(mr.shape[0]):
-        r = mr[i] - dr[i]
+        r = mr[i] - (dr[i] - b)
         wrr = wr[i] * r
         rr[i] = dt(2.0) * wrr
         s += wrr * r
@@ -914,18 +920,9 @@ def _exposures_chi2(model, data, weight, tables, toff, shapes, ioff, rtasks, ata
         img = model[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
         d = data[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
         w = weight[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
-        dt = img.dtype.type
-        b = dt(bg[e])
         c = 0.0
         for j in range(y0, y1):
-            mr = img[j]
-            dr = d[j]
-            wr = w[j]
-            for i in range(nx):
-                r = mr[i] - (dr[i] - b)
-                wrr = wr[i] * r
-                mr[i] = dt(2.0) * wrr
-                c += wrr * r
+            c += _residual_rows(img, d, w, img, j, bg[e])
         sums[q, 2] = c
     chi2 = np.zeros(ne)
     for q in range(nr):
@@ -935,9 +932,8 @@ def _exposures_chi2(model, data, weight, tables, toff, shapes, ioff, rtasks, ata
             e, first, step = atasks[q, 0], atasks[q, 1], atasks[q, 2]
             ny, nx = shapes[e, 0], shapes[e, 1]
             img = model[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
-            cs, sc, lohi, w = _accumulate_scratch(img)
-            for k in range(toff[e] + first, toff[e + 1], step):
-                _accumulate_one(tables[k], img, n2, acc[k], cs, sc, lohi, w)
+            _accumulate_block(tables[toff[e]:toff[e + 1]], img, n2, acc[toff[e]:toff[e + 1]],
+                              first, step)
     return chi2, bg
 
 
