@@ -285,6 +285,14 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
         bounds += [amp_bounds] + [(None, None)] * 5
     best = None
     n_it = 0
+
+    def lbfgs(f, x0):
+        nonlocal n_it
+        out = optimize.minimize(f, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                                options={"maxiter": maxiter, "maxfun": 2 * maxiter})
+        n_it += out.nit
+        return out
+
     # the core-to-halo start pays off for the l1max objective and negative components
     patterns = (0, 1) if (objective == "l1max" or n_negative) else (0,)
     for s in range(max(1, int(n_starts))):
@@ -298,21 +306,14 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
         v0 = mixture_to_vector(start)
         if fun is not chi2_fun:
             # least squares first (smooth, fast), then the objective from there
-            res = optimize.minimize(chi2_fun, v0, jac=True, method="L-BFGS-B", bounds=bounds,
-                                    options={"maxiter": maxiter, "maxfun": 2 * maxiter})
-            n_it += res.nit
-            v0 = res.x
-        res = optimize.minimize(fun, v0, jac=True, method="L-BFGS-B",
-                                bounds=bounds, options={"maxiter": maxiter, "maxfun": 2 * maxiter})
-        n_it += res.nit
+            v0 = lbfgs(chi2_fun, v0).x
+        res = lbfgs(fun, v0)
         # restarted while it still improves: L-BFGS-B stops on a small relative
         # reduction while the smoothed l1 objective is still falling (JWST F200W,
         # 4 Gaussians: sum|res|/flux 0.171 -> 0.167), and where it stops depends on
         # rounding; a fresh curvature estimate goes on from there
         for _ in range(_POLISH_RESTARTS):
-            again = optimize.minimize(fun, res.x, jac=True, method="L-BFGS-B", bounds=bounds,
-                                      options={"maxiter": maxiter, "maxfun": 2 * maxiter})
-            n_it += again.nit
+            again = lbfgs(fun, res.x)
             if not again.fun < res.fun - 1e-6 * abs(res.fun):
                 break
             res = again
