@@ -247,10 +247,7 @@ class GaussianMixture:
 
     # -- rendering --------------------------------------------------------------
     def _prepare(self, bk, settings):
-        if settings is None:
-            settings = get_default_settings()
-        elif not isinstance(settings, AccuracySettings):
-            raise InputError("settings must be an AccuracySettings instance")
+        settings = _check_settings(settings)
         return settings, bk.prepare(self._amp, self._mean, self._cov, settings)
 
     def render(self, shape, *, dtype=np.float64, settings=None, backend=None):
@@ -285,6 +282,10 @@ class GaussianMixture:
         shape = _check_shape(shape)
         dtype = _check_dtype(dtype)
         bk = _backends.get_backend(backend)
+        settings = _check_settings(settings)
+        image = bk.render_stamp(self._amp, self._mean, self._cov, shape, dtype, settings)
+        if image is not None:
+            return image
         settings, table = self._prepare(bk, settings)
         return bk.render(table, shape, dtype, settings)
 
@@ -321,7 +322,13 @@ class GaussianMixture:
             not finite, or data are not finite where the weight is positive.
         """
         bk = _backends.get_backend(backend)
-        data, weight = _check_data(bk, data, weight)
+        data, weight = _as_images(bk, data, weight)
+        settings = _check_settings(settings)
+        result = bk.chi2_stamp(self._amp, self._mean, self._cov, data, weight, settings,
+                               gradient)
+        if result is not None:
+            return result
+        data = _check_pixels(bk, data, weight)
         settings, table = self._prepare(bk, settings)
         work = bk.scratch(data.shape, data.dtype, "chi2")
         model = bk.render(table, data.shape, data.dtype, settings, out=work)
@@ -334,7 +341,8 @@ class GaussianMixture:
 
 def _check_shape(shape):
     try:
-        ny, nx = (int(s) for s in shape)
+        ny, nx = shape
+        ny, nx = int(ny), int(nx)
     except (TypeError, ValueError):
         raise InputError(f"shape must be (ny, nx), got {shape!r}") from None
     if ny <= 0 or nx <= 0:
@@ -342,15 +350,26 @@ def _check_shape(shape):
     return ny, nx
 
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _check_dtype(dtype):
     dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
+    if dtype not in _FLOAT_DTYPES:
         raise InputError(f"dtype must be float32 or float64, got {dtype}")
     return dtype
 
 
-def _check_data(bk, data, weight):
-    """Validate (data, weight) on the backend; masked non-finite data are zeroed."""
+def _check_settings(settings):
+    if settings is None:
+        return get_default_settings()
+    if not isinstance(settings, AccuracySettings):
+        raise InputError("settings must be an AccuracySettings instance")
+    return settings
+
+
+def _as_images(bk, data, weight):
+    """(data, weight) as backend arrays of one 2-d shape and dtype (float32 or float64)."""
     xp = bk.xp
     data = xp.asarray(data)
     weight = xp.asarray(weight)
@@ -359,8 +378,12 @@ def _check_data(bk, data, weight):
     if weight.shape != data.shape:
         raise InputError(f"weight shape {weight.shape} differs from data shape {data.shape}")
     dtype = np.float32 if data.dtype == np.float32 else np.float64
-    data = data.astype(dtype, copy=False)
-    weight = weight.astype(dtype, copy=False)
+    return data.astype(dtype, copy=False), weight.astype(dtype, copy=False)
+
+
+def _check_pixels(bk, data, weight):
+    """``data`` checked against ``weight`` (see GaussianMixture.chi2); masked NaN -> 0."""
+    xp = bk.xp
     n_weight, n_negative, n_data, n_weighted = bk.bad_pixel_counts(data, weight)
     if n_weight:
         raise InputError("weight has non-finite values")
@@ -370,5 +393,5 @@ def _check_data(bk, data, weight):
         if n_weighted:
             raise InputError(f"data has {n_weighted} non-finite pixel(s) with positive weight; "
                              "give them weight 0 to mask them")
-        data = xp.where(xp.isfinite(data), data, dtype(0))
-    return data, weight
+        data = xp.where(xp.isfinite(data), data, data.dtype.type(0))
+    return data

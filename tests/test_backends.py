@@ -208,6 +208,85 @@ def test_numba_row_recurrence(mode, dtype, rtol):
     for a, b in zip(g_nb, g_ref):
         _agree(a, b, 100 * rtol)
 
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_recurrence_culls_the_reference_pixels(dtype):
+    """On the recurrence path the culling ellipse is the set of pixels whose value is
+    at least exp(-n_sigma^2 / 2) of the peak: component by component, the pixels
+    rendered are exactly those of the reference rule (q <= n_sigma^2 in float64),
+    for round, tilted and clipped components and two n_sigma."""
+    from astromix.backends import numba_backend as nb
+
+    rng = np.random.default_rng(21)
+    shape = (90, 77)
+    g = random_mixture(rng, 24, shape, sigma_range=(4.0, 14.0), margin=-10.0)
+    itemsize = np.dtype(dtype).itemsize
+    checked = 0
+    for n_sigma in (5.0, 3.5):
+        s = AccuracySettings(pixel_integration="none", n_sigma=n_sigma)
+        table = _common.prepare(g.amp, g.mean, g.cov, s)
+        for k, row in enumerate(table):
+            box = _common.box(row, shape)
+            if box[1] < box[0] or box[3] < box[2] or not nb._use_rec(row, *box, itemsize):
+                continue
+            one = GaussianMixture(np.ones(1), g.mean[k:k + 1], g.cov[k:k + 1])
+            ref = one.render(shape, settings=s, backend="numpy")
+            img = one.render(shape, dtype=dtype, settings=s, backend="numba")
+            np.testing.assert_array_equal(img != 0, ref != 0)
+            checked += 1
+    assert checked >= 20
+
+
+@pytest.mark.parametrize("other", OTHER)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(64, 64), (41, 37)])
+def test_one_call_stamp_paths_match_general_path(other, dtype, shape, monkeypatch):
+    """GaussianMixture.render and chi2 on a small image take the backend's one-call
+    path where it has one (Numba): the same images, chi2 and gradients as the
+    separate prepare / render / residual / accumulate calls, and the same errors
+    and masking for bad pixels (which the one-call path hands back)."""
+    from astromix import InputError
+
+    rng = np.random.default_rng(5)
+    g = random_mixture(rng, 30, shape, sigma_range=(0.4, 15.0), negative=True)
+    s = AccuracySettings()
+    bk = backends.get_backend(other)
+    data = (np.asarray(g.render(shape)) + rng.normal(0, 0.01, shape)).astype(dtype)
+    weight = rng.uniform(0.5, 2.0, shape).astype(dtype)
+    d, w = bk.asarray(data), bk.asarray(weight)
+    taken = bk.render_stamp(g.amp, g.mean, g.cov, shape, np.dtype(dtype), s) is not None
+    assert taken == (other == "numba")
+    assert (bk.chi2_stamp(g.amp, g.mean, g.cov, d, w, s, True) is not None) == taken
+    if other == "numba":  # a large image takes the general path
+        assert bk.render_stamp(g.amp, g.mean, g.cov, (300, 300), np.dtype(dtype), s) is None
+    img = bk.to_numpy(g.render(shape, dtype=dtype, settings=s, backend=other))
+    c1, g1 = g.chi2(d, w, gradient=True, settings=s, backend=other)
+    c0 = g.chi2(d, w, settings=s, backend=other)
+    monkeypatch.setattr(type(bk), "render_stamp", lambda *args: None)
+    monkeypatch.setattr(type(bk), "chi2_stamp", lambda *args: None)
+    ref = bk.to_numpy(g.render(shape, dtype=dtype, settings=s, backend=other))
+    assert img.dtype == ref.dtype == dtype and img.flags.c_contiguous
+    _agree(img, ref, 1e-12)
+    c2, g2 = g.chi2(d, w, gradient=True, settings=s, backend=other)
+    assert c1 == pytest.approx(c2, rel=1e-12) and c0 == pytest.approx(c2, rel=1e-12)
+    for a, b in zip(g1, g2):
+        _agree(bk.to_numpy(a), bk.to_numpy(b), 1e-10)
+    # bad pixels: the one-call path hands them to the general one
+    data[3, 4], weight[3, 4] = np.nan, 0.0  # masked: chi2 as with any value there
+    expect = g.chi2(bk.asarray(np.where(weight > 0, data, 0)), bk.asarray(weight), settings=s,
+                    backend=other)
+    monkeypatch.undo()
+    d, w = bk.asarray(data), bk.asarray(weight)
+    assert bk.chi2_stamp(g.amp, g.mean, g.cov, d, w, s, False) is None
+    assert g.chi2(d, w, settings=s, backend=other) == pytest.approx(expect, rel=1e-12)
+    weight[5, 6] = -1.0
+    with pytest.raises(InputError, match="negative"):
+        g.chi2(bk.asarray(data), bk.asarray(weight), settings=s, backend=other)
+    weight[5, 6], weight[3, 4] = 1.0, 1.0
+    with pytest.raises(InputError, match="1 non-finite pixel"):
+        g.chi2(bk.asarray(data), bk.asarray(weight), settings=s, backend=other)
+
+
 def test_float32_gradient_close_to_float64(backend):
     rng = np.random.default_rng(8)
     g = random_mixture(rng, 6, (40, 40), margin=4, sigma_range=(1, 5))

@@ -229,6 +229,31 @@ class Backend:
         """Per-Gaussian table (NumPy float64, (K, NPAR)); see :func:`prepare`."""
         return prepare(amp, mean, cov, settings)
 
+    def render_stamp(self, amp, mean, cov, shape, dtype, settings):
+        """One-call render of a small image, or None where this backend has none.
+
+        :meth:`astromix.GaussianMixture.render` tries this first and otherwise
+        calls :meth:`prepare` and ``render``; a backend overrides it where the
+        separate calls cost a noticeable part of a small stamp (Numba).  Same
+        arguments and result as that method (``amp`` (K,), ``mean`` (K, 2),
+        ``cov`` (K, 2, 2) float64 C-contiguous; ``shape`` (ny, nx); ``dtype``
+        float32 or float64).
+        """
+        return None
+
+    def chi2_stamp(self, amp, mean, cov, data, weight, settings, gradient):
+        """One-call chi2 (and gradient) of a small image, or None where not taken.
+
+        :meth:`astromix.GaussianMixture.chi2` tries this first, with ``data``
+        and ``weight`` already arrays of this backend of one shape and dtype,
+        and otherwise checks the pixels and calls :meth:`prepare`, ``render``,
+        ``residual``, ``accumulate`` and :meth:`assemble_gradient`.  An
+        override returns that method's result, or None (also for any pixel
+        that the general path refuses or masks, so that its errors stay the
+        same).
+        """
+        return None
+
     def assemble_gradient(self, table, acc):
         """Gradients from accumulators; see :func:`assemble_gradient`."""
         return assemble_gradient(table, acc)

@@ -37,10 +37,12 @@ start row ``j0`` is computed exactly, again every ``RESTART`` rows: in float64
 by ``_exp_wide`` (a table of ``exp`` at integers times a polynomial, ~1 ulp for
 ``|q| <= 1400``), in float32 by ``_rec_start32`` (3 x ``CHUNK`` exponentials,
 the other columns by float64 recurrences across chunks).  The ellipse is
-applied as the row's chord, and two rows are done per pass over the row
-buffers.  The recurrence is used only where every ``f``, ``r`` and row factor
-over the box stays a normal number (``|q| <= QSAFE32`` or ``QSAFE64``): thin
-tilted components, mostly in float32, keep the exponentials.  Measured against
+the set of pixels whose ``f`` is at least ``exp(-n_sigma**2 / 2)`` (one compare
+on the value; the row's chord, which it replaced, cost 15% of the float32
+stamp's render), and two rows are done per pass over the row buffers.  The
+recurrence is used only where every ``f``, ``r`` and row factor over the box
+stays a normal number (``|q| <= QSAFE32`` or ``QSAFE64``): thin tilted
+components, mostly in float32, keep the exponentials.  Measured against
 NumPy: float64 renders agree to 2e-13 of the peak (as before), float32 to
 8e-7.  On the benchmark's 54-Gaussian stamp the float64 render went from 96 to
 43 us and chi2 + gradient from 240 to 123 us, float32 from 45 to 34 us and
@@ -392,29 +394,25 @@ def _rec_start32(t, dy, x0, a, b, f, r, w):
             rl[l] *= kr
 
 
-@njit(**_JIT)
-def _chords(t, j0, j1, x0, n2, lo, hi):
-    # The culling ellipse's chord in rows j0..j1 as column offsets from the
-    # row start (x = x0 + i): lo[j - j0] <= i <= hi[j - j0]; lo > hi when empty.
-    dt = lo.dtype.type
-    fxx, fxy, fyy = t[_FXX], t[_FXY], t[_FYY]
-    ifxx = 1.0 / fxx
-    for jj in range(j1 - j0 + 1):
-        dy = j0 + jj - t[_MY]
-        bq = fxy * dy
-        disc = bq * bq - fxx * (fyy * dy * dy - n2)
-        sq = math.sqrt(max(disc, 0.0)) * ifxx
-        mid = -bq * ifxx - x0
-        lo[jj] = dt(mid - sq) if disc >= 0.0 else dt(1e9)
-        hi[jj] = dt(mid + sq)
+@njit(inline="always", **_JIT)
+def _ellipse_floor(n2, dt):
+    # exp(-n_sigma^2 / 2) in dtype dt: on the recurrence path a pixel is inside the
+    # culling ellipse (q <= n_sigma^2) when its f is at least this.  One compare on
+    # a value already computed; it replaced the ellipse's chord per row (a float64
+    # square root per row and two compares per pixel), which cost 15% of the
+    # float32 stamp's render.  It differs from the exact test only for q within
+    # the recurrence's rounding (~1e-6 in float32) of n_sigma^2, where the value
+    # is 3.7e-6 of the component's peak (n_sigma = 5), as the chord differed in
+    # its own rounding.
+    return dt(math.exp(-0.5 * n2))
 
 
 @njit(**_JIT)
-def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, lohi, w):
+def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, w):
     # Add one component without the fourth-order factor to rows j0..j1, by the
     # recurrence of the module docstring: per column, f(j+1) = f(j) r(j) with
     # r(j) = r(js) exp(-F_yy (j - js)), two rows per pass; the ellipse is the
-    # row's chord.
+    # set of pixels whose f is at least exp(-n_sigma^2 / 2) (_ellipse_floor).
     dt = img.dtype.type
     n = nch * CHUNK
     x0 = s - t[_MX]
@@ -422,9 +420,7 @@ def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, lohi, w):
     fyy = t[_FYY]
     f = sc[0, :n]
     r = sc[1, :n]
-    lo = lohi[0]
-    hi = lohi[1]
-    _chords(t, j0, j1, x0, n2, lo, hi)
+    floor = _ellipse_floor(n2, dt)
     zero = dt(0.0)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
@@ -436,10 +432,6 @@ def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, lohi, w):
         e1 = math.exp(-fyy)
         pa64 = 1.0
         while j + 1 < je:
-            la = lo[j - j0]
-            ha = hi[j - j0]
-            lb = lo[j + 1 - j0]
-            hb = hi[j + 1 - j0]
             # the row ratio r(j) = r(js) exp(-F_yy (j - js)): the factor is a float64
             # product of exp(-F_yy) (a scalar exp per row cost 25% of the stamp's
             # render), rounded once to dt
@@ -452,19 +444,16 @@ def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, lohi, w):
             for i in range(n):
                 v = f[i]
                 rr = r[i]
-                fi = dt(i)
                 u = v * (rr * pa)
-                ra[i] += normd * v if (fi >= la and fi <= ha) else zero
-                rb[i] += normd * u if (fi >= lb and fi <= hb) else zero
+                ra[i] += normd * v if v >= floor else zero
+                rb[i] += normd * u if u >= floor else zero
                 f[i] = u * (rr * pb)
             j += 2
         if j < je:
-            la = lo[j - j0]
-            ha = hi[j - j0]
             ra = img[j, s:s + n]
             for i in range(n):
-                fi = dt(i)
-                ra[i] += normd * f[i] if (fi >= la and fi <= ha) else zero
+                v = f[i]
+                ra[i] += normd * v if v >= floor else zero
 
 
 @njit(**_JIT)
@@ -474,7 +463,6 @@ def _render_rows(img, table, y0, y1, n2):
     dt = img.dtype.type
     qmax = dt(n2)
     sc = np.empty((2, nx), dtype=img.dtype)
-    lohi = np.empty((2, y1), dtype=img.dtype)
     w = np.empty((3, CHUNK))
     for k in range(table.shape[0]):
         t = table[k]
@@ -486,7 +474,7 @@ def _render_rows(img, table, y0, y1, n2):
         if t[_USE4] != 0.0:
             _render_use4(img, t, j0, j1, s, nch, qmax)
         elif _use_rec(t, j0, j1, i0, i1, img.itemsize):
-            _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, lohi, w)
+            _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, w)
         else:
             _render_plain(img, t, j0, j1, s, nch, qmax)
 
@@ -645,7 +633,7 @@ def _moments_out(t, x0f, n, cs, out):
 
 
 @njit(**_JIT)
-def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi, w):
+def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, w):
     # _accumulate_moments by the recurrence of _render_rec (two rows per pass).
     dt = rimg.dtype.type
     n = nch * CHUNK
@@ -653,15 +641,13 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi, w):
     fyy = t[_FYY]
     f = sc[0, :n]
     r = sc[1, :n]
-    lo = lohi[0]
-    hi = lohi[1]
-    _chords(t, j0, j1, x0, n2, lo, hi)
     c0 = cs[0, :n]
     c1 = cs[1, :n]
     c2 = cs[2, :n]
     c0[:] = 0.0
     c1[:] = 0.0
     c2[:] = 0.0
+    floor = _ellipse_floor(n2, dt)
     zero = dt(0.0)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
@@ -673,10 +659,6 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi, w):
         e1 = math.exp(-fyy)
         pa64 = 1.0
         while j + 1 < je:
-            la = lo[j - j0]
-            ha = hi[j - j0]
-            lb = lo[j + 1 - j0]
-            hb = hi[j + 1 - j0]
             dya = dt(j - t[_MY])
             dyb = dt(j + 1 - t[_MY])
             # the row factors as in _render_rec
@@ -689,10 +671,9 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi, w):
             for i in range(n):
                 v = f[i]
                 rr = r[i]
-                fi = dt(i)
                 u = v * (rr * pa)
-                ea = ra[i] * v if (fi >= la and fi <= ha) else zero
-                eb = rb[i] * u if (fi >= lb and fi <= hb) else zero
+                ea = ra[i] * v if v >= floor else zero
+                eb = rb[i] * u if u >= floor else zero
                 ya = ea * dya
                 yb = eb * dyb
                 c0[i] += ea + eb
@@ -701,13 +682,11 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi, w):
                 f[i] = u * (rr * pb)
             j += 2
         if j < je:
-            la = lo[j - j0]
-            ha = hi[j - j0]
             dya = dt(j - t[_MY])
             ra = rimg[j, s:s + n]
             for i in range(n):
-                fi = dt(i)
-                ea = ra[i] * f[i] if (fi >= la and fi <= ha) else zero
+                v = f[i]
+                ea = ra[i] * v if v >= floor else zero
                 ya = ea * dya
                 c0[i] += ea
                 c1[i] += ya
@@ -716,10 +695,10 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi, w):
 
 
 @njit(**_JIT)
-def _accumulate_one(t, rimg, n2, out, cs, sc, lohi, w):
+def _accumulate_one(t, rimg, n2, out, cs, sc, w):
     # The NACC sums of one component (layout in _common), accumulated in the
     # working dtype and added to ``out`` (float64); scratch of the working dtype:
-    # cs (3, nx), sc (2, nx), lohi (2, ny).
+    # cs (3, nx), sc (2, nx), w (3, CHUNK) float64.
     dt = rimg.dtype.type
     ny, nx = rimg.shape
     j0, j1, i0, i1 = _box(t, ny, nx)
@@ -728,7 +707,7 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, lohi, w):
     s, nch = _chunks(i0, i1)
     if t[_USE4] == 0.0:
         if _use_rec(t, j0, j1, i0, i1, rimg.itemsize):
-            _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, lohi, w)
+            _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, w)
         else:
             _accumulate_moments(t, rimg, n2, out, j0, j1, s, nch, cs)
         return
@@ -815,18 +794,18 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, lohi, w):
 
 @njit(**_JIT)
 def _accumulate_scratch(rimg):
-    # (cs, sc, lohi): the work rows of _accumulate_one for one thread
-    ny, nx = rimg.shape
+    # (cs, sc, w): the work rows of _accumulate_one for one thread
+    nx = rimg.shape[1]
     return (np.empty((3, nx), dtype=rimg.dtype), np.empty((2, nx), dtype=rimg.dtype),
-            np.empty((2, ny), dtype=rimg.dtype), np.empty((3, CHUNK)))
+            np.empty((3, CHUNK)))
 
 
 @njit(**_JIT)
 def _accumulate_block(table, rimg, n2, acc, first, step):
     # components first, first + step, ... of table, with one scratch
-    cs, sc, lohi, w = _accumulate_scratch(rimg)
+    cs, sc, w = _accumulate_scratch(rimg)
     for k in range(first, table.shape[0], step):
-        _accumulate_one(table[k], rimg, n2, acc[k], cs, sc, lohi, w)
+        _accumulate_one(table[k], rimg, n2, acc[k], cs, sc, w)
 
 
 @njit(**_JIT)
@@ -1055,6 +1034,58 @@ def _unit_gradients(table):
     return out
 
 
+#: Images of at most this many pixels (after padding to whole chunks) may take the
+#: one-call paths (_render_stamp, _chi2_stamp), which allocate their work image.
+STAMP_MAX_PIXELS = 1 << 16
+#: _prepare's codes of AccuracySettings.pixel_integration
+_MODES = {"kurtosis": 2, "variance": 1, "none": 0}
+
+
+@njit(error_model="numpy", boundscheck=False, nogil=True, cache=True)
+def _render_stamp(amp, mean, cov, n_sigma, mode, threshold, img):
+    # prepare + render into a zeroed image (width a multiple of CHUNK) on one
+    # thread, in one call from Python: the separate calls, their checks and
+    # allocations cost 6 of the 33 us of the benchmark's float32 stamp.  (The image
+    # comes from Python: a dtype argument costs Numba's dispatcher ~4 us.)
+    table = _prepare(amp, mean, cov, n_sigma, mode, threshold)
+    _render_rows(img, table, 0, img.shape[0], n_sigma * n_sigma)
+
+
+@njit(error_model="numpy", boundscheck=False, nogil=True, cache=True)
+def _chi2_stamp(amp, mean, cov, n_sigma, mode, threshold, data, weight, gradient):
+    # GaussianMixture.chi2 of a small image on one thread in one call: the data
+    # checks, prepare, render, residual, accumulate and assemble.  Returns
+    # (bad-pixel counts, chi2, d_amp, d_mean, d_cov); with a non-finite or negative
+    # weight or non-finite data nothing else is computed (the caller takes the
+    # general path, which raises or masks).
+    counts = _bad_pixel_counts(data, weight)
+    d_amp = np.zeros(0)
+    d_mean = np.zeros((0, 2))
+    d_cov = np.zeros((0, 2, 2))
+    if counts[0] + counts[1] + counts[2] > 0:
+        return counts, 0.0, d_amp, d_mean, d_cov
+    ny, nx = data.shape
+    n2 = n_sigma * n_sigma
+    table = _prepare(amp, mean, cov, n_sigma, mode, threshold)
+    nxp = (nx + CHUNK - 1) // CHUNK * CHUNK
+    # the model, then R = 2 w (model - data) in place, zero in the padding columns
+    model = np.zeros((ny, nxp), dtype=data.dtype)
+    _render_rows(model, table, 0, ny, n2)
+    if nxp == nx:
+        value = _residual_serial(model, data, weight, model)
+    else:
+        view = model[:, :nx]
+        value = 0.0
+        for j in range(ny):
+            value += _residual_rows(view, data, weight, view, j)
+        model[:, nx:] = 0.0
+    if gradient:
+        acc = np.zeros((table.shape[0], c.NACC))
+        _accumulate_serial(table, model, n2, acc)
+        d_amp, d_mean, d_cov = _assemble(table, acc)
+    return counts, value, d_amp, d_mean, d_cov
+
+
 def estimate_work(table, shape):
     """Approximate number of Gaussian-pixel evaluations (ellipse areas, clipped boxes)."""
     if table.shape[0] == 0:
@@ -1081,11 +1112,51 @@ class NumbaBackend(c.Backend):
 
     def prepare(self, amp, mean, cov, settings):
         """Per-Gaussian table (float64, (K, NPAR)); see :func:`_common.prepare`."""
-        mode = {"kurtosis": 2, "variance": 1, "none": 0}[settings.pixel_integration]
+        mode = _MODES[settings.pixel_integration]
         return _prepare(np.ascontiguousarray(amp, dtype=np.float64),
                         np.ascontiguousarray(mean, dtype=np.float64),
                         np.ascontiguousarray(cov, dtype=np.float64),
                         settings.n_sigma, mode, settings.fourth_order_threshold)
+
+    @staticmethod
+    def _stamp_mode(amp, shape, settings):
+        # the pixel-integration mode code of _prepare when (amp, shape) takes the
+        # one-call path (a small image that _threads would keep on one thread
+        # without estimating the work), else None
+        ny, nx = shape
+        npx = ny * ((nx + CHUNK - 1) // CHUNK * CHUNK)
+        if npx > STAMP_MAX_PIXELS or ny * nx * 0.25 >= PARALLEL_MIN_WORK / max(len(amp), 1):
+            return None
+        return _MODES[settings.pixel_integration]
+
+    def render_stamp(self, amp, mean, cov, shape, dtype, settings):
+        """Small images (up to ``STAMP_MAX_PIXELS``, one thread): prepare and render in
+        one compiled call; None otherwise.  See :meth:`Backend.render_stamp`."""
+        mode = self._stamp_mode(amp, shape, settings)
+        if mode is None:
+            return None
+        ny, nx = shape
+        nxp = (nx + CHUNK - 1) // CHUNK * CHUNK
+        img = np.zeros((ny, nxp), dtype=dtype)
+        _render_stamp(amp, mean, cov, settings.n_sigma, mode, settings.fourth_order_threshold,
+                      img)
+        return img if nxp == nx else np.ascontiguousarray(img[:, :nx])
+
+    def chi2_stamp(self, amp, mean, cov, data, weight, settings, gradient):
+        """Small images (as :meth:`render_stamp`): the pixel checks, render, residual and
+        gradient in one compiled call; None otherwise or when a pixel needs the
+        general path.  See :meth:`Backend.chi2_stamp`."""
+        mode = self._stamp_mode(amp, data.shape, settings)
+        if mode is None:
+            return None
+        counts, value, d_amp, d_mean, d_cov = _chi2_stamp(
+            amp, mean, cov, settings.n_sigma, mode, settings.fourth_order_threshold,
+            np.ascontiguousarray(data), np.ascontiguousarray(weight), bool(gradient))
+        if counts[0] or counts[1] or counts[2]:
+            return None
+        if not gradient:
+            return float(value)
+        return float(value), (d_amp, d_mean, d_cov)
 
     def assemble_gradient(self, table, acc):
         """(d_amp, d_mean, d_cov) from accumulators; see :func:`_common.assemble_gradient`."""
