@@ -715,7 +715,6 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, w):
     fxx = dt(t[_FXX])
     fxy = dt(t[_FXY])
     fyy = dt(t[_FYY])
-    x0 = dt(s - t[_MX])
     s0 = dt(0.0)
     s1 = dt(0.0)
     s2 = dt(0.0)
@@ -739,8 +738,10 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, w):
     s13 = dt(0.0)
     # the box as one flat loop over copies of its residuals and offsets, so that
     # the 14 vector accumulators are reduced once per component, not once per row
-    # (the 9 such components of the benchmark stamp: 11.6 -> 8.4 us in float32)
-    n = nch * CHUNK
+    # (the 9 such components of the benchmark stamp: 11.6 -> 8.4 us in float32),
+    # and only over the box's own columns, not its whole chunks (8.4 -> 6.0 us)
+    x0 = dt(i0 - t[_MX])
+    n = i1 - i0 + 1
     npx = (j1 - j0 + 1) * n
     buf = np.empty((3, npx), dtype=rimg.dtype)
     rb = buf[0]
@@ -748,7 +749,7 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, w):
     dyb = buf[2]
     for j in range(j0, j1 + 1):
         o = (j - j0) * n
-        row = rimg[j, s:s + n]
+        row = rimg[j, i0:i1 + 1]
         dy = dt(j - t[_MY])
         for i in range(n):
             rb[o + i] = row[i]
