@@ -246,10 +246,6 @@ class GaussianMixture:
                                           np.concatenate([self._cov, other._cov]))
 
     # -- rendering --------------------------------------------------------------
-    def _prepare(self, bk, settings):
-        settings = _check_settings(settings)
-        return settings, bk.prepare(self._amp, self._mean, self._cov, settings)
-
     def render(self, shape, *, dtype=np.float64, settings=None, backend=None):
         """Render the pixel-integrated mixture.
 
@@ -286,7 +282,7 @@ class GaussianMixture:
         image = bk.render_stamp(self._amp, self._mean, self._cov, shape, dtype, settings)
         if image is not None:
             return image
-        settings, table = self._prepare(bk, settings)
+        table = bk.prepare(self._amp, self._mean, self._cov, settings)
         return bk.render(table, shape, dtype, settings)
 
     def chi2(self, data, weight, *, gradient=False, settings=None, backend=None):
@@ -329,7 +325,7 @@ class GaussianMixture:
         if result is not None:
             return result
         data = _check_pixels(bk, data, weight)
-        settings, table = self._prepare(bk, settings)
+        table = bk.prepare(self._amp, self._mean, self._cov, settings)
         work = bk.scratch(data.shape, data.dtype, "chi2")
         model = bk.render(table, data.shape, data.dtype, settings, out=work)
         value, rimg = bk.residual(model, data, weight, out=model)
