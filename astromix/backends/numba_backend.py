@@ -64,7 +64,7 @@ import os
 import numba
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.extending import overload, register_jitable
 
 from ..settings import BOX_C4, BOX_VARIANCE
 from . import _common as c
@@ -161,6 +161,13 @@ def _box(t, ny, nx):
     i0 = max(math.ceil(t[_MX] - t[_HX]), 0)
     i1 = min(math.floor(t[_MX] + t[_HX]), nx - 1)
     return j0, j1, i0, i1
+
+
+@register_jitable
+def _padded_width(nx):
+    # nx rounded up to a multiple of CHUNK: the width the kernels work in (plain
+    # Python where called from Python, compiled inline in the kernels)
+    return (nx + CHUNK - 1) // CHUNK * CHUNK
 
 
 @njit(inline="always", **_JIT)
@@ -396,6 +403,15 @@ def _rec_start32(t, dy, x0, a, b, f, r, w):
 
 
 @njit(inline="always", **_JIT)
+def _rec_block_start(t, js, x0, a, b, f, r, w):
+    # the start row js of a block of the recurrence, by the kernel of f's dtype
+    if f.itemsize == 4:
+        _rec_start32(t, js - t[_MY], x0, a, b, f, r, w)
+    else:
+        _rec_start(t, js - t[_MY], x0, a, b, f, r)
+
+
+@njit(inline="always", **_JIT)
 def _ellipse_floor(n2, dt):
     # exp(-n_sigma^2 / 2) in dtype dt: on the recurrence path a pixel is inside the
     # culling ellipse (q <= n_sigma^2) when its f is at least this.  One compare on
@@ -423,14 +439,11 @@ def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, w):
     r = sc[1, :n]
     floor = _ellipse_floor(n2, dt)
     zero = dt(0.0)
+    e1 = math.exp(-fyy)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
-        if img.itemsize == 4:
-            _rec_start32(t, js - t[_MY], x0, i0 - s, i1 - s, f, r, w)
-        else:
-            _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
+        _rec_block_start(t, js, x0, i0 - s, i1 - s, f, r, w)
         j = js
-        e1 = math.exp(-fyy)
         pa64 = 1.0
         while j + 1 < je:
             # the row ratio r(j) = r(js) exp(-F_yy (j - js)): the factor is a float64
@@ -650,14 +663,11 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, w):
     c2[:] = 0.0
     floor = _ellipse_floor(n2, dt)
     zero = dt(0.0)
+    e1 = math.exp(-fyy)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
-        if rimg.itemsize == 4:
-            _rec_start32(t, js - t[_MY], x0, i0 - s, i1 - s, f, r, w)
-        else:
-            _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
+        _rec_block_start(t, js, x0, i0 - s, i1 - s, f, r, w)
         j = js
-        e1 = math.exp(-fyy)
         pa64 = 1.0
         while j + 1 < je:
             dya = dt(j - t[_MY])
@@ -1069,7 +1079,7 @@ def _chi2_stamp(amp, mean, cov, n_sigma, mode, threshold, data, weight, gradient
     ny, nx = data.shape
     n2 = n_sigma * n_sigma
     table = _prepare(amp, mean, cov, n_sigma, mode, threshold)
-    nxp = (nx + CHUNK - 1) // CHUNK * CHUNK
+    nxp = _padded_width(nx)
     # the model, then R = 2 w (model - data) in place, zero in the padding columns
     model = np.zeros((ny, nxp), dtype=data.dtype)
     _render_rows(model, table, 0, ny, n2)
@@ -1086,6 +1096,12 @@ def _chi2_stamp(amp, mean, cov, n_sigma, mode, threshold, data, weight, gradient
         _accumulate_serial(table, model, n2, acc)
         d_amp, d_mean, d_cov = _assemble(table, acc)
     return counts, value, d_amp, d_mean, d_cov
+
+
+def _one_thread_surely(k, shape):
+    # True when k components on an image of this shape cannot reach
+    # PARALLEL_MIN_WORK even if every one filled a quarter of it (no estimate needed)
+    return shape[0] * shape[1] * 0.25 < PARALLEL_MIN_WORK / max(k, 1)
 
 
 def estimate_work(table, shape):
@@ -1126,8 +1142,7 @@ class NumbaBackend(c.Backend):
         # one-call path (a small image that _threads would keep on one thread
         # without estimating the work), else None
         ny, nx = shape
-        npx = ny * ((nx + CHUNK - 1) // CHUNK * CHUNK)
-        if npx > STAMP_MAX_PIXELS or ny * nx * 0.25 >= PARALLEL_MIN_WORK / max(len(amp), 1):
+        if ny * _padded_width(nx) > STAMP_MAX_PIXELS or not _one_thread_surely(len(amp), shape):
             return None
         return _MODES[settings.pixel_integration]
 
@@ -1138,7 +1153,7 @@ class NumbaBackend(c.Backend):
         if mode is None:
             return None
         ny, nx = shape
-        nxp = (nx + CHUNK - 1) // CHUNK * CHUNK
+        nxp = _padded_width(nx)
         img = np.zeros((ny, nxp), dtype=dtype)
         _render_stamp(amp, mean, cov, settings.n_sigma, mode, settings.fourth_order_threshold,
                       img)
@@ -1172,8 +1187,8 @@ class NumbaBackend(c.Backend):
     def _threads(table, shape, threads=None):
         if threads == 1:
             return 1  # the caller parallelises (e.g. over exposures)
-        if shape[0] * shape[1] * 0.25 < PARALLEL_MIN_WORK / max(table.shape[0], 1):
-            return 1  # cannot reach the threshold even if every component filled a quarter
+        if _one_thread_surely(table.shape[0], shape):
+            return 1
         nthreads = numba.get_num_threads()
         if (nthreads > 1 and estimate_work(table, shape) >= PARALLEL_MIN_WORK
                 and _parallel_allowed()):
@@ -1189,7 +1204,7 @@ class NumbaBackend(c.Backend):
         wider copy, whose extra columns are discarded (render) or zero (accumulate).
         """
         ny, nx = shape
-        nxp = -(-nx // CHUNK) * CHUNK
+        nxp = _padded_width(nx)
         if nxp == nx:
             return None
         work = self.scratch((ny, nxp), dtype, key)
@@ -1280,7 +1295,7 @@ class NumbaBackend(c.Backend):
             and component-block tasks.
         """
         nthreads = nthreads or numba.get_num_threads()
-        padded = np.array([(ny, -(-nx // CHUNK) * CHUNK) for ny, nx in shapes], dtype=np.int64)
+        padded = np.array([(ny, _padded_width(nx)) for ny, nx in shapes], dtype=np.int64)
         offsets = np.zeros(len(padded), dtype=np.int64)
         offsets[1:] = np.cumsum(padded[:, 0] * padded[:, 1])[:-1]
         nb = max(1, nthreads)
