@@ -61,10 +61,12 @@ cost more than it saves.
 import math
 import os
 
+import llvmlite.ir as llvmir
 import numba
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import overload, register_jitable
+from numba.core import cgutils
+from numba.extending import intrinsic, overload, register_jitable
 
 from ..settings import BOX_C4, BOX_VARIANCE
 from . import _common as c
@@ -97,8 +99,33 @@ PARALLEL_MIN_WORK = 150_000
 #: Pixels per chunk of a row (one AVX-512 float32 vector, two float64 ones).
 CHUNK = 16
 
-_JIT = {"fastmath": True, "error_model": "numpy", "boundscheck": False, "nogil": True,
+# Fast-math flags chosen so that freshly compiled and cached kernels compute the
+# same numbers.  A kernel called by another is compiled twice: on its own, and
+# as a copy linked into its caller's module and optimised again with it.  A
+# process that compiles afresh runs the first (the call resolves to the
+# definition already loaded), one that loads Numba's cache runs the copy in the
+# caller's cached object.  With every flag, the second optimisation reordered
+# products (reassociation: v * (r * p) into (v * p) * r) and hoisted products out
+# of loops, away from the additions they had been fused with (contraction is
+# per basic block), so the same call rounded differently in the two: float32
+# images 3e-8 apart, the JWST 4-Gaussian PSF fit in two different optima, the
+# demo's fluxes 0.25 sigma apart, between the first run after installing and
+# every later one.  Now (tests/test_numba_cache.py):
+# - no reassociation: the element-wise loops vectorise as before, at the same
+#   speed;
+# - the multiply-adds that matter (exp's polynomials, the quadratic form, the
+#   render's sum) are written as _fmuladd, fused or not per target;
+# - the two exponential kernels (_render_plain, _accumulate_moments), where the
+#   copies had fused differently, fuse nothing else (_JIT_UNFUSED);
+# - loops that sum into scalars vectorise only with reassociation (the sums'
+#   order changes), so those few kernels keep every flag (_JIT_SUMS).
+# Timings on the benchmark stamp are unchanged (float32 render 22.7-23.4 us,
+# chi2 + gradient 69-72 us; same-process A/B).
+_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
+_JIT = {"fastmath": _FASTMATH, "error_model": "numpy", "boundscheck": False, "nogil": True,
         "cache": True}
+_JIT_SUMS = dict(_JIT, fastmath=True)
+_JIT_UNFUSED = dict(_JIT, fastmath=_FASTMATH - {"contract"})
 
 _AMP, _MX, _MY, _SXX, _SXY, _SYY, _FXX, _FXY, _FYY, _NORM, _USE4, _INVDET, _HY, _HX = range(14)
 _C4 = BOX_C4
@@ -109,16 +136,33 @@ def _exp_half(q):
     return math.exp(-0.5 * q)
 
 
+@intrinsic
+def _fmuladd(typingctx, a, b, c):
+    # a * b + c as LLVM's llvm.fmuladd: one fused multiply-add where the target
+    # has them, decided per target (not per loop shape, as contraction is: see
+    # _FASTMATH), so every copy of a kernel rounds alike.  Arguments of one type.
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        t = args[0].type
+        name = "llvm.fmuladd.f32" if t == llvmir.FloatType() else "llvm.fmuladd.f64"
+        fn = cgutils.get_or_insert_function(builder.module, llvmir.FunctionType(t, [t] * 3), name)
+        return builder.call(fn, args)
+
+    return a(a, b, c), codegen
+
+
 @njit(inline="always", **_JIT)
 def _exp_half_f32(q):
     # exp(-q/2) = p(-q/32)**16, p the degree-5 Taylor polynomial of exp
     x = q * np.float32(-1.0 / 32.0)
     p = np.float32(1.0 / 120.0)
-    p = np.float32(1.0 / 24.0) + x * p
-    p = np.float32(1.0 / 6.0) + x * p
-    p = np.float32(0.5) + x * p
-    p = np.float32(1.0) + x * p
-    p = np.float32(1.0) + x * p
+    p = _fmuladd(x, p, np.float32(1.0 / 24.0))
+    p = _fmuladd(x, p, np.float32(1.0 / 6.0))
+    p = _fmuladd(x, p, np.float32(0.5))
+    p = _fmuladd(x, p, np.float32(1.0))
+    p = _fmuladd(x, p, np.float32(1.0))
     p = p * p
     p = p * p
     p = p * p
@@ -130,14 +174,14 @@ def _exp_half_f64(q):
     # exp(-q/2) = p(-q/64)**32, p the degree-8 Taylor polynomial of exp
     x = q * (-1.0 / 64.0)
     p = 1.0 / 40320.0
-    p = 1.0 / 5040.0 + x * p
-    p = 1.0 / 720.0 + x * p
-    p = 1.0 / 120.0 + x * p
-    p = 1.0 / 24.0 + x * p
-    p = 1.0 / 6.0 + x * p
-    p = 0.5 + x * p
-    p = 1.0 + x * p
-    p = 1.0 + x * p
+    p = _fmuladd(x, p, 1.0 / 5040.0)
+    p = _fmuladd(x, p, 1.0 / 720.0)
+    p = _fmuladd(x, p, 1.0 / 120.0)
+    p = _fmuladd(x, p, 1.0 / 24.0)
+    p = _fmuladd(x, p, 1.0 / 6.0)
+    p = _fmuladd(x, p, 0.5)
+    p = _fmuladd(x, p, 1.0)
+    p = _fmuladd(x, p, 1.0)
     p = p * p
     p = p * p
     p = p * p
@@ -145,7 +189,7 @@ def _exp_half_f64(q):
     return p * p
 
 
-@overload(_exp_half, inline="always", fastmath=True)
+@overload(_exp_half, inline="always", fastmath=_FASTMATH)
 def _exp_half_overload(q):
     if q == types.float32:
         return lambda q: _exp_half_f32(q)
@@ -183,7 +227,7 @@ def _chunks(i0, i1):
 @njit(inline="always", **_JIT)
 def _gauss(dx, b, cq, fxx, qmax):
     # exp(-q/2) of one pixel, 0 outside the culling ellipse; q = (F_xx dx + b) dx + cq
-    q = (fxx * dx + b) * dx + cq
+    q = _fmuladd(_fmuladd(fxx, dx, b), dx, cq)
     e = _exp_half(min(q, qmax))
     return e if q <= qmax else qmax - qmax
 
@@ -201,7 +245,7 @@ def _gauss4(dx, dy, fxx, fxy, fyy, cst, c4, six_fxx, six_fyy, qmax):
     return (e if q <= qmax else qmax - qmax), p, vx, vy
 
 
-@njit(**_JIT)
+@njit(**_JIT_UNFUSED)
 def _render_plain(img, t, j0, j1, s, nch, qmax):
     # Add one component without the fourth-order factor to rows j0..j1.
     dt = img.dtype.type
@@ -219,7 +263,7 @@ def _render_plain(img, t, j0, j1, s, nch, qmax):
         for m in range(nch):
             for l in range(CHUNK):
                 i = m * CHUNK + l
-                row[i] += normd * _gauss(x0 + dt(i), b, cq, fxx, qmax)
+                row[i] = _fmuladd(normd, _gauss(x0 + dt(i), b, cq, fxx, qmax), row[i])
 
 
 @njit(**_JIT)
@@ -577,7 +621,7 @@ def _jacobian_parallel(out, table, coeff, active, nband, n2):
         _jacobian_rows(out, table, coeff, active, (b * ny) // nband, ((b + 1) * ny) // nband, n2)
 
 
-@njit(**_JIT)
+@njit(**_JIT_UNFUSED)
 def _accumulate_moments(t, rimg, n2, out, j0, j1, s, nch, cs):
     # The six sums of a component without the fourth-order factor.  Moments in
     # the pixel offsets d: per column, three sums over the rows (R E, R E dy,
@@ -614,7 +658,7 @@ def _accumulate_moments(t, rimg, n2, out, j0, j1, s, nch, cs):
     _moments_out(t, float(x0), n, cs, out)
 
 
-@njit(**_JIT)
+@njit(**_JIT_SUMS)
 def _moments_out(t, x0f, n, cs, out):
     # The six sums from the per-column sums cs[0..2, :n] (R E, R E dy, R E dy^2)
     # of a row segment starting at dx = x0f.
@@ -705,7 +749,7 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, w):
     _moments_out(t, x0, n, cs, out)
 
 
-@njit(**_JIT)
+@njit(**_JIT_SUMS)
 def _accumulate_one(t, rimg, n2, out, cs, sc, w):
     # The NACC sums of one component (layout in _common), accumulated in the
     # working dtype and added to ``out`` (float64); scratch of the working dtype:
@@ -832,7 +876,7 @@ def _accumulate_parallel(table, rimg, n2, acc, nblock):
         _accumulate_block(table, rimg, n2, acc, b, nblock)
 
 
-@njit(**_JIT)
+@njit(**_JIT_SUMS)
 def _residual_rows(model, data, weight, rimg, j, offset=0.0):
     # row j of R = 2 w (model - (data - offset)); returns its chi2 (float64)
     dt = model.dtype.type
@@ -867,7 +911,7 @@ def _residual_parallel(model, data, weight, rimg):
     return part.sum()
 
 
-@njit(parallel=True, **_JIT)
+@njit(parallel=True, **_JIT_SUMS)
 def _exposures_chi2(model, data, weight, tables, toff, shapes, ioff, rtasks, atasks, n2,
                     background, fit_background, gradient, acc):
     # chi2 (and gradient sums) of several exposures in one call: images packed
