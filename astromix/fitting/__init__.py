@@ -399,10 +399,11 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
     rng : numpy.random.Generator or int, optional
     n_starts : int, optional
         Starting points of the least-squares fit (see :func:`fit_gaussian_mixture`).
-        Four by default: where L-BFGS-B ends depends on the kernels' rounding,
-        and with three starts the JWST F200W 4-Gaussian fit ended at
-        sum|res|/flux 0.167 or 0.172 depending on whether Numba's compiled code
-        came from its cache (0.166-0.167 either way with four).
+        Four by default: where L-BFGS-B ends depends on the kernels' rounding.
+        With three starts the JWST F200W 4-Gaussian fit ended at sum|res|/flux
+        0.167 or 0.172, depending on whether Numba's compiled code came from
+        its cache (since made to round alike: 0.1696 with three starts, 0.1665
+        with four, both ways).
     nlive, maxcall : int, optional
         Live points and call limit of the nested sampler.
     settings : AccuracySettings, optional
