@@ -337,6 +337,59 @@ def test_write_refuses_and_is_atomic(models, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.psf"]
 
 
+# -- a constant PSF (no polynomial) ---------------------------------------------------------
+def _constant_file(path, image, psfnaxis=3, **extra):
+    """A standard PSFEx file of a constant PSF, as PSFEx writes it without context
+    keys (POLNAXIS = 0, POLNGRP = 0, no POLGRP/POLNAME/POLZERO/POLSCAL/POLDEG)."""
+    ny, nx = image.shape
+    mask = image[None] if psfnaxis == 3 else image
+    col = fits.Column(name="PSF_MASK", format=f"{mask.size}E", dim=str(mask.shape[::-1]),
+                      array=mask[None].astype(np.float32))
+    hdu = fits.BinTableHDU.from_columns([col], name="PSF_DATA")
+    cards = [("LOADED", 120), ("ACCEPTED", 111), ("CHI2", 1.07), ("POLNAXIS", 0),
+             ("POLNGRP", 0), ("PSF_FWHM", 4.1), ("PSF_SAMP", 1.0), ("PSFNAXIS", psfnaxis),
+             ("PSFAXIS1", nx), ("PSFAXIS2", ny)]
+    if psfnaxis == 3:
+        cards.append(("PSFAXIS3", 1))
+    for key, value in cards + list(extra.items()):
+        hdu.header[key] = value
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    return path
+
+
+@pytest.mark.parametrize("psfnaxis", [3, 2])
+def test_constant_psf_file(models, tmp_path, psfnaxis):
+    # the real N12 model at the cut-out centre, stored as a constant PSF
+    truth = models[0].grid(*CENTRE)
+    path = _constant_file(tmp_path / "const.psf", truth, psfnaxis)
+    psf = read_psfex(path)
+    assert psf.degree == 0 and psf.nterms == 1 and psf.basis.shape == (1,) + truth.shape
+    np.testing.assert_allclose(psf.basis[0], truth, rtol=1e-6, atol=1e-7 * truth.max())
+    assert psf.meta["LAYOUT"] == "standard" and psf.meta["ACCEPTED"] == 111
+    assert "POLNAME1" not in psf.meta and psf.fwhm == pytest.approx(4.1)
+    # the same PSF everywhere, and the same as the varying model at that position
+    np.testing.assert_array_equal(psf.grid(0.0, 0.0), psf.grid(1500.0, -300.0))
+    np.testing.assert_allclose(psf.image(5.0, 5.0), models[0].image(*CENTRE), rtol=1e-5,
+                               atol=1e-6)
+    # written back (as POLNAXIS = 2, POLDEG1 = 0, which PSFEx also reads) and read again
+    again = read_psfex(write_psfex(tmp_path / "again.psf", psf))
+    np.testing.assert_array_equal(again.basis, psf.basis)
+    assert again.degree == 0
+
+
+@pytest.mark.parametrize("psfnaxis, extra, match", [
+    (3, {"PSFAXIS3": 6}, "PSFAXIS3 = 6 but a degree-0 polynomial has 1 terms"),
+    (3, {"POLNAXIS": 1}, "POLNAXIS = 1"),
+    (3, {"PSFNAXIS": 4}, "PSFNAXIS = 4"),
+    (2, {"PSFAXIS1": 40}, "PSF_MASK has shape"),
+])
+def test_bad_constant_psf_files(models, tmp_path, psfnaxis, extra, match):
+    path = _constant_file(tmp_path / "bad.psf", models[0].grid(*CENTRE), psfnaxis, **extra)
+    with pytest.raises(InputError, match=match) as info:
+        read_psfex(path)
+    assert "bad.psf" in str(info.value)
+
+
 # -- bad input ------------------------------------------------------------------------------
 def _standard_file(tmp_path, models, name="std.psf", **changes):
     path = write_psfex(tmp_path / name, models[0])

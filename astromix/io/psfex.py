@@ -35,7 +35,10 @@ Two file layouts are read by :func:`read_psfex`:
    and the model keywords in its header (``POLNAXIS``, ``POLGRP1/2``,
    ``POLNAME1/2``, ``POLZERO1/2``, ``POLSCAL1/2``, ``POLNGRP``, ``POLDEG1``,
    ``PSFNAXIS``, ``PSFAXIS1/2/3``, ``PSF_FWHM``, ``PSF_SAMP``, ``CHI2``,
-   ``LOADED``, ``ACCEPTED``);
+   ``LOADED``, ``ACCEPTED``).  A constant PSF (PSFEx run without context
+   keys) has ``POLNAXIS = 0`` and none of the ``POL*`` keywords after it, and
+   its ``PSF_MASK`` one image (``PSFNAXIS = 2``, or 3 with ``PSFAXIS3 = 1``),
+   as SExtractor reads it: it is read as a model of degree 0;
 2. legacypipe's merged tables (e.g. the Legacy Surveys' ``*-psfex.fits``):
    the same keywords as lower-case *columns*, one row per CCD.
 
@@ -679,7 +682,9 @@ def read_psfex(path, *, ccdname=None, row=None, hdu=None):
         ``PSF_MASK`` table, missing keyword/column, ``PSF_MASK`` of the wrong
         shape, a polynomial other than one group of degree d in
         ``X*_IMAGE``/``Y*_IMAGE`` (``POLNAXIS = 2``, ``POLNGRP = 1``,
-        ``POLGRP1 = POLGRP2 = 1``), ``PSFNAXIS != 3``, bad values
+        ``POLGRP1 = POLGRP2 = 1``) or none (``POLNAXIS = 0``: a constant PSF,
+        read as degree 0), ``PSFNAXIS`` other than 3 (or 2 for a constant
+        PSF), bad values
         (non-finite, ``POLSCAL = 0``, ``PSF_SAMP <= 0``), or an ambiguous
         or unknown row (the message lists the available ones).
 
@@ -761,27 +766,44 @@ def read_psfex(path, *, ccdname=None, row=None, hdu=None):
         return float(value)
 
     naxis = get_int("POLNAXIS")
-    if naxis != 2:
+    if naxis == 0:
+        # a constant PSF: PSFEx run without context keys writes no POLGRP, POLNAME,
+        # POLZERO, POLSCAL or POLDEG, and SExtractor reads such a file as one image
+        degree = 0
+        names = None
+        polzero, polscal = (0.0, 0.0), (1.0, 1.0)
+    elif naxis != 2:
         raise _fail(path, f"POLNAXIS = {naxis}: only polynomials in the two image coordinates "
-                          "(X_IMAGE, Y_IMAGE) are supported")
-    ngrp = get_int("POLNGRP")
-    groups = (get_int("POLGRP1"), get_int("POLGRP2"))
-    if ngrp != 1 or groups != (1, 1):
-        raise _fail(path, f"POLNGRP = {ngrp}, POLGRP1/2 = {groups}: only one polynomial group "
-                          "holding both image coordinates is supported")
-    names = (str(get("POLNAME1")).upper(), str(get("POLNAME2")).upper())
-    if not (names[0].startswith("X") and names[0].endswith("IMAGE")
-            and names[1].startswith("Y") and names[1].endswith("IMAGE")):
-        raise _fail(path, f"POLNAME1/2 = {names}: the polynomial must be in X_IMAGE, Y_IMAGE "
-                          "(image pixel coordinates)")
-    degree = get_int("POLDEG1")
-    if degree < 0:
-        raise _fail(path, f"POLDEG1 = {degree} must be >= 0")
-    psfnaxis = get_int("PSFNAXIS")
-    if psfnaxis != 3:
-        raise _fail(path, f"PSFNAXIS = {psfnaxis}; PSFEx models have 3 (nx, ny, nterms)")
-    axes = (get_int("PSFAXIS1"), get_int("PSFAXIS2"), get_int("PSFAXIS3"))
+                          "(X_IMAGE, Y_IMAGE), or none (POLNAXIS = 0), are supported")
+    else:
+        ngrp = get_int("POLNGRP")
+        groups = (get_int("POLGRP1"), get_int("POLGRP2"))
+        if ngrp != 1 or groups != (1, 1):
+            raise _fail(path, f"POLNGRP = {ngrp}, POLGRP1/2 = {groups}: only one polynomial "
+                              "group holding both image coordinates is supported")
+        names = (str(get("POLNAME1")).upper(), str(get("POLNAME2")).upper())
+        if not (names[0].startswith("X") and names[0].endswith("IMAGE")
+                and names[1].startswith("Y") and names[1].endswith("IMAGE")):
+            raise _fail(path, f"POLNAME1/2 = {names}: the polynomial must be in X_IMAGE, "
+                              "Y_IMAGE (image pixel coordinates)")
+        degree = get_int("POLDEG1")
+        if degree < 0:
+            raise _fail(path, f"POLDEG1 = {degree} must be >= 0")
+        polzero = (get_float("POLZERO1"), get_float("POLZERO2"))
+        polscal = (get_float("POLSCAL1"), get_float("POLSCAL2"))
+        if not all(math.isfinite(v) for v in polzero + polscal) or 0.0 in polscal:
+            raise _fail(path, f"bad POLZERO {polzero} or POLSCAL {polscal} (must be finite, "
+                              "POLSCAL non-zero)")
     nterms = _n_terms(degree)
+    psfnaxis = get_int("PSFNAXIS")
+    if psfnaxis == 3:
+        axes = (get_int("PSFAXIS1"), get_int("PSFAXIS2"), get_int("PSFAXIS3"))
+    elif psfnaxis == 2 and degree == 0:
+        # SExtractor also reads a constant PSF stored as one 2-d image
+        axes = (get_int("PSFAXIS1"), get_int("PSFAXIS2"), 1)
+    else:
+        raise _fail(path, f"PSFNAXIS = {psfnaxis}; PSFEx models have 3 (nx, ny, nterms), "
+                          "or 2 for a constant PSF")
     if axes[2] != nterms:
         raise _fail(path, f"PSFAXIS3 = {axes[2]} but a degree-{degree} polynomial has "
                           f"{nterms} terms")
@@ -794,11 +816,6 @@ def read_psfex(path, *, ccdname=None, row=None, hdu=None):
                               "from PSFAXIS1/2/3")
     if not np.all(np.isfinite(mask)):
         raise _fail(path, "PSF_MASK has non-finite values")
-    polzero = (get_float("POLZERO1"), get_float("POLZERO2"))
-    polscal = (get_float("POLSCAL1"), get_float("POLSCAL2"))
-    if not all(math.isfinite(v) for v in polzero + polscal) or 0.0 in polscal:
-        raise _fail(path, f"bad POLZERO {polzero} or POLSCAL {polscal} (must be finite, "
-                          "POLSCAL non-zero)")
     psf_samp = get_float("PSF_SAMP")
     if not (math.isfinite(psf_samp) and psf_samp > 0):
         raise _fail(path, f"PSF_SAMP = {psf_samp} must be > 0")
@@ -816,7 +833,8 @@ def read_psfex(path, *, ccdname=None, row=None, hdu=None):
     for key, value in values.items():
         if key not in _MODEL_KEYS and (layout == "merged" or key not in meta):
             meta[key] = value
-    meta["POLNAME1"], meta["POLNAME2"] = names
+    if names is not None:
+        meta["POLNAME1"], meta["POLNAME2"] = names
     meta["LAYOUT"] = layout
     return PSFExModel(mask, polzero, polscal, degree, psf_samp=psf_samp, fwhm=fwhm, meta=meta,
                       path=os.path.abspath(path))
