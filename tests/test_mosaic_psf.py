@@ -252,6 +252,31 @@ def test_weights_are_exposure_times(chiral_sim):
     assert np.abs(model.image(x[0], y[0], 21) - singles.mean(0)).max() > 1e-4
 
 
+def test_changing_pixfrac_or_detector_pixel_discards_prepared_psfs(chiral_sim):
+    sim = chiral_sim
+    x, y = positions(sim)
+    model = model_of(sim)
+    first = model.image(x[0], y[0], 21)
+    assert model.n_unique_psfs > 0
+    # the prepared exposure PSFs include the drop and the detector pixel: changing
+    # either gives what a model built with the new value gives, not the cached images
+    model.pixfrac = 0.0
+    assert model.n_unique_psfs == 0
+    np.testing.assert_array_equal(model.image(x[0], y[0], 21),
+                                  model_of(sim, pixfrac=0.0).image(x[0], y[0], 21))
+    assert np.abs(model.image(x[0], y[0], 21) - first).max() > 1e-3 * first.max()
+    model.detector_pixel = not model.detector_pixel
+    assert model.n_unique_psfs == 0
+    np.testing.assert_array_equal(
+        model.image(x[0], y[0], 21),
+        model_of(sim, pixfrac=0.0, detector_pixel=model.detector_pixel).image(x[0], y[0], 21))
+    with pytest.raises(InputError, match="pixfrac must lie in"):
+        model.pixfrac = 2.0
+    with pytest.raises(InputError, match="pixfrac must be a number"):
+        model.pixfrac = "wide"
+    assert model.pixfrac == 0.0
+
+
 def test_mixture_route_matches_image_route(chiral_sim):
     sim = chiral_sim
     x, y = positions(sim)

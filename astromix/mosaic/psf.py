@@ -288,20 +288,17 @@ class ExposureWeightedPSF:
                 raise InputError(f"the context has {context.shape[0]} plane(s) for "
                                  f"{len(exposures)} exposures")
         self.context = context
+        self._prepared = {}
+        self._mixtures = {}
+        self._transfer = {}
         self.sigma = sigma
-        pixfrac = float(pixfrac)
-        if not 0 <= pixfrac <= 1.5:
-            raise InputError(f"pixfrac must lie in [0, 1.5], got {pixfrac}")
         self.pixfrac = pixfrac
         self.detector_pixel = (not provider.pixel_integrated) if detector_pixel is None \
-            else bool(detector_pixel)
+            else detector_pixel
         self.subsample = int(subsample)
         if self.subsample < 1:
             raise InputError(f"subsample must be >= 1, got {subsample}")
         self.normalize = bool(normalize)
-        self._prepared = {}
-        self._mixtures = {}
-        self._transfer = {}
 
     # -- attributes ----------------------------------------------------------------------------
     @property
@@ -319,6 +316,38 @@ class ExposureWeightedPSF:
                 value = None
         self._sigma = value
         self._transfer = {}
+
+    @property
+    def pixfrac(self):
+        """Drizzle drop size [detector px], in [0, 1.5].
+
+        Setting it discards the prepared exposure PSFs, which include the drop.
+        """
+        return self._pixfrac
+
+    @pixfrac.setter
+    def pixfrac(self, value):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"pixfrac must be a number in [0, 1.5], got {value!r}") from None
+        if not 0 <= value <= 1.5:
+            raise InputError(f"pixfrac must lie in [0, 1.5], got {value}")
+        self._pixfrac = value
+        self._prepared = {}
+
+    @property
+    def detector_pixel(self):
+        """Whether the detector pixel is convolved in (the provider's images lack it).
+
+        Setting it discards the prepared exposure PSFs, which include the pixel.
+        """
+        return self._detector_pixel
+
+    @detector_pixel.setter
+    def detector_pixel(self, value):
+        self._detector_pixel = bool(value)
+        self._prepared = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
