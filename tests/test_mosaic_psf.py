@@ -277,6 +277,32 @@ def test_changing_pixfrac_or_detector_pixel_discards_prepared_psfs(chiral_sim):
     assert model.pixfrac == 0.0
 
 
+def test_exposure_mixtures_are_cached_per_psf_and_options(chiral_sim, monkeypatch):
+    import astromix.fitting
+
+    calls = []
+
+    def fake_fit(image, n_components, **kwargs):
+        calls.append(kwargs)
+        return object()
+
+    monkeypatch.setattr(astromix.fitting, "fit_psf_mixture", fake_fit)
+    model = model_of(chiral_sim)
+    exposure = chiral_sim.exposures[0]
+    first = model.exposure_mixture(exposure, 60.0, 60.0, n_components=2, n_starts=1)
+    assert model.exposure_mixture(exposure, 60.0, 60.0, n_components=2, n_starts=1) is first
+    # other options are another fit, not the first one's result
+    other = model.exposure_mixture(exposure, 60.0, 60.0, n_components=2, objective="chi2")
+    assert other is not first and calls[-1]["objective"] == "chi2"
+    assert model.exposure_mixture(exposure, 60.0, 60.0, n_components=2,
+                                  objective="chi2") is other
+    assert len(calls) == 2
+    # options that cannot be hashed: fitted at each call
+    model.exposure_mixture(exposure, 60.0, 60.0, n_components=2, weight=np.ones(3))
+    model.exposure_mixture(exposure, 60.0, 60.0, n_components=2, weight=np.ones(3))
+    assert len(calls) == 4
+
+
 def test_mixture_route_matches_image_route(chiral_sim):
     sim = chiral_sim
     x, y = positions(sim)

@@ -740,7 +740,8 @@ class ExposureWeightedPSF:
             Detector position [px].
         n_components, n_negative : int, optional
         **kwargs
-            Passed to :func:`~astromix.fitting.fit_psf_mixture`.
+            Passed to :func:`~astromix.fitting.fit_psf_mixture`; a fit is cached
+            per unique PSF and set of options (when they can be hashed).
 
         Returns
         -------
@@ -753,12 +754,19 @@ class ExposureWeightedPSF:
         key, image = self.provider.psf(exposure, x, y)
         if image is None:
             return None
-        mkey = (key, int(n_components), int(n_negative))
-        if mkey not in self._mixtures:
-            self._mixtures[mkey] = fit_psf_mixture(
-                image, n_components, oversampling=self.provider.oversampling,
-                n_negative=n_negative, **kwargs)
-        return self._mixtures[mkey]
+        # the fit's options are part of the key (options that cannot be hashed,
+        # e.g. an array of weights: fitted anew at each call)
+        try:
+            mkey = (key, int(n_components), int(n_negative), frozenset(kwargs.items()))
+            cached = self._mixtures.get(mkey)
+        except TypeError:
+            mkey = cached = None
+        if cached is None:
+            cached = fit_psf_mixture(image, n_components, oversampling=self.provider.oversampling,
+                                     n_negative=n_negative, **kwargs)
+            if mkey is not None:
+                self._mixtures[mkey] = cached
+        return cached
 
     def mixture(self, x, y, mixtures=None, *, n_components=4, n_negative=0):
         """The mosaic PSF of one source as an exact GaussianMixturePSF.
