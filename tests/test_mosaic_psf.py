@@ -275,6 +275,8 @@ def test_changing_pixfrac_or_detector_pixel_discards_prepared_psfs(chiral_sim):
     with pytest.raises(InputError, match="pixfrac must be a number"):
         model.pixfrac = "wide"
     assert model.pixfrac == 0.0
+    with pytest.raises(InputError, match="sigma must be a number"):
+        model.sigma = "wide"
 
 
 def test_exposure_mixtures_are_cached_per_psf_and_options(chiral_sim, monkeypatch):

@@ -309,7 +309,11 @@ class ExposureWeightedPSF:
     @sigma.setter
     def sigma(self, value):
         if value is not None:
-            value = float(value)
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise InputError(f"sigma must be a number >= 0 [mosaic px] or None, "
+                                 f"got {value!r}") from None
             if not (math.isfinite(value) and value >= 0):
                 raise InputError(f"sigma must be a number >= 0 [mosaic px] or None, got {value}")
             if value == 0:
