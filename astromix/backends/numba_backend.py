@@ -113,14 +113,15 @@ CHUNK = 16
 # every later one.  Now (tests/test_numba_cache.py):
 # - no reassociation: the element-wise loops vectorise as before, at the same
 #   speed;
-# - the multiply-adds that matter (exp's polynomials, the quadratic form, the
-#   render's sum) are written as _fmuladd, fused or not per target;
-# - the two exponential kernels (_render_plain, _accumulate_moments), where the
-#   copies had fused differently, fuse nothing else (_JIT_UNFUSED);
+# - exp's polynomials, the plain kernels' quadratic form and their render's sum
+#   are written as _fmuladd, fused or not per target; elsewhere contraction
+#   stays allowed (the copies agree there);
+# - the two plain exponential kernels (_render_plain, _accumulate_moments),
+#   where the copies had fused differently, fuse nothing else (_JIT_UNFUSED);
 # - loops that sum into scalars vectorise only with reassociation (the sums'
 #   order changes), so those few kernels keep every flag (_JIT_SUMS).
 # Timings on the benchmark stamp are unchanged (float32 render 22.7-23.4 us,
-# chi2 + gradient 69-72 us; same-process A/B).
+# chi2 + gradient 69-72 us; runs of the old and new code alternated).
 _FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
 _JIT = {"fastmath": _FASTMATH, "error_model": "numpy", "boundscheck": False, "nogil": True,
         "cache": True}
@@ -317,18 +318,18 @@ def _exp_wide(q):
     k = int(h + 710.0)
     x = (h - (k - 710)) * -0.25
     p = 1.0 / 479001600.0
-    p = 1.0 / 39916800.0 + x * p
-    p = 1.0 / 3628800.0 + x * p
-    p = 1.0 / 362880.0 + x * p
-    p = 1.0 / 40320.0 + x * p
-    p = 1.0 / 5040.0 + x * p
-    p = 1.0 / 720.0 + x * p
-    p = 1.0 / 120.0 + x * p
-    p = 1.0 / 24.0 + x * p
-    p = 1.0 / 6.0 + x * p
-    p = 0.5 + x * p
-    p = 1.0 + x * p
-    p = 1.0 + x * p
+    p = _fmuladd(x, p, 1.0 / 39916800.0)
+    p = _fmuladd(x, p, 1.0 / 3628800.0)
+    p = _fmuladd(x, p, 1.0 / 362880.0)
+    p = _fmuladd(x, p, 1.0 / 40320.0)
+    p = _fmuladd(x, p, 1.0 / 5040.0)
+    p = _fmuladd(x, p, 1.0 / 720.0)
+    p = _fmuladd(x, p, 1.0 / 120.0)
+    p = _fmuladd(x, p, 1.0 / 24.0)
+    p = _fmuladd(x, p, 1.0 / 6.0)
+    p = _fmuladd(x, p, 0.5)
+    p = _fmuladd(x, p, 1.0)
+    p = _fmuladd(x, p, 1.0)
     p = p * p
     return _EXP_INT[k] * (p * p)
 
@@ -385,15 +386,15 @@ def _exp_half_sq(q):
     # float32 start rows, whose arguments stay within QSAFE32
     x = q * (-1.0 / 512.0)
     p = 1.0 / 362880.0
-    p = 1.0 / 40320.0 + x * p
-    p = 1.0 / 5040.0 + x * p
-    p = 1.0 / 720.0 + x * p
-    p = 1.0 / 120.0 + x * p
-    p = 1.0 / 24.0 + x * p
-    p = 1.0 / 6.0 + x * p
-    p = 0.5 + x * p
-    p = 1.0 + x * p
-    p = 1.0 + x * p
+    p = _fmuladd(x, p, 1.0 / 40320.0)
+    p = _fmuladd(x, p, 1.0 / 5040.0)
+    p = _fmuladd(x, p, 1.0 / 720.0)
+    p = _fmuladd(x, p, 1.0 / 120.0)
+    p = _fmuladd(x, p, 1.0 / 24.0)
+    p = _fmuladd(x, p, 1.0 / 6.0)
+    p = _fmuladd(x, p, 0.5)
+    p = _fmuladd(x, p, 1.0)
+    p = _fmuladd(x, p, 1.0)
     p = p * p
     p = p * p
     p = p * p
