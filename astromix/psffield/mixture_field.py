@@ -63,6 +63,7 @@ from .model import (
     PSFFieldModel,
     _clipped,
     _cut_stamps,
+    _gauss_newton_flux_centre,
     _star_positions,
     _windowed_centroid,
     fit_psf_field,
@@ -282,39 +283,24 @@ def _mixture_image(amp, mean, cov, centre, shape, settings, backend):
 
 
 def _fit_flux_centre(stamp, w, amp, mean, cov, flux, cx, cy, settings, backend, n_steps=3):
-    """Gauss-Newton refit of a star's flux and centre (stamp coordinates)."""
-    eps = 0.02
+    """Gauss-Newton refit of a star's flux and centre (stamp coordinates); the start is
+    kept where the steps made chi2 worse (a poor model far from the minimum)."""
+    shape = stamp.shape
+
+    def render(x, y):
+        return _mixture_image(amp, mean, cov, (x, y), shape, settings, backend)
+
     d = stamp.ravel()
     wf = w.ravel()
-    shape = stamp.shape
+    m0 = render(cx, cy)
+    chi2_start = float(np.sum(wf * (d - flux * m0.ravel()) ** 2))
     start = (flux, cx, cy)
-    m0 = _mixture_image(amp, mean, cov, (cx, cy), shape, settings, backend).ravel()
-    chi2_start = float(np.sum(wf * (d - flux * m0) ** 2))
-    for _ in range(n_steps):
-        m = _mixture_image(amp, mean, cov, (cx, cy), shape, settings, backend).ravel()
-        mx = (_mixture_image(amp, mean, cov, (cx + eps, cy), shape, settings, backend)
-              - _mixture_image(amp, mean, cov, (cx - eps, cy), shape, settings, backend)
-              ).ravel() / (2 * eps)
-        my = (_mixture_image(amp, mean, cov, (cx, cy + eps), shape, settings, backend)
-              - _mixture_image(amp, mean, cov, (cx, cy - eps), shape, settings, backend)
-              ).ravel() / (2 * eps)
-        jac = np.stack([m, flux * mx, flux * my], axis=1)
-        jw = jac * wf[:, None]
-        try:
-            step = np.linalg.solve(jw.T @ jac, jw.T @ (d - flux * m))
-        except np.linalg.LinAlgError:
-            break
-        if not np.all(np.isfinite(step)):
-            break
-        step[1:] = np.clip(step[1:], -0.5, 0.5)
-        flux, cx, cy = flux + step[0], cx + step[1], cy + step[2]
-        if max(abs(step[1]), abs(step[2])) < 1e-4:
-            break
-    m = _mixture_image(amp, mean, cov, (cx, cy), shape, settings, backend)
+    flux, cx, cy = _gauss_newton_flux_centre(stamp, w, render, flux, cx, cy, n_steps=n_steps,
+                                             eps=0.02, tol=1e-4)
+    m = render(cx, cy)
     if not float(np.sum(wf * (d - flux * m.ravel()) ** 2)) <= chi2_start:
-        # the steps made things worse (a poor model far from the minimum): keep the start
         flux, cx, cy = start
-        m = m0.reshape(shape)
+        m = m0
     return flux, cx, cy, m
 
 

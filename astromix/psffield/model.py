@@ -1051,32 +1051,52 @@ class _FineGrid:
         return render
 
 
+def _gauss_newton_flux_centre(stamp, w, render, flux, cx, cy, *, n_steps, eps, bound=None,
+                              tol=None):
+    """Gauss-Newton steps in the flux and centre of ``flux * render(cx, cy)`` on a stamp.
+
+    ``render(cx, cy)`` is the unit-flux model (the stamp's shape) centred at
+    ``(cx, cy)``; its derivatives are central differences of step ``eps``
+    [px], and the weights ``w`` are inverse variances.  Each position step is
+    clipped to +-0.5 px; with ``bound`` the centre stays within +-bound; with
+    ``tol`` the steps stop once both position steps are below it; a singular
+    or non-finite step ends them.  Returns ``(flux, cx, cy)``.
+    """
+    d = stamp.ravel()
+    wf = w.ravel()
+    for _ in range(n_steps):
+        m = render(cx, cy).ravel()
+        mx = (render(cx + eps, cy) - render(cx - eps, cy)).ravel() / (2 * eps)
+        my = (render(cx, cy + eps) - render(cx, cy - eps)).ravel() / (2 * eps)
+        jac = np.stack([m, flux * mx, flux * my], axis=1)
+        jw = jac * wf[:, None]
+        try:
+            step = np.linalg.solve(jw.T @ jac, jw.T @ (d - flux * m))
+        except np.linalg.LinAlgError:
+            break
+        if not np.all(np.isfinite(step)):
+            break
+        step[1:] = np.clip(step[1:], -0.5, 0.5)
+        flux, cx, cy = flux + step[0], cx + step[1], cy + step[2]
+        if bound is not None:
+            cx = float(np.clip(cx, -bound, bound))
+            cy = float(np.clip(cy, -bound, bound))
+        if tol is not None and max(abs(step[1]), abs(step[2])) < tol:
+            break
+    return flux, cx, cy
+
+
 def _fit_star(stamp, w, render, flux, dx, dy, n_steps=2):
     """Gauss-Newton refit of flux and sub-pixel offset; returns flux, dx, dy, chi2, frac.
 
     ``render(dx, dy)`` is the unit-flux model on the stamp with its centre
-    at ``(dx, dy)`` from the stamp's central pixel.
+    at ``(dx, dy)`` from the stamp's central pixel (kept within +-1 px).
     """
-    eps = 0.05
+    flux, dx, dy = _gauss_newton_flux_centre(stamp, w, render, flux, dx, dy, n_steps=n_steps,
+                                             eps=0.05, bound=1.0)
     wf = w.ravel()
-    d = stamp.ravel()
-    for _ in range(n_steps):
-        m = render(dx, dy).ravel()
-        mx = (render(dx + eps, dy) - render(dx - eps, dy)).ravel() / (2 * eps)
-        my = (render(dx, dy + eps) - render(dx, dy - eps)).ravel() / (2 * eps)
-        jac = np.stack([m, flux * mx, flux * my], axis=1)
-        r = d - flux * m
-        jw = jac * wf[:, None]
-        try:
-            step = np.linalg.solve(jw.T @ jac, jw.T @ r)
-        except np.linalg.LinAlgError:
-            break
-        step[1:] = np.clip(step[1:], -0.5, 0.5)
-        flux = flux + step[0]
-        dx = float(np.clip(dx + step[1], -1.0, 1.0))
-        dy = float(np.clip(dy + step[2], -1.0, 1.0))
     m = render(dx, dy).ravel()
-    chi2 = float(np.sum(wf * (d - flux * m) ** 2))
+    chi2 = float(np.sum(wf * (stamp.ravel() - flux * m) ** 2))
     norm = float(np.sum(wf * (flux * m) ** 2))
     return flux, dx, dy, chi2, math.sqrt(chi2 / norm) if norm > 0 else np.inf
 
