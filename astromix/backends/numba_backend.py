@@ -35,8 +35,8 @@ the ratio to the pixel below, ``f(j+1) = f(j) r(j)`` and
 of a float32 stamp's render), so each pixel costs two multiplications.  The
 start row ``j0`` is computed exactly, again every ``RESTART`` rows: in float64
 by ``_exp_wide`` (a table of ``exp`` at integers times a polynomial, ~1 ulp for
-``|q| <= 1400``), in float32 by ``_rec_start32`` (3 x ``CHUNK`` exponentials,
-the other columns by float64 recurrences across chunks).  The ellipse is
+``|q| <= 1400``), in float32 by ``_exp_half_sq`` (a float64 polynomial with repeated squaring,
+1e-9 for ``|q| <= QSAFE32``), two per column, rounded once.  The ellipse is
 the set of pixels whose ``f`` is at least ``exp(-n_sigma**2 / 2)`` (one compare
 on the value; the row's chord, which it replaced, cost 15% of the float32
 stamp's render), and two rows are done per pass over the row buffers.  The
@@ -365,20 +365,6 @@ def _use_rec(t, j0, j1, i0, i1, itemsize):
     return j1 - j0 + 1 >= REC_ROWS64 and _rec_safe(t, j0, j1, i0, i1, QSAFE64)
 
 
-@njit(**_JIT)
-def _rec_start(t, dy, x0, a, b, f, r):
-    # Row dy of a component: f[i] = exp(-q/2) and r[i] = exp(-(q(dy+1) - q(dy))/2)
-    # at dx = x0 + i for the box columns a <= i <= b (exact, _exp_wide), zero
-    # elsewhere (the chunks' padding).
-    dt = f.dtype.type
-    fxx, fxy, fyy = t[_FXX], t[_FXY], t[_FYY]
-    for i in range(f.shape[0]):
-        q, dq = _q_step(fxx, fxy, fyy, x0 + i, dy)
-        inside = i >= a and i <= b
-        f[i] = dt(_exp_wide(q if inside else 0.0)) if inside else dt(0.0)
-        r[i] = dt(_exp_wide(dq if inside else 0.0)) if inside else dt(0.0)
-
-
 @njit(inline="always", **_JIT)
 def _exp_half_sq(q):
     # float64 exp(-q/2) as p(-q/512)**256, p the degree-9 Taylor polynomial of exp:
@@ -405,55 +391,35 @@ def _exp_half_sq(q):
     return p * p
 
 
+def _exp_start(q, f):
+    """exp(-q/2) for a start row of dtype ``f.dtype`` (see ``_rec_start``)."""
+    return math.exp(-0.5 * q)
+
+
+@overload(_exp_start, inline="always", fastmath=_FASTMATH)
+def _exp_start_overload(q, f):
+    if f.dtype == types.float32:
+        return lambda q, f: _exp_half_sq(q)
+    return lambda q, f: _exp_wide(q)
+
+
 @njit(**_JIT)
-def _rec_start32(t, dy, x0, a, b, f, r, w):
-    # _rec_start for float32, with 3 x CHUNK exponentials instead of 2 per column:
-    # the box's columns a + l + CHUNK m are reached from its first CHUNK columns
-    # a + l by float64 recurrences across chunks, f(x + CHUNK) = f(x) R(x) with
-    # R(x + CHUNK) = R(x) exp(-CHUNK^2 F_xx) and r(x + CHUNK) = r(x) exp(-CHUNK F_xy)
-    # (relative error ~1e-9 per chunk: nothing in float32).  The exponentials'
-    # arguments are q and dq in the box and q(x + CHUNK) - q(x) for two columns in
-    # it, all within QSAFE32 (a lane whose next column leaves the box is not
-    # stored again), so every value stored is a normal float32 number; w is a
-    # (3, CHUNK) float64 scratch.
+def _rec_start(t, dy, x0, a, b, f, r):
+    # Row dy of a component: f[i] = exp(-q/2) and r[i] = exp(-(q(dy+1) - q(dy))/2)
+    # at dx = x0 + i for the box columns a <= i <= b, zero elsewhere (the chunks'
+    # padding), by float64 exponentials (two per column) rounded once to f's
+    # dtype: _exp_wide (~1 ulp) for float64, _exp_half_sq (1e-9) for float32,
+    # whose q and dq stay within QSAFE32 over the box (_rec_safe).  Computing
+    # only 16 columns so and the rest by float64 recurrences across chunks of 16,
+    # as float32 did before, took longer: the chunks' short loops cost more than
+    # the exponentials they saved (benchmark stamp, 45 components: 5.8 -> 4.7 us).
+    dt = f.dtype.type
     fxx, fxy, fyy = t[_FXX], t[_FXY], t[_FYY]
-    fl = w[0]
-    rl = w[1]
-    gl = w[2]
-    for l in range(CHUNK):
-        x = x0 + a + l
-        q, dq = _q_step(fxx, fxy, fyy, x, dy)
-        fl[l] = _exp_half_sq(q)
-        rl[l] = _exp_half_sq(dq)
-        # q(x + CHUNK) - q(x)
-        gl[l] = _exp_half_sq(2.0 * CHUNK * (fxx * x + fxy * dy) + CHUNK * CHUNK * fxx)
-    kg = math.exp(-CHUNK * CHUNK * fxx)
-    kr = math.exp(-CHUNK * fxy)
-    f[:a] = 0.0
-    r[:a] = 0.0
-    f[b + 1:] = 0.0
-    r[b + 1:] = 0.0
-    for m in range((b - a) // CHUNK + 1):
-        o = a + m * CHUNK
-        e = min(CHUNK, b + 1 - o)
-        fo = f[o:o + e]
-        ro = r[o:o + e]
-        for l in range(e):
-            fo[l] = fl[l]
-            ro[l] = rl[l]
-        for l in range(CHUNK):
-            fl[l] *= gl[l]
-            gl[l] *= kg
-            rl[l] *= kr
-
-
-@njit(inline="always", **_JIT)
-def _rec_block_start(t, js, x0, a, b, f, r, w):
-    # the start row js of a block of the recurrence, by the kernel of f's dtype
-    if f.itemsize == 4:
-        _rec_start32(t, js - t[_MY], x0, a, b, f, r, w)
-    else:
-        _rec_start(t, js - t[_MY], x0, a, b, f, r)
+    for i in range(f.shape[0]):
+        q, dq = _q_step(fxx, fxy, fyy, x0 + i, dy)
+        inside = i >= a and i <= b
+        f[i] = dt(_exp_start(q if inside else 0.0, f)) if inside else dt(0.0)
+        r[i] = dt(_exp_start(dq if inside else 0.0, f)) if inside else dt(0.0)
 
 
 @njit(inline="always", **_JIT)
@@ -470,7 +436,7 @@ def _ellipse_floor(n2, dt):
 
 
 @njit(**_JIT)
-def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, w):
+def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc):
     # Add one component without the fourth-order factor to rows j0..j1, by the
     # recurrence of the module docstring: per column, f(j+1) = f(j) r(j) with
     # r(j) = r(js) exp(-F_yy (j - js)), two rows per pass; the ellipse is the
@@ -487,7 +453,7 @@ def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, w):
     e1 = math.exp(-fyy)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
-        _rec_block_start(t, js, x0, i0 - s, i1 - s, f, r, w)
+        _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
         j = js
         pa64 = 1.0
         while j + 1 < je:
@@ -522,7 +488,6 @@ def _render_rows(img, table, y0, y1, n2):
     dt = img.dtype.type
     qmax = dt(n2)
     sc = np.empty((2, nx), dtype=img.dtype)
-    w = np.empty((3, CHUNK))
     for k in range(table.shape[0]):
         t = table[k]
         j0, j1, i0, i1 = _box(t, y1, nx)
@@ -533,7 +498,7 @@ def _render_rows(img, table, y0, y1, n2):
         if t[_USE4] != 0.0:
             _render_use4(img, t, j0, j1, s, nch, qmax)
         elif _use_rec(t, j0, j1, i0, i1, img.itemsize):
-            _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, w)
+            _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc)
         else:
             _render_plain(img, t, j0, j1, s, nch, qmax)
 
@@ -692,7 +657,7 @@ def _moments_out(t, x0f, n, cs, out):
 
 
 @njit(**_JIT)
-def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, w):
+def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc):
     # _accumulate_moments by the recurrence of _render_rec (two rows per pass).
     dt = rimg.dtype.type
     n = nch * CHUNK
@@ -711,7 +676,7 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, w):
     e1 = math.exp(-fyy)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
-        _rec_block_start(t, js, x0, i0 - s, i1 - s, f, r, w)
+        _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
         j = js
         pa64 = 1.0
         while j + 1 < je:
@@ -751,10 +716,10 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, w):
 
 
 @njit(**_JIT_SUMS)
-def _accumulate_one(t, rimg, n2, out, cs, sc, w):
+def _accumulate_one(t, rimg, n2, out, cs, sc):
     # The NACC sums of one component (layout in _common), accumulated in the
     # working dtype and added to ``out`` (float64); scratch of the working dtype:
-    # cs (3, nx), sc (2, nx), w (3, CHUNK) float64.
+    # cs (3, nx), sc (2, nx).
     dt = rimg.dtype.type
     ny, nx = rimg.shape
     j0, j1, i0, i1 = _box(t, ny, nx)
@@ -763,7 +728,7 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, w):
     s, nch = _chunks(i0, i1)
     if t[_USE4] == 0.0:
         if _use_rec(t, j0, j1, i0, i1, rimg.itemsize):
-            _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, w)
+            _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc)
         else:
             _accumulate_moments(t, rimg, n2, out, j0, j1, s, nch, cs)
         return
@@ -851,18 +816,17 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, w):
 
 @njit(**_JIT)
 def _accumulate_scratch(rimg):
-    # (cs, sc, w): the work rows of _accumulate_one for one thread
+    # (cs, sc): the work rows of _accumulate_one for one thread
     nx = rimg.shape[1]
-    return (np.empty((3, nx), dtype=rimg.dtype), np.empty((2, nx), dtype=rimg.dtype),
-            np.empty((3, CHUNK)))
+    return np.empty((3, nx), dtype=rimg.dtype), np.empty((2, nx), dtype=rimg.dtype)
 
 
 @njit(**_JIT)
 def _accumulate_block(table, rimg, n2, acc, first, step):
     # components first, first + step, ... of table, with one scratch
-    cs, sc, w = _accumulate_scratch(rimg)
+    cs, sc = _accumulate_scratch(rimg)
     for k in range(first, table.shape[0], step):
-        _accumulate_one(table[k], rimg, n2, acc[k], cs, sc, w)
+        _accumulate_one(table[k], rimg, n2, acc[k], cs, sc)
 
 
 @njit(**_JIT)
