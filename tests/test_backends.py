@@ -209,6 +209,39 @@ def test_numba_row_recurrence(mode, dtype, rtol):
         _agree(a, b, 100 * rtol)
 
 @pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+def test_numba_float32_recurrence_width_rule():
+    """float32 components 16-23 rows tall take the recurrence when their rows span
+    more than one 16-pixel chunk, the exponentials when they fit in one; both
+    agree with the NumPy reference (render, chi2 and gradients)."""
+    from astromix.backends import numba_backend as nb
+
+    shape = (60, 70)
+    # 17 and 21 rows tall: 30 and 40 columns wide (recurrence), 11 wide (exponentials)
+    cov = np.array([_rotated(3.0, 1.7, 0.0), _rotated(4.0, 2.1, 0.0), _rotated(1.0, 1.7, 0.0),
+                    _rotated(2.5, 2.0, 0.3)])
+    mean = np.array([[20.3, 15.6], [45.2, 40.1], [60.4, 20.7], [25.5, 44.2]])
+    g = GaussianMixture(np.array([1.0, 0.7, 0.5, -0.3]), mean, cov)
+    s = AccuracySettings(pixel_integration="none")
+    table = _common.prepare(g.amp, g.mean, g.cov, s)
+    boxes = [_common.box(row, shape) for row in table]
+    assert [16 <= j1 - j0 + 1 < nb.REC_ROWS32 for j0, j1, _, _ in boxes] == [True] * 4
+    assert [i1 - i0 >= nb.CHUNK for _, _, i0, i1 in boxes] == [True, True, False, True]
+    rec = [nb._use_rec(row, *box, 4) for row, box in zip(table, boxes)]
+    assert rec == [True, True, False, True]
+    ref = g.render(shape, settings=s, backend="numpy")
+    _agree(g.render(shape, dtype=np.float32, settings=s, backend="numba"), ref, 1e-5)
+    rng = np.random.default_rng(8)
+    data = ref + rng.normal(0, 1e-3, shape)
+    weight = rng.uniform(0.5, 2.0, shape)
+    c_ref, g_ref = g.chi2(data, weight, gradient=True, settings=s, backend="numpy")
+    c_nb, g_nb = g.chi2(data.astype(np.float32), weight.astype(np.float32), gradient=True,
+                        settings=s, backend="numba")
+    assert c_nb == pytest.approx(c_ref, rel=1e-4)
+    for a, b in zip(g_nb, g_ref):
+        _agree(a, b, 1e-3)
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_recurrence_culls_the_reference_pixels(dtype):
     """On the recurrence path the culling ellipse is the set of pixels whose value is
