@@ -420,10 +420,11 @@ def _rec_start(t, dy, x0, a, b, f, r):
     # at dx = x0 + i for the box columns a <= i <= b, zero elsewhere (the chunks'
     # padding), by float64 exponentials (two per column) rounded once to f's
     # dtype: _exp_wide (~1 ulp) for float64, _exp_half_sq (1e-9) for float32,
-    # whose q and dq stay within QSAFE32 over the box (_rec_safe).  Computing
-    # only 16 columns so and the rest by float64 recurrences across chunks of 16,
-    # as float32 did before, took longer: the chunks' short loops cost more than
-    # the exponentials they saved (benchmark stamp, 45 components: 5.8 -> 4.7 us).
+    # whose q and dq stay within QSAFE32 over the box (_rec_safe).  float32 start
+    # rows were first computed so for their first 16 columns only, the others by
+    # float64 recurrences across chunks of 16; that took longer, the chunks' short
+    # loops costing more than the exponentials they saved (the benchmark stamp's
+    # 45 start rows: 5.8 us then, 4.7 us now).
     dt = f.dtype.type
     fxx, fxy, fyy = t[_FXX], t[_FXY], t[_FYY]
     for i in range(f.shape[0]):
