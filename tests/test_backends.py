@@ -385,6 +385,73 @@ def test_bad_pixel_counts_match_reference(other, dtype):
     assert bk.bad_pixel_counts(bk.asarray(data), bk.asarray(weight)) == expect
 
 
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_pixels_clean_flags_every_bad_pixel(dtype):
+    """The one-call chi2's quick data check is False exactly where the counts are not
+    all zero: one bad value at a time (NaN, +-inf data; NaN, +-inf, negative and
+    subnormal negative weights; masked NaN data), in a strided view too."""
+    from astromix.backends import numba_backend as nb
+
+    rng = np.random.default_rng(12)
+    data = rng.normal(size=(33, 48)).astype(dtype)
+    weight = rng.uniform(0, 2, size=(33, 48)).astype(dtype)
+    weight[0, :5] = 0.0
+    tiny = np.finfo(dtype).smallest_subnormal
+    cases = [("data", np.nan, 1.0), ("data", np.inf, 1.0), ("data", -np.inf, 0.5),
+             ("data", np.nan, 0.0), ("weight", np.nan, None), ("weight", np.inf, None),
+             ("weight", -np.inf, None), ("weight", -1.0, None), ("weight", -tiny, None)]
+    assert nb._pixels_clean(data, weight) and nb._pixels_clean(data[:, ::3], weight[:, ::3])
+    for where, value, w in cases:
+        for j, i in ((0, 0), (17, 29), (32, 47)):
+            d, wt = data.copy(), weight.copy()
+            (d if where == "data" else wt)[j, i] = value
+            if w is not None:
+                wt[j, i] = w
+            counts = _common.Backend.bad_pixel_counts(backends.get_backend("numpy"), d, wt)
+            assert counts[:3] != (0, 0, 0)
+            assert not nb._pixels_clean(d, wt), (where, value, w, j, i)
+            assert not nb._pixels_clean(d[:, ::3], wt[:, ::3]) or i % 3
+
+
+@pytest.mark.parametrize("other", OTHER)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_residual_out_variants(other, dtype):
+    """Backend.residual: R = 2 w (model - data) and chi2 against NumPy, written to a new
+    array (the model untouched), to ``out``, in place of the model, and with ``out``
+    sharing memory with the data (the Numba kernels assume no overlap)."""
+    rng = np.random.default_rng(6)
+    bk = backends.get_backend(other)
+    model = rng.normal(size=(40, 48)).astype(dtype)
+    data = rng.normal(size=(40, 48)).astype(dtype)
+    weight = rng.uniform(0, 2, size=(40, 48)).astype(dtype)
+    want_r = 2.0 * weight.astype(np.float64) * (model.astype(np.float64) - data)
+    want_chi2 = float(np.sum(weight.astype(np.float64) * (model.astype(np.float64) - data) ** 2))
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+
+    def check(chi2, r):
+        assert chi2 == pytest.approx(want_chi2, rel=rtol)
+        np.testing.assert_allclose(bk.to_numpy(r), want_r, rtol=rtol, atol=rtol)
+
+    m = bk.asarray(model.copy())
+    d, w = bk.asarray(data), bk.asarray(weight)
+    chi2, r = bk.residual(m, d, w)
+    check(chi2, r)
+    np.testing.assert_array_equal(bk.to_numpy(m), model)
+    out = bk.asarray(np.zeros_like(model))
+    chi2, r = bk.residual(m, d, w, out=out)
+    check(chi2, r)
+    m = bk.asarray(model.copy())
+    chi2, r = bk.residual(m, d, w, out=m)
+    assert r is m
+    check(chi2, r)
+    if other == "numba":  # out is the data's own array: the data are read as they were
+        m, dd = model.copy(), data.copy()
+        chi2, r = bk.residual(m, dd, w, out=dd)
+        assert r is dd
+        check(chi2, r)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape, k", [((40, 45), 9), ((400, 380), 300)])
 def test_jacobian_kernel(backend, mode, shape, k):
