@@ -791,6 +791,17 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, keep, k):
     _moments_out(t, x0, n, cs, out)
 
 
+@njit(pipeline_class=_NoAliasCompiler, **_JIT)
+def _copy_box_row(row, rb, dxb, dyb, x0, dy):
+    # one row of a fourth-order component's box into _accumulate_one's flat
+    # copies: residuals, dx = x0 + i and dy (the four arrays must not overlap)
+    dt = row.dtype.type
+    for i in range(row.shape[0]):
+        rb[i] = row[i]
+        dxb[i] = x0 + dt(i)
+        dyb[i] = dy
+
+
 @njit(**_JIT_SUMS)
 def _accumulate_one(t, rimg, n2, out, cs, sc, keep=None, k=0):
     # The NACC sums of one component (layout in _common), accumulated in the
@@ -846,12 +857,8 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, keep=None, k=0):
     dyb = buf[2]
     for j in range(j0, j1 + 1):
         o = (j - j0) * n
-        row = rimg[j, i0:i1 + 1]
-        dy = dt(j - t[_MY])
-        for i in range(n):
-            rb[o + i] = row[i]
-            dxb[o + i] = x0 + dt(i)
-            dyb[o + i] = dy
+        _copy_box_row(rimg[j, i0:i1 + 1], rb[o:o + n], dxb[o:o + n], dyb[o:o + n], x0,
+                      dt(j - t[_MY]))
     for i in range(npx):
         e, p, vx, vy = _gauss4(dxb[i], dyb[i], fxx, fxy, fyy, cst, c4, six_fxx, six_fyy, qmax)
         re = rb[i] * e
