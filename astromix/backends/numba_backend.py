@@ -51,6 +51,11 @@ from 133 to 90 us (24-26 us and 69-73 us with the culling by value and, for
 small images, the one-call paths ``_render_stamp`` / ``_chi2_stamp``).  The
 fourth-order components accumulate their 14 sums in one flat loop over a copy
 of their box (the vector sums reduced once per component, not per row).
+The recurrence's two-row passes, the residual's rows and that box copy are
+functions of their own whose array arguments are marked ``noalias``
+(``_NoAliasCompiler``): inlined, they carry no runtime overlap checks, and the
+in-place residual vectorises (float32 stamp chi2 + gradient 65-69 -> 53-56 us
+with the render's start rows kept for the gradient sums).
 
 Threads: one image is split into bands of rows rendered in parallel, each band
 looping over the components that reach it; gradients are accumulated in
