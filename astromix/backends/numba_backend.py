@@ -147,10 +147,13 @@ class _NoAliasCompiler(numba.core.compiler.Compiler):
     (``Flags.noalias``, set for its own parallel loop bodies) but no ``jit``
     option for it; a ``pipeline_class`` is its documented way to change a
     compilation.  Passing overlapping arrays to such a function is undefined.
+    (A Numba without the flag compiles them as any other function: slower, the
+    same numbers.)
     """
 
     def define_pipelines(self):
-        self.state.flags.noalias = True
+        if hasattr(self.state.flags, "noalias"):
+            self.state.flags.noalias = True
         return super().define_pipelines()
 
 
