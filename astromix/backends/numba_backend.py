@@ -1505,18 +1505,18 @@ class NumbaBackend(c.Backend):
         """
         data = np.ascontiguousarray(data, dtype=model.dtype)
         weight = np.ascontiguousarray(weight, dtype=model.dtype)
-        # the kernels write R over the rows of rimg (a copy of the model unless
-        # that is ``out``) while reading data's and weight's, and are compiled on
-        # the premise that these never overlap
-        rimg = model if out is None else out
-        if np.may_share_memory(rimg, data):
-            data = data.copy()
-        if np.may_share_memory(rimg, weight):
-            weight = weight.copy()
         if out is None:
             rimg = model.copy()
-        elif rimg is not model:
-            rimg[...] = model
+        else:
+            # the kernels write R over out's rows while reading data's and
+            # weight's, and are compiled on the premise that these never overlap
+            rimg = out
+            if np.may_share_memory(rimg, data):
+                data = data.copy()
+            if np.may_share_memory(rimg, weight):
+                weight = weight.copy()
+            if rimg is not model:
+                rimg[...] = model
         if model.size >= 1 << 18 and numba.get_num_threads() > 1 and _parallel_allowed():
             _mark_parallel()
             chi2 = _residual_parallel(rimg, data, weight)
