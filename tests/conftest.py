@@ -45,6 +45,14 @@ def backend():
     return get_backend().name
 
 
+def to_numpy(x):
+    """``x`` as a NumPy array: a CuPy array (a render with the CuPy backend) is copied to
+    the host, anything else goes through ``np.asarray``.  CuPy is not imported."""
+    if type(x).__module__.split(".")[0] == "cupy":
+        return x.get()
+    return np.asarray(x)
+
+
 def random_mixture(rng, k, shape, *, sigma_range=(0.5, 6.0), margin=-3.0, negative=False):
     """A random mixture in an image of ``shape``; ``margin < 0`` lets centres leave it."""
     ny, nx = shape

@@ -20,25 +20,45 @@ The kernels reproduce :mod:`astromix.backends.numpy_backend` (see
   ``P`` where the table's ``USE4`` flag is set.  They agree with NumPy to a few
   units in the last place (FMA contraction in float32 and a different ``exp``).
 
-Work decomposition: a component's box is handled in chunks of 32 rows.  Only
-the candidates of each row are visited: the analytic extent of the ellipse on
-that row, ``cx -/+ sqrt(FXX n^2 - dy^2 INVDET) / FXX`` with ``cx = MX - FXY dy /
-FXX``, widened by one pixel on either side (a superset, the exact test above
-decides) and clipped to the box.  Warp 0 of a block computes the 32 row
-intervals and their prefix sum into shared memory, then all threads of the
-block stride over the flattened candidates of the chunk (so no thread idles on
-the ellipse's ragged edge).
+Work decomposition:
 
-* ``render``: one block per (component, chunk of rows) pair; the values are
-  added into the image with ``atomicAdd`` (float64 ``atomicAdd`` needs compute
-  capability >= 6.0).  The summation order, hence the last bits, may change from
-  call to call.
-* ``accumulate``: one block per component, looping over its chunks; each thread
-  accumulates the 14 sums in the working precision, and the block reduces them
-  in float64 (warp shuffles, then the per-warp partial sums in a fixed order),
-  so the accumulators are deterministic.
-* ``residual``: a CuPy elementwise kernel for ``R = 2 w (model - data)`` and a
-  reduction kernel for chi2, summed in float64.
+* ``render`` (default, ``render_kernel="tiles"``): a gather.  One block of
+  ``TILE**2`` threads per ``TILE x TILE`` image tile, one pixel per thread.  The
+  block reads the table in batches of ``BATCH`` components; each of the first
+  ``BATCH`` threads tests whether its component's culling box meets the tile,
+  and those that do are compacted, in table order, into shared memory (warp
+  ballots) with their constants.  Every thread then adds their values at its
+  pixel, in table order, in a register, and writes the pixel once: no atomics,
+  and the same bits at every call.
+* ``render`` with ``render_kernel="atomic"``: a scatter.  A component's box is
+  handled in chunks of 32 rows, and only the candidates of each row are
+  visited: the analytic extent of the ellipse on that row, ``cx -/+ sqrt(FXX n^2
+  - dy^2 INVDET) / FXX`` with ``cx = MX - FXY dy / FXX``, widened by one pixel on
+  either side (a superset, the exact test above decides) and clipped to the box.
+  Warp 0 of a block computes the 32 row intervals and their prefix sum into
+  shared memory, then all threads of the block stride over the flattened
+  candidates of the chunk.  One block per (component, chunk of rows) pair; the
+  values are added into the image with ``atomicAdd`` (float64 ``atomicAdd``
+  needs compute capability >= 6.0), so the summation order, hence the last
+  bits, may change from call to call.  2.4x faster than the tile render on the
+  scene of ``benchmarks/render.py`` (docs/performance.rst).
+* ``accumulate``: one block per component, looping over its chunks of rows as
+  the atomic render does; each thread accumulates the 14 sums in the working
+  precision, and the block reduces them in float64 (warp shuffles, then the
+  per-warp partial sums in a fixed order), so the accumulators are
+  deterministic.
+* ``residual``: one grid-stride kernel writes ``R = 2 w (model - data)`` (over
+  the model, in a chi2 call) and sums, per block in float64, the chi2 terms and
+  the pixels with a non-finite datum or weight or a negative weight (the pixel
+  check); the host adds the per-block sums (a fixed number of blocks, so the
+  same bits at every call).  CuPy's ``ReductionKernel`` was not used: it reduces
+  a whole image to one number in a single block of threads (0.4 ms for 10^6
+  pixels on an H100).
+* ``GaussianMixture.chi2`` takes :meth:`CupyBackend.chi2_stamp`: render,
+  residual and accumulate are queued back to back and the host waits once.
+  The per-Gaussian table is built, and the gradient assembled from the
+  accumulators, on the host: by Numba's compiled versions where Numba is
+  installed (10x NumPy's on thousands of components), else by NumPy.
 
 The module imports without CuPy (only :class:`CupyBackend` needs it), so that
 the CUDA source, :data:`CUDA_SOURCE`, can be checked with ``nvcc`` anywhere.
@@ -54,11 +74,18 @@ __all__ = ["CupyBackend", "CUDA_SOURCE", "KERNEL_NAMES"]
 #: Names of the ``extern "C"`` kernels in :data:`CUDA_SOURCE`, by dtype character.
 KERNEL_NAMES = {
     "render": {"f": "astromix_render_f32", "d": "astromix_render_f64"},
+    "render_tiles": {"f": "astromix_render_tiles_f32", "d": "astromix_render_tiles_f64"},
     "accumulate": {"f": "astromix_accumulate_f32", "d": "astromix_accumulate_f64"},
+    "residual": {"f": "astromix_residual_f32", "d": "astromix_residual_f64"},
 }
 
 #: Rows of a component handled per chunk (one warp computes their intervals).
 CHUNK_ROWS = 32
+#: Side of the square image tile of one block of the tile render [pixels]; the
+#: block has TILE**2 threads.
+TILE = 16
+#: Components the tile render reads per batch (a multiple of 32, <= TILE**2).
+BATCH = 128
 #: Largest grid y-dimension CUDA allows (render's chunk index; larger loops).
 _MAX_GRID_Y = 65535
 
@@ -73,6 +100,8 @@ _CUDA_TEMPLATE = r"""
 #define AM_NACC @NACC@
 #define AM_CH 32
 #define AM_MAXWARPS 32
+#define AM_TILE @TILE@
+#define AM_BATCH @BATCH@
 #define AM_C4 (@BOX_C4@)
 
 #define AM_AMP @AMP@
@@ -174,14 +203,15 @@ __device__ __forceinline__ int am_find_row(const int* s_off, int p)
 }
 
 // Per-component constants in the working precision T (and in double for the
-// exact test of the float32 path).
+// exact test of the float32 path).  Trivially constructible (init() fills it), so
+// that the tile render can keep a batch of them in shared memory.
 template <typename T>
 struct AmGauss {
     double mx, my, dfxx, dfxy, dfyy, nn;
     T fxx, fxy, fyy, an, p0, c4, six_fxx, six_fyy, twelve_fxx, twelve_fyy;
     T nnt, qmargin, nnmargin;
     bool use4;
-    __device__ __forceinline__ AmGauss(const double* t, double n_sigma)
+    __device__ __forceinline__ void init(const double* t, double n_sigma)
     {
         dfxx = t[AM_FXX];
         dfxy = t[AM_FXY];
@@ -246,7 +276,8 @@ __device__ __forceinline__ void am_render(const double* __restrict__ table, int 
     const double* t = table + (long long)k * AM_NPAR;
     int j0, j1, bi0, bi1;
     if (!am_box(t, ny, nx, &j0, &j1, &bi0, &bi1)) return;
-    const AmGauss<T> g(t, n_sigma);
+    AmGauss<T> g;
+    g.init(t, n_sigma);
     for (long long jcl = (long long)j0 + (long long)blockIdx.y * AM_CH; jcl <= j1;
          jcl += (long long)gridDim.y * AM_CH) {
         const int jc = (int)jcl;
@@ -256,17 +287,85 @@ __device__ __forceinline__ void am_render(const double* __restrict__ table, int 
             const int r = am_find_row(s_off, p);
             const int j = jc + r;
             const int i = s_i0[r] + (p - s_off[r]);
-            T vx, vy, q;
-            if (!am_pixel(g, (double)i - g.mx, (double)j - g.my, &vx, &vy, &q)) continue;
-            T val = g.an * am_exp((T)(-0.5) * q);
-            if (g.use4) {
-                const T vx2 = vx * vx, vy2 = vy * vy;
-                val *= g.p0 + g.c4 * (vx2 * (vx2 - g.six_fxx) + vy2 * (vy2 - g.six_fyy));
-            }
-            atomicAdd(img + (long long)j * nx + i, val);
+            T val;
+            if (am_value(g, i, j, &val)) atomicAdd(img + (long long)j * nx + i, val);
         }
         __syncthreads();  // the next chunk overwrites the interval table
     }
+}
+
+// The value of component g at pixel (i, j), and whether the pixel is in its support.
+template <typename T>
+__device__ __forceinline__ bool am_value(const AmGauss<T>& g, int i, int j, T* val)
+{
+    T vx, vy, q;
+    if (!am_pixel(g, (double)i - g.mx, (double)j - g.my, &vx, &vy, &q)) return false;
+    T v = g.an * am_exp((T)(-0.5) * q);
+    if (g.use4) {
+        const T vx2 = vx * vx, vy2 = vy * vy;
+        v *= g.p0 + g.c4 * (vx2 * (vx2 - g.six_fxx) + vy2 * (vy2 - g.six_fyy));
+    }
+    *val = v;
+    return true;
+}
+
+// Tile render (a gather): block (bx, by) owns the AM_TILE x AM_TILE pixels at
+// (bx AM_TILE, by AM_TILE), one per thread (blockDim.x == AM_TILE^2).  The block
+// reads the table in batches of AM_BATCH components: each of the first AM_BATCH
+// threads tests whether its component's culling box meets the tile; those that do
+// are compacted, in table order, into shared memory (warp ballots), and every
+// thread then adds their values at its pixel.  Each pixel is summed in register in
+// table order and written once: no atomics, the same bits at every call, and no
+// zero-filling of the image beforehand.
+template <typename T>
+__device__ __forceinline__ void am_render_tiles(const double* __restrict__ table, int K, int ny,
+                                                int nx, double n_sigma, T* __restrict__ img)
+{
+    __shared__ AmGauss<T> s_g[AM_BATCH];
+    __shared__ int s_box[AM_BATCH][4];
+    __shared__ int s_count[AM_BATCH / 32];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tx0 = blockIdx.x * AM_TILE, ty0 = blockIdx.y * AM_TILE;
+    const int tx1 = (tx0 + AM_TILE < nx ? tx0 + AM_TILE : nx) - 1;
+    const int ty1 = (ty0 + AM_TILE < ny ? ty0 + AM_TILE : ny) - 1;
+    const int i = tx0 + tid % AM_TILE, j = ty0 + tid / AM_TILE;
+    const bool mine = i < nx && j < ny;
+    T sum = (T)0;
+    for (int base = 0; base < K; base += AM_BATCH) {
+        const int k = base + tid;
+        int bj0 = 0, bj1 = -1, bi0 = 0, bi1 = -1;
+        bool hit = false;
+        if (tid < AM_BATCH && k < K)
+            hit = am_box(table + (long long)k * AM_NPAR, ny, nx, &bj0, &bj1, &bi0, &bi1)
+                  && bj0 <= ty1 && bj1 >= ty0 && bi0 <= tx1 && bi1 >= tx0;
+        const unsigned mask = __ballot_sync(0xffffffffu, hit);
+        if (lane == 0 && warp < AM_BATCH / 32) s_count[warp] = __popc(mask);
+        __syncthreads();
+        int n = 0, slot = 0;
+        for (int w = 0; w < AM_BATCH / 32; ++w) {
+            if (w < warp) slot += s_count[w];
+            n += s_count[w];
+        }
+        if (hit) {
+            slot += __popc(mask & ((1u << lane) - 1u));
+            s_g[slot].init(table + (long long)k * AM_NPAR, n_sigma);
+            s_box[slot][0] = bj0;
+            s_box[slot][1] = bj1;
+            s_box[slot][2] = bi0;
+            s_box[slot][3] = bi1;
+        }
+        __syncthreads();
+        if (mine) {
+            for (int m = 0; m < n; ++m) {
+                if (j < s_box[m][0] || j > s_box[m][1] || i < s_box[m][2] || i > s_box[m][3])
+                    continue;
+                T val;
+                if (am_value(s_g[m], i, j, &val)) sum += val;
+            }
+        }
+        __syncthreads();  // the next batch overwrites the shared tables
+    }
+    if (mine) img[(long long)j * nx + i] = sum;
 }
 
 // Block k: component k; its 14 (or 6 without USE4) sums into acc[k, :].
@@ -343,11 +442,74 @@ __device__ __forceinline__ void am_accumulate(const double* __restrict__ table, 
     const double* t = table + (long long)k * AM_NPAR;
     int j0, j1, bi0, bi1;
     if (!am_box(t, ny, nx, &j0, &j1, &bi0, &bi1)) return;  // acc is zero-initialised
-    const AmGauss<T> g(t, n_sigma);
+    AmGauss<T> g;
+    g.init(t, n_sigma);
     if (g.use4)
         am_accumulate_impl<T, true>(t, g, k, j0, j1, bi0, bi1, nx, n_sigma, R, acc);
     else
         am_accumulate_impl<T, false>(t, g, k, j0, j1, bi0, bi1, nx, n_sigma, R, acc);
+}
+
+// R = 2 w (m - d) into r (which may be m, d or w: each element is read before it is
+// written), and per block the sum in double of the chi2 terms w (m - d)^2 (each in
+// T) and the number of pixels with a non-finite datum or weight or a negative
+// weight, into part[2 blockIdx.x] and part[2 blockIdx.x + 1].  A pixel of weight 0
+// contributes 0 and gets R = 0 whatever its datum.  Grid-stride over the n pixels;
+// the per-block sums are in a fixed order, so the same grid gives the same bits.
+__device__ __forceinline__ bool am_finite(float x) { return fabsf(x) <= 3.4028234663852886e38f; }
+__device__ __forceinline__ bool am_finite(double x) { return fabs(x) <= 1.7976931348623157e308; }
+
+template <typename T>
+__device__ __forceinline__ void am_residual(const T* m, const T* d, const T* w, T* r,
+                                            long long n, double* __restrict__ part)
+{
+    __shared__ double s_red[AM_MAXWARPS][2];
+    double c2 = 0.0, bad = 0.0;
+    for (long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x; p < n;
+         p += (long long)gridDim.x * blockDim.x) {
+        const T wv = w[p], dv = d[p], mv = m[p];
+        T rv = (T)0;
+        if (!(am_finite(wv) && wv >= (T)0 && am_finite(dv))) bad += 1.0;
+        if (wv > (T)0) {
+            const T diff = mv - dv;
+            const T wr = wv * diff;
+            c2 += (double)(wr * diff);
+            rv = wr + wr;
+        }
+        r[p] = rv;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) {
+        c2 += __shfl_down_sync(0xffffffffu, c2, o);
+        bad += __shfl_down_sync(0xffffffffu, bad, o);
+    }
+    if (lane == 0) {
+        s_red[warp][0] = c2;
+        s_red[warp][1] = bad;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double a = 0.0, b = 0.0;
+        for (int w2 = 0; w2 < (int)((blockDim.x + 31) >> 5); ++w2) {
+            a += s_red[w2][0];
+            b += s_red[w2][1];
+        }
+        part[2 * blockIdx.x] = a;
+        part[2 * blockIdx.x + 1] = b;
+    }
+}
+
+extern "C" __global__ void astromix_residual_f32(const float* m, const float* d, const float* w,
+                                                 float* r, long long n, double* part)
+{
+    am_residual<float>(m, d, w, r, n, part);
+}
+
+extern "C" __global__ void astromix_residual_f64(const double* m, const double* d,
+                                                 const double* w, double* r, long long n,
+                                                 double* part)
+{
+    am_residual<double>(m, d, w, r, n, part);
 }
 
 extern "C" __global__ void astromix_render_f32(const double* __restrict__ table, int K, int ny,
@@ -360,6 +522,20 @@ extern "C" __global__ void astromix_render_f64(const double* __restrict__ table,
                                                int nx, double n_sigma, double* __restrict__ img)
 {
     am_render<double>(table, K, ny, nx, n_sigma, img);
+}
+
+extern "C" __global__ void astromix_render_tiles_f32(const double* __restrict__ table, int K,
+                                                     int ny, int nx, double n_sigma,
+                                                     float* __restrict__ img)
+{
+    am_render_tiles<float>(table, K, ny, nx, n_sigma, img);
+}
+
+extern "C" __global__ void astromix_render_tiles_f64(const double* __restrict__ table, int K,
+                                                     int ny, int nx, double n_sigma,
+                                                     double* __restrict__ img)
+{
+    am_render_tiles<double>(table, K, ny, nx, n_sigma, img);
 }
 
 extern "C" __global__ void astromix_accumulate_f32(const double* __restrict__ table, int K,
@@ -386,7 +562,7 @@ def _source():
     subs = {"NPAR": c.NPAR, "NACC": c.NACC, "BOX_C4": repr(float(BOX_C4)),
             "AMP": c.AMP, "MX": c.MX, "MY": c.MY, "FXX": c.FXX, "FXY": c.FXY,
             "FYY": c.FYY, "NORM": c.NORM, "USE4": c.USE4, "INVDET": c.INVDET, "HY": c.HY,
-            "HX": c.HX}
+            "HX": c.HX, "TILE": TILE, "BATCH": BATCH}
     src = _CUDA_TEMPLATE
     for key, value in subs.items():
         src = src.replace(f"@{key}@", str(value))
@@ -400,6 +576,22 @@ def _source():
 #: ``(..., const T* R, double* acc)`` for accumulate (grid ``(K,)``), ``acc``
 #: zero-initialised.
 CUDA_SOURCE = _source()
+
+
+_NUMBA_HOST = []
+
+
+def _numba_host():
+    """The Numba backend, for the host-side table and gradient arithmetic; None
+    where Numba is not installed."""
+    if not _NUMBA_HOST:
+        try:
+            from .numba_backend import NumbaBackend
+        except ImportError:
+            _NUMBA_HOST.append(None)
+        else:
+            _NUMBA_HOST.append(NumbaBackend())
+    return _NUMBA_HOST[0]
 
 
 def _row_chunks(table, shape):
@@ -427,8 +619,12 @@ class CupyBackend(c.Backend):
     Parameters
     ----------
     block_size : int, optional
-        Threads per block of the render and accumulate kernels, a multiple of
-        32 in [32, 1024].  Default 128.
+        Threads per block of the atomic render and the accumulate kernels, a
+        multiple of 32 in [32, 1024].  Default 128.
+    render_kernel : {"tiles", "atomic"}, optional
+        The render kernel: ``"tiles"`` (default), a gather over image tiles that
+        gives the same bits at every call, or ``"atomic"``, a scatter with
+        ``atomicAdd`` (faster on large images, last bits vary between calls).
 
     Attributes
     ----------
@@ -443,7 +639,9 @@ class CupyBackend(c.Backend):
         If CuPy cannot be imported.
     RuntimeError
         If no CUDA device is visible, its compute capability is below 6.0, or
-        the kernels fail to compile.  (The backend registry reports either as
+        the kernels fail to compile.
+    ValueError
+        On a bad ``block_size`` or ``render_kernel``.  (The backend registry reports either as
         :class:`astromix.BackendError` "backend 'cupy' is not available: ...".)
 
     Examples
@@ -458,7 +656,7 @@ class CupyBackend(c.Backend):
 
     name = "cupy"
 
-    def __init__(self, block_size=128):
+    def __init__(self, block_size=128, render_kernel="tiles"):
         try:
             import cupy
         except ImportError as exc:
@@ -476,23 +674,21 @@ class CupyBackend(c.Backend):
         block_size = int(block_size)
         if block_size % 32 or not 32 <= block_size <= 1024:
             raise ValueError(f"block_size must be a multiple of 32 in [32, 1024], got {block_size}")
+        if render_kernel not in ("tiles", "atomic"):
+            raise ValueError(f"render_kernel must be 'tiles' or 'atomic', got {render_kernel!r}")
         self.xp = cupy
         self.block_size = block_size
+        self.render_kernel = render_kernel
         try:
             module = cupy.RawModule(code=CUDA_SOURCE)
             self._kernels = {kind: {ch: module.get_function(fname) for ch, fname in names.items()}
                              for kind, names in KERNEL_NAMES.items()}
         except Exception as exc:  # CompileException, driver errors
             raise RuntimeError(f"the CUDA kernels failed to compile: {exc}") from None
-        self._residual_kernel = cupy.ElementwiseKernel(
-            "T m, T d, T w", "T r",
-            "T wr = w * (m - d); r = wr + wr;",
-            "astromix_residual")
-        self._chi2_kernel = cupy.ReductionKernel(
-            "T m, T d, T w", "float64 y",
-            "static_cast<double>((w * (m - d)) * (m - d))",
-            "a + b", "y = a", "0",
-            "astromix_chi2", reduce_type="float64")
+        sm = int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+        #: Blocks of the residual kernel: enough to fill the GPU, and fixed, so
+        #: that its per-block sums (hence chi2) have the same bits at every call.
+        self._residual_blocks = 4 * sm
 
     # -- arrays -----------------------------------------------------------------
     def asarray(self, x, dtype=None):
@@ -552,33 +748,44 @@ class CupyBackend(c.Backend):
             On another dtype or a malformed table.
         """
         cp = self.xp
-        dtype, ch = self._dtype_char(dtype)
-        ny, nx = (int(s) for s in shape)
-        if out is None:
-            img = cp.zeros((ny, nx), dtype=dtype)
-        else:
-            img = out
-            img.fill(0)
+        dtype, _ = self._dtype_char(dtype)
+        shape = tuple(int(n) for n in shape)
         table = self._table(table)
-        k = table.shape[0]
-        nchunks = _row_chunks(table, (ny, nx)) if k else 0
-        if nchunks == 0 or nx <= 0:
-            return img
-        table_d = cp.asarray(table)
-        self._kernels["render"][ch](
-            (k, min(nchunks, _MAX_GRID_Y)), (self.block_size,),
-            (table_d, np.int32(k), np.int32(ny), np.int32(nx),
-             np.float64(settings.n_sigma), img))
+        img = cp.empty(shape, dtype=dtype) if out is None else out
+        self._render_into(table, cp.asarray(table), shape, dtype, settings, img)
         return img
 
+    def _render_into(self, table, table_d, shape, dtype, settings, img):
+        """Render the table (host ``table`` and its device copy ``table_d``) into the
+        C-contiguous ``img`` of ``shape`` and ``dtype``, every pixel written."""
+        ny, nx = shape
+        k = table.shape[0]
+        ch = np.dtype(dtype).char
+        args = (table_d, np.int32(k), np.int32(ny), np.int32(nx), np.float64(settings.n_sigma),
+                img)
+        if k == 0 or ny == 0 or nx == 0:
+            img.fill(0)
+        elif self.render_kernel == "tiles":
+            self._kernels["render_tiles"][ch]((-(-nx // TILE), -(-ny // TILE)), (TILE * TILE,),
+                                              args)
+        else:
+            img.fill(0)
+            nchunks = _row_chunks(table, shape)
+            if nchunks:
+                self._kernels["render"][ch]((k, min(nchunks, _MAX_GRID_Y)),
+                                            (self.block_size,), args)
+
     def residual(self, model, data, weight, out=None):
-        """Chi-square and the residual image ``R = 2 w (model - data)`` (a new array;
-        ``out`` is accepted for the common interface and not used).
+        """Chi-square and the residual image ``R = 2 w (model - data)``.
 
         Parameters
         ----------
         model, data, weight : cupy.ndarray or array-like, shape (ny, nx)
             ``data`` and ``weight`` are converted to ``model``'s dtype.
+        out : cupy.ndarray, shape (ny, nx), ``model``'s dtype, optional
+            Where ``R`` is written; may be ``model``, ``data`` or ``weight``
+            itself (chi2 is summed first, and each element of ``R`` is computed
+            from the same element of the inputs).  A new array if omitted.
 
         Returns
         -------
@@ -586,15 +793,110 @@ class CupyBackend(c.Backend):
             ``sum w (model - data)**2``, each term computed in ``model``'s dtype
             and summed in float64.
         R : cupy.ndarray, shape (ny, nx), ``model``'s dtype
+            ``out`` when given.
         """
         cp = self.xp
         model = cp.asarray(model)
         dtype = model.dtype
         data = cp.asarray(data, dtype=dtype)
         weight = cp.asarray(weight, dtype=dtype)
-        rimg = self._residual_kernel(model, data, weight)
-        chi2 = float(self._chi2_kernel(model, data, weight))
-        return chi2, rimg
+        if out is None:
+            out = cp.empty_like(model)
+        part = self._residual_partials(model, data, weight, out)
+        return float(part.get()[0::2].sum()), out
+
+    def _residual_partials(self, model, data, weight, out):
+        """Launch the residual kernel (``R`` into ``out``); its per-block (chi2, bad
+        pixels) pairs, still on the GPU, as a (2 nblocks,) float64 array."""
+        cp = self.xp
+        _, ch = self._dtype_char(model.dtype)
+        arrays = [cp.ascontiguousarray(a) for a in (model, data, weight)]
+        direct = out.flags.c_contiguous
+        r = out if direct else cp.empty_like(arrays[0])
+        n = r.size
+        nblocks = max(1, min(self._residual_blocks, -(-n // 256)))
+        part = cp.empty(2 * nblocks, dtype=np.float64)
+        self._kernels["residual"][ch]((nblocks,), (256,), (*arrays, r, np.int64(n), part))
+        if not direct:
+            out[...] = r
+        return part
+
+    def bad_pixel_counts(self, data, weight):
+        """The pixel counts of :meth:`astromix.backends._common.Backend.bad_pixel_counts`.
+
+        The residual kernel first counts the pixels with anything wrong
+        (non-finite data or weight, negative weight), so that a clean image
+        costs one kernel and one synchronisation; the four separate counts are
+        made only when it finds some.
+
+        Parameters
+        ----------
+        data, weight : cupy.ndarray, shape (ny, nx), the same dtype
+
+        Returns
+        -------
+        counts : tuple of 4 int
+        """
+        scratch = self.xp.empty_like(data)
+        if not self._residual_partials(data, data, weight, scratch)[1::2].get().any():
+            return 0, 0, 0, 0
+        return super().bad_pixel_counts(data, weight)
+
+    def chi2_stamp(self, amp, mean, cov, data, weight, settings, gradient):
+        """The chi2 (and gradient) of :meth:`astromix.GaussianMixture.chi2` in one go.
+
+        Render, residual (with the pixel check) and accumulate are queued on the
+        GPU back to back, and the host waits once, for the per-block sums and
+        the accumulators.  Returns None, so that the general path raises its
+        error or masks the data, when any pixel has a non-finite datum or weight
+        or a negative weight.  Any image size (the name is the common
+        interface's).
+
+        Parameters
+        ----------
+        amp, mean, cov : numpy.ndarray, shapes (K,), (K, 2), (K, 2, 2)
+        data, weight : cupy.ndarray, shape (ny, nx), one dtype (float32 or float64)
+        settings : AccuracySettings
+        gradient : bool
+
+        Returns
+        -------
+        chi2 : float, or (chi2, (d_amp, d_mean, d_cov)) with ``gradient``; or None
+        """
+        cp = self.xp
+        table = self.prepare(amp, mean, cov, settings)
+        dtype = data.dtype
+        model = self.scratch(data.shape, dtype, "chi2")
+        table_d = cp.asarray(table)
+        self._render_into(table, table_d, data.shape, dtype, settings, model)
+        part = self._residual_partials(model, data, weight, model)
+        acc = self._accumulate_into(table_d, len(table), model, settings) if gradient else None
+        part = part.get()
+        if part[1::2].any():
+            return None
+        value = float(part[0::2].sum())
+        if not gradient:
+            return value
+        return value, self.assemble_gradient(table, acc.get())
+
+    def prepare(self, amp, mean, cov, settings):
+        """Per-Gaussian table (NumPy float64, (K, NPAR)), built on the host.
+
+        Numba's compiled :meth:`astromix.backends.numba_backend.NumbaBackend.prepare`
+        where Numba is installed (the same numbers; ten times faster than NumPy's
+        on thousands of components), else :func:`astromix.backends._common.prepare`.
+        """
+        if _numba_host() is not None:
+            return _numba_host().prepare(amp, mean, cov, settings)
+        return c.prepare(amp, mean, cov, settings)
+
+    def assemble_gradient(self, table, acc):
+        """(d_amp, d_mean, d_cov) from the accumulators, on the host (Numba's compiled
+        version where installed, else :func:`astromix.backends._common.assemble_gradient`)."""
+        acc = self.to_numpy(acc) if not isinstance(acc, np.ndarray) else acc
+        if _numba_host() is not None:
+            return _numba_host().assemble_gradient(table, acc)
+        return c.assemble_gradient(table, acc)
 
     def accumulate(self, table, rimg, settings, threads=None):
         """Gradient accumulators of every component against a residual image.
@@ -623,17 +925,19 @@ class CupyBackend(c.Backend):
         rimg = cp.asarray(rimg)
         if rimg.ndim != 2:
             raise InputError(f"residual image must be 2-d, got shape {rimg.shape}")
-        _, ch = self._dtype_char(rimg.dtype)
-        rimg = cp.ascontiguousarray(rimg)
+        self._dtype_char(rimg.dtype)
         table = self._table(table)
-        k = table.shape[0]
-        acc = cp.zeros((k, c.NACC), dtype=np.float64)
+        return self._accumulate_into(cp.asarray(table), table.shape[0],
+                                     cp.ascontiguousarray(rimg), settings)
+
+    def _accumulate_into(self, table_d, k, rimg, settings):
+        """Launch the accumulate kernel of the device table ``table_d`` (K rows) on the
+        C-contiguous residual image ``rimg``; the (K, NACC) accumulators, on the GPU."""
+        acc = self.xp.zeros((k, c.NACC), dtype=np.float64)
         ny, nx = rimg.shape
-        if k == 0 or ny == 0 or nx == 0:
-            return acc
-        table_d = cp.asarray(table)
-        self._kernels["accumulate"][ch](
-            (k,), (self.block_size,),
-            (table_d, np.int32(k), np.int32(ny), np.int32(nx),
-             np.float64(settings.n_sigma), rimg, acc))
+        if k and ny and nx:
+            self._kernels["accumulate"][rimg.dtype.char](
+                (k,), (self.block_size,),
+                (table_d, np.int32(k), np.int32(ny), np.int32(nx),
+                 np.float64(settings.n_sigma), rimg, acc))
         return acc
