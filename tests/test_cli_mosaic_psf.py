@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from conftest import to_numpy
 
 from astromix import GaussianMixture
 from astromix.cli import main
@@ -22,7 +23,7 @@ PSF = GaussianMixture([0.7, 0.3], [[0.0, 0.0], [0.8, 0.4]], [np.diag([0.7, 0.4])
 
 def psf_image(n=61):
     c = (n - 1) / 2.0
-    return GaussianMixture(PSF.amp, PSF.mean * OS + c, PSF.cov * OS ** 2).render((n, n))
+    return to_numpy(GaussianMixture(PSF.amp, PSF.mean * OS + c, PSF.cov * OS ** 2).render((n, n)))
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 from astropy.io import fits
+from conftest import to_numpy
 
 from astromix import InputError
 from astromix.cli import main
@@ -161,7 +162,7 @@ def test_fits_output(fitted, psf_fits):
     cov = np.empty((3, 2, 2))
     cov[:, 0, 0], cov[:, 1, 1] = table["Cxx"] * 16, table["Cyy"] * 16
     cov[:, 0, 1] = cov[:, 1, 0] = table["Cxy"] * 16
-    rendered = GaussianMixture(amp, mean, cov).render(model.shape)
+    rendered = to_numpy(GaussianMixture(amp, mean, cov).render(model.shape))
     np.testing.assert_allclose(rendered, model, atol=1e-6 * model.max())
 
 

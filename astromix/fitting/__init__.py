@@ -504,7 +504,7 @@ def _nested_refine(img, mix, info, *, snr, rng, nlive, maxcall, settings):
     fitted = fitter(model, x, y, img, weights=np.full(img.shape, 1.0 / sigma), priors=priors,
                     maxcall=maxcall)
     best = fitted.placed_mixture()
-    resid = img - best.render(img.shape, settings=settings)
+    resid = img - _backends.get_backend().to_numpy(best.render(img.shape, settings=settings))
     nested_info = dict(info)
     nested_info.update(
         chi2=float(np.sum(resid ** 2) / sigma ** 2),

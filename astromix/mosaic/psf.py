@@ -252,7 +252,7 @@ class ExposureWeightedPSF:
     >>> from astromix import ExposureWeightedPSF, GaussianMixture
     >>> from astromix.mosaic import ImageProvider, simulate_drizzled_star_field
     >>> psf_image = GaussianMixture([1.0], [[40.0, 40.0]],
-    ...                             [np.diag([9.0, 4.0])]).render((81, 81))
+    ...                             [np.diag([9.0, 4.0])]).render((81, 81), backend="numpy")
     >>> provider = ImageProvider(psf_image, oversampling=4)
     >>> sim = simulate_drizzled_star_field(provider, n_exposures=4, n_stars=4, rng=0)
     >>> psf = ExposureWeightedPSF(sim.wcs, sim.exposures, provider, context=sim.context)
