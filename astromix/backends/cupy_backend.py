@@ -64,6 +64,8 @@ The module imports without CuPy (only :class:`CupyBackend` needs it), so that
 the CUDA source, :data:`CUDA_SOURCE`, can be checked with ``nvcc`` anywhere.
 """
 
+import functools
+
 import numpy as np
 
 from ..errors import InputError
@@ -578,20 +580,15 @@ def _source():
 CUDA_SOURCE = _source()
 
 
-_NUMBA_HOST = []
-
-
+@functools.cache
 def _numba_host():
     """The Numba backend, for the host-side table and gradient arithmetic; None
     where Numba is not installed."""
-    if not _NUMBA_HOST:
-        try:
-            from .numba_backend import NumbaBackend
-        except ImportError:
-            _NUMBA_HOST.append(None)
-        else:
-            _NUMBA_HOST.append(NumbaBackend())
-    return _NUMBA_HOST[0]
+    try:
+        from .numba_backend import NumbaBackend
+    except ImportError:
+        return None
+    return NumbaBackend()
 
 
 def _row_chunks(table, shape):
@@ -639,10 +636,10 @@ class CupyBackend(c.Backend):
         If CuPy cannot be imported.
     RuntimeError
         If no CUDA device is visible, its compute capability is below 6.0, or
-        the kernels fail to compile.
-    ValueError
-        On a bad ``block_size`` or ``render_kernel``.  (The backend registry reports either as
+        the kernels fail to compile.  (The backend registry reports either as
         :class:`astromix.BackendError` "backend 'cupy' is not available: ...".)
+    ValueError
+        On a bad ``block_size`` or ``render_kernel``.
 
     Examples
     --------
@@ -821,27 +818,6 @@ class CupyBackend(c.Backend):
             out[...] = r
         return part
 
-    def bad_pixel_counts(self, data, weight):
-        """The pixel counts of :meth:`astromix.backends._common.Backend.bad_pixel_counts`.
-
-        The residual kernel first counts the pixels with anything wrong
-        (non-finite data or weight, negative weight), so that a clean image
-        costs one kernel and one synchronisation; the four separate counts are
-        made only when it finds some.
-
-        Parameters
-        ----------
-        data, weight : cupy.ndarray, shape (ny, nx), the same dtype
-
-        Returns
-        -------
-        counts : tuple of 4 int
-        """
-        scratch = self.xp.empty_like(data)
-        if not self._residual_partials(data, data, weight, scratch)[1::2].get().any():
-            return 0, 0, 0, 0
-        return super().bad_pixel_counts(data, weight)
-
     def chi2_stamp(self, amp, mean, cov, data, weight, settings, gradient):
         """The chi2 (and gradient) of :meth:`astromix.GaussianMixture.chi2` in one go.
 
@@ -893,7 +869,7 @@ class CupyBackend(c.Backend):
     def assemble_gradient(self, table, acc):
         """(d_amp, d_mean, d_cov) from the accumulators, on the host (Numba's compiled
         version where installed, else :func:`astromix.backends._common.assemble_gradient`)."""
-        acc = self.to_numpy(acc) if not isinstance(acc, np.ndarray) else acc
+        acc = self.to_numpy(acc)
         if _numba_host() is not None:
             return _numba_host().assemble_gradient(table, acc)
         return c.assemble_gradient(table, acc)
