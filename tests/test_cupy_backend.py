@@ -100,6 +100,8 @@ _EMULATION = r"""
 #include <thread>
 #include <vector>
 struct am_dim3 { unsigned x, y, z; };
+struct int4 { int x, y, z, w; };
+static inline int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
 static thread_local am_dim3 threadIdx, blockIdx;
 static am_dim3 blockDim, gridDim;
 class am_barrier {
@@ -181,12 +183,22 @@ extern "C" void emu_accumulate_##S(const double* t, int K, int ny, int nx, doubl
                                    const T* R, double* acc, int bs) \
 { am_launch(K, 1, bs, [=] { astromix_accumulate_##S(t, K, ny, nx, ns, R, acc); }); } \
 extern "C" void emu_render_tiles_##S(const double* t, int K, int ny, int nx, double ns, T* img) \
-{ am_launch((nx + AM_TILE - 1) / AM_TILE, (ny + AM_TILE - 1) / AM_TILE, AM_TILE * AM_TILE, \
-            [=] { astromix_render_tiles_##S(t, K, ny, nx, ns, img); }); }
+{ std::vector<int> box(4 * (size_t)K + 4); int* b = box.data(); \
+  am_launch((K + 63) / 64, 1, 64, [=] { astromix_boxes(t, K, ny, nx, b); }); \
+  am_launch((nx + AM_TILE - 1) / AM_TILE, (ny + AM_TILE - 1) / AM_TILE, AM_TILE * AM_TILE, \
+            [=] { astromix_render_tiles_##S(t, b, K, ny, nx, ns, img); }); }
 #define AM_WRAP_RESIDUAL(T, S) \
 extern "C" void emu_residual_##S(const T* m, const T* d, const T* w, T* r, long long n, \
                                  double* part, int nb, int bs) \
 { am_launch(nb, 1, bs, [=] { astromix_residual_##S(m, d, w, r, n, part); }); }
+extern "C" void emu_prepare(const double* src, int K, double ns, double bv, int kurt, double th,
+                            double* table, int nb, int bs)
+{ am_launch(nb, 1, bs, [=] { astromix_prepare(src, K, ns, bv, kurt, th, table); }); }
+extern "C" void emu_boxes(const double* t, int K, int ny, int nx, int* box, int nb, int bs)
+{ am_launch(nb, 1, bs, [=] { astromix_boxes(t, K, ny, nx, box); }); }
+extern "C" void emu_assemble(const double* t, const double* acc, int K, double* out, int nb,
+                             int bs)
+{ am_launch(nb, 1, bs, [=] { astromix_assemble(t, acc, K, out); }); }
 AM_WRAP_RESIDUAL(float, f32)
 AM_WRAP_RESIDUAL(double, f64)
 AM_WRAP(float, f32)
@@ -201,6 +213,12 @@ class _EmulatedKernels:
         self.lib = lib = ctypes.CDLL(str(path))
         ptr = np.ctypeslib.ndpointer
         cint, cdbl = ctypes.c_int, ctypes.c_double
+        lib.emu_boxes.argtypes = [ptr(np.float64, flags="C"), cint, cint, cint,
+                                  ptr(np.int32, flags="C"), cint, cint]
+        lib.emu_prepare.argtypes = [ptr(np.float64, flags="C"), cint, cdbl, cdbl, cint, cdbl,
+                                    ptr(np.float64, flags="C"), cint, cint]
+        lib.emu_assemble.argtypes = [ptr(np.float64, flags="C"), ptr(np.float64, flags="C"),
+                                     cint, ptr(np.float64, flags="C"), cint, cint]
         for suffix, dtype in (("f32", np.float32), ("f64", np.float64)):
             getattr(lib, "emu_render_" + suffix).argtypes = [
                 ptr(np.float64, flags="C"), cint, cint, cint, cdbl, ptr(dtype, flags="C"),
@@ -242,8 +260,31 @@ class _EmulatedKernels:
             model, data, weight, out, model.size, part, nblocks, block)
         return part.reshape(nblocks, 2), out
 
+    def prepare(self, amp, mean, cov, settings, nblocks=2, block=32):
+        k = len(amp)
+        src = np.column_stack([amp, mean, np.reshape(cov, (k, 4))])
+        table = np.full((k, _common.NPAR), np.nan)
+        self.lib.emu_prepare(np.ascontiguousarray(src), k, settings.n_sigma,
+                             settings.box_variance, settings.pixel_integration == "kurtosis",
+                             settings.fourth_order_threshold, table, nblocks, block)
+        return table
+
+    def boxes(self, table, shape, nblocks=2, block=32):
+        box = np.full((len(table), 4), -7, dtype=np.int32)
+        self.lib.emu_boxes(np.ascontiguousarray(table), len(table), shape[0], shape[1], box,
+                           nblocks, block)
+        return box
+
+    def assemble(self, table, acc, nblocks=2, block=32):
+        """(d_amp, d_mean, d_cov) of the assemble kernel."""
+        k = len(table)
+        out = np.full(7 * k, np.nan)
+        self.lib.emu_assemble(np.ascontiguousarray(table), np.ascontiguousarray(acc), k, out,
+                              nblocks, block)
+        return out[:k], out[k:3 * k].reshape(k, 2), out[3 * k:].reshape(k, 2, 2)
+
     def accumulate(self, table, rimg, settings, block=64):
-        acc = np.zeros((len(table), _common.NACC))
+        acc = np.full((len(table), _common.NACC), np.nan)  # every row must be written
         if len(table):
             getattr(self.lib, "emu_accumulate_" + self._suffix(rimg.dtype))(
                 np.ascontiguousarray(table), len(table), rimg.shape[0], rimg.shape[1],
@@ -293,6 +334,74 @@ def test_emulated_kernels_match_numpy(emulated, mode, dtype):
                               _common.assemble_gradient(table, acc_ref),
                               ("d_amp", "d_mean", "d_cov")):
         _assert_close(got, exp, TOL[dtype], what)
+
+
+@pytest.mark.parametrize("block", [32, 64, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_emulated_accumulate_clipped_and_outside(emulated, dtype, block):
+    """The accumulate kernel's window (16 columns x block/16 rows) over components
+    larger than it, clipped by the image edges, and entirely outside the image:
+    NumPy's accumulators, and a zero row (written, not left) for the outside ones."""
+    rng = np.random.default_rng(21)
+    shape = (29, 41)
+    amp = rng.uniform(0.5, 2.0, 6)
+    mean = np.array([[20.3, 14.2], [-0.4, 3.3], [40.6, 28.9], [-30.0, 10.0], [20.0, 60.0],
+                     [7.7, 21.1]])
+    sig = np.array([[9.0, 5.0], [3.0, 2.0], [2.5, 4.0], [2.0, 2.0], [3.0, 1.5], [0.4, 0.5]])
+    rho = np.array([0.3, -0.5, 0.0, 0.2, 0.0, 0.1])
+    cov = np.empty((6, 2, 2))
+    cov[:, 0, 0], cov[:, 1, 1] = sig[:, 0] ** 2, sig[:, 1] ** 2
+    cov[:, 0, 1] = cov[:, 1, 0] = rho * sig[:, 0] * sig[:, 1]
+    settings = AccuracySettings()
+    table = _common.prepare(amp, mean, cov, settings)
+    assert table[:, _common.USE4].any() and not table[:, _common.USE4].all()
+    rimg = rng.normal(0.0, 1.0, shape).astype(dtype)
+    want = NumpyBackend().accumulate(table, rimg, settings)
+    got = emulated.accumulate(table, rimg, settings, block=block)
+    assert np.all(got[3:5] == 0.0)  # (-30, 10) and (20, 60): no pixel in the image
+    for m in range(_common.NACC):
+        scale = np.abs(want[:, m]).max() + 1e-300
+        assert np.abs(got[:, m] - want[:, m]).max() <= TOL[dtype] * scale * 10, m
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_emulated_prepare_kernel_is_numpys_table(emulated, mode):
+    """The prepare kernel builds _common.prepare's table bit for bit (every
+    operation rounded on its own, in NumPy's order), for every pixel-integration
+    mode, with the fourth-order flag set on some components only."""
+    rng = np.random.default_rng(3)
+    gm = _random_mixture(rng, 300, (50, 60), smin=0.2, smax=8.0)
+    settings = AccuracySettings(pixel_integration=mode, n_sigma=4.5)
+    want = _common.prepare(gm.amp, gm.mean, gm.cov, settings)
+    got = emulated.prepare(gm.amp, gm.mean, gm.cov, settings)
+    assert np.array_equal(got.view(np.uint64), want.view(np.uint64))
+    if mode == "kurtosis":
+        assert 0 < want[:, _common.USE4].sum() < len(want)
+
+
+def test_emulated_boxes_and_assemble_kernels(emulated):
+    """The box kernel gives _common.box (and an empty box for a component off the
+    image); the assemble kernel gives _common.assemble_gradient's three arrays."""
+    rng = np.random.default_rng(5)
+    shape = (30, 45)
+    gm = _random_mixture(rng, 70, shape, margin=15.0, smin=0.3, smax=5.0)
+    mean = np.vstack([gm.mean, [[-50.0, 10.0], [10.0, 80.0]]])
+    cov = np.concatenate([gm.cov, np.tile(np.eye(2), (2, 1, 1))])
+    amp = np.concatenate([gm.amp, [1.0, 1.0]])
+    settings = AccuracySettings()
+    table = _common.prepare(amp, mean, cov, settings)
+    box = emulated.boxes(table, shape)
+    for k, row in enumerate(table):
+        j0, j1, i0, i1 = _common.box(row, shape)
+        if j1 < j0 or i1 < i0:
+            assert tuple(box[k]) == (0, -1, 0, -1)
+        else:
+            assert tuple(box[k]) == (j0, j1, i0, i1)
+    assert tuple(box[-1]) == tuple(box[-2]) == (0, -1, 0, -1)
+    acc = rng.normal(0.0, 1.0, (len(table), _common.NACC))
+    for got, want in zip(emulated.assemble(table, acc), _common.assemble_gradient(table, acc)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -541,3 +650,36 @@ def test_tile_render_deterministic_and_atomic_kernel_agrees(cupy_bk):
             assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="render_kernel"):
         CupyBackend(render_kernel="scatter")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+def test_gpu_prepare_is_numpys_table_and_feeds_render(cupy_bk, mode):
+    """The table built on the GPU (render_stamp and chi2_stamp use it) is
+    _common.prepare's bit for bit, so GaussianMixture.render gives the same bits as
+    the backend's render of the host-built table; the atomic-render backend (host
+    table) gives the same chi2 and gradient to rounding."""
+    import cupy
+
+    from astromix.backends.cupy_backend import CupyBackend
+
+    rng = np.random.default_rng(17)
+    shape = (70, 90)
+    # enough components for render_stamp and chi2_stamp to build the table on the GPU
+    gm = _random_mixture(rng, cupy_backend.GPU_PREPARE_MIN + 50, shape, smin=0.2, smax=9.0)
+    settings = AccuracySettings(pixel_integration=mode)
+    want = _common.prepare(gm.amp, gm.mean, gm.cov, settings)
+    got = cupy.asnumpy(cupy_bk._prepare_device(gm.amp, gm.mean, gm.cov, settings))
+    assert np.array_equal(got.view(np.uint64), want.view(np.uint64))
+    for dtype in (np.float32, np.float64):
+        img = gm.render(shape, dtype=dtype, settings=settings, backend="cupy")
+        ref = cupy_bk.render(want, shape, dtype, settings)
+        assert np.array_equal(cupy.asnumpy(img), cupy.asnumpy(ref))
+        data = img * 1.03 + 2e-3
+        weight = cupy.full(shape, 2.0, dtype)
+        c_t, g_t = gm.chi2(data, weight, gradient=True, settings=settings, backend="cupy")
+        atomic = CupyBackend(render_kernel="atomic")
+        c_a, g_a = atomic.chi2_stamp(gm._amp, gm._mean, gm._cov, data, weight, settings, True)
+        assert abs(c_a - c_t) <= TOL[dtype] * abs(c_t)
+        for a, b, what in zip(g_a, g_t, ("d_amp", "d_mean", "d_cov")):
+            _assert_close(a, b, TOL[dtype], what)

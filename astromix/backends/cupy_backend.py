@@ -22,14 +22,15 @@ The kernels reproduce :mod:`astromix.backends.numpy_backend` (see
 
 Work decomposition:
 
-* ``render`` (default, ``render_kernel="tiles"``): a gather.  One block of
-  ``TILE**2`` threads per ``TILE x TILE`` image tile, one pixel per thread.  The
-  block reads the table in batches of ``BATCH`` components; each of the first
-  ``BATCH`` threads tests whether its component's culling box meets the tile,
-  and those that do are compacted, in table order, into shared memory (warp
-  ballots) with their constants.  Every thread then adds their values at its
-  pixel, in table order, in a register, and writes the pixel once: no atomics,
-  and the same bits at every call.
+* ``render`` (default, ``render_kernel="tiles"``): a gather.  A first kernel
+  writes every component's culling box (4 int32).  Then one block of
+  ``TILE**2`` threads per ``TILE x TILE`` image tile, one pixel per thread:
+  the block reads the boxes in batches of ``BATCH`` (coalesced 16-byte rows);
+  each of the first ``BATCH`` threads tests whether its component's box meets
+  the tile, and those that do are compacted, in table order, into shared
+  memory (warp ballots) with their constants.  Every thread then adds their
+  values at its pixel, in table order, in a register, and writes the pixel
+  once: no atomics, and the same bits at every call.
 * ``render`` with ``render_kernel="atomic"``: a scatter.  A component's box is
   handled in chunks of 32 rows, and only the candidates of each row are
   visited: the analytic extent of the ellipse on that row, ``cx -/+ sqrt(FXX n^2
@@ -42,11 +43,14 @@ Work decomposition:
   needs compute capability >= 6.0), so the summation order, hence the last
   bits, may change from call to call.  2.4x faster than the tile render on the
   scene of ``benchmarks/render.py`` (docs/performance.rst).
-* ``accumulate``: one block per component, looping over its chunks of rows as
-  the atomic render does; each thread accumulates the 14 sums in the working
-  precision, and the block reduces them in float64 (warp shuffles, then the
-  per-warp partial sums in a fixed order), so the accumulators are
-  deterministic.
+* ``accumulate``: one block of ``ACC_BLOCK`` threads per component, a window
+  of ``TILE`` columns x ``ACC_BLOCK / TILE`` rows stepped over its culling
+  box; each thread tests its pixel at every position of the window and sums
+  the 14 terms in registers in the working precision (no barrier and no search
+  inside the loop), and the block reduces them in float64 (warp shuffles, then
+  the per-warp partial sums in a fixed order), so the accumulators are
+  deterministic.  Every row of the accumulators is written (zeros for a
+  component off the image), so they need no zero-filling.
 * ``residual``: one grid-stride kernel writes ``R = 2 w (model - data)`` (over
   the model, in a chi2 call) and sums, per block in float64, the chi2 terms and
   the pixels with a non-finite datum or weight or a negative weight (the pixel
@@ -54,17 +58,24 @@ Work decomposition:
   same bits at every call).  CuPy's ``ReductionKernel`` was not used: it reduces
   a whole image to one number in a single block of threads (0.4 ms for 10^6
   pixels on an H100).
-* ``GaussianMixture.chi2`` takes :meth:`CupyBackend.chi2_stamp`: render,
-  residual and accumulate are queued back to back and the host waits once.
-  The per-Gaussian table is built, and the gradient assembled from the
-  accumulators, on the host: by Numba's compiled versions where Numba is
-  installed (10x NumPy's on thousands of components), else by NumPy.
+* ``GaussianMixture.chi2`` takes :meth:`CupyBackend.chi2_stamp`: the table,
+  render, residual, accumulate and the gradient's assembly (a kernel with the
+  formulas of ``_common.assemble_gradient``) are queued back to back, and the
+  host waits once, for one copy of the per-block sums and the gradients into
+  page-locked memory.  ``GaussianMixture.render`` takes
+  :meth:`CupyBackend.render_stamp`, the table and the tile render.
+* The per-Gaussian table is built on the GPU from ``GPU_PREPARE_MIN``
+  components on, by a kernel that rounds every float64 operation on its own in
+  NumPy's order (``__dadd_rn``, ``__ddiv_rn``, ``__dsqrt_rn``, ...), so the table
+  is ``_common.prepare``'s bit for bit; below that, on the host (Numba's
+  compiled version where Numba is installed, else NumPy) and copied.
 
 The module imports without CuPy (only :class:`CupyBackend` needs it), so that
 the CUDA source, :data:`CUDA_SOURCE`, can be checked with ``nvcc`` anywhere.
 """
 
 import functools
+import math
 
 import numpy as np
 
@@ -79,6 +90,9 @@ KERNEL_NAMES = {
     "render_tiles": {"f": "astromix_render_tiles_f32", "d": "astromix_render_tiles_f64"},
     "accumulate": {"f": "astromix_accumulate_f32", "d": "astromix_accumulate_f64"},
     "residual": {"f": "astromix_residual_f32", "d": "astromix_residual_f64"},
+    "prepare": {"f": "astromix_prepare", "d": "astromix_prepare"},
+    "boxes": {"f": "astromix_boxes", "d": "astromix_boxes"},
+    "assemble": {"f": "astromix_assemble", "d": "astromix_assemble"},
 }
 
 #: Rows of a component handled per chunk (one warp computes their intervals).
@@ -87,7 +101,16 @@ CHUNK_ROWS = 32
 #: block has TILE**2 threads.
 TILE = 16
 #: Components the tile render reads per batch (a multiple of 32, <= TILE**2).
-BATCH = 128
+#: 256 on the H100: 164 us for the benchmark scene against 195 us with 128
+#: (docs/performance.rst).
+BATCH = 256
+#: Threads per block of the accumulate kernel: a window of TILE columns x
+#: ACC_BLOCK / TILE rows (16 x 16) stepped over each component's box.
+ACC_BLOCK = 256
+#: From this many components on, the table is built on the GPU (one copy of the
+#: 7 inputs per component and a kernel, cheaper than preparing on the host and
+#: copying the 14 columns); below it, on the host (the launch costs more).
+GPU_PREPARE_MIN = 2048
 #: Largest grid y-dimension CUDA allows (render's chunk index; larger loops).
 _MAX_GRID_Y = 65535
 
@@ -109,6 +132,11 @@ _CUDA_TEMPLATE = r"""
 #define AM_AMP @AMP@
 #define AM_MX @MX@
 #define AM_MY @MY@
+#define AM_SXX @SXX@
+#define AM_SXY @SXY@
+#define AM_SYY @SYY@
+#define AM_TWO_PI (@TWO_PI@)
+#define AM_3C4 (@THREE_C4@)
 #define AM_FXX @FXX@
 #define AM_FXY @FXY@
 #define AM_FYY @FYY@
@@ -137,6 +165,65 @@ __device__ __forceinline__ bool am_box(const double* t, int ny, int nx, int* j0,
     *i0 = (int)c;
     *i1 = (int)d;
     return true;
+}
+
+// The per-Gaussian table of astromix.backends._common.prepare, bit for bit: each
+// operation rounded on its own (__d*_rn, no FMA) in NumPy's order.  Component k
+// from src[7k .. 7k + 6] = (amp, mean x, mean y, cov xx, xy, yx, yy); box_var is
+// the settings' box variance, kurtosis whether the fourth-order factor may apply
+// (where 3 |C4| (FXX^2 + FYY^2) >= threshold).  Grid-stride, one thread per component.
+extern "C" __global__ void astromix_prepare(const double* __restrict__ src, int K,
+                                            double n_sigma, double box_var, int kurtosis,
+                                            double threshold, double* __restrict__ table)
+{
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < K; k += gridDim.x * blockDim.x) {
+        const double* s = src + 7LL * k;
+        double* t = table + (long long)k * AM_NPAR;
+        const double sxx = __dadd_rn(s[3], box_var);
+        const double sxy = __dmul_rn(0.5, __dadd_rn(s[4], s[5]));
+        const double syy = __dadd_rn(s[6], box_var);
+        const double det = __dsub_rn(__dmul_rn(sxx, syy), __dmul_rn(sxy, sxy));
+        const double fxx = __ddiv_rn(syy, det), fyy = __ddiv_rn(sxx, det);
+        t[AM_AMP] = s[0];
+        t[AM_MX] = s[1];
+        t[AM_MY] = s[2];
+        t[AM_SXX] = sxx;
+        t[AM_SXY] = sxy;
+        t[AM_SYY] = syy;
+        t[AM_FXX] = fxx;
+        t[AM_FXY] = __ddiv_rn(-sxy, det);
+        t[AM_FYY] = fyy;
+        t[AM_NORM] = __ddiv_rn(1.0, __dmul_rn(AM_TWO_PI, __dsqrt_rn(det)));
+        double use4 = 0.0;
+        if (kurtosis) {
+            const double sq = __dadd_rn(__dmul_rn(fxx, fxx), __dmul_rn(fyy, fyy));
+            const double size = __dmul_rn(AM_3C4, sq);
+            use4 = size >= threshold ? 1.0 : 0.0;
+        }
+        t[AM_USE4] = use4;
+        t[AM_INVDET] = __ddiv_rn(1.0, det);
+        t[AM_HY] = __dmul_rn(n_sigma, __dsqrt_rn(syy));
+        t[AM_HX] = __dmul_rn(n_sigma, __dsqrt_rn(sxx));
+    }
+}
+
+// The culling box of every component into box[4k .. 4k + 3] = (j0, j1, i0, i1), or
+// (0, -1, 0, -1) when it misses the image (so that no tile meets it).  Grid-stride,
+// one thread per component.  The tile render reads these 16-byte rows (coalesced)
+// instead of recomputing every box from the table in every tile.
+extern "C" __global__ void astromix_boxes(const double* __restrict__ table, int K, int ny,
+                                          int nx, int* __restrict__ box)
+{
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < K; k += gridDim.x * blockDim.x) {
+        int j0 = 0, j1 = -1, i0 = 0, i1 = -1;
+        if (!am_box(table + (long long)k * AM_NPAR, ny, nx, &j0, &j1, &i0, &i1)) {
+            j0 = 0;
+            j1 = -1;
+            i0 = 0;
+            i1 = -1;
+        }
+        reinterpret_cast<int4*>(box)[k] = make_int4(j0, j1, i0, i1);
+    }
 }
 
 // Candidate columns of row j: the ellipse's analytic extent on the row, widened
@@ -313,14 +400,15 @@ __device__ __forceinline__ bool am_value(const AmGauss<T>& g, int i, int j, T* v
 
 // Tile render (a gather): block (bx, by) owns the AM_TILE x AM_TILE pixels at
 // (bx AM_TILE, by AM_TILE), one per thread (blockDim.x == AM_TILE^2).  The block
-// reads the table in batches of AM_BATCH components: each of the first AM_BATCH
-// threads tests whether its component's culling box meets the tile; those that do
+// reads the boxes (astromix_boxes) in batches of AM_BATCH components: each of the
+// first AM_BATCH threads tests whether its component's culling box meets the tile; those that do
 // are compacted, in table order, into shared memory (warp ballots), and every
 // thread then adds their values at its pixel.  Each pixel is summed in register in
 // table order and written once: no atomics, the same bits at every call, and no
 // zero-filling of the image beforehand.
 template <typename T>
-__device__ __forceinline__ void am_render_tiles(const double* __restrict__ table, int K, int ny,
+__device__ __forceinline__ void am_render_tiles(const double* __restrict__ table,
+                                                const int* __restrict__ box, int K, int ny,
                                                 int nx, double n_sigma, T* __restrict__ img)
 {
     __shared__ AmGauss<T> s_g[AM_BATCH];
@@ -337,9 +425,14 @@ __device__ __forceinline__ void am_render_tiles(const double* __restrict__ table
         const int k = base + tid;
         int bj0 = 0, bj1 = -1, bi0 = 0, bi1 = -1;
         bool hit = false;
-        if (tid < AM_BATCH && k < K)
-            hit = am_box(table + (long long)k * AM_NPAR, ny, nx, &bj0, &bj1, &bi0, &bi1)
-                  && bj0 <= ty1 && bj1 >= ty0 && bi0 <= tx1 && bi1 >= tx0;
+        if (tid < AM_BATCH && k < K) {
+            const int4 b = reinterpret_cast<const int4*>(box)[k];
+            bj0 = b.x;
+            bj1 = b.y;
+            bi0 = b.z;
+            bi1 = b.w;
+            hit = bj0 <= ty1 && bj1 >= ty0 && bi0 <= tx1 && bi1 >= tx0;
+        }
         const unsigned mask = __ballot_sync(0xffffffffu, hit);
         if (lane == 0 && warp < AM_BATCH / 32) s_count[warp] = __popc(mask);
         __syncthreads();
@@ -370,53 +463,64 @@ __device__ __forceinline__ void am_render_tiles(const double* __restrict__ table
     if (mine) img[(long long)j * nx + i] = sum;
 }
 
-// Block k: component k; its 14 (or 6 without USE4) sums into acc[k, :].
+// The accumulator terms of one pixel (see astromix.backends._common), R E P ...,
+// added to a[0 .. 5] (and a[6 .. 13] with USE4).
 template <typename T, bool USE4>
-__device__ __forceinline__ void am_accumulate_impl(const double* t, const AmGauss<T>& g, int k,
-                                                   int j0, int j1, int bi0, int bi1, int nx,
-                                                   double n_sigma,
+__device__ __forceinline__ void am_acc_pixel(const AmGauss<T>& g, T rv, T vx, T vy, T q, T* a)
+{
+    const T re = rv * am_exp((T)(-0.5) * q);
+    T rep = re;
+    if (USE4) {
+        const T vx2 = vx * vx, vy2 = vy * vy;
+        const T px = (T)4 * vx2 * vx - g.twelve_fxx * vx;
+        const T py = (T)4 * vy2 * vy - g.twelve_fyy * vy;
+        const T rpx = re * px, rpy = re * py;
+        a[6] += rpx;
+        a[7] += rpy;
+        a[8] += rpx * vx;
+        a[9] += rpx * vy;
+        a[10] += rpy * vx;
+        a[11] += rpy * vy;
+        a[12] += re * (vx2 - g.fxx);
+        a[13] += re * (vy2 - g.fyy);
+        rep = re * (g.p0 + g.c4 * (vx2 * (vx2 - g.six_fxx) + vy2 * (vy2 - g.six_fyy)));
+    }
+    a[0] += rep;
+    a[1] += rep * vx;
+    a[2] += rep * vy;
+    a[3] += rep * vx * vx;
+    a[4] += rep * vx * vy;
+    a[5] += rep * vy * vy;
+}
+
+// Block k: component k, its 14 sums into acc[k, :] (columns 6-13 zero without
+// USE4; the whole row zero when the box misses the image, so acc needs no
+// zero-filling).  The block is a window of AM_TILE columns x (blockDim.x / AM_TILE)
+// rows that steps over the culling box; each thread tests its pixel of every
+// window position and sums in registers (no barrier, no search), then the block
+// reduces the sums in double (warp shuffles, then the per-warp partial sums in a
+// fixed order): the same bits at every call.
+template <typename T, bool USE4>
+__device__ __forceinline__ void am_accumulate_impl(const AmGauss<T>& g, int k, int j0, int j1,
+                                                   int i0, int i1, int nx,
                                                    const T* __restrict__ R,
                                                    double* __restrict__ acc)
 {
-    __shared__ int s_i0[AM_CH];
-    __shared__ int s_off[AM_CH + 1];
     __shared__ double s_red[AM_MAXWARPS][AM_NACC];
     T a[AM_NACC];
     for (int m = 0; m < AM_NACC; ++m) a[m] = (T)0;
-    for (int jc = j0; jc <= j1; jc += AM_CH) {
-        am_chunk(t, n_sigma, bi0, bi1, jc, j1, s_i0, s_off);
-        const int total = s_off[AM_CH];
-        for (int p = threadIdx.x; p < total; p += blockDim.x) {
-            const int r = am_find_row(s_off, p);
-            const int j = jc + r;
-            const int i = s_i0[r] + (p - s_off[r]);
-            T vx, vy, q;
-            if (!am_pixel(g, (double)i - g.mx, (double)j - g.my, &vx, &vy, &q)) continue;
-            const T re = R[(long long)j * nx + i] * am_exp((T)(-0.5) * q);
-            T rep = re;
-            if (USE4) {
-                const T vx2 = vx * vx, vy2 = vy * vy;
-                const T px = (T)4 * vx2 * vx - g.twelve_fxx * vx;
-                const T py = (T)4 * vy2 * vy - g.twelve_fyy * vy;
-                const T rpx = re * px, rpy = re * py;
-                a[6] += rpx;
-                a[7] += rpy;
-                a[8] += rpx * vx;
-                a[9] += rpx * vy;
-                a[10] += rpy * vx;
-                a[11] += rpy * vy;
-                a[12] += re * (vx2 - g.fxx);
-                a[13] += re * (vy2 - g.fyy);
-                rep = re * (g.p0 + g.c4 * (vx2 * (vx2 - g.six_fxx) + vy2 * (vy2 - g.six_fyy)));
+    const int wrows = (int)blockDim.x / AM_TILE;
+    const int tx = (int)threadIdx.x % AM_TILE, ty = (int)threadIdx.x / AM_TILE;
+    if (ty < wrows) {
+        for (int j = j0 + ty; j <= j1; j += wrows) {
+            const double dyd = (double)j - g.my;
+            const T* row = R + (long long)j * nx;
+            for (int i = i0 + tx; i <= i1; i += AM_TILE) {
+                T vx, vy, q;
+                if (am_pixel(g, (double)i - g.mx, dyd, &vx, &vy, &q))
+                    am_acc_pixel<T, USE4>(g, row[i], vx, vy, q, a);
             }
-            a[0] += rep;
-            a[1] += rep * vx;
-            a[2] += rep * vy;
-            a[3] += rep * vx * vx;
-            a[4] += rep * vx * vy;
-            a[5] += rep * vy * vy;
         }
-        __syncthreads();  // the next chunk overwrites the interval table
     }
     const int nm = USE4 ? AM_NACC : 6;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -427,9 +531,10 @@ __device__ __forceinline__ void am_accumulate_impl(const double* t, const AmGaus
         if (lane == 0) s_red[warp][m] = v;
     }
     __syncthreads();
-    if ((int)threadIdx.x < nm) {
+    if ((int)threadIdx.x < AM_NACC) {
         double s = 0.0;
-        for (int w = 0; w < nwarps; ++w) s += s_red[w][threadIdx.x];
+        if ((int)threadIdx.x < nm)
+            for (int w = 0; w < nwarps; ++w) s += s_red[w][threadIdx.x];
         acc[(long long)k * AM_NACC + threadIdx.x] = s;
     }
 }
@@ -442,14 +547,48 @@ __device__ __forceinline__ void am_accumulate(const double* __restrict__ table, 
     const int k = blockIdx.x;
     if (k >= K) return;
     const double* t = table + (long long)k * AM_NPAR;
-    int j0, j1, bi0, bi1;
-    if (!am_box(t, ny, nx, &j0, &j1, &bi0, &bi1)) return;  // acc is zero-initialised
+    int j0, j1, i0, i1;
+    if (!am_box(t, ny, nx, &j0, &j1, &i0, &i1)) {
+        if ((int)threadIdx.x < AM_NACC) acc[(long long)k * AM_NACC + threadIdx.x] = 0.0;
+        return;
+    }
     AmGauss<T> g;
     g.init(t, n_sigma);
     if (g.use4)
-        am_accumulate_impl<T, true>(t, g, k, j0, j1, bi0, bi1, nx, n_sigma, R, acc);
+        am_accumulate_impl<T, true>(g, k, j0, j1, i0, i1, nx, R, acc);
     else
-        am_accumulate_impl<T, false>(t, g, k, j0, j1, bi0, bi1, nx, n_sigma, R, acc);
+        am_accumulate_impl<T, false>(g, k, j0, j1, i0, i1, nx, R, acc);
+}
+
+// d_amp, d_mean and d_cov of component k (astromix.backends._common.assemble_gradient,
+// the same formulas) from its accumulators, into out[k], out[K + 2k + a] and
+// out[3K + 4k + 2a + b]: three C-contiguous blocks, (K,), (K, 2) and (K, 2, 2).
+extern "C" __global__ void astromix_assemble(const double* __restrict__ table,
+                                             const double* __restrict__ acc, int K,
+                                             double* __restrict__ out)
+{
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < K; k += gridDim.x * blockDim.x) {
+        const double* t = table + (long long)k * AM_NPAR;
+        const double* s = acc + (long long)k * AM_NACC;
+        const double norm = t[AM_NORM], a = t[AM_AMP] * norm, c4 = AM_C4;
+        const double fx[2] = {t[AM_FXX], t[AM_FXY]}, fy[2] = {t[AM_FXY], t[AM_FYY]};
+        const double f[2][2] = {{fx[0], fx[1]}, {fy[0], fy[1]}};
+        const double s0 = s[0], svv[2][2] = {{s[3], s[4]}, {s[4], s[5]}};
+        const double spx = s[6], spy = s[7], spxv[2] = {s[8], s[9]}, spyv[2] = {s[10], s[11]};
+        const double sqx = s[12], sqy = s[13];
+        out[k] = norm * s0;
+        for (int b = 0; b < 2; ++b)
+            out[K + 2LL * k + b] = a * (s[1 + b] - c4 * (spx * fx[b] + spy * fy[b]));
+        double g[2][2];
+        for (int p = 0; p < 2; ++p)
+            for (int q = 0; q < 2; ++q)
+                g[p][q] = -0.5 * f[p][q] * s0 + 0.5 * svv[p][q]
+                          - c4 * (fx[p] * spxv[q] + fy[p] * spyv[q])
+                          + 6.0 * c4 * (sqx * fx[p] * fx[q] + sqy * fy[p] * fy[q]);
+        for (int p = 0; p < 2; ++p)
+            for (int q = 0; q < 2; ++q)
+                out[3LL * K + 4LL * k + 2 * p + q] = a * (0.5 * (g[p][q] + g[q][p]));
+    }
 }
 
 // R = 2 w (m - d) into r (which may be m, d or w: each element is read before it is
@@ -526,18 +665,20 @@ extern "C" __global__ void astromix_render_f64(const double* __restrict__ table,
     am_render<double>(table, K, ny, nx, n_sigma, img);
 }
 
-extern "C" __global__ void astromix_render_tiles_f32(const double* __restrict__ table, int K,
+extern "C" __global__ void astromix_render_tiles_f32(const double* __restrict__ table,
+                                                     const int* __restrict__ box, int K,
                                                      int ny, int nx, double n_sigma,
                                                      float* __restrict__ img)
 {
-    am_render_tiles<float>(table, K, ny, nx, n_sigma, img);
+    am_render_tiles<float>(table, box, K, ny, nx, n_sigma, img);
 }
 
-extern "C" __global__ void astromix_render_tiles_f64(const double* __restrict__ table, int K,
+extern "C" __global__ void astromix_render_tiles_f64(const double* __restrict__ table,
+                                                     const int* __restrict__ box, int K,
                                                      int ny, int nx, double n_sigma,
                                                      double* __restrict__ img)
 {
-    am_render_tiles<double>(table, K, ny, nx, n_sigma, img);
+    am_render_tiles<double>(table, box, K, ny, nx, n_sigma, img);
 }
 
 extern "C" __global__ void astromix_accumulate_f32(const double* __restrict__ table, int K,
@@ -564,7 +705,8 @@ def _source():
     subs = {"NPAR": c.NPAR, "NACC": c.NACC, "BOX_C4": repr(float(BOX_C4)),
             "AMP": c.AMP, "MX": c.MX, "MY": c.MY, "FXX": c.FXX, "FXY": c.FXY,
             "FYY": c.FYY, "NORM": c.NORM, "USE4": c.USE4, "INVDET": c.INVDET, "HY": c.HY,
-            "HX": c.HX, "TILE": TILE, "BATCH": BATCH}
+            "HX": c.HX, "TILE": TILE, "BATCH": BATCH, "SXX": c.SXX, "SXY": c.SXY,
+            "SYY": c.SYY, "TWO_PI": repr(2.0 * math.pi), "THREE_C4": repr(3.0 * abs(BOX_C4))}
     src = _CUDA_TEMPLATE
     for key, value in subs.items():
         src = src.replace(f"@{key}@", str(value))
@@ -616,8 +758,8 @@ class CupyBackend(c.Backend):
     Parameters
     ----------
     block_size : int, optional
-        Threads per block of the atomic render and the accumulate kernels, a
-        multiple of 32 in [32, 1024].  Default 128.
+        Threads per block of the atomic render kernel, a multiple of 32 in
+        [32, 1024].  Default 128.
     render_kernel : {"tiles", "atomic"}, optional
         The render kernel: ``"tiles"`` (default), a gather over image tiles that
         gives the same bits at every call, or ``"atomic"``, a scatter with
@@ -753,24 +895,79 @@ class CupyBackend(c.Backend):
         return img
 
     def _render_into(self, table, table_d, shape, dtype, settings, img):
-        """Render the table (host ``table`` and its device copy ``table_d``) into the
-        C-contiguous ``img`` of ``shape`` and ``dtype``, every pixel written."""
+        """Render the device table ``table_d`` (K rows) into the C-contiguous ``img``
+        of ``shape`` and ``dtype``, every pixel written.  ``table`` is its host copy,
+        needed by the atomic render only (None where the table was prepared on the
+        GPU, with the tile render)."""
         ny, nx = shape
-        k = table.shape[0]
+        k = table_d.shape[0]
         ch = np.dtype(dtype).char
         args = (table_d, np.int32(k), np.int32(ny), np.int32(nx), np.float64(settings.n_sigma),
                 img)
         if k == 0 or ny == 0 or nx == 0:
             img.fill(0)
         elif self.render_kernel == "tiles":
+            box = self._boxes(table_d, k, shape)
             self._kernels["render_tiles"][ch]((-(-nx // TILE), -(-ny // TILE)), (TILE * TILE,),
-                                              args)
+                                              (table_d, box) + args[1:])
         else:
             img.fill(0)
             nchunks = _row_chunks(table, shape)
             if nchunks:
                 self._kernels["render"][ch]((k, min(nchunks, _MAX_GRID_Y)),
                                             (self.block_size,), args)
+
+    def _prepare_device(self, amp, mean, cov, settings):
+        """The (K, NPAR) table of :func:`astromix.backends._common.prepare`, built on
+        the GPU (the same bits) from ``amp`` (K,), ``mean`` (K, 2) and ``cov`` (K, 2, 2),
+        copied there in one go (CuPy stages the copy through its page-locked pool)."""
+        cp = self.xp
+        k = len(amp)
+        src = np.empty((k, 7))
+        src[:, 0] = amp
+        src[:, 1:3] = mean
+        src[:, 3:7] = np.reshape(cov, (k, 4))
+        src_d = cp.asarray(src)
+        table_d = cp.empty((k, c.NPAR), dtype=np.float64)
+        if k:
+            # 64 threads per block: the float64 divisions and square roots are long
+            # dependent chains, so spread the components over more multiprocessors
+            self._kernels["prepare"]["d"](
+                (-(-k // 64),), (64,),
+                (src_d, np.int32(k), np.float64(settings.n_sigma),
+                 np.float64(settings.box_variance),
+                 np.int32(settings.pixel_integration == "kurtosis"),
+                 np.float64(settings.fourth_order_threshold), table_d))
+        return table_d
+
+    def _device_table(self, amp, mean, cov, settings):
+        """(host table or None, device table): built on the GPU from
+        ``GPU_PREPARE_MIN`` components on with the tile render, else on the host
+        (:meth:`prepare`) and copied.  The same bits either way."""
+        if self.render_kernel == "tiles" and len(amp) >= GPU_PREPARE_MIN:
+            return None, self._prepare_device(amp, mean, cov, settings)
+        table = self.prepare(amp, mean, cov, settings)
+        return table, self.xp.asarray(table)
+
+    def render_stamp(self, amp, mean, cov, shape, dtype, settings):
+        """Prepare (on the GPU from ``GPU_PREPARE_MIN`` components on) and render in
+        one go with the tile render; None with the atomic one (the general path).
+        Any image size.  See :meth:`astromix.backends._common.Backend.render_stamp`."""
+        if self.render_kernel != "tiles":
+            return None
+        img = self.xp.empty(tuple(int(n) for n in shape), dtype=dtype)
+        table, table_d = self._device_table(amp, mean, cov, settings)
+        self._render_into(table, table_d, img.shape, img.dtype, settings, img)
+        return img
+
+    def _boxes(self, table_d, k, shape):
+        """Launch the box kernel: the (K, 4) int32 culling boxes (j0, j1, i0, i1) of the
+        device table ``table_d`` in an image of ``shape``, on the GPU."""
+        box = self.xp.empty((k, 4), dtype=np.int32)
+        self._kernels["boxes"]["d"]((-(-k // 256),), (256,),
+                                    (table_d, np.int32(k), np.int32(shape[0]),
+                                     np.int32(shape[1]), box))
+        return box
 
     def residual(self, model, data, weight, out=None):
         """Chi-square and the residual image ``R = 2 w (model - data)``.
@@ -802,9 +999,10 @@ class CupyBackend(c.Backend):
         part = self._residual_partials(model, data, weight, out)
         return float(part.get()[0::2].sum()), out
 
-    def _residual_partials(self, model, data, weight, out):
+    def _residual_partials(self, model, data, weight, out, extra=0):
         """Launch the residual kernel (``R`` into ``out``); its per-block (chi2, bad
-        pixels) pairs, still on the GPU, as a (2 nblocks,) float64 array."""
+        pixels) pairs, still on the GPU, as a (2 nblocks + extra,) float64 array
+        (the ``extra`` elements at its end left for the caller)."""
         cp = self.xp
         _, ch = self._dtype_char(model.dtype)
         arrays = [cp.ascontiguousarray(a) for a in (model, data, weight)]
@@ -812,7 +1010,7 @@ class CupyBackend(c.Backend):
         r = out if direct else cp.empty_like(arrays[0])
         n = r.size
         nblocks = max(1, min(self._residual_blocks, -(-n // 256)))
-        part = cp.empty(2 * nblocks, dtype=np.float64)
+        part = cp.empty(2 * nblocks + extra, dtype=np.float64)
         self._kernels["residual"][ch]((nblocks,), (256,), (*arrays, r, np.int64(n), part))
         if not direct:
             out[...] = r
@@ -839,21 +1037,34 @@ class CupyBackend(c.Backend):
         -------
         chi2 : float, or (chi2, (d_amp, d_mean, d_cov)) with ``gradient``; or None
         """
-        cp = self.xp
-        table = self.prepare(amp, mean, cov, settings)
         dtype = data.dtype
+        k = len(amp)
         model = self.scratch(data.shape, dtype, "chi2")
-        table_d = cp.asarray(table)
+        table, table_d = self._device_table(amp, mean, cov, settings)
         self._render_into(table, table_d, data.shape, dtype, settings, model)
-        part = self._residual_partials(model, data, weight, model)
-        acc = self._accumulate_into(table_d, len(table), model, settings) if gradient else None
-        part = part.get()
-        if part[1::2].any():
+        part = self._residual_partials(model, data, weight, model, extra=7 * k if gradient else 0)
+        nb = part.size - (7 * k if gradient else 0)
+        if gradient and k:
+            acc = self._accumulate_into(table_d, k, model, settings)
+            self._kernels["assemble"]["d"]((-(-k // 256),), (256,),
+                                           (table_d, acc, np.int32(k), part[nb:]))
+        # one copy back, into page-locked memory (twice as fast as into pageable)
+        host = self._pinned(part.size)
+        part.get(out=host)
+        if host[1:nb:2].any():
             return None
-        value = float(part[0::2].sum())
+        value = float(host[0:nb:2].sum())
         if not gradient:
             return value
-        return value, self.assemble_gradient(table, acc.get())
+        grad = host[nb:]
+        return value, (grad[:k], grad[k:3 * k].reshape(k, 2), grad[3 * k:].reshape(k, 2, 2))
+
+    def _pinned(self, n):
+        """A new page-locked (pinned) float64 host array of ``n`` elements, from
+        CuPy's pinned-memory pool (returned to the pool when the array is freed)."""
+        import cupyx
+
+        return cupyx.empty_pinned((n,), dtype=np.float64)
 
     def prepare(self, amp, mean, cov, settings):
         """Per-Gaussian table (NumPy float64, (K, NPAR)), built on the host.
@@ -909,11 +1120,11 @@ class CupyBackend(c.Backend):
     def _accumulate_into(self, table_d, k, rimg, settings):
         """Launch the accumulate kernel of the device table ``table_d`` (K rows) on the
         C-contiguous residual image ``rimg``; the (K, NACC) accumulators, on the GPU."""
-        acc = self.xp.zeros((k, c.NACC), dtype=np.float64)
+        acc = self.xp.empty((k, c.NACC), dtype=np.float64)  # every row is written
         ny, nx = rimg.shape
         if k and ny and nx:
             self._kernels["accumulate"][rimg.dtype.char](
-                (k,), (self.block_size,),
+                (k,), (ACC_BLOCK,),
                 (table_d, np.int32(k), np.int32(ny), np.int32(nx),
                  np.float64(settings.n_sigma), rimg, acc))
         return acc
