@@ -182,9 +182,10 @@ extern "C" void emu_render_##S(const double* t, int K, int ny, int nx, double ns
 extern "C" void emu_accumulate_##S(const double* t, int K, int ny, int nx, double ns, \
                                    const T* R, double* acc, int bs) \
 { am_launch(K, 1, bs, [=] { astromix_accumulate_##S(t, K, ny, nx, ns, R, acc); }); } \
-extern "C" void emu_render_tiles_##S(const double* t, int K, int ny, int nx, double ns, T* img) \
-{ std::vector<int> box(4 * (size_t)K + 4); int* b = box.data(); \
-  am_launch((K + 63) / 64, 1, 64, [=] { astromix_boxes(t, K, ny, nx, b); }); \
+extern "C" void emu_render_tiles_##S(const double* t, int K, int ny, int nx, double ns, T* img, \
+                                     int with_boxes) \
+{ std::vector<int> box(4 * (size_t)K + 4); int* b = with_boxes ? box.data() : nullptr; \
+  if (with_boxes) am_launch((K + 63) / 64, 1, 64, [=] { astromix_boxes(t, K, ny, nx, b); }); \
   am_launch((nx + AM_TILE - 1) / AM_TILE, (ny + AM_TILE - 1) / AM_TILE, AM_TILE * AM_TILE, \
             [=] { astromix_render_tiles_##S(t, b, K, ny, nx, ns, img); }); }
 #define AM_WRAP_RESIDUAL(T, S) \
@@ -227,7 +228,8 @@ class _EmulatedKernels:
                 ptr(dtype, flags="C"), ptr(dtype, flags="C"), ptr(dtype, flags="C"),
                 ptr(dtype, flags="C"), ctypes.c_longlong, ptr(np.float64, flags="C"), cint, cint]
             getattr(lib, "emu_render_tiles_" + suffix).argtypes = [
-                ptr(np.float64, flags="C"), cint, cint, cint, cdbl, ptr(dtype, flags="C")]
+                ptr(np.float64, flags="C"), cint, cint, cint, cdbl, ptr(dtype, flags="C"),
+                cint]
             getattr(lib, "emu_accumulate_" + suffix).argtypes = [
                 ptr(np.float64, flags="C"), cint, cint, cint, cdbl, ptr(dtype, flags="C"),
                 ptr(np.float64, flags="C"), cint]
@@ -247,10 +249,13 @@ class _EmulatedKernels:
                 settings.n_sigma, img, chunks, block)
         return img
 
-    def render_tiles(self, table, shape, dtype, settings):
+    def render_tiles(self, table, shape, dtype, settings, with_boxes=True):
+        """The tile render, reading the box kernel's boxes (or computing them per
+        tile: ``with_boxes=False``, the path for fewer than BOX_KERNEL_MIN)."""
         img = np.full(shape, np.nan, dtype=dtype)  # every pixel must be written
         getattr(self.lib, "emu_render_tiles_" + self._suffix(dtype))(
-            np.ascontiguousarray(table), len(table), shape[0], shape[1], settings.n_sigma, img)
+            np.ascontiguousarray(table), len(table), shape[0], shape[1], settings.n_sigma, img,
+            int(with_boxes))
         return img
 
     def residual(self, model, data, weight, out, nblocks=3, block=64):
@@ -323,8 +328,9 @@ def test_emulated_kernels_match_numpy(emulated, mode, dtype):
     ref = NumpyBackend()
     want = ref.render(table, shape, dtype, settings)
     _assert_close(emulated.render(table, shape, dtype, settings), want, TOL[dtype], "render")
-    _assert_close(emulated.render_tiles(table, shape, dtype, settings), want, TOL[dtype],
-                  "tile render")
+    for with_boxes in (True, False):
+        _assert_close(emulated.render_tiles(table, shape, dtype, settings, with_boxes), want,
+                      TOL[dtype], "tile render")
     data = (want + rng.normal(0, 0.01, shape)).astype(dtype)
     weight = rng.uniform(0.5, 2.0, shape).astype(dtype)
     _, rimg = ref.residual(want, data, weight)
@@ -468,6 +474,8 @@ def test_emulated_kernels_touch_the_same_pixels(emulated, dtype):
         got = emulated.render(one, shape, dtype, settings, block=32, max_chunks=1) != 0
         assert np.array_equal(got, want), f"case {k}"
         got = emulated.render_tiles(one, shape, dtype, settings) != 0
+        assert np.array_equal(got, want), f"tile render, case {k}"
+        got = emulated.render_tiles(one, shape, dtype, settings, with_boxes=False) != 0
         assert np.array_equal(got, want), f"case {k}, tile render"
 
 
@@ -488,6 +496,7 @@ def test_emulated_tile_render_batches(emulated, dtype):
     _assert_close(got, want, TOL[dtype], "tile render")
     assert np.array_equal(got != 0, want != 0)
     assert np.array_equal(emulated.render_tiles(table, shape, dtype, settings), got)
+    assert np.array_equal(emulated.render_tiles(table, shape, dtype, settings, False), got)
 
 
 # -- the backend on a GPU -------------------------------------------------------

@@ -23,7 +23,8 @@ The kernels reproduce :mod:`astromix.backends.numpy_backend` (see
 Work decomposition:
 
 * ``render`` (default, ``render_kernel="tiles"``): a gather.  A first kernel
-  writes every component's culling box (4 int32).  Then one block of
+  writes every component's culling box (4 int32; from ``BOX_KERNEL_MIN``
+  components on, below which each tile computes them).  Then one block of
   ``TILE**2`` threads per ``TILE x TILE`` image tile, one pixel per thread:
   the block reads the boxes in batches of ``BATCH`` (coalesced 16-byte rows);
   each of the first ``BATCH`` threads tests whether its component's box meets
@@ -107,6 +108,9 @@ BATCH = 256
 #: Threads per block of the accumulate kernel: a window of TILE columns x
 #: ACC_BLOCK / TILE rows (16 x 16) stepped over each component's box.
 ACC_BLOCK = 256
+#: From this many components on, the tile render reads the boxes written by a
+#: kernel of their own; below it, each tile computes them (one launch fewer).
+BOX_KERNEL_MIN = 512
 #: From this many components on, the table is built on the GPU (one copy of the
 #: 7 inputs per component and a kernel, cheaper than preparing on the host and
 #: copying the 14 columns); below it, on the host (the launch costs more).
@@ -400,7 +404,8 @@ __device__ __forceinline__ bool am_value(const AmGauss<T>& g, int i, int j, T* v
 
 // Tile render (a gather): block (bx, by) owns the AM_TILE x AM_TILE pixels at
 // (bx AM_TILE, by AM_TILE), one per thread (blockDim.x == AM_TILE^2).  The block
-// reads the boxes (astromix_boxes) in batches of AM_BATCH components: each of the
+// reads the boxes (astromix_boxes; computed here from the table when box is null,
+// cheaper than a launch for a few components) in batches of AM_BATCH components: each of the
 // first AM_BATCH threads tests whether its component's culling box meets the tile; those that do
 // are compacted, in table order, into shared memory (warp ballots), and every
 // thread then adds their values at its pixel.  Each pixel is summed in register in
@@ -426,12 +431,17 @@ __device__ __forceinline__ void am_render_tiles(const double* __restrict__ table
         int bj0 = 0, bj1 = -1, bi0 = 0, bi1 = -1;
         bool hit = false;
         if (tid < AM_BATCH && k < K) {
-            const int4 b = reinterpret_cast<const int4*>(box)[k];
-            bj0 = b.x;
-            bj1 = b.y;
-            bi0 = b.z;
-            bi1 = b.w;
-            hit = bj0 <= ty1 && bj1 >= ty0 && bi0 <= tx1 && bi1 >= tx0;
+            if (box != nullptr) {
+                const int4 b = reinterpret_cast<const int4*>(box)[k];
+                bj0 = b.x;
+                bj1 = b.y;
+                bi0 = b.z;
+                bi1 = b.w;
+                hit = true;
+            } else {  // few components: each tile computes their boxes itself
+                hit = am_box(table + (long long)k * AM_NPAR, ny, nx, &bj0, &bj1, &bi0, &bi1);
+            }
+            hit = hit && bj0 <= ty1 && bj1 >= ty0 && bi0 <= tx1 && bi1 >= tx0;
         }
         const unsigned mask = __ballot_sync(0xffffffffu, hit);
         if (lane == 0 && warp < AM_BATCH / 32) s_count[warp] = __popc(mask);
@@ -907,7 +917,8 @@ class CupyBackend(c.Backend):
         if k == 0 or ny == 0 or nx == 0:
             img.fill(0)
         elif self.render_kernel == "tiles":
-            box = self._boxes(table_d, k, shape)
+            # null: the tiles compute the boxes of a few components themselves
+            box = self._boxes(table_d, k, shape) if k >= BOX_KERNEL_MIN else np.uint64(0)
             self._kernels["render_tiles"][ch]((-(-nx // TILE), -(-ny // TILE)), (TILE * TILE,),
                                               (table_d, box) + args[1:])
         else:
