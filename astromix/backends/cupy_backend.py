@@ -723,12 +723,17 @@ def _source():
     return src
 
 
-#: The CUDA C source of the four kernels (:data:`KERNEL_NAMES`), with the table
+#: The CUDA C source of the kernels (:data:`KERNEL_NAMES`), with the table
 #: layout of :mod:`astromix.backends._common` substituted in.  Kernel arguments:
 #: ``(const double* table, int K, int ny, int nx, double n_sigma, T* img)`` for
-#: render (launch grid ``(K, chunks)``, block a multiple of 32 threads) and
-#: ``(..., const T* R, double* acc)`` for accumulate (grid ``(K,)``), ``acc``
-#: zero-initialised.
+#: the atomic render (grid ``(K, chunks)``, block a multiple of 32 threads);
+#: ``(table, const int* box, K, ny, nx, n_sigma, img)`` for the tile render (grid
+#: of TILE x TILE tiles, TILE**2 threads; ``box`` from ``astromix_boxes(table, K,
+#: ny, nx, int* box)``, or null); ``(table, K, ny, nx, n_sigma, const T* R,
+#: double* acc)`` for accumulate (grid ``(K,)``, a multiple of TILE threads);
+#: ``(const double* src, K, n_sigma, box_variance, int kurtosis, threshold,
+#: double* table)`` for prepare and ``(table, const double* acc, K, double* out)``
+#: for assemble (grid-stride); residual as documented at its kernel.
 CUDA_SOURCE = _source()
 
 
@@ -1030,9 +1035,11 @@ class CupyBackend(c.Backend):
     def chi2_stamp(self, amp, mean, cov, data, weight, settings, gradient):
         """The chi2 (and gradient) of :meth:`astromix.GaussianMixture.chi2` in one go.
 
-        Render, residual (with the pixel check) and accumulate are queued on the
-        GPU back to back, and the host waits once, for the per-block sums and
-        the accumulators.  Returns None, so that the general path raises its
+        The table (built on the GPU from ``GPU_PREPARE_MIN`` components on),
+        render, residual (with the pixel check), accumulate and the gradient's
+        assembly are queued on the GPU back to back, and the host waits once, for
+        one copy of the per-block sums and the gradients into page-locked
+        memory.  Returns None, so that the general path raises its
         error or masks the data, when any pixel has a non-finite datum or weight
         or a negative weight.  Any image size (the name is the common
         interface's).
