@@ -1060,13 +1060,14 @@ class CupyBackend(c.Backend):
         model = self.scratch(data.shape, dtype, "chi2")
         table, table_d = self._device_table(amp, mean, cov, settings)
         self._render_into(table, table_d, data.shape, dtype, settings, model)
-        part = self._residual_partials(model, data, weight, model, extra=7 * k if gradient else 0)
-        nb = part.size - (7 * k if gradient else 0)
+        extra = 7 * k if gradient else 0  # room for the gradients after the sums
+        part = self._residual_partials(model, data, weight, model, extra=extra)
+        nb = part.size - extra
         if gradient and k:
             acc = self._accumulate_into(table_d, k, model, settings)
             self._kernels["assemble"]["d"]((-(-k // 256),), (256,),
                                            (table_d, acc, np.int32(k), part[nb:]))
-        # one copy back, into page-locked memory (twice as fast as into pageable)
+        # one copy back, into page-locked memory (no staging buffer on the way)
         host = self._pinned(part.size)
         part.get(out=host)
         if host[1:nb:2].any():
