@@ -476,7 +476,7 @@ def test_emulated_kernels_touch_the_same_pixels(emulated, dtype):
         got = emulated.render_tiles(one, shape, dtype, settings) != 0
         assert np.array_equal(got, want), f"tile render, case {k}"
         got = emulated.render_tiles(one, shape, dtype, settings, with_boxes=False) != 0
-        assert np.array_equal(got, want), f"case {k}, tile render"
+        assert np.array_equal(got, want), f"tile render (boxes per tile), case {k}"
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -219,13 +219,8 @@ extern "C" __global__ void astromix_boxes(const double* __restrict__ table, int 
                                           int nx, int* __restrict__ box)
 {
     for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < K; k += gridDim.x * blockDim.x) {
-        int j0 = 0, j1 = -1, i0 = 0, i1 = -1;
-        if (!am_box(table + (long long)k * AM_NPAR, ny, nx, &j0, &j1, &i0, &i1)) {
-            j0 = 0;
-            j1 = -1;
-            i0 = 0;
-            i1 = -1;
-        }
+        int j0 = 0, j1 = -1, i0 = 0, i1 = -1;  // am_box leaves them when it returns false
+        am_box(table + (long long)k * AM_NPAR, ny, nx, &j0, &j1, &i0, &i1);
         reinterpret_cast<int4*>(box)[k] = make_int4(j0, j1, i0, i1);
     }
 }
