@@ -26,8 +26,10 @@ Usage::
     python benchmarks/render.py [--backend NAME ...] [--quick] [--json PATH]
 
 Numba uses ``NUMBA_NUM_THREADS`` threads (its default: all cores); the number is
-printed.  Results are ratios against GalSim and against the targets of the
-performance issue, printed as PASS / MISS; absolute times depend on the machine.
+printed, and with more than one, the float32 scene render is also timed on one
+thread, with the sources spread and clustered in the top 30% of the rows.
+Results are ratios against GalSim and against the targets of the performance
+issue, printed as PASS / MISS; absolute times depend on the machine.
 """
 
 import argparse
@@ -274,6 +276,40 @@ def numba_threads():
             "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS")}
 
 
+def thread_scaling(positions, settings, repeats, min_time):
+    """Numba's float32 scene render on one thread and on all, sources spread or clustered.
+
+    The clustered scene moves the same sources into the top 30% of the rows (a
+    cluster field): with row bands of equal height its work fell to one thread.
+    Prints and returns the times and speed-ups.
+    """
+    import numba
+
+    full = numba.get_num_threads()
+    clustered = positions.copy()
+    lo = positions[:, 1].min()
+    clustered[:, 1] = lo + 0.3 * (positions[:, 1] - lo)
+    out = {}
+    print(f"Thread scaling, numba float32 scene render (1 -> {full} threads):")
+    for label, pos in (("spread", positions), ("clustered", clustered)):
+        mix = scene_mixture(pos)
+        times = {}
+        for n in (1, full):
+            numba.set_num_threads(n)
+            try:
+                times[n] = best_time(lambda mix=mix: mix.render(SCENE, dtype=np.float32,
+                                                                settings=settings,
+                                                                backend="numba"),
+                                     max(2, repeats // 2), min_time)[0]
+            finally:
+                numba.set_num_threads(full)
+        out[label] = {"one_thread_s": times[1], "all_threads_s": times[full],
+                      "speedup": times[1] / times[full]}
+        print(f"  {label:<9s} {_fmt_time(times[1]):>11s} -> {_fmt_time(times[full]):>11s}"
+              f"   {times[1] / times[full]:4.2f}x")
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", action="append",
@@ -391,6 +427,10 @@ def main(argv=None):
           "'(n varies)': Sersic rebuilt at each call; scene: 100 GalSim stamps); "
           "chi2+grad also renders.")
     print()
+
+    if "numba" in names and nthreads is not None and nthreads["threads"] > 1:
+        results["thread_scaling"] = thread_scaling(positions, settings, repeats, min_time)
+        print()
 
     # targets
     print("Targets (the CPU targets apply to numba, the GPU target to cupy; numpy is the "

@@ -58,7 +58,8 @@ in-place residual vectorises (float32 stamp chi2 + gradient 65-69 -> 53-56 us
 with the render's start rows kept for the gradient sums).
 
 Threads: one image is split into bands of rows rendered in parallel, each band
-looping over the components that reach it; gradients are accumulated in
+looping over the components that reach it, the bands' edges placed so that each
+holds about the same work (``_band_edges``: where the sources are); gradients are accumulated in
 parallel over components.  Work below ``PARALLEL_MIN_WORK`` Gaussian-pixel
 evaluations (a small stamp) runs on one thread, since starting threads would
 cost more than it saves.
@@ -600,11 +601,54 @@ def _render_rows(img, table, y0, y1, n2, keep=None):
             _render_plain(img, t, j0, j1, s, nch, qmax)
 
 
+#: Cost of a component's start row in a band, in rows of its box: the two
+#: float64 exponentials per column of the recurrence's first row (_rec_start).
+START_ROW_COST = 4.0
+
+
+@njit(**_JIT)
+def _band_edges(table, ny, nx, nband):
+    # Row edges (nband + 1,) int64 splitting rows 0..ny into nband bands of about
+    # equal work: a component costs its box's padded width (whole chunks) on each
+    # of its rows, START_ROW_COST more on its first.  Bands of equal rows left
+    # clustered sources to one thread: 100 sources in the top 30% of a
+    # 1024x1024 image took as long on two threads as on one.
+    w = np.zeros(ny + 1)
+    for k in range(table.shape[0]):
+        j0, j1, i0, i1 = _box(table[k], ny, nx)
+        if j1 < j0 or i1 < i0:
+            continue
+        width = float((i1 - i0 + CHUNK) // CHUNK * CHUNK)
+        w[j0] += (1.0 + START_ROW_COST) * width
+        w[j0 + 1] -= START_ROW_COST * width
+        w[j1 + 1] -= width
+    edges = np.empty(nband + 1, dtype=np.int64)
+    # per-row work (a small floor per row, so empty rows still count), cumulated
+    cum = np.empty(ny + 1)
+    cum[0] = 0.0
+    level = 0.0
+    for j in range(ny):
+        level += w[j]
+        cum[j + 1] = cum[j] + level + 1.0
+    total = cum[ny]
+    edges[0] = 0
+    j = 0
+    for b in range(1, nband):
+        target = total * b / nband
+        while j < ny and cum[j + 1] <= target:
+            j += 1
+        # the edge nearer the target of the two rows around it
+        e = j + 1 if j < ny and cum[j + 1] - target < target - cum[j] else j
+        edges[b] = max(e, edges[b - 1])
+    edges[nband] = ny
+    return edges
+
+
 @njit(parallel=True, **_JIT)
-def _render_parallel(img, table, nband, n2):
-    ny = img.shape[0]
-    for b in prange(nband):
-        _render_rows(img, table, (b * ny) // nband, ((b + 1) * ny) // nband, n2)
+def _render_parallel(img, table, edges, n2):
+    # rows edges[b]..edges[b + 1] as band b (_band_edges)
+    for b in prange(edges.shape[0] - 1):
+        _render_rows(img, table, edges[b], edges[b + 1], n2)
 
 
 @njit(**_JIT)
@@ -678,10 +722,10 @@ def _jacobian_rows(out, table, coeff, active, y0, y1, n2):
 
 
 @njit(parallel=True, **_JIT)
-def _jacobian_parallel(out, table, coeff, active, nband, n2):
-    ny = out.shape[1]
-    for b in prange(nband):
-        _jacobian_rows(out, table, coeff, active, (b * ny) // nband, ((b + 1) * ny) // nband, n2)
+def _jacobian_parallel(out, table, coeff, active, edges, n2):
+    # rows edges[b]..edges[b + 1] as band b (_band_edges)
+    for b in prange(edges.shape[0] - 1):
+        _jacobian_rows(out, table, coeff, active, edges[b], edges[b + 1], n2)
 
 
 @njit(**_JIT_UNFUSED)
@@ -971,6 +1015,23 @@ def _residual_parallel(model, data, weight):
     for j in prange(ny):
         part[j] = _residual_rows(model, data, weight, j)
     return part.sum()
+
+
+@njit(**_JIT)
+def _exposure_rtasks(tables, toff, shapes, nb):
+    # Row tasks (nb * E, 3) of _exposures_chi2: (e, y0, y1), exposure e's rows in
+    # nb bands of equal work (_band_edges), band-major (band 0 of every exposure,
+    # then band 1, ...).  With nb the number of threads, Numba's static split of
+    # the task loop gives thread b band b of every exposure: 1/nb of the work.
+    ne = shapes.shape[0]
+    tasks = np.empty((nb * ne, 3), dtype=np.int64)
+    for e in range(ne):
+        edges = _band_edges(tables[toff[e]:toff[e + 1]], shapes[e, 0], shapes[e, 1], nb)
+        for b in range(nb):
+            tasks[b * ne + e, 0] = e
+            tasks[b * ne + e, 1] = edges[b]
+            tasks[b * ne + e, 2] = edges[b + 1]
+    return tasks
 
 
 @njit(parallel=True, **_JIT_SUMS)
@@ -1360,8 +1421,10 @@ class NumbaBackend(c.Backend):
         if nthreads == 1:
             _render_rows(work, table, 0, shape[0], n2)
         else:
-            nband = min(shape[0], 4 * nthreads)
-            _render_parallel(work, table, nband, n2)
+            # one band per thread: with bands of equal work, more bands only add
+            # start rows (uniform benchmark scene: 2.6-2.8 ms in 2 bands, 2.7-3.3 in 8)
+            nband = min(shape[0], nthreads)
+            _render_parallel(work, table, _band_edges(table, shape[0], work.shape[1], nband), n2)
         if work is not img:
             img[...] = work[:, :shape[1]]
         return img
@@ -1389,8 +1452,8 @@ class NumbaBackend(c.Backend):
         if nthreads == 1:
             _jacobian_rows(out, table, coeff, active, 0, ny, n2)
         else:
-            nband = min(ny, 4 * nthreads)
-            _jacobian_parallel(out, table, coeff, active, nband, n2)
+            nband = min(ny, nthreads)
+            _jacobian_parallel(out, table, coeff, active, _band_edges(table, ny, nx, nband), n2)
         return out
 
     def bad_pixel_counts(self, data, weight):
@@ -1420,22 +1483,23 @@ class NumbaBackend(c.Backend):
         -------
         layout : dict
             ``shapes`` (E, 2) with widths padded to a multiple of ``CHUNK``,
-            ``offsets`` (E,) into the packed arrays, ``size``, and the row-band
-            and component-block tasks.
+            ``offsets`` (E,) into the packed arrays, ``size``, ``nbands``
+            (row bands per exposure, one per thread; their edges follow each
+            call's tables, see ``_exposure_rtasks``) and the component-block
+            tasks ``atasks``.
         """
         nthreads = nthreads or numba.get_num_threads()
         padded = np.array([(ny, _padded_width(nx)) for ny, nx in shapes], dtype=np.int64)
         offsets = np.zeros(len(padded), dtype=np.int64)
         offsets[1:] = np.cumsum(padded[:, 0] * padded[:, 1])[:-1]
         nb = max(1, nthreads)
-        rtasks = np.array([(e, (b * ny) // nb, ((b + 1) * ny) // nb)
-                           for e, (ny, _) in enumerate(padded) for b in range(nb)
-                           if (b * ny) // nb < ((b + 1) * ny) // nb], dtype=np.int64)
-        atasks = np.array([(e, b, nb) for e in range(len(padded)) for b in range(nb)],
+        # band-major, as the row tasks (_exposure_rtasks): thread b sums block b
+        # of every exposure's components
+        atasks = np.array([(e, b, nb) for b in range(nb) for e in range(len(padded))],
                           dtype=np.int64)
         return {"shapes": padded, "offsets": offsets,
                 "size": int(np.sum(padded[:, 0] * padded[:, 1])),
-                "rtasks": rtasks.reshape(-1, 3), "atasks": atasks.reshape(-1, 3)}
+                "nbands": nb, "atasks": atasks.reshape(-1, 3)}
 
     def pack_images(self, images, layout, dtype):
         """The images (a sequence of (ny, nx) arrays) packed as ``layout`` says, zero-padded."""
@@ -1490,9 +1554,10 @@ class NumbaBackend(c.Backend):
         fixed = np.array([0.0 if b is None else float(b) for b in background])
         acc = np.zeros((stacked.shape[0], c.NACC))
         model = self.scratch((layout["size"],), data.dtype, "exposures")
+        rtasks = _exposure_rtasks(stacked, toff, layout["shapes"], layout["nbands"])
         _mark_parallel()
         chi2, bg = _exposures_chi2(model, data, weight, stacked, toff, layout["shapes"],
-                                   layout["offsets"], layout["rtasks"], layout["atasks"],
+                                   layout["offsets"], rtasks, layout["atasks"],
                                    float(settings.n_sigma ** 2), fixed, fit_bg, bool(gradient),
                                    acc)
         accs = [acc[toff[e]:toff[e + 1]] for e in range(len(tables))] if gradient else None
