@@ -692,3 +692,56 @@ def test_gpu_prepare_is_numpys_table_and_feeds_render(cupy_bk, mode):
         assert abs(c_a - c_t) <= TOL[dtype] * abs(c_t)
         for a, b, what in zip(g_a, g_t, ("d_amp", "d_mean", "d_cov")):
             _assert_close(a, b, TOL[dtype], what)
+
+
+# nvidia-smi's header as printed by drivers 580 (CUDA 13.0) and 535 (CUDA 12.2), and its
+# message when the driver is not loaded
+_SMI_580 = """\
++-----------------------------------------------------------------------------------------+
+| NVIDIA-SMI 580.95.05              Driver Version: 580.95.05      CUDA Version: 13.0     |
++-----------------------------------------+------------------------+----------------------+
+| GPU  Name                 Persistence-M | Bus-Id          Disp.A | Volatile Uncorr. ECC |
+"""
+_SMI_535 = """\
++---------------------------------------------------------------------------------------+
+| NVIDIA-SMI 535.104.05             Driver Version: 535.104.05   CUDA Version: 12.2     |
+|-----------------------------------------+----------------------+----------------------+
+"""
+_SMI_FAILED = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA "
+               "driver. Make sure that the latest NVIDIA driver is installed and running.\n")
+
+
+@pytest.mark.parametrize("text, version, wheel, hint", [
+    (_SMI_580, (13, 0), "cupy-cuda13x", 'CUDA 13.0: pip install "astromix[gpu-cuda13]"'),
+    (_SMI_535, (12, 2), "cupy-cuda12x", 'CUDA 12.2: pip install "astromix[gpu]"'),
+    (_SMI_535.replace("12.2", "11.8"), (11, 8), "cupy-cuda11x",
+     "CUDA 11.8: pip install cupy-cuda11x"),
+    (_SMI_FAILED, None, None, "no NVIDIA driver found"),
+])
+def test_cupy_wheel_follows_the_driver(text, version, wheel, hint):
+    """The CuPy wheel chosen for the CUDA version nvidia-smi reports (tox -e test-cupy
+    installs it) and the install hint of the backend's ImportError."""
+    from astromix.backends import _cuda
+
+    assert _cuda.driver_cuda_version(text) == version
+    assert _cuda.cupy_requirement(text) == wheel
+    assert hint in cupy_backend._install_hint(text)
+    if wheel is not None and wheel != "cupy-cuda11x":
+        # the extra named in the hint installs that wheel
+        import tomllib
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        if pyproject.exists():
+            extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+            assert extras[_cuda.GPU_EXTRAS[version[0]]] == [wheel]
+
+
+def test_cupy_wheel_without_nvidia_smi(monkeypatch):
+    """No nvidia-smi on the PATH: no wheel, and the ImportError says so."""
+    from astromix.backends import _cuda
+
+    monkeypatch.setattr(_cuda.shutil, "which", lambda name: None)
+    assert _cuda.driver_cuda_version() is None
+    assert _cuda.cupy_requirement() is None
+    assert cupy_backend._install_hint() == "no NVIDIA driver found (nvidia-smi)"
