@@ -418,6 +418,36 @@ def test_image_provider_from_fits(tmp_path, chiral_sim):
         ImageProvider(np.full((5, 5), np.nan), oversampling=1)
 
 
+class _DeviceArray:
+    """Stands in for a CuPy array: NumPy may not convert it implicitly (CuPy's
+    ``__array__`` raises TypeError), ``get()`` copies it to the host."""
+
+    def __init__(self, a):
+        self._a = np.array(a)
+        self.__cuda_array_interface__ = {"shape": self._a.shape, "typestr": "<f8",
+                                         "data": (0, False), "version": 3}
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. "
+                        "Please use `.get()` to construct a NumPy array explicitly.")
+
+    def get(self):
+        return self._a.copy()
+
+
+def test_image_provider_takes_a_gpu_array(chiral_sim):
+    """A PSF image held on the GPU (CuPy) is copied to the host by ImageProvider and
+    psf_profile_metrics; the results equal those of the NumPy image."""
+    image = chiral_image()
+    with pytest.raises(TypeError):
+        np.asarray(_DeviceArray(image))
+    exp = chiral_sim.exposures[0]
+    _, ref = ImageProvider(image, oversampling=OS).psf(exp, 10, 10)
+    _, img = ImageProvider(_DeviceArray(image), oversampling=OS).psf(exp, 10, 10)
+    np.testing.assert_array_equal(img, ref)
+    assert psf_profile_metrics(_DeviceArray(image), 0.03) == psf_profile_metrics(image, 0.03)
+
+
 def test_exposures_from_table_and_association(chiral_sim, tmp_path):
     sim = chiral_sim
     rows = []

@@ -83,6 +83,27 @@ def prepare(amp, mean, cov, settings):
     return table
 
 
+def host_array(x, dtype=None):
+    """``x`` as a NumPy array on the host, copied from the GPU if it lives there.
+
+    Parameters
+    ----------
+    x : array_like
+        Any array; a CuPy array (an object with ``__cuda_array_interface__``
+        and a ``get`` method) is copied to the host with ``x.get()``, which
+        ``np.asarray`` refuses to do implicitly.
+    dtype : dtype, optional
+        Conversion applied after the copy.
+
+    Returns
+    -------
+    ndarray
+    """
+    if hasattr(x, "__cuda_array_interface__") and callable(getattr(x, "get", None)):
+        x = x.get()
+    return np.asarray(x, dtype=dtype)
+
+
 def box(table_row, shape):
     """Culling box ``(j0, j1, i0, i1)`` (inclusive, clipped) of one component."""
     ny, nx = shape

@@ -27,6 +27,7 @@ import warnings
 
 import numpy as np
 
+from ..backends._common import host_array
 from ..errors import InputError
 
 __all__ = ["PSFProvider", "PoppyProvider", "StpsfProvider", "ImageProvider", "NIRCAM_FILTERS"]
@@ -41,7 +42,7 @@ NIRCAM_FILTERS = {"F070W": (0.62, 0.78), "F090W": (0.79, 1.00), "F115W": (1.01, 
 
 
 def _check_image(image, what):
-    img = np.array(image, dtype=np.float64)
+    img = np.array(host_array(image, np.float64))  # a copy, normalised below
     if img.ndim != 2:
         raise InputError(f"{what} must be a 2-d image, got shape {img.shape}")
     if not np.all(np.isfinite(img)):
@@ -394,7 +395,7 @@ class ImageProvider(PSFProvider):
     Parameters
     ----------
     images : array, str, dict or callable
-        One oversampled PSF image (array or FITS path) for every exposure; or a
+        One oversampled PSF image (array, NumPy or CuPy, or FITS path) for every exposure; or a
         dict from the value of the exposure attribute ``by`` (e.g. detector
         name) to such an image; or a callable ``f(exposure, x, y)`` returning
         an image (or None), called once per exposure and position bin, with

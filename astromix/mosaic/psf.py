@@ -43,6 +43,7 @@ import warnings
 import numpy as np
 
 from .._atomic import atomic_path
+from ..backends._common import host_array
 from ..errors import InputError
 from ._kernel import accumulate
 from .exposures import (
@@ -73,7 +74,7 @@ def _prepare_image(image, oversampling, *, detector_pixel, pixfrac, sampling=PRE
     """
     from scipy import fft
 
-    img = np.asarray(image, dtype=np.float64)
+    img = host_array(image, np.float64)
     n_y, n_x = img.shape
     centre = ((n_x - 1) / 2.0, (n_y - 1) / 2.0)
     # odd sizes: the zero frequency sits in the middle of the shifted spectrum
@@ -129,7 +130,7 @@ def psf_profile_metrics(image, pixel_scale, *, radii=(0.1, 0.2, 0.3), r_total=1.
     InputError
         If the image has no positive peak or is smaller than ``r_total``.
     """
-    img = np.asarray(image, dtype=np.float64)
+    img = host_array(image, np.float64)
     peak = float(img.max())
     if not peak > 0:
         raise InputError("the PSF image has no positive peak")
@@ -883,7 +884,7 @@ class ExposureWeightedPSF:
         else:
             sx, sy = stars["x"], stars["y"]
         sx, sy = self._checked_positions(sx, sy)
-        img = np.asarray(image, dtype=np.float64)
+        img = host_array(image, np.float64)
         size = self._check_dim(size)
         h = (size - 1) // 2
         datas, keep = [], []
