@@ -208,6 +208,7 @@ def test_numba_row_recurrence(mode, dtype, rtol):
     for a, b in zip(g_nb, g_ref):
         _agree(a, b, 100 * rtol)
 
+
 def _band_pixels(table, shape, edges, n_sigma):
     """Pixels inside each component's culling ellipse per row band (NumPy, by the
     rule of ``_common.box``): the work of each band."""
