@@ -725,7 +725,7 @@ def test_cupy_wheel_follows_the_driver(text, version, wheel, hint):
 
     assert _cuda.driver_cuda_version(text) == version
     assert _cuda.cupy_requirement(text) == wheel
-    assert hint in cupy_backend._install_hint(text)
+    assert hint in _cuda.install_hint(text)
     if wheel is not None and wheel != "cupy-cuda11x":
         # the extra named in the hint installs that wheel
         import tomllib
@@ -744,4 +744,4 @@ def test_cupy_wheel_without_nvidia_smi(monkeypatch):
     monkeypatch.setattr(_cuda.shutil, "which", lambda name: None)
     assert _cuda.driver_cuda_version() is None
     assert _cuda.cupy_requirement() is None
-    assert cupy_backend._install_hint() == "no NVIDIA driver found (nvidia-smi)"
+    assert _cuda.install_hint() == "no NVIDIA driver found (nvidia-smi)"

@@ -11,7 +11,7 @@ import re
 import shutil
 import subprocess
 
-__all__ = ["driver_cuda_version", "cupy_requirement", "GPU_EXTRAS"]
+__all__ = ["driver_cuda_version", "cupy_requirement", "install_hint", "GPU_EXTRAS"]
 
 #: pip extra of astromix per CUDA major version (``pip install "astromix[gpu]"``).
 GPU_EXTRAS = {12: "gpu", 13: "gpu-cuda13"}
@@ -63,6 +63,32 @@ def cupy_requirement(smi_output=None):
         when no NVIDIA driver is found.
     """
     version = driver_cuda_version(smi_output)
-    if version is None:
-        return None
+    return None if version is None else _wheel(version)
+
+
+def _wheel(version):
+    # the CuPy wheel for a driver's (major, minor) CUDA version
     return f"cupy-cuda{max(version[0], 11)}x"
+
+
+def install_hint(smi_output=None):
+    """What to install for the ``"cupy"`` backend on this machine, in words.
+
+    Parameters
+    ----------
+    smi_output : str, optional
+        As for :func:`driver_cuda_version`.
+
+    Returns
+    -------
+    str
+        ``the NVIDIA driver supports CUDA 13.0: pip install "astromix[gpu-cuda13]"``
+        (the astromix extra of :data:`GPU_EXTRAS`, else the CuPy wheel), or
+        ``no NVIDIA driver found (nvidia-smi)``.
+    """
+    version = driver_cuda_version(smi_output)
+    if version is None:
+        return "no NVIDIA driver found (nvidia-smi)"
+    extra = GPU_EXTRAS.get(version[0])
+    how = f'pip install "astromix[{extra}]"' if extra else f"pip install {_wheel(version)}"
+    return f"the NVIDIA driver supports CUDA {version[0]}.{version[1]}: {how}"

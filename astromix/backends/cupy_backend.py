@@ -82,21 +82,10 @@ import numpy as np
 
 from ..errors import InputError
 from . import _common as c
+from ._cuda import install_hint
 
 __all__ = ["CupyBackend", "CUDA_SOURCE", "KERNEL_NAMES"]
 
-
-def _install_hint(smi_output=None):
-    # What to install for this machine's NVIDIA driver (astromix.backends._cuda)
-    from ._cuda import GPU_EXTRAS, driver_cuda_version
-
-    version = driver_cuda_version(smi_output)
-    if version is None:
-        return "no NVIDIA driver found (nvidia-smi)"
-    extra = GPU_EXTRAS.get(version[0])
-    how = (f'pip install "astromix[{extra}]"' if extra
-           else f"pip install cupy-cuda{max(version[0], 11)}x")
-    return f"the NVIDIA driver supports CUDA {version[0]}.{version[1]}: {how}"
 
 #: Names of the ``extern "C"`` kernels in :data:`CUDA_SOURCE`, by dtype character.
 KERNEL_NAMES = {
@@ -822,7 +811,7 @@ class CupyBackend(c.Backend):
         try:
             import cupy
         except ImportError as exc:
-            raise ImportError(f"CuPy is not installed ({exc}); {_install_hint()}") from None
+            raise ImportError(f"CuPy is not installed ({exc}); {install_hint()}") from None
         try:
             ndev = cupy.cuda.runtime.getDeviceCount()
         except Exception as exc:  # CUDARuntimeError: no driver, no device, ...
