@@ -166,6 +166,7 @@ def detect_catalog(exposure, *, nsigma=3.0, npixels=6, zeropoint=22.5, bands=("g
     from astropy.convolution import convolve
     from astropy.stats import sigma_clipped_stats
     from astropy.table import Table
+    from astropy.utils import minversion
     from photutils.segmentation import (
         SourceCatalog,
         deblend_sources,
@@ -182,7 +183,10 @@ def detect_catalog(exposure, *, nsigma=3.0, npixels=6, zeropoint=22.5, bands=("g
     segm = detect_sources(conv, nsigma * std, npixels, mask=mask)   # positional: photutils 2 and 3
     if segm is None:
         raise AstromixError(f"no source detected in {exposure.name}")
-    segm = deblend_sources(conv, segm, npixels, progress_bar=False)
+    # photutils < 3.1 draws a tqdm bar unless told not to; 3.1 deprecated the keyword
+    # (it draws none), and a deprecated keyword would warn on every demo run
+    quiet = {} if minversion("photutils", "3.1") else {"progress_bar": False}
+    segm = deblend_sources(conv, segm, npixels, **quiet)
     sc = SourceCatalog(sub, segm, convolved_data=conv)
     order = np.argsort(-np.asarray(sc.segment_flux, dtype=float))
     centroid = np.atleast_2d(np.asarray(sc.centroid, dtype=float))[order]
