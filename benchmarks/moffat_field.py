@@ -69,6 +69,8 @@ def select_stars(raw, data, std, n=20, min_peak=50.0):
     from photutils.psf import fit_fwhm
 
     found = DAOStarFinder(threshold=5.0 * std, fwhm=4.0)(data)
+    if "xcentroid" in found.colnames:          # photutils < 3 names
+        found.rename_columns(["xcentroid", "ycentroid"], ["x_centroid", "y_centroid"])
     x, y = np.asarray(found["x_centroid"]), np.asarray(found["y_centroid"])
     ny, nx = data.shape
     keep = np.asarray(found["peak"]) > min_peak * std

@@ -245,13 +245,16 @@ def test_empty_data_fails_not_raises():
     assert np.isnan(res["spread_model"][0])
 
 
-def test_catalog_columns_and_per_source_size(field):
+# photutils' PSF photometry (x_0), DAOStarFinder before photutils 3 (xcentroid) and after
+@pytest.mark.parametrize("cx, cy", [("x_0", "y_0"), ("xcentroid", "ycentroid"),
+                                    ("x_centroid", "y_centroid")])
+def test_catalog_columns_and_per_source_size(field, cx, cy):
     noisy, _, out = field
     psf = psf_model()
-    cat = Table({"x_0": out["x"], "y_0": out["y"], "id": np.arange(len(out))})
+    cat = Table({cx: out["x"], cy: out["y"], "id": np.arange(len(out))})
     res = spread_model(noisy, psf, cat, weight=np.ones_like(noisy),
                        size=np.full(len(cat), 25))
-    assert res.colnames == ["x_0", "y_0", "id", "spread_model", "spread_model_err",
+    assert res.colnames == [cx, cy, "id", "spread_model", "spread_model_err",
                             "spread_model_flags"]
     np.testing.assert_allclose(res["spread_model"], out["spread_model"], rtol=1e-12)
     assert "spread_model" not in cat.colnames    # the input is not modified

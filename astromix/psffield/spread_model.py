@@ -29,7 +29,10 @@ FLAG_SM_MASKED = 2
 #: No measurement (``p^T W g <= 0`` or no usable pixel); values are NaN.
 FLAG_SM_FAILED = 4
 
-_POSITION_COLUMNS = (("x", "y"), ("x_0", "y_0"), ("xcentroid", "ycentroid"))
+#: Position columns, first found wins: astromix's, photutils' PSF photometry, and
+#: photutils' star finders and SourceCatalog (photutils >= 3 and before).
+_POSITION_COLUMNS = (("x", "y"), ("x_0", "y_0"), ("x_centroid", "y_centroid"),
+                     ("xcentroid", "ycentroid"))
 
 
 def _exponential_ft(h, ny, nx):
@@ -160,8 +163,9 @@ def spread_model(image, model, catalog, *, weight=None, size=None, background=No
     catalog : astropy.table.Table or table-like
         One row per source with 0-based pixel positions in columns ``x, y``
         (:func:`~astromix.psffield.detect_sources`,
-        :func:`~astromix.psffield.read_ldac`), else ``x_0, y_0`` (photutils)
-        or ``xcentroid, ycentroid``.
+        :func:`~astromix.psffield.read_ldac`), else ``x_0, y_0`` (photutils'
+        PSF photometry), ``x_centroid, y_centroid`` (photutils >= 3 star
+        finders) or ``xcentroid, ycentroid`` (photutils < 3).
     weight : array_like, shape (ny, nx), optional
         Inverse-variance map [1 / image unit**2]; 0 marks bad pixels.  Default:
         a constant ``1 / sigma^2`` with ``sigma`` the 3-sigma-clipped MAD
