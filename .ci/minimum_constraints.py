@@ -1,19 +1,17 @@
 #!/usr/bin/env python
-"""Write pip constraints pinning astromix's required dependencies to their minimum versions.
+"""pip install with astromix's required dependencies pinned to their minimum versions.
 
-Reads ``[project] dependencies`` of pyproject.toml and turns each lower bound
-``name>=X.Y`` into ``name==X.Y.*`` (the oldest supported release series, with
-its bug-fix releases); dependencies without a lower bound are left free.  Used
-by ``tox -e test-oldestdeps``, so that the bounds declared in pyproject.toml are
-the ones tested.
+Reads ``[project] dependencies`` of pyproject.toml, turns each lower bound
+``name>=X.Y`` into the constraint ``name==X.Y.*`` (the oldest supported release
+series, with its bug-fix releases; dependencies without a lower bound are left
+free), prints the constraints and runs ``python -m pip install -c <constraints>
+...`` with this interpreter.  It is ``tox -e test-oldestdeps``'s
+``install_command``, so that the bounds declared in pyproject.toml are the ones
+tested.
 
 Usage::
 
-    python .ci/minimum_constraints.py pyproject.toml constraints.txt
-    python .ci/minimum_constraints.py --pip-install pyproject.toml [pip install arguments]
-
-The second form runs ``python -m pip install -c <constraints> ...`` with this
-interpreter (tox's ``install_command``).
+    python .ci/minimum_constraints.py pyproject.toml [pip install arguments]
 """
 
 import os
@@ -38,30 +36,19 @@ def minimum_constraints(requirements):
     return out
 
 
-def _read(pyproject):
-    with open(pyproject, "rb") as fh:
-        return minimum_constraints(tomllib.load(fh)["project"].get("dependencies", []))
-
-
 def main(argv):
-    if len(argv) >= 3 and argv[1] == "--pip-install":
-        lines = _read(argv[2])
-        print("minimum constraints: " + ", ".join(lines), flush=True)
-        fd, path = tempfile.mkstemp(suffix=".txt", prefix="astromix-oldest-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write("\n".join(lines) + "\n")
-            return subprocess.call([sys.executable, "-m", "pip", "install", "-c", path,
-                                    *argv[3:]])
-        finally:
-            os.unlink(path)
-    if len(argv) != 3:
+    if len(argv) < 2:
         raise SystemExit(__doc__)
-    lines = _read(argv[1])
-    with open(argv[2], "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print(f"{argv[2]}: " + ", ".join(lines))
-    return 0
+    with open(argv[1], "rb") as fh:
+        lines = minimum_constraints(tomllib.load(fh)["project"].get("dependencies", []))
+    print("minimum constraints: " + ", ".join(lines), flush=True)
+    fd, path = tempfile.mkstemp(suffix=".txt", prefix="astromix-oldest-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+        return subprocess.call([sys.executable, "-m", "pip", "install", "-c", path, *argv[2:]])
+    finally:
+        os.unlink(path)
 
 
 if __name__ == "__main__":
