@@ -87,8 +87,10 @@ def test_errors_name_the_item_and_keep_the_cause(executor):
 
 
 def test_a_failure_cancels_the_items_not_started(tmp_path):
-    # one worker: item 3 fails at once, so the items after it are never started
-    items = [(v, str(tmp_path), 0.0) for v in (1, 2, 3, 4, 6, 7, 8, 9)]
+    # one worker: item 3 fails at once, so the items after it are never started; those
+    # after it take 0.2 s each, so that the cancellation does not race the worker (with
+    # no delay a busy machine's worker had started them all before the caller woke up)
+    items = [(v, str(tmp_path), 0.0 if v <= 3 else 0.2) for v in (1, 2, 3, 4, 6, 7, 8, 9)]
     with ThreadPoolExecutor(max_workers=1) as pool:
         gate = threading.Event()
         pool.submit(gate.wait)            # hold the worker while everything is queued
