@@ -1,13 +1,14 @@
 #!/usr/bin/env python
-"""pip install with astromix's required dependencies pinned to their minimum versions.
+"""pip install with astromix's dependencies pinned to their minimum versions.
 
-Reads ``[project] dependencies`` of pyproject.toml, turns each lower bound
-``name>=X.Y`` into the constraint ``name==X.Y.*`` (the oldest supported release
-series, with its bug-fix releases; dependencies without a lower bound are left
-free), prints the constraints and runs ``python -m pip install -c <constraints>
-...`` with this interpreter.  It is ``tox -e test-oldestdeps``'s
-``install_command``, so that the bounds declared in pyproject.toml are the ones
-tested.
+Reads ``[project] dependencies`` and every ``[project.optional-dependencies]``
+group of pyproject.toml, turns each lower bound ``name>=X.Y`` into the
+constraint ``name==X.Y.*`` (the oldest supported release series, with its
+bug-fix releases; packages without a lower bound are left free; a package
+bounded differently in two groups is an error), prints the constraints and
+runs ``python -m pip install -c <constraints> ...`` with this interpreter.
+It is ``tox -e test-oldestdeps``'s ``install_command``, so that the bounds
+declared in pyproject.toml are the ones tested.
 
 Usage::
 
@@ -36,11 +37,25 @@ def minimum_constraints(requirements):
     return out
 
 
+def project_constraints(project):
+    """The constraints of ``[project]``'s dependencies and of all its extras, one per package."""
+    groups = {"dependencies": project.get("dependencies", [])}
+    groups.update(project.get("optional-dependencies", {}))
+    seen = {}
+    for group, requirements in groups.items():
+        for line in minimum_constraints(requirements):
+            name = re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
+            if seen.setdefault(name, (line, group))[0] != line:
+                raise SystemExit(f"{name} has two lower bounds: {seen[name][0]} ({seen[name][1]}) "
+                                 f"and {line} ({group})")
+    return [line for line, _ in seen.values()]
+
+
 def main(argv):
     if len(argv) < 2:
         raise SystemExit(__doc__)
     with open(argv[1], "rb") as fh:
-        lines = minimum_constraints(tomllib.load(fh)["project"].get("dependencies", []))
+        lines = project_constraints(tomllib.load(fh)["project"])
     print("minimum constraints: " + ", ".join(lines), flush=True)
     fd, path = tempfile.mkstemp(suffix=".txt", prefix="astromix-oldest-")
     try:
