@@ -152,23 +152,28 @@ static unsigned __ballot_sync(unsigned, int pred) {
     return m;
 }
 static int __popc(unsigned x) { return __builtin_popcount(x); }
+static int __ffs(unsigned x) { return __builtin_ffs((int)x); }
+static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
 template <class V> static V atomicAdd(V* p, V v) {
     std::lock_guard<std::mutex> g(am_atomic_mtx); V o = *p; *p = o + v; return o;
 }
-template <class F> static void am_launch(unsigned gx, unsigned gy, unsigned bs, F body) {
-    gridDim = {gx, gy, 1}; blockDim = {bs, 1, 1};
+template <class F> static void am_launch(unsigned gx, unsigned gy, unsigned bs, F body,
+                                        unsigned gz = 1) {
+    gridDim = {gx, gy, gz}; blockDim = {bs, 1, 1};
     am_block_bar.reset(bs);
     for (auto& b : am_warp_bar) b.reset(32);
     std::vector<std::thread> th;
     for (unsigned t = 0; t < bs; ++t)
         th.emplace_back([=] {
             threadIdx = {t, 0, 0};
-            for (unsigned by = 0; by < gy; ++by)
-                for (unsigned bx = 0; bx < gx; ++bx) {
-                    blockIdx = {bx, by, 0};
-                    body();
-                    am_block_bar.wait();
-                }
+            for (unsigned bz = 0; bz < gz; ++bz)
+                for (unsigned by = 0; by < gy; ++by)
+                    for (unsigned bx = 0; bx < gx; ++bx) {
+                        blockIdx = {bx, by, bz};
+                        body();
+                        am_block_bar.wait();
+                    }
         });
     for (auto& x : th) x.join();
 }
@@ -187,7 +192,20 @@ extern "C" void emu_render_tiles_##S(const double* t, int K, int ny, int nx, dou
 { std::vector<int> box(4 * (size_t)K + 4); int* b = with_boxes ? box.data() : nullptr; \
   if (with_boxes) am_launch((K + 63) / 64, 1, 64, [=] { astromix_boxes(t, K, ny, nx, b); }); \
   am_launch((nx + AM_TILE - 1) / AM_TILE, (ny + AM_TILE - 1) / AM_TILE, AM_TILE * AM_TILE, \
-            [=] { astromix_render_tiles_##S(t, b, K, ny, nx, ns, img); }); }
+            [=] { astromix_render_tiles_##S(t, b, K, ny, nx, ns, img); }); } \
+extern "C" void emu_render_rows_##S(const double* t, int K, int ny, int nx, double ns, T* img, \
+                                    int with_boxes, int nz) \
+{ std::vector<int> box(4 * (size_t)K + 4); int* b = with_boxes ? box.data() : nullptr; \
+  if (with_boxes) am_launch((K + 63) / 64, 1, 64, [=] { astromix_boxes(t, K, ny, nx, b); }); \
+  const int tw = AM_RUN * AM_RSEG, th = AM_BATCH / AM_RSEG; \
+  std::vector<T> part((size_t)nz * ny * nx, (T)NAN); T* pp = nz > 1 ? part.data() : img; \
+  am_launch((nx + tw - 1) / tw, (ny + th - 1) / th, AM_BATCH, \
+            [=] { astromix_render_rows_##S(t, b, K, ny, nx, ns, pp); }, nz); \
+  if (nz > 1) \
+      am_launch(3, 1, 32, [=] { astromix_sum_slices_##S(pp, nz, (long long)ny * nx, img); }); } \
+extern "C" void emu_accumulate_rows_##S(const double* t, int K, int ny, int nx, double ns, \
+                                        const T* R, double* acc, int bs) \
+{ am_launch(K, 1, bs, [=] { astromix_accumulate_rows_##S(t, K, ny, nx, ns, R, acc); }); }
 #define AM_WRAP_RESIDUAL(T, S) \
 extern "C" void emu_residual_##S(const T* m, const T* d, const T* w, T* r, long long n, \
                                  double* part, int nb, int bs) \
@@ -227,12 +245,16 @@ class _EmulatedKernels:
             getattr(lib, "emu_residual_" + suffix).argtypes = [
                 ptr(dtype, flags="C"), ptr(dtype, flags="C"), ptr(dtype, flags="C"),
                 ptr(dtype, flags="C"), ctypes.c_longlong, ptr(np.float64, flags="C"), cint, cint]
+            getattr(lib, "emu_render_rows_" + suffix).argtypes = [
+                ptr(np.float64, flags="C"), cint, cint, cint, cdbl, ptr(dtype, flags="C"),
+                cint, cint]
             getattr(lib, "emu_render_tiles_" + suffix).argtypes = [
                 ptr(np.float64, flags="C"), cint, cint, cint, cdbl, ptr(dtype, flags="C"),
                 cint]
-            getattr(lib, "emu_accumulate_" + suffix).argtypes = [
-                ptr(np.float64, flags="C"), cint, cint, cint, cdbl, ptr(dtype, flags="C"),
-                ptr(np.float64, flags="C"), cint]
+            for kind in ("accumulate", "accumulate_rows"):
+                getattr(lib, f"emu_{kind}_" + suffix).argtypes = [
+                    ptr(np.float64, flags="C"), cint, cint, cint, cdbl, ptr(dtype, flags="C"),
+                    ptr(np.float64, flags="C"), cint]
 
     @staticmethod
     def _suffix(dtype):
@@ -249,13 +271,16 @@ class _EmulatedKernels:
                 settings.n_sigma, img, chunks, block)
         return img
 
-    def render_tiles(self, table, shape, dtype, settings, with_boxes=True):
-        """The tile render, reading the box kernel's boxes (or computing them per
+    def render_tiles(self, table, shape, dtype, settings, with_boxes=True, kind="tiles",
+                     slices=1):
+        """The tile render (``kind="rows"``: the row-run render, its components in
+        ``slices`` slices), reading the box kernel's boxes (or computing them per
         tile: ``with_boxes=False``, the path for fewer than BOX_KERNEL_MIN)."""
         img = np.full(shape, np.nan, dtype=dtype)  # every pixel must be written
-        getattr(self.lib, "emu_render_tiles_" + self._suffix(dtype))(
+        extra = (int(slices),) if kind == "rows" else ()
+        getattr(self.lib, f"emu_render_{kind}_" + self._suffix(dtype))(
             np.ascontiguousarray(table), len(table), shape[0], shape[1], settings.n_sigma, img,
-            int(with_boxes))
+            int(with_boxes), *extra)
         return img
 
     def residual(self, model, data, weight, out, nblocks=3, block=64):
@@ -288,10 +313,11 @@ class _EmulatedKernels:
                               nblocks, block)
         return out[:k], out[k:3 * k].reshape(k, 2), out[3 * k:].reshape(k, 2, 2)
 
-    def accumulate(self, table, rimg, settings, block=64):
+    def accumulate(self, table, rimg, settings, block=64, kind="accumulate"):
+        """The accumulate kernel (``kind="accumulate_rows"``: the row-run one)."""
         acc = np.full((len(table), _common.NACC), np.nan)  # every row must be written
         if len(table):
-            getattr(self.lib, "emu_accumulate_" + self._suffix(rimg.dtype))(
+            getattr(self.lib, f"emu_{kind}_" + self._suffix(rimg.dtype))(
                 np.ascontiguousarray(table), len(table), rimg.shape[0], rimg.shape[1],
                 settings.n_sigma, np.ascontiguousarray(rimg), acc, block)
         return acc
@@ -328,26 +354,30 @@ def test_emulated_kernels_match_numpy(emulated, mode, dtype):
     ref = NumpyBackend()
     want = ref.render(table, shape, dtype, settings)
     _assert_close(emulated.render(table, shape, dtype, settings), want, TOL[dtype], "render")
-    for with_boxes in (True, False):
-        _assert_close(emulated.render_tiles(table, shape, dtype, settings, with_boxes), want,
-                      TOL[dtype], "tile render")
+    for kind in ("tiles", "rows"):
+        for with_boxes in (True, False):
+            _assert_close(emulated.render_tiles(table, shape, dtype, settings, with_boxes, kind),
+                          want, TOL[dtype], f"{kind} render")
     data = (want + rng.normal(0, 0.01, shape)).astype(dtype)
     weight = rng.uniform(0.5, 2.0, shape).astype(dtype)
     _, rimg = ref.residual(want, data, weight)
     acc_ref = ref.accumulate(table, rimg, settings)
-    acc = emulated.accumulate(table, rimg, settings)
-    for got, exp, what in zip(_common.assemble_gradient(table, acc),
-                              _common.assemble_gradient(table, acc_ref),
-                              ("d_amp", "d_mean", "d_cov")):
-        _assert_close(got, exp, TOL[dtype], what)
+    for kind in ("accumulate", "accumulate_rows"):
+        acc = emulated.accumulate(table, rimg, settings, kind=kind)
+        for got, exp, what in zip(_common.assemble_gradient(table, acc),
+                                  _common.assemble_gradient(table, acc_ref),
+                                  ("d_amp", "d_mean", "d_cov")):
+            _assert_close(got, exp, TOL[dtype], f"{kind}: {what}")
 
 
+@pytest.mark.parametrize("kind", ["accumulate", "accumulate_rows"])
 @pytest.mark.parametrize("block", [32, 64, 256])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_emulated_accumulate_clipped_and_outside(emulated, dtype, block):
-    """The accumulate kernel's window (16 columns x block/16 rows) over components
-    larger than it, clipped by the image edges, and entirely outside the image:
-    NumPy's accumulators, and a zero row (written, not left) for the outside ones."""
+def test_emulated_accumulate_clipped_and_outside(emulated, dtype, block, kind):
+    """The accumulate kernels (a window of 16 columns x block/16 rows, or runs of
+    RUN pixels) over components larger than them, clipped by the image edges, and
+    entirely outside the image: NumPy's accumulators, and a zero row (written, not
+    left) for the outside ones."""
     rng = np.random.default_rng(21)
     shape = (29, 41)
     amp = rng.uniform(0.5, 2.0, 6)
@@ -363,7 +393,7 @@ def test_emulated_accumulate_clipped_and_outside(emulated, dtype, block):
     assert table[:, _common.USE4].any() and not table[:, _common.USE4].all()
     rimg = rng.normal(0.0, 1.0, shape).astype(dtype)
     want = NumpyBackend().accumulate(table, rimg, settings)
-    got = emulated.accumulate(table, rimg, settings, block=block)
+    got = emulated.accumulate(table, rimg, settings, block=block, kind=kind)
     assert np.all(got[3:5] == 0.0)  # (-30, 10) and (20, 60): no pixel in the image
     for m in range(_common.NACC):
         scale = np.abs(want[:, m]).max() + 1e-300
@@ -455,7 +485,12 @@ def _support_cases():
     table = _common.prepare(gm.amp, gm.mean, gm.cov, settings)
     cases = [(settings, table[k:k + 1]) for k in range(len(table))]
     for var, r2, centre in ((3.0, 50, (14, 20)), (1.1, 25, (3.0, 7.0)), (0.7, 29, (20, 33)),
-                            (2.2, 65, (10, 39)), (5.0, 10, (27.0, 0.0))):
+                            (2.2, 65, (10, 39)), (5.0, 10, (27.0, 0.0)),
+                            # the edge of a wide Gaussian across the image, where the
+                            # row-run kernels bound the rows in float32 (box < 4096 px)
+                            # and in float64 (larger)
+                            (2.5e5, 25 * 2.5e5, (14.3, 2520.7)),
+                            (1e6, 25e6, (-4985.6, 20.2)), (1e6, 25e6, (14.3, 5020.2))):
         settings = AccuracySettings(n_sigma=float(np.sqrt(r2 / var)), pixel_integration="none")
         cases.append((settings, _common.prepare([1.0], [centre], [np.eye(2) * var], settings)))
     return shape, cases
@@ -477,6 +512,23 @@ def test_emulated_kernels_touch_the_same_pixels(emulated, dtype):
         assert np.array_equal(got, want), f"tile render, case {k}"
         got = emulated.render_tiles(one, shape, dtype, settings, with_boxes=False) != 0
         assert np.array_equal(got, want), f"tile render (boxes per tile), case {k}"
+        got = emulated.render_tiles(one, shape, dtype, settings, kind="rows") != 0
+        assert np.array_equal(got, want), f"row-run render, case {k}"
+
+
+def test_emulated_row_run_accumulate_sums_the_same_pixels(emulated):
+    """The row-run accumulate sums over exactly the reference's support: with
+    R = 1, the first accumulator is the sum of E over the support, and a pixel
+    more or less on the n-sigma ellipse (E = exp(-n^2 / 2), 1e-7 of the sum)
+    shows in float64."""
+    shape, cases = _support_cases()
+    ref = NumpyBackend()
+    rimg = np.ones(shape)
+    for k, (settings, one) in enumerate(cases):
+        want = ref.accumulate(one, rimg, settings)
+        got = emulated.accumulate(one, rimg, settings, kind="accumulate_rows")
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14 * np.abs(want).max(),
+                                   err_msg=f"case {k}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -492,11 +544,20 @@ def test_emulated_tile_render_batches(emulated, dtype):
     settings = AccuracySettings()
     table = _common.prepare(gm.amp, gm.mean, gm.cov, settings)
     want = NumpyBackend().render(table, shape, dtype, settings)
-    got = emulated.render_tiles(table, shape, dtype, settings)
-    _assert_close(got, want, TOL[dtype], "tile render")
+    for kind in ("tiles", "rows"):
+        got = emulated.render_tiles(table, shape, dtype, settings, kind=kind)
+        _assert_close(got, want, TOL[dtype], f"{kind} render")
+        assert np.array_equal(got != 0, want != 0)
+        assert np.array_equal(emulated.render_tiles(table, shape, dtype, settings, kind=kind),
+                              got)
+        assert np.array_equal(emulated.render_tiles(table, shape, dtype, settings, False, kind),
+                              got)
+    # the row-run render with its components in 3 slices, summed in a fixed order
+    got = emulated.render_tiles(table, shape, dtype, settings, kind="rows", slices=3)
+    _assert_close(got, want, TOL[dtype], "rows render, 3 slices")
     assert np.array_equal(got != 0, want != 0)
-    assert np.array_equal(emulated.render_tiles(table, shape, dtype, settings), got)
-    assert np.array_equal(emulated.render_tiles(table, shape, dtype, settings, False), got)
+    assert np.array_equal(emulated.render_tiles(table, shape, dtype, settings, kind="rows",
+                                                slices=3), got)
 
 
 # -- the backend on a GPU -------------------------------------------------------
@@ -631,6 +692,40 @@ def test_masked_data(cupy_bk):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_run_kernels_match_numpy_on_the_gpu(cupy_bk, dtype):
+    """``render_kernel="rows"`` and ``accumulate_kernel="rows"`` on the GPU: NumPy's
+    image (same support), chi2 and gradient, with enough components and a large
+    enough image for the render to split them into slices, the same bits twice."""
+    import cupy
+
+    from astromix.backends.cupy_backend import CupyBackend
+
+    bk = CupyBackend(render_kernel="rows", accumulate_kernel="rows")
+    rng = np.random.default_rng(31)
+    shape = (600, 700)
+    gm = _random_mixture(rng, 2500, shape, margin=20.0, smin=0.4, smax=12.0)
+    settings = AccuracySettings()
+    table = _common.prepare(gm.amp, gm.mean, gm.cov, settings)
+    assert bk._slices(-(-700 // 64) * -(-600 // 64), len(table)) > 1
+    want = NumpyBackend().render(table, shape, dtype, settings)
+    got = bk.render(table, shape, dtype, settings)
+    assert bool(cupy.all(bk.render(table, shape, dtype, settings) == got))
+    got = cupy.asnumpy(got)
+    _assert_close(got, want, TOL[dtype], "rows render")
+    assert np.array_equal(got != 0, want != 0)
+    data = (want + rng.normal(0, 1e-3, shape)).astype(dtype)
+    weight = rng.uniform(0.5, 2.0, shape).astype(dtype)
+    _, rimg = NumpyBackend().residual(want, data, weight)
+    acc_ref = NumpyBackend().accumulate(table, rimg, settings)
+    acc = cupy.asnumpy(bk.accumulate(table, cupy.asarray(rimg), settings))
+    for g, e, what in zip(_common.assemble_gradient(table, acc),
+                          _common.assemble_gradient(table, acc_ref),
+                          ("d_amp", "d_mean", "d_cov")):
+        _assert_close(g, e, TOL[dtype], what)
+
+
+@pytest.mark.gpu
 def test_tile_render_deterministic_and_atomic_kernel_agrees(cupy_bk):
     """The default tile render gives the same bits at every call (so does chi2 with its
     gradient), and the atomic render kernel (``render_kernel="atomic"``) the same image
@@ -659,6 +754,8 @@ def test_tile_render_deterministic_and_atomic_kernel_agrees(cupy_bk):
             assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="render_kernel"):
         CupyBackend(render_kernel="scatter")
+    with pytest.raises(ValueError, match="accumulate_kernel"):
+        CupyBackend(accumulate_kernel="window")
 
 
 @pytest.mark.gpu

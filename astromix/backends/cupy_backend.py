@@ -52,6 +52,17 @@ Work decomposition:
   the per-warp partial sums in a fixed order), so the accumulators are
   deterministic.  Every row of the accumulators is written (zeros for a
   component off the image), so they need no zero-filling.
+* ``render_kernel="rows"`` and ``accumulate_kernel="rows"`` (row runs): a
+  thread owns ``RUN`` consecutive pixels of a row and walks them with the exact
+  recurrence of a Gaussian along a row (``E`` times ``r = exp(-(vx + FXX/2))``,
+  ``r`` times ``exp(-FXX)``): two ``exp`` per run.  The run's pixels are NumPy's
+  exactly: those at least one pixel inside the row's analytic extent, and the
+  candidates at its ends that pass NumPy's float64 test.  The render tiles are
+  ``RUN * RSEG`` columns x ``BATCH / RSEG`` rows (one run per thread), the
+  components split into slices (summed afterwards in a fixed order) when the
+  tiles are too few to fill the GPU.  On the H100 they execute 4x fewer
+  instructions than the tile render but are bound by latency, not issue (see
+  docs/performance.rst), so they are not the default.
 * ``residual``: one grid-stride kernel writes ``R = 2 w (model - data)`` (over
   the model, in a chi2 call) and sums, per block in float64, the chi2 terms and
   the pixels with a non-finite datum or weight or a negative weight (the pixel
@@ -91,7 +102,11 @@ __all__ = ["CupyBackend", "CUDA_SOURCE", "KERNEL_NAMES"]
 KERNEL_NAMES = {
     "render": {"f": "astromix_render_f32", "d": "astromix_render_f64"},
     "render_tiles": {"f": "astromix_render_tiles_f32", "d": "astromix_render_tiles_f64"},
+    "render_rows": {"f": "astromix_render_rows_f32", "d": "astromix_render_rows_f64"},
+    "sum_slices": {"f": "astromix_sum_slices_f32", "d": "astromix_sum_slices_f64"},
     "accumulate": {"f": "astromix_accumulate_f32", "d": "astromix_accumulate_f64"},
+    "accumulate_rows": {"f": "astromix_accumulate_rows_f32",
+                        "d": "astromix_accumulate_rows_f64"},
     "residual": {"f": "astromix_residual_f32", "d": "astromix_residual_f64"},
     "prepare": {"f": "astromix_prepare", "d": "astromix_prepare"},
     "boxes": {"f": "astromix_boxes", "d": "astromix_boxes"},
@@ -107,9 +122,22 @@ TILE = 16
 #: 256 on the H100: 164 us for the benchmark scene against 195 us with 128
 #: (docs/performance.rst).
 BATCH = 256
+#: Pixels of one row a thread of the row-run kernels walks with the recurrence
+#: (at most 32: a bit mask of them).
+RUN = 16
+#: Runs per tile row in the row-run render: tiles of RUN * RSEG columns x
+#: BATCH / RSEG rows, one run per thread.
+RSEG = 4
 #: Threads per block of the accumulate kernel: a window of TILE columns x
 #: ACC_BLOCK / TILE rows (16 x 16) stepped over each component's box.
 ACC_BLOCK = 256
+#: The row-run render splits the components into slices (summed afterwards in a
+#: fixed order) until there are this many blocks per multiprocessor ...
+SLICE_BLOCKS_PER_SM = 6
+#: ... into at most this many slices.
+MAX_SLICES = 8
+#: Threads per block of the row-run accumulate kernel (one block per component).
+RUN_ACC_BLOCK = 128
 #: From this many components on, the tile render reads the boxes written by a
 #: kernel of their own; below it, each tile computes them (one launch fewer).
 BOX_KERNEL_MIN = 512
@@ -133,6 +161,8 @@ _CUDA_TEMPLATE = r"""
 #define AM_MAXWARPS 32
 #define AM_TILE @TILE@
 #define AM_BATCH @BATCH@
+#define AM_RUN @RUN@
+#define AM_RSEG @RSEG@
 #define AM_C4 (@BOX_C4@)
 
 #define AM_AMP @AMP@
@@ -660,6 +690,391 @@ extern "C" __global__ void astromix_residual_f64(const double* m, const double* 
     am_residual<double>(m, d, w, r, n, part);
 }
 
+// ---- row-run kernels ---------------------------------------------------------------
+// A thread owns AM_RUN consecutive pixels of one row (a run) and walks them with
+// the exact recurrence of a Gaussian along a row: from pixel i to i + 1, q grows
+// by 2 vx + FXX, so E = exp(-q/2) is multiplied by r = exp(-(vx + FXX/2)), and r by
+// c = exp(-FXX) (vx grows by FXX and vy by FXY).  Two exp per run instead of one
+// per pixel.  The pixels a run adds are NumPy's exactly: the row's analytic
+// extent, widened by one pixel on either side (am_row_bounds), is cut to the box
+// and the run; the pixels at least one pixel inside the analytic extent are in
+// (there nn - q >= FXX, far above float64 rounding), and the (at most) two
+// candidates at either end are decided by NumPy's float64 test (am_q_exact).
+// The recurrence starts at the first pixel that is in (q <= n^2 there: no
+// underflow).  Per-component constants of the row kernels, in shared memory:
+template <typename T>
+struct AmRun {
+    double mx, my, dfxx, dfxy, dfyy, invdet, hy;
+    T fxx, fxy, fyy, an, p0, c4, six_fxx, six_fyy, half_fxx, cstep;
+    float mxo, slope, bq;
+    int ox, fast, use4, j0, j1, i0, i1;
+    // ox: the column the float32 centre mxo is measured from (the tile's or the
+    // box's first column), so that the run bounds are computed from small numbers.
+    __device__ __forceinline__ void init(const double* t, int bj0, int bj1, int bi0, int bi1,
+                                         int origin)
+    {
+        mx = t[AM_MX];
+        my = t[AM_MY];
+        dfxx = t[AM_FXX];
+        dfxy = t[AM_FXY];
+        dfyy = t[AM_FYY];
+        invdet = t[AM_INVDET];
+        hy = t[AM_HY];
+        fxx = (T)dfxx;
+        fxy = (T)dfxy;
+        fyy = (T)dfyy;
+        an = (T)(t[AM_AMP] * t[AM_NORM]);
+        p0 = (T)(1.0 + AM_C4 * 3.0 * (dfxx * dfxx + dfyy * dfyy));
+        c4 = (T)AM_C4;
+        six_fxx = (T)(6.0 * dfxx);
+        six_fyy = (T)(6.0 * dfyy);
+        half_fxx = (T)(0.5 * dfxx);
+        cstep = (T)exp(-dfxx);
+        ox = origin;
+        mxo = (float)(mx - (double)origin);
+        slope = (float)(-dfxy / dfxx);
+        bq = (float)(invdet / (dfxx * dfxx));
+        // float32 bounds are within 1e-3 px of the analytic extent while the box
+        // is below 1e4 px (a few float32 roundings of numbers below ~1e4); larger
+        // components take the float64 bounds
+        fast = t[AM_HX] < 4096.0 && fabs(mxo) < 4096.0f;
+        use4 = t[AM_USE4] != 0.0;
+        j0 = bj0;
+        j1 = bj1;
+        i0 = bi0;
+        i1 = bi1;
+    }
+};
+
+// The run of pixels x0 .. x0 + AM_RUN - 1 of row j: false when none of them is in
+// the support; else bit p of *mask set for each pixel x0 + p in it, *pfirst the
+// first such p, and E = exp(-q/2), the ratio r and vx, vy at that pixel.  The
+// row's analytic extent is cx -/+ half with cx = MX - FXY dy / FXX and half^2 =
+// (FXX n^2 - INVDET dy^2) / FXX^2 = bq (HY - |dy|)(HY + |dy|), HY^2 = n^2 SYY;
+// in that form, with HY - |dy| in float64, the float32 half has a relative error
+// of a few roundings even where the row touches the ellipse.
+template <typename T>
+__device__ __forceinline__ bool am_run(const AmRun<T>& g, double nn, int j, int x0,
+                                       unsigned* mask, int* pfirst, T* e, T* r, T* vx, T* vy)
+{
+    if (j < g.j0 || j > g.j1) return false;
+    const int s0 = max(x0, g.i0), s1 = min(x0 + AM_RUN - 1, g.i1);
+    if (s0 > s1) return false;
+    const double dy = (double)j - g.my;
+    int lo, hi;
+    if (g.fast) {
+        const double ady = fabs(dy);
+        const float h2 = g.bq * (float)(g.hy - ady) * (float)(g.hy + ady);
+        const float half = sqrtf(fmaxf(h2, 0.0f));
+        const float cx = g.mxo + g.slope * (float)dy;
+        lo = (int)ceilf(cx - half) - 1 + g.ox;
+        hi = (int)floorf(cx + half) + 1 + g.ox;
+    } else {
+        const double disc = fmax(g.dfxx * nn - dy * dy * g.invdet, 0.0);
+        const double half = sqrt(disc) / g.dfxx;
+        const double cx = g.mx - g.dfxy * dy / g.dfxx;
+        const double lod = fmax(ceil(cx - half) - 1.0, (double)s0 - 3.0);
+        const double hid = fmin(floor(cx + half) + 1.0, (double)s1 + 3.0);
+        if (!(hid >= lod)) return false;
+        lo = (int)lod;
+        hi = (int)hid;
+    }
+    if (hi < s0 || lo > s1) return false;
+    unsigned m = 0u;
+    // the interior: at least one pixel inside the analytic extent
+    const int a = max(lo + 2, s0), b = min(hi - 2, s1);
+    if (b >= a) m = (0xffffffffu >> (31 - (b - x0))) & (0xffffffffu << (a - x0));
+    // the candidates at the ends: NumPy's float64 test
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        const int x = u < 2 ? lo + u : hi - 3 + u;
+        if (x >= s0 && x <= s1 && !(x >= a && x <= b)) {
+            if (am_q_exact(g.dfxx, g.dfxy, g.dfyy, (double)x - g.mx, dy) <= nn)
+                m |= 1u << (x - x0);
+        }
+    }
+    if (m == 0u) return false;
+    const int p = __ffs(m) - 1;
+    const T dx = (T)((double)(x0 + p) - g.mx), dyt = (T)dy;
+    const T ux = g.fxx * dx + g.fxy * dyt, uy = g.fxy * dx + g.fyy * dyt;
+    const T q = dx * ux + dyt * uy;
+    *mask = m;
+    *pfirst = p;
+    *e = am_exp((T)(-0.5) * q);
+    *r = am_exp(-(ux + g.half_fxx));
+    *vx = ux;
+    *vy = uy;
+    return true;
+}
+
+// Row-run render (a gather): block (bx, by, bz) owns AM_RUN * AM_RSEG columns x
+// blockDim.x / AM_RSEG rows at (bx AM_RUN AM_RSEG, by blockDim.x / AM_RSEG), and
+// slice bz of the components (K bz / gridDim.z .. K (bz + 1) / gridDim.z - 1, so
+// that a large image with few tiles still fills the GPU); thread t the run
+// (t % AM_RSEG) of row (t / AM_RSEG), summed in registers, written to image bz of
+// img (astromix_sum_slices adds the slices).  The components whose boxes meet the
+// tile are gathered as in am_render_tiles (batches of AM_BATCH == blockDim.x,
+// compacted in table order), so every pixel is summed in a fixed order and
+// written once: the same bits at every call.
+template <typename T>
+__device__ __forceinline__ void am_render_rows(const double* __restrict__ table,
+                                               const int* __restrict__ box, int K, int ny,
+                                               int nx, double n_sigma, T* __restrict__ img)
+{
+    __shared__ AmRun<T> s_g[AM_BATCH];
+    __shared__ int s_count[AM_BATCH / 32];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int th = (int)blockDim.x / AM_RSEG;
+    const int tx0 = blockIdx.x * (AM_RUN * AM_RSEG), ty0 = blockIdx.y * th;
+    const int tx1 = min(tx0 + AM_RUN * AM_RSEG, nx) - 1, ty1 = min(ty0 + th, ny) - 1;
+    const int j = ty0 + tid / AM_RSEG, x0 = tx0 + (tid % AM_RSEG) * AM_RUN;
+    const double nn = n_sigma * n_sigma;
+    const int kb = (int)((long long)K * blockIdx.z / gridDim.z);
+    const int ke = (int)((long long)K * (blockIdx.z + 1) / gridDim.z);
+    img += (long long)blockIdx.z * ny * nx;
+    T sum[AM_RUN];
+#pragma unroll
+    for (int p = 0; p < AM_RUN; ++p) sum[p] = (T)0;
+    for (int base = kb; base < ke; base += AM_BATCH) {
+        const int k = base + tid;
+        int bj0 = 0, bj1 = -1, bi0 = 0, bi1 = -1;
+        bool hit = false;
+        if (tid < AM_BATCH && k < ke) {
+            if (box != nullptr) {
+                const int4 b = reinterpret_cast<const int4*>(box)[k];
+                bj0 = b.x;
+                bj1 = b.y;
+                bi0 = b.z;
+                bi1 = b.w;
+                hit = true;
+            } else {
+                hit = am_box(table + (long long)k * AM_NPAR, ny, nx, &bj0, &bj1, &bi0, &bi1);
+            }
+            hit = hit && bj0 <= ty1 && bj1 >= ty0 && bi0 <= tx1 && bi1 >= tx0;
+        }
+        const unsigned bal = __ballot_sync(0xffffffffu, hit);
+        if (lane == 0 && warp < AM_BATCH / 32) s_count[warp] = __popc(bal);
+        __syncthreads();
+        int n = 0, slot = 0;
+        for (int w = 0; w < AM_BATCH / 32; ++w) {
+            if (w < warp) slot += s_count[w];
+            n += s_count[w];
+        }
+        if (hit) {
+            slot += __popc(bal & ((1u << lane) - 1u));
+            s_g[slot].init(table + (long long)k * AM_NPAR, bj0, bj1, bi0, bi1, tx0);
+        }
+        __syncthreads();
+        if (j < ny) {
+            for (int m = 0; m < n; ++m) {
+                const AmRun<T>& g = s_g[m];
+                unsigned mask;
+                int pf;
+                T e, r, vx, vy;
+                if (!am_run(g, nn, j, x0, &mask, &pf, &e, &r, &vx, &vy)) continue;
+                T v = g.an * e;
+                const T cs = g.cstep;
+                if (g.use4) {
+                    const T fxx = g.fxx, fxy = g.fxy;
+#pragma unroll
+                    for (int p = 0; p < AM_RUN; ++p) {
+                        if (p >= pf) {
+                            const T vx2 = vx * vx, vy2 = vy * vy;
+                            const T f = g.p0 + g.c4 * (vx2 * (vx2 - g.six_fxx) +
+                                                       vy2 * (vy2 - g.six_fyy));
+                            if ((mask >> p) & 1u) sum[p] += v * f;
+                            v *= r;
+                            r *= cs;
+                            vx += fxx;
+                            vy += fxy;
+                        }
+                    }
+                } else {
+#pragma unroll
+                    for (int p = 0; p < AM_RUN; ++p) {
+                        if (p >= pf) {
+                            if ((mask >> p) & 1u) sum[p] += v;
+                            v *= r;
+                            r *= cs;
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();  // the next batch overwrites the shared tables
+    }
+    if (j < ny) {
+        T* row = img + (long long)j * nx;
+#pragma unroll
+        for (int p = 0; p < AM_RUN; ++p)
+            if (x0 + p < nx) row[x0 + p] = sum[p];
+    }
+}
+
+// img[i] = sum over z of part[z n + i], z = 0, 1, ... (a fixed order); grid-stride.
+template <typename T>
+__device__ __forceinline__ void am_sum_slices(const T* __restrict__ part, int nz, long long n,
+                                              T* __restrict__ img)
+{
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        T v = part[i];
+        for (int z = 1; z < nz; ++z) v += part[(long long)z * n + i];
+        img[i] = v;
+    }
+}
+
+// The block's sums a[0 .. nm - 1] reduced in double (warp shuffles, then the per-warp
+// partial sums in a fixed order) into acc[k, :] (zeros after nm): the same bits at
+// every call.
+template <typename T>
+__device__ __forceinline__ void am_block_acc(const T* a, int nm, int k, double* __restrict__ acc)
+{
+    __shared__ double s_red[AM_MAXWARPS][AM_NACC];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nwarps = (blockDim.x + 31) >> 5;
+    for (int m = 0; m < nm; ++m) {
+        double v = (double)a[m];
+        for (int d = 16; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
+        if (lane == 0) s_red[warp][m] = v;
+    }
+    __syncthreads();
+    if ((int)threadIdx.x < AM_NACC) {
+        double s = 0.0;
+        if ((int)threadIdx.x < nm)
+            for (int w = 0; w < nwarps; ++w) s += s_red[w][threadIdx.x];
+        acc[(long long)k * AM_NACC + threadIdx.x] = s;
+    }
+}
+
+// Row-run accumulate: block k sums component k's 14 terms (as am_acc_pixel) over
+// the runs of AM_RUN pixels that tile its culling box, thread t taking runs t,
+// t + blockDim.x, ... (row-major), each walked with the recurrence of am_run.
+template <typename T, bool USE4>
+__device__ __forceinline__ void am_accumulate_rows_impl(const AmRun<T>& g, double nn, int k,
+                                                        int nx, const T* __restrict__ R,
+                                                        double* __restrict__ acc)
+{
+    T a[AM_NACC];
+#pragma unroll
+    for (int m = 0; m < AM_NACC; ++m) a[m] = (T)0;
+    const int nseg = (g.i1 - g.i0) / AM_RUN + 1;
+    const int items = (g.j1 - g.j0 + 1) * nseg;
+    for (int it = threadIdx.x; it < items; it += blockDim.x) {
+        const int j = g.j0 + it / nseg, x0 = g.i0 + (it % nseg) * AM_RUN;
+        unsigned mask;
+        int pf;
+        T e, r, vx, vy;
+        if (!am_run(g, nn, j, x0, &mask, &pf, &e, &r, &vx, &vy)) continue;
+        const T* row = R + (long long)j * nx + x0;
+        const T cs = g.cstep, fxx = g.fxx, fxy = g.fxy;
+#pragma unroll
+        for (int p = 0; p < AM_RUN; ++p) {
+            if (p >= pf) {
+                if ((mask >> p) & 1u) {
+                    const T re = row[p] * e;
+                    T rep = re;
+                    if (USE4) {
+                        const T vx2 = vx * vx, vy2 = vy * vy;
+                        const T px = (T)4 * vx2 * vx - (T)2 * g.six_fxx * vx;
+                        const T py = (T)4 * vy2 * vy - (T)2 * g.six_fyy * vy;
+                        const T rpx = re * px, rpy = re * py;
+                        a[6] += rpx;
+                        a[7] += rpy;
+                        a[8] += rpx * vx;
+                        a[9] += rpx * vy;
+                        a[10] += rpy * vx;
+                        a[11] += rpy * vy;
+                        a[12] += re * (vx2 - fxx);
+                        a[13] += re * (vy2 - g.fyy);
+                        rep = re * (g.p0 + g.c4 * (vx2 * (vx2 - g.six_fxx) +
+                                                   vy2 * (vy2 - g.six_fyy)));
+                    }
+                    a[0] += rep;
+                    a[1] += rep * vx;
+                    a[2] += rep * vy;
+                    a[3] += rep * vx * vx;
+                    a[4] += rep * vx * vy;
+                    a[5] += rep * vy * vy;
+                }
+                e *= r;
+                r *= cs;
+                vx += fxx;
+                vy += fxy;
+            }
+        }
+    }
+    am_block_acc<T>(a, USE4 ? AM_NACC : 6, k, acc);
+}
+
+template <typename T>
+__device__ __forceinline__ void am_accumulate_rows(const double* __restrict__ table, int K,
+                                                   int ny, int nx, double n_sigma,
+                                                   const T* __restrict__ R,
+                                                   double* __restrict__ acc)
+{
+    __shared__ AmRun<T> s_one;
+    const int k = blockIdx.x;
+    if (k >= K) return;
+    const double* t = table + (long long)k * AM_NPAR;
+    int j0, j1, i0, i1;
+    if (!am_box(t, ny, nx, &j0, &j1, &i0, &i1)) {
+        if ((int)threadIdx.x < AM_NACC) acc[(long long)k * AM_NACC + threadIdx.x] = 0.0;
+        return;
+    }
+    if (threadIdx.x == 0) s_one.init(t, j0, j1, i0, i1, i0);
+    __syncthreads();
+    const AmRun<T> g = s_one;
+    if (g.use4)
+        am_accumulate_rows_impl<T, true>(g, n_sigma * n_sigma, k, nx, R, acc);
+    else
+        am_accumulate_rows_impl<T, false>(g, n_sigma * n_sigma, k, nx, R, acc);
+}
+
+extern "C" __global__ void astromix_render_rows_f32(const double* __restrict__ table,
+                                                    const int* __restrict__ box, int K, int ny,
+                                                    int nx, double n_sigma,
+                                                    float* __restrict__ img)
+{
+    am_render_rows<float>(table, box, K, ny, nx, n_sigma, img);
+}
+
+extern "C" __global__ void astromix_render_rows_f64(const double* __restrict__ table,
+                                                    const int* __restrict__ box, int K, int ny,
+                                                    int nx, double n_sigma,
+                                                    double* __restrict__ img)
+{
+    am_render_rows<double>(table, box, K, ny, nx, n_sigma, img);
+}
+
+extern "C" __global__ void astromix_sum_slices_f32(const float* __restrict__ part, int nz,
+                                                   long long n, float* __restrict__ img)
+{
+    am_sum_slices<float>(part, nz, n, img);
+}
+
+extern "C" __global__ void astromix_sum_slices_f64(const double* __restrict__ part, int nz,
+                                                   long long n, double* __restrict__ img)
+{
+    am_sum_slices<double>(part, nz, n, img);
+}
+
+extern "C" __global__ void astromix_accumulate_rows_f32(const double* __restrict__ table,
+                                                        int K, int ny, int nx, double n_sigma,
+                                                        const float* __restrict__ R,
+                                                        double* __restrict__ acc)
+{
+    am_accumulate_rows<float>(table, K, ny, nx, n_sigma, R, acc);
+}
+
+extern "C" __global__ void astromix_accumulate_rows_f64(const double* __restrict__ table,
+                                                        int K, int ny, int nx, double n_sigma,
+                                                        const double* __restrict__ R,
+                                                        double* __restrict__ acc)
+{
+    am_accumulate_rows<double>(table, K, ny, nx, n_sigma, R, acc);
+}
+
 extern "C" __global__ void astromix_render_f32(const double* __restrict__ table, int K, int ny,
                                                int nx, double n_sigma, float* __restrict__ img)
 {
@@ -706,14 +1121,18 @@ extern "C" __global__ void astromix_accumulate_f64(const double* __restrict__ ta
 """
 
 
-def _source():
+def _source(**overrides):
+    """The CUDA source with the table layout and the constants substituted in;
+    ``overrides`` replace constants by name (e.g. ``RUN=8``, for tuning)."""
     from ..settings import BOX_C4
 
     subs = {"NPAR": c.NPAR, "NACC": c.NACC, "BOX_C4": repr(float(BOX_C4)),
             "AMP": c.AMP, "MX": c.MX, "MY": c.MY, "FXX": c.FXX, "FXY": c.FXY,
             "FYY": c.FYY, "NORM": c.NORM, "USE4": c.USE4, "INVDET": c.INVDET, "HY": c.HY,
-            "HX": c.HX, "TILE": TILE, "BATCH": BATCH, "SXX": c.SXX, "SXY": c.SXY,
-            "SYY": c.SYY, "TWO_PI": repr(2.0 * math.pi), "THREE_C4": repr(3.0 * abs(BOX_C4))}
+            "HX": c.HX, "TILE": TILE, "BATCH": BATCH, "RUN": RUN, "RSEG": RSEG,
+            "SXX": c.SXX, "SXY": c.SXY, "SYY": c.SYY, "TWO_PI": repr(2.0 * math.pi),
+            "THREE_C4": repr(3.0 * abs(BOX_C4))}
+    subs.update(overrides)
     src = _CUDA_TEMPLATE
     for key, value in subs.items():
         src = src.replace(f"@{key}@", str(value))
@@ -772,10 +1191,19 @@ class CupyBackend(c.Backend):
     block_size : int, optional
         Threads per block of the atomic render kernel, a multiple of 32 in
         [32, 1024].  Default 128.
-    render_kernel : {"tiles", "atomic"}, optional
+    render_kernel : {"tiles", "rows", "atomic"}, optional
         The render kernel: ``"tiles"`` (default), a gather over image tiles that
-        gives the same bits at every call, or ``"atomic"``, a scatter with
-        ``atomicAdd`` (faster on large images, last bits vary between calls).
+        gives the same bits at every call; ``"rows"``, a gather in which each
+        thread walks a run of ``RUN`` pixels of a row with the Gaussian's
+        recurrence (two ``exp`` per run; also deterministic, as fast as
+        ``"tiles"`` on an H100, see docs/performance.rst); or ``"atomic"``, a
+        scatter with ``atomicAdd`` (faster on large images, last bits vary
+        between calls).
+    accumulate_kernel : {"pixels", "rows"}, optional
+        The gradient-sum kernel: ``"pixels"`` (default; a window stepped over
+        each component's box, one pixel per thread) or ``"rows"`` (runs of
+        ``RUN`` pixels walked with the recurrence).  Both give the same bits at
+        every call.
 
     Attributes
     ----------
@@ -793,7 +1221,7 @@ class CupyBackend(c.Backend):
         the kernels fail to compile.  (The backend registry reports either as
         :class:`astromix.BackendError` "backend 'cupy' is not available: ...".)
     ValueError
-        On a bad ``block_size`` or ``render_kernel``.
+        On a bad ``block_size``, ``render_kernel`` or ``accumulate_kernel``.
 
     Examples
     --------
@@ -807,7 +1235,7 @@ class CupyBackend(c.Backend):
 
     name = "cupy"
 
-    def __init__(self, block_size=128, render_kernel="tiles"):
+    def __init__(self, block_size=128, render_kernel="tiles", accumulate_kernel="pixels"):
         try:
             import cupy
         except ImportError as exc:
@@ -825,18 +1253,23 @@ class CupyBackend(c.Backend):
         block_size = int(block_size)
         if block_size % 32 or not 32 <= block_size <= 1024:
             raise ValueError(f"block_size must be a multiple of 32 in [32, 1024], got {block_size}")
-        if render_kernel not in ("tiles", "atomic"):
-            raise ValueError(f"render_kernel must be 'tiles' or 'atomic', got {render_kernel!r}")
+        if render_kernel not in ("rows", "tiles", "atomic"):
+            raise ValueError("render_kernel must be 'rows', 'tiles' or 'atomic', "
+                             f"got {render_kernel!r}")
+        if accumulate_kernel not in ("rows", "pixels"):
+            raise ValueError("accumulate_kernel must be 'rows' or 'pixels', "
+                             f"got {accumulate_kernel!r}")
         self.xp = cupy
         self.block_size = block_size
         self.render_kernel = render_kernel
+        self.accumulate_kernel = accumulate_kernel
         try:
             module = cupy.RawModule(code=CUDA_SOURCE)
             self._kernels = {kind: {ch: module.get_function(fname) for ch, fname in names.items()}
                              for kind, names in KERNEL_NAMES.items()}
         except Exception as exc:  # CompileException, driver errors
             raise RuntimeError(f"the CUDA kernels failed to compile: {exc}") from None
-        sm = int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+        sm = self._sm = int(cupy.cuda.Device().attributes["MultiProcessorCount"])
         #: Blocks of the residual kernel: enough to fill the GPU, and fixed, so
         #: that its per-block sums (hence chi2) have the same bits at every call.
         self._residual_blocks = 4 * sm
@@ -918,8 +1351,18 @@ class CupyBackend(c.Backend):
                 img)
         if k == 0 or ny == 0 or nx == 0:
             img.fill(0)
-        elif self.render_kernel == "tiles":
+        elif self.render_kernel == "rows":
             # null: the tiles compute the boxes of a few components themselves
+            box = self._boxes(table_d, k, shape) if k >= BOX_KERNEL_MIN else np.uint64(0)
+            gx, gy = -(-nx // (RUN * RSEG)), -(-ny // (BATCH // RSEG))
+            nz = self._slices(gx * gy, k)
+            part = img if nz == 1 else self.xp.empty((nz, ny, nx), dtype=img.dtype)
+            self._kernels["render_rows"][ch]((gx, gy, nz), (BATCH,),
+                                             (table_d, box) + args[1:5] + (part,))
+            if nz > 1:
+                self._kernels["sum_slices"][ch]((self._residual_blocks,), (256,),
+                                                (part, np.int32(nz), np.int64(ny * nx), img))
+        elif self.render_kernel == "tiles":
             box = self._boxes(table_d, k, shape) if k >= BOX_KERNEL_MIN else np.uint64(0)
             self._kernels["render_tiles"][ch]((-(-nx // TILE), -(-ny // TILE)), (TILE * TILE,),
                                               (table_d, box) + args[1:])
@@ -929,6 +1372,13 @@ class CupyBackend(c.Backend):
             if nchunks:
                 self._kernels["render"][ch]((k, min(nchunks, _MAX_GRID_Y)),
                                             (self.block_size,), args)
+
+    def _slices(self, ntiles, k):
+        """Component slices of the row-run render: enough blocks for
+        ``SLICE_BLOCKS_PER_SM`` per multiprocessor, at most ``MAX_SLICES``, and at
+        least ``BATCH`` components in each."""
+        want = -(-SLICE_BLOCKS_PER_SM * self._sm // ntiles)
+        return max(1, min(want, MAX_SLICES, k // BATCH))
 
     def _prepare_device(self, amp, mean, cov, settings):
         """The (K, NPAR) table of :func:`astromix.backends._common.prepare`, built on
@@ -957,7 +1407,7 @@ class CupyBackend(c.Backend):
         """(host table or None, device table): built on the GPU from
         ``GPU_PREPARE_MIN`` components on with the tile render, else on the host
         (:meth:`prepare`) and copied.  The same bits either way."""
-        if self.render_kernel == "tiles" and len(amp) >= GPU_PREPARE_MIN:
+        if self.render_kernel != "atomic" and len(amp) >= GPU_PREPARE_MIN:
             return None, self._prepare_device(amp, mean, cov, settings)
         table = self.prepare(amp, mean, cov, settings)
         return table, self.xp.asarray(table)
@@ -966,7 +1416,7 @@ class CupyBackend(c.Backend):
         """Prepare (on the GPU from ``GPU_PREPARE_MIN`` components on) and render in
         one go with the tile render; None with the atomic one (the general path).
         Any image size.  See :meth:`astromix.backends._common.Backend.render_stamp`."""
-        if self.render_kernel != "tiles":
+        if self.render_kernel == "atomic":
             return None
         img = self.xp.empty(tuple(int(n) for n in shape), dtype=dtype)
         table, table_d = self._device_table(amp, mean, cov, settings)
@@ -1139,8 +1589,9 @@ class CupyBackend(c.Backend):
         acc = self.xp.empty((k, c.NACC), dtype=np.float64)  # every row is written
         ny, nx = rimg.shape
         if k and ny and nx:
-            self._kernels["accumulate"][rimg.dtype.char](
-                (k,), (ACC_BLOCK,),
+            rows = self.accumulate_kernel == "rows"
+            self._kernels["accumulate_rows" if rows else "accumulate"][rimg.dtype.char](
+                (k,), (RUN_ACC_BLOCK if rows else ACC_BLOCK,),
                 (table_d, np.int32(k), np.int32(ny), np.int32(nx),
                  np.float64(settings.n_sigma), rimg, acc))
         return acc
