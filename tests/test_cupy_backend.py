@@ -180,6 +180,16 @@ template <class F> static void am_launch(unsigned gx, unsigned gy, unsigned bs, 
 """
 
 _LAUNCHERS = r"""
+// The boxes the tile gathers read: the box kernel's, or null (each tile computes them).
+static int* emu_gather_boxes(const double* t, int K, int ny, int nx, int with_boxes,
+                             std::vector<int>& box)
+{
+    if (!with_boxes) return nullptr;
+    box.assign(4 * (size_t)K + 4, 0);
+    int* b = box.data();
+    am_launch((K + 63) / 64, 1, 64, [=] { astromix_boxes(t, K, ny, nx, b); });
+    return b;
+}
 #define AM_WRAP(T, S) \
 extern "C" void emu_render_##S(const double* t, int K, int ny, int nx, double ns, T* img, \
                                int gy, int bs) \
@@ -189,14 +199,12 @@ extern "C" void emu_accumulate_##S(const double* t, int K, int ny, int nx, doubl
 { am_launch(K, 1, bs, [=] { astromix_accumulate_##S(t, K, ny, nx, ns, R, acc); }); } \
 extern "C" void emu_render_tiles_##S(const double* t, int K, int ny, int nx, double ns, T* img, \
                                      int with_boxes) \
-{ std::vector<int> box(4 * (size_t)K + 4); int* b = with_boxes ? box.data() : nullptr; \
-  if (with_boxes) am_launch((K + 63) / 64, 1, 64, [=] { astromix_boxes(t, K, ny, nx, b); }); \
+{ std::vector<int> box; int* b = emu_gather_boxes(t, K, ny, nx, with_boxes, box); \
   am_launch((nx + AM_TILE - 1) / AM_TILE, (ny + AM_TILE - 1) / AM_TILE, AM_TILE * AM_TILE, \
             [=] { astromix_render_tiles_##S(t, b, K, ny, nx, ns, img); }); } \
 extern "C" void emu_render_rows_##S(const double* t, int K, int ny, int nx, double ns, T* img, \
                                     int with_boxes, int nz) \
-{ std::vector<int> box(4 * (size_t)K + 4); int* b = with_boxes ? box.data() : nullptr; \
-  if (with_boxes) am_launch((K + 63) / 64, 1, 64, [=] { astromix_boxes(t, K, ny, nx, b); }); \
+{ std::vector<int> box; int* b = emu_gather_boxes(t, K, ny, nx, with_boxes, box); \
   const int tw = AM_RUN * AM_RSEG, th = AM_BATCH / AM_RSEG; \
   std::vector<T> part((size_t)nz * ny * nx, (T)NAN); T* pp = nz > 1 ? part.data() : img; \
   am_launch((nx + tw - 1) / tw, (ny + th - 1) / th, AM_BATCH, \
@@ -707,7 +715,9 @@ def test_row_run_kernels_match_numpy_on_the_gpu(cupy_bk, dtype):
     gm = _random_mixture(rng, 2500, shape, margin=20.0, smin=0.4, smax=12.0)
     settings = AccuracySettings()
     table = _common.prepare(gm.amp, gm.mean, gm.cov, settings)
-    assert bk._slices(-(-700 // 64) * -(-600 // 64), len(table)) > 1
+    tiles = (-(-shape[1] // (cupy_backend.RUN * cupy_backend.RSEG))
+             * -(-shape[0] // (cupy_backend.BATCH // cupy_backend.RSEG)))
+    assert bk._slices(tiles, len(table)) > 1
     want = NumpyBackend().render(table, shape, dtype, settings)
     got = bk.render(table, shape, dtype, settings)
     assert bool(cupy.all(bk.render(table, shape, dtype, settings) == got))

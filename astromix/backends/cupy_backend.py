@@ -257,19 +257,28 @@ extern "C" __global__ void astromix_boxes(const double* __restrict__ table, int 
     }
 }
 
-// Candidate columns of row j: the ellipse's analytic extent on the row, widened
-// by one pixel on either side and clipped to the box columns bi0..bi1.  First
-// column and width (0 when empty).  A superset: the exact q test decides.
+// The ellipse's analytic extent on the row at dy = j - MY (centre cx = MX - FXY dy
+// / FXX, half-width sqrt(FXX n^2 - INVDET dy^2) / FXX), widened by one pixel on
+// either side and clipped to lo_min .. hi_max: the float64 numbers *a .. *b.
+__device__ __forceinline__ void am_row_extent(double mx, double fxx, double fxy, double invdet,
+                                              double nn, double dy, double lo_min,
+                                              double hi_max, double* a, double* b)
+{
+    const double disc = fmax(fxx * nn - dy * dy * invdet, 0.0);
+    const double half = sqrt(disc) / fxx;
+    const double cx = mx - fxy * dy / fxx;
+    *a = fmax(ceil(cx - half) - 1.0, lo_min);
+    *b = fmin(floor(cx + half) + 1.0, hi_max);
+}
+
+// Candidate columns of row j: am_row_extent clipped to the box columns bi0..bi1.
+// First column and width (0 when empty).  A superset: the exact q test decides.
 __device__ __forceinline__ void am_row_bounds(const double* t, double n_sigma, int bi0, int bi1,
                                               int j, int* i0, int* w)
 {
-    const double mx = t[AM_MX], my = t[AM_MY], fxx = t[AM_FXX], fxy = t[AM_FXY];
-    const double dy = (double)j - my;
-    const double disc = fmax(fxx * (n_sigma * n_sigma) - dy * dy * t[AM_INVDET], 0.0);
-    const double half = sqrt(disc) / fxx;
-    const double cx = mx - fxy * dy / fxx;
-    const double a = fmax(ceil(cx - half) - 1.0, (double)bi0);
-    const double b = fmin(floor(cx + half) + 1.0, (double)bi1);
+    double a, b;
+    am_row_extent(t[AM_MX], t[AM_FXX], t[AM_FXY], t[AM_INVDET], n_sigma * n_sigma,
+                  (double)j - t[AM_MY], (double)bi0, (double)bi1, &a, &b);
     *i0 = 0;
     *w = 0;
     if (!(b >= a)) return;
@@ -429,6 +438,51 @@ __device__ __forceinline__ bool am_value(const AmGauss<T>& g, int i, int j, T* v
     return true;
 }
 
+// One batch of a tile gather: thread tid < AM_BATCH takes component k (when k <
+// kend), reads its culling box (from the box kernel's rows, or computed here when
+// box is null: cheaper than a launch for a few components) and tests whether it
+// meets the tile tx0..tx1 x ty0..ty1.  The hits are numbered in table order (warp
+// ballots): returns how many the batch has, and *slot is this thread's number
+// among them when *hit.  s_count: AM_BATCH / 32 ints of shared memory.  Ends with
+// a block barrier.
+__device__ __forceinline__ int am_batch_hits(const double* __restrict__ table,
+                                             const int* __restrict__ box, int k, int kend,
+                                             int ny, int nx, int tx0, int tx1, int ty0, int ty1,
+                                             int* s_count, int* bj0, int* bj1, int* bi0,
+                                             int* bi1, bool* hit, int* slot)
+{
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    *bj0 = 0;
+    *bj1 = -1;
+    *bi0 = 0;
+    *bi1 = -1;
+    bool h = false;
+    if (tid < AM_BATCH && k < kend) {
+        if (box != nullptr) {
+            const int4 b = reinterpret_cast<const int4*>(box)[k];
+            *bj0 = b.x;
+            *bj1 = b.y;
+            *bi0 = b.z;
+            *bi1 = b.w;
+            h = true;
+        } else {
+            h = am_box(table + (long long)k * AM_NPAR, ny, nx, bj0, bj1, bi0, bi1);
+        }
+        h = h && *bj0 <= ty1 && *bj1 >= ty0 && *bi0 <= tx1 && *bi1 >= tx0;
+    }
+    const unsigned mask = __ballot_sync(0xffffffffu, h);
+    if (lane == 0 && warp < AM_BATCH / 32) s_count[warp] = __popc(mask);
+    __syncthreads();
+    int n = 0, before = 0;
+    for (int w = 0; w < AM_BATCH / 32; ++w) {
+        if (w < warp) before += s_count[w];
+        n += s_count[w];
+    }
+    *hit = h;
+    *slot = before + __popc(mask & ((1u << lane) - 1u));
+    return n;
+}
+
 // Tile render (a gather): block (bx, by) owns the AM_TILE x AM_TILE pixels at
 // (bx AM_TILE, by AM_TILE), one per thread (blockDim.x == AM_TILE^2).  The block
 // reads the boxes (astromix_boxes; computed here from the table when box is null,
@@ -446,7 +500,7 @@ __device__ __forceinline__ void am_render_tiles(const double* __restrict__ table
     __shared__ AmGauss<T> s_g[AM_BATCH];
     __shared__ int s_box[AM_BATCH][4];
     __shared__ int s_count[AM_BATCH / 32];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x;
     const int tx0 = blockIdx.x * AM_TILE, ty0 = blockIdx.y * AM_TILE;
     const int tx1 = (tx0 + AM_TILE < nx ? tx0 + AM_TILE : nx) - 1;
     const int ty1 = (ty0 + AM_TILE < ny ? ty0 + AM_TILE : ny) - 1;
@@ -455,31 +509,11 @@ __device__ __forceinline__ void am_render_tiles(const double* __restrict__ table
     T sum = (T)0;
     for (int base = 0; base < K; base += AM_BATCH) {
         const int k = base + tid;
-        int bj0 = 0, bj1 = -1, bi0 = 0, bi1 = -1;
-        bool hit = false;
-        if (tid < AM_BATCH && k < K) {
-            if (box != nullptr) {
-                const int4 b = reinterpret_cast<const int4*>(box)[k];
-                bj0 = b.x;
-                bj1 = b.y;
-                bi0 = b.z;
-                bi1 = b.w;
-                hit = true;
-            } else {  // few components: each tile computes their boxes itself
-                hit = am_box(table + (long long)k * AM_NPAR, ny, nx, &bj0, &bj1, &bi0, &bi1);
-            }
-            hit = hit && bj0 <= ty1 && bj1 >= ty0 && bi0 <= tx1 && bi1 >= tx0;
-        }
-        const unsigned mask = __ballot_sync(0xffffffffu, hit);
-        if (lane == 0 && warp < AM_BATCH / 32) s_count[warp] = __popc(mask);
-        __syncthreads();
-        int n = 0, slot = 0;
-        for (int w = 0; w < AM_BATCH / 32; ++w) {
-            if (w < warp) slot += s_count[w];
-            n += s_count[w];
-        }
+        int bj0, bj1, bi0, bi1, slot;
+        bool hit;
+        const int n = am_batch_hits(table, box, k, K, ny, nx, tx0, tx1, ty0, ty1, s_count, &bj0,
+                                    &bj1, &bi0, &bi1, &hit, &slot);
         if (hit) {
-            slot += __popc(mask & ((1u << lane) - 1u));
             s_g[slot].init(table + (long long)k * AM_NPAR, n_sigma);
             s_box[slot][0] = bj0;
             s_box[slot][1] = bj1;
@@ -530,6 +564,29 @@ __device__ __forceinline__ void am_acc_pixel(const AmGauss<T>& g, T rv, T vx, T 
     a[5] += rep * vy * vy;
 }
 
+// The block's sums a[0 .. nm - 1] reduced in double (warp shuffles, then the per-warp
+// partial sums in a fixed order) into acc[k, :] (zeros after nm): the same bits at
+// every call.
+template <typename T>
+__device__ __forceinline__ void am_block_acc(const T* a, int nm, int k, double* __restrict__ acc)
+{
+    __shared__ double s_red[AM_MAXWARPS][AM_NACC];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nwarps = (blockDim.x + 31) >> 5;
+    for (int m = 0; m < nm; ++m) {
+        double v = (double)a[m];
+        for (int d = 16; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
+        if (lane == 0) s_red[warp][m] = v;
+    }
+    __syncthreads();
+    if ((int)threadIdx.x < AM_NACC) {
+        double s = 0.0;
+        if ((int)threadIdx.x < nm)
+            for (int w = 0; w < nwarps; ++w) s += s_red[w][threadIdx.x];
+        acc[(long long)k * AM_NACC + threadIdx.x] = s;
+    }
+}
+
 // Block k: component k, its 14 sums into acc[k, :] (columns 6-13 zero without
 // USE4; the whole row zero when the box misses the image, so acc needs no
 // zero-filling).  The block is a window of AM_TILE columns x (blockDim.x / AM_TILE)
@@ -543,7 +600,6 @@ __device__ __forceinline__ void am_accumulate_impl(const AmGauss<T>& g, int k, i
                                                    const T* __restrict__ R,
                                                    double* __restrict__ acc)
 {
-    __shared__ double s_red[AM_MAXWARPS][AM_NACC];
     T a[AM_NACC];
     for (int m = 0; m < AM_NACC; ++m) a[m] = (T)0;
     const int wrows = (int)blockDim.x / AM_TILE;
@@ -559,21 +615,7 @@ __device__ __forceinline__ void am_accumulate_impl(const AmGauss<T>& g, int k, i
             }
         }
     }
-    const int nm = USE4 ? AM_NACC : 6;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int nwarps = (blockDim.x + 31) >> 5;
-    for (int m = 0; m < nm; ++m) {
-        double v = (double)a[m];
-        for (int d = 16; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
-        if (lane == 0) s_red[warp][m] = v;
-    }
-    __syncthreads();
-    if ((int)threadIdx.x < AM_NACC) {
-        double s = 0.0;
-        if ((int)threadIdx.x < nm)
-            for (int w = 0; w < nwarps; ++w) s += s_red[w][threadIdx.x];
-        acc[(long long)k * AM_NACC + threadIdx.x] = s;
-    }
+    am_block_acc<T>(a, USE4 ? AM_NACC : 6, k, acc);
 }
 
 template <typename T>
@@ -770,11 +812,9 @@ __device__ __forceinline__ bool am_run(const AmRun<T>& g, double nn, int j, int 
         lo = (int)ceilf(cx - half) - 1 + g.ox;
         hi = (int)floorf(cx + half) + 1 + g.ox;
     } else {
-        const double disc = fmax(g.dfxx * nn - dy * dy * g.invdet, 0.0);
-        const double half = sqrt(disc) / g.dfxx;
-        const double cx = g.mx - g.dfxy * dy / g.dfxx;
-        const double lod = fmax(ceil(cx - half) - 1.0, (double)s0 - 3.0);
-        const double hid = fmin(floor(cx + half) + 1.0, (double)s1 + 3.0);
+        double lod, hid;
+        am_row_extent(g.mx, g.dfxx, g.dfxy, g.invdet, nn, dy, (double)s0 - 3.0,
+                      (double)s1 + 3.0, &lod, &hid);
         if (!(hid >= lod)) return false;
         lo = (int)lod;
         hi = (int)hid;
@@ -823,7 +863,7 @@ __device__ __forceinline__ void am_render_rows(const double* __restrict__ table,
 {
     __shared__ AmRun<T> s_g[AM_BATCH];
     __shared__ int s_count[AM_BATCH / 32];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x;
     const int th = (int)blockDim.x / AM_RSEG;
     const int tx0 = blockIdx.x * (AM_RUN * AM_RSEG), ty0 = blockIdx.y * th;
     const int tx1 = min(tx0 + AM_RUN * AM_RSEG, nx) - 1, ty1 = min(ty0 + th, ny) - 1;
@@ -837,31 +877,11 @@ __device__ __forceinline__ void am_render_rows(const double* __restrict__ table,
     for (int p = 0; p < AM_RUN; ++p) sum[p] = (T)0;
     for (int base = kb; base < ke; base += AM_BATCH) {
         const int k = base + tid;
-        int bj0 = 0, bj1 = -1, bi0 = 0, bi1 = -1;
-        bool hit = false;
-        if (tid < AM_BATCH && k < ke) {
-            if (box != nullptr) {
-                const int4 b = reinterpret_cast<const int4*>(box)[k];
-                bj0 = b.x;
-                bj1 = b.y;
-                bi0 = b.z;
-                bi1 = b.w;
-                hit = true;
-            } else {
-                hit = am_box(table + (long long)k * AM_NPAR, ny, nx, &bj0, &bj1, &bi0, &bi1);
-            }
-            hit = hit && bj0 <= ty1 && bj1 >= ty0 && bi0 <= tx1 && bi1 >= tx0;
-        }
-        const unsigned bal = __ballot_sync(0xffffffffu, hit);
-        if (lane == 0 && warp < AM_BATCH / 32) s_count[warp] = __popc(bal);
-        __syncthreads();
-        int n = 0, slot = 0;
-        for (int w = 0; w < AM_BATCH / 32; ++w) {
-            if (w < warp) slot += s_count[w];
-            n += s_count[w];
-        }
+        int bj0, bj1, bi0, bi1, slot;
+        bool hit;
+        const int n = am_batch_hits(table, box, k, ke, ny, nx, tx0, tx1, ty0, ty1, s_count, &bj0,
+                                    &bj1, &bi0, &bi1, &hit, &slot);
         if (hit) {
-            slot += __popc(bal & ((1u << lane) - 1u));
             s_g[slot].init(table + (long long)k * AM_NPAR, bj0, bj1, bi0, bi1, tx0);
         }
         __syncthreads();
@@ -921,29 +941,6 @@ __device__ __forceinline__ void am_sum_slices(const T* __restrict__ part, int nz
         T v = part[i];
         for (int z = 1; z < nz; ++z) v += part[(long long)z * n + i];
         img[i] = v;
-    }
-}
-
-// The block's sums a[0 .. nm - 1] reduced in double (warp shuffles, then the per-warp
-// partial sums in a fixed order) into acc[k, :] (zeros after nm): the same bits at
-// every call.
-template <typename T>
-__device__ __forceinline__ void am_block_acc(const T* a, int nm, int k, double* __restrict__ acc)
-{
-    __shared__ double s_red[AM_MAXWARPS][AM_NACC];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int nwarps = (blockDim.x + 31) >> 5;
-    for (int m = 0; m < nm; ++m) {
-        double v = (double)a[m];
-        for (int d = 16; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
-        if (lane == 0) s_red[warp][m] = v;
-    }
-    __syncthreads();
-    if ((int)threadIdx.x < AM_NACC) {
-        double s = 0.0;
-        if ((int)threadIdx.x < nm)
-            for (int w = 0; w < nwarps; ++w) s += s_red[w][threadIdx.x];
-        acc[(long long)k * AM_NACC + threadIdx.x] = s;
     }
 }
 
@@ -1351,21 +1348,22 @@ class CupyBackend(c.Backend):
                 img)
         if k == 0 or ny == 0 or nx == 0:
             img.fill(0)
-        elif self.render_kernel == "rows":
+        elif self.render_kernel in ("rows", "tiles"):
             # null: the tiles compute the boxes of a few components themselves
             box = self._boxes(table_d, k, shape) if k >= BOX_KERNEL_MIN else np.uint64(0)
-            gx, gy = -(-nx // (RUN * RSEG)), -(-ny // (BATCH // RSEG))
-            nz = self._slices(gx * gy, k)
-            part = img if nz == 1 else self.xp.empty((nz, ny, nx), dtype=img.dtype)
-            self._kernels["render_rows"][ch]((gx, gy, nz), (BATCH,),
-                                             (table_d, box) + args[1:5] + (part,))
-            if nz > 1:
-                self._kernels["sum_slices"][ch]((self._residual_blocks,), (256,),
-                                                (part, np.int32(nz), np.int64(ny * nx), img))
-        elif self.render_kernel == "tiles":
-            box = self._boxes(table_d, k, shape) if k >= BOX_KERNEL_MIN else np.uint64(0)
-            self._kernels["render_tiles"][ch]((-(-nx // TILE), -(-ny // TILE)), (TILE * TILE,),
-                                              (table_d, box) + args[1:])
+            if self.render_kernel == "rows":
+                gx, gy = -(-nx // (RUN * RSEG)), -(-ny // (BATCH // RSEG))
+                nz = self._slices(gx * gy, k)
+                part = img if nz == 1 else self.xp.empty((nz, ny, nx), dtype=img.dtype)
+                self._kernels["render_rows"][ch]((gx, gy, nz), (BATCH,),
+                                                 (table_d, box) + args[1:5] + (part,))
+                if nz > 1:
+                    self._kernels["sum_slices"][ch](
+                        (self._residual_blocks,), (256,),
+                        (part, np.int32(nz), np.int64(ny * nx), img))
+            else:
+                self._kernels["render_tiles"][ch]((-(-nx // TILE), -(-ny // TILE)),
+                                                  (TILE * TILE,), (table_d, box) + args[1:])
         else:
             img.fill(0)
             nchunks = _row_chunks(table, shape)
