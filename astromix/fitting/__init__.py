@@ -348,7 +348,7 @@ def _jitter(mixture, rng):
 
 
 def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_negative=0,
-                    method="lsq", objective="l1max", max_residual=0.058, rng=None, n_starts=4,
+                    method="lsq", objective="l1max", max_residual=0.058, rng=None, n_starts=6,
                     nlive=200, maxcall=None, settings=None, backend=None):
     """Fit a Gaussian-mixture PSF to a (possibly oversampled) PSF image.
 
@@ -399,11 +399,15 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
     rng : numpy.random.Generator or int, optional
     n_starts : int, optional
         Starting points of the least-squares fit (see :func:`fit_gaussian_mixture`).
-        Four by default: where L-BFGS-B ends depends on the kernels' rounding.
-        With three starts the JWST F200W 4-Gaussian fit ended at sum|res|/flux
-        0.167 or 0.172, depending on whether Numba's compiled code came from
-        its cache (since made to round alike: 0.1696 with three starts, 0.1665
-        with four, both ways).
+        Six by default (three of them core-to-halo starts with ``"l1max"`` or
+        negative components): the ``"l1max"`` objective has many local optima
+        close together, and which one L-BFGS-B reaches from a start depends
+        on the kernels' rounding (processor, Numba version).  On the JWST
+        F200W PSF, 4 Gaussians with one negative, 12 core-to-halo starts
+        ended at sum|res|/flux 0.1656-0.1717 (one above 0.17, five above
+        0.169); with four starts (two core-to-halo) one CI machine ended at
+        0.1705; with six the best of three lay at 0.1655-0.1682 under every
+        rounding tried (Numba kernels, data perturbed by 1e-14 to 3e-12).
     nlive, maxcall : int, optional
         Live points and call limit of the nested sampler.
     settings : AccuracySettings, optional
