@@ -209,6 +209,86 @@ def test_numba_row_recurrence(mode, dtype, rtol):
         _agree(a, b, 100 * rtol)
 
 
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+def test_numba_start_row_exponential():
+    """The float64 exponential of the recurrence's start rows (``_exp_wide``, its
+    own 2**n from exponent bits) against ``math.exp`` over its whole range
+    ``|q| <= 1400``, ends included: within 2 ulp (measured: 1), finite and normal."""
+    import math
+
+    from numba import njit
+
+    from astromix.backends import numba_backend as nb
+
+    @njit
+    def wide(q, out):
+        for i in range(q.shape[0]):
+            out[i] = nb._exp_wide(q[i])
+
+    rng = np.random.default_rng(11)
+    q = np.concatenate([rng.uniform(-1400.0, 1400.0, 20000), rng.uniform(-3.0, 3.0, 5000),
+                        np.linspace(-1400.0, 1400.0, 2801), [-1400.0, 0.0, 1400.0]])
+    out = np.empty_like(q)
+    wide(q, out)
+    ref = np.array([math.exp(-0.5 * v) for v in q])
+    assert np.all(np.isfinite(out)) and np.all(out >= np.finfo(np.float64).tiny)
+    # math.exp is within 1 ulp itself, so 2 ulp of it bounds 1 ulp of the truth + 1
+    assert np.max(np.abs(out - ref) / np.spacing(ref)) <= 2.0
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_start_rows(dtype):
+    """Start rows of the recurrence (``_rec_start``: float64 exponentials,
+    ``_exp_wide`` or, in float32, ``_exp_half_sq``, rounded once) against
+    NumPy's float64 ``exp`` of the same quadratic forms: within 1 ulp in
+    float32, exactly zero outside the box, for 300 components of every shape
+    the recurrence takes (round, elliptical, tilted, thin; boxes 1 to 190
+    columns wide, clipped by the image's edges)."""
+    from astromix.backends import numba_backend as nb
+
+    shape = (200, 200)
+    rng = np.random.default_rng(5)
+    itemsize = np.dtype(dtype).itemsize
+    checked = widths = 0
+    for _ in range(300):
+        s_major = rng.uniform(0.3, 25.0)
+        cov = _rotated(s_major, s_major * rng.uniform(0.05, 1.0), rng.uniform(0, np.pi))
+        g = GaussianMixture([1.0], rng.uniform(-10.0, 210.0, (1, 2)), cov[None])
+        t = _common.prepare(g.amp, g.mean, g.cov, AccuracySettings())[0]
+        j0, j1, i0, i1 = nb._box(t, *shape)
+        if j1 < j0 or i1 < i0 or not nb._rec_safe(t, j0, j1, i0, i1, nb.QSAFE32 if itemsize == 4
+                                                  else nb.QSAFE64):
+            continue
+        s, nch = nb._chunks(i0, i1)
+        n = nch * nb.CHUNK
+        f = np.full(n, np.nan, dtype)
+        r = np.full(n, np.nan, dtype)
+        dy = j0 - t[_common.MY]
+        nb._rec_start(t, dy, s - t[_common.MX], i0 - s, i1 - s, f, r)
+        dx = s - t[_common.MX] + np.arange(n)
+        fxx, fxy, fyy = t[_common.FXX], t[_common.FXY], t[_common.FYY]
+        q = (fxx * dx + 2.0 * fxy * dy) * dx + fyy * dy * dy
+        dq = 2.0 * (fxy * dx + fyy * dy) + fyy
+        box = (np.arange(n) >= i0 - s) & (np.arange(n) <= i1 - s)
+        # float64: the quadratic forms' own rounding (a few eps of their terms,
+        # which reach 1300) dominates; float32: 1 ulp of the rounded value
+        terms = np.abs(fxx * dx * dx) + np.abs(2.0 * fxy * dx * dy) + fyy * dy * dy
+        eps = np.finfo(np.float64).eps
+        for got, arg, size in ((f, q, terms), (r, dq, np.abs(dq) + 2 * np.abs(fxy * dx))):
+            want = np.exp(-0.5 * arg[box])
+            assert np.all(got[~box] == 0.0)
+            if itemsize == 4:
+                want = want.astype(dtype)
+                assert np.max(np.abs(got[box] - want) / np.spacing(want)) <= 1.0
+            else:
+                tol = 2 * np.spacing(want) + 4 * eps * (1.0 + size[box]) * want
+                assert np.all(np.abs(got[box] - want) <= tol)
+        checked += 1
+        widths = max(widths, i1 - i0 + 1)
+    assert checked > 100 and widths > 100
+
+
 def _band_pixels(table, shape, edges, n_sigma):
     """Pixels inside each component's culling ellipse per row band (NumPy, by the
     rule of ``_common.box``): the work of each band."""
