@@ -36,8 +36,9 @@ the ratio to the pixel below, ``f(j+1) = f(j) r(j)`` and
 of a float32 stamp's render), so each pixel costs two multiplications.  The
 start row ``j0`` is computed exactly, again every ``RESTART`` rows: in float64
 by ``_exp_wide`` (a polynomial times a power of two made from its exponent
-bits, 1 ulp for ``|q| <= 1400``), in float32 by ``_exp_half_sq`` (a float64 polynomial with repeated squaring,
-1e-9 for ``|q| <= QSAFE32``), two per column, rounded once.  The ellipse is
+bits, 1 ulp for ``|q| <= 1400``), in float32 by ``_exp_half_sq`` (a float64
+polynomial with repeated squaring, 1e-9 for ``|q| <= QSAFE32``), two per
+column, rounded once.  The ellipse is
 the set of pixels whose ``f`` is at least ``exp(-n_sigma**2 / 2)`` (one compare
 on the value; the row's chord, which it replaced, cost 15% of the float32
 stamp's render), and two rows are done per pass over the row buffers.  The
