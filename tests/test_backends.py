@@ -210,6 +210,54 @@ def test_numba_row_recurrence(mode, dtype, rtol):
 
 
 @pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_recurrence_pairs(dtype):
+    """Two neighbouring components walked by recurrence over the same box are
+    rendered together (``_render_rec_pair``): the image, and chi2 with its
+    gradient (whose sums take the start rows the render kept), are the same bit
+    for bit as when the pair is split by a component outside the image, which
+    renders them in turn; and they agree with the NumPy reference.  One pair
+    is wider than the image (clipped to all of it: three restarts), the other
+    shares its variances and differs in its correlation (the same box inside
+    the image); a fifth component is on its own."""
+    from astromix.backends import numba_backend as nb
+
+    shape = (150, 77)
+    amp = np.array([1.0, 0.6, 0.8, 0.5, 0.7])
+    mean = np.array([[38.3, 70.6], [38.3, 70.6], [40.1, 51.2], [40.1, 51.2], [38.8, 160.4]])
+    cov = np.array([_rotated(60, 50, 0.3), _rotated(70, 40, 0.5), [[20.0, 5.0], [5.0, 16.0]],
+                    [[20.0, -4.0], [-4.0, 16.0]], _rotated(30, 25, 0.2)])
+    g = GaussianMixture(amp, mean, cov)
+    # the same components with one outside the image after each of the first pair's
+    outside = GaussianMixture(np.insert(amp, [1, 3], 1.0),
+                              np.insert(mean, [1, 3], [-500.0, -500.0], axis=0),
+                              np.insert(cov, [1, 3], np.eye(2), axis=0))
+    settings = AccuracySettings()
+    itemsize = np.dtype(dtype).itemsize
+    table = _common.prepare(g.amp, g.mean, g.cov, settings)
+    kinds = [nb._rec_box(t, *shape, 0, itemsize) for t in table]
+    assert kinds[0] == kinds[1] and kinds[2] == kinds[3] and kinds[0][4] == kinds[2][4] == 2
+    assert kinds[0][:4] == (0, shape[0] - 1, 0, shape[1] - 1) != kinds[2][:4]
+    assert kinds[2][0] > 0 and kinds[2][1] < shape[0] - 1 and kinds[4][:4] != kinds[2][:4]
+
+    img = g.render(shape, dtype=dtype, backend="numba")
+    np.testing.assert_array_equal(img, outside.render(shape, dtype=dtype, backend="numba"))
+    rtol = 1e-5 if dtype == np.float32 else 1e-9
+    ref = g.render(shape, backend="numpy")
+    _agree(img, ref, rtol)
+    rng = np.random.default_rng(8)
+    data = (ref + rng.normal(0, 1e-3, shape)).astype(dtype)
+    weight = rng.uniform(0.5, 2.0, shape).astype(dtype)
+    c_pair, (a_pair, m_pair, v_pair) = g.chi2(data, weight, gradient=True, backend="numba")
+    c_split, (a_split, m_split, v_split) = outside.chi2(data, weight, gradient=True,
+                                                         backend="numba")
+    assert c_pair == c_split
+    keep = np.r_[0, 2, 3, 5, 6]
+    for a, b in ((a_pair, a_split[keep]), (m_pair, m_split[keep]), (v_pair, v_split[keep])):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
 def test_numba_start_row_exponential():
     """The float64 exponential of the recurrence's start rows (``_exp_wide``, its
     own 2**n from exponent bits) against ``math.exp`` over its whole range

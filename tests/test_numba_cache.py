@@ -28,8 +28,9 @@ SCRIPT = textwrap.dedent("""
     from astromix.models._base import chain_coefficients
     from astromix.settings import AccuracySettings
 
-    # 54 Gaussians of 0.8-6 px, tilted, and one more: on 64x64 every kernel path
-    # is taken (exponentials, recurrence, fourth-order factor) in both dtypes
+    # 54 Gaussians of 0.8-6 px, tilted, and three more: on 64x64 every kernel path
+    # is taken (exponentials, recurrence, two components by recurrence at once,
+    # fourth-order factor) in both dtypes
     rng = np.random.default_rng(1)
     k = 54
     amp = rng.uniform(0.5, 2, k)
@@ -44,16 +45,22 @@ SCRIPT = textwrap.dedent("""
     amp = np.append(amp, 1.5)
     mean = np.vstack([mean, [30.2, -11.3]])
     cov = np.concatenate([cov, [[[12.0, 3.0], [3.0, 10.0]]]])
+    # and two concentric neighbours with the same box, walked together
+    # (_render_rec_pair): wider than 64x64, the same variances on 300x301
+    amp = np.append(amp, [0.9, 0.7])
+    mean = np.vstack([mean, [[31.6, 33.2], [31.6, 33.2]]])
+    cov = np.concatenate([cov, [[[400.0, 50.0], [50.0, 300.0]], [[400.0, -60.0], [-60.0, 300.0]]]])
     g = GaussianMixture(amp, mean, cov)
     settings = AccuracySettings()
     bk = nb.NumbaBackend()
     table = bk.prepare(amp, mean, cov, settings)
     paths = set()
     for itemsize in (4, 8):
-        for t in table:
-            j0, j1, i0, i1 = nb._box(t, 64, 64)
-            paths.add((itemsize, "use4" if t[nb._USE4] else
-                       "rec" if nb._use_rec(t, j0, j1, i0, i1, itemsize) else "plain"))
+        for shape in ((64, 64), (300, 304)):
+            kinds = [nb._rec_box(t, *shape, 0, itemsize) for t in table]
+            paths.update((itemsize, ("none", "use4", "rec", "plain")[kind[4]]) for kind in kinds)
+            if any(a == b and a[4] == 2 for a, b in zip(kinds[:-1], kinds[1:])):
+                paths.add((itemsize, "rec pair"))
     out = {"paths": np.array(sorted(map(str, paths)))}
     with use_backend("numba"):
         for dtype in (np.float32, np.float64):
@@ -102,7 +109,7 @@ def test_fresh_and_cached_kernels_agree_bitwise(tmp_path):
                for name in files)
     fresh, cached = results
     assert set(fresh["paths"]) == {f"({size}, '{kind}')" for size in (4, 8)
-                                   for kind in ("plain", "rec", "use4")}
+                                   for kind in ("plain", "rec", "use4", "rec pair")}
     assert fresh.files == cached.files
     differ = [key for key in fresh.files if not np.array_equal(fresh[key], cached[key])]
     assert not differ, f"freshly compiled and cached kernels differ in {differ}"
