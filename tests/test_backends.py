@@ -235,7 +235,7 @@ def test_numba_recurrence_pairs(dtype):
     settings = AccuracySettings()
     itemsize = np.dtype(dtype).itemsize
     table = _common.prepare(g.amp, g.mean, g.cov, settings)
-    kinds = [nb._rec_box(t, *shape, 0, itemsize) for t in table]
+    kinds = [nb._box_kind(t, *shape, 0, itemsize) for t in table]
     assert kinds[0] == kinds[1] and kinds[2] == kinds[3] and kinds[0][4] == kinds[2][4] == 2
     assert kinds[0][:4] == (0, shape[0] - 1, 0, shape[1] - 1) != kinds[2][:4]
     assert kinds[2][0] > 0 and kinds[2][1] < shape[0] - 1 and kinds[4][:4] != kinds[2][:4]

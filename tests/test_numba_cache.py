@@ -57,7 +57,7 @@ SCRIPT = textwrap.dedent("""
     paths = set()
     for itemsize in (4, 8):
         for shape in ((64, 64), (300, 304)):
-            kinds = [nb._rec_box(t, *shape, 0, itemsize) for t in table]
+            kinds = [nb._box_kind(t, *shape, 0, itemsize) for t in table]
             paths.update((itemsize, ("none", "use4", "rec", "plain")[kind[4]]) for kind in kinds)
             if any(a == b and a[4] == 2 for a, b in zip(kinds[:-1], kinds[1:])):
                 paths.add((itemsize, "rec pair"))

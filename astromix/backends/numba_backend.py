@@ -710,10 +710,11 @@ def _render_rec_pair(img, t, u, j0, j1, i0, i1, s, nch, n2, sc, keep, k):
 
 
 @njit(inline="always", **_JIT)
-def _rec_box(t, ny, nx, y0, itemsize):
+def _box_kind(t, ny, nx, y0, itemsize):
     # (j0, j1, i0, i1, kind) of a component in rows [y0, ny): its box (_box, from
-    # row y0) and how _render_rows renders it: 0 not at all (empty box), 1 with
-    # the fourth-order factor, 2 by recurrence, 3 by exponentials
+    # row y0) and which kernels render it and sum its gradient (_render_rows,
+    # _accumulate_one): 0 none (empty box), 1 with the fourth-order factor, 2 by
+    # recurrence, 3 by exponentials
     j0, j1, i0, i1 = _box(t, ny, nx)
     j0 = max(j0, y0)
     if j1 < j0 or i1 < i0:
@@ -737,7 +738,7 @@ def _render_rows(img, table, y0, y1, n2, keep=None):
     k = 0
     while k < ncomp:
         t = table[k]
-        j0, j1, i0, i1, kind = _rec_box(t, y1, nx, y0, img.itemsize)
+        j0, j1, i0, i1, kind = _box_kind(t, y1, nx, y0, img.itemsize)
         if kind == 0:
             k += 1
             continue
@@ -746,7 +747,7 @@ def _render_rows(img, table, y0, y1, n2, keep=None):
             _render_use4(img, t, j0, j1, s, nch, qmax)
         elif kind == 3:
             _render_plain(img, t, j0, j1, s, nch, qmax)
-        elif k + 1 < ncomp and _rec_box(table[k + 1], y1, nx, y0, img.itemsize) == (
+        elif k + 1 < ncomp and _box_kind(table[k + 1], y1, nx, y0, img.itemsize) == (
                 j0, j1, i0, i1, 2):
             _render_rec_pair(img, t, table[k + 1], j0, j1, i0, i1, s, nch, n2, sc, keep, k)
             k += 1
@@ -1015,15 +1016,16 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, keep=None, k=0):
     # cs (3, nx), sc (2, nx).
     dt = rimg.dtype.type
     ny, nx = rimg.shape
-    j0, j1, i0, i1 = _box(t, ny, nx)
-    if j1 < j0 or i1 < i0:
+    # the render's choice of kernel (_render_rows), which keep's start rows follow
+    j0, j1, i0, i1, kind = _box_kind(t, ny, nx, 0, rimg.itemsize)
+    if kind == 0:
         return
     s, nch = _chunks(i0, i1)
-    if t[_USE4] == 0.0:
-        if _use_rec(t, j0, j1, i0, i1, rimg.itemsize):
-            _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, keep, k)
-        else:
-            _accumulate_moments(t, rimg, n2, out, j0, j1, s, nch, cs)
+    if kind == 2:
+        _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, keep, k)
+        return
+    if kind == 3:
+        _accumulate_moments(t, rimg, n2, out, j0, j1, s, nch, cs)
         return
     qmax = dt(n2)
     fxx = dt(t[_FXX])
