@@ -385,6 +385,62 @@ def test_numba_bands_follow_the_sources(dtype, rtol):
 
 
 @pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+def test_numba_work_width_rows_do_not_alias():
+    """Work images are widened (``_work_width``) by whole chunks until no row
+    starts within ``ALIAS_BYTES`` of the next row's or the one after's start,
+    modulo 4096 bytes, in float32 and float64; only where the chunk-padded width
+    would (so never for the 64-pixel stamp), and by at most a few chunks."""
+    from astromix.backends import numba_backend as nb
+
+    def aliases(w):
+        d = np.array([k * w * isz % 4096 for isz in (4, 8) for k in (1, 2)])
+        return bool(np.any(np.minimum(d, 4096 - d) < nb.ALIAS_BYTES))
+
+    widened = 0
+    for nx in range(1, 5000):
+        w, p = nb._work_width(nx), nb._padded_width(nx)
+        assert w % nb.CHUNK == 0 and p <= w <= p + 3 * nb.CHUNK, (nx, w)
+        assert not aliases(w), (nx, w)
+        assert (w > p) == aliases(p), (nx, w, p)
+        widened += w > p
+    assert nb._work_width(64) == 64 and nb._work_width(1024) == 1040
+    assert 0 < widened < 5000 // 16
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-9), (np.float32, 1e-5)])
+@pytest.mark.parametrize("nx", [512, 1024])
+def test_numba_render_in_widened_work_image(dtype, rtol, nx):
+    """Widths whose rows would alias (512 and 1024 pixels) are rendered in a wider
+    work image and copied back: into a new image or ``out``, the result is a
+    C-contiguous (ny, nx) array that agrees with NumPy's, components across the
+    right edge included, and so it does rendered in row bands (each band zeroes
+    its rows of the work image, here filled with NaN, and copies them back; the
+    recurrence restarts at each band's first row, so the bits may differ)."""
+    from astromix.backends import numba_backend as nb
+
+    shape = (96, nx)
+    rng = np.random.default_rng(nx)
+    g = random_mixture(rng, 60, shape, sigma_range=(0.6, 12.0), margin=-4.0, negative=True)
+    s = AccuracySettings()
+    bk = backends.get_backend("numba")
+    table = bk.prepare(g.amp, g.mean, g.cov, s)
+    ref = g.render(shape, settings=s, backend="numpy")
+    img = bk.render(table, shape, dtype, s, threads=1)
+    assert img.shape == shape and img.dtype == dtype and img.flags.c_contiguous
+    _agree(img, ref, rtol)
+    out = np.full(shape, np.nan, dtype=dtype)
+    assert bk.render(table, shape, dtype, s, out=out, threads=1) is out
+    np.testing.assert_array_equal(out, img)
+    work = np.full((shape[0], nb._work_width(nx)), np.nan, dtype=dtype)
+    banded = np.full(shape, np.nan, dtype=dtype)
+    edges = nb._band_edges(table, shape[0], work.shape[1], 3)
+    assert 0 < edges[1] < edges[2] < shape[0]
+    nb._render_parallel(work, table, edges, s.n_sigma ** 2, banded)
+    _agree(banded, ref, rtol)
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
 def test_numba_exposure_row_tasks_are_band_major():
     """The scene objective's row tasks: each exposure's rows split into one band
     per thread, in order and without gaps, listed band by band (so that Numba's

@@ -38,7 +38,17 @@ KNOWN_BACKENDS = {
 
 _instances = {}
 _errors = {}
-_state = threading.local()
+
+
+class _State(threading.local):
+    # the use_backend stack of the calling thread; the class attribute None is what a
+    # thread sees before its first use_backend (getattr with a default on a plain
+    # threading.local costs ~0.3 us per missing-attribute lookup, a tenth of a small
+    # float32 stamp's render through GaussianMixture.render)
+    stack = None
+
+
+_state = _State()
 _global = {"name": None}
 
 
@@ -104,7 +114,7 @@ def get_backend(name=None):
     """
     if name is not None:
         return _load(name)
-    stack = getattr(_state, "stack", None)
+    stack = _state.stack
     if stack:
         return stack[-1]
     if _global["name"] is None:
@@ -135,7 +145,7 @@ def use_backend(name):
         If the backend is unknown or unavailable.
     """
     backend = _load(name)
-    stack = getattr(_state, "stack", None)
+    stack = _state.stack
     if stack is None:
         stack = _state.stack = []
     stack.append(backend)

@@ -41,12 +41,20 @@ polynomial with repeated squaring, 1e-9 for ``|q| <= QSAFE32``), two per
 column, rounded once.  The ellipse is
 the set of pixels whose ``f`` is at least ``exp(-n_sigma**2 / 2)`` (one compare
 on the value; the row's chord, which it replaced, cost 15% of the float32
-stamp's render), and two rows are done per pass over the row buffers.  Two
-neighbours in the table with the same box (components wider than a small image
-are clipped to all of it) are walked in the same passes, the image the same
-bit for bit as from the two in turn (``_render_rec_pair``): a pass over fewer
-than ~96 columns is bound by the latency of each column's chain (load, two
-products, store, next pass), and a second chain in it comes almost free.  The
+stamp's render).  The render walks strips of 32 columns down all the rows
+with ``f`` and ``r`` in vector registers (``_rec_walk``, LLVM IR of fixed-width
+vectors: Numba's loops cannot keep a strip's state out of memory); passes of
+two rows over row buffers of ``f``, which it replaced, were bound below ~96
+columns by each column's chain of load, products and store (float32 stamp
+render 15.3-17.9 -> 12.6-12.7 us, float64 20-28 -> 17 us; the image the same
+bit for bit).  Its work images are widened so that no row starts 4096 bytes
+(modulo 4096) from the next (``_work_width``), where the processor's
+store-to-load check would hold each row's loads for the last row's stores.
+Two neighbours in the table with the same box (components wider than a small
+image are clipped to all of it) are walked together, the image loaded and
+stored once for both and the same bit for bit as from the two in turn
+(``_render_rec_pair``).  The gradient sums keep two-row passes over row
+buffers (``_rec_sums2``).  The
 recurrence is used only where every ``f``, ``r`` and row factor over the box
 stays a normal number (``|q| <= QSAFE32`` or ``QSAFE64``): thin tilted
 components, mostly in float32, keep the exponentials.  Measured against
@@ -57,7 +65,7 @@ from 133 to 90 us (24-26 us and 69-73 us with the culling by value and, for
 small images, the one-call paths ``_render_stamp`` / ``_chi2_stamp``).  The
 fourth-order components accumulate their 14 sums in one flat loop over a copy
 of their box (the vector sums reduced once per component, not per row).
-The recurrence's two-row passes, the residual's rows and that box copy are
+The gradient sums' two-row passes, the residual's rows and that box copy are
 functions of their own whose array arguments are marked ``noalias``
 (``_NoAliasCompiler``): inlined, they carry no runtime overlap checks, and the
 in-place residual vectorises (float32 stamp chi2 + gradient 65-69 -> 53-56 us
@@ -145,8 +153,9 @@ _JIT_UNFUSED = dict(_JIT, fastmath=_FASTMATH - {"contract"})
 class _NoAliasCompiler(numba.core.compiler.Compiler):
     """Numba's default pipeline, with every array argument marked ``noalias``.
 
-    For the recurrence's two-row passes (``_rec_render2``, ``_rec_sums2``, ...),
-    whose arrays (the column state, image rows, column sums) never overlap.
+    For the gradient sums' two-row passes (``_rec_sums2``, ``_rec_sums1``) and the
+    row copies, whose arrays (the column state, image rows, column sums) never
+    overlap.
     Inlined by LLVM into their caller, the attribute becomes alias metadata
     that lets the vectoriser drop the runtime overlap checks it otherwise
     emits between every pair of stored and loaded arrays at the start of each
@@ -234,7 +243,7 @@ def _exp_half_overload(q):
 
 
 
-@njit(**_JIT)
+@njit(forceinline=True, **_JIT)
 def _box(t, ny, nx):
     # Culling box of one component, clipped (the rule of _common.box).
     j0 = max(math.ceil(t[_MY] - t[_HY]), 0)
@@ -249,6 +258,35 @@ def _padded_width(nx):
     # nx rounded up to a multiple of CHUNK: the width the kernels work in (plain
     # Python where called from Python, compiled inline in the kernels)
     return (nx + CHUNK - 1) // CHUNK * CHUNK
+
+
+#: Rows this many bytes apart (modulo 4096) or closer alias in the processor's
+#: store-to-load check; see _work_width.
+ALIAS_BYTES = 64
+
+
+@register_jitable
+def _work_width(nx):
+    # The width of a work image for nx columns: _padded_width(nx), widened by
+    # whole chunks until the start of no row one or two rows below another lies
+    # within ALIAS_BYTES of it modulo 4096, in float32 or float64.  The recurrence
+    # walks a strip of columns down the rows, storing row j and loading row j + 1
+    # at once (_rec_walk); where these addresses agree modulo 4096 the processor
+    # takes the load to depend on the store ("4K aliasing") and waits: on rows of
+    # 1024 float32 (4096 bytes) a benchmark source renders 5x slower, on 512
+    # (rows two apart) 2.4x.  (Rows four apart cost 10-20%, less than copying a
+    # widened image back would on a sparsely covered one.)
+    w = _padded_width(nx)
+    while True:
+        ok = True
+        for isz in (4, 8):
+            for k in (1, 2):
+                d = (k * w * isz) % 4096
+                if min(d, 4096 - d) < ALIAS_BYTES:
+                    ok = False
+        if ok:
+            return w
+        w += CHUNK
 
 
 @njit(inline="always", **_JIT)
@@ -424,7 +462,7 @@ def _q_step(fxx, fxy, fyy, dx, dy):
             2.0 * (fxy * dx + fyy * dy) + fyy)
 
 
-@njit(**_JIT)
+@njit(forceinline=True, **_JIT)
 def _rec_safe(t, j0, j1, i0, i1, qsafe):
     # True when q and its row step q(j+1) - q(j) stay within +-qsafe over the box
     # (rows j0..j1+1): both are convex or linear, so the corners bound them.
@@ -493,7 +531,7 @@ def _exp_start_overload(q, f):
     return lambda q, f: _exp_wide(q)
 
 
-@njit(**_JIT)
+@njit(forceinline=True, **_JIT)
 def _rec_start(t, dy, x0, a, b, f, r):
     # Row dy of a component: f[i] = exp(-q/2) and r[i] = exp(-(q(dy+1) - q(dy))/2)
     # at dx = x0 + i for the box columns a <= i <= b, zero elsewhere (the chunks'
@@ -527,20 +565,6 @@ def _ellipse_floor(n2, dt):
 
 
 @njit(pipeline_class=_NoAliasCompiler, **_JIT)
-def _rec_render2(f, r, ra, rb, pa, pb, normd, floor):
-    # One pass of _render_rec: rows ra, rb (j, j + 1) from the column state f, r;
-    # f advanced two rows.  The four arrays must not overlap (_NoAliasCompiler).
-    zero = floor - floor
-    for i in range(f.shape[0]):
-        v = f[i]
-        rr = r[i]
-        u = v * (rr * pa)
-        ra[i] += normd * v if v >= floor else zero
-        rb[i] += normd * u if u >= floor else zero
-        f[i] = u * (rr * pb)
-
-
-@njit(pipeline_class=_NoAliasCompiler, **_JIT)
 def _copy_rows(a, b, ca, cb):
     # ca[:] = a, cb[:] = b (a slice assignment would check for overlap and copy
     # through a temporary)
@@ -549,48 +573,119 @@ def _copy_rows(a, b, ca, cb):
         cb[i] = b[i]
 
 
-@njit(pipeline_class=_NoAliasCompiler, **_JIT)
-def _rec_render1(f, ra, normd, floor):
-    # The last row of a block of _render_rec (f is not advanced).
-    zero = floor - floor
-    for i in range(f.shape[0]):
-        v = f[i]
-        ra[i] += normd * v if v >= floor else zero
+#: Chunks of CHUNK columns walked down the rows at once by _rec_walk (per
+#: component): their state, two vectors of 2 x CHUNK pixels each, stays in
+#: vector registers (AVX-512: 2 + 2 of 32; AVX2, float64: 8 + 8 of 16).
+WALK_CHUNKS = 2
 
 
-@njit(pipeline_class=_NoAliasCompiler, forceinline=True, **_JIT)
-def _rec_render2_pair(f, r, g, h, ra, rb, pa, pb, qa, qb, normd, normd2, floor):
-    # _rec_render2 for two components at once (state f, r and g, h; row factors
-    # pa, pb and qa, qb): the image rows are loaded and stored once for both, and
-    # the two recurrences interleave.  Each pixel gets the first component's term
-    # then the second's, as two _rec_render2 passes in turn would add them, so the
-    # image is the same bit for bit.  The six arrays must not overlap; inlined
-    # (forceinline: called, its array arguments cost more than the pass saves).
-    zero = floor - floor
-    for i in range(f.shape[0]):
-        v = f[i]
-        rr = r[i]
-        u = v * (rr * pa)
-        w = g[i]
-        hh = h[i]
-        x = w * (hh * qa)
-        ra[i] = (ra[i] + (normd * v if v >= floor else zero)) + (normd2 * w if w >= floor
-                                                                  else zero)
-        rb[i] = (rb[i] + (normd * u if u >= floor else zero)) + (normd2 * x if x >= floor
-                                                                  else zero)
-        f[i] = u * (rr * pb)
-        g[i] = x * (hh * qb)
+def _walk_codegen(ncomp, lanes):
+    # LLVM IR of _rec_walk for ncomp components and lanes columns
+    def codegen(context, builder, sig, args):
+        img, j0, col, nrows, sc, co, pf, normd, normd2, floor = args
+        lty = context.get_value_type(sig.args[0].dtype)
+        vty = llvmir.VectorType(lty, lanes)
+        i32 = llvmir.IntType(32)
+        i64 = llvmir.IntType(64)
+        isz = llvmir.Constant(i64, context.get_abi_sizeof(lty))
+        align = context.get_abi_sizeof(lty)
+        arrays = [context.make_array(sig.args[n])(context, builder, value=args[n])
+                  for n in (0, 4, 6)]
+        (a_data, s_data, p_data) = (x.data for x in arrays)
+        (a_row, s_row, p_row) = (builder.extract_value(x.strides, 0) for x in arrays)
+
+        def wide(x):
+            return builder.sext(x, i64) if x.type.width < 64 else x
+
+        def at(base, offset, ty=vty):
+            # a pointer to a ty at base + offset bytes
+            byte = builder.gep(builder.bitcast(base, llvmir.IntType(8).as_pointer()), [offset])
+            return builder.bitcast(byte, ty.as_pointer())
+
+        def bcast(x):
+            undef = llvmir.Constant(vty, None)
+            return builder.shuffle_vector(
+                builder.insert_element(undef, x, llvmir.Constant(i32, 0)), undef,
+                llvmir.Constant(llvmir.VectorType(i32, lanes), [0] * lanes))
+
+        def row(stride, n, offset):
+            return builder.add(builder.mul(stride, llvmir.Constant(i64, n)), offset)
+
+        cofs = builder.mul(wide(co), isz)
+        fvars, rvecs = [], []
+        for m in range(ncomp):
+            fvars.append(cgutils.alloca_once(builder, vty))
+            builder.store(builder.load(at(s_data, row(s_row, 2 * m, cofs)), align=align),
+                          fvars[m])
+            rvecs.append(builder.load(at(s_data, row(s_row, 2 * m + 1, cofs)),
+                                      align=align))
+        amps = [bcast(normd), bcast(normd2)]
+        fl = bcast(floor)
+        zero = llvmir.Constant(vty, [0.0] * lanes)
+        first = builder.add(builder.mul(wide(j0), a_row), builder.mul(wide(col), isz))
+        with cgutils.for_range(builder, wide(nrows)) as loop:
+            jj = loop.index
+            vs, ts = [], []
+            for m in range(ncomp):
+                vs.append(builder.load(fvars[m]))
+                pj = builder.load(at(p_data, row(p_row, m, builder.mul(jj, isz)), lty),
+                                  align=align)
+                ts.append(builder.fmul(rvecs[m], bcast(pj)))
+            ptr = at(a_data, builder.add(first, builder.mul(jj, a_row)))
+            acc = builder.load(ptr, align=align)
+            for m in range(ncomp):
+                inside = builder.fcmp_ordered(">=", vs[m], fl)
+                acc = builder.fadd(acc, builder.select(inside, builder.fmul(amps[m], vs[m]), zero))
+            builder.store(acc, ptr, align=align)
+            for m in range(ncomp):
+                builder.store(builder.fmul(vs[m], ts[m]), fvars[m])
+        return context.get_dummy_value()
+
+    return codegen
 
 
-@njit(pipeline_class=_NoAliasCompiler, forceinline=True, **_JIT)
-def _rec_render1_pair(f, g, ra, normd, normd2, floor):
-    # The last row of a block of _render_rec_pair (f and g are not advanced).
-    zero = floor - floor
-    for i in range(f.shape[0]):
-        v = f[i]
-        w = g[i]
-        ra[i] = (ra[i] + (normd * v if v >= floor else zero)) + (normd2 * w if w >= floor
-                                                                  else zero)
+@intrinsic
+def _rec_walk(typingctx, ncomp, nchunk, img, j0, col, nrows, sc, co, pf, normd, normd2,
+              floor):
+    """Add rows j0 .. j0 + nrows - 1, columns col .. col + nchunk * CHUNK - 1 of the
+    C-contiguous 2-d ``img``, by recurrence, for ncomp (1 or 2, literal) components
+    walked together: component c's column state is f = sc[2c, co:], r = sc[2c + 1,
+    co:] (_rec_start), its row factors pf[c, :nrows], its amplitude normd (normd2),
+    and pixel (j0 + m, i) gets ``normd f`` where ``f >= floor``, then f <- f (r
+    pf[c, m]), as in the module docstring.
+
+    LLVM IR of fixed-width vectors (nchunk, literal, chunks of CHUNK columns),
+    whose state f, r stays in vector registers down all the rows: the same
+    arithmetic, operation for operation, as the two-row passes over row buffers
+    it replaced, so the image is the same bit for bit; those passes loaded and
+    stored f at every pass, a chain whose latency bound a pass over fewer than
+    ~96 columns.  ``sc`` is not written.
+    """
+    if not (isinstance(ncomp, types.IntegerLiteral) and isinstance(nchunk, types.IntegerLiteral)
+            and isinstance(img, types.Array) and img.ndim == 2 and img.layout == "C"
+            and isinstance(sc, types.Array) and sc.dtype == img.dtype
+            and isinstance(pf, types.Array) and pf.dtype == img.dtype):
+        return None
+    sig = types.none(ncomp, nchunk, img, j0, col, nrows, sc, co, pf, normd, normd2, floor)
+    body = _walk_codegen(ncomp.literal_value, nchunk.literal_value * CHUNK)
+
+    def codegen(context, builder, sig, args):
+        inner = sig.replace(args=sig.args[2:])
+        return body(context, builder, inner, args[2:])
+
+    return sig, codegen
+
+
+@njit(inline="always", **_JIT)
+def _row_factors(pf, c, e1, nrows):
+    # pf[c, m] = exp(-F_yy m) for m < min(nrows, RESTART), as float64 products of
+    # e1 = exp(-F_yy), each rounded once to pf's dtype (a scalar exp per row had
+    # cost 25% of the float32 stamp's render)
+    dt = pf.dtype.type
+    p64 = 1.0
+    for m in range(min(nrows, RESTART)):
+        pf[c, m] = dt(p64)
+        p64 = p64 * e1
 
 
 @njit(pipeline_class=_NoAliasCompiler, **_JIT)
@@ -626,87 +721,72 @@ def _rec_sums1(f, ra, c0, c1, c2, dya, floor):
         c2[i] += ya * dya
 
 
-@njit(**_JIT)
-def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, keep, k):
+@njit(forceinline=True, **_JIT)
+def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k):
     # Add one component without the fourth-order factor to rows j0..j1, by the
     # recurrence of the module docstring: per column, f(j+1) = f(j) r(j) with
-    # r(j) = r(js) exp(-F_yy (j - js)), two rows per pass; the ellipse is the
-    # set of pixels whose f is at least exp(-n_sigma^2 / 2) (_ellipse_floor).
-    # keep: None, or a (K, 2, width) array in which the start row j0's f and r
-    # are kept as component k's (for _accumulate_rec in the same chi2 call).
+    # r(j) = r(js) exp(-F_yy (j - js)) (_row_factors), walked down the rows in
+    # vector registers (_rec_walk); the ellipse is the set of pixels whose f is at
+    # least exp(-n_sigma^2 / 2) (_ellipse_floor).  sc: (4, width) scratch of
+    # which rows 0, 1 hold the start row's f, r; pf: (2, RESTART) scratch of which
+    # row 0 holds the row factors.  keep: None, or a (K, 2, width) array in which
+    # the start row j0's f and r are kept as component k's (for _accumulate_rec in
+    # the same chi2 call).  Inlined (forceinline) into _render_rows: called, its
+    # array arguments' reference counts cost ~60 ns a component.
     dt = img.dtype.type
     n = nch * CHUNK
     x0 = s - t[_MX]
     normd = dt(t[_AMP] * t[_NORM])
-    fyy = t[_FYY]
-    f = sc[0, :n]
-    r = sc[1, :n]
     floor = _ellipse_floor(n2, dt)
-    e1 = math.exp(-fyy)
+    _row_factors(pf, 0, math.exp(-t[_FYY]), j1 - j0 + 1)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
-        _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
+        _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, sc[0, :n], sc[1, :n])
         if keep is not None and js == j0:
-            _copy_rows(f, r, keep[k, 0, :n], keep[k, 1, :n])
-        j = js
-        pa64 = 1.0
-        while j + 1 < je:
-            # the row ratio r(j) = r(js) exp(-F_yy (j - js)): the factor is a float64
-            # product of exp(-F_yy) (a scalar exp per row cost 25% of the stamp's
-            # render), rounded once to dt
-            pb64 = pa64 * e1
-            pa = dt(pa64)
-            pb = dt(pb64)
-            pa64 = pb64 * e1
-            _rec_render2(f, r, img[j, s:s + n], img[j + 1, s:s + n], pa, pb, normd, floor)
-            j += 2
-        if j < je:
-            _rec_render1(f, img[j, s:s + n], normd, floor)
+            _copy_rows(sc[0, :n], sc[1, :n], keep[k, 0, :n], keep[k, 1, :n])
+        c = 0
+        while c + WALK_CHUNKS <= nch:
+            _rec_walk(1, WALK_CHUNKS, img, js, s + c * CHUNK, je - js, sc, c * CHUNK, pf,
+                      normd, normd, floor)
+            c += WALK_CHUNKS
+        if c < nch:
+            _rec_walk(1, 1, img, js, s + c * CHUNK, je - js, sc, c * CHUNK, pf, normd, normd,
+                      floor)
 
 
-@njit(**_JIT)
-def _render_rec_pair(img, t, u, j0, j1, i0, i1, s, nch, n2, sc, keep, k):
+@njit(forceinline=True, **_JIT)
+def _render_rec_pair(img, t, u, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k):
     # _render_rec for components k (t) and k + 1 (u), whose boxes are the same
-    # (rows j0..j1, columns i0..i1), in one walk: two recurrences per pass
-    # (_rec_render2_pair).  The image is the same bit for bit as from the two
-    # components in turn.  Of a float32 stamp's recurrence passes, those of
-    # components narrower than ~96 columns are bound by the latency of the chain f
-    # -> product -> store -> next pass's load, not by the pixels (a pass costs
-    # about the same at 16 to 64 columns); a second, independent chain in the same
-    # pass comes almost free (the benchmark's 54-Gaussian stamp, 12 such pairs:
-    # its components' render 6-12% faster, in alternated runs).
+    # (rows j0..j1, columns i0..i1), in one walk (state in sc's rows 0, 1 and 2,
+    # 3, row factors in pf's rows 0 and 1): the image rows are loaded and stored
+    # once for both, and each pixel gets the first component's term then the
+    # second's, so the image is the same bit for bit as from the two components in
+    # turn.  (When f was kept in row buffers, each pass over fewer than ~96 columns
+    # was bound by the latency of the chain f -> product -> store -> next pass's
+    # load, and a second chain in the same pass came almost free: the benchmark's
+    # 54-Gaussian stamp, 12 such pairs, its components' render 6-12% faster.)
     dt = img.dtype.type
     n = nch * CHUNK
     normd = dt(t[_AMP] * t[_NORM])
     normd2 = dt(u[_AMP] * u[_NORM])
-    f = sc[0, :n]
-    r = sc[1, :n]
-    g = sc[2, :n]
-    h = sc[3, :n]
     floor = _ellipse_floor(n2, dt)
-    e1 = math.exp(-t[_FYY])
-    e2 = math.exp(-u[_FYY])
+    _row_factors(pf, 0, math.exp(-t[_FYY]), j1 - j0 + 1)
+    _row_factors(pf, 1, math.exp(-u[_FYY]), j1 - j0 + 1)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
-        _rec_start(t, js - t[_MY], s - t[_MX], i0 - s, i1 - s, f, r)
-        _rec_start(u, js - u[_MY], s - u[_MX], i0 - s, i1 - s, g, h)
+        _rec_start(t, js - t[_MY], s - t[_MX], i0 - s, i1 - s, sc[0, :n], sc[1, :n])
+        _rec_start(u, js - u[_MY], s - u[_MX], i0 - s, i1 - s, sc[2, :n], sc[3, :n])
         if keep is not None and js == j0:
-            _copy_rows(f, r, keep[k, 0, :n], keep[k, 1, :n])
-            _copy_rows(g, h, keep[k + 1, 0, :n], keep[k + 1, 1, :n])
-        j = js
-        pa64 = 1.0
-        qa64 = 1.0
-        while j + 1 < je:
-            # each component's row factors as in _render_rec
-            pb64 = pa64 * e1
-            qb64 = qa64 * e2
-            _rec_render2_pair(f, r, g, h, img[j, s:s + n], img[j + 1, s:s + n], dt(pa64),
-                              dt(pb64), dt(qa64), dt(qb64), normd, normd2, floor)
-            pa64 = pb64 * e1
-            qa64 = qb64 * e2
-            j += 2
-        if j < je:
-            _rec_render1_pair(f, g, img[j, s:s + n], normd, normd2, floor)
+            _copy_rows(sc[0, :n], sc[1, :n], keep[k, 0, :n], keep[k, 1, :n])
+            _copy_rows(sc[2, :n], sc[3, :n], keep[k + 1, 0, :n], keep[k + 1, 1, :n])
+        c = 0
+        while c + WALK_CHUNKS <= nch:
+            _rec_walk(2, WALK_CHUNKS, img, js, s + c * CHUNK, je - js, sc, c * CHUNK, pf,
+                      normd, normd2, floor)
+            c += WALK_CHUNKS
+        if c < nch:
+            _rec_walk(2, 1, img, js, s + c * CHUNK, je - js, sc, c * CHUNK, pf, normd, normd2,
+                      floor)
 
 
 @njit(inline="always", **_JIT)
@@ -734,6 +814,7 @@ def _render_rows(img, table, y0, y1, n2, keep=None):
     dt = img.dtype.type
     qmax = dt(n2)
     sc = np.empty((4, nx), dtype=img.dtype)
+    pf = np.empty((2, RESTART), dtype=img.dtype)
     ncomp = table.shape[0]
     k = 0
     while k < ncomp:
@@ -749,10 +830,11 @@ def _render_rows(img, table, y0, y1, n2, keep=None):
             _render_plain(img, t, j0, j1, s, nch, qmax)
         elif k + 1 < ncomp and _box_kind(table[k + 1], y1, nx, y0, img.itemsize) == (
                 j0, j1, i0, i1, 2):
-            _render_rec_pair(img, t, table[k + 1], j0, j1, i0, i1, s, nch, n2, sc, keep, k)
+            _render_rec_pair(img, t, table[k + 1], j0, j1, i0, i1, s, nch, n2, sc, pf, keep,
+                             k)
             k += 1
         else:
-            _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, keep, k)
+            _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k)
         k += 1
 
 
@@ -799,11 +881,33 @@ def _band_edges(table, ny, nx, nband):
     return edges
 
 
+@njit(**_JIT)
+def _render_band(work, table, y0, y1, n2, img):
+    # Rows [y0, y1) of every component into img (zeroed by the caller), or, when
+    # img is not None, into the wider work image (_work_width) first: its rows
+    # zeroed, rendered, then copied into img's.
+    if img is None:
+        _render_rows(work, table, y0, y1, n2)
+        return
+    nx = img.shape[1]
+    work[y0:y1, :] = 0.0
+    _render_rows(work, table, y0, y1, n2)
+    for j in range(y0, y1):
+        _copy_row(work[j, :nx], img[j])
+
+
+@njit(pipeline_class=_NoAliasCompiler, **_JIT)
+def _copy_row(a, b):
+    # b[:] = a (not overlapping: a slice assignment would check and copy twice)
+    for i in range(a.shape[0]):
+        b[i] = a[i]
+
+
 @njit(parallel=True, **_JIT)
-def _render_parallel(img, table, edges, n2):
-    # rows edges[b]..edges[b + 1] as band b (_band_edges)
+def _render_parallel(work, table, edges, n2, img=None):
+    # rows edges[b]..edges[b + 1] as band b (_band_edges); img: see _render_band
     for b in prange(edges.shape[0] - 1):
-        _render_rows(img, table, edges[b], edges[b + 1], n2)
+        _render_band(work, table, edges[b], edges[b + 1], n2, img)
 
 
 @njit(**_JIT)
@@ -1423,7 +1527,7 @@ def _chi2_stamp(amp, mean, cov, n_sigma, mode, threshold, data, weight, gradient
     ny, nx = data.shape
     n2 = n_sigma * n_sigma
     table = _prepare(amp, mean, cov, n_sigma, mode, threshold)
-    nxp = _padded_width(nx)
+    nxp = _work_width(nx)
     # the model, then R = 2 w (model - data) in place, zero in the padding columns
     model = np.zeros((ny, nxp), dtype=data.dtype)
     # the recurrence's start rows, kept by the render for the gradient sums
@@ -1499,7 +1603,7 @@ class NumbaBackend(c.Backend):
         if mode is None:
             return None
         ny, nx = shape
-        nxp = _padded_width(nx)
+        nxp = _work_width(nx)
         img = np.zeros((ny, nxp), dtype=dtype)
         _render_stamp(amp, mean, cov, settings.n_sigma, mode, settings.fourth_order_threshold,
                       img)
@@ -1542,15 +1646,17 @@ class NumbaBackend(c.Backend):
             return nthreads
         return 1
 
-    def _padded(self, shape, dtype, key):
-        """A zeroed scratch image whose width is a multiple of ``CHUNK``, or None.
+    def _padded(self, shape, dtype, key, width=_padded_width):
+        """A zeroed scratch image ``(ny, width(nx))``, or None where that is ``nx``.
 
         The kernels walk rows in whole chunks (see the module docstring); an
         image whose width is not a multiple of ``CHUNK`` is worked on in this
-        wider copy, whose extra columns are discarded (render) or zero (accumulate).
+        wider copy, whose extra columns are discarded (render) or zero
+        (accumulate).  The render takes ``width=_work_width``, which also widens
+        rows whose starts would alias (see there).
         """
         ny, nx = shape
-        nxp = _padded_width(nx)
+        nxp = width(nx)
         if nxp == nx:
             return None
         work = self.scratch((ny, nxp), dtype, key)
@@ -1564,25 +1670,29 @@ class NumbaBackend(c.Backend):
         so callers may run several at once); by default large images use all
         of Numba's threads.
         """
-        shape = tuple(shape)
-        img = np.zeros(shape, dtype=dtype) if out is None else out
-        work = self._padded(shape, img.dtype, "render-pad")
-        if work is None:
-            if out is not None:
-                img.fill(0)
-            work = img
+        shape = ny, nx = tuple(shape)
+        nw = _work_width(nx)
+        if nw == nx and out is None:
+            img = np.zeros(shape, dtype=dtype)
+        elif nw == nx:
+            img = out
+            img.fill(0)
+        else:
+            # rendered into a wider work image (its rows zeroed, then copied, by each
+            # band: _render_band), whose rows start where the kernels can use them
+            img = np.empty(shape, dtype=dtype) if out is None else out
+        work = img if nw == nx else self.scratch((ny, nw), img.dtype, "render-pad")
+        copy = None if nw == nx else img
         table = np.ascontiguousarray(table, dtype=np.float64)
         n2 = settings.n_sigma ** 2
         nthreads = self._threads(table, shape, threads)
         if nthreads == 1:
-            _render_rows(work, table, 0, shape[0], n2)
+            _render_band(work, table, 0, ny, n2, copy)
         else:
             # one band per thread: with bands of equal work, more bands only add
             # start rows (uniform benchmark scene: 2.6-2.8 ms in 2 bands, 2.7-3.3 in 8)
-            nband = min(shape[0], nthreads)
-            _render_parallel(work, table, _band_edges(table, shape[0], work.shape[1], nband), n2)
-        if work is not img:
-            img[...] = work[:, :shape[1]]
+            nband = min(ny, nthreads)
+            _render_parallel(work, table, _band_edges(table, ny, nw, nband), n2, copy)
         return img
 
     def jacobian(self, table, coeff, shape, settings, threads=None):
@@ -1638,14 +1748,14 @@ class NumbaBackend(c.Backend):
         Returns
         -------
         layout : dict
-            ``shapes`` (E, 2) with widths padded to a multiple of ``CHUNK``,
+            ``shapes`` (E, 2) with widths padded to whole chunks (``_work_width``),
             ``offsets`` (E,) into the packed arrays, ``size``, ``nbands``
             (row bands per exposure, one per thread; their edges follow each
             call's tables, see ``_exposure_rtasks``) and the component-block
             tasks ``atasks``.
         """
         nthreads = nthreads or numba.get_num_threads()
-        padded = np.array([(ny, _padded_width(nx)) for ny, nx in shapes], dtype=np.int64)
+        padded = np.array([(ny, _work_width(nx)) for ny, nx in shapes], dtype=np.int64)
         offsets = np.zeros(len(padded), dtype=np.int64)
         offsets[1:] = np.cumsum(padded[:, 0] * padded[:, 1])[:-1]
         nb = max(1, nthreads)
