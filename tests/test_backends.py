@@ -211,7 +211,8 @@ def test_numba_row_recurrence(mode, dtype, rtol):
 
 @pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_numba_recurrence_pairs(dtype):
+@pytest.mark.parametrize("signs", [(1, 1, 1, 1, 1), (1, -1, -1, 1, -1)])
+def test_numba_recurrence_pairs(dtype, signs):
     """Two neighbouring components walked by recurrence over the same box are
     rendered together (``_render_rec_pair``): the image, and chi2 with its
     gradient (whose sums take the start rows the render kept), are the same bit
@@ -219,11 +220,12 @@ def test_numba_recurrence_pairs(dtype):
     renders them in turn; and they agree with the NumPy reference.  One pair
     is wider than the image (clipped to all of it: three restarts), the other
     shares its variances and differs in its correlation (the same box inside
-    the image); a fifth component is on its own."""
+    the image); a fifth component is on its own.  With amplitudes of either
+    sign (a positive one is folded into the walk's f, a negative one not)."""
     from astromix.backends import numba_backend as nb
 
     shape = (150, 77)
-    amp = np.array([1.0, 0.6, 0.8, 0.5, 0.7])
+    amp = np.array([1.0, 0.6, 0.8, 0.5, 0.7]) * signs
     mean = np.array([[38.3, 70.6], [38.3, 70.6], [40.1, 51.2], [40.1, 51.2], [38.8, 160.4]])
     cov = np.array([_rotated(60, 50, 0.3), _rotated(70, 40, 0.5), [[20.0, 5.0], [5.0, 16.0]],
                     [[20.0, -4.0], [-4.0, 16.0]], _rotated(30, 25, 0.2)])

@@ -47,7 +47,10 @@ vectors: Numba's loops cannot keep a strip's state out of memory); passes of
 two rows over row buffers of ``f``, which it replaced, were bound below ~96
 columns by each column's chain of load, products and store (float32 stamp
 render 15.3-17.9 -> 12.6-12.7 us, float64 20-28 -> 17 us; the image the same
-bit for bit).  Its work images are widened so that no row starts 4096 bytes
+bit for bit).  A positive amplitude is taken into ``f`` at the strip's start
+(and into the floor), one product per pixel fewer: float32 stamp 11.7-12.0 ->
+11.4-11.8 us, float64 16.4-16.7 -> 15.6-15.7 us; images move by 1e-7 of the
+peak in float32, 2e-16 in float64.  Its work images are widened so that no row starts 4096 bytes
 (modulo 4096) from the next (``_work_width``), where the processor's
 store-to-load check would hold each row's loads for the last row's stores.
 Two neighbours in the table with the same box (components wider than a small
@@ -79,6 +82,7 @@ evaluations (a small stamp) runs on one thread, since starting threads would
 cost more than it saves.
 """
 
+import functools
 import math
 import os
 
@@ -573,105 +577,183 @@ def _copy_rows(a, b, ca, cb):
         cb[i] = b[i]
 
 
-#: Chunks of CHUNK columns walked down the rows at once by _rec_walk (per
-#: component): their state, two vectors of 2 x CHUNK pixels each, stays in
-#: vector registers (AVX-512: 2 + 2 of 32; AVX2, float64: 8 + 8 of 16).
-WALK_CHUNKS = 2
+#: _work_width for calls from Python (its loops cost ~0.65 us a call there)
+_work_width_py = functools.lru_cache(maxsize=1024)(_work_width)
 
 
-def _walk_codegen(ncomp, lanes):
-    # LLVM IR of _rec_walk for ncomp components and lanes columns
+def _vector_register_bytes():
+    # Bytes of vector registers of the processor Numba compiles for: 32 x 64 with
+    # AVX-512, 16 x 32 with AVX (Numba's NUMBA_CPU_FEATURES if set, else the
+    # host's; a NUMBA_CPU_NAME without features is taken as AVX2), 16 x 16 else.
+    from numba.core import config
+
+    if config.CPU_FEATURES is not None:
+        feats = {f[1:] for f in config.CPU_FEATURES.split(",") if f.startswith("+")}
+    elif config.CPU_NAME is not None and config.CPU_NAME != "host":
+        feats = {"avx"}
+    else:
+        import llvmlite.binding as llvm
+
+        feats = {k for k, v in llvm.get_host_cpu_features().items() if v}
+    if "avx512f" in feats:
+        return 32 * 64
+    return 16 * 32 if "avx" in feats else 16 * 16
+
+
+#: Bytes of vector registers that _rec_walk's column state may take: half of the
+#: processor's (the rest for the products, the image row and the constants).
+WALK_STATE_BYTES = _vector_register_bytes() // 2
+
+
+def _walk_lanes(ncomp, itemsize):
+    # Columns per strip of _rec_walk: 32 (two AVX-512 float32 vectors; 64 was
+    # slower on the benchmark stamp), fewer where the state f, r of ncomp
+    # components would not fit in WALK_STATE_BYTES (AVX2: float64 strips of 32
+    # spilled, and the float64 stamp rendered 11% slower than by row passes)
+    lanes = 2 * CHUNK
+    while lanes > 8 and 2 * ncomp * lanes * itemsize > WALK_STATE_BYTES:
+        lanes //= 2
+    return lanes
+
+
+def _walk_codegen(ncomp, itemsize):
+    # LLVM IR of _rec_walk for ncomp components of the given itemsize
+    wide_lanes = _walk_lanes(ncomp, itemsize)
+
     def codegen(context, builder, sig, args):
-        img, j0, col, nrows, sc, co, pf, normd, normd2, floor = args
+        img, j0, col, nrows, ncol, sc, pf, normd, normd2, floor = args
         lty = context.get_value_type(sig.args[0].dtype)
-        vty = llvmir.VectorType(lty, lanes)
         i32 = llvmir.IntType(32)
         i64 = llvmir.IntType(64)
         isz = llvmir.Constant(i64, context.get_abi_sizeof(lty))
         align = context.get_abi_sizeof(lty)
         arrays = [context.make_array(sig.args[n])(context, builder, value=args[n])
-                  for n in (0, 4, 6)]
+                  for n in (0, 5, 6)]
         (a_data, s_data, p_data) = (x.data for x in arrays)
         (a_row, s_row, p_row) = (builder.extract_value(x.strides, 0) for x in arrays)
 
         def wide(x):
             return builder.sext(x, i64) if x.type.width < 64 else x
 
-        def at(base, offset, ty=vty):
+        def at(base, offset, ty):
             # a pointer to a ty at base + offset bytes
             byte = builder.gep(builder.bitcast(base, llvmir.IntType(8).as_pointer()), [offset])
             return builder.bitcast(byte, ty.as_pointer())
 
-        def bcast(x):
-            undef = llvmir.Constant(vty, None)
-            return builder.shuffle_vector(
-                builder.insert_element(undef, x, llvmir.Constant(i32, 0)), undef,
-                llvmir.Constant(llvmir.VectorType(i32, lanes), [0] * lanes))
-
         def row(stride, n, offset):
             return builder.add(builder.mul(stride, llvmir.Constant(i64, n)), offset)
 
-        cofs = builder.mul(wide(co), isz)
-        fvars, rvecs = [], []
-        for m in range(ncomp):
-            fvars.append(cgutils.alloca_once(builder, vty))
-            builder.store(builder.load(at(s_data, row(s_row, 2 * m, cofs)), align=align),
-                          fvars[m])
-            rvecs.append(builder.load(at(s_data, row(s_row, 2 * m + 1, cofs)),
-                                      align=align))
-        amps = [bcast(normd), bcast(normd2)]
-        fl = bcast(floor)
-        zero = llvmir.Constant(vty, [0.0] * lanes)
         first = builder.add(builder.mul(wide(j0), a_row), builder.mul(wide(col), isz))
-        with cgutils.for_range(builder, wide(nrows)) as loop:
-            jj = loop.index
-            vs, ts = [], []
+
+        def strip(lanes, c0):
+            # columns c0 .. c0 + lanes - 1 of the box (c0 an i64), all rows
+            vty = llvmir.VectorType(lty, lanes)
+
+            def bcast(x):
+                undef = llvmir.Constant(vty, None)
+                return builder.shuffle_vector(
+                    builder.insert_element(undef, x, llvmir.Constant(i32, 0)), undef,
+                    llvmir.Constant(llvmir.VectorType(i32, lanes), [0] * lanes))
+
+            cofs = builder.mul(c0, isz)
+            fvars, rvecs, f0s = [], [], []
             for m in range(ncomp):
-                vs.append(builder.load(fvars[m]))
-                pj = builder.load(at(p_data, row(p_row, m, builder.mul(jj, isz)), lty),
-                                  align=align)
-                ts.append(builder.fmul(rvecs[m], bcast(pj)))
-            ptr = at(a_data, builder.add(first, builder.mul(jj, a_row)))
-            acc = builder.load(ptr, align=align)
-            for m in range(ncomp):
-                inside = builder.fcmp_ordered(">=", vs[m], fl)
-                acc = builder.fadd(acc, builder.select(inside, builder.fmul(amps[m], vs[m]), zero))
-            builder.store(acc, ptr, align=align)
-            for m in range(ncomp):
-                builder.store(builder.fmul(vs[m], ts[m]), fvars[m])
+                fvars.append(cgutils.alloca_once(builder, vty))
+                f0s.append(builder.load(at(s_data, row(s_row, 2 * m, cofs), vty), align=align))
+                rvecs.append(builder.load(at(s_data, row(s_row, 2 * m + 1, cofs), vty),
+                                          align=align))
+            scal = [normd, normd2][:ncomp]
+            amps = [bcast(a) for a in scal]
+            zero = llvmir.Constant(vty, [0.0] * lanes)
+            start = builder.add(first, cofs)
+
+            def rows(folded):
+                # the row loop; folded[m]: component m's amplitude taken into its f
+                fls = [bcast(builder.fmul(floor, a)) if fo else bcast(floor)
+                       for a, fo in zip(scal, folded)]
+                for m in range(ncomp):
+                    builder.store(builder.fmul(f0s[m], amps[m]) if folded[m] else f0s[m],
+                                  fvars[m])
+                with cgutils.for_range(builder, wide(nrows)) as loop:
+                    jj = loop.index
+                    vs, ts = [], []
+                    for m in range(ncomp):
+                        vs.append(builder.load(fvars[m]))
+                        pj = builder.load(at(p_data, row(p_row, m, builder.mul(jj, isz)), lty),
+                                          align=align)
+                        ts.append(builder.fmul(rvecs[m], bcast(pj)))
+                    ptr = at(a_data, builder.add(start, builder.mul(jj, a_row)), vty)
+                    acc = builder.load(ptr, align=align)
+                    for m in range(ncomp):
+                        inside = builder.fcmp_ordered(">=", vs[m], fls[m])
+                        term = vs[m] if folded[m] else builder.fmul(amps[m], vs[m])
+                        acc = builder.fadd(acc, builder.select(inside, term, zero))
+                    builder.store(acc, ptr, align=align)
+                    for m in range(ncomp):
+                        builder.store(builder.fmul(vs[m], ts[m]), fvars[m])
+
+            def branch(folded):
+                # a row loop for each combination of the amplitudes' signs
+                if len(folded) == ncomp:
+                    rows(folded)
+                    return
+                positive = builder.fcmp_ordered(">", scal[len(folded)],
+                                                llvmir.Constant(lty, 0.0))
+                with builder.if_else(positive) as (then, otherwise):
+                    with then:
+                        branch(folded + (True,))
+                    with otherwise:
+                        branch(folded + (False,))
+
+            branch(())
+
+        nc = wide(ncol)
+        lanes = llvmir.Constant(i64, wide_lanes)
+        nfull = builder.sdiv(nc, lanes)
+        with cgutils.for_range(builder, nfull) as loop:
+            strip(wide_lanes, builder.mul(loop.index, lanes))
+        if wide_lanes > CHUNK:
+            # a last strip of one chunk (ncol is a multiple of CHUNK)
+            done = builder.mul(nfull, lanes)
+            with builder.if_then(builder.icmp_signed("<", done, nc)):
+                strip(CHUNK, done)
         return context.get_dummy_value()
 
     return codegen
 
 
 @intrinsic
-def _rec_walk(typingctx, ncomp, nchunk, img, j0, col, nrows, sc, co, pf, normd, normd2,
-              floor):
-    """Add rows j0 .. j0 + nrows - 1, columns col .. col + nchunk * CHUNK - 1 of the
-    C-contiguous 2-d ``img``, by recurrence, for ncomp (1 or 2, literal) components
-    walked together: component c's column state is f = sc[2c, co:], r = sc[2c + 1,
-    co:] (_rec_start), its row factors pf[c, :nrows], its amplitude normd (normd2),
-    and pixel (j0 + m, i) gets ``normd f`` where ``f >= floor``, then f <- f (r
-    pf[c, m]), as in the module docstring.
+def _rec_walk(typingctx, ncomp, img, j0, col, nrows, ncol, sc, pf, normd, normd2, floor):
+    """Add rows j0 .. j0 + nrows - 1, columns col .. col + ncol - 1 (a multiple of
+    CHUNK) of the C-contiguous 2-d ``img``, by recurrence, for ncomp (1 or 2, a
+    literal) components walked together: component c's column state is f =
+    sc[2c, :ncol], r = sc[2c + 1, :ncol] (_rec_start), its row factors
+    pf[c, :nrows], its amplitude normd (normd2), and pixel (j0 + m, col + i) gets
+    ``normd f[i]`` where ``f[i] >= floor``, then f[i] <- f[i] (r[i] pf[c, m]), as
+    in the module docstring.  ``sc`` is not written.
 
-    LLVM IR of fixed-width vectors (nchunk, literal, chunks of CHUNK columns),
-    whose state f, r stays in vector registers down all the rows: the same
-    arithmetic, operation for operation, as the two-row passes over row buffers
-    it replaced, so the image is the same bit for bit; those passes loaded and
-    stored f at every pass, a chain whose latency bound a pass over fewer than
-    ~96 columns.  ``sc`` is not written.
+    LLVM IR of fixed-width vectors: strips of _walk_lanes columns, each walked
+    down all the rows with its f and r in vector registers.  The two-row passes
+    over row buffers that it replaced loaded and stored f at every pass, a chain
+    whose latency bound each pass below ~96 columns; Numba's own loops cannot
+    keep a strip's state out of memory (LLVM vectorises inner loops only, here
+    the columns).  A component of positive amplitude walks ``normd f`` instead
+    of f, against the floor ``normd floor`` (one product per pixel fewer); one
+    of negative amplitude walks f as the passes did, operation for operation.
+    Each component's choice is its own, so a pair's image is the same bit for
+    bit as the two components' walked in turn.
     """
-    if not (isinstance(ncomp, types.IntegerLiteral) and isinstance(nchunk, types.IntegerLiteral)
+    if not (isinstance(ncomp, types.IntegerLiteral) and ncomp.literal_value in (1, 2)
             and isinstance(img, types.Array) and img.ndim == 2 and img.layout == "C"
-            and isinstance(sc, types.Array) and sc.dtype == img.dtype
-            and isinstance(pf, types.Array) and pf.dtype == img.dtype):
+            and isinstance(sc, types.Array) and sc.ndim == 2 and sc.dtype == img.dtype
+            and isinstance(pf, types.Array) and pf.ndim == 2 and pf.dtype == img.dtype
+            and all(isinstance(x, types.Integer) for x in (j0, col, nrows, ncol))):
         return None
-    sig = types.none(ncomp, nchunk, img, j0, col, nrows, sc, co, pf, normd, normd2, floor)
-    body = _walk_codegen(ncomp.literal_value, nchunk.literal_value * CHUNK)
+    sig = types.none(ncomp, img, j0, col, nrows, ncol, sc, pf, normd, normd2, floor)
+    body = _walk_codegen(ncomp.literal_value, img.dtype.bitwidth // 8)
 
     def codegen(context, builder, sig, args):
-        inner = sig.replace(args=sig.args[2:])
-        return body(context, builder, inner, args[2:])
+        return body(context, builder, sig.replace(args=sig.args[1:]), args[1:])
 
     return sig, codegen
 
@@ -744,14 +826,7 @@ def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k):
         _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, sc[0, :n], sc[1, :n])
         if keep is not None and js == j0:
             _copy_rows(sc[0, :n], sc[1, :n], keep[k, 0, :n], keep[k, 1, :n])
-        c = 0
-        while c + WALK_CHUNKS <= nch:
-            _rec_walk(1, WALK_CHUNKS, img, js, s + c * CHUNK, je - js, sc, c * CHUNK, pf,
-                      normd, normd, floor)
-            c += WALK_CHUNKS
-        if c < nch:
-            _rec_walk(1, 1, img, js, s + c * CHUNK, je - js, sc, c * CHUNK, pf, normd, normd,
-                      floor)
+        _rec_walk(1, img, js, s, je - js, n, sc, pf, normd, normd, floor)
 
 
 @njit(forceinline=True, **_JIT)
@@ -779,14 +854,7 @@ def _render_rec_pair(img, t, u, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k):
         if keep is not None and js == j0:
             _copy_rows(sc[0, :n], sc[1, :n], keep[k, 0, :n], keep[k, 1, :n])
             _copy_rows(sc[2, :n], sc[3, :n], keep[k + 1, 0, :n], keep[k + 1, 1, :n])
-        c = 0
-        while c + WALK_CHUNKS <= nch:
-            _rec_walk(2, WALK_CHUNKS, img, js, s + c * CHUNK, je - js, sc, c * CHUNK, pf,
-                      normd, normd2, floor)
-            c += WALK_CHUNKS
-        if c < nch:
-            _rec_walk(2, 1, img, js, s + c * CHUNK, je - js, sc, c * CHUNK, pf, normd, normd2,
-                      floor)
+        _rec_walk(2, img, js, s, je - js, n, sc, pf, normd, normd2, floor)
 
 
 @njit(inline="always", **_JIT)
@@ -1554,6 +1622,17 @@ def _one_thread_surely(k, shape):
     return shape[0] * shape[1] * 0.25 < PARALLEL_MIN_WORK / max(k, 1)
 
 
+@functools.lru_cache(maxsize=1024)
+def _stamp_width(ny, nx, k):
+    # The work width (_work_width) of an (ny, nx) image of k components when it
+    # takes the one-call paths (_render_stamp, _chi2_stamp: at most
+    # STAMP_MAX_PIXELS pixels, surely one thread), else 0; cached, since these
+    # checks in Python cost ~0.3 us of a 12 us float32 stamp
+    if ny * _padded_width(nx) > STAMP_MAX_PIXELS or not _one_thread_surely(k, (ny, nx)):
+        return 0
+    return _work_width(nx)
+
+
 def estimate_work(table, shape):
     """Approximate number of Gaussian-pixel evaluations (ellipse areas, clipped boxes)."""
     if table.shape[0] == 0:
@@ -1591,19 +1670,18 @@ class NumbaBackend(c.Backend):
         # the pixel-integration mode code of _prepare when (amp, shape) takes the
         # one-call path (a small image that _threads would keep on one thread
         # without estimating the work), else None
-        ny, nx = shape
-        if ny * _padded_width(nx) > STAMP_MAX_PIXELS or not _one_thread_surely(len(amp), shape):
+        if not _stamp_width(shape[0], shape[1], len(amp)):
             return None
         return _MODES[settings.pixel_integration]
 
     def render_stamp(self, amp, mean, cov, shape, dtype, settings):
         """Small images (up to ``STAMP_MAX_PIXELS``, one thread): prepare and render in
         one compiled call; None otherwise.  See :meth:`Backend.render_stamp`."""
-        mode = self._stamp_mode(amp, shape, settings)
-        if mode is None:
-            return None
         ny, nx = shape
-        nxp = _work_width(nx)
+        nxp = _stamp_width(ny, nx, len(amp))
+        if not nxp:
+            return None
+        mode = _MODES[settings.pixel_integration]
         img = np.zeros((ny, nxp), dtype=dtype)
         _render_stamp(amp, mean, cov, settings.n_sigma, mode, settings.fourth_order_threshold,
                       img)
@@ -1646,17 +1724,16 @@ class NumbaBackend(c.Backend):
             return nthreads
         return 1
 
-    def _padded(self, shape, dtype, key, width=_padded_width):
-        """A zeroed scratch image ``(ny, width(nx))``, or None where that is ``nx``.
+    def _padded(self, shape, dtype, key):
+        """A zeroed scratch image whose width is a multiple of ``CHUNK``, or None.
 
-        The kernels walk rows in whole chunks (see the module docstring); an
-        image whose width is not a multiple of ``CHUNK`` is worked on in this
-        wider copy, whose extra columns are discarded (render) or zero
-        (accumulate).  The render takes ``width=_work_width``, which also widens
-        rows whose starts would alias (see there).
+        The gradient sums walk rows in whole chunks (see the module docstring);
+        an image whose width is not a multiple of ``CHUNK`` is worked on in this
+        wider copy, whose extra columns are zero.  (The render widens its own
+        work image further where rows would alias: see ``render``.)
         """
         ny, nx = shape
-        nxp = width(nx)
+        nxp = _padded_width(nx)
         if nxp == nx:
             return None
         work = self.scratch((ny, nxp), dtype, key)
@@ -1671,7 +1748,7 @@ class NumbaBackend(c.Backend):
         of Numba's threads.
         """
         shape = ny, nx = tuple(shape)
-        nw = _work_width(nx)
+        nw = _work_width_py(nx)
         if nw == nx and out is None:
             img = np.zeros(shape, dtype=dtype)
         elif nw == nx:
@@ -1755,7 +1832,7 @@ class NumbaBackend(c.Backend):
             tasks ``atasks``.
         """
         nthreads = nthreads or numba.get_num_threads()
-        padded = np.array([(ny, _work_width(nx)) for ny, nx in shapes], dtype=np.int64)
+        padded = np.array([(ny, _work_width_py(nx)) for ny, nx in shapes], dtype=np.int64)
         offsets = np.zeros(len(padded), dtype=np.int64)
         offsets[1:] = np.cumsum(padded[:, 0] * padded[:, 1])[:-1]
         nb = max(1, nthreads)
