@@ -56,8 +56,9 @@ store-to-load check would hold each row's loads for the last row's stores.
 Two neighbours in the table with the same box (components wider than a small
 image are clipped to all of it) are walked together, the image loaded and
 stored once for both and the same bit for bit as from the two in turn
-(``_render_rec_pair``).  The gradient sums keep two-row passes over row
-buffers (``_rec_sums2``).  The
+(``_render_rec_pair``).  The gradient sums walk their strips the same way,
+with their three column sums in registers too (``_sums_walk``; float32 stamp
+chi2 + gradient 36-40 -> 34 us, float64 50-62 -> 46-50 us).  The
 recurrence is used only where every ``f``, ``r`` and row factor over the box
 stays a normal number (``|q| <= QSAFE32`` or ``QSAFE64``): thin tilted
 components, mostly in float32, keep the exponentials.  Measured against
@@ -68,7 +69,7 @@ from 133 to 90 us (24-26 us and 69-73 us with the culling by value and, for
 small images, the one-call paths ``_render_stamp`` / ``_chi2_stamp``).  The
 fourth-order components accumulate their 14 sums in one flat loop over a copy
 of their box (the vector sums reduced once per component, not per row).
-The gradient sums' two-row passes, the residual's rows and that box copy are
+The residual's rows and that box copy are
 functions of their own whose array arguments are marked ``noalias``
 (``_NoAliasCompiler``): inlined, they carry no runtime overlap checks, and the
 in-place residual vectorises (float32 stamp chi2 + gradient 65-69 -> 53-56 us
@@ -157,9 +158,9 @@ _JIT_UNFUSED = dict(_JIT, fastmath=_FASTMATH - {"contract"})
 class _NoAliasCompiler(numba.core.compiler.Compiler):
     """Numba's default pipeline, with every array argument marked ``noalias``.
 
-    For the gradient sums' two-row passes (``_rec_sums2``, ``_rec_sums1``) and the
-    row copies, whose arrays (the column state, image rows, column sums) never
-    overlap.
+    For the row copies and the residual's rows, whose arrays never overlap (it
+    served the recurrence's two-row passes over row buffers, before
+    ``_rec_walk`` and ``_sums_walk`` kept their state in registers).
     Inlined by LLVM into their caller, the attribute becomes alias metadata
     that lets the vectoriser drop the runtime overlap checks it otherwise
     emits between every pair of stored and loaded arrays at the start of each
@@ -758,6 +759,136 @@ def _rec_walk(typingctx, ncomp, img, j0, col, nrows, ncol, sc, pf, normd, normd2
     return sig, codegen
 
 
+def _sums_codegen(itemsize):
+    # LLVM IR of _sums_walk for the given itemsize
+    wide_lanes = _walk_lanes(2, itemsize)  # state f, r and three sums: as a pair's
+
+    def codegen(context, builder, sig, args):
+        rimg, j0, col, nrows, ncol, sc, cs, pf, my, floor = args
+        lty = context.get_value_type(sig.args[0].dtype)
+        f64 = llvmir.DoubleType()
+        i32 = llvmir.IntType(32)
+        i64 = llvmir.IntType(64)
+        isz = llvmir.Constant(i64, context.get_abi_sizeof(lty))
+        align = context.get_abi_sizeof(lty)
+        arrays = [context.make_array(sig.args[n])(context, builder, value=args[n])
+                  for n in (0, 5, 6, 7)]
+        (a_data, s_data, c_data, p_data) = (x.data for x in arrays)
+        (a_row, s_row, c_row) = (builder.extract_value(x.strides, 0) for x in arrays[:3])
+
+        def wide(x):
+            return builder.sext(x, i64) if x.type.width < 64 else x
+
+        def at(base, offset, ty):
+            byte = builder.gep(builder.bitcast(base, llvmir.IntType(8).as_pointer()), [offset])
+            return builder.bitcast(byte, ty.as_pointer())
+
+        def row(stride, n, offset):
+            return builder.add(builder.mul(stride, llvmir.Constant(i64, n)), offset)
+
+        first = builder.add(builder.mul(wide(j0), a_row), builder.mul(wide(col), isz))
+        j064 = wide(j0)
+
+        def dy(jj):
+            # dt(j - my) for row j = j0 + jj, as Numba computes it
+            d = builder.fsub(builder.sitofp(builder.add(j064, jj), f64), my)
+            return builder.fptrunc(d, lty) if lty != f64 else d
+
+        def strip(lanes, c0):
+            vty = llvmir.VectorType(lty, lanes)
+
+            def bcast(x):
+                undef = llvmir.Constant(vty, None)
+                return builder.shuffle_vector(
+                    builder.insert_element(undef, x, llvmir.Constant(i32, 0)), undef,
+                    llvmir.Constant(llvmir.VectorType(i32, lanes), [0] * lanes))
+
+            cofs = builder.mul(c0, isz)
+            r = builder.load(at(s_data, row(s_row, 1, cofs), vty), align=align)
+            fvar = cgutils.alloca_once(builder, vty)
+            builder.store(builder.load(at(s_data, cofs, vty), align=align), fvar)
+            svars = []
+            for m in range(3):
+                svars.append(cgutils.alloca_once(builder, vty))
+                builder.store(builder.load(at(c_data, row(c_row, m, cofs), vty), align=align),
+                              svars[m])
+            fl = bcast(floor)
+            zero = llvmir.Constant(vty, [0.0] * lanes)
+            start = builder.add(first, cofs)
+
+            def term(v, jj):
+                # (e, y, dy) of row j0 + jj: e = R f inside the ellipse, y = e dy
+                ptr = at(a_data, builder.add(start, builder.mul(jj, a_row)), vty)
+                res = builder.load(ptr, align=align)
+                e = builder.select(builder.fcmp_ordered(">=", v, fl), builder.fmul(res, v), zero)
+                d = bcast(dy(jj))
+                return e, builder.fmul(e, d), d
+
+            def pfac(jj):
+                return bcast(builder.load(at(p_data, builder.mul(jj, isz), lty), align=align))
+
+            two = llvmir.Constant(i64, 2)
+            npair = builder.sdiv(wide(nrows), two)
+            with cgutils.for_range(builder, npair) as loop:
+                ja = builder.mul(loop.index, two)
+                jb = builder.add(ja, llvmir.Constant(i64, 1))
+                v = builder.load(fvar)
+                u = builder.fmul(v, builder.fmul(r, pfac(ja)))
+                ea, ya, da = term(v, ja)
+                eb, yb, db = term(u, jb)
+                sums = [builder.fadd(ea, eb), builder.fadd(ya, yb),
+                        builder.fadd(builder.fmul(ya, da), builder.fmul(yb, db))]
+                for m in range(3):
+                    builder.store(builder.fadd(builder.load(svars[m]), sums[m]), svars[m])
+                builder.store(builder.fmul(u, builder.fmul(r, pfac(jb))), fvar)
+            last = builder.mul(npair, two)
+            with builder.if_then(builder.icmp_signed("<", last, wide(nrows))):
+                ea, ya, da = term(builder.load(fvar), last)
+                for m, x in enumerate((ea, ya, builder.fmul(ya, da))):
+                    builder.store(builder.fadd(builder.load(svars[m]), x), svars[m])
+            for m in range(3):
+                builder.store(builder.load(svars[m]), at(c_data, row(c_row, m, cofs), vty),
+                              align=align)
+
+        nc = wide(ncol)
+        lanes = llvmir.Constant(i64, wide_lanes)
+        nfull = builder.sdiv(nc, lanes)
+        with cgutils.for_range(builder, nfull) as loop:
+            strip(wide_lanes, builder.mul(loop.index, lanes))
+        if wide_lanes > CHUNK:
+            done = builder.mul(nfull, lanes)
+            with builder.if_then(builder.icmp_signed("<", done, nc)):
+                strip(CHUNK, done)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def _sums_walk(typingctx, rimg, j0, col, nrows, ncol, sc, cs, pf, my, floor):
+    """The gradient sums' recurrence (_accumulate_rec) over rows j0 .. j0 + nrows -
+    1, columns col .. col + ncol - 1 (a multiple of CHUNK) of the C-contiguous
+    residual image ``rimg``: with the column state f = sc[0, :ncol], r = sc[1,
+    :ncol] of row j0 (_rec_start) and the row factors pf[0, :nrows], the column
+    sums cs[0..2, :ncol] get ``e = R f``, ``e dy`` and ``e dy**2`` of every
+    pixel whose f is at least ``floor``, dy = j - my.  ``sc`` is not written.
+
+    LLVM IR of fixed-width vectors, as _rec_walk: each strip is walked down all
+    the rows with f, r and its three sums in vector registers (the two-row
+    passes over row buffers that it replaced loaded and stored all five at
+    every pass), two rows at a time with the same arithmetic, operation for
+    operation, so the sums are the same bit for bit.
+    """
+    if not (isinstance(rimg, types.Array) and rimg.ndim == 2 and rimg.layout == "C"
+            and all(isinstance(x, types.Array) and x.ndim == 2 and x.dtype == rimg.dtype
+                    for x in (sc, cs, pf))
+            and all(isinstance(x, types.Integer) for x in (j0, col, nrows, ncol))
+            and my == types.float64 and floor == rimg.dtype):
+        return None
+    sig = types.none(rimg, j0, col, nrows, ncol, sc, cs, pf, my, floor)
+    return sig, _sums_codegen(rimg.dtype.bitwidth // 8)
+
+
 @njit(inline="always", **_JIT)
 def _row_factors(pf, c, e1, nrows):
     # pf[c, m] = exp(-F_yy m) for m < min(nrows, RESTART), as float64 products of
@@ -768,39 +899,6 @@ def _row_factors(pf, c, e1, nrows):
     for m in range(min(nrows, RESTART)):
         pf[c, m] = dt(p64)
         p64 = p64 * e1
-
-
-@njit(pipeline_class=_NoAliasCompiler, **_JIT)
-def _rec_sums2(f, r, ra, rb, c0, c1, c2, pa, pb, dya, dyb, floor):
-    # One pass of _accumulate_rec: the residual rows ra, rb (offsets dya, dyb)
-    # into the column sums c0, c1, c2; f advanced two rows.  The seven arrays
-    # must not overlap (_NoAliasCompiler).
-    zero = floor - floor
-    for i in range(f.shape[0]):
-        v = f[i]
-        rr = r[i]
-        u = v * (rr * pa)
-        ea = ra[i] * v if v >= floor else zero
-        eb = rb[i] * u if u >= floor else zero
-        ya = ea * dya
-        yb = eb * dyb
-        c0[i] += ea + eb
-        c1[i] += ya + yb
-        c2[i] += ya * dya + yb * dyb
-        f[i] = u * (rr * pb)
-
-
-@njit(pipeline_class=_NoAliasCompiler, **_JIT)
-def _rec_sums1(f, ra, c0, c1, c2, dya, floor):
-    # The last row of a block of _accumulate_rec (f is not advanced).
-    zero = floor - floor
-    for i in range(f.shape[0]):
-        v = f[i]
-        ea = ra[i] * v if v >= floor else zero
-        ya = ea * dya
-        c0[i] += ea
-        c1[i] += ya
-        c2[i] += ya * dya
 
 
 @njit(forceinline=True, **_JIT)
@@ -1126,7 +1224,7 @@ def _moments_out(t, x0f, n, cs, out):
 
 @njit(**_JIT)
 def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, keep, k):
-    # _accumulate_moments by the recurrence of _render_rec (two rows per pass).
+    # _accumulate_moments by the recurrence of _render_rec (_sums_walk).
     # keep: None, or the start rows that _render_rec kept when it rendered the
     # same table into an image of this width (rows 0..ny-1): taken instead of
     # computing them again (the benchmark stamp's chi2 + gradient: ~2 us of 55;
@@ -1145,28 +1243,15 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, keep, k):
     c1[:] = 0.0
     c2[:] = 0.0
     floor = _ellipse_floor(n2, dt)
-    e1 = math.exp(-fyy)
+    pf = sc[2:3]
+    _row_factors(pf, 0, math.exp(-fyy), j1 - j0 + 1)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
         if keep is not None and js == j0:
             _copy_rows(keep[k, 0, :n], keep[k, 1, :n], f, r)
         else:
             _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
-        j = js
-        pa64 = 1.0
-        while j + 1 < je:
-            dya = dt(j - t[_MY])
-            dyb = dt(j + 1 - t[_MY])
-            # the row factors as in _render_rec
-            pb64 = pa64 * e1
-            pa = dt(pa64)
-            pb = dt(pb64)
-            pa64 = pb64 * e1
-            _rec_sums2(f, r, rimg[j, s:s + n], rimg[j + 1, s:s + n], c0, c1, c2, pa, pb,
-                       dya, dyb, floor)
-            j += 2
-        if j < je:
-            _rec_sums1(f, rimg[j, s:s + n], c0, c1, c2, dt(j - t[_MY]), floor)
+        _sums_walk(rimg, js, s, je - js, n, sc, cs, pf, t[_MY], floor)
     _moments_out(t, x0, n, cs, out)
 
 
@@ -1185,7 +1270,7 @@ def _copy_box_row(row, rb, dxb, dyb, x0, dy):
 def _accumulate_one(t, rimg, n2, out, cs, sc, keep=None, k=0):
     # The NACC sums of one component (layout in _common), accumulated in the
     # working dtype and added to ``out`` (float64); scratch of the working dtype:
-    # cs (3, nx), sc (2, nx).
+    # cs (3, nx), sc (3, max(nx, RESTART)): f, r and the row factors.
     dt = rimg.dtype.type
     ny, nx = rimg.shape
     # the render's choice of kernel (_render_rows), which keep's start rows follow
@@ -1281,7 +1366,8 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, keep=None, k=0):
 def _accumulate_scratch(rimg):
     # (cs, sc): the work rows of _accumulate_one for one thread
     nx = rimg.shape[1]
-    return np.empty((3, nx), dtype=rimg.dtype), np.empty((2, nx), dtype=rimg.dtype)
+    return np.empty((3, nx), dtype=rimg.dtype), np.empty((3, max(nx, RESTART)),
+                                                         dtype=rimg.dtype)
 
 
 @njit(**_JIT)
