@@ -617,33 +617,66 @@ def _walk_lanes(ncomp, itemsize):
     return lanes
 
 
+class _VectorIR:
+    """IR helpers of the walks (_rec_walk, _sums_walk) for one builder: i64
+    offsets, typed pointers at byte offsets, broadcasts, and the strips of a box."""
+
+    def __init__(self, context, builder, dtype):
+        self.b = builder
+        self.lty = context.get_value_type(dtype)
+        self.i64 = llvmir.IntType(64)
+        self.align = context.get_abi_sizeof(self.lty)
+        self.isz = llvmir.Constant(self.i64, self.align)
+
+    def wide(self, x):
+        # an integer as i64
+        return self.b.sext(x, self.i64) if x.type.width < 64 else x
+
+    def at(self, base, offset, ty):
+        # a pointer to a ty at base + offset bytes
+        byte = self.b.gep(self.b.bitcast(base, llvmir.IntType(8).as_pointer()), [offset])
+        return self.b.bitcast(byte, ty.as_pointer())
+
+    def row(self, stride, n, offset):
+        # the byte offset of row n (stride bytes apart) plus offset
+        return self.b.add(self.b.mul(stride, llvmir.Constant(self.i64, n)), offset)
+
+    def bcast(self, x, lanes):
+        # x in every lane of a vector
+        vty = llvmir.VectorType(self.lty, lanes)
+        undef = llvmir.Constant(vty, None)
+        i32 = llvmir.IntType(32)
+        return self.b.shuffle_vector(
+            self.b.insert_element(undef, x, llvmir.Constant(i32, 0)), undef,
+            llvmir.Constant(llvmir.VectorType(i32, lanes), [0] * lanes))
+
+    def strips(self, ncol, lanes, strip):
+        # strip(lanes, c0) for c0 = 0, lanes, ... below ncol (a multiple of CHUNK),
+        # then strip(CHUNK, c0) for a last chunk when lanes is wider
+        b = self.b
+        nc = self.wide(ncol)
+        width = llvmir.Constant(self.i64, lanes)
+        nfull = b.sdiv(nc, width)
+        with cgutils.for_range(b, nfull) as loop:
+            strip(lanes, b.mul(loop.index, width))
+        if lanes > CHUNK:
+            done = b.mul(nfull, width)
+            with b.if_then(b.icmp_signed("<", done, nc)):
+                strip(CHUNK, done)
+
+
 def _walk_codegen(ncomp, itemsize):
     # LLVM IR of _rec_walk for ncomp components of the given itemsize
     wide_lanes = _walk_lanes(ncomp, itemsize)
 
     def codegen(context, builder, sig, args):
         img, j0, col, nrows, ncol, sc, pf, normd, normd2, floor = args
-        lty = context.get_value_type(sig.args[0].dtype)
-        i32 = llvmir.IntType(32)
-        i64 = llvmir.IntType(64)
-        isz = llvmir.Constant(i64, context.get_abi_sizeof(lty))
-        align = context.get_abi_sizeof(lty)
+        ir = _VectorIR(context, builder, sig.args[0].dtype)
+        lty, isz, align, wide, at, row = ir.lty, ir.isz, ir.align, ir.wide, ir.at, ir.row
         arrays = [context.make_array(sig.args[n])(context, builder, value=args[n])
                   for n in (0, 5, 6)]
         (a_data, s_data, p_data) = (x.data for x in arrays)
         (a_row, s_row, p_row) = (builder.extract_value(x.strides, 0) for x in arrays)
-
-        def wide(x):
-            return builder.sext(x, i64) if x.type.width < 64 else x
-
-        def at(base, offset, ty):
-            # a pointer to a ty at base + offset bytes
-            byte = builder.gep(builder.bitcast(base, llvmir.IntType(8).as_pointer()), [offset])
-            return builder.bitcast(byte, ty.as_pointer())
-
-        def row(stride, n, offset):
-            return builder.add(builder.mul(stride, llvmir.Constant(i64, n)), offset)
-
         first = builder.add(builder.mul(wide(j0), a_row), builder.mul(wide(col), isz))
 
         def strip(lanes, c0):
@@ -651,10 +684,7 @@ def _walk_codegen(ncomp, itemsize):
             vty = llvmir.VectorType(lty, lanes)
 
             def bcast(x):
-                undef = llvmir.Constant(vty, None)
-                return builder.shuffle_vector(
-                    builder.insert_element(undef, x, llvmir.Constant(i32, 0)), undef,
-                    llvmir.Constant(llvmir.VectorType(i32, lanes), [0] * lanes))
+                return ir.bcast(x, lanes)
 
             cofs = builder.mul(c0, isz)
             fvars, rvecs, f0s = [], [], []
@@ -708,16 +738,7 @@ def _walk_codegen(ncomp, itemsize):
 
             branch(())
 
-        nc = wide(ncol)
-        lanes = llvmir.Constant(i64, wide_lanes)
-        nfull = builder.sdiv(nc, lanes)
-        with cgutils.for_range(builder, nfull) as loop:
-            strip(wide_lanes, builder.mul(loop.index, lanes))
-        if wide_lanes > CHUNK:
-            # a last strip of one chunk (ncol is a multiple of CHUNK)
-            done = builder.mul(nfull, lanes)
-            with builder.if_then(builder.icmp_signed("<", done, nc)):
-                strip(CHUNK, done)
+        ir.strips(ncol, wide_lanes, strip)
         return context.get_dummy_value()
 
     return codegen
@@ -765,27 +786,14 @@ def _sums_codegen(itemsize):
 
     def codegen(context, builder, sig, args):
         rimg, j0, col, nrows, ncol, sc, cs, pf, my, floor = args
-        lty = context.get_value_type(sig.args[0].dtype)
+        ir = _VectorIR(context, builder, sig.args[0].dtype)
+        lty, isz, align, wide, at, row = ir.lty, ir.isz, ir.align, ir.wide, ir.at, ir.row
         f64 = llvmir.DoubleType()
-        i32 = llvmir.IntType(32)
-        i64 = llvmir.IntType(64)
-        isz = llvmir.Constant(i64, context.get_abi_sizeof(lty))
-        align = context.get_abi_sizeof(lty)
+        i64 = ir.i64
         arrays = [context.make_array(sig.args[n])(context, builder, value=args[n])
                   for n in (0, 5, 6, 7)]
         (a_data, s_data, c_data, p_data) = (x.data for x in arrays)
         (a_row, s_row, c_row) = (builder.extract_value(x.strides, 0) for x in arrays[:3])
-
-        def wide(x):
-            return builder.sext(x, i64) if x.type.width < 64 else x
-
-        def at(base, offset, ty):
-            byte = builder.gep(builder.bitcast(base, llvmir.IntType(8).as_pointer()), [offset])
-            return builder.bitcast(byte, ty.as_pointer())
-
-        def row(stride, n, offset):
-            return builder.add(builder.mul(stride, llvmir.Constant(i64, n)), offset)
-
         first = builder.add(builder.mul(wide(j0), a_row), builder.mul(wide(col), isz))
         j064 = wide(j0)
 
@@ -798,10 +806,7 @@ def _sums_codegen(itemsize):
             vty = llvmir.VectorType(lty, lanes)
 
             def bcast(x):
-                undef = llvmir.Constant(vty, None)
-                return builder.shuffle_vector(
-                    builder.insert_element(undef, x, llvmir.Constant(i32, 0)), undef,
-                    llvmir.Constant(llvmir.VectorType(i32, lanes), [0] * lanes))
+                return ir.bcast(x, lanes)
 
             cofs = builder.mul(c0, isz)
             r = builder.load(at(s_data, row(s_row, 1, cofs), vty), align=align)
@@ -850,15 +855,7 @@ def _sums_codegen(itemsize):
                 builder.store(builder.load(svars[m]), at(c_data, row(c_row, m, cofs), vty),
                               align=align)
 
-        nc = wide(ncol)
-        lanes = llvmir.Constant(i64, wide_lanes)
-        nfull = builder.sdiv(nc, lanes)
-        with cgutils.for_range(builder, nfull) as loop:
-            strip(wide_lanes, builder.mul(loop.index, lanes))
-        if wide_lanes > CHUNK:
-            done = builder.mul(nfull, lanes)
-            with builder.if_then(builder.icmp_signed("<", done, nc)):
-                strip(CHUNK, done)
+        ir.strips(ncol, wide_lanes, strip)
         return context.get_dummy_value()
 
     return codegen
