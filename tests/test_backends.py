@@ -435,11 +435,12 @@ def test_numba_work_width_rows_do_not_alias():
 @pytest.mark.parametrize("nx", [512, 1024])
 def test_numba_render_in_widened_work_image(dtype, rtol, nx):
     """Widths whose rows would alias (512 and 1024 pixels) are rendered in a wider
-    work image and copied back: into a new image or ``out``, the result is a
-    C-contiguous (ny, nx) array that agrees with NumPy's, components across the
-    right edge included, and so it does rendered in row bands (each band zeroes
-    its rows of the work image, here filled with NaN, and copies them back; the
-    recurrence restarts at each band's first row, so the bits may differ)."""
+    work image and copied back: into a new image, a C-contiguous ``out`` or a
+    strided one (which a width needing no widening takes through a work image
+    too), the result agrees with NumPy's, components across the right edge
+    included, and so it does rendered in row bands (each band zeroes its rows of
+    the work image, here filled with NaN, and copies them back; the recurrence
+    restarts at each band's first row, so the bits may differ)."""
     from astromix.backends import numba_backend as nb
 
     shape = (96, nx)
@@ -455,6 +456,15 @@ def test_numba_render_in_widened_work_image(dtype, rtol, nx):
     out = np.full(shape, np.nan, dtype=dtype)
     assert bk.render(table, shape, dtype, s, out=out, threads=1) is out
     np.testing.assert_array_equal(out, img)
+    # a strided (not C-contiguous) out, and one of a width that needs no widening
+    strided = np.full((shape[0], nx + 7), np.nan, dtype=dtype)[:, 3:nx + 3]
+    assert bk.render(table, shape, dtype, s, out=strided, threads=1) is strided
+    np.testing.assert_array_equal(strided, img)
+    narrow = (shape[0], 64)
+    ref64 = g.render(narrow, settings=s, backend="numpy")
+    strided = np.full((64, shape[0]), np.nan, dtype=dtype).T
+    assert not strided.flags.c_contiguous
+    _agree(bk.render(table, narrow, dtype, s, out=strided, threads=1), ref64, rtol)
     work = np.full((shape[0], nb._work_width(nx)), np.nan, dtype=dtype)
     banded = np.full(shape, np.nan, dtype=dtype)
     edges = nb._band_edges(table, shape[0], work.shape[1], 3)

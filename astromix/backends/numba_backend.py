@@ -1840,17 +1840,19 @@ class NumbaBackend(c.Backend):
         """
         shape = ny, nx = tuple(shape)
         nw = _work_width_py(nx)
-        if nw == nx and out is None:
+        # the walks need C-contiguous rows that do not alias (_work_width)
+        direct = nw == nx and (out is None or out.flags.c_contiguous)
+        if direct and out is None:
             img = np.zeros(shape, dtype=dtype)
-        elif nw == nx:
+        elif direct:
             img = out
             img.fill(0)
         else:
-            # rendered into a wider work image (its rows zeroed, then copied, by each
+            # rendered into a work image (its rows zeroed, then copied, by each
             # band: _render_band), whose rows start where the kernels can use them
             img = np.empty(shape, dtype=dtype) if out is None else out
-        work = img if nw == nx else self.scratch((ny, nw), img.dtype, "render-pad")
-        copy = None if nw == nx else img
+        work = img if direct else self.scratch((ny, nw), img.dtype, "render-pad")
+        copy = None if direct else img
         table = np.ascontiguousarray(table, dtype=np.float64)
         n2 = settings.n_sigma ** 2
         nthreads = self._threads(table, shape, threads)
