@@ -570,12 +570,11 @@ def _ellipse_floor(n2, dt):
 
 
 @njit(pipeline_class=_NoAliasCompiler, **_JIT)
-def _copy_rows(a, b, ca, cb):
-    # ca[:] = a, cb[:] = b (a slice assignment would check for overlap and copy
-    # through a temporary)
+def _copy_row(a, b):
+    # b[:] = a, the two not overlapping (a slice assignment would check for
+    # overlap and copy through a temporary)
     for i in range(a.shape[0]):
-        ca[i] = a[i]
-        cb[i] = b[i]
+        b[i] = a[i]
 
 
 #: _work_width for calls from Python (its loops cost ~0.65 us a call there)
@@ -628,6 +627,13 @@ class _VectorIR:
         self.align = context.get_abi_sizeof(self.lty)
         self.isz = llvmir.Constant(self.i64, self.align)
 
+    def arrays(self, context, sig, args, which):
+        # (data pointers, row strides in bytes) of the array arguments ``which``
+        arrays = [context.make_array(sig.args[n])(context, self.b, value=args[n])
+                  for n in which]
+        return ([x.data for x in arrays],
+                [self.b.extract_value(x.strides, 0) for x in arrays])
+
     def wide(self, x):
         # an integer as i64
         return self.b.sext(x, self.i64) if x.type.width < 64 else x
@@ -673,10 +679,8 @@ def _walk_codegen(ncomp, itemsize):
         img, j0, col, nrows, ncol, sc, pf, normd, normd2, floor = args
         ir = _VectorIR(context, builder, sig.args[0].dtype)
         lty, isz, align, wide, at, row = ir.lty, ir.isz, ir.align, ir.wide, ir.at, ir.row
-        arrays = [context.make_array(sig.args[n])(context, builder, value=args[n])
-                  for n in (0, 5, 6)]
-        (a_data, s_data, p_data) = (x.data for x in arrays)
-        (a_row, s_row, p_row) = (builder.extract_value(x.strides, 0) for x in arrays)
+        (a_data, s_data, p_data), (a_row, s_row, p_row) = ir.arrays(context, sig, args,
+                                                                    (0, 5, 6))
         first = builder.add(builder.mul(wide(j0), a_row), builder.mul(wide(col), isz))
 
         def strip(lanes, c0):
@@ -790,10 +794,8 @@ def _sums_codegen(itemsize):
         lty, isz, align, wide, at, row = ir.lty, ir.isz, ir.align, ir.wide, ir.at, ir.row
         f64 = llvmir.DoubleType()
         i64 = ir.i64
-        arrays = [context.make_array(sig.args[n])(context, builder, value=args[n])
-                  for n in (0, 5, 6, 7)]
-        (a_data, s_data, c_data, p_data) = (x.data for x in arrays)
-        (a_row, s_row, c_row) = (builder.extract_value(x.strides, 0) for x in arrays[:3])
+        (a_data, s_data, c_data, p_data), (a_row, s_row, c_row, _) = ir.arrays(
+            context, sig, args, (0, 5, 6, 7))
         first = builder.add(builder.mul(wide(j0), a_row), builder.mul(wide(col), isz))
         j064 = wide(j0)
 
@@ -920,7 +922,8 @@ def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k):
         je = min(js + RESTART, j1 + 1)
         _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, sc[0, :n], sc[1, :n])
         if keep is not None and js == j0:
-            _copy_rows(sc[0, :n], sc[1, :n], keep[k, 0, :n], keep[k, 1, :n])
+            _copy_row(sc[0, :n], keep[k, 0, :n])
+            _copy_row(sc[1, :n], keep[k, 1, :n])
         _rec_walk(1, img, js, s, je - js, n, sc, pf, normd, normd, floor)
 
 
@@ -947,8 +950,8 @@ def _render_rec_pair(img, t, u, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k):
         _rec_start(t, js - t[_MY], s - t[_MX], i0 - s, i1 - s, sc[0, :n], sc[1, :n])
         _rec_start(u, js - u[_MY], s - u[_MX], i0 - s, i1 - s, sc[2, :n], sc[3, :n])
         if keep is not None and js == j0:
-            _copy_rows(sc[0, :n], sc[1, :n], keep[k, 0, :n], keep[k, 1, :n])
-            _copy_rows(sc[2, :n], sc[3, :n], keep[k + 1, 0, :n], keep[k + 1, 1, :n])
+            for m in range(4):
+                _copy_row(sc[m, :n], keep[k + m // 2, m % 2, :n])
         _rec_walk(2, img, js, s, je - js, n, sc, pf, normd, normd2, floor)
 
 
@@ -1057,13 +1060,6 @@ def _render_band(work, table, y0, y1, n2, img):
     _render_rows(work, table, y0, y1, n2)
     for j in range(y0, y1):
         _copy_row(work[j, :nx], img[j])
-
-
-@njit(pipeline_class=_NoAliasCompiler, **_JIT)
-def _copy_row(a, b):
-    # b[:] = a (not overlapping: a slice assignment would check and copy twice)
-    for i in range(a.shape[0]):
-        b[i] = a[i]
 
 
 @njit(parallel=True, **_JIT)
@@ -1245,7 +1241,8 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, keep, k):
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
         if keep is not None and js == j0:
-            _copy_rows(keep[k, 0, :n], keep[k, 1, :n], f, r)
+            _copy_row(keep[k, 0, :n], f)
+            _copy_row(keep[k, 1, :n], r)
         else:
             _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
         _sums_walk(rimg, js, s, je - js, n, sc, cs, pf, t[_MY], floor)
