@@ -1,5 +1,6 @@
 """Backend registry, cross-backend agreement and analytic gradients."""
 
+import functools
 import os
 
 import numpy as np
@@ -259,51 +260,90 @@ def test_numba_recurrence_pairs(dtype, signs):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
-def test_numba_start_row_exponential():
-    """The float64 exponential of the recurrence's start rows (``_exp_wide``, its
-    own 2**n from exponent bits) against ``math.exp`` over its whole range
-    ``|q| <= 1400``, ends included: within 2 ulp (measured: 1), finite and normal."""
-    import math
-
-    from numba import njit
+def _exp_half_ir(q, wide):
+    """exp(-q/2) of float64 ``q`` (a length a multiple of 8) by the start rows' IR
+    exponential (``_VectorIR.exp_half``), 8 lanes at a time."""
+    import llvmlite.ir as llvmir
+    from numba import njit, types
+    from numba.extending import intrinsic
 
     from astromix.backends import numba_backend as nb
 
+    @intrinsic
+    def exp8(typingctx, src, dst, i):
+        def codegen(context, builder, sig, args):
+            ir = nb._VectorIR(context, builder, types.float64)
+            (ps, pd), _ = ir.arrays(context, sig, args, (0, 1))
+            vty = llvmir.VectorType(llvmir.DoubleType(), 8)
+            ofs = builder.mul(ir.wide(args[2]), ir.isz)
+            v = builder.load(ir.at(ps, ofs, vty), align=8)
+            builder.store(ir.exp_half(v, wide), ir.at(pd, ofs, vty), align=8)
+            return context.get_dummy_value()
+
+        return types.none(src, dst, i), codegen
+
     @njit
-    def wide(q, out):
-        for i in range(q.shape[0]):
-            out[i] = nb._exp_wide(q[i])
+    def run(src, dst):
+        for i in range(0, src.shape[0], 8):
+            exp8(src, dst, i)
+
+    out = np.empty_like(q)
+    run(q, out)
+    return out
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+def test_numba_start_row_exponential():
+    """The float64 exponential of the recurrence's start rows (``exp_half``, wide:
+    its own 2**n from exponent bits) against ``math.exp`` over its whole range
+    ``|q| <= QEXP64 = 1400``, ends included: within 2 ulp (measured: 1), finite
+    and normal; the float32 rows' (repeated squaring) within 1e-9 relative for
+    ``|q| <= QSAFE32``."""
+    import math
+
+    from astromix.backends import numba_backend as nb
 
     rng = np.random.default_rng(11)
     q = np.concatenate([rng.uniform(-1400.0, 1400.0, 20000), rng.uniform(-3.0, 3.0, 5000),
                         np.linspace(-1400.0, 1400.0, 2801), [-1400.0, 0.0, 1400.0]])
-    out = np.empty_like(q)
-    wide(q, out)
+    q = np.concatenate([q, np.zeros(-len(q) % 8)])
+    assert nb.QEXP64 == 1400.0
+    out = _exp_half_ir(q, True)
     ref = np.array([math.exp(-0.5 * v) for v in q])
     assert np.all(np.isfinite(out)) and np.all(out >= np.finfo(np.float64).tiny)
     # math.exp is within 1 ulp itself, so 2 ulp of it bounds 1 ulp of the truth + 1
     assert np.max(np.abs(out - ref) / np.spacing(ref)) <= 2.0
+    q32 = np.concatenate([rng.uniform(-nb.QSAFE32, nb.QSAFE32, 20000),
+                          np.linspace(-nb.QSAFE32, nb.QSAFE32, 2000)])
+    out = _exp_half_ir(q32, False)
+    ref = np.exp(-0.5 * q32)
+    assert np.max(np.abs(out / ref - 1.0)) < 1e-9
 
 
 @pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numba_start_rows(dtype):
-    """Start rows of the recurrence (``_rec_start``: float64 exponentials,
-    ``_exp_wide`` or, in float32, ``_exp_half_sq``, rounded once) against
-    NumPy's float64 ``exp`` of the same quadratic forms: within 1 ulp in
-    float32, exactly zero outside the box, for 300 components of every shape
-    the recurrence takes (round, elliptical, tilted, thin; boxes 1 to 190
-    columns wide, clipped by the image's edges)."""
+    """Start rows of the recurrence (``_rec_start``: float64 exponentials at one
+    group of 8 columns in 8, products in between, rounded once) against NumPy's
+    float64 ``exp`` of the same quadratic forms: within 1 ulp in float32, exactly
+    zero outside the box, for 300 components of every shape the recurrence
+    takes (round, elliptical, tilted, thin; boxes 1 to 190 columns wide, clipped
+    by the image's edges), and for components narrow in x, whose start rows
+    take exponentials at every group (float32: the products' own exponentials
+    out of range); the scratch rows written up to START_SLACK columns past the
+    row, not beyond."""
     from astromix.backends import numba_backend as nb
 
     shape = (200, 200)
     rng = np.random.default_rng(5)
     itemsize = np.dtype(dtype).itemsize
-    checked = widths = 0
-    for _ in range(300):
+    checked = widths = stepped = exact = 0
+    for m in range(400):
         s_major = rng.uniform(0.3, 25.0)
         cov = _rotated(s_major, s_major * rng.uniform(0.05, 1.0), rng.uniform(0, np.pi))
+        if m >= 300:  # narrow in x, nearly upright: exact exponentials at every group
+            cov = _rotated(rng.uniform(6.0, 25.0), rng.uniform(0.75, 0.85),
+                           np.pi / 2 + rng.uniform(-0.05, 0.05))
         g = GaussianMixture([1.0], rng.uniform(-10.0, 210.0, (1, 2)), cov[None])
         t = _common.prepare(g.amp, g.mean, g.cov, AccuracySettings())[0]
         j0, j1, i0, i1 = nb._box(t, *shape)
@@ -312,17 +352,26 @@ def test_numba_start_rows(dtype):
             continue
         s, nch = nb._chunks(i0, i1)
         n = nch * nb.CHUNK
-        f = np.full(n, np.nan, dtype)
-        r = np.full(n, np.nan, dtype)
+        sc = np.full((4, n + nb.START_SLACK + 3), np.nan, dtype)
         dy = j0 - t[_common.MY]
-        nb._rec_start(t, dy, s - t[_common.MX], i0 - s, i1 - s, f, r)
+        _start_rows(t, dy, s - t[_common.MX], i0 - s, i1 - s, n, sc)
+        f, r = sc[1, :n], sc[2, :n]
+        assert np.isnan(sc[[0, 3]]).all() and np.isnan(sc[1:3, n + nb.START_SLACK:]).all()
         dx = s - t[_common.MX] + np.arange(n)
         fxx, fxy, fyy = t[_common.FXX], t[_common.FXY], t[_common.FYY]
+        wide = i1 - i0 >= nb.START_LANES  # two groups or more
+        qexp = nb.QSAFE32 if itemsize == 4 else nb.QEXP64
+        steps = 128.0 * fxx <= qexp and 16.0 * abs(fxy) <= qexp
+        stepped += wide and steps
+        exact += wide and not steps
         q = (fxx * dx + 2.0 * fxy * dy) * dx + fyy * dy * dy
         dq = 2.0 * (fxy * dx + fyy * dy) + fyy
         box = (np.arange(n) >= i0 - s) & (np.arange(n) <= i1 - s)
         # float64: the quadratic forms' own rounding (a few eps of their terms,
-        # which reach 1300) dominates; float32: 1 ulp of the rounded value
+        # which reach 1300) and the products' from an exact group to up to 7
+        # groups on: the ratio g's roundings and exp(-64 F_xx)'s 1 ulp each enter
+        # f up to 7 * 8 / 2 times, f's own products 7 times, below 64 eps
+        # (measured: 26)
         terms = np.abs(fxx * dx * dx) + np.abs(2.0 * fxy * dx * dy) + fyy * dy * dy
         eps = np.finfo(np.float64).eps
         for got, arg, size in ((f, q, terms), (r, dq, np.abs(dq) + 2 * np.abs(fxy * dx))):
@@ -332,11 +381,58 @@ def test_numba_start_rows(dtype):
                 want = want.astype(dtype)
                 assert np.max(np.abs(got[box] - want) / np.spacing(want)) <= 1.0
             else:
-                tol = 2 * np.spacing(want) + 4 * eps * (1.0 + size[box]) * want
+                tol = 2 * np.spacing(want) + (4 * eps * size[box] + 64 * eps) * want
                 assert np.all(np.abs(got[box] - want) <= tol)
         checked += 1
         widths = max(widths, i1 - i0 + 1)
-    assert checked > 100 and widths > 100
+    assert checked > 100 and widths > 100 and stepped > 50
+    assert exact > 20 if itemsize == 4 else exact == 0  # (none such takes float64's)
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+@pytest.mark.parametrize("dtype, fxx, half", [(np.float32, 2.4, 8), (np.float64, 12.0, 10)])
+def test_numba_start_rows_narrow_in_x(dtype, fxx, half):
+    """A start row whose q stays in range (QSAFE32 = 160, QSAFE64 = 1300) over
+    2 half + 1 >= 17 columns (three groups) while the products' step exp(-64
+    F_xx) does not (128 F_xx above QSAFE32 / QEXP64): exact exponentials at
+    every group, within 1 ulp (float32) or the terms' rounding (float64) of
+    NumPy's."""
+    from astromix.backends import numba_backend as nb
+
+    t = np.zeros(14)
+    t[_common.FXX], t[_common.FYY] = fxx, 1.0
+    n = 32
+    last = 2 * half
+    sc = np.full((4, n + nb.START_SLACK), np.nan, dtype)
+    _start_rows(t, 0.0, -float(half), 0, last, n, sc)
+    dx = np.arange(-half, half + 1.0)
+    for got, want in ((sc[1, :last + 1], np.exp(-0.5 * fxx * dx * dx)),
+                      (sc[2, :last + 1], np.full(last + 1, np.exp(-0.5)))):  # dq = F_yy
+        if dtype == np.float32:
+            want = want.astype(dtype)
+            assert np.max(np.abs(got - want) / np.spacing(want)) <= 1.0
+        else:
+            eps = np.finfo(np.float64).eps
+            assert np.all(np.abs(got - want) <= (2.0 + 4.0 * fxx * dx * dx) * eps * want)
+    assert np.all(sc[1:3, last + 1:n] == 0.0)
+
+
+@functools.cache
+def _start_rows_kernel():
+    # _rec_start into sc's rows 1 (f) and 2 (r), callable from Python
+    from numba import njit
+
+    from astromix.backends import numba_backend as nb
+
+    @njit
+    def run(t, dy, x0, a, b, n, sc):
+        nb._rec_start(t, dy, x0, a, b, n, sc, 1, 2)
+
+    return run
+
+
+def _start_rows(t, dy, x0, a, b, n, sc):
+    _start_rows_kernel()(t, dy, x0, a, b, n, sc)
 
 
 def _band_pixels(table, shape, edges, n_sigma):

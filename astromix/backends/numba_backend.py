@@ -31,14 +31,17 @@ Components without the fourth-order factor that are at least ``REC_ROWS32`` /
 when the box is wider than one chunk) are walked down their rows by
 recurrence instead of exponentials: with ``f = exp(-q/2)`` at one pixel and ``r``
 the ratio to the pixel below, ``f(j+1) = f(j) r(j)`` and
-``r(j) = r(j0) exp(-F_yy (j - j0))``, the last factor a float64 product of
-``exp(-F_yy)`` rounded once per row (a scalar ``exp`` per row had cost a quarter
-of a float32 stamp's render), so each pixel costs two multiplications.  The
-start row ``j0`` is computed exactly, again every ``RESTART`` rows: in float64
-by ``_exp_wide`` (a polynomial times a power of two made from its exponent
-bits, 1 ulp for ``|q| <= 1400``), in float32 by ``_exp_half_sq`` (a float64
-polynomial with repeated squaring, 1e-9 for ``|q| <= QSAFE32``), two per
-column, rounded once.  The ellipse is
+``r(j) = r(j0) exp(-F_yy (j - j0))``, the last factor computed in float64 and
+rounded once per row (``_row_factors``; a scalar ``exp`` per row had cost a
+quarter of a float32 stamp's render), so each pixel costs two
+multiplications.  The start row ``j0`` is computed again every ``RESTART``
+rows, in float64 rounded once (``_start_row``): exact exponentials (in
+float64 a polynomial times a power of two made from its exponent bits, 1 ulp
+for ``|q| <= 1400``; in float32 a polynomial with repeated squaring, 1e-9 for
+``|q| <= QSAFE32``) at one group of 8 columns in 8 and products from group to
+group in between, since along a row ``q`` is quadratic and the row step of
+``q`` linear (two exponentials per column, which they replaced, had cost a
+quarter of the benchmark scene's float32 render).  The ellipse is
 the set of pixels whose ``f`` is at least ``exp(-n_sigma**2 / 2)`` (one compare
 on the value; the row's chord, which it replaced, cost 15% of the float32
 stamp's render).  The render walks strips of 32 columns down all the rows
@@ -394,70 +397,14 @@ REC_ROWS64 = 8
 REC_ROWS32_WIDE = 16
 
 
-@intrinsic
-def _f64_bits(typingctx, x):
-    # the bits of a float64 as an int64 (a bitcast; elementwise, so it vectorises)
-    if x != types.float64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], llvmir.IntType(64))
-
-    return types.int64(x), codegen
-
-
-@intrinsic
-def _bits_f64(typingctx, k):
-    # the float64 whose bits are the int64 k (a bitcast)
-    if k != types.int64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], llvmir.DoubleType())
-
-    return types.float64(k), codegen
-
-
 _LOG2E = 1.4426950408889634
 #: ln 2 in two parts (Cody and Waite): n * _LN2_HI is exact for |n| < 2**11.
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 #: 1.5 * 2**52: y + _ROUND rounds y to an integer n, held in the low bits.
 _ROUND = 6755399441055744.0
-
-
-@njit(inline="always", **_JIT)
-def _exp_wide(q):
-    # float64 exp(-q/2) for |q| <= 1400 (the float64 start rows: QSAFE64), to 1
-    # ulp (1e5 random and 5000 evenly spaced arguments against mpmath; the
-    # table-and-gather form it replaced: 5 ulp): exp(y) = 2**n exp(r) with y =
-    # -q/2, n = round(y / ln 2) by the 1.5 * 2**52 rounding trick, r = y - n ln
-    # 2 in two parts (|r| <= ln(2) / 2), exp(r) the degree-13 Taylor polynomial
-    # (truncation 5e-18) and 2**n made from its exponent bits.  Nothing in it
-    # needs a vector gather (LLVM's cost model for AMD Zen 3 does not use AVX2's)
-    # or an int64 conversion (AVX2 has none): the table form compiled to scalar
-    # code on such a processor, 0.84 us for a 64-column start row (0.32 us now;
-    # the float64 benchmark stamp's render 1.28x faster).
-    y = q * -0.5
-    t = _fmuladd(y, _LOG2E, _ROUND)
-    nd = t - _ROUND
-    r = _fmuladd(nd, -_LN2_HI, y)
-    r = _fmuladd(nd, -_LN2_LO, r)
-    p = 1.0 / 6227020800.0
-    p = _fmuladd(r, p, 1.0 / 479001600.0)
-    p = _fmuladd(r, p, 1.0 / 39916800.0)
-    p = _fmuladd(r, p, 1.0 / 3628800.0)
-    p = _fmuladd(r, p, 1.0 / 362880.0)
-    p = _fmuladd(r, p, 1.0 / 40320.0)
-    p = _fmuladd(r, p, 1.0 / 5040.0)
-    p = _fmuladd(r, p, 1.0 / 720.0)
-    p = _fmuladd(r, p, 1.0 / 120.0)
-    p = _fmuladd(r, p, 1.0 / 24.0)
-    p = _fmuladd(r, p, 1.0 / 6.0)
-    p = _fmuladd(r, p, 0.5)
-    p = _fmuladd(r, p, 1.0)
-    p = _fmuladd(r, p, 1.0)
-    return p * _bits_f64((_f64_bits(t) - _f64_bits(_ROUND) + 1023) << 52)
+#: The bits of _ROUND as an int64.
+_ROUND_BITS = 0x4338000000000000
 
 
 @njit(inline="always", **_JIT)
@@ -484,7 +431,7 @@ def _rec_safe(t, j0, j1, i0, i1, qsafe):
 
 @njit(inline="always", **_JIT)
 def _use_rec(t, j0, j1, i0, i1, itemsize):
-    # The recurrence pays for its start row (two float64 exponentials per column)
+    # The recurrence pays for its start row (float64 vectors: _start_row)
     # on components at least REC_ROWS rows tall, if its numbers stay normal.  In
     # float32 a box of one chunk's width takes the exponentials up to REC_ROWS32
     # rows, a wider one from REC_ROWS32_WIDE (float32 render of 30 components 17
@@ -496,64 +443,6 @@ def _use_rec(t, j0, j1, i0, i1, itemsize):
         return (rows >= (REC_ROWS32 if one_chunk else REC_ROWS32_WIDE)
                 and _rec_safe(t, j0, j1, i0, i1, QSAFE32))
     return j1 - j0 + 1 >= REC_ROWS64 and _rec_safe(t, j0, j1, i0, i1, QSAFE64)
-
-
-@njit(inline="always", **_JIT)
-def _exp_half_sq(q):
-    # float64 exp(-q/2) as p(-q/512)**256, p the degree-9 Taylor polynomial of exp:
-    # relative error below 1e-9 for |q| <= QSAFE32 = 160 (1e-6 at 320), for the
-    # float32 start rows, whose arguments stay within QSAFE32
-    x = q * (-1.0 / 512.0)
-    p = 1.0 / 362880.0
-    p = _fmuladd(x, p, 1.0 / 40320.0)
-    p = _fmuladd(x, p, 1.0 / 5040.0)
-    p = _fmuladd(x, p, 1.0 / 720.0)
-    p = _fmuladd(x, p, 1.0 / 120.0)
-    p = _fmuladd(x, p, 1.0 / 24.0)
-    p = _fmuladd(x, p, 1.0 / 6.0)
-    p = _fmuladd(x, p, 0.5)
-    p = _fmuladd(x, p, 1.0)
-    p = _fmuladd(x, p, 1.0)
-    p = p * p
-    p = p * p
-    p = p * p
-    p = p * p
-    p = p * p
-    p = p * p
-    p = p * p
-    return p * p
-
-
-def _exp_start(q, f):
-    """exp(-q/2) for a start row of dtype ``f.dtype`` (see ``_rec_start``)."""
-    return math.exp(-0.5 * q)
-
-
-@overload(_exp_start, inline="always", fastmath=_FASTMATH)
-def _exp_start_overload(q, f):
-    if f.dtype == types.float32:
-        return lambda q, f: _exp_half_sq(q)
-    return lambda q, f: _exp_wide(q)
-
-
-@njit(forceinline=True, **_JIT)
-def _rec_start(t, dy, x0, a, b, f, r):
-    # Row dy of a component: f[i] = exp(-q/2) and r[i] = exp(-(q(dy+1) - q(dy))/2)
-    # at dx = x0 + i for the box columns a <= i <= b, zero elsewhere (the chunks'
-    # padding), by float64 exponentials (two per column) rounded once to f's
-    # dtype: _exp_wide (~1 ulp) for float64, _exp_half_sq (1e-9) for float32,
-    # whose q and dq stay within QSAFE32 over the box (_rec_safe).  float32 start
-    # rows were first computed so for their first 16 columns only, the others by
-    # float64 recurrences across chunks of 16; that took longer, the chunks' short
-    # loops costing more than the exponentials they saved (the benchmark stamp's
-    # 45 start rows: 5.8 us then, 4.7 us now).
-    dt = f.dtype.type
-    fxx, fxy, fyy = t[_FXX], t[_FXY], t[_FYY]
-    for i in range(f.shape[0]):
-        q, dq = _q_step(fxx, fxy, fyy, x0 + float(_col(i)), dy)
-        inside = i >= a and i <= b
-        f[i] = dt(_exp_start(q if inside else 0.0, f)) if inside else dt(0.0)
-        r[i] = dt(_exp_start(dq if inside else 0.0, f)) if inside else dt(0.0)
 
 
 @njit(inline="always", **_JIT)
@@ -649,12 +538,62 @@ class _VectorIR:
 
     def bcast(self, x, lanes):
         # x in every lane of a vector
-        vty = llvmir.VectorType(self.lty, lanes)
+        vty = llvmir.VectorType(x.type, lanes)
         undef = llvmir.Constant(vty, None)
         i32 = llvmir.IntType(32)
         return self.b.shuffle_vector(
             self.b.insert_element(undef, x, llvmir.Constant(i32, 0)), undef,
             llvmir.Constant(llvmir.VectorType(i32, lanes), [0] * lanes))
+
+    def fmuladd(self, a, b, c):
+        # a * b + c for float64 vectors by llvm.fmuladd (see _fmuladd)
+        ty = a.type
+        name = f"llvm.fmuladd.v{ty.count}f64"
+        fn = cgutils.get_or_insert_function(self.b.module, llvmir.FunctionType(ty, [ty] * 3),
+                                            name)
+        return self.b.call(fn, [a, b, c])
+
+    def exp_half(self, q, wide):
+        # exp(-q/2) of a float64 vector q, each lane on its own.  wide: the form
+        # for |q| <= 1400, to 1 ulp (1e5 random and 5000 evenly spaced arguments
+        # against mpmath; a table-and-gather form: 5 ulp): exp(y) = 2**n exp(r)
+        # with y = -q/2, n = round(y / ln 2) by the 1.5 * 2**52 rounding trick, r
+        # = y - n ln 2 in two parts (|r| <= ln(2) / 2), exp(r) the degree-13
+        # Taylor polynomial (truncation 5e-18) and 2**n made from its exponent
+        # bits; nothing in it needs a vector gather (LLVM's cost model for AMD
+        # Zen 3 does not use AVX2's) or an int64 conversion (AVX2 has none).
+        # Else p(-q/512)**256, p the degree-9 Taylor polynomial of exp: relative
+        # error below 1e-9 for |q| <= QSAFE32 = 160 (1e-6 at 320), for float32.
+        b = self.b
+        lanes = q.type.count
+
+        def k(x):
+            return llvmir.Constant(q.type, [x] * lanes)
+
+        if not wide:
+            x = b.fmul(q, k(-1.0 / 512.0))
+            p = k(1.0 / 362880.0)
+            for c in (40320.0, 5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0):
+                p = self.fmuladd(x, p, k(1.0 / c))
+            for _ in range(8):
+                p = b.fmul(p, p)
+            return p
+        ity = llvmir.VectorType(self.i64, lanes)
+
+        def ki(x):
+            return llvmir.Constant(ity, [x] * lanes)
+
+        y = b.fmul(q, k(-0.5))
+        t = self.fmuladd(y, k(_LOG2E), k(_ROUND))
+        nd = b.fsub(t, k(_ROUND))
+        r = self.fmuladd(nd, k(-_LN2_HI), y)
+        r = self.fmuladd(nd, k(-_LN2_LO), r)
+        p = k(1.0 / 6227020800.0)
+        for c in (479001600.0, 39916800.0, 3628800.0, 362880.0, 40320.0, 5040.0, 720.0,
+                  120.0, 24.0, 6.0, 2.0, 1.0, 1.0):
+            p = self.fmuladd(r, p, k(1.0 / c))
+        bits = b.shl(b.add(b.sub(b.bitcast(t, ity), ki(_ROUND_BITS)), ki(1023)), ki(52))
+        return b.fmul(p, b.bitcast(bits, q.type))
 
     def strips(self, ncol, lanes, strip):
         # strip(lanes, c0) for c0 = 0, lanes, ... below ncol (a multiple of CHUNK),
@@ -669,6 +608,147 @@ class _VectorIR:
             done = b.mul(nfull, width)
             with b.if_then(b.icmp_signed("<", done, nc)):
                 strip(CHUNK, done)
+
+
+#: Columns of a start row computed together (_start_row): one float64 vector.
+START_LANES = 8
+#: Groups of START_LANES columns from one exact group to the next in a start row.
+START_PERIOD = 8
+#: Scratch columns past a start row's end that _start_row may write: the rows it
+#: writes are this much wider than the image.
+START_SLACK = START_LANES
+#: |q| up to which the float64 start rows' exponential is exact to 1 ulp.
+QEXP64 = 1400.0
+
+
+def _start_codegen(wide):
+    # LLVM IR of _start_row; wide: float64's exponential (see _VectorIR.exp_half)
+
+    def codegen(context, builder, sig, args):
+        sc, rf, rr, n, a, last, x0, dy, fxx, fxy, fyy, period = args
+        b = builder
+        ir = _VectorIR(context, builder, sig.args[0].dtype)
+        lanes = START_LANES
+        f64, i64 = llvmir.DoubleType(), ir.i64
+        vd = llvmir.VectorType(f64, lanes)
+        vty = llvmir.VectorType(ir.lty, lanes)
+        (s_data,), (s_row,) = ir.arrays(context, sig, args, (0,))
+        n, a, last, period = (ir.wide(x) for x in (n, a, last, period))
+        bases = [b.mul(ir.wide(x), s_row) for x in (rf, rr)]
+
+        def k(x, ty=f64):
+            return llvmir.Constant(ty, x)
+
+        def vec(x):
+            return ir.bcast(x, lanes)
+
+        def store(value, base, col):
+            if ir.lty != f64:
+                value = b.fptrunc(value, vty)
+            b.store(value, ir.at(s_data, b.add(base, b.mul(col, ir.isz)), vty),
+                    align=ir.align)
+
+        zero = llvmir.Constant(vd, [0.0] * lanes)
+        iota = llvmir.Constant(llvmir.VectorType(i64, lanes), list(range(lanes)))
+        for base in bases:  # the padding left of the box (a < CHUNK)
+            for col in range(0, CHUNK, lanes):
+                store(zero, base, k(col, i64))
+        # the first group at the box's first column (the row's last group if the
+        # box is narrower than a group there); each group in the box or right of it
+        g0 = b.select(b.icmp_signed("<", a, b.sub(n, k(lanes, i64))), a,
+                      b.sub(n, k(lanes, i64)))
+        ngroup = b.sdiv(b.sub(b.add(n, k(lanes - 1, i64)), g0), k(lanes, i64))
+        nblock = b.sdiv(b.sub(b.add(ngroup, period), k(1, i64)), period)
+        # the steps: exp(-64 F_xx) of a group's ratio g, exp(-8 F_xy) of r
+        two = b.insert_element(b.insert_element(llvmir.Constant(llvmir.VectorType(f64, 2), None),
+                                                b.fmul(k(128.0), fxx), k(0, llvmir.IntType(32))),
+                               b.fmul(k(16.0), fxy), k(1, llvmir.IntType(32)))
+        steps = ir.exp_half(two, wide)
+        cstep = vec(b.extract_element(steps, k(0, llvmir.IntType(32))))
+        wstep = vec(b.extract_element(steps, k(1, llvmir.IntType(32))))
+        k1 = vec(b.fmul(b.fmul(k(2.0), fxy), dy))
+        k2 = vec(b.fmul(b.fmul(fyy, dy), dy))
+        k3 = vec(b.fmul(fyy, dy))
+        vfxx, vfxy, vfyy, vx0 = vec(fxx), vec(fxy), vec(fyy), vec(x0)
+        vfy = vec(b.fmul(fxy, dy))
+        va, vlast = vec(a), vec(last)
+        fvar, rvar, gvar = (cgutils.alloca_once(b, vd) for _ in range(3))
+
+        def inside(colv):
+            return b.and_(b.icmp_signed(">=", colv, va), b.icmp_signed("<=", colv, vlast))
+
+        with cgutils.for_range(b, nblock) as blk:
+            k0 = b.mul(blk.index, period)
+            col0 = b.add(g0, b.mul(k0, k(lanes, i64)))
+            colv = b.add(vec(col0), iota)
+            dx = b.fadd(vx0, b.sitofp(colv, vd))
+            q = b.fadd(b.fmul(b.fadd(b.fmul(vfxx, dx), k1), dx), k2)
+            dq = b.fadd(b.fmul(vec(k(2.0)), b.fadd(b.fmul(vfxy, dx), k3)), vfyy)
+            # q(i + lanes) - q(i), for columns whose next group's column is in the box
+            dg = b.fadd(b.fmul(vec(k(2.0 * lanes)), b.fadd(b.fmul(vfxx, dx), vfy)),
+                        b.fmul(vec(k(float(lanes * lanes))), vfxx))
+            inb = inside(colv)
+            ing = b.and_(inb, b.icmp_signed("<=", b.add(colv, vec(k(lanes, i64))), vlast))
+            b.store(ir.exp_half(b.select(inb, q, zero), wide), fvar)
+            b.store(ir.exp_half(b.select(inb, dq, zero), wide), rvar)
+            b.store(ir.exp_half(b.select(ing, dg, zero), wide), gvar)
+            left = b.sub(ngroup, k0)
+            kn = b.select(b.icmp_signed("<", period, left), period, left)
+            with cgutils.for_range(b, kn) as grp:
+                col = b.add(col0, b.mul(grp.index, k(lanes, i64)))
+                inb = inside(b.add(vec(col), iota))
+                f, r, g = b.load(fvar), b.load(rvar), b.load(gvar)
+                store(b.select(inb, f, zero), bases[0], col)
+                store(b.select(inb, r, zero), bases[1], col)
+                b.store(b.fmul(f, g), fvar)
+                b.store(b.fmul(r, wstep), rvar)
+                b.store(b.fmul(g, cstep), gvar)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def _start_row(typingctx, sc, rf, rr, n, a, last, x0, dy, fxx, fxy, fyy, period):
+    """A start row of the recurrence: for the columns i < n (a multiple of CHUNK) at
+    dx = x0 + i, dy, with q the quadratic form of (F_xx, F_xy, F_yy) and dq =
+    q(dy + 1) - q(dy), sc[rf, i] = exp(-q/2) and sc[rr, i] = exp(-dq/2) for a <=
+    i <= last (a < CHUNK), zero elsewhere, computed in float64 and rounded once
+    to sc's dtype.  Columns n .. n + START_SLACK - 1 of those rows may be
+    written.
+
+    LLVM IR of float64 vectors of START_LANES columns, from the box's first
+    column: exact exponentials (_VectorIR.exp_half; wide in float64) at one
+    group in ``period``, and in between products from each group to the next,
+    START_LANES columns on: f by exp(-(q(i + 8) - q(i))/2), itself stepped by
+    exp(-64 F_xx), and r by exp(-8 F_xy) (q is quadratic and dq linear in i).
+    The caller takes period = 1 where those steps' exponentials are out of
+    range.  Two exponentials per column, which it replaced, had cost a quarter
+    of the benchmark scene's float32 render.  Each lane's products walk away
+    from the box, never into it, so a lane that leaves the box is only masked.
+    """
+    ints = (rf, rr, n, a, last, period)
+    if not (isinstance(sc, types.Array) and sc.ndim == 2 and sc.layout == "C"
+            and sc.dtype in (types.float32, types.float64)
+            and all(isinstance(x, types.Integer) for x in ints)
+            and all(x == types.float64 for x in (x0, dy, fxx, fxy, fyy))):
+        return None
+    sig = types.none(sc, rf, rr, n, a, last, x0, dy, fxx, fxy, fyy, period)
+    return sig, _start_codegen(sc.dtype == types.float64)
+
+
+@njit(forceinline=True, **_JIT)
+def _rec_start(t, dy, x0, a, b, n, sc, rf, rr):
+    # Row dy of a component into the scratch rows rf (f) and rr (r) of sc, columns
+    # i < n at dx = x0 + i, the box's columns a <= i <= b (_start_row).  Its
+    # steps' exponentials, exp(-64 F_xx) and exp(-8 F_xy), are in range of the
+    # float64 exponential (QEXP64) and of float32's (QSAFE32, like every q and
+    # dq over the box: _rec_safe) for all but components narrow in x, which take
+    # exact exponentials at every group.
+    fxx, fxy = t[_FXX], t[_FXY]
+    qexp = QSAFE32 if sc.itemsize == 4 else QEXP64
+    period = START_PERIOD if 128.0 * fxx <= qexp and 16.0 * abs(fxy) <= qexp else 1
+    _start_row(sc, rf, rr, n, a, b, x0, dy, fxx, fxy, t[_FYY], period)
 
 
 def _walk_codegen(ncomp, itemsize):
@@ -888,16 +968,54 @@ def _sums_walk(typingctx, rimg, j0, col, nrows, ncol, sc, cs, pf, my, floor):
     return sig, _sums_codegen(rimg.dtype.bitwidth // 8)
 
 
-@njit(inline="always", **_JIT)
-def _row_factors(pf, c, e1, nrows):
-    # pf[c, m] = exp(-F_yy m) for m < min(nrows, RESTART), as float64 products of
-    # e1 = exp(-F_yy), each rounded once to pf's dtype (a scalar exp per row had
-    # cost 25% of the float32 stamp's render)
-    dt = pf.dtype.type
-    p64 = 1.0
-    for m in range(min(nrows, RESTART)):
-        pf[c, m] = dt(p64)
-        p64 = p64 * e1
+def _factors_codegen(context, builder, sig, args):
+    # LLVM IR of _row_factors
+    pf, c, fyy, nrows = args
+    b = builder
+    ir = _VectorIR(context, builder, sig.args[0].dtype)
+    lanes = START_LANES
+    f64, i64 = llvmir.DoubleType(), ir.i64
+    vd = llvmir.VectorType(f64, lanes)
+    (p_data,), (p_row,) = ir.arrays(context, sig, args, (0,))
+    m = ir.wide(nrows)
+    restart = llvmir.Constant(i64, RESTART)
+    m = b.select(b.icmp_signed("<", m, restart), m, restart)
+    ngroup = b.sdiv(b.add(m, llvmir.Constant(i64, lanes - 1)), llvmir.Constant(i64, lanes))
+    base = b.mul(ir.wide(c), p_row)
+    two = llvmir.VectorType(f64, 2)
+    step = ir.exp_half(b.insert_element(llvmir.Constant(two, [0.0, 0.0]),
+                                        b.fmul(llvmir.Constant(f64, 2.0 * lanes), fyy),
+                                        llvmir.Constant(llvmir.IntType(32), 0)), True)
+    step = ir.bcast(b.extract_element(step, llvmir.Constant(llvmir.IntType(32), 0)), lanes)
+    q = b.fmul(ir.bcast(b.fmul(llvmir.Constant(f64, 2.0), fyy), lanes),
+               llvmir.Constant(vd, [float(x) for x in range(lanes)]))
+    var = cgutils.alloca_once(b, vd)
+    b.store(ir.exp_half(q, True), var)
+    vty = llvmir.VectorType(ir.lty, lanes)
+    with cgutils.for_range(b, ngroup) as grp:
+        v = b.load(var)
+        out = b.fptrunc(v, vty) if ir.lty != f64 else v
+        ofs = b.add(base, b.mul(grp.index, llvmir.Constant(i64, lanes * ir.align)))
+        b.store(out, ir.at(p_data, ofs, vty), align=ir.align)
+        b.store(b.fmul(v, step), var)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _row_factors(typingctx, pf, c, fyy, nrows):
+    """pf[c, m] = exp(-F_yy m) for m < min(nrows, RESTART), rounded once to pf's
+    dtype (a scalar exp per row had cost 25% of the float32 stamp's render), in
+    float64 vectors of START_LANES rows: exact exponentials (_VectorIR.exp_half,
+    wide) for the first, then products by exp(-8 F_yy).  Entries up to the next
+    multiple of START_LANES may be written (pf has RESTART columns or more).
+    Its products one after the other, which it replaced, took 5% of the
+    benchmark scene's float32 render."""
+    if not (isinstance(pf, types.Array) and pf.ndim == 2 and pf.layout in "CA"
+            and pf.dtype in (types.float32, types.float64)
+            and isinstance(c, types.Integer) and isinstance(nrows, types.Integer)
+            and fyy == types.float64):
+        return None
+    return types.none(pf, c, fyy, nrows), _factors_codegen
 
 
 @njit(forceinline=True, **_JIT)
@@ -917,10 +1035,10 @@ def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k):
     x0 = s - t[_MX]
     normd = dt(t[_AMP] * t[_NORM])
     floor = _ellipse_floor(n2, dt)
-    _row_factors(pf, 0, math.exp(-t[_FYY]), j1 - j0 + 1)
+    _row_factors(pf, 0, t[_FYY], j1 - j0 + 1)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
-        _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, sc[0, :n], sc[1, :n])
+        _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, n, sc, 0, 1)
         if keep is not None and js == j0:
             _copy_row(sc[0, :n], keep[k, 0, :n])
             _copy_row(sc[1, :n], keep[k, 1, :n])
@@ -943,12 +1061,12 @@ def _render_rec_pair(img, t, u, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k):
     normd = dt(t[_AMP] * t[_NORM])
     normd2 = dt(u[_AMP] * u[_NORM])
     floor = _ellipse_floor(n2, dt)
-    _row_factors(pf, 0, math.exp(-t[_FYY]), j1 - j0 + 1)
-    _row_factors(pf, 1, math.exp(-u[_FYY]), j1 - j0 + 1)
+    _row_factors(pf, 0, t[_FYY], j1 - j0 + 1)
+    _row_factors(pf, 1, u[_FYY], j1 - j0 + 1)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
-        _rec_start(t, js - t[_MY], s - t[_MX], i0 - s, i1 - s, sc[0, :n], sc[1, :n])
-        _rec_start(u, js - u[_MY], s - u[_MX], i0 - s, i1 - s, sc[2, :n], sc[3, :n])
+        _rec_start(t, js - t[_MY], s - t[_MX], i0 - s, i1 - s, n, sc, 0, 1)
+        _rec_start(u, js - u[_MY], s - u[_MX], i0 - s, i1 - s, n, sc, 2, 3)
         if keep is not None and js == j0:
             for m in range(4):
                 _copy_row(sc[m, :n], keep[k + m // 2, m % 2, :n])
@@ -979,7 +1097,7 @@ def _render_rows(img, table, y0, y1, n2, keep=None):
     nx = img.shape[1]
     dt = img.dtype.type
     qmax = dt(n2)
-    sc = np.empty((4, nx), dtype=img.dtype)
+    sc = np.empty((4, nx + START_SLACK), dtype=img.dtype)
     pf = np.empty((2, RESTART), dtype=img.dtype)
     ncomp = table.shape[0]
     k = 0
@@ -1237,14 +1355,14 @@ def _accumulate_rec(t, rimg, n2, out, j0, j1, i0, i1, s, nch, cs, sc, keep, k):
     c2[:] = 0.0
     floor = _ellipse_floor(n2, dt)
     pf = sc[2:3]
-    _row_factors(pf, 0, math.exp(-fyy), j1 - j0 + 1)
+    _row_factors(pf, 0, fyy, j1 - j0 + 1)
     for js in range(j0, j1 + 1, RESTART):
         je = min(js + RESTART, j1 + 1)
         if keep is not None and js == j0:
             _copy_row(keep[k, 0, :n], f)
             _copy_row(keep[k, 1, :n], r)
         else:
-            _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, f, r)
+            _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, n, sc, 0, 1)
         _sums_walk(rimg, js, s, je - js, n, sc, cs, pf, t[_MY], floor)
     _moments_out(t, x0, n, cs, out)
 
@@ -1360,7 +1478,7 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, keep=None, k=0):
 def _accumulate_scratch(rimg):
     # (cs, sc): the work rows of _accumulate_one for one thread
     nx = rimg.shape[1]
-    return np.empty((3, nx), dtype=rimg.dtype), np.empty((3, max(nx, RESTART)),
+    return np.empty((3, nx), dtype=rimg.dtype), np.empty((3, max(nx + START_SLACK, RESTART)),
                                                          dtype=rimg.dtype)
 
 
