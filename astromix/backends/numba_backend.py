@@ -649,7 +649,13 @@ def _start_codegen(wide):
                     align=ir.align)
 
         zero = llvmir.Constant(vd, [0.0] * lanes)
-        iota = llvmir.Constant(llvmir.VectorType(i64, lanes), list(range(lanes)))
+        # column numbers as int32 lanes: AVX2 converts vectors of int32 to float64,
+        # not of int64 (see _col)
+        i32 = llvmir.IntType(32)
+        iota = llvmir.Constant(llvmir.VectorType(i32, lanes), list(range(lanes)))
+
+        def cols(col):
+            return b.add(vec(b.trunc(col, i32)), iota)
         for base in bases:  # the padding left of the box (a < CHUNK)
             for col in range(0, CHUNK, lanes):
                 store(zero, base, k(col, i64))
@@ -671,7 +677,7 @@ def _start_codegen(wide):
         k3 = vec(b.fmul(fyy, dy))
         vfxx, vfxy, vfyy, vx0 = vec(fxx), vec(fxy), vec(fyy), vec(x0)
         vfy = vec(b.fmul(fxy, dy))
-        va, vlast = vec(a), vec(last)
+        va, vlast = vec(b.trunc(a, i32)), vec(b.trunc(last, i32))
         fvar, rvar, gvar = (cgutils.alloca_once(b, vd) for _ in range(3))
 
         def inside(colv):
@@ -680,7 +686,7 @@ def _start_codegen(wide):
         with cgutils.for_range(b, nblock) as blk:
             k0 = b.mul(blk.index, period)
             col0 = b.add(g0, b.mul(k0, k(lanes, i64)))
-            colv = b.add(vec(col0), iota)
+            colv = cols(col0)
             dx = b.fadd(vx0, b.sitofp(colv, vd))
             q = b.fadd(b.fmul(b.fadd(b.fmul(vfxx, dx), k1), dx), k2)
             dq = b.fadd(b.fmul(vec(k(2.0)), b.fadd(b.fmul(vfxy, dx), k3)), vfyy)
@@ -688,7 +694,7 @@ def _start_codegen(wide):
             dg = b.fadd(b.fmul(vec(k(2.0 * lanes)), b.fadd(b.fmul(vfxx, dx), vfy)),
                         b.fmul(vec(k(float(lanes * lanes))), vfxx))
             inb = inside(colv)
-            ing = b.and_(inb, b.icmp_signed("<=", b.add(colv, vec(k(lanes, i64))), vlast))
+            ing = b.and_(inb, b.icmp_signed("<=", b.add(colv, vec(k(lanes, i32))), vlast))
             b.store(ir.exp_half(b.select(inb, q, zero), wide), fvar)
             b.store(ir.exp_half(b.select(inb, dq, zero), wide), rvar)
             b.store(ir.exp_half(b.select(ing, dg, zero), wide), gvar)
@@ -696,7 +702,7 @@ def _start_codegen(wide):
             kn = b.select(b.icmp_signed("<", period, left), period, left)
             with cgutils.for_range(b, kn) as grp:
                 col = b.add(col0, b.mul(grp.index, k(lanes, i64)))
-                inb = inside(b.add(vec(col), iota))
+                inb = inside(cols(col))
                 f, r, g = b.load(fvar), b.load(rvar), b.load(gvar)
                 store(b.select(inb, f, zero), bases[0], col)
                 store(b.select(inb, r, zero), bases[1], col)
