@@ -1128,8 +1128,8 @@ def _render_rows(img, table, y0, y1, n2, keep=None):
         k += 1
 
 
-#: Cost of a component's start row in a band, in rows of its box: the two
-#: float64 exponentials per column of the recurrence's first row (_rec_start).
+#: Cost of a component's start row in a band, in rows of its box (the
+#: recurrence's first row: _start_row).
 START_ROW_COST = 4.0
 
 
