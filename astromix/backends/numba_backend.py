@@ -656,6 +656,7 @@ def _start_codegen(wide):
 
         def cols(col):
             return b.add(vec(b.trunc(col, i32)), iota)
+
         for base in bases:  # the padding left of the box (a < CHUNK)
             for col in range(0, CHUNK, lanes):
                 store(zero, base, k(col, i64))
@@ -667,11 +668,11 @@ def _start_codegen(wide):
         nblock = b.sdiv(b.sub(b.add(ngroup, period), k(1, i64)), period)
         # the steps: exp(-64 F_xx) of a group's ratio g, exp(-8 F_xy) of r
         two = b.insert_element(b.insert_element(llvmir.Constant(llvmir.VectorType(f64, 2), None),
-                                                b.fmul(k(128.0), fxx), k(0, llvmir.IntType(32))),
-                               b.fmul(k(16.0), fxy), k(1, llvmir.IntType(32)))
+                                                b.fmul(k(128.0), fxx), k(0, i32)),
+                               b.fmul(k(16.0), fxy), k(1, i32))
         steps = ir.exp_half(two, wide)
-        cstep = vec(b.extract_element(steps, k(0, llvmir.IntType(32))))
-        wstep = vec(b.extract_element(steps, k(1, llvmir.IntType(32))))
+        cstep = vec(b.extract_element(steps, k(0, i32)))
+        wstep = vec(b.extract_element(steps, k(1, i32)))
         k1 = vec(b.fmul(b.fmul(k(2.0), fxy), dy))
         k2 = vec(b.fmul(b.fmul(fyy, dy), dy))
         k3 = vec(b.fmul(fyy, dy))
