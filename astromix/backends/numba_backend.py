@@ -595,6 +595,22 @@ class _VectorIR:
         bits = b.shl(b.add(b.sub(b.bitcast(t, ity), ki(_ROUND_BITS)), ki(1023)), ki(52))
         return b.fmul(p, b.bitcast(bits, q.type))
 
+    def exp_half_scalars(self, xs, wide):
+        # exp(-x/2) of the float64 scalars xs, in one vector (exp_half)
+        i32 = llvmir.IntType(32)
+        v = llvmir.Constant(llvmir.VectorType(llvmir.DoubleType(), len(xs)), None)
+        for m, x in enumerate(xs):
+            v = self.b.insert_element(v, x, llvmir.Constant(i32, m))
+        e = self.exp_half(v, wide)
+        return [self.b.extract_element(e, llvmir.Constant(i32, m)) for m in range(len(xs))]
+
+    def store_f64(self, value, base, offset):
+        # a float64 vector stored at base + offset bytes in the arrays' dtype,
+        # rounded once
+        if self.lty != llvmir.DoubleType():
+            value = self.b.fptrunc(value, llvmir.VectorType(self.lty, value.type.count))
+        self.b.store(value, self.at(base, offset, value.type), align=self.align)
+
     def strips(self, ncol, lanes, strip):
         # strip(lanes, c0) for c0 = 0, lanes, ... below ncol (a multiple of CHUNK),
         # then strip(CHUNK, c0) for a last chunk when lanes is wider
@@ -631,7 +647,6 @@ def _start_codegen(wide):
         lanes = START_LANES
         f64, i64 = llvmir.DoubleType(), ir.i64
         vd = llvmir.VectorType(f64, lanes)
-        vty = llvmir.VectorType(ir.lty, lanes)
         (s_data,), (s_row,) = ir.arrays(context, sig, args, (0,))
         n, a, last, period = (ir.wide(x) for x in (n, a, last, period))
         bases = [b.mul(ir.wide(x), s_row) for x in (rf, rr)]
@@ -643,10 +658,7 @@ def _start_codegen(wide):
             return ir.bcast(x, lanes)
 
         def store(value, base, col):
-            if ir.lty != f64:
-                value = b.fptrunc(value, vty)
-            b.store(value, ir.at(s_data, b.add(base, b.mul(col, ir.isz)), vty),
-                    align=ir.align)
+            ir.store_f64(value, s_data, b.add(base, b.mul(col, ir.isz)))
 
         zero = llvmir.Constant(vd, [0.0] * lanes)
         # column numbers as int32 lanes: AVX2 converts vectors of int32 to float64,
@@ -667,12 +679,8 @@ def _start_codegen(wide):
         ngroup = b.sdiv(b.sub(b.add(n, k(lanes - 1, i64)), g0), k(lanes, i64))
         nblock = b.sdiv(b.sub(b.add(ngroup, period), k(1, i64)), period)
         # the steps: exp(-64 F_xx) of a group's ratio g, exp(-8 F_xy) of r
-        two = b.insert_element(b.insert_element(llvmir.Constant(llvmir.VectorType(f64, 2), None),
-                                                b.fmul(k(128.0), fxx), k(0, i32)),
-                               b.fmul(k(16.0), fxy), k(1, i32))
-        steps = ir.exp_half(two, wide)
-        cstep = vec(b.extract_element(steps, k(0, i32)))
-        wstep = vec(b.extract_element(steps, k(1, i32)))
+        cstep, wstep = (vec(x) for x in ir.exp_half_scalars(
+            [b.fmul(k(128.0), fxx), b.fmul(k(16.0), fxy)], wide))
         k1 = vec(b.fmul(b.fmul(k(2.0), fxy), dy))
         k2 = vec(b.fmul(b.fmul(fyy, dy), dy))
         k3 = vec(b.fmul(fyy, dy))
@@ -989,21 +997,16 @@ def _factors_codegen(context, builder, sig, args):
     m = b.select(b.icmp_signed("<", m, restart), m, restart)
     ngroup = b.sdiv(b.add(m, llvmir.Constant(i64, lanes - 1)), llvmir.Constant(i64, lanes))
     base = b.mul(ir.wide(c), p_row)
-    two = llvmir.VectorType(f64, 2)
-    step = ir.exp_half(b.insert_element(llvmir.Constant(two, [0.0, 0.0]),
-                                        b.fmul(llvmir.Constant(f64, 2.0 * lanes), fyy),
-                                        llvmir.Constant(llvmir.IntType(32), 0)), True)
-    step = ir.bcast(b.extract_element(step, llvmir.Constant(llvmir.IntType(32), 0)), lanes)
+    step = ir.bcast(ir.exp_half_scalars([b.fmul(llvmir.Constant(f64, 2.0 * lanes), fyy)],
+                                        True)[0], lanes)
     q = b.fmul(ir.bcast(b.fmul(llvmir.Constant(f64, 2.0), fyy), lanes),
                llvmir.Constant(vd, [float(x) for x in range(lanes)]))
     var = cgutils.alloca_once(b, vd)
     b.store(ir.exp_half(q, True), var)
-    vty = llvmir.VectorType(ir.lty, lanes)
     with cgutils.for_range(b, ngroup) as grp:
         v = b.load(var)
-        out = b.fptrunc(v, vty) if ir.lty != f64 else v
-        ofs = b.add(base, b.mul(grp.index, llvmir.Constant(i64, lanes * ir.align)))
-        b.store(out, ir.at(p_data, ofs, vty), align=ir.align)
+        ir.store_f64(v, p_data,
+                     b.add(base, b.mul(grp.index, llvmir.Constant(i64, lanes * ir.align))))
         b.store(b.fmul(v, step), var)
     return context.get_dummy_value()
 
