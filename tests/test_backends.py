@@ -211,6 +211,43 @@ def test_numba_row_recurrence(mode, dtype, rtol):
 
 
 @pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+@pytest.mark.parametrize("threshold", [1e-4, 0.0])
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_numba_fourth_order_recurrence(threshold, dtype, rtol):
+    """Components with the fourth-order factor walked by recurrence, the factor
+    per pixel (``_render_rec4``), against the NumPy reference: small ones (the
+    factor's own regime: sigma 0.8-2 px, tilted, one centred off the image, one
+    of negative amplitude; one of 21 rows, walked in float32 too) and, with the
+    factor on every component (threshold 0), a large one 200 rows tall (three
+    restarts), a wide elliptical one and a thin tilted one that keeps the
+    exponentials."""
+    from astromix.backends import numba_backend as nb
+
+    shape = (200, 90)
+    amp = np.array([1.0, 0.7, -0.4, 0.9, 0.5, 1.2, 2.0, 0.8, 0.6])
+    mean = np.array([[20.3, 30.7], [50.6, 60.2], [52.1, 58.9], [-1.4, 120.3],
+                     [70.2, 160.8], [25.8, 80.4], [45.5, 100.1], [30.4, 150.2], [60.3, 20.6]])
+    cov = np.array([_rotated(1.2, 1.0, 0.3), _rotated(2.0, 1.4, 1.1), _rotated(1.6, 0.8, 2.5),
+                    _rotated(1.5, 1.5, 0.0), _rotated(1.9, 1.2, -0.7), _rotated(2.1, 1.9, 0.4),
+                    _rotated(25, 30, 0.2), _rotated(12, 4, 0.6), _rotated(15, 0.7, 0.9)])
+    g = GaussianMixture(amp, mean, cov)
+    s = AccuracySettings(fourth_order_threshold=threshold)
+    table = _common.prepare(g.amp, g.mean, g.cov, s)
+    itemsize = np.dtype(dtype).itemsize
+    kinds = [nb._box_kind(t, *shape, 0, itemsize) for t in table]
+    walked = [k[4] == 1 and nb._use_rec(t, *k[:4], itemsize) for t, k in zip(table, kinds)]
+    assert all(k[4] == 1 for k in kinds[:6]) and walked[5]
+    # in float32 shorter than REC_ROWS32 (or 16 rows, for wider boxes)
+    assert all(walked[:5]) == (dtype == np.float64)
+    if threshold == 0.0:
+        assert all(k[4] == 1 for k in kinds) and walked[6] and not walked[8]
+        assert walked[7] == (dtype == np.float64)  # its q leaves float32's range
+        assert kinds[6][:2] == (0, shape[0] - 1)  # 200 rows: three restarts
+    ref = g.render(shape, settings=s, backend="numpy")
+    _agree(g.render(shape, dtype=dtype, settings=s, backend="numba"), ref, rtol)
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("signs", [(1, 1, 1, 1, 1), (1, -1, -1, 1, -1)])
 def test_numba_recurrence_pairs(dtype, signs):
