@@ -472,6 +472,59 @@ def _start_rows(t, dy, x0, a, b, n, sc):
     _start_rows_kernel()(t, dy, x0, a, b, n, sc)
 
 
+@functools.cache
+def _sums_walk_kernel():
+    # _sums_walk, callable from Python
+    from numba import njit
+
+    from astromix.backends import numba_backend as nb
+
+    @njit
+    def run(rimg, j0, col, nrows, ncol, sc, cs, pf, my, floor):
+        nb._sums_walk(rimg, j0, col, nrows, ncol, sc, cs, pf, my, floor)
+
+    return run
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+@pytest.mark.parametrize("nrows", [1, 7, 8, 13, 64])
+def test_numba_sums_walk_moments(dtype, rtol, nrows):
+    """The gradient sums' walk (running sums in blocks of ``SUM_BLOCK`` rows,
+    turned into moments in dy at each block's end) against the column sums of
+    e = R f, e dy and e dy**2 computed directly in float64 from the same column
+    state, row factors and residuals: a block count that is whole, one short
+    and one over, rows on both sides of the centre, pixels below the floor
+    (left out), and the sums added to what the columns held."""
+    from astromix.backends import numba_backend as nb
+
+    rng = np.random.default_rng(nrows)
+    ncol, col, j0, my = 48, 16, 5, 5 + 0.37 * nrows + 0.21
+    rimg = rng.normal(size=(80, 80)).astype(dtype)
+    sc = np.empty((3, ncol), dtype)
+    sc[0] = rng.uniform(0.05, 1.0, ncol)
+    sc[1] = rng.uniform(0.7, 1.3, ncol)
+    pf = np.exp(-0.02 * np.arange(nb.RESTART))[None, :].astype(dtype)
+    cs0 = rng.normal(size=(3, ncol)).astype(dtype)
+    cs = cs0.copy()
+    floor = dtype(0.08)
+    _sums_walk_kernel()(rimg, j0, col, nrows, ncol, sc, cs, pf, my, floor)
+    f = sc[0].astype(np.float64)
+    want = cs0.astype(np.float64)
+    masked = 0
+    for m in range(nrows):
+        inside = f >= floor
+        masked += np.count_nonzero(~inside)
+        e = np.where(inside, rimg[j0 + m, col:col + ncol] * f, 0.0)
+        dy = j0 + m - my
+        want += [e, e * dy, e * dy * dy]
+        f = f * (sc[1].astype(np.float64) * np.float64(pf[0, m]))
+    if nrows > 1:
+        assert masked > 0
+    for got, w in zip(cs, want):
+        _agree(got, w, rtol)
+
+
 def _band_pixels(table, shape, edges, n_sigma):
     """Pixels inside each component's culling ellipse per row band (NumPy, by the
     rule of ``_common.box``): the work of each band."""
