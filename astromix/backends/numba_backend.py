@@ -957,7 +957,9 @@ SUM_BLOCK = 8
 
 def _sums_codegen(itemsize):
     # LLVM IR of _sums_walk for the given itemsize
-    wide_lanes = _walk_lanes(2, itemsize)  # state f, r and three sums: as a pair's
+    # state f, r and the three running sums, as a pair's f, r; the three block
+    # sums, touched once a block, may stay in memory
+    wide_lanes = _walk_lanes(2, itemsize)
 
     def codegen(context, builder, sig, args):
         rimg, j0, col, nrows, ncol, sc, cs, pf, my, floor = args
