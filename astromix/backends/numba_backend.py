@@ -63,8 +63,8 @@ stored once for both and the same bit for bit as from the two in turn
 with their three column sums in registers too (``_sums_walk``; float32 stamp
 chi2 + gradient 36-40 -> 34 us, float64 50-62 -> 46-50 us), accumulated as
 running sums within blocks of ``SUM_BLOCK`` rows (additions only, the moments
-in ``dy`` formed once per block: float32 27.5-28.1 -> 25.9-26.6 us, float64
-38.0-39.0 -> 35.6-37.0 us).  The
+in ``dy`` formed once per block: float32 27.5-28.1 -> 25.3-26.6 us, float64
+38.0-39.0 -> 35.3-37.1 us).  The
 recurrence is used only where every ``f``, ``r`` and row factor over the box
 stays a normal number (``|q| <= QSAFE32`` or ``QSAFE64``): thin tilted
 components, mostly in float32, keep the exponentials.  Measured against
@@ -1068,7 +1068,7 @@ def _sums_walk(typingctx, rimg, j0, col, nrows, ncol, sc, cs, pf, my, floor):
     P0 += e, P1 += P0, P2 += P1 (additions only), turned into the moments in
     dy at the block's end; the products e dy and e dy**2 per pixel, which they
     replaced, had bound the walk by the multiplier ports (0.77-0.85 ->
-    0.49-0.55 ns a vector-row, one core).
+    0.55-0.62 ns a vector-row, one core).
     """
     if not (isinstance(rimg, types.Array) and rimg.ndim == 2 and rimg.layout == "C"
             and all(isinstance(x, types.Array) and x.ndim == 2 and x.dtype == rimg.dtype
