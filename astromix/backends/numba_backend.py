@@ -62,8 +62,8 @@ stored once for both and the same bit for bit as from the two in turn
 (``_render_rec_pair``).  The gradient sums walk their strips the same way,
 with their three column sums in registers too (``_sums_walk``; float32 stamp
 chi2 + gradient 36-40 -> 34 us, float64 50-62 -> 46-50 us), accumulated as
-running sums within blocks of ``SUM_BLOCK`` rows (additions only, the moments
-in ``dy`` formed once per block: float32 27.5-28.1 -> 25.3-26.6 us, float64
+running sums within blocks of ``SUM_BLOCK`` rows (no product by ``dy`` per
+pixel, the moments in ``dy`` formed once per block: float32 27.5-28.1 -> 25.3-26.6 us, float64
 38.0-39.0 -> 35.3-37.1 us).  The
 recurrence is used only where every ``f``, ``r`` and row factor over the box
 stays a normal number (``|q| <= QSAFE32`` or ``QSAFE64``): thin tilted
@@ -1065,8 +1065,8 @@ def _sums_walk(typingctx, rimg, j0, col, nrows, ncol, sc, cs, pf, my, floor):
     the rows with f, r and its three sums in vector registers (the two-row
     passes over row buffers that it replaced loaded and stored all five at
     every pass).  Within blocks of SUM_BLOCK rows the sums are running sums,
-    P0 += e, P1 += P0, P2 += P1 (additions only), turned into the moments in
-    dy at the block's end; the products e dy and e dy**2 per pixel, which they
+    P0 += e (a masked fused multiply-add of R f), P1 += P0, P2 += P1, turned
+    into the moments in dy at the block's end; the products e dy and e dy**2 per pixel, which they
     replaced, had bound the walk by the multiplier ports (0.77-0.85 ->
     0.55-0.62 ns a vector-row, one core).
     """
