@@ -63,11 +63,11 @@ stored once for both and the same bit for bit as from the two in turn
 with their three column sums in registers too (``_sums_walk``; float32 stamp
 chi2 + gradient 36-40 -> 34 us, float64 50-62 -> 46-50 us), accumulated as
 running sums within blocks of ``SUM_BLOCK`` rows (no product by ``dy`` per
-pixel, the moments in ``dy`` formed once per block: float32 27.5-28.1 -> 25.3-26.6 us, float64
-38.0-39.0 -> 35.3-37.1 us).  The
-recurrence is used only where every ``f``, ``r`` and row factor over the box
-stays a normal number (``|q| <= QSAFE32`` or ``QSAFE64``): thin tilted
-components, mostly in float32, keep the exponentials.  Measured against
+pixel, the moments in ``dy`` formed once per block: float32 27.5-28.1 ->
+25.3-26.6 us, float64 38.0-39.0 -> 35.3-37.1 us).  The recurrence is used
+only where every ``f``, ``r`` and row factor over the box stays a normal
+number (``|q| <= QSAFE32`` or ``QSAFE64``): thin tilted components, mostly in
+float32, keep the exponentials.  Measured against
 NumPy: float64 renders agree to 2e-13 of the peak (as before), float32 to
 8e-7.  On the benchmark's 54-Gaussian stamp the float64 render went from 96 to
 43 us and chi2 + gradient from 240 to 123 us, float32 from 45 to 34 us and
@@ -816,7 +816,7 @@ def _walk_codegen(ncomp, itemsize, fourth=False):
                 # v = (F_xx dx + F_xy dy, F_xy dx + F_yy dy) at the strip's first row,
                 # dx = x0 + i, dy = dy0, as _gauss4's
                 six = llvmir.Constant(llvmir.DoubleType(), 6.0)
-                sfxx, sfyy = (bcast(narrow(builder.fmul(six, x))) for x in coef[::2][:2])
+                sfxx, sfyy = (bcast(narrow(builder.fmul(six, x))) for x in (coef[0], coef[2]))
                 fxx, fxy, fyy, cstn, c4n = (narrow(x) for x in coef)
                 i32 = llvmir.IntType(32)
                 iota = llvmir.Constant(llvmir.VectorType(i32, lanes), list(range(lanes)))
@@ -996,6 +996,7 @@ def _sums_codegen(itemsize):
             fl = bcast(floor)
             zero = llvmir.Constant(vty, [0.0] * lanes)
             start = b.add(first, cofs)
+
             def step(jj):
                 # row jj into the running sums: after a block's L rows, P0 = sum
                 # e, P1 = sum e k, P2 = sum e k (k + 1) / 2, k = L - u for its row u
@@ -1066,9 +1067,9 @@ def _sums_walk(typingctx, rimg, j0, col, nrows, ncol, sc, cs, pf, my, floor):
     passes over row buffers that it replaced loaded and stored all five at
     every pass).  Within blocks of SUM_BLOCK rows the sums are running sums,
     P0 += e (a masked fused multiply-add of R f), P1 += P0, P2 += P1, turned
-    into the moments in dy at the block's end; the products e dy and e dy**2 per pixel, which they
-    replaced, had bound the walk by the multiplier ports (0.77-0.85 ->
-    0.55-0.62 ns a vector-row, one core).
+    into the moments in dy at the block's end; the products e dy and e dy**2
+    per pixel, which they replaced, had bound the walk by the multiplier ports
+    (0.77-0.85 -> 0.55-0.62 ns a vector-row, one core).
     """
     if not (isinstance(rimg, types.Array) and rimg.ndim == 2 and rimg.layout == "C"
             and all(isinstance(x, types.Array) and x.ndim == 2 and x.dtype == rimg.dtype
