@@ -215,12 +215,12 @@ def test_numba_row_recurrence(mode, dtype, rtol):
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 def test_numba_fourth_order_recurrence(threshold, dtype, rtol):
     """Components with the fourth-order factor walked by recurrence, the factor
-    per pixel (``_render_rec4``), against the NumPy reference: small ones (the
-    factor's own regime: sigma 0.8-2 px, tilted, one centred off the image, one
-    of negative amplitude; one of 21 rows, walked in float32 too) and, with the
-    factor on every component (threshold 0), a large one 200 rows tall (three
-    restarts), a wide elliptical one and a thin tilted one that keeps the
-    exponentials."""
+    per pixel (``_render_rec`` with ``fourth``), against the NumPy reference:
+    small ones (the factor's own regime: sigma 0.8-2 px, tilted, one centred off
+    the image, one of negative amplitude; one of 21 rows, walked in float32
+    too) and, with the factor on every component (threshold 0), a large one 200
+    rows tall (three restarts), a wide elliptical one and a thin tilted one
+    that keeps the exponentials."""
     from astromix.backends import numba_backend as nb
 
     shape = (200, 90)

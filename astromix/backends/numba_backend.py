@@ -331,6 +331,13 @@ def _gauss(dx, b, cq, fxx, qmax):
 
 
 @njit(inline="always", **_JIT)
+def _fourth_cst(t):
+    # the fourth-order factor's constant term 1 + 3 c4 (F_xx^2 + F_yy^2) (_gauss4's
+    # cst, per unit amplitude), in float64
+    return 1.0 + _C4 * 3.0 * (t[_FXX] ** 2 + t[_FYY] ** 2)
+
+
+@njit(inline="always", **_JIT)
 def _gauss4(dx, dy, fxx, fxy, fyy, cst, c4, six_fxx, six_fyy, qmax):
     # (exp(-q/2) (0 outside the ellipse), the fourth-order factor P, v_x, v_y)
     vx = fxx * dx + fxy * dy
@@ -372,7 +379,7 @@ def _render_use4(img, t, j0, j1, s, nch, qmax):
     fxy = dt(t[_FXY])
     fyy = dt(t[_FYY])
     norm = t[_AMP] * t[_NORM]
-    cstn = dt(norm * (1.0 + _C4 * 3.0 * (t[_FXX] ** 2 + t[_FYY] ** 2)))
+    cstn = dt(norm * _fourth_cst(t))
     c4n = dt(norm * _C4)
     six_fxx = dt(6.0 * t[_FXX])
     six_fyy = dt(6.0 * t[_FYY])
@@ -611,6 +618,10 @@ class _VectorIR:
         e = self.exp_half(v, wide)
         return [self.b.extract_element(e, llvmir.Constant(i32, m)) for m in range(len(xs))]
 
+    def narrow(self, x):
+        # a float64 scalar in the arrays' dtype
+        return self.b.fptrunc(x, self.lty) if self.lty != x.type else x
+
     def store_f64(self, value, base, offset):
         # a float64 vector stored at base + offset bytes in the arrays' dtype,
         # rounded once
@@ -791,10 +802,6 @@ def _walk_codegen(ncomp, itemsize, fourth=False):
                                                                     (0, 5, 6))
         first = builder.add(builder.mul(wide(j0), a_row), builder.mul(wide(col), isz))
 
-        def narrow(x):
-            # a float64 scalar in the image's dtype
-            return builder.fptrunc(x, lty) if lty != x.type else x
-
         def strip(lanes, c0):
             # columns c0 .. c0 + lanes - 1 of the box (c0 an i64), all rows
             vty = llvmir.VectorType(lty, lanes)
@@ -816,13 +823,13 @@ def _walk_codegen(ncomp, itemsize, fourth=False):
                 # v = (F_xx dx + F_xy dy, F_xy dx + F_yy dy) at the strip's first row,
                 # dx = x0 + i, dy = dy0, as _gauss4's
                 six = llvmir.Constant(llvmir.DoubleType(), 6.0)
-                sfxx, sfyy = (bcast(narrow(builder.fmul(six, x))) for x in (coef[0], coef[2]))
-                fxx, fxy, fyy, cstn, c4n = (narrow(x) for x in coef)
+                sfxx, sfyy = (bcast(ir.narrow(builder.fmul(six, x))) for x in (coef[0], coef[2]))
+                fxx, fxy, fyy, cstn, c4n = (ir.narrow(x) for x in coef)
                 i32 = llvmir.IntType(32)
                 iota = llvmir.Constant(llvmir.VectorType(i32, lanes), list(range(lanes)))
-                dx = builder.fadd(bcast(narrow(x0)), builder.sitofp(
+                dx = builder.fadd(bcast(ir.narrow(x0)), builder.sitofp(
                     builder.add(bcast(builder.trunc(c0, i32)), iota), vty))
-                d0 = bcast(narrow(dy0))
+                d0 = bcast(ir.narrow(dy0))
                 vx0 = ir.fmuladd(bcast(fxx), dx, builder.fmul(bcast(fxy), d0))
                 vy0 = ir.fmuladd(bcast(fxy), dx, builder.fmul(bcast(fyy), d0))
 
@@ -975,9 +982,6 @@ def _sums_codegen(itemsize):
         nr = wide(nrows)
         blk = llvmir.Constant(i64, SUM_BLOCK)
 
-        def narrow(x):
-            return b.fptrunc(x, lty) if lty != f64 else x
-
         def strip(lanes, c0):
             vty = llvmir.VectorType(lty, lanes)
 
@@ -1019,9 +1023,9 @@ def _sums_codegen(itemsize):
                 # row j0 + end: dy = c - k with c = j0 + end - my (float64, rounded
                 # once), sum e dy = c P0 - P1, sum e dy^2 = c^2 P0 - (2 c + 1) P1 + 2 P2
                 c = b.fsub(b.sitofp(b.add(j064, end), f64), my)
-                cc = bcast(narrow(c))
-                c2 = bcast(narrow(b.fmul(c, c)))
-                c21 = bcast(narrow(b.fadd(b.fmul(llvmir.Constant(f64, 2.0), c),
+                cc = bcast(ir.narrow(c))
+                c2 = bcast(ir.narrow(b.fmul(c, c)))
+                c21 = bcast(ir.narrow(b.fadd(b.fmul(llvmir.Constant(f64, 2.0), c),
                                           llvmir.Constant(f64, 1.0))))
                 p0, p1, p2 = (b.load(p) for p in pvars)
                 terms = (p0, ir.fmuladd(cc, p0, b.fneg(p1)),
@@ -1127,21 +1131,24 @@ def _row_factors(typingctx, pf, c, fyy, nrows):
 
 
 @njit(forceinline=True, **_JIT)
-def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k):
-    # Add one component without the fourth-order factor to rows j0..j1, by the
-    # recurrence of the module docstring: per column, f(j+1) = f(j) r(j) with
-    # r(j) = r(js) exp(-F_yy (j - js)) (_row_factors), walked down the rows in
-    # vector registers (_rec_walk); the ellipse is the set of pixels whose f is at
-    # least exp(-n_sigma^2 / 2) (_ellipse_floor).  sc: (4, width) scratch of
+def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k, fourth=False):
+    # Add one component to rows j0..j1, by the recurrence of the module
+    # docstring: per column, f(j+1) = f(j) r(j) with r(j) = r(js) exp(-F_yy (j -
+    # js)) (_row_factors), walked down the rows in vector registers (_rec_walk);
+    # the ellipse is the set of pixels whose f is at least exp(-n_sigma^2 / 2)
+    # (_ellipse_floor).  sc: (4, width) scratch of
     # which rows 0, 1 hold the start row's f, r; pf: (2, RESTART) scratch of which
     # row 0 holds the row factors.  keep: None, or a (K, 2, width) array in which
     # the start row j0's f and r are kept as component k's (for _accumulate_rec in
-    # the same chi2 call).  Inlined (forceinline) into _render_rows: called, its
-    # array arguments' reference counts cost ~60 ns a component.
+    # the same chi2 call).  fourth: a component with the fourth-order factor,
+    # computed per pixel (_rec_walk4; its coefficients as _render_use4's).
+    # Inlined (forceinline) into _render_rows: called, its array arguments'
+    # reference counts cost ~60 ns a component.
     dt = img.dtype.type
     n = nch * CHUNK
     x0 = s - t[_MX]
-    normd = dt(t[_AMP] * t[_NORM])
+    norm = t[_AMP] * t[_NORM]
+    normd = dt(norm)
     floor = _ellipse_floor(n2, dt)
     _row_factors(pf, 0, t[_FYY], j1 - j0 + 1)
     for js in range(j0, j1 + 1, RESTART):
@@ -1150,7 +1157,11 @@ def _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k):
         if keep is not None and js == j0:
             _copy_row(sc[0, :n], keep[k, 0, :n])
             _copy_row(sc[1, :n], keep[k, 1, :n])
-        _rec_walk(1, img, js, s, je - js, n, sc, pf, normd, normd, floor)
+        if fourth:
+            _rec_walk4(img, js, s, je - js, n, sc, pf, x0, js - t[_MY], t[_FXX], t[_FXY],
+                       t[_FYY], norm * _fourth_cst(t), norm * _C4, floor)
+        else:
+            _rec_walk(1, img, js, s, je - js, n, sc, pf, normd, normd, floor)
 
 
 @njit(forceinline=True, **_JIT)
@@ -1181,31 +1192,12 @@ def _render_rec_pair(img, t, u, j0, j1, i0, i1, s, nch, n2, sc, pf, keep, k):
         _rec_walk(2, img, js, s, je - js, n, sc, pf, normd, normd2, floor)
 
 
-@njit(forceinline=True, **_JIT)
-def _render_rec4(img, t, j0, j1, i0, i1, s, nch, n2, sc, pf):
-    # _render_rec for a component with the fourth-order factor (_rec_walk4): its
-    # f by recurrence, the factor per pixel; the factor's coefficients as
-    # _render_use4's
-    dt = img.dtype.type
-    n = nch * CHUNK
-    x0 = s - t[_MX]
-    norm = t[_AMP] * t[_NORM]
-    cstn = norm * (1.0 + _C4 * 3.0 * (t[_FXX] ** 2 + t[_FYY] ** 2))
-    floor = _ellipse_floor(n2, dt)
-    _row_factors(pf, 0, t[_FYY], j1 - j0 + 1)
-    for js in range(j0, j1 + 1, RESTART):
-        je = min(js + RESTART, j1 + 1)
-        _rec_start(t, js - t[_MY], x0, i0 - s, i1 - s, n, sc, 0, 1)
-        _rec_walk4(img, js, s, je - js, n, sc, pf, x0, js - t[_MY], t[_FXX], t[_FXY],
-                   t[_FYY], cstn, norm * _C4, floor)
-
-
 @njit(inline="always", **_JIT)
 def _box_kind(t, ny, nx, y0, itemsize):
     # (j0, j1, i0, i1, kind) of a component in rows [y0, ny): its box (_box, from
     # row y0) and which kernels render it and sum its gradient (_render_rows,
     # _accumulate_one): 0 none (empty box), 1 with the fourth-order factor (its
-    # render by recurrence where _use_rec allows, _render_rec4), 2 by
+    # render by recurrence where _use_rec allows, _render_rec), 2 by
     # recurrence, 3 by exponentials
     j0, j1, i0, i1 = _box(t, ny, nx)
     j0 = max(j0, y0)
@@ -1238,7 +1230,7 @@ def _render_rows(img, table, y0, y1, n2, keep=None):
         s, nch = _chunks(i0, i1)
         if kind == 1:
             if _use_rec(t, j0, j1, i0, i1, img.itemsize):
-                _render_rec4(img, t, j0, j1, i0, i1, s, nch, n2, sc, pf)
+                _render_rec(img, t, j0, j1, i0, i1, s, nch, n2, sc, pf, None, k, True)
             else:
                 _render_use4(img, t, j0, j1, s, nch, qmax)
         elif kind == 3:
@@ -1542,7 +1534,7 @@ def _accumulate_one(t, rimg, n2, out, cs, sc, keep=None, k=0):
     s4 = dt(0.0)
     s5 = dt(0.0)
     # the fourth-order factor: sums in v, with the 14 accumulators of _common
-    cst = dt(1.0 + _C4 * 3.0 * (t[_FXX] ** 2 + t[_FYY] ** 2))
+    cst = dt(_fourth_cst(t))
     c4 = dt(_C4)
     six_fxx = dt(6.0 * t[_FXX])
     six_fyy = dt(6.0 * t[_FYY])
