@@ -59,12 +59,16 @@ store-to-load check would hold each row's loads for the last row's stores.
 Two neighbours in the table with the same box (components wider than a small
 image are clipped to all of it) are walked together, the image loaded and
 stored once for both and the same bit for bit as from the two in turn
-(``_render_rec_pair``).  The gradient sums walk their strips the same way,
-with their three column sums in registers too (``_sums_walk``; float32 stamp
-chi2 + gradient 36-40 -> 34 us, float64 50-62 -> 46-50 us), accumulated as
-running sums within blocks of ``SUM_BLOCK`` rows (no product by ``dy`` per
-pixel, the moments in ``dy`` formed once per block: float32 27.5-28.1 ->
-25.3-26.6 us, float64 38.0-39.0 -> 35.3-37.1 us).  The recurrence is used
+(``_render_rec_pair``); in the general render (not the one-call stamp paths)
+two neighbours are also walked over the union of their boxes when that costs
+less (``_pair_box``: the benchmark scene's render on one thread 1.51-1.54 ->
+1.35-1.38 ms in float32, 2.62-2.72 -> 2.22-2.29 ms in float64).  The gradient
+sums walk their strips the same way, with their three column sums in registers
+too (``_sums_walk``; float32 stamp chi2 + gradient 36-40 -> 34 us, float64
+50-62 -> 46-50 us), accumulated as running sums within blocks of ``SUM_BLOCK``
+rows (no product by ``dy`` per pixel, the moments in ``dy`` formed once per
+block: float32 27.5-28.1 -> 25.3-26.6 us, float64 38.0-39.0 -> 35.3-37.1 us).
+The recurrence is used
 only where every ``f``, ``r`` and row factor over the box stays a normal
 number (``|q| <= QSAFE32`` or ``QSAFE64``): thin tilted components, mostly in
 float32, keep the exponentials.  Measured against
