@@ -346,9 +346,9 @@ def test_numba_union_pairs(dtype, signs):
     tight = 5e-6 if dtype == np.float32 else 1e-12
     _agree(img, ref, tight)
     # one at a time: a component outside the image after each breaks every pair
-    alone = GaussianMixture(np.repeat(amp, 2) * np.tile([1.0, 1.0], len(amp)),
-                            np.insert(mean, np.arange(1, len(amp) + 1), -500.0, axis=0),
-                            np.insert(cov, np.arange(1, len(amp) + 1), np.eye(2), axis=0))
+    after = np.arange(1, len(amp) + 1)
+    alone = GaussianMixture(np.insert(amp, after, 1.0), np.insert(mean, after, -500.0, axis=0),
+                            np.insert(cov, after, np.eye(2), axis=0))
     _agree(img, alone.render(shape, dtype=dtype, backend="numba"), tight)
     inside = np.zeros(shape, dtype=bool)
     for j0, j1, i0, i1, _ in kinds:
