@@ -308,7 +308,9 @@ def test_numba_union_pairs(dtype, signs):
     components rendered one at a time, and is exactly zero outside their boxes.
     Three pairs: two nested boxes with one centre, two centres 3-4 px apart, and
     two clipped by the image's right edge; a small component after a large one
-    is not paired (its union would cost more), nor with the far one after it."""
+    is not paired (its union would cost more), nor with the far one after it.
+    The multi-exposure one-call path of scene fits (``_exposures_chi2``) pairs
+    them too: its model, chi2 and gradient agree with NumPy's."""
     from astromix.backends import numba_backend as nb
 
     shape = (320, 250)
@@ -361,6 +363,25 @@ def test_numba_union_pairs(dtype, signs):
         nb._render_band(work, table, y0, y1, settings.n_sigma ** 2, banded)
     _agree(banded, ref, tight)
     assert np.all(banded[~inside] == 0.0)
+    # the scene fits' one-call path over several exposures (_exposures_chi2),
+    # its row bands on every thread: the model, chi2 and gradient of NumPy's
+    bk = backends.get_backend("numba")
+    rng = np.random.default_rng(3)
+    data = (ref + rng.normal(0, 1e-3, shape)).astype(dtype)
+    weight = rng.uniform(0.5, 2.0, shape).astype(dtype)
+    layout = bk.exposures_layout([shape, shape])
+    packed = [bk.pack_images([x, x], layout, dtype) for x in (data, weight)]
+    chi2, _, acc = bk.exposures_chi2([table, table], layout, *packed, [0.0, 0.0], settings)
+    # the model of the second exposure, from R = 2 w (model - data) left in its place
+    nxp = layout["shapes"][1, 1]
+    resid = bk.scratch((layout["size"],), dtype, "exposures")[layout["offsets"][1]:]
+    resid = resid.reshape(shape[0], nxp)[:, :shape[1]].astype(np.float64)
+    _agree(data + resid / (2.0 * weight), ref, 2 * tight)
+    want, grads = g.chi2(data, weight, gradient=True, backend="numpy")
+    np.testing.assert_allclose(chi2, want, rtol=1e-4 if dtype == np.float32 else 1e-10)
+    for e in range(2):
+        for got, ref_grad in zip(bk.assemble_gradient(table, acc[e]), grads):
+            _agree(got, ref_grad, 1e-4 if dtype == np.float32 else 1e-9)
 
 
 def _exp_half_ir(q, wide):

@@ -59,10 +59,11 @@ store-to-load check would hold each row's loads for the last row's stores.
 Two neighbours in the table with the same box (components wider than a small
 image are clipped to all of it) are walked together, the image loaded and
 stored once for both and the same bit for bit as from the two in turn
-(``_render_rec_pair``); in the general render (not the one-call stamp paths)
-two neighbours are also walked over the union of their boxes when that costs
-less (``_pair_box``: the benchmark scene's render on one thread 1.51-1.54 ->
-1.35-1.38 ms in float32, 2.62-2.72 -> 2.22-2.29 ms in float64).  The gradient
+(``_render_rec_pair``); in the general render and the scene fits'
+multi-exposure call (not the one-call stamp paths) two neighbours are also
+walked over the union of their boxes when that costs less (``_pair_box``: the
+benchmark scene's render on one thread 1.51-1.54 -> 1.35-1.38 ms in float32,
+2.62-2.72 -> 2.22-2.29 ms in float64).  The gradient
 sums walk their strips the same way, with their three column sums in registers
 too (``_sums_walk``; float32 stamp chi2 + gradient 36-40 -> 34 us, float64
 50-62 -> 46-50 us), accumulated as running sums within blocks of ``SUM_BLOCK``
@@ -1260,11 +1261,13 @@ def _render_rows(img, table, y0, y1, n2, keep=None, union=None):
     # together (_render_rec_pair) over the same box (components wider than a small
     # image are clipped to all of it) or, where union is given (True) and keep is
     # None, over the union of their boxes when that costs less (_pair_box).  The
-    # one-call stamp paths leave union out, so that their code has no union test
-    # (a compile-time choice): on the benchmark's 64x64 stamp, whose boxes are
-    # small and whose components cost mostly their start rows, the test and the
-    # union pairs together made the render 2-3% slower, not faster; with the
-    # test compiled in but never passing, 8-10% slower.
+    # general render (_render_band) and the scene fits' multi-exposure call
+    # (_exposures_chi2) give union.  The one-call stamp paths leave it out, so
+    # that their code has no union test (a compile-time choice): on the
+    # benchmark's 64x64 stamp, whose boxes are small and whose components cost
+    # mostly their start rows, the test and the union pairs together made the
+    # render 2-3% slower, not faster; with the test compiled in but never
+    # passing, 8-10% slower.
     nx = img.shape[1]
     dt = img.dtype.type
     qmax = dt(n2)
@@ -1752,6 +1755,10 @@ def _exposures_chi2(model, data, weight, tables, toff, shapes, ioff, rtasks, ata
     # CHUNK), tables stacked (exposure e: rows toff[e]..toff[e+1]).  Row bands
     # rtasks (e, y0, y1) are rendered, their residuals taken, and component
     # blocks atasks (e, first, step) accumulated, each phase over all threads.
+    # Neighbours are walked over the union of their boxes where that costs less
+    # (_pair_box; the gradient sums keep no start rows): the benchmark scene
+    # fit's (benchmarks/scene.py: 9 exposures of 128x128) float64 chi2 took
+    # 0.89-0.98 -> 0.79-0.80 ms on two threads (alternated runs).
     ne = shapes.shape[0]
     nr = rtasks.shape[0]
     sums = np.zeros((nr, 3))
@@ -1760,7 +1767,7 @@ def _exposures_chi2(model, data, weight, tables, toff, shapes, ioff, rtasks, ata
         ny, nx = shapes[e, 0], shapes[e, 1]
         img = model[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
         img[y0:y1, :] = 0.0
-        _render_rows(img, tables[toff[e]:toff[e + 1]], y0, y1, n2)
+        _render_rows(img, tables[toff[e]:toff[e + 1]], y0, y1, n2, None, True)
         if fit_background[e]:
             d = data[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
             w = weight[ioff[e]:ioff[e] + ny * nx].reshape((ny, nx))
