@@ -637,7 +637,9 @@ def test_numba_bands_follow_the_sources(dtype, rtol):
     cluster (here 80 of 90 components in the top fifth of the image): counted
     independently as the pixels inside the components' culling ellipses per
     band, the busiest of 4 bands holds at most 1.3x the mean (4 bands of equal
-    rows: over 2.5x).  Rendered in those bands, the image agrees with NumPy's."""
+    rows: over 2.5x); counting also a pass over every pixel of the bands' rows
+    (``ROW_PIXEL_COST``), the bands that cost it are as even.  Rendered in
+    those bands, the image agrees with NumPy's."""
     from astromix.backends import numba_backend as nb
 
     shape = (400, 256)
@@ -657,6 +659,24 @@ def test_numba_bands_follow_the_sources(dtype, rtol):
     img = np.zeros(shape, dtype=dtype)
     nb._render_parallel(img, table, edges, s.n_sigma ** 2)
     _agree(img, g.render(shape, settings=s, backend="numpy"), rtol)
+
+    # where a band also passes over every pixel of its rows (a widened work image
+    # zeroed and copied out: ROW_PIXEL_COST a pixel), the edges move down, the
+    # band below the sources holding fewer rows: counting that pass too, the
+    # busiest band holds at most 1.3x the mean (measured 1.11), against 3x with
+    # the edges above
+    def with_rows(e):
+        return (_band_pixels(table, shape, e, s.n_sigma)
+                + nb.ROW_PIXEL_COST * shape[1] * np.diff(e))
+
+    costly = nb._band_edges(table, shape[0], shape[1], 4, nb.ROW_PIXEL_COST)
+    assert np.all(costly[1:-1] > edges[1:-1]), (costly, edges)
+    assert with_rows(costly).max() <= 1.3 * with_rows(costly).mean(), with_rows(costly)
+    assert with_rows(edges).max() > 2.5 * with_rows(edges).mean()
+    img = np.zeros((shape[0], nb._work_width(shape[1])), dtype=dtype)
+    copy = np.full(shape, np.nan, dtype=dtype)
+    nb._render_parallel(img, table, costly, s.n_sigma ** 2, copy)
+    _agree(copy, g.render(shape, settings=s, backend="numpy"), rtol)
 
 
 @pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
@@ -766,7 +786,7 @@ def test_numba_exposure_row_tasks_are_band_major():
         assert np.all(mine[:, 0] == e)
         assert mine[0, 1] == 0 and mine[-1, 2] == ny
         np.testing.assert_array_equal(mine[1:, 1], mine[:-1, 2])
-        edges = nb._band_edges(tables[e], ny, nx, nb_)
+        edges = nb._band_edges(tables[e], ny, nx, nb_, nb.ROW_PIXEL_COST)
         np.testing.assert_array_equal(mine[:, 1:], np.column_stack([edges[:-1], edges[1:]]))
 
 

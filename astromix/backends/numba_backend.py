@@ -92,7 +92,8 @@ with the render's start rows kept for the gradient sums).
 
 Threads: one image is split into bands of rows rendered in parallel, each band
 looping over the components that reach it, the bands' edges placed so that each
-holds about the same work (``_band_edges``: where the sources are); gradients are accumulated in
+holds about the same work (``_band_edges``: where the sources are, and the
+band's own pass over its rows); gradients are accumulated in
 parallel over components.  Work below ``PARALLEL_MIN_WORK`` Gaussian-pixel
 evaluations (a small stamp) runs on one thread, since starting threads would
 cost more than it saves.
@@ -1308,15 +1309,26 @@ def _render_rows(img, table, y0, y1, n2, keep=None, union=None):
 #: Cost of a component's start row in a band, in rows of its box (the
 #: recurrence's first row: _start_row).
 START_ROW_COST = 4.0
+#: Cost of a band's own pass over each pixel of its rows (zeroing the work
+#: image's rows and copying them out, _render_band; zeroing and the residual,
+#: _exposures_chi2), in pixels of a component's row.  Timed alone on 1024-wide
+#: images: 2.1 (float32) and 2.7 (float64); 2.2-2.5 on 128-wide exposures.  The
+#: two bands of the benchmark's clustered scene were most even on one thread
+#: at 2.7 in float32 and 3.5 in float64.
+ROW_PIXEL_COST = 3.0
 
 
 @njit(**_JIT)
-def _band_edges(table, ny, nx, nband):
+def _band_edges(table, ny, nx, nband, row_cost=0.0):
     # Row edges (nband + 1,) int64 splitting rows 0..ny into nband bands of about
     # equal work: a component costs its box's padded width (whole chunks) on each
-    # of its rows, START_ROW_COST more on its first.  Bands of equal rows left
-    # clustered sources to one thread: 100 sources in the top 30% of a
-    # 1024x1024 image took as long on two threads as on one.
+    # of its rows, START_ROW_COST more on its first; every row costs row_cost
+    # times nx more (a band's own pass over its rows: ROW_PIXEL_COST, or 0 where
+    # the band has none).  Bands of equal rows left clustered sources to one
+    # thread: 100 sources in the top 30% of a 1024x1024 image took as long on two
+    # threads as on one.  Without the rows' own cost, the band below those
+    # sources, with 700 empty rows to zero and copy, took 14-16% longer than the
+    # band above on one thread (float32 / float64).
     w = np.zeros(ny + 1)
     for k in range(table.shape[0]):
         j0, j1, i0, i1 = _box(table[k], ny, nx)
@@ -1331,9 +1343,10 @@ def _band_edges(table, ny, nx, nband):
     cum = np.empty(ny + 1)
     cum[0] = 0.0
     level = 0.0
+    floor = 1.0 + row_cost * nx
     for j in range(ny):
         level += w[j]
-        cum[j + 1] = cum[j] + level + 1.0
+        cum[j + 1] = cum[j] + level + floor
     total = cum[ny]
     edges[0] = 0
     j = 0
@@ -1739,7 +1752,8 @@ def _exposure_rtasks(tables, toff, shapes, nb):
     ne = shapes.shape[0]
     tasks = np.empty((nb * ne, 3), dtype=np.int64)
     for e in range(ne):
-        edges = _band_edges(tables[toff[e]:toff[e + 1]], shapes[e, 0], shapes[e, 1], nb)
+        edges = _band_edges(tables[toff[e]:toff[e + 1]], shapes[e, 0], shapes[e, 1], nb,
+                            ROW_PIXEL_COST)
         for b in range(nb):
             tasks[b * ne + e, 0] = e
             tasks[b * ne + e, 1] = edges[b]
@@ -2168,7 +2182,9 @@ class NumbaBackend(c.Backend):
             # one band per thread: with bands of equal work, more bands only add
             # start rows (uniform benchmark scene: 2.6-2.8 ms in 2 bands, 2.7-3.3 in 8)
             nband = min(ny, nthreads)
-            _render_parallel(work, table, _band_edges(table, ny, nw, nband), n2, copy)
+            # (a band zeroes and copies its rows of a widened work image: their cost)
+            edges = _band_edges(table, ny, nw, nband, 0.0 if copy is None else ROW_PIXEL_COST)
+            _render_parallel(work, table, edges, n2, copy)
         return img
 
     def jacobian(self, table, coeff, shape, settings, threads=None):
