@@ -972,6 +972,9 @@ def test_bad_pixel_counts_match_reference(other, dtype):
         d, w = bk.asarray(d), bk.asarray(w)
         assert bk.bad_pixel_counts(d, w) == _common.Backend.bad_pixel_counts(bk, d, w)
     assert bk.bad_pixel_counts(bk.asarray(data), bk.asarray(weight)) == expect
+    clean = bk.asarray(np.abs(data[:5]) + 1), bk.asarray(np.abs(weight[:5]))  # inf -> nan
+    clean = tuple(bk.xp.where(bk.xp.isfinite(x), x, 1.0).astype(dtype) for x in clean)
+    assert bk.bad_pixel_counts(*clean) == (0, 0, 0, 0)
 
 
 @pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")

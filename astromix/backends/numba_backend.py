@@ -2215,7 +2215,14 @@ class NumbaBackend(c.Backend):
         return out
 
     def bad_pixel_counts(self, data, weight):
-        """:meth:`Backend.bad_pixel_counts` in one compiled pass (no temporaries)."""
+        """:meth:`Backend.bad_pixel_counts` in compiled passes (no temporaries).
+
+        A vectorised test that every pixel is clean (``_pixels_clean``) comes
+        first; the branching counts are taken only when it fails (1024 x 1024:
+        0.14 -> 0.08 ms in float32, 0.20 -> 0.15 ms in float64).
+        """
+        if _pixels_clean(data, weight):
+            return 0, 0, 0, 0
         return tuple(int(v) for v in _bad_pixel_counts(data, weight))
 
     def parallel_available(self):
