@@ -1869,6 +1869,14 @@ def _pixels_clean(data, weight):
     return acc == zero
 
 
+@njit(error_model="numpy", boundscheck=False, nogil=True, cache=True)
+def _pixel_counts(data, weight):
+    # Backend.bad_pixel_counts: the vectorised clean test first, the branching
+    # counts only when it fails (1024 x 1024: 0.14 -> 0.08 ms in float32, 0.20 ->
+    # 0.15 ms in float64)
+    return (0, 0, 0, 0) if _pixels_clean(data, weight) else _bad_pixel_counts(data, weight)
+
+
 @njit(error_model="numpy", cache=True)
 def _prepare(amp, mean, cov, n_sigma, mode, threshold):
     # _common.prepare, compiled (no fastmath: the same float64 arithmetic)
@@ -1989,7 +1997,7 @@ def _chi2_stamp(amp, mean, cov, n_sigma, mode, threshold, data, weight, gradient
     # (bad-pixel counts, chi2, d_amp, d_mean, d_cov); with a non-finite or negative
     # weight or non-finite data nothing else is computed (the caller takes the
     # general path, which raises or masks).
-    counts = (0, 0, 0, 0) if _pixels_clean(data, weight) else _bad_pixel_counts(data, weight)
+    counts = _pixel_counts(data, weight)
     d_amp = np.zeros(0)
     d_mean = np.zeros((0, 2))
     d_cov = np.zeros((0, 2, 2))
@@ -2218,12 +2226,10 @@ class NumbaBackend(c.Backend):
         """:meth:`Backend.bad_pixel_counts` in compiled passes (no temporaries).
 
         A vectorised test that every pixel is clean (``_pixels_clean``) comes
-        first; the branching counts are taken only when it fails (1024 x 1024:
-        0.14 -> 0.08 ms in float32, 0.20 -> 0.15 ms in float64).
+        first; the branching counts are taken only when it fails
+        (``_pixel_counts``, as the one-call chi2 does).
         """
-        if _pixels_clean(data, weight):
-            return 0, 0, 0, 0
-        return tuple(int(v) for v in _bad_pixel_counts(data, weight))
+        return tuple(int(v) for v in _pixel_counts(data, weight))
 
     def parallel_available(self):
         """True when this process may run the parallel kernels on more than one thread.
