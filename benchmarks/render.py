@@ -22,7 +22,7 @@ ny=64, scale=1, method='auto')`` with a fixed profile, with ``n`` changing at ev
 call (the Sersic is rebuilt), and 100 of them drawn into a 1024x1024 image.
 GalSim draws float32 images by default (``ImageF``); the fixed profile and the
 scene are also drawn into float64 images (``dtype=numpy.float64``, ``ImageD``),
-and astromix's float64 rows are compared with those (2-3% slower than float32
+and astromix's float64 rows are compared with those (1-6% slower than float32
 on the reference machine), its float32 rows with the float32 draws.
 
 Usage::
