@@ -54,6 +54,19 @@ class TestValidation:
         amp[0] = 7
         assert g.amp[0] == 1.0
 
+    def test_adopted_arrays_are_frozen_and_views_copied(self):
+        """_adopt keeps a fresh array (read-only from then on) and copies a view."""
+        amp, mean, cov = np.array([2.0]), np.zeros((1, 2)), np.array([EYE], dtype=float)
+        g = GaussianMixture._adopt(amp, mean, cov)
+        assert g.amp is amp and g.cov is cov and not amp.flags.writeable
+        with pytest.raises(ValueError):
+            cov[0, 0, 0] = 5.0
+        base = np.array([1.0, 3.0])
+        h = GaussianMixture._adopt(base[:1], [[1.0, 2.0]], np.array([EYE], dtype=np.float32))
+        base[0] = 7.0                            # the view was copied
+        assert h.amp[0] == 1.0 and h.cov.dtype == np.float64 and h.mean.shape == (1, 2)
+        assert not (h.amp.flags.writeable or h.mean.flags.writeable or h.cov.flags.writeable)
+
     def test_len_flux_repr_eq(self):
         g = GaussianMixture([1.0, -0.25], [[0, 0], [1, 1]], [EYE, EYE * 2])
         assert len(g) == g.n_components == 2

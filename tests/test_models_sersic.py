@@ -231,6 +231,47 @@ def test_builder_without_numba_gives_the_same_components():
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("psf", [None, PSF3])
+@pytest.mark.parametrize("derivatives", [False, True])
+def test_pixel_components_equal_the_general_builder(psf, derivatives):
+    """The pixel-frame build (shape matrix computed inside) against sersic_components.
+
+    Both compiled and as plain Python, with and without derivatives and PSF.
+    """
+    from astromix.models import _sersic_build as b
+    from astromix.models.sersic_table import SersicMixtureTable
+
+    coeffs, t_n = SersicMixtureTable.load().interval(2.6)
+    parts = None if psf is None else (psf.amp, psf.mean, psf.cov)
+    want = b.sersic_components(coeffs, t_n, 20.0, 10.5, 12.25, 3.0, b.shape_terms(0.35, -0.7),
+                               parts, 1e-4, 1.0 / 12.0, derivatives)
+    got = b.pixel_components(coeffs, t_n, 20.0, 10.5, 12.25, 3.0, 0.35, -0.7, parts, 1e-4,
+                             1.0 / 12.0, derivatives)
+    assert len(got) == len(want) == (4 if derivatives else 3)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    plain = getattr(b._build_pixels_jac if derivatives else b._build_pixels, "py_func", None)
+    if plain is not None:
+        mix = (b._POINT if psf is None else parts)
+        py = plain(coeffs, t_n, 20.0, 10.5, 12.25, 3.0, 0.35, -0.7, *mix, 1e-4, 1.0 / 12.0)
+        for g, w in zip(py, want):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15)
+
+
+def test_parameter_values():
+    """Floats in param_names order; a model set gives its first model's values, as scalar()."""
+    from astromix.models._base import parameter_values, scalar
+
+    m = SersicMixture(5.0, 1.5, 2.5, 3.0, 2.0, 0.1, 0.2)
+    values = parameter_values(m)
+    assert values == [5.0, 1.5, 2.5, 3.0, 2.0, 0.1, 0.2]
+    assert all(type(v) is float for v in values)
+    pair = models.Gaussian2D([1.0, 2.0], [3.0, 4.0], [0.0, 0.5], [1.0, 1.5], [1.0, 2.0], [0.0, 0.1],
+                             n_models=2)
+    assert parameter_values(pair) == [scalar(getattr(pair, n).value) for n in pair.param_names]
+    assert parameter_values(pair)[:2] == [1.0, 3.0]
+
+
 def test_fit_recovers_injected_parameters():
     rng = np.random.default_rng(7)
     truth = SersicMixture(500.0, 32.4, 31.1, 4.5, 1.8, 0.3, 0.5, psf=PSF)
@@ -302,6 +343,10 @@ def test_grid_origin_recognises_whole_pixel_grids(monkeypatch, compiled):
     xn = x.copy()
     xn[5, 7] = np.nan
     assert _base.grid_origin(xn, y) is None
+    for name in ("x", "y"):              # the last pixel of either coordinate alone off
+        xo, yo = x.copy(), y.copy()
+        (xo if name == "x" else yo)[-1, -1] += 1.0
+        assert _base.grid_origin(xo, yo) is None, name
     m = SersicMixture(50.0, 14.3, 9.6, 3.0, 1.5, 0.2, 0.4)
     jitter = y + np.eye(20, 30) * 1e-9
     np.testing.assert_allclose(m(x, jitter), m(x, y), rtol=0, atol=1e-6 * m(x, y).max())

@@ -43,7 +43,8 @@ import math
 
 import numpy as np
 
-__all__ = ["exposure_components", "sersic_components", "shape_terms", "table_coefficients"]
+__all__ = ["exposure_components", "pixel_components", "sersic_components", "shape_terms",
+           "table_coefficients"]
 
 
 def _kappa(cxx, cxy, cyy, dxx, dxy, dyy):
@@ -58,6 +59,17 @@ def _kappa(cxx, cxy, cyy, dxx, dxy, dyy):
 def _peak(cxx, cxy, cyy):
     # the peak of a unit-flux Gaussian of covariance C
     return 1.0 / (2.0 * math.pi * math.sqrt(cxx * cyy - cxy * cxy))
+
+
+def _shape_values(ellip, theta):
+    # the 9 numbers of shape_terms, as a tuple (compiled too, for _build_pixels)
+    c, s = math.cos(theta), math.sin(theta)
+    q = 1.0 - ellip
+    q2 = q * q
+    cc, ss, cs = c * c, s * s, c * s
+    return (cc + q2 * ss, cs * (1.0 - q2), ss + q2 * cc,
+            -2.0 * q * ss, 2.0 * q * cs, -2.0 * q * cc,
+            -2.0 * (1.0 - q2) * cs, (1.0 - q2) * (cc - ss), 2.0 * (1.0 - q2) * cs)
 
 
 def _build(coeffs, t_n, flux, x_0, y_0, r_eff, source_shape, wcs_jac, pamp, pmean, pcov,
@@ -280,6 +292,30 @@ def _build_many(p, sersic, term, flux_index, flux_scale, ra_index, dec_index, r_
     return amp[:out], mean[:out], cov[:out], jac[:out] if derivatives else jac, starts
 
 
+def _pixel_shape(ellip, theta):
+    # shape_terms as an array, in the compiled code
+    shape = np.empty(9)
+    values = _shape_values(ellip, theta)
+    for u in range(9):
+        shape[u] = values[u]
+    return shape
+
+
+def _build_pixels(coeffs, t_n, flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov,
+                  tolerance, box):
+    # _build for a source in pixels, from ellip and theta: its components, no derivatives
+    amp, mean, cov, _ = _build(coeffs, t_n, flux, x_0, y_0, r_eff, _pixel_shape(ellip, theta),
+                               np.eye(2), pamp, pmean, pcov, tolerance, box, False)
+    return amp, mean, cov
+
+
+def _build_pixels_jac(coeffs, t_n, flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov,
+                      tolerance, box):
+    # _build_pixels with the derivatives
+    return _build(coeffs, t_n, flux, x_0, y_0, r_eff, _pixel_shape(ellip, theta), np.eye(2),
+                  pamp, pmean, pcov, tolerance, box, True)
+
+
 try:
     import numba
 except ImportError:                                    # pragma: no cover - numba is optional
@@ -289,8 +325,12 @@ else:
     _opts = {"cache": True, "error_model": "numpy", "nogil": True}
     _kappa = numba.njit(inline="always", **_opts)(_kappa)
     _peak = numba.njit(inline="always", **_opts)(_peak)
+    _shape_values = numba.njit(inline="always", **_opts)(_shape_values)
+    _pixel_shape = numba.njit(inline="always", **_opts)(_pixel_shape)
     _build = _compiled = numba.njit(**_opts)(_build)
     _compiled_many = numba.njit(**_opts)(_build_many)
+    _build_pixels = numba.njit(**_opts)(_build_pixels)
+    _build_pixels_jac = numba.njit(**_opts)(_build_pixels_jac)
 
 
 def exposure_components(p, pack, coeffs, t_n, shapes, tolerance, box, derivatives=False):
@@ -339,13 +379,7 @@ def shape_terms(ellip, theta):
     dS/dtheta (3))``, shape (9,).  The covariance of a component of variance
     ``v`` (units of r_eff^2) is ``v r_eff^2 S``.
     """
-    c, s = math.cos(theta), math.sin(theta)
-    q = 1.0 - ellip
-    q2 = q * q
-    cc, ss, cs = c * c, s * s, c * s
-    return np.array([cc + q2 * ss, cs * (1.0 - q2), ss + q2 * cc,
-                     -2.0 * q * ss, 2.0 * q * cs, -2.0 * q * cc,
-                     -2.0 * (1.0 - q2) * cs, (1.0 - q2) * (cc - ss), 2.0 * (1.0 - q2) * cs])
+    return np.array(_shape_values(ellip, theta))
 
 
 def sersic_components(coeffs, t_n, flux, x_0, y_0, r_eff, shape, psf, tolerance, box,
@@ -400,6 +434,27 @@ def sersic_components(coeffs, t_n, flux, x_0, y_0, r_eff, shape, psf, tolerance,
                                     pamp, pmean, pcov, float(tolerance), float(box),
                                     bool(derivatives))
     return (amp, mean, cov, jac) if derivatives else (amp, mean, cov)
+
+
+def pixel_components(coeffs, t_n, flux, x_0, y_0, r_eff, ellip, theta, psf, tolerance, box,
+                     derivatives=False):
+    """:func:`sersic_components` for a source in pixels, from ``ellip`` and ``theta``.
+
+    The same components, the shape matrix (:func:`shape_terms`) computed in
+    the compiled call: the path of :class:`~astromix.models.SersicMixture`,
+    one Numba dispatch per evaluation (its arguments are those of
+    :func:`sersic_components`, ``shape`` replaced by ``ellip`` (1 - b/a) and
+    ``theta`` [rad], and no ``wcs_jac``).
+
+    Returns
+    -------
+    amp, mean, cov : ndarray, shapes (J,), (J, 2), (J, 2, 2)
+    jac : ndarray, shape (J, 7, 6), only with ``derivatives``
+    """
+    pamp, pmean, pcov = _POINT if psf is None else psf
+    args = (coeffs, float(t_n), float(flux), float(x_0), float(y_0), float(r_eff),
+            float(ellip), float(theta), pamp, pmean, pcov, float(tolerance), float(box))
+    return _build_pixels_jac(*args) if derivatives else _build_pixels(*args)
 
 
 def table_coefficients(amp, var, damp, dvar):

@@ -14,7 +14,7 @@ import numpy as np
 from astropy.modeling import Fittable2DModel, Parameter
 
 from ..errors import InputError
-from ._base import scalar
+from ._base import parameter_values, scalar
 
 __all__ = ["MoffatStar", "moffat_alpha", "moffat_fwhm"]
 
@@ -287,7 +287,7 @@ class MoffatStar(Fittable2DModel):
         self._quadrature = int(quadrature)
         super().__init__(flux=flux, x_0=x_0, y_0=y_0, fwhm=fwhm, beta=beta, ellip=ellip,
                          theta=theta, **kwargs)
-        values = [scalar(getattr(self, name).value) for name in self.param_names]
+        values = parameter_values(self)
         bad = [name for name, v in zip(self.param_names, values) if not math.isfinite(v)]
         if bad:
             raise InputError(f"MoffatStar: non-finite value of {bad}")

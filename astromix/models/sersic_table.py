@@ -358,12 +358,14 @@ class SersicMixtureTable:
         if not (self.n_min <= n <= self.n_max):       # also refuses NaN
             self._check(n)
         if self._coeffs is None:
-            # (m, 4, 2K): cubic coefficients of amp and log var per interval, together
+            # (m, 4, 2K): cubic coefficients of amp and log var per interval, together;
+            # kept as a list of the m (4, 2K) arrays too (no view made per call)
             self._coeffs = np.ascontiguousarray(
                 np.concatenate([self._amp.c, self._logvar.c], axis=2).transpose(1, 0, 2))
+            self._coeff_list = list(self._coeffs)
             self._node_list = self.nodes.tolist()
         i = min(max(bisect.bisect_right(self._node_list, n) - 1, 0), len(self._node_list) - 2)
-        return self._coeffs[i], n - self._node_list[i]
+        return self._coeff_list[i], n - self._node_list[i]
 
     def __repr__(self):
         return (f"<SersicMixtureTable K={self.n_components} n in [{self.n_min:g}, "
