@@ -232,7 +232,9 @@ def time_same_profile(positions, repeats, min_time):
     galaxy GalSim draws, as astromix models it (20-component Sersic mixture,
     components the PSF blurs together merged within the default
     ``merge_tolerance``), rendered by the active backend, the stamp centred as
-    GalSim's (31.5, 31.5) and the scene with the same 100 centres.  Returns
+    GalSim's (31.5, 31.5) and the scene with the same 100 centres.  The stamp
+    is also evaluated as astropy models are, ``model(x, y)`` on the pixel grid
+    (float64, built at each call), case ``"stamp model(x, y)"``.  Returns
     {(case, dtype): seconds}, the stamp's component count and its largest
     difference from GalSim's image relative to the peak.
     """
@@ -260,6 +262,11 @@ def time_same_profile(positions, repeats, min_time):
         model.__dict__.pop("_last_build", None)
         return model.mixture().render(STAMP, dtype=dtype)
 
+    def call(y, x):
+        model.__dict__.pop("_last_build", None)
+        return model(x, y)
+
+    grid = np.mgrid[:STAMP[0], :STAMP[1]].astype(np.float64)
     for dtype in (np.float32, np.float64):
         dname = np.dtype(dtype).name
         out[("stamp", dname)] = best_time(
@@ -267,6 +274,8 @@ def time_same_profile(positions, repeats, min_time):
         out[("scene", dname)] = best_time(
             lambda dtype=dtype: scene.render(SCENE, dtype=dtype), max(2, repeats // 2),
             min_time)[0]
+    out[("stamp model(x, y)", "float64")] = best_time(lambda: call(*grid), repeats,
+                                                      min_time)[0]
     return out, len(stamp), error
 
 
@@ -398,15 +407,17 @@ def main(argv=None):
     if gs is not None:
         same, n_same, err_same = time_same_profile(positions, repeats, min_time)
         results["same_profile"] = {"components": n_same, "max_error_vs_galsim": err_same,
-                                   **{f"{c}_{d}_s": t for (c, d), t in same.items()}}
+                                   **{f"{c.replace(' model(x, y)', '_model_call')}_{d}_s": t
+                                      for (c, d), t in same.items()}}
         print("For information, GalSim's profile drawn by astromix "
               f"({backends.get_backend().name}): "
               f"SersicMixture(n=2, r_eff=4) x Gaussian(1.5), {n_same} Gaussians after "
               f"merging, max |astromix - GalSim| = {err_same:.1e} of the peak; "
-              "mixture().render (stamp: built at each call) against GalSim's draws:")
+              "mixture().render (stamps built at each call; last row: the astropy-style "
+              "call model(x, y) on the 64x64 grid) against GalSim's draws:")
         for (c, d), t in same.items():
-            peer = galsim_peer(gs, c, d)
-            print(f"  {c:<6s} {d:<8s} {_fmt_time(t):>11s}  {peer / t:6.1f}x GalSim")
+            peer = galsim_peer(gs, c.split()[0], d)
+            print(f"  {c:<18s} {d:<8s} {_fmt_time(t):>11s}  {peer / t:6.1f}x GalSim")
         print()
 
     header = (f"{'backend':<7s} {'dtype':<7s} {'case':<5s} {'call':<9s} {'time/call':>11s} "
