@@ -410,3 +410,23 @@ def test_reused_components_follow_parameters_and_settings():
         assert np.abs(plain - m(x, y)).max() > 1e-4 * plain.max()
     finally:
         set_default_settings(before)
+
+
+def test_copies_and_pickles_leave_the_kept_build_out():
+    """model.copy() and pickles drop the cache of the last build (it holds the Sersic table)
+    and give the same values; a copy's parameters are its own."""
+    import pickle
+
+    psf = GaussianMixture([0.7, 0.3], np.zeros((2, 2)), [np.eye(2), np.eye(2) * 4.0])
+    m = SersicMixture(80.0, 14.3, 11.6, 3.0, 2.5, 0.3, 0.7, psf=psf)
+    y, x = np.mgrid[:28, :30].astype(float)
+    image = m(x, y)
+    assert "_last_build" in m.__dict__
+    for other in (m.copy(), pickle.loads(pickle.dumps(m))):
+        assert "_last_build" not in other.__dict__
+        np.testing.assert_array_equal(other(x, y), image)
+        assert other.psf == m.psf and other.settings == m.settings
+    c = m.copy()
+    c.n = 1.5
+    np.testing.assert_array_equal(m(x, y), image)
+    assert np.abs(c(x, y) - image).max() > 1e-3 * image.max()
