@@ -1411,9 +1411,17 @@ def _jacobian_rows(out, table, coeff, active, y0, y1, n2):
         six_fyy = 6.0 * fyy
         for j in range(j0, j1 + 1):
             dy = j - t[_MY]
-            for i in range(n):
-                eb[i], pb[i], vxb[i], vyb[i] = _gauss4(x0 + float(_col(i)), dy, fxx, fxy, fyy,
-                                                       cst, _C4, six_fxx, six_fyy, qmax)
+            if use4:
+                for i in range(n):
+                    eb[i], pb[i], vxb[i], vyb[i] = _gauss4(x0 + float(_col(i)), dy, fxx, fxy,
+                                                           fyy, cst, _C4, six_fxx, six_fyy, qmax)
+            else:
+                # the Gaussian alone (the terms below are polynomials in dx), as render
+                # computes it
+                b = 2.0 * fxy * dy
+                cq = fyy * dy * dy
+                for i in range(n):
+                    eb[i] = _gauss(x0 + float(_col(i)), b, cq, fxx, qmax)
             for p in range(npar):
                 if not active[k, p]:
                     continue
@@ -1446,11 +1454,18 @@ def _jacobian_rows(out, table, coeff, active, y0, y1, n2):
                                 + c12 * (vx2 - fxx) + c13 * (vy2 - fyy))
                         orow[i] += eb[i] * (pb[i] * quad + rest)
                 else:
+                    # c0 + c1 vx + c2 vy + c3 vx^2 + c4 vx vy + c5 vy^2, with vx = fxx dx + u
+                    # and vy = fxy dx + w (u = fxy dy, w = fyy dy constant in the row), as
+                    # the row's quadratic in dx: 3 operations a pixel instead of 6
+                    u = fxy * dy
+                    w = fyy * dy
+                    ca = c0 + u * (c1 + c3 * u + c4 * w) + w * (c2 + c5 * w)
+                    cb = (c1 * fxx + c2 * fxy + 2.0 * (c3 * fxx * u + c5 * fxy * w)
+                          + c4 * (fxx * w + fxy * u))
+                    cc = fxx * (c3 * fxx + c4 * fxy) + c5 * fxy * fxy
                     for i in range(n):
-                        vx = vxb[i]
-                        vy = vyb[i]
-                        orow[i] += eb[i] * (c0 + vx * (c1 + c3 * vx + c4 * vy)
-                                            + vy * (c2 + c5 * vy))
+                        dx = x0 + float(_col(i))
+                        orow[i] += eb[i] * (ca + dx * (cb + cc * dx))
 
 
 @njit(parallel=True, **_JIT)
