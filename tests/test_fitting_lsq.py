@@ -119,3 +119,24 @@ def test_masked_points_and_bad_input():
         getattr(frozen, name).fixed = True
     with pytest.raises(InputError, match="no free parameter"):
         MixtureLSQFitter()(frozen, x, y, np.nan_to_num(data))
+
+
+@pytest.mark.parametrize("layout", ["grid", "other"])
+def test_normal_equations(layout):
+    """J^T J and J^T r of the Levenberg-Marquardt steps against NumPy's products.
+
+    "grid": J the transpose of a C-contiguous (P, N) array, as the grid fit gives
+    (the compiled sums with Numba); "other": a C-contiguous (N, P) J (NumPy's ``@``).
+    """
+    from astromix.fitting.lsq import _normal_equations
+
+    rng = np.random.default_rng(3)
+    at = rng.normal(size=(7, 4099)) * np.logspace(-3, 3, 7)[:, None]
+    r = rng.normal(size=4099)
+    jac = at.T if layout == "grid" else np.ascontiguousarray(at.T)
+    a, g = _normal_equations(jac, r)
+    want_a = np.einsum("im,jm->ij", at, at)
+    np.testing.assert_allclose(a, want_a, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(a, a.T)
+    np.testing.assert_allclose(g, np.einsum("im,m->i", at, r), rtol=1e-12,
+                               atol=1e-13 * np.abs(at).max() * np.abs(r).max() * 64)
