@@ -574,6 +574,28 @@ def _sums_walk_kernel():
 
 
 @pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+def test_numba_walk_strips_tile_the_rows(monkeypatch):
+    """The walks' strip widths (_walk_lanes, for any register budget) are ones that
+    _VectorIR.strips tiles rows with (a whole number of CHUNKs) and it refuses others."""
+    from astromix.backends import numba_backend as nb
+
+    def covered(lanes, ncol):
+        # the columns strips() walks: full strips, then one CHUNK when lanes is wider
+        nfull = ncol // lanes
+        return nfull * lanes + (nb.CHUNK if lanes > nb.CHUNK and nfull * lanes < ncol else 0)
+
+    for budget in (16 * 16, 16 * 32, 32 * 64):
+        monkeypatch.setattr(nb, "WALK_STATE_BYTES", budget // 2)
+        for ncomp in (1, 2, 3, 5):
+            for itemsize in (4, 8):
+                lanes = nb._walk_lanes(ncomp, itemsize)
+                for ncol in range(nb.CHUNK, 9 * nb.CHUNK, nb.CHUNK):
+                    assert covered(lanes, ncol) == ncol, (budget, ncomp, itemsize, lanes)
+    with pytest.raises(ValueError, match="do not tile"):
+        nb._VectorIR.strips(None, None, 3 * nb.CHUNK, None)
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-13), (np.float32, 2e-6)])
 @pytest.mark.parametrize("nrows", [1, 7, 8, 13, 64])
 def test_numba_sums_walk_moments(dtype, rtol, nrows):

@@ -641,7 +641,11 @@ class _VectorIR:
 
     def strips(self, ncol, lanes, strip):
         # strip(lanes, c0) for c0 = 0, lanes, ... below ncol (a multiple of CHUNK),
-        # then strip(CHUNK, c0) for a last chunk when lanes is wider
+        # then strip(CHUNK, c0) for a last chunk when lanes is wider.  That covers
+        # every column for lanes dividing CHUNK or equal to 1 or 2 CHUNKs (what
+        # _walk_lanes gives): wider strips would leave more than one chunk over
+        if not (lanes in (CHUNK, 2 * CHUNK) or (lanes < CHUNK and CHUNK % lanes == 0)):
+            raise ValueError(f"strips of {lanes} columns do not tile rows of CHUNK = {CHUNK}")
         b = self.b
         nc = self.wide(ncol)
         width = llvmir.Constant(self.i64, lanes)
