@@ -574,6 +574,23 @@ def _sums_walk_kernel():
 
 
 @pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+def test_numba_active_coefficients():
+    """The Jacobian's (component, parameter) mask: any term not zero, as NumPy's any (NaN
+    counts, -0.0 does not)."""
+    from astromix.backends import numba_backend as nb
+
+    rng = np.random.default_rng(2)
+    coeff = rng.normal(size=(9, 5, 14)) * (rng.random((9, 5, 14)) < 0.05)
+    coeff[0, 0, 13] = np.nan
+    coeff[1, 1, :] = -0.0
+    coeff[2, 2, :] = 0.0
+    coeff[2, 2, 0] = 1e-300
+    want = np.any(coeff != 0.0, axis=2)
+    assert want[0, 0] and not want[1, 1] and want[2, 2] and not want.all() and want.any()
+    np.testing.assert_array_equal(nb._active_coefficients(coeff), want)
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
 def test_numba_walk_strips_tile_the_rows(monkeypatch):
     """The walks' strip widths (_walk_lanes, for any register budget) are ones that
     _VectorIR.strips tiles rows with (a whole number of CHUNKs) and it refuses others."""
