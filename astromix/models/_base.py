@@ -84,7 +84,7 @@ def evaluate_mixture(mixture, x, y, settings):
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    shape = np.broadcast_shapes(x.shape, y.shape)
+    shape = x.shape if x.shape == y.shape else np.broadcast_shapes(x.shape, y.shape)
     bk = get_backend()
     origin = grid_origin(x, y)
     if origin is not None:
@@ -146,7 +146,7 @@ def chained_jacobian(mixture, m, x, y, settings):
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    shape = np.broadcast_shapes(x.shape, y.shape)
+    shape = x.shape if x.shape == y.shape else np.broadcast_shapes(x.shape, y.shape)
     origin = grid_origin(x, y)
     if origin is not None:
         return list(jacobian_images(mixture, m, origin, shape, settings))
