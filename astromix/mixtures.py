@@ -16,10 +16,11 @@ def _frozen(x):
 
 
 def _owned(x):
-    # x itself, read-only, when it is a float64 array whose memory no other
-    # array holds (its own, or a Numba allocation's); a view of another array
-    # could be written through that array, so it is copied, as anything else is
-    if (type(x) is np.ndarray and x.dtype == np.float64
+    # x itself, read-only, when it is a C-contiguous float64 array whose memory
+    # no other array holds (its own, or a Numba allocation's); a view of another
+    # array could be written through that array, so it is copied, as anything
+    # else is (to the C-contiguous float64 the kernels take)
+    if (type(x) is np.ndarray and x.dtype == np.float64 and x.flags.c_contiguous
             and not isinstance(x.base, np.ndarray)):
         x.setflags(write=False)
         return x
