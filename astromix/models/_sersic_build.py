@@ -292,28 +292,20 @@ def _build_many(p, sersic, term, flux_index, flux_scale, ra_index, dec_index, r_
     return amp[:out], mean[:out], cov[:out], jac[:out] if derivatives else jac, starts
 
 
-def _pixel_shape(ellip, theta):
-    # shape_terms as an array, in the compiled code
-    shape = np.empty(9)
-    values = _shape_values(ellip, theta)
-    for u in range(9):
-        shape[u] = values[u]
-    return shape
-
-
 def _build_pixels(coeffs, t_n, flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov,
                   tolerance, box):
     # _build for a source in pixels, from ellip and theta: its components, no derivatives
-    amp, mean, cov, _ = _build(coeffs, t_n, flux, x_0, y_0, r_eff, _pixel_shape(ellip, theta),
-                               np.eye(2), pamp, pmean, pcov, tolerance, box, False)
+    amp, mean, cov, _ = _build(coeffs, t_n, flux, x_0, y_0, r_eff,
+                               np.array(_shape_values(ellip, theta)), np.eye(2), pamp, pmean,
+                               pcov, tolerance, box, False)
     return amp, mean, cov
 
 
 def _build_pixels_jac(coeffs, t_n, flux, x_0, y_0, r_eff, ellip, theta, pamp, pmean, pcov,
                       tolerance, box):
     # _build_pixels with the derivatives
-    return _build(coeffs, t_n, flux, x_0, y_0, r_eff, _pixel_shape(ellip, theta), np.eye(2),
-                  pamp, pmean, pcov, tolerance, box, True)
+    return _build(coeffs, t_n, flux, x_0, y_0, r_eff, np.array(_shape_values(ellip, theta)),
+                  np.eye(2), pamp, pmean, pcov, tolerance, box, True)
 
 
 try:
@@ -326,7 +318,6 @@ else:
     _kappa = numba.njit(inline="always", **_opts)(_kappa)
     _peak = numba.njit(inline="always", **_opts)(_peak)
     _shape_values = numba.njit(inline="always", **_opts)(_shape_values)
-    _pixel_shape = numba.njit(inline="always", **_opts)(_pixel_shape)
     _build = _compiled = numba.njit(**_opts)(_build)
     _compiled_many = numba.njit(**_opts)(_build_many)
     _build_pixels = numba.njit(**_opts)(_build_pixels)
