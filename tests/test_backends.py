@@ -737,6 +737,14 @@ def test_numba_estimate_work_matches_numpy_formula():
     assert np.sum(wx == 0) > 10 and np.sum(wx * wy > 0) > 100
     assert nb.estimate_work(table, (ny, nx)) == pytest.approx(np.sum(0.785 * wx * wy), rel=1e-12)
     assert nb.estimate_work(table[:0], (ny, nx)) == 0.0
+    # with a limit: the sum stops after the first block of 256 that reaches it,
+    # and a limit above the total changes nothing
+    part = np.cumsum(0.785 * wx * wy)
+    limit = 0.5 * part[255]
+    assert nb.estimate_work(table, (ny, nx), limit) == pytest.approx(part[255], rel=1e-12)
+    assert nb.estimate_work(table, (ny, nx), part[255] * 1.01) == pytest.approx(part[-1],
+                                                                                rel=1e-12)
+    assert nb.estimate_work(table, (ny, nx), 2 * part[-1]) == pytest.approx(part[-1], rel=1e-12)
 
 
 @pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
@@ -989,6 +997,26 @@ def test_compiled_prepare_and_assembly_match_reference(other, mode):
     expect = _common.stack_gradients(*_common.assemble_gradient(ref, acc))
     got = np.einsum("kqm,km->kq", unit, acc)
     np.testing.assert_allclose(got, expect, rtol=1e-11, atol=1e-12 * np.abs(expect).max())
+
+
+@pytest.mark.skipif("numba" not in OTHER, reason="Numba is not installed")
+@pytest.mark.parametrize("k", [0, 1, 63, 64, 65, 200])
+@pytest.mark.parametrize("mode", MODES)
+def test_numba_prepare_blocks_are_numpys_table_bit_for_bit(k, mode):
+    """The compiled table takes its divisions and square roots in blocks of
+    PREPARE_BLOCK components: every component of a partial, whole or several
+    blocks equals _common.prepare's exactly (no reordered arithmetic)."""
+    from astromix.backends import numba_backend as nb
+
+    assert nb.PREPARE_BLOCK == 64
+    rng = np.random.default_rng(k)
+    a = rng.normal(size=(k, 2, 2))
+    cov = a @ a.transpose(0, 2, 1) + 0.05 * np.eye(2)
+    amp = rng.normal(size=k)
+    mean = rng.uniform(-5, 70, size=(k, 2))
+    s = AccuracySettings(pixel_integration=mode)
+    got = backends.get_backend("numba").prepare(amp, mean, cov, s)
+    np.testing.assert_array_equal(got, _common.prepare(amp, mean, cov, s))
 
 
 @pytest.mark.parametrize("other", OTHER)

@@ -1911,34 +1911,64 @@ def _pixel_counts(data, weight):
     return (0, 0, 0, 0) if _pixels_clean(data, weight) else _bad_pixel_counts(data, weight)
 
 
-@njit(error_model="numpy", cache=True)
+#: Components per block of _prepare's vectorised divisions and square roots
+PREPARE_BLOCK = 64
+
+
+@njit(error_model="numpy", boundscheck=False, cache=True)
 def _prepare(amp, mean, cov, n_sigma, mode, threshold):
-    # _common.prepare, compiled (no fastmath: the same float64 arithmetic)
+    # _common.prepare, compiled (no fastmath: the same float64 arithmetic, bit for
+    # bit).  The divisions and square roots, which cost most of it, are taken in
+    # blocks of PREPARE_BLOCK components over contiguous rows, where they vectorise;
+    # one loop per component took 57 us for the 5400 components of the benchmark
+    # scene, the blocks 35 us.
     k = amp.shape[0]
-    table = np.zeros((k, c.NPAR))
+    table = np.empty((k, c.NPAR))
     box = 0.0 if mode == 0 else BOX_VARIANCE
-    for i in range(k):
-        sxx = cov[i, 0, 0] + box
-        sxy = 0.5 * (cov[i, 0, 1] + cov[i, 1, 0])
-        syy = cov[i, 1, 1] + box
-        det = sxx * syy - sxy * sxy
-        t = table[i]
-        t[_AMP] = amp[i]
-        t[_MX] = mean[i, 0]
-        t[_MY] = mean[i, 1]
-        t[_SXX] = sxx
-        t[_SXY] = sxy
-        t[_SYY] = syy
-        t[_FXX] = syy / det
-        t[_FXY] = -sxy / det
-        t[_FYY] = sxx / det
-        t[_NORM] = 1.0 / (2.0 * math.pi * math.sqrt(det))
-        if mode == 2:
-            size = 3.0 * abs(_C4) * (t[_FXX] ** 2 + t[_FYY] ** 2)
-            t[_USE4] = 1.0 if size >= threshold else 0.0
-        t[_INVDET] = 1.0 / det
-        t[_HY] = n_sigma * math.sqrt(syy)
-        t[_HX] = n_sigma * math.sqrt(sxx)
+    nb = max(min(k, PREPARE_BLOCK), 1)
+    # rows: sxx, sxy, syy, det, then fxx, fxy, fyy, norm, 1 / det, hy, hx
+    w = np.empty((11, nb))
+    for s in range(0, k, nb):
+        n = min(nb, k - s)
+        for q in range(n):
+            i = s + q
+            sxx = cov[i, 0, 0] + box
+            sxy = 0.5 * (cov[i, 0, 1] + cov[i, 1, 0])
+            syy = cov[i, 1, 1] + box
+            w[0, q] = sxx
+            w[1, q] = sxy
+            w[2, q] = syy
+            w[3, q] = sxx * syy - sxy * sxy
+        for q in range(n):
+            det = w[3, q]
+            w[4, q] = w[2, q] / det
+            w[5, q] = -w[1, q] / det
+            w[6, q] = w[0, q] / det
+            w[7, q] = 1.0 / (2.0 * math.pi * math.sqrt(det))
+            w[8, q] = 1.0 / det
+            w[9, q] = n_sigma * math.sqrt(w[2, q])
+            w[10, q] = n_sigma * math.sqrt(w[0, q])
+        for q in range(n):
+            i = s + q
+            t = table[i]
+            t[_AMP] = amp[i]
+            t[_MX] = mean[i, 0]
+            t[_MY] = mean[i, 1]
+            t[_SXX] = w[0, q]
+            t[_SXY] = w[1, q]
+            t[_SYY] = w[2, q]
+            t[_FXX] = w[4, q]
+            t[_FXY] = w[5, q]
+            t[_FYY] = w[6, q]
+            t[_NORM] = w[7, q]
+            use4 = 0.0
+            if mode == 2:
+                size = 3.0 * abs(_C4) * (w[4, q] ** 2 + w[6, q] ** 2)
+                use4 = 1.0 if size >= threshold else 0.0
+            t[_USE4] = use4
+            t[_INVDET] = w[8, q]
+            t[_HY] = w[9, q]
+            t[_HX] = w[10, q]
     return table
 
 
@@ -2078,23 +2108,47 @@ def _stamp_width(ny, nx, k):
     return _work_width(nx)
 
 
-def estimate_work(table, shape):
-    """Approximate number of Gaussian-pixel evaluations (ellipse areas, clipped boxes)."""
+def estimate_work(table, shape, limit=math.inf):
+    """Approximate number of Gaussian-pixel evaluations (ellipse areas, clipped boxes).
+
+    Parameters
+    ----------
+    table : array, shape (K, NPAR)
+        Prepared components (:meth:`NumbaBackend.prepare`).
+    shape : tuple of int
+        (ny, nx) of the image.
+    limit : float, optional
+        Stop adding once the sum reaches this (checked every 256 components):
+        the result is then at least ``limit`` but not the whole sum.  Enough to
+        decide whether a call is worth its threads.
+
+    Returns
+    -------
+    float
+        The sum over components of pi/4 times the area of the culling box
+        clipped to the image, in pixels.
+    """
     if table.shape[0] == 0:
         return 0.0
-    return _estimate_work(np.ascontiguousarray(table, dtype=np.float64), shape[0], shape[1])
+    return _estimate_work(np.ascontiguousarray(table, dtype=np.float64), shape[0], shape[1],
+                          float(limit))
 
 
 @njit(error_model="numpy", cache=True)
-def _estimate_work(table, ny, nx):
+def _estimate_work(table, ny, nx, limit):
     # estimate_work compiled: one loop instead of ten NumPy passes (the benchmark
-    # scene's 5400 components: 45 -> ~5 us of a 1.2 ms render)
+    # scene's 5400 components: 45 -> ~9 us of a 1.2 ms render; ~0.1 us with the
+    # limit of _threads, reached within the first block)
     total = 0.0
-    for k in range(table.shape[0]):
-        mx, my, hx, hy = table[k, _MX], table[k, _MY], table[k, _HX], table[k, _HY]
-        wx = max(min(mx + hx, nx) - max(mx - hx, 0.0), 0.0)
-        wy = max(min(my + hy, ny) - max(my - hy, 0.0), 0.0)
-        total += 0.785 * wx * wy
+    k = table.shape[0]
+    for s in range(0, k, 256):
+        for i in range(s, min(s + 256, k)):
+            mx, my, hx, hy = table[i, _MX], table[i, _MY], table[i, _HX], table[i, _HY]
+            wx = max(min(mx + hx, nx) - max(mx - hx, 0.0), 0.0)
+            wy = max(min(my + hy, ny) - max(my - hy, 0.0), 0.0)
+            total += 0.785 * wx * wy
+        if total >= limit:
+            break
     return total
 
 
@@ -2171,7 +2225,7 @@ class NumbaBackend(c.Backend):
         if _one_thread_surely(table.shape[0], shape):
             return 1
         nthreads = numba.get_num_threads()
-        if (nthreads > 1 and estimate_work(table, shape) >= PARALLEL_MIN_WORK
+        if (nthreads > 1 and estimate_work(table, shape, PARALLEL_MIN_WORK) >= PARALLEL_MIN_WORK
                 and _parallel_allowed()):
             _mark_parallel()
             return nthreads
