@@ -39,9 +39,10 @@ class ItemFailure:
 
     It takes the failed item's slot in the results, so that a survey run
     keeps the other results: pick the failures out with
-    ``isinstance(result, ItemFailure)``.
+    ``isinstance(result, ItemFailure)``.  :func:`parallel_map` builds it;
+    each parameter is also a (read-only) attribute of the same name.
 
-    Attributes
+    Parameters
     ----------
     label : str
         The item's label (``labels[index]`` or the default label).
@@ -66,6 +67,11 @@ class ItemFailure:
 
     def reraise(self):
         """Raise the failure as :func:`parallel_map` would have (label in the message).
+
+        Returns
+        -------
+        None
+            It never returns: it always raises.
 
         Raises
         ------

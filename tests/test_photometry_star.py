@@ -108,6 +108,14 @@ def test_fixed_fwhm_and_beta():
     assert res.beta == Measurement(3.0, 0.0, fixed=True)
     assert res.target.fixed["fwhm_0"] and res.target.fixed["beta_0"]
     assert not res.reference.fixed["beta_0"]  # the reference's shape is always fitted
+    # a fixed parameter has zero error and covariance; a misspelt name is an error, not a 0
+    assert res.target.error("fwhm_0") == 0.0
+    cov = res.target.covariance(["flux_0", "fwhm_0"])
+    assert cov[0, 0] > 0 and cov[1, 1] == 0.0 and cov[0, 1] == 0.0
+    with pytest.raises(InputError, match="no parameter 'fwhm'"):
+        res.target.error("fwhm")
+    with pytest.raises(InputError, match="no parameter 'flux'"):
+        res.target.covariance(["flux", "fwhm_0"])
     # fixing the (true) shape leaves the truth within the errors, and shrinks them
     assert abs(res.scale.value - SCALE) < 4 * res.scale.error
     assert res.scale.error < free.scale.error

@@ -422,6 +422,8 @@ def hst_filter_name(*headers):
     Returns
     -------
     str or None
+        The filter name (several joined with '+', e.g. ``"F606W+F814W"``),
+        or None when no header gives one (a None header is skipped).
 
     Examples
     --------
@@ -640,8 +642,11 @@ def filter_weights(wave, filter_curve):
     ----------
     wave : array-like, shape (nz,)
         Wavelengths of the planes [A], increasing (or a Quantity).
-    filter_curve
-        As for :func:`make_broadband_image`.
+    filter_curve : synphot.SpectralElement, str, os.PathLike or (array, array)
+        As for :func:`make_broadband_image`: a synphot bandpass (sampled at
+        its ``waveset``), a two-column text file (wavelength [A],
+        throughput), a pair ``(wavelength [A] or Quantity, throughput)`` or
+        an array of shape (n, 2).
 
     Returns
     -------
@@ -649,6 +654,14 @@ def filter_weights(wave, filter_curve):
         ``w_k`` [throughput x A].
     outside : float
         The fraction of the filter's integral that lies outside the cube.
+
+    Raises
+    ------
+    InputError
+        If ``wave`` is empty, holds non-finite values or does not increase
+        strictly, or the filter curve cannot be read or is invalid (fewer
+        than two samples, non-finite values, zero everywhere, a synphot
+        bandpass without a waveset).
     """
     wave = (wave.to_value(u.AA, equivalencies=u.spectral()) if isinstance(wave, u.Quantity)
             else np.asarray(wave, dtype=np.float64)).ravel()

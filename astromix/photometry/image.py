@@ -295,8 +295,11 @@ class ImagePhotometryResult(PhotometryResult):
     Every quantity is a :class:`~astromix.photometry.Measurement` (value,
     1-sigma error, fixed).  The fitted relation is ``target ≈ scale *
     (reference ⊗ Moffat(fwhm, beta)) shifted by (dx, dy) + bg``.
+    :func:`fit_image_photometry` builds it; each parameter is also an
+    attribute of the same name.  The parameters from ``name`` on are
+    optional (default ``""`` for the strings, None for the others).
 
-    Attributes
+    Parameters
     ----------
     fwhm : Measurement
         FWHM [arcsec] of the Moffat kernel that blurs the reference to the
@@ -357,7 +360,9 @@ class ImagePhotometryResult(PhotometryResult):
         ``nfev``, ``refits``, ``shift_px`` (whole-pixel pre-shift of the
         reference), ``fft_shape``, ``n_pixels``, ``medians`` (target,
         reference), ``seconds``, ``status`` and ``message`` of
-        :func:`scipy.optimize.least_squares`, ``regrid`` (method or None).
+        :func:`scipy.optimize.least_squares`, ``regrid`` (method or None),
+        ``model`` (``"windowed"`` or ``"imphot"``) and ``free`` (tuple of the
+        fitted parameters' names).
     """
 
     fwhm: Measurement
@@ -482,15 +487,23 @@ class ImagePhotometryResult(PhotometryResult):
         Parameters
         ----------
         folder : str or os.PathLike
+            The output folder, created if needed.
         prefix : str, optional
             Default: the target's name, else ``"image_fit"``.
         overwrite : bool, optional
-            Replace existing files (otherwise InputError).
+            Replace existing files (default False: InputError).
 
         Returns
         -------
         list of str
-            The three paths.
+            The three paths (image, model, residual); each file holds a
+            float32 image of shape ``(ny, nx)`` in target units.
+
+        Raises
+        ------
+        InputError
+            If ``folder`` cannot be created or is not writable, or a file
+            exists and ``overwrite`` is False.
         """
         from astropy.io import fits
 

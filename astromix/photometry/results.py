@@ -17,10 +17,12 @@ class Measurement:
     Parameters
     ----------
     value : float
+        The quantity, in its own unit (e.g. arcsec for ``fwhm``; the result's
+        :attr:`PhotometryResult.units` names it).  Stored as a float.
     error : float
         The 1-sigma uncertainty, in the unit of ``value`` (>= 0, or nan).
     fixed : bool, optional
-        True when the quantity was held fixed in the fit.
+        True when the quantity was held fixed in the fit (default False).
 
     Examples
     --------
@@ -44,7 +46,14 @@ class Measurement:
         object.__setattr__(self, "fixed", bool(self.fixed))
 
     def to_dict(self):
-        """``{"value", "error", "fixed"}`` with JSON-safe numbers (nan and inf become None)."""
+        """``{"value", "error", "fixed"}`` with JSON-safe numbers (nan and inf become None).
+
+        Returns
+        -------
+        dict
+            ``{"value": float or None, "error": float or None, "fixed": bool}``,
+            in the unit of ``value``; a non-finite number is None.
+        """
         def safe(v):
             return v if math.isfinite(v) else None
 
@@ -74,7 +83,14 @@ class PhotometryResult:
         return {}
 
     def measurements(self):
-        """dict: name -> :class:`Measurement`, in reporting order."""
+        """The measurements by name, in reporting order.
+
+        Returns
+        -------
+        dict
+            ``{name: Measurement}`` for every name in the subclass's
+            ``_measurements``, in that order (units: :attr:`units`).
+        """
         return {name: getattr(self, name) for name in self._measurements}
 
     def summary(self):
@@ -100,7 +116,14 @@ class PhotometryResult:
         return table
 
     def to_dict(self):
-        """The measurements as ``{name: {"value", "error", "fixed"}}`` (JSON-compatible)."""
+        """The measurements as ``{name: {"value", "error", "fixed"}}`` (JSON-compatible).
+
+        Returns
+        -------
+        dict
+            ``{name: Measurement.to_dict()}`` in reporting order: floats (None
+            for nan or inf) in the units of :attr:`units`, and the fixed flag.
+        """
         return {name: m.to_dict() for name, m in self.measurements().items()}
 
     def __str__(self):

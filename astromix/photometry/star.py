@@ -93,7 +93,10 @@ def _star_position(star):
 class StarFit:
     """The Moffat fit of the star in one image (pixel frame of that image).
 
-    Attributes
+    Built by :func:`fit_star_photometry`; each parameter is also an attribute
+    of the same name.
+
+    Parameters
     ----------
     model : astropy.modeling.CompoundModel
         ``MoffatStar + Const2D``, fitted; parameters ``flux_0``, ``x_0_0``,
@@ -102,7 +105,7 @@ class StarFit:
     cov : dict
         Covariance of the free parameters: ``cov[(a, b)]`` for parameter
         names ``a, b`` (fixed parameters are absent: zero covariance).
-    jacobian : ndarray (2, 2)
+    jacobian : ndarray, shape (2, 2)
         The image's local sky Jacobian at the star [arcsec / px]
         (:meth:`astromix.data.Exposure.jacobian`).
     pixel_scale : float
@@ -128,16 +131,80 @@ class StarFit:
     fit_info: dict
 
     def value(self, name):
-        """Fitted value of the compound model's parameter ``name``."""
+        """Fitted value of the compound model's parameter ``name``.
+
+        Parameters
+        ----------
+        name : str
+            A parameter name of :attr:`model` (e.g. ``"flux_0"``, ``"x_0_0"``,
+            ``"fwhm_0"``, ``"amplitude_1"``).
+
+        Returns
+        -------
+        float
+            The fitted (or fixed) value, in the parameter's unit (px for
+            positions and ``fwhm_0``, data units for ``flux_0``, data units / px
+            for ``amplitude_1``).
+
+        Raises
+        ------
+        AttributeError
+            If :attr:`model` has no attribute ``name``.
+        """
         return float(getattr(self.model, name).value)
 
     def covariance(self, names):
-        """Covariance matrix of the parameters ``names`` (0 for fixed ones)."""
+        """Covariance matrix of the parameters ``names`` (0 for fixed ones).
+
+        Parameters
+        ----------
+        names : sequence of str
+            Parameter names of :attr:`model` (e.g. ``("flux_0",
+            "amplitude_1")``), in the order of the rows and columns.
+
+        Returns
+        -------
+        ndarray, shape (n, n)
+            ``cov[(a, b)]`` for every pair, ``n = len(names)``, in the product
+            of the two parameters' units; 0 where either parameter is fixed.
+
+        Raises
+        ------
+        InputError
+            If a name is not a parameter of :attr:`model` (a misspelt name
+            would otherwise read as a fixed parameter's zero).
+        """
+        names = list(names)
+        for name in names:
+            self._check_name(name)
         return np.array([[self.cov.get((a, b), 0.0) for b in names] for a in names])
 
     def error(self, name):
-        """1-sigma uncertainty of parameter ``name`` (0 when fixed)."""
+        """1-sigma uncertainty of parameter ``name`` (0 when fixed).
+
+        Parameters
+        ----------
+        name : str
+            A parameter name of :attr:`model` (e.g. ``"fwhm_0"``).
+
+        Returns
+        -------
+        float
+            ``sqrt(cov[(name, name)])`` in the parameter's unit (a negative
+            variance counts as 0); 0 for a fixed parameter.
+
+        Raises
+        ------
+        InputError
+            If ``name`` is not a parameter of :attr:`model`.
+        """
+        self._check_name(name)
         return math.sqrt(max(self.cov.get((name, name), 0.0), 0.0))
+
+    def _check_name(self, name):
+        if name not in self.model.param_names:
+            raise InputError(f"StarFit: no parameter {name!r}; the fitted model's parameters "
+                             f"are {', '.join(self.model.param_names)}")
 
     @property
     def fixed(self):
@@ -231,9 +298,10 @@ class StarPhotometryResult(PhotometryResult):
 
     Every quantity is a :class:`Measurement` (value, 1-sigma error, fixed).
     With ``F`` the fitted total fluxes, ``b`` the fitted backgrounds and
-    ``(x, y)`` the fitted star positions:
+    ``(x, y)`` the fitted star positions (each parameter is also an attribute
+    of the same name; :func:`fit_star_photometry` builds the result):
 
-    Attributes
+    Parameters
     ----------
     scale : Measurement
         ``F_target / F_reference``: target data units per reference data unit.
@@ -262,8 +330,8 @@ class StarPhotometryResult(PhotometryResult):
     target, reference : StarFit
         The two fits (fitted models in each image's pixel frame, covariances,
         Jacobians, fitted sky positions, pixel counts).
-    target_unit : str
-        The target's data unit ("" when it has none).
+    target_unit : str, optional
+        The target's data unit ("" when it has none; the default).
     """
 
     scale: Measurement

@@ -91,6 +91,18 @@ class MixturePSFFieldModel:
     with ``(x, y)`` gives the :class:`~astromix.GaussianMixturePSF` there, so
     it can be an :class:`~astromix.Exposure`'s ``psf``.
 
+    Parameters
+    ----------
+    mean, amp_coeffs, cov_coeffs, polzero, polscal, degree, size, stars, fit_info
+        See the attributes of the same names (``size`` default 25, ``stars``
+        and ``fit_info`` default None; the arrays are stored as float64,
+        ``degree`` and ``size`` as int, ``fit_info`` copied into a dict).
+        They are not validated.
+    settings : AccuracySettings, optional
+        Pixel-integration and culling settings of the renderer used by
+        :meth:`image` and :meth:`to_psfex` (default None: the global
+        settings).
+
     Attributes
     ----------
     mean : ndarray, shape (K, 2)
@@ -110,8 +122,10 @@ class MixturePSFFieldModel:
         chi2_dof, n_masked, used`` replaced by this fit's.
     fit_info : dict
         ``n_iter``, ``converged``, ``chi2``, ``dof``, ``history`` (chi2 per
-        iteration), ``n_used``, ``time_s`` and ``pixel_fit_info`` (the pixel
-        fit's ``fit_info``).
+        iteration), ``n_used``, ``n_rejected``, ``time_s`` and
+        ``pixel_fit_info`` (the pixel fit's ``fit_info``; None with
+        ``start="moments"``).
+    settings : AccuracySettings or None
     """
 
     def __init__(self, mean, amp_coeffs, cov_coeffs, polzero, polscal, degree, size=25,
@@ -137,11 +151,40 @@ class MixturePSFFieldModel:
                 f"used={self.fit_info.get('n_used')}>")
 
     def coefficients(self, x, y):
-        """Polynomial terms at 0-based ``x, y`` (PSFEx order), shape ``(..., nterms)``."""
+        """Polynomial terms at 0-based ``x, y`` (PSFEx order), shape ``(..., nterms)``.
+
+        Parameters
+        ----------
+        x, y : float or array-like
+            0-based pixel position(s) in the image, broadcast together (not
+            checked: a non-finite position gives non-finite terms).
+
+        Returns
+        -------
+        ndarray, shape (nterms,) or (..., nterms)
+            ``1, x_t, .., x_t^d, y_t, x_t y_t, .., y_t^d`` (dimensionless,
+            ``x_t = (x + 1 - POLZERO1) / POLSCAL1``, ``y_t`` likewise), with
+            shape ``np.broadcast(x, y).shape + (nterms,)``.
+        """
         return _polynomial_terms(x, y, self.polzero, self.polscal, self.degree)
 
     def parameters(self, x, y):
-        """``(amp (K,), cov (K, 2, 2))`` of the mixture at 0-based ``(x, y)``."""
+        """``(amp (K,), cov (K, 2, 2))`` of the mixture at 0-based ``(x, y)``.
+
+        Parameters
+        ----------
+        x, y : float
+            0-based pixel position in the image (scalars: converted with
+            ``float``; not checked for finiteness).
+
+        Returns
+        -------
+        amp : ndarray, shape (K,)
+            The component amplitudes (they sum to 1).
+        cov : ndarray, shape (K, 2, 2)
+            The component covariances [px^2], symmetric; not checked to be
+            positive definite (far outside the stars they may not be).
+        """
         t = self.coefficients(float(x), float(y))
         amp = self.amp_coeffs @ t
         c = self.cov_coeffs @ t                                    # (K, 3)
@@ -161,6 +204,20 @@ class MixturePSFFieldModel:
 
     def mixture(self, x, y, *, flux=1.0):
         """The :class:`~astromix.GaussianMixturePSF` at 0-based ``(x, y)``, centred on 0.
+
+        Parameters
+        ----------
+        x, y : float
+            0-based pixel position in the image (scalars only).
+        flux : float, optional
+            Total flux of the returned PSF model (default 1).
+
+        Returns
+        -------
+        GaussianMixturePSF
+            The mixture there: component means :attr:`mean` [px] around
+            ``(x_0, y_0) = (0, 0)``, amplitudes and covariances [px^2] from
+            :meth:`parameters`.
 
         Raises
         ------
@@ -184,14 +241,33 @@ class MixturePSFFieldModel:
         dy)`` (default 0); ``shape`` defaults to ``(size, size)``; with
         ``normalize`` the image sums to 1.
 
+        Parameters
+        ----------
+        x, y : float
+            0-based pixel position in the image (scalars only), where the
+            mixture is evaluated.
+        shape : tuple of int, optional
+            ``(ny, nx)`` of the image (default ``(size, size)``).
+        normalize : bool, optional
+            Scale to unit sum (default True); otherwise the rendered mixture,
+            whose amplitudes sum to 1 (flux beyond the image is lost).
+        center : tuple of float, optional
+            ``(dx, dy)`` [px]: offset of the PSF centre from the central pixel
+            (default ``(0, 0)``).
+
         Returns
         -------
         ndarray, shape (ny, nx), float64
+            The pixel-integrated PSF, rendered on the CPU (the Numba or NumPy
+            backend when the active one is CuPy).
 
         Raises
         ------
         InputError
-            On a bad position, shape or centre.
+            On a non-finite position or centre, a position where a covariance
+            is not positive definite (far outside the stars), a shape the
+            renderer refuses (e.g. a side < 1), or with ``normalize`` when
+            the image has no positive sum.
         """
         if shape is None:
             shape = (self.size, self.size)
@@ -233,6 +309,16 @@ class MixturePSFFieldModel:
         Returns
         -------
         astromix.io.psfex.PSFExModel
+            Basis of shape ``(nterms, size, size)`` for the chosen degree,
+            ``psf_samp = 1``, this field's ``polzero`` and ``polscal``;
+            ``meta`` holds ``MIXPROJ`` and, when :attr:`fit_info` has them,
+            ``ACCEPTED`` and ``CHI2``.
+
+        Raises
+        ------
+        InputError
+            If a covariance is not positive definite at a grid position (see
+            :meth:`image`), or ``size`` < 1.
         """
         size = self.size if size is None else int(size)
         degree = self.degree + 2 if degree is None else int(degree)

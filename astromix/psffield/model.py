@@ -217,6 +217,14 @@ class PSFFieldModel:
         ``time_s``; with ``oversampling > 1`` also ``solve_time_s`` (time in
         the least-squares solutions) and ``cg_iterations`` (conjugate-gradient
         iterations of each, -1 where the direct fall-back was used).
+
+    Raises
+    ------
+    InputError
+        If ``oversampling`` is not an integer >= 1, or
+        :class:`~astromix.io.psfex.PSFExModel` refuses ``basis``, ``polzero``,
+        ``polscal`` or ``degree`` (e.g. a basis that is not a finite
+        ``(nterms, n, n)`` array, a zero ``polscal``).
     """
 
     def __init__(self, basis, polzero, polscal, degree, stars=None, fit_info=None, *,
@@ -262,7 +270,26 @@ class PSFFieldModel:
         return self._psfex.image_shape[0]
 
     def grid(self, x, y):
-        """The PSF at 0-based ``(x, y)`` on the basis grid (nodes), unit sum."""
+        """The PSF at 0-based ``(x, y)`` on the basis grid (nodes), unit sum.
+
+        Parameters
+        ----------
+        x, y : float
+            0-based pixel position in the image (scalars only).
+
+        Returns
+        -------
+        ndarray, shape (n, n), float64
+            ``sum_k c_k(x, y) B_k`` divided by its sum, on the nodes of
+            :attr:`basis` (``1 / oversampling`` image pixels apart), centre at
+            node ``(n // 2, n // 2)``.
+
+        Raises
+        ------
+        InputError
+            If ``x`` or ``y`` is not a finite scalar, or the PSF there has no
+            positive sum.
+        """
         return self._psfex.grid(x, y, normalize=True)
 
     def __repr__(self):
@@ -271,7 +298,25 @@ class PSFFieldModel:
                 f"rejected={self.fit_info.get('n_rejected')}>")
 
     def coefficients(self, x, y):
-        """Polynomial terms at 0-based ``x, y`` (PSFEx order), shape ``(..., nterms)``."""
+        """Polynomial terms at 0-based ``x, y`` (PSFEx order), shape ``(..., nterms)``.
+
+        Parameters
+        ----------
+        x, y : float or array-like
+            0-based pixel position(s) in the image, broadcast together.
+
+        Returns
+        -------
+        ndarray, shape (nterms,) or (..., nterms)
+            ``1, x_t, .., x_t^d, y_t, x_t y_t, .., y_t^d`` (dimensionless,
+            ``x_t = (x + 1 - POLZERO1) / POLSCAL1``, ``y_t`` likewise), with
+            shape ``np.broadcast(x, y).shape + (nterms,)``.
+
+        Raises
+        ------
+        InputError
+            If a coordinate is not finite or ``x`` and ``y`` do not broadcast.
+        """
         return self._psfex.coefficients(x, y)
 
     def image(self, x, y, shape=None):
@@ -282,6 +327,27 @@ class PSFFieldModel:
         draws it at a sub-pixel ``center``: ``to_psfex().image(x, y,
         center=(dx, dy))``).  With ``oversampling > 1`` the nodes are
         interpolated at the image pixel centres (cubic spline), as in the fit.
+
+        Parameters
+        ----------
+        x, y : float
+            0-based pixel position in the image (scalars only), where the
+            polynomial is evaluated; the image is centred on its central pixel
+            whatever their fractional parts.
+        shape : tuple of int, optional
+            ``(ny, nx)`` of the image (default ``(size, size)``); the PSF
+            centre is at pixel ``(nx // 2, ny // 2)``.
+
+        Returns
+        -------
+        ndarray, shape (ny, nx), float64
+            The PSF in image pixels, unit sum.
+
+        Raises
+        ------
+        InputError
+            If ``x`` or ``y`` is not a finite scalar, ``shape`` is not two
+            integers >= 1, or the image has no positive sum.
         """
         return self._psfex.image(x, y, shape=shape)
 
@@ -292,6 +358,34 @@ class PSFFieldModel:
         :func:`astromix.fitting.fit_psf_mixture` on the unit-sum PSF, keyword
         arguments passed on); ``fit_info["image_max_residual_over_peak"]``
         gives ``max|mixture - image| / peak``.
+
+        Parameters
+        ----------
+        x, y : float
+            0-based pixel position in the image (scalars only; rounded to 0.1
+            px, and the fits cached by rounded position).
+        n_components : int, optional
+            Number of Gaussians (default 4).
+        **kwargs
+            Passed to :func:`~astromix.fitting.fit_psf_mixture` (defaults
+            ``objective="chi2"``, ``n_starts=1``, ``rng=0``, an automatic
+            ``trim``), plus ``recenter`` (bool, default False: the mixture's
+            origin is the model's centre, not its centroid); see
+            :meth:`astromix.io.psfex.PSFExModel.mixture`.  ``oversampling`` is
+            set to :attr:`oversampling` and may not be given.
+
+        Returns
+        -------
+        GaussianMixturePSF
+            Unit flux, shape in image pixels [px, px^2] around (0, 0);
+            ``fit_info`` as :meth:`astromix.io.psfex.PSFExModel.mixture`
+            gives it.
+
+        Raises
+        ------
+        InputError
+            On a bad position or ``n_components``, ``oversampling`` given, or
+            any error of :func:`~astromix.fitting.fit_psf_mixture`.
         """
         return self._psfex.mixture(x, y, n_components=n_components, **kwargs)
 
@@ -300,6 +394,13 @@ class PSFFieldModel:
 
         ``meta`` carries ``LOADED``, ``ACCEPTED`` and ``CHI2`` (reduced chi2
         of the used stars), as PSFEx writes them.
+
+        Returns
+        -------
+        astromix.io.psfex.PSFExModel
+            A new model with the same ``basis``, ``polzero``, ``polscal`` and
+            ``degree``, ``psf_samp = 1 / oversampling`` and that ``meta`` (the
+            keys only when :attr:`fit_info` has the counts and a dof).
         """
         info = self.fit_info
         meta = {}
