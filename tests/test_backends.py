@@ -42,6 +42,22 @@ class TestRegistry:
             with backends.use_backend("fortran"):
                 pass
 
+    def test_names_ignore_case(self):
+        assert backends.get_backend(" NumPy ").name == "numpy"
+        with backends.use_backend("NUMPY") as bk:
+            assert bk is backends.get_backend("numpy")
+
+    def test_bad_environment_is_not_kept(self, monkeypatch):
+        # a misspelt ASTROMIX_BACKEND raises, and is read again once corrected
+        monkeypatch.setitem(backends._global, "name", None)
+        monkeypatch.setenv("ASTROMIX_BACKEND", "nunpy")
+        with pytest.raises(BackendError, match="unknown backend 'nunpy'"):
+            backends.get_backend()
+        assert backends._global["name"] is None
+        monkeypatch.setenv("ASTROMIX_BACKEND", "NumPy")
+        assert backends.get_backend().name == "numpy"
+        assert backends._global["name"] == "numpy"
+
     def test_default_follows_environment(self):
         expected = os.environ.get("ASTROMIX_BACKEND") or (
             "numba" if "numba" in backends.available_backends() else "numpy")

@@ -5,9 +5,11 @@ Every backend implements the same two kernels over a prepared mixture table
 and ``accumulate`` (the sums from which chi2's gradient with respect to every
 component's amplitude, centre and covariance is assembled).
 
-The active backend is chosen, in order, by :func:`set_backend` /
-:func:`use_backend`, the ``ASTROMIX_BACKEND`` environment variable, and
-otherwise ``"numba"`` when Numba imports, else ``"numpy"``.
+The active backend is, in order of precedence: that of the innermost
+:func:`use_backend` block of the calling thread, the one given to
+:func:`set_backend`, the one named by the ``ASTROMIX_BACKEND`` environment
+variable, and otherwise ``"numba"`` when Numba imports, else ``"numpy"``.
+Names are case-insensitive.
 
 Examples
 --------
@@ -54,7 +56,12 @@ _global = {"name": None}
 
 def _load(name):
     if name not in KNOWN_BACKENDS:
-        raise BackendError(f"unknown backend {name!r}; known: {', '.join(KNOWN_BACKENDS)}")
+        # case and surrounding spaces do not matter ("NumPy", " numba"), as in
+        # ASTROMIX_BACKEND; the exact names take the fast path above
+        key = name.strip().lower() if isinstance(name, str) else None
+        if key not in KNOWN_BACKENDS:
+            raise BackendError(f"unknown backend {name!r}; known: {', '.join(KNOWN_BACKENDS)}")
+        name = key
     if name in _instances:
         return _instances[name]
     if name in _errors:
@@ -72,11 +79,16 @@ def _load(name):
 def available_backends():
     """Names of the backends that can be used on this machine.
 
+    Each backend of ``KNOWN_BACKENDS`` is loaded (imported and instantiated)
+    once per process; one that fails to load is not listed, and is not tried
+    again by later calls (nor by :func:`get_backend`, which then raises).
+
     Returns
     -------
     list of str
-        A subset of ``["numpy", "numba", "cupy"]``, in that order.  ``"cupy"``
-        is listed only when CuPy imports and a CUDA device is present.
+        A subset of ``["numpy", "numba", "cupy"]``, in that order.  ``"numba"``
+        is listed when Numba imports; ``"cupy"`` only when CuPy imports, a CUDA
+        device of compute capability >= 6.0 is present and the kernels compile.
     """
     names = []
     for name in KNOWN_BACKENDS:
@@ -104,13 +116,28 @@ def get_backend(name=None):
 
     Parameters
     ----------
-    name : str, optional
-        A backend name; by default the active backend.
+    name : {"numpy", "numba", "cupy"}, optional
+        A backend name (case and surrounding spaces ignored).  By default
+        (None) the active backend: that of the innermost :func:`use_backend`
+        block of the calling thread, else the one last given to
+        :func:`set_backend`, else the one named by the ``ASTROMIX_BACKEND``
+        environment variable (read at the first call that needs it, and again
+        until it names a backend that loads; later changes have no effect), else
+        ``"numba"`` when Numba imports, else ``"numpy"``.
+
+    Returns
+    -------
+    backend : astromix.backends._common.Backend
+        The backend's single instance for this process (``NumpyBackend``,
+        ``NumbaBackend`` or ``CupyBackend``); ``backend.name`` is its name.
 
     Raises
     ------
     BackendError
-        If the backend is unknown or cannot be used here (the message says why).
+        If the backend is unknown (``name`` or ``ASTROMIX_BACKEND`` is not one
+        of the names above) or cannot be used here: its module fails to import
+        or its constructor fails (e.g. CuPy without a CUDA device).  The
+        message says why.
     """
     if name is not None:
         return _load(name)
@@ -118,12 +145,29 @@ def get_backend(name=None):
     if stack:
         return stack[-1]
     if _global["name"] is None:
-        _global["name"] = _default_name()
+        # kept only once it loads: a bad ASTROMIX_BACKEND raises at each call
+        # until the variable (or set_backend) names a usable backend
+        backend = _load(_default_name())
+        _global["name"] = backend.name
+        return backend
     return _load(_global["name"])
 
 
 def set_backend(name):
     """Make ``name`` the active backend for the whole process.
+
+    It takes precedence over ``ASTROMIX_BACKEND`` and the default, in every
+    thread; a :func:`use_backend` block still overrides it in its own thread.
+
+    Parameters
+    ----------
+    name : {"numpy", "numba", "cupy"}
+        The backend's name (as in :func:`available_backends`; case ignored).
+
+    Returns
+    -------
+    backend : astromix.backends._common.Backend
+        The backend now active (as :func:`get_backend` returns it).
 
     Raises
     ------
@@ -139,10 +183,26 @@ def set_backend(name):
 def use_backend(name):
     """Context manager: use backend ``name`` inside the ``with`` block (this thread).
 
+    Inside the block :func:`get_backend` returns this backend in the calling
+    thread only (other threads keep theirs); it overrides :func:`set_backend`
+    and ``ASTROMIX_BACKEND``.  Blocks nest: on leaving one, the backend that
+    was active before it is restored, also when the block raises.
+
+    Parameters
+    ----------
+    name : {"numpy", "numba", "cupy"}
+        The backend's name (as in :func:`available_backends`; case ignored).
+
+    Yields
+    ------
+    backend : astromix.backends._common.Backend
+        The backend, the target of ``with use_backend(name) as backend:``.
+
     Raises
     ------
     BackendError
-        If the backend is unknown or unavailable.
+        If the backend is unknown or unavailable (raised on entering the block,
+        which then does not run).
     """
     backend = _load(name)
     stack = _state.stack
