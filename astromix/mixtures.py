@@ -1,5 +1,7 @@
 """The Gaussian mixture: the one object every astromix profile is made of."""
 
+import math
+
 import numpy as np
 
 from . import backends as _backends
@@ -232,12 +234,53 @@ class GaussianMixture:
         return GaussianMixture._unchecked(self._amp, self._mean @ m.T + t, cov)
 
     def shift(self, dx, dy):
-        """Return the mixture moved by (dx, dy) [px]."""
-        return GaussianMixture._unchecked(self._amp, self._mean + [dx, dy], self._cov)
+        """Return the mixture moved by (dx, dy) [px].
+
+        Parameters
+        ----------
+        dx, dy : float
+            Shift added to every centre's x and y [px].
+
+        Returns
+        -------
+        GaussianMixture
+            K components: centres ``mean + (dx, dy)``, shape (K, 2) [px];
+            amplitudes and covariances unchanged.
+
+        Raises
+        ------
+        InputError
+            If ``dx`` or ``dy`` is not finite.
+        """
+        dx, dy = float(dx), float(dy)
+        if not (math.isfinite(dx) and math.isfinite(dy)):
+            raise InputError(f"GaussianMixture.shift: the shift must be finite, got ({dx}, {dy})")
+        return GaussianMixture._unchecked(self._amp, self._mean + (dx, dy), self._cov)
 
     def scale_flux(self, factor):
-        """Return the mixture with every amplitude multiplied by ``factor``."""
-        return GaussianMixture._unchecked(self._amp * float(factor), self._mean, self._cov)
+        """Return the mixture with every amplitude multiplied by ``factor``.
+
+        Parameters
+        ----------
+        factor : float
+            Dimensionless multiplier (any sign).
+
+        Returns
+        -------
+        GaussianMixture
+            K components with amplitudes ``amp * factor``, shape (K,), in the
+            units of ``amp``; the flux is ``self.flux * factor``.  Centres and
+            covariances unchanged.
+
+        Raises
+        ------
+        InputError
+            If ``factor`` is not finite.
+        """
+        factor = float(factor)
+        if not math.isfinite(factor):
+            raise InputError(f"GaussianMixture.scale_flux: the factor must be finite, got {factor}")
+        return GaussianMixture._unchecked(self._amp * factor, self._mean, self._cov)
 
     def convolve(self, other):
         """Convolve with another mixture (all K x L pairs).
@@ -245,14 +288,23 @@ class GaussianMixture:
         Parameters
         ----------
         other : GaussianMixture
-            Typically a PSF, normalised to unit flux.
+            L components in the same pixel frame, typically a PSF normalised
+            to unit flux and centred on (0, 0) [px] (its centres are added to
+            ``self``'s).
 
         Returns
         -------
         GaussianMixture
             K*L components, ordered with ``self``'s index varying slowest:
-            amplitudes ``a_i b_j``, centres ``mu_i + nu_j``, covariances
-            ``C_i + D_j``.  The flux is ``self.flux * other.flux``.
+            amplitudes ``a_i b_j`` (shape (K*L,); in the units of ``amp``
+            times those of ``other.amp``), centres ``mu_i + nu_j`` (shape
+            (K*L, 2) [px]), covariances ``C_i + D_j`` (shape (K*L, 2, 2)
+            [px^2]).  The flux is ``self.flux * other.flux``.
+
+        Raises
+        ------
+        InputError
+            If ``other`` is not a :class:`GaussianMixture`.
         """
         if not isinstance(other, GaussianMixture):
             raise InputError("can only convolve with a GaussianMixture, "
@@ -296,9 +348,10 @@ class GaussianMixture:
         Raises
         ------
         InputError
-            On a bad shape or dtype.
+            On a bad shape or dtype, or ``settings`` that is not an
+            :class:`AccuracySettings`.
         BackendError
-            If the backend is unavailable.
+            If the backend is unknown or unavailable.
         """
         shape = _check_shape(shape)
         dtype = _check_dtype(dtype)
@@ -339,8 +392,11 @@ class GaussianMixture:
         Raises
         ------
         InputError
-            If ``data`` and ``weight`` differ in shape, a weight is negative or
-            not finite, or data are not finite where the weight is positive.
+            If ``data`` is not 2-d, ``data`` and ``weight`` differ in shape, a
+            weight is negative or not finite, data are not finite where the
+            weight is positive, or ``settings`` is not an :class:`AccuracySettings`.
+        BackendError
+            If the backend is unknown or unavailable.
         """
         bk = _backends.get_backend(backend)
         data, weight = _as_images(bk, data, weight)

@@ -134,6 +134,14 @@ class TestTransforms:
         assert len(c) == 2 and c.flux == 3.0
         np.testing.assert_allclose(a.shift(1, -2).mean, [[11, 10]])
         assert a.scale_flux(3).flux == 3.0
+        # no silent NaN: a non-finite shift or factor is refused
+        for bad in (np.nan, np.inf):
+            with pytest.raises(InputError, match="shift must be finite"):
+                a.shift(bad, 0.0)
+            with pytest.raises(InputError, match="shift must be finite"):
+                a.shift(0.0, -bad)
+            with pytest.raises(InputError, match="factor must be finite"):
+                a.scale_flux(bad)
 
     def test_moments(self):
         g = GaussianMixture([1.0, 3.0], [[0, 0], [4, 0]], [EYE, EYE * 2])
