@@ -25,14 +25,28 @@ class BatchError(AstromixError, RuntimeError):
     exception outside the astromix family (a bug, a broken worker pool, an
     object that cannot be pickled); the message names the item.
 
+    Parameters
+    ----------
+    message : str
+        The error message (conventionally starting with the item's label).
+    label : str, optional
+        The item's label; None (default) for an error of the batch as a whole
+        (e.g. tasks cancelled).
+    index : int, optional
+        The item's position in the batch (0-based); None if not one item's.
+    original : BaseException, optional
+        The exception the item failed with, if any.
+    name : str, optional
+        Alias of ``label``, used only when ``label`` is None.
+
     Attributes
     ----------
-    label : str
+    label : str or None
         The item's label (also available as ``name``).
-    index : int
+    index : int or None
         Its position in the batch.
-    original : BaseException
-        The worker's exception (also the ``__cause__``).
+    original : BaseException or None
+        The worker's exception (also the ``__cause__`` where the raiser chains it).
     """
 
     def __init__(self, message, *, label=None, index=None, original=None, name=None):

@@ -105,7 +105,27 @@ class AccuracySettings:
         return 0.0 if self.pixel_integration == "none" else BOX_VARIANCE
 
     def with_(self, **changes):
-        """Return a copy with some fields changed (the object itself is immutable)."""
+        """Return a copy with some fields changed (the object itself is immutable).
+
+        Parameters
+        ----------
+        **changes
+            New values of fields, by name: ``n_sigma``, ``pixel_integration``,
+            ``fourth_order_threshold``, ``merge_tolerance`` (see the class);
+            the others keep this object's values.
+
+        Returns
+        -------
+        AccuracySettings
+            A new, validated instance.
+
+        Raises
+        ------
+        InputError
+            If a new value is out of range or the mode is unknown.
+        TypeError
+            If a keyword is not a field name.
+        """
         return dataclasses.replace(self, **changes)
 
 
@@ -113,12 +133,31 @@ _DEFAULT = [AccuracySettings()]
 
 
 def get_default_settings():
-    """Return the process-wide default :class:`AccuracySettings`."""
+    """Return the process-wide default :class:`AccuracySettings`.
+
+    Returns
+    -------
+    AccuracySettings
+        The default used wherever ``settings`` is omitted: ``AccuracySettings()``
+        until :func:`set_default_settings` replaces it.
+    """
     return _DEFAULT[0]
 
 
 def set_default_settings(settings):
     """Replace the process-wide default :class:`AccuracySettings`.
+
+    Shared by every thread; calls that were given their own ``settings`` are
+    not affected.
+
+    Parameters
+    ----------
+    settings : AccuracySettings
+        The new default.
+
+    Returns
+    -------
+    None
 
     Raises
     ------

@@ -1287,7 +1287,19 @@ class CupyBackend(c.Backend):
         return self.xp.asarray(x, dtype=dtype)
 
     def to_numpy(self, x):
-        """Return ``x`` (a CuPy or NumPy array) as a NumPy array on the host."""
+        """Return ``x`` (a CuPy or NumPy array) as a NumPy array on the host.
+
+        Parameters
+        ----------
+        x : cupy.ndarray or array-like
+            A device array is copied to the host; a host array is returned as
+            by :func:`numpy.asarray`.
+
+        Returns
+        -------
+        numpy.ndarray
+            Same shape and dtype as ``x``.
+        """
         return self.xp.asnumpy(x)
 
     # -- kernels ----------------------------------------------------------------
@@ -1318,10 +1330,16 @@ class CupyBackend(c.Backend):
         settings : AccuracySettings
             Only ``n_sigma`` is used here (the pixel-integration mode is already
             in the table).
+        out : cupy.ndarray, shape (ny, nx), dtype ``dtype``, C-contiguous, optional
+            Array to render into (every pixel overwritten).  A new array if omitted.
+        threads : int, optional
+            Ignored (accepted for the common interface).
 
         Returns
         -------
         cupy.ndarray, shape (ny, nx), dtype ``dtype``
+            The pixel-integrated mixture, in the units of the amplitudes
+            (``out`` when given).
 
         Raises
         ------
@@ -1413,7 +1431,28 @@ class CupyBackend(c.Backend):
     def render_stamp(self, amp, mean, cov, shape, dtype, settings):
         """Prepare (on the GPU from ``GPU_PREPARE_MIN`` components on) and render in
         one go with the tile render; None with the atomic one (the general path).
-        Any image size.  See :meth:`astromix.backends._common.Backend.render_stamp`."""
+        Any image size.  See :meth:`astromix.backends._common.Backend.render_stamp`.
+
+        Parameters
+        ----------
+        amp : numpy.ndarray, float64, shape (K,)
+            Amplitudes (total flux of each component).
+        mean : numpy.ndarray, float64, shape (K, 2)
+            Centres (x, y) [px].
+        cov : numpy.ndarray, float64, shape (K, 2, 2)
+            Covariances [px^2].
+        shape : tuple of int
+            ``(ny, nx)`` of the image [px].
+        dtype : {numpy.float32, numpy.float64}
+            Working precision and dtype of the result.
+        settings : AccuracySettings
+
+        Returns
+        -------
+        cupy.ndarray, shape (ny, nx), dtype ``dtype``, or None
+            The pixel-integrated image, as from :meth:`prepare` and
+            :meth:`render`; None with ``render_kernel="atomic"``.
+        """
         if self.render_kernel == "atomic":
             return None
         img = self.xp.empty(tuple(int(n) for n in shape), dtype=dtype)
@@ -1449,6 +1488,11 @@ class CupyBackend(c.Backend):
             and summed in float64.
         R : cupy.ndarray, shape (ny, nx), ``model``'s dtype
             ``out`` when given.
+
+        Raises
+        ------
+        InputError
+            If ``model``'s dtype is not float32 or float64.
         """
         cp = self.xp
         model = cp.asarray(model)
@@ -1536,6 +1580,21 @@ class CupyBackend(c.Backend):
         Numba's compiled :meth:`astromix.backends.numba_backend.NumbaBackend.prepare`
         where Numba is installed (the same numbers; ten times faster than NumPy's
         on thousands of components), else :func:`astromix.backends._common.prepare`.
+
+        Parameters
+        ----------
+        amp : array-like, shape (K,)
+            Amplitudes (total flux of each component).
+        mean : array-like, shape (K, 2)
+            Centres (x, y) [px].
+        cov : array-like, shape (K, 2, 2)
+            Covariances [px^2].
+        settings : AccuracySettings
+
+        Returns
+        -------
+        table : numpy.ndarray, float64, shape (K, NPAR)
+            The per-Gaussian table described in :mod:`astromix.backends._common`.
         """
         if _numba_host() is not None:
             return _numba_host().prepare(amp, mean, cov, settings)
@@ -1543,7 +1602,25 @@ class CupyBackend(c.Backend):
 
     def assemble_gradient(self, table, acc):
         """(d_amp, d_mean, d_cov) from the accumulators, on the host (Numba's compiled
-        version where installed, else :func:`astromix.backends._common.assemble_gradient`)."""
+        version where installed, else :func:`astromix.backends._common.assemble_gradient`).
+
+        Parameters
+        ----------
+        table : numpy.ndarray, float64, shape (K, NPAR)
+            The table the accumulators were taken with.
+        acc : cupy.ndarray or numpy.ndarray, shape (K, NACC)
+            The accumulators from :meth:`accumulate` (copied to the host).
+
+        Returns
+        -------
+        d_amp : numpy.ndarray, float64, shape (K,)
+            Derivative with respect to each amplitude.
+        d_mean : numpy.ndarray, float64, shape (K, 2)
+            With respect to each centre (x, y) [per px].
+        d_cov : numpy.ndarray, float64, shape (K, 2, 2)
+            The symmetric matrix gradient with respect to each covariance
+            [per px^2].
+        """
         acc = self.to_numpy(acc)
         if _numba_host() is not None:
             return _numba_host().assemble_gradient(table, acc)

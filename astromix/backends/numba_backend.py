@@ -2165,7 +2165,27 @@ class NumbaBackend(c.Backend):
     xp = np
 
     def prepare(self, amp, mean, cov, settings):
-        """Per-Gaussian table (float64, (K, NPAR)); see :func:`_common.prepare`."""
+        """Per-Gaussian table (float64, (K, NPAR)); see :func:`_common.prepare`.
+
+        Compiled; the same float64 arithmetic as :func:`_common.prepare`, bit for bit.
+
+        Parameters
+        ----------
+        amp : array-like, shape (K,)
+            Amplitudes (total flux of each component).
+        mean : array-like, shape (K, 2)
+            Centres (x, y) [px].
+        cov : array-like, shape (K, 2, 2)
+            Covariances [px^2].
+        settings : AccuracySettings
+            ``n_sigma``, ``pixel_integration`` and ``fourth_order_threshold``
+            are used.
+
+        Returns
+        -------
+        table : ndarray, float64, shape (K, NPAR)
+            The per-Gaussian table described in :mod:`astromix.backends._common`.
+        """
         mode = _MODES[settings.pixel_integration]
         return _prepare(np.ascontiguousarray(amp, dtype=np.float64),
                         np.ascontiguousarray(mean, dtype=np.float64),
@@ -2183,7 +2203,29 @@ class NumbaBackend(c.Backend):
 
     def render_stamp(self, amp, mean, cov, shape, dtype, settings):
         """Small images (up to ``STAMP_MAX_PIXELS``, one thread): prepare and render in
-        one compiled call; None otherwise.  See :meth:`Backend.render_stamp`."""
+        one compiled call; None otherwise.  See :meth:`Backend.render_stamp`.
+
+        Parameters
+        ----------
+        amp : ndarray, float64, shape (K,)
+            Amplitudes (C-contiguous, as :class:`astromix.GaussianMixture` keeps them).
+        mean : ndarray, float64, shape (K, 2)
+            Centres (x, y) [px].
+        cov : ndarray, float64, shape (K, 2, 2)
+            Covariances [px^2].
+        shape : tuple of int
+            ``(ny, nx)`` of the image [px].
+        dtype : {numpy.float32, numpy.float64}
+            Working precision and dtype of the result.
+        settings : AccuracySettings
+
+        Returns
+        -------
+        image : ndarray, shape (ny, nx), dtype ``dtype``, or None
+            The pixel-integrated image, as from :meth:`prepare` and
+            :meth:`render`; None when the image (padded to whole chunks) has more
+            than ``STAMP_MAX_PIXELS`` pixels or could need more than one thread.
+        """
         ny, nx = shape
         nxp = _stamp_width(ny, nx, len(amp))
         if not nxp:
@@ -2197,7 +2239,29 @@ class NumbaBackend(c.Backend):
     def chi2_stamp(self, amp, mean, cov, data, weight, settings, gradient):
         """Small images (as :meth:`render_stamp`): the pixel checks, render, residual and
         gradient in one compiled call; None otherwise or when a pixel needs the
-        general path.  See :meth:`Backend.chi2_stamp`."""
+        general path.  See :meth:`Backend.chi2_stamp`.
+
+        Parameters
+        ----------
+        amp, mean, cov : ndarray, float64, shapes (K,), (K, 2), (K, 2, 2)
+            As for :meth:`render_stamp` (centres [px], covariances [px^2]).
+        data : ndarray, shape (ny, nx), float32 or float64
+            The image.
+        weight : ndarray, shape (ny, nx), the dtype of ``data``
+            Inverse variance per pixel.
+        settings : AccuracySettings
+        gradient : bool
+            Also compute the gradient.
+
+        Returns
+        -------
+        chi2 : float, or (chi2, (d_amp, d_mean, d_cov)) with ``gradient``; or None
+            ``sum w (model - data)**2`` and its derivatives (float64, shapes
+            (K,), (K, 2), (K, 2, 2)), as :meth:`astromix.GaussianMixture.chi2`
+            returns them.  None when the image is too large for this path, or
+            any weight is non-finite or negative or any datum non-finite (the
+            general path then raises or masks).
+        """
         mode = self._stamp_mode(amp, data.shape, settings)
         if mode is None:
             return None
@@ -2211,11 +2275,44 @@ class NumbaBackend(c.Backend):
         return float(value), (d_amp, d_mean, d_cov)
 
     def assemble_gradient(self, table, acc):
-        """(d_amp, d_mean, d_cov) from accumulators; see :func:`_common.assemble_gradient`."""
+        """(d_amp, d_mean, d_cov) from accumulators; see :func:`_common.assemble_gradient`.
+
+        Parameters
+        ----------
+        table : ndarray, float64, shape (K, NPAR)
+            The table the accumulators were taken with.
+        acc : array-like, shape (K, NACC)
+            The accumulators from :meth:`accumulate` (converted to float64).
+
+        Returns
+        -------
+        d_amp : ndarray, float64, shape (K,)
+            Derivative with respect to each amplitude.
+        d_mean : ndarray, float64, shape (K, 2)
+            With respect to each centre (x, y) [per px].
+        d_cov : ndarray, float64, shape (K, 2, 2)
+            The symmetric matrix gradient with respect to each covariance
+            [per px^2].
+        """
         return _assemble(np.ascontiguousarray(table), np.ascontiguousarray(acc, dtype=np.float64))
 
     def unit_gradients(self, table):
-        """(K, 6, NACC) map from accumulator terms to component gradients (compiled)."""
+        """(K, 6, NACC) map from accumulator terms to component gradients (compiled).
+
+        See :meth:`Backend.unit_gradients`.
+
+        Parameters
+        ----------
+        table : ndarray, shape (K, NPAR)
+            Prepared components (:meth:`prepare`).
+
+        Returns
+        -------
+        ndarray, float64, shape (K, 6, NACC)
+            For each component, the derivatives of a pixel's value with respect
+            to (amp, mean_x, mean_y, C_xx, C_xy, C_yy) per unit accumulator term
+            (the C_xy row counting both off-diagonal entries).
+        """
         return _unit_gradients(np.ascontiguousarray(table, dtype=np.float64))
 
     @staticmethod
@@ -2253,6 +2350,30 @@ class NumbaBackend(c.Backend):
         ``threads=1`` runs on the calling thread only (the kernels release the GIL,
         so callers may run several at once); by default large images use all
         of Numba's threads.
+
+        Parameters
+        ----------
+        table : ndarray, shape (K, NPAR)
+            The per-Gaussian table from :meth:`prepare` (converted to float64).
+        shape : tuple of int
+            ``(ny, nx)`` of the image [px].
+        dtype : {numpy.float32, numpy.float64}
+            Working precision and dtype of the result.
+        settings : AccuracySettings
+            Only ``n_sigma`` is used here (the pixel-integration mode is already
+            in the table).
+        out : ndarray, shape (ny, nx), dtype ``dtype``, optional
+            Array to render into (every pixel overwritten).  A new array if omitted.
+        threads : int, optional
+            1: the calling thread only.  Otherwise (default None) all of Numba's
+            threads when the work reaches ``PARALLEL_MIN_WORK`` and
+            :meth:`parallel_available`, else one.
+
+        Returns
+        -------
+        image : ndarray, shape (ny, nx), dtype ``dtype``
+            The pixel-integrated mixture, in the units of the amplitudes
+            (``out`` when given).
         """
         shape = ny, nx = tuple(shape)
         nw = _work_width_py(nx)
@@ -2292,6 +2413,25 @@ class NumbaBackend(c.Backend):
         rows are not walked in whole chunks: extending the short rows of small
         components to 16 pixels made the eight parameter passes cost more than
         the remainder loops they save, 0.31 -> 0.45 ms on the Sersic stamp.)
+
+        Parameters
+        ----------
+        table : ndarray, shape (K, NPAR)
+            The per-Gaussian table (converted to float64).
+        coeff : ndarray, shape (K, P, NACC)
+            Chains each component's accumulator terms to the model's P
+            parameters (see :func:`astromix.backends._common.jacobian_points`).
+        shape : tuple of int
+            ``(ny, nx)`` of the images [px].
+        settings : AccuracySettings
+            Only ``n_sigma`` is used.
+        threads : int, optional
+            As for :meth:`render`.
+
+        Returns
+        -------
+        ndarray, float64, shape (P, ny, nx)
+            The derivative of each pixel's value with respect to each parameter.
         """
         table = np.ascontiguousarray(table, dtype=np.float64)
         coeff = np.ascontiguousarray(coeff, dtype=np.float64)
@@ -2316,6 +2456,17 @@ class NumbaBackend(c.Backend):
         A vectorised test that every pixel is clean (``_pixels_clean``) comes
         first; the branching counts are taken only when it fails
         (``_pixel_counts``, as the one-call chi2 does).
+
+        Parameters
+        ----------
+        data, weight : ndarray, shape (ny, nx), the same dtype
+            The image and its inverse variance.
+
+        Returns
+        -------
+        counts : tuple of 4 int
+            Pixels with a non-finite weight, with a negative weight, with
+            non-finite data, and with non-finite data and a positive weight.
         """
         return tuple(int(v) for v in _pixel_counts(data, weight))
 
@@ -2325,6 +2476,10 @@ class NumbaBackend(c.Backend):
         False with one Numba thread (e.g. ``numba.set_num_threads(1)`` in a
         worker) and in a process forked from one that had run them (see
         :func:`_parallel_allowed`).
+
+        Returns
+        -------
+        bool
         """
         return numba.get_num_threads() > 1 and _parallel_allowed()
 
@@ -2361,7 +2516,24 @@ class NumbaBackend(c.Backend):
                 "nbands": nb, "atasks": atasks.reshape(-1, 3)}
 
     def pack_images(self, images, layout, dtype):
-        """The images (a sequence of (ny, nx) arrays) packed as ``layout`` says, zero-padded."""
+        """The images (a sequence of (ny, nx) arrays) packed as ``layout`` says, zero-padded.
+
+        Parameters
+        ----------
+        images : sequence of ndarray, shapes (ny_e, nx_e)
+            One image per exposure, in the order and shapes given to
+            :meth:`exposures_layout`.
+        layout : dict
+            From :meth:`exposures_layout`.
+        dtype : {numpy.float32, numpy.float64}
+            dtype of the result.
+
+        Returns
+        -------
+        ndarray, shape (layout["size"],), dtype ``dtype``
+            Exposure e's rows at ``layout["offsets"][e]``, each
+            ``layout["shapes"][e, 1]`` wide, the padding columns zero.
+        """
         out = np.zeros(layout["size"], dtype=dtype)
         for img, (ny, nxp), o in zip(images, layout["shapes"], layout["offsets"]):
             view = out[o:o + ny * nxp].reshape(ny, nxp)
@@ -2395,7 +2567,9 @@ class NumbaBackend(c.Backend):
             Per exposure, a fixed background or None to fit it (the weighted
             mean residual).
         settings : AccuracySettings
+            Only ``n_sigma`` is used.
         gradient : bool, optional
+            Also accumulate the gradient sums (default True).
 
         Returns
         -------
@@ -2426,6 +2600,24 @@ class NumbaBackend(c.Backend):
         """Return ``(chi2, R)`` with ``R = 2 w (model - data)``; chi2 summed in float64.
 
         ``R`` is written to ``out`` when given (which may be ``model`` itself).
+
+        Parameters
+        ----------
+        model : ndarray, shape (ny, nx), float32 or float64
+            The rendered model image.
+        data : array-like, shape (ny, nx)
+            The image (converted to ``model``'s dtype).
+        weight : array-like, shape (ny, nx)
+            Inverse variance per pixel (converted to ``model``'s dtype).
+        out : ndarray, shape (ny, nx), ``model``'s dtype, optional
+            Where ``R`` is written; a copy of ``model`` if omitted.
+
+        Returns
+        -------
+        chi2 : float
+            ``sum w (model - data)**2``, summed in float64.
+        R : ndarray, shape (ny, nx), ``model``'s dtype
+            ``2 w (model - data)``; ``out`` when given.
         """
         data = np.ascontiguousarray(data, dtype=model.dtype)
         weight = np.ascontiguousarray(weight, dtype=model.dtype)
@@ -2452,6 +2644,23 @@ class NumbaBackend(c.Backend):
         """Gradient accumulators (K, NACC) float64 for the residual image ``rimg``.
 
         ``threads``: as for :meth:`render`.
+
+        Parameters
+        ----------
+        table : ndarray, shape (K, NPAR)
+            As for :meth:`render`.
+        rimg : ndarray, shape (ny, nx), float32 or float64
+            ``R = 2 w (model - data)`` from :meth:`residual`; its dtype is the
+            working precision of the per-pixel arithmetic.
+        settings : AccuracySettings
+            Only ``n_sigma`` is used.
+        threads : int, optional
+            As for :meth:`render`.
+
+        Returns
+        -------
+        acc : ndarray, float64, shape (K, NACC)
+            The sums described in :mod:`astromix.backends._common`.
         """
         table = np.ascontiguousarray(table, dtype=np.float64)
         rimg = np.ascontiguousarray(rimg)

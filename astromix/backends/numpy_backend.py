@@ -59,6 +59,31 @@ class NumpyBackend(c.Backend):
         """Render a prepared mixture (see ``_common.prepare``) into a (ny, nx) image.
 
         ``out``, if given, is an array of that shape and dtype, overwritten and returned.
+
+        Parameters
+        ----------
+        table : ndarray, float64, shape (K, NPAR)
+            The per-Gaussian table from :meth:`prepare` (centres [px],
+            covariances [px^2], amplitudes in flux units).
+        shape : tuple of int
+            ``(ny, nx)`` of the image [px].
+        dtype : {numpy.float32, numpy.float64}
+            Working precision of the per-pixel arithmetic and dtype of the result.
+        settings : AccuracySettings
+            Only ``n_sigma`` is used here (the pixel-integration mode is already
+            in the table).
+        out : ndarray, shape (ny, nx), dtype ``dtype``, optional
+            Array to render into (zeroed first).  A new array if omitted.
+        threads : int, optional
+            Ignored (this backend runs on the calling thread); accepted for the
+            common interface.
+
+        Returns
+        -------
+        image : ndarray, shape (ny, nx), dtype ``dtype``
+            Pixel (j, i) holds the integral of the mixture over the unit pixel
+            box centred on (x=i, y=j), in the units of the amplitudes (``out``
+            when given).
         """
         if out is None:
             img = np.zeros(shape, dtype=dtype)
@@ -83,6 +108,25 @@ class NumpyBackend(c.Backend):
         """Return ``(chi2, R)`` with ``R = 2 w (model - data)``; chi2 summed in float64.
 
         ``R`` is written to ``out`` when given (which may be ``model`` itself).
+
+        Parameters
+        ----------
+        model : ndarray, shape (ny, nx), float32 or float64
+            The rendered model image.
+        data : ndarray, shape (ny, nx)
+            The image, in the units of ``model``.
+        weight : ndarray, shape (ny, nx)
+            Inverse variance per pixel (units of 1 / ``data``**2).
+        out : ndarray, shape (ny, nx), optional
+            Where ``R`` is written; a new array if omitted.
+
+        Returns
+        -------
+        chi2 : float
+            ``sum w (model - data)**2``, the terms computed in the inputs'
+            precision and summed in float64.
+        R : ndarray, shape (ny, nx)
+            ``2 w (model - data)``, ``out`` when given.
         """
         r = np.subtract(model, data, out=out)
         wr = weight * r
@@ -91,7 +135,27 @@ class NumpyBackend(c.Backend):
         return chi2, r
 
     def accumulate(self, table, rimg, settings, threads=None):
-        """Gradient accumulators (K, NACC) float64 for the residual image ``rimg``."""
+        """Gradient accumulators (K, NACC) float64 for the residual image ``rimg``.
+
+        Parameters
+        ----------
+        table : ndarray, float64, shape (K, NPAR)
+            As for :meth:`render`.
+        rimg : ndarray, shape (ny, nx), float32 or float64
+            ``R = 2 w (model - data)`` from :meth:`residual`; its dtype is the
+            working precision of the per-pixel exponentials.
+        settings : AccuracySettings
+            Only ``n_sigma`` is used.
+        threads : int, optional
+            Ignored (this backend runs on the calling thread).
+
+        Returns
+        -------
+        acc : ndarray, float64, shape (K, NACC)
+            The sums described in :mod:`astromix.backends._common` (columns
+            6-13 zero for components without the fourth-order factor), from
+            which :meth:`assemble_gradient` forms the gradient of chi2.
+        """
         acc = np.zeros((table.shape[0], c.NACC), dtype=np.float64)
         dtype = rimg.dtype
         for k, trow in enumerate(table):

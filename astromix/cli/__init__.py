@@ -37,7 +37,15 @@ def _version():
 
 
 def build_parser():
-    """Return the :class:`argparse.ArgumentParser` of the ``astromix`` command."""
+    """Return the :class:`argparse.ArgumentParser` of the ``astromix`` command.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        With ``--version``, ``-v`` / ``--verbose`` (a count) and one subcommand
+        per module of :mod:`astromix.cli` (``dest="command"``), each setting
+        ``func`` to the function that runs it.
+    """
     import importlib
 
     parser = argparse.ArgumentParser(

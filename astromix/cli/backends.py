@@ -10,7 +10,20 @@ __all__ = ["add_parser", "backend_status", "run"]
 
 
 def add_parser(subparsers):
-    """Register the ``backends`` subcommand."""
+    """Register the ``backends`` subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommand action of the ``astromix`` parser (what
+        ``ArgumentParser.add_subparsers`` returns; see
+        :func:`astromix.cli.build_parser`).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The subcommand's parser, with the default ``func=run``.
+    """
     parser = subparsers.add_parser(
         "backends", help="list the compute backends, their availability and the active one",
         description="List every known compute backend, whether it can be used on this "
@@ -49,7 +62,25 @@ def backend_status():
 
 
 def run(args):
-    """Print the backend table; exit status 2 if the selected backend is unavailable."""
+    """Print the backend table; exit status 2 if the selected backend is unavailable.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the options registered by :func:`add_parser`).
+
+    Returns
+    -------
+    int
+        0 when the selected backend is usable; otherwise BackendError is
+        raised, which :func:`astromix.cli.main` turns into exit status 2.
+
+    Raises
+    ------
+    BackendError
+        After the table is printed, if the backend selected by
+        ``ASTROMIX_BACKEND`` (or the default) cannot be used.
+    """
     rows = backend_status()
     active, problem = None, None
     try:

@@ -38,7 +38,20 @@ log = logging.getLogger("astromix")
 
 
 def add_parser(subparsers):
-    """Register the ``broadband-image`` subcommand."""
+    """Register the ``broadband-image`` subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommand action of the ``astromix`` parser (what
+        ``ArgumentParser.add_subparsers`` returns; see
+        :func:`astromix.cli.build_parser`).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The subcommand's parser, with the default ``func=run``.
+    """
     parser = subparsers.add_parser(
         "broadband-image",
         help="make a broad-band image from a spectral cube weighted by a filter curve",
@@ -60,7 +73,27 @@ def add_parser(subparsers):
 
 
 def load_filter(spec):
-    """The filter curve for FILTER: a file name as is, else a synphot bandpass."""
+    """The filter curve for FILTER: a file name as is, else a synphot bandpass.
+
+    Parameters
+    ----------
+    spec : str
+        The FILTER argument: a two-column text file (wavelength [Angstrom],
+        throughput), or a bandpass name synphot knows (e.g. ``"johnson_v"``).
+
+    Returns
+    -------
+    str or synphot.SpectralElement
+        ``spec`` itself when it is an existing file, else the bandpass
+        :meth:`synphot.SpectralElement.from_filter` loads.
+
+    Raises
+    ------
+    InputError
+        If ``spec`` is not a file but looks like a path (a folder separator, or
+        a dot in its name), synphot is not installed, or synphot cannot load
+        the bandpass (unknown name, no network...).
+    """
     if os.path.isfile(spec):
         return spec
     if os.path.sep in spec or "." in os.path.basename(spec):
@@ -81,7 +114,26 @@ def load_filter(spec):
 
 
 def run(args):
-    """Run ``astromix broadband-image`` with parsed arguments; returns the exit status."""
+    """Run ``astromix broadband-image`` with parsed arguments; returns the exit status.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the options registered by :func:`add_parser`).
+
+    Returns
+    -------
+    int
+        The exit status, 0.  Failures raise an AstromixError (below), which
+        :func:`astromix.cli.main` reports on stderr with exit status 2.
+
+    Raises
+    ------
+    InputError
+        If the output exists without ``--overwrite`` or is a folder, its folder
+        cannot be created or written, the cube file does not exist, or FILTER
+        is neither a file nor a bandpass (:func:`load_filter`).
+    """
     import numpy as np
 
     from ..photometry import make_broadband_image

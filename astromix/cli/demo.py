@@ -65,7 +65,20 @@ def _positive_int(text):
 
 
 def add_parser(subparsers):
-    """Register the ``demo`` subcommand."""
+    """Register the ``demo`` subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommand action of the ``astromix`` parser (what
+        ``ArgumentParser.add_subparsers`` returns; see
+        :func:`astromix.cli.build_parser`).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The subcommand's parser, with the default ``func=run``.
+    """
     parser = subparsers.add_parser(
         "demo", help="fit a galaxy and its neighbour in 8 real DECam exposures",
         description="Fit a galaxy and its faint neighbour jointly in the eight DECam "
@@ -218,7 +231,29 @@ def detect_catalog(exposure, *, nsigma=3.0, npixels=6, zeropoint=22.5, bands=("g
 
 
 def run(args):
-    """Run the demo (see the module docstring); returns the exit status."""
+    """Run the demo (see the module docstring); returns the exit status.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the options registered by :func:`add_parser`).
+
+    Returns
+    -------
+    int
+        The exit status, 0.  Failures raise an AstromixError (below), which
+        :func:`astromix.cli.main` reports on stderr with exit status 2.
+
+    Raises
+    ------
+    InputError
+        If the output folder cannot be created or written.
+    BackendError
+        If ``--backend`` names an unknown or unavailable backend.
+    AstromixError
+        If no source is detected in the sharpest z-band exposure; with
+        ``--hst-psf``, as :func:`run_hst_psf`.
+    """
     if args.hst_psf:
         return run_hst_psf(args)
     from .. import backends
@@ -347,7 +382,13 @@ def write_asdf(path, mixture, info=None, source=None):
         Output file; replaced only once the new file is complete.
     mixture : GaussianMixture
     info, source : dict, optional
-        Fit metrics and data provenance (plain numbers and strings).
+        Fit metrics and data provenance (plain numbers and strings); NumPy
+        scalars become Python numbers, other values their ``str``.  Left out
+        of the tree when empty or None.
+
+    Returns
+    -------
+    None
     """
     import asdf
 
@@ -372,6 +413,10 @@ def write_png(path, image, model, mixture, title=""):
     mixture : GaussianMixture
         Used for the centre of the radial profiles.
     title : str, optional
+
+    Returns
+    -------
+    None
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -400,7 +445,29 @@ def write_png(path, image, model, mixture, title=""):
 
 
 def run_hst_psf(args):
-    """``astromix demo --hst-psf``: a Gaussian mixture fitted to a shipped HST PSF."""
+    """``astromix demo --hst-psf``: a Gaussian mixture fitted to a shipped HST PSF.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the options registered by :func:`add_parser`).
+
+    Returns
+    -------
+    int
+        The exit status, 0.  Failures raise an AstromixError (below), which
+        :func:`astromix.cli.main` reports on stderr with exit status 2.
+
+    Raises
+    ------
+    InputError
+        If ``--index`` is not in 0-99 or the output folder cannot be created
+        or written.
+    BackendError
+        If ``--backend`` names an unknown or unavailable backend.
+    AstromixError
+        If an output file cannot be written (an OSError).
+    """
     from .. import backends
     from ..datasets import load_hst_psf
 

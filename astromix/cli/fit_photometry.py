@@ -56,7 +56,20 @@ def _number(text):
 
 
 def add_parser(subparsers):
-    """Register the ``fit-photometry`` subcommand."""
+    """Register the ``fit-photometry`` subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommand action of the ``astromix`` parser (what
+        ``ArgumentParser.add_subparsers`` returns; see
+        :func:`astromix.cli.build_parser`).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The subcommand's parser, with the default ``func=run``.
+    """
     parser = subparsers.add_parser(
         "fit-photometry",
         help="fit the flux scale, background, pointing offset and PSF of an image against a "
@@ -177,7 +190,26 @@ def _flux_unit(option, target, reference):
 
 
 def run(args):
-    """Run ``astromix fit-photometry`` with parsed arguments; returns the exit status."""
+    """Run ``astromix fit-photometry`` with parsed arguments; returns the exit status.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the options registered by :func:`add_parser`).
+
+    Returns
+    -------
+    int
+        The exit status, 0.  Failures raise an AstromixError (below), which
+        :func:`astromix.cli.main` reports on stderr with exit status 2.
+
+    Raises
+    ------
+    InputError
+        Before any fit: if ``--json`` or ``--plot`` exists without
+        ``--overwrite``, ``--plot`` has no file extension, or an output folder
+        cannot be created or written.
+    """
     from ..photometry import (
         fit_image_photometry,
         fit_star_photometry,

@@ -27,7 +27,20 @@ __all__ = ["add_parser", "run", "load_psf"]
 
 
 def add_parser(subparsers):
-    """Register the ``fit-scene`` subcommand."""
+    """Register the ``fit-scene`` subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommand action of the ``astromix`` parser (what
+        ``ArgumentParser.add_subparsers`` returns; see
+        :func:`astromix.cli.build_parser`).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The subcommand's parser, with the default ``func=run``.
+    """
     parser = subparsers.add_parser(
         "fit-scene", help="fit a catalog of galaxies and stars jointly in several images",
         description="Fit the sources of a catalog (ra, dec, optional kind, flux_<band>, "
@@ -157,7 +170,29 @@ def load_psf(path, *, n_components=6, oversampling=None):
 
 
 def run(args):
-    """Run ``astromix fit-scene`` (see the module docstring); returns the exit status."""
+    """Run ``astromix fit-scene`` (see the module docstring); returns the exit status.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the options registered by :func:`add_parser`).
+
+    Returns
+    -------
+    int
+        The exit status, 0.  Failures raise an AstromixError (below), which
+        :func:`astromix.cli.main` reports on stderr with exit status 2.
+
+    Raises
+    ------
+    InputError
+        If ``--psf``, ``--exposure-zeropoints``, ``--bands`` or
+        ``--background`` has neither one value nor one per image, the output
+        folder cannot be created or written, or a PSF file is missing,
+        unreadable or holds no PSF (:func:`load_psf`).
+    BackendError
+        If ``--backend`` names an unknown or unavailable backend.
+    """
     from .. import backends
     from ..data import Exposure
     from ..fitting import fit_scene, sample_scene

@@ -66,7 +66,20 @@ KNOWN_FIELDS = ("img_path", "catalog_path", "association_path", "csv_path", "cat
 
 
 def add_parser(subparsers):
-    """Register the ``mosaic-psf`` subcommand."""
+    """Register the ``mosaic-psf`` subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommand action of the ``astromix`` parser (what
+        ``ArgumentParser.add_subparsers`` returns; see
+        :func:`astromix.cli.build_parser`).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The subcommand's parser, with the default ``func=run``.
+    """
     parser = subparsers.add_parser(
         "mosaic-psf",
         help="the PSF of a drizzled mosaic at every source of a catalog (YOUNG's config)",
@@ -86,11 +99,33 @@ def add_parser(subparsers):
 def read_config(path):
     """Read and check the JSON configuration; returns a dict with defaults filled in.
 
+    Parameters
+    ----------
+    path : str
+        The JSON file (fields in the module docstring); relative paths in it
+        are taken from its folder.
+
+    Returns
+    -------
+    dict
+        ``img_path``, ``catalog_path``, ``association_path``, ``csv_path``
+        (absolute paths, or None when not given), ``one_indexed`` (bool),
+        ``catalog_format`` (lower case, default ``"fits"``), ``catalog_hdu``
+        (default 1), ``x_col``, ``y_col`` (default ``"x"``, ``"y"``),
+        ``psf_array_filename`` (default ``psf_array.fits`` beside the
+        config), ``sigma`` (float [mosaic px] or None), ``pixel_scale``
+        [arcsec/px] or None, ``dimension`` (int [mosaic px], default 51),
+        ``provider`` (default ``"stpsf"``), ``provider_options`` (dict),
+        ``pixfrac`` (float, default 1), ``max_workers`` (int, default 1),
+        ``overwrite`` (bool, default True) and ``stpsf_path`` (or None).
+
     Raises
     ------
     InputError
-        If the file is missing or not a JSON object, or a required field
-        (``img_path``, ``catalog_path``) is missing.
+        If the file is missing, unreadable, not valid JSON or not a JSON
+        object, a required field (``img_path``, ``catalog_path``) is missing,
+        ``dimension`` is not an integer >= 1, or ``sigma`` is neither a number
+        nor null.
     """
     from ..mosaic.exposures import read_json
 
@@ -142,6 +177,26 @@ def read_config(path):
 def read_catalog(path, fmt="fits", hdu=1, x_col="x", y_col="y", one_indexed=False):
     """Source positions [0-based mosaic px] from a catalog file, in its order.
 
+    Parameters
+    ----------
+    path : str
+        The catalog file.
+    fmt : str, optional
+        ``"fits"`` (or ``"fit"``; default), ``"csv"``, or any format name of
+        :meth:`astropy.table.Table.read`.
+    hdu : int or str, optional
+        HDU of a FITS catalog (default 1).
+    x_col, y_col : str, optional
+        Columns of the pixel positions (default ``"x"``, ``"y"``).
+    one_indexed : bool, optional
+        True when the positions are 1-based (e.g. SExtractor's ``X_IMAGE``):
+        1 is subtracted.  Default False.
+
+    Returns
+    -------
+    x, y : ndarray of float64, shape (N,)
+        Positions [mosaic px, 0-based], in catalog order.
+
     Raises
     ------
     InputError
@@ -187,10 +242,29 @@ def read_catalog(path, fmt="fits", hdu=1, x_col="x", y_col="y", one_indexed=Fals
 def make_provider(name, options, stpsf_path=None):
     """The PSF provider named in the configuration.
 
+    Parameters
+    ----------
+    name : {"stpsf", "poppy", "image"}
+        :class:`~astromix.mosaic.StpsfProvider`,
+        :class:`~astromix.mosaic.PoppyProvider` or
+        :class:`~astromix.mosaic.ImageProvider`.
+    options : dict
+        Keyword arguments of that class; for ``"image"``, ``images`` (a FITS
+        path or a mapping detector -> path) is its first argument.
+    stpsf_path : str, optional
+        stpsf's data folder, passed as ``data_path`` unless ``options`` has
+        one.
+
+    Returns
+    -------
+    PSFProvider
+
     Raises
     ------
     InputError
-        On an unknown provider or bad options.
+        On an unknown provider, ``"image"`` without ``images``, options the
+        class does not take (a TypeError), or the class's own checks (e.g.
+        the stpsf data folder missing).
     """
     from ..mosaic import ImageProvider, PoppyProvider, StpsfProvider
 
@@ -214,7 +288,28 @@ def make_provider(name, options, stpsf_path=None):
 
 
 def run(args):
-    """Run ``astromix mosaic-psf`` (see the module docstring); returns the exit status."""
+    """Run ``astromix mosaic-psf`` (see the module docstring); returns the exit status.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the options registered by :func:`add_parser`).
+
+    Returns
+    -------
+    int
+        The exit status, 0.  Failures raise an AstromixError (below), which
+        :func:`astromix.cli.main` reports on stderr with exit status 2.
+
+    Raises
+    ------
+    InputError
+        For a bad configuration, provider or catalog (:func:`read_config`,
+        :func:`make_provider`, :func:`read_catalog`), or an existing output
+        with ``overwrite`` false (before anything is computed).
+    AstromixError
+        If the cube cannot be written (an OSError).
+    """
     import concurrent.futures
 
     from ..mosaic import ExposureWeightedPSF, write_psf_cube

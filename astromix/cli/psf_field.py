@@ -33,7 +33,20 @@ log = logging.getLogger("astromix")
 
 
 def add_parser(subparsers):
-    """Register the ``psf-field`` subcommand."""
+    """Register the ``psf-field`` subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommand action of the ``astromix`` parser (what
+        ``ArgumentParser.add_subparsers`` returns; see
+        :func:`astromix.cli.build_parser`).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The subcommand's parser, with the default ``func=run``.
+    """
     parser = subparsers.add_parser(
         "psf-field",
         help="model the PSF of a field from its stars (PSFEx-style) and validate it",
@@ -110,7 +123,27 @@ def _write_table(table, path):
 
 
 def run(args):
-    """Run ``astromix psf-field`` with parsed arguments; returns the exit status."""
+    """Run ``astromix psf-field`` with parsed arguments; returns the exit status.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the options registered by :func:`add_parser`).
+
+    Returns
+    -------
+    int
+        The exit status, 0.  Failures raise an AstromixError (below), which
+        :func:`astromix.cli.main` reports on stderr with exit status 2.
+
+    Raises
+    ------
+    InputError
+        If ``--oversampling`` is below 1 or given with ``--basis mixture``, the
+        output folder cannot be created or written, IMAGE or ``--weight``
+        cannot be read or holds no 2-D image, the weight's shape differs from
+        the image's, or there is no reserve star.
+    """
     import numpy as np
 
     from ..io.psfex import write_psfex

@@ -86,7 +86,20 @@ def _flag01(text):
 
 
 def add_parser(subparsers):
-    """Register the ``psf-mixture`` subcommand."""
+    """Register the ``psf-mixture`` subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommand action of the ``astromix`` parser (what
+        ``ArgumentParser.add_subparsers`` returns; see
+        :func:`astromix.cli.build_parser`).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The subcommand's parser, with the default ``func=run``.
+    """
     parser = subparsers.add_parser(
         "psf-mixture",
         help="fit a Gaussian mixture to a PSF image and write it to a forcepho HDF5 file",
@@ -268,7 +281,21 @@ def _as_float(value):
 
 
 def output_paths(outname, band):
-    """Paths of the PNG and FITS outputs: ``<stem>_<band>.png`` and ``.fits`` beside ``outname``."""
+    """Paths of the PNG and FITS outputs: ``<stem>_<band>.png`` and ``.fits`` beside ``outname``.
+
+    Parameters
+    ----------
+    outname : str
+        The HDF5 file (``--outname``); ``<stem>`` is its name without the
+        extension.
+    band : str
+        The band (``--band``).
+
+    Returns
+    -------
+    png_path, fits_path : str
+        Absolute paths, in the folder of ``outname``.
+    """
     folder = os.path.dirname(os.path.abspath(outname))
     stem = os.path.splitext(os.path.basename(outname))[0]
     return (os.path.join(folder, f"{stem}_{band}.png"),
@@ -341,7 +368,12 @@ def write_fits(path, target, model, psf, meta):
         component, by decreasing amplitude: amp, xcr, ycr [px], Cxx, Cyy, Cxy
         [px^2]).
     meta : dict
-        Header cards (keyword: (value, comment)) of the primary HDU.
+        Header cards (keyword: (value, comment)) of the primary HDU; cards
+        whose value is None are left out.
+
+    Returns
+    -------
+    None
 
     Notes
     -----
@@ -399,6 +431,10 @@ def write_png(path, target, model, psf, title=""):
     psf : GaussianMixturePSF
         The fit, with its ``fit_info`` (``center``, ``oversampling``).
     title : str, optional
+
+    Returns
+    -------
+    None
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -458,7 +494,34 @@ def write_png(path, target, model, psf, title=""):
 
 # -- the command -----------------------------------------------------------------------------
 def run(args):
-    """Run ``astromix psf-mixture`` (see the module docstring); returns the exit status."""
+    """Run ``astromix psf-mixture`` (see the module docstring); returns the exit status.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the options registered by :func:`add_parser`).
+
+    Returns
+    -------
+    int
+        The exit status, 0.  Failures raise an AstromixError (below), which
+        :func:`astromix.cli.main` reports on stderr with exit status 2.
+
+    Raises
+    ------
+    InputError
+        Before any fit: for an invalid ``--band``, ``--ngauss_neg`` not below
+        ``--ngauss``, a PSF image that cannot be used
+        (:func:`read_psf_image`), a header oversampling that is not a
+        positive number, a ``--trim`` that leaves nothing, or outputs the
+        writes would refuse (``--outname`` not a regular or readable HDF5
+        file, the band or the PNG/FITS outputs present with ``--overwrite
+        0``, an output folder that cannot be created or written).
+    BackendError
+        If ``--backend`` names an unknown or unavailable backend.
+    AstromixError
+        If an output cannot be written (an OSError).
+    """
     from .. import backends
 
     t_start = time.perf_counter()

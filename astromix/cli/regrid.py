@@ -32,7 +32,20 @@ log = logging.getLogger("astromix")
 
 
 def add_parser(subparsers):
-    """Register the ``regrid`` subcommand."""
+    """Register the ``regrid`` subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommand action of the ``astromix`` parser (what
+        ``ArgumentParser.add_subparsers`` returns; see
+        :func:`astromix.cli.build_parser`).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The subcommand's parser, with the default ``func=run``.
+    """
     parser = subparsers.add_parser(
         "regrid",
         help="resample a reference image onto a target image's pixel grid, conserving flux",
@@ -66,7 +79,29 @@ def check_output(path, overwrite):
 
 
 def write_exposure(exp, path, *, history=()):
-    """Write an Exposure as DATA (+ STAT, DQ) with its celestial WCS, atomically."""
+    """Write an Exposure as DATA (+ STAT, DQ) with its celestial WCS, atomically.
+
+    The layout of the module docstring: an empty primary HDU, then ``DATA``
+    (float64), ``STAT`` (when the exposure has an uncertainty: the square of
+    a :class:`~astropy.nddata.StdDevUncertainty`, any other uncertainty's
+    array as it is, taken to be a variance) and ``DQ`` (uint8, 1 = masked;
+    only when some pixel is masked), each with the WCS header and ``BUNIT``.
+    The file is written to a temporary file in the same folder, then renamed
+    onto ``path``.
+
+    Parameters
+    ----------
+    exp : Exposure
+        The image; its WCS, when set, must be an astropy WCS (``to_header``).
+    path : str or os.PathLike
+        The FITS file to write (replaced if it exists).
+    history : sequence of str, optional
+        ``HISTORY`` cards added to each extension's header.
+
+    Returns
+    -------
+    None
+    """
     import numpy as np
     from astropy.io import fits
     from astropy.nddata import StdDevUncertainty
@@ -96,7 +131,25 @@ def write_exposure(exp, path, *, history=()):
 
 
 def run(args):
-    """Run ``astromix regrid`` with parsed arguments; returns the exit status."""
+    """Run ``astromix regrid`` with parsed arguments; returns the exit status.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the options registered by :func:`add_parser`).
+
+    Returns
+    -------
+    int
+        The exit status, 0.  Failures raise an AstromixError (below), which
+        :func:`astromix.cli.main` reports on stderr with exit status 2.
+
+    Raises
+    ------
+    InputError
+        If the output exists without ``--overwrite`` or is a folder, or its
+        folder cannot be created or written.
+    """
     import numpy as np
 
     from ..photometry import read_image, regrid

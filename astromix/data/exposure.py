@@ -1116,7 +1116,46 @@ class Exposure(NDData):
         """Write this exposure to an ASDF (.asdf) or HDF5 (.h5, .hdf5) file.
 
         Equivalent to ``write_exposures(path, [self], overwrite=overwrite,
-        group=group)``; see :func:`astromix.data.write_exposures`.
+        group=group)``; see :func:`astromix.data.write_exposures`.  The file is
+        written to a temporary file in the same folder (for an existing file,
+        a copy of it or of its tree with this exposure added or replaced),
+        flushed and renamed over ``path``; an error leaves the original
+        unchanged.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file; its suffix picks the format: ``.asdf`` for ASDF, ``.h5``,
+            ``.hdf5`` or ``.he5`` for HDF5.  An existing file is updated (other
+            exposures and entries kept).
+        overwrite : bool, optional
+            Replace an exposure of the same name already in the file (default
+            False: InputError if there is one).
+        group : str, optional
+            HDF5: the group under which the exposure's group is written (default
+            the root); ASDF: the tree key of the exposure list (default
+            ``"exposures"``).
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        InputError
+            If the suffix is unknown, the exposure has no name or one that
+            cannot name a group (with ``/``, or ``.``, ``..``), an exposure of
+            that name exists and ``overwrite`` is false, ``group`` is empty, or
+            the existing file is not a readable file of that format (it is then
+            not replaced).
+        OSError
+            If the folder cannot be written (the original file is kept).
+
+        Warns
+        -----
+        ExposureWarning
+            When the PSF or the WCS cannot be stored (see
+            :func:`~astromix.data.write_exposures`).
         """
         from .io import write_exposures
 

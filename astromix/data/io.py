@@ -254,6 +254,11 @@ def write_exposures(path, exposures, *, overwrite=False, group=None):
         if needed; default the root).  ASDF: the tree key of the exposure
         list (default ``"exposures"``).
 
+    Returns
+    -------
+    None
+        The exposures are in the file at ``path``.
+
     Raises
     ------
     InputError

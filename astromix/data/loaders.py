@@ -304,7 +304,82 @@ def _kind(hdul, path):
 
 def read_fits(cls, path, *, hdu=None, psf=None, band=None, zeropoint=None, name=None,
               weight=None, dq=None):
-    """Implementation of :meth:`Exposure.from_fits` (see there)."""
+    """Implementation of :meth:`Exposure.from_fits` (see there).
+
+    Opens ``path`` with :func:`astropy.io.fits.open` (no memory map), picks a
+    reader from the headers, reads the science image, its companions and
+    keywords, and builds ``cls(...)``.  Where several headers or keywords are
+    listed, the first present, non-empty value is used.
+
+    * Kind: DECam CP when the primary ``INSTRUME`` is ``DECam`` or the file
+      name holds ``_ooi_``; else JWST or HST from the primary ``TELESCOP``;
+      else, for a file with a ``SCI`` extension, JWST when it also has an
+      ``ASDF`` extension, HST otherwise; else a plain image.
+    * DECam CP: HDU 1 (HDU 0 for a single-HDU file) or ``hdu``, and its FITS
+      WCS; band: first letter of ``FILTER`` (primary, then the CCD header),
+      else ``BAND``; ``EXPTIME``; ``BUNIT`` (CCD header, then primary); for
+      ``meta``: ``EXPNUM``, ``MJD-OBS``, ``AIRMASS``, ``FWHM``, ``PLVER``.  The
+      ``_oow_`` (inverse variance) and ``_ood_`` (DQ, nonzero masked) files
+      beside it, unless ``weight`` / ``dq`` are given.
+    * JWST: ``('SCI', 1)`` or ``hdu``; ``ERR``, ``DQ`` and ``WHT`` of the same
+      EXTVER, each used when it has the image's shape: ``DQ != 0`` and pixels
+      whose ``WHT`` is not a positive finite number are masked; the
+      uncertainty is ``ERR`` (standard deviation), else ``WHT`` (inverse
+      variance).  WCS: the gwcs ``meta.wcs`` of the ``ASDF`` extension, else
+      the FITS WCS of SCI.  Keywords: ``FILTER`` and ``PUPIL`` (the band),
+      ``EFFEXPTM`` / ``XPOSURE`` / ``EXPTIME``, ``BUNIT``, ``PIXAR_SR`` and
+      ``PHOTMJSR`` (:func:`jwst_zeropoint`), and for ``meta`` ``INSTRUME``,
+      ``DETECTOR``, ``MJD-AVG`` / ``EXPMID`` / ``MJD-OBS``.
+    * HST: like JWST for ``SCI``, ``ERR``, ``DQ``, ``WHT`` and the mask (a
+      file without ``SCI`` and no ``hdu`` is read as a plain image); the
+      FITS WCS of SCI with its SIP and lookup-table distortions; band from
+      ``FILTER``, else ``FILTER1`` / ``FILTER2``, else ``FILTNAM1`` /
+      ``FILTNAM2`` (``CLEAR*``, ``N/A`` and ``NONE`` skipped, several joined
+      by ``+``); ``EXPTIME``; ``BUNIT``, ``PHOTFLAM`` and ``PHOTPLAM`` (SCI
+      header, then primary; :func:`hst_zeropoint`); for ``meta``
+      ``INSTRUME``, ``DETECTOR``, ``EXPSTART`` / ``MJD-OBS``.
+    * Plain image: the first non-table HDU holding a 2-D image (or ``hdu``),
+      its FITS WCS, ``FILTER``, ``EXPTIME``, ``BUNIT``, and for ``meta``
+      ``INSTRUME``, ``TELESCOP``.
+
+    ``weight`` and ``dq`` files (and the DECam companions) are read from the
+    HDU of the science image's EXTNAME, else the same index, else the first
+    2-D image.  float32 and float64 images keep their type (native byte
+    order), other types become float64.
+
+    Parameters
+    ----------
+    cls : type
+        :class:`~astromix.data.Exposure` or a subclass: what is built.
+    path : str or os.PathLike
+        The FITS file.
+    hdu, psf, band, zeropoint, name, weight, dq : optional
+        As for :meth:`Exposure.from_fits`; ``band`` and ``zeropoint`` override
+        the header's, ``name`` defaults to the file name without its FITS
+        suffix (plus ``_sci<N>`` for EXTVER N > 1).
+
+    Returns
+    -------
+    Exposure
+        An instance of ``cls``; ``meta`` holds ``format``, ``hdu``, the
+        absolute ``filename`` and the format's keywords listed above.
+
+    Raises
+    ------
+    InputError
+        If ``path`` is not a file name; a file is missing, a folder, not
+        readable as FITS, empty, truncated or corrupt; the HDU does not exist
+        or holds no 2-D image; the WCS cannot be read or is not celestial; a
+        weight or DQ array does not have the image's shape; any other read
+        error (``OSError``, ``ValueError``...); or for the reasons of ``cls``.
+
+    Warns
+    -----
+    ExposureWarning
+        When a DECam weight or DQ file is not found beside the image, or the
+        JWST gwcs cannot be read or used (the FITS WCS is used instead).
+        Other warnings raised while reading are passed on.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"path must be a file name, got {type(path).__name__}")
     shown = os.fspath(path)

@@ -217,6 +217,12 @@ def load_jwst_f200w_psf():
     header : astropy.io.fits.Header
         The file's header: ``n_good_stars``, ``n_all_stars`` and
         ``OVERSAMP`` (= 4, the oversampling factor).
+
+    Raises
+    ------
+    InputError
+        If the shipped file is missing or does not hold a finite 2-d image (a
+        broken installation).
     """
     return _read_hdu(get_path(JWST_F200W_PSF_FILE), 0)
 
@@ -246,6 +252,12 @@ def load_cosmos_galaxy():
         The galaxy's header (WCS updated for the cut; HISTORY cards describe
         it), plus ``IDENT`` (147246), ``FILTER`` (``"F814W"``) and
         ``PIXSCALE`` [arcsec/px] (0.03).
+
+    Raises
+    ------
+    InputError
+        If a shipped file is missing or does not hold a finite 2-d image (a
+        broken installation).
 
     Examples
     --------

@@ -36,9 +36,18 @@ def mixture_to_vector(mixture):
     factor ``L = [[l11, 0], [l21, l22]]``, ``C = L L^T`` (so every vector maps
     to a valid covariance).
 
+    Parameters
+    ----------
+    mixture : GaussianMixture
+        K components (amplitudes, means [px] and covariances [px^2]).
+
     Returns
     -------
     ndarray, shape (6 K,)
+        float64, component by component: element ``6 k + j`` is parameter
+        ``j`` of component ``k``, ``j`` = 0: ``amp`` (flux), 1: ``x`` [px],
+        2: ``y`` [px], 3: ``log l11``, 4: ``l21`` [px], 5: ``log l22``
+        (``l11``, ``l22`` in px; the log is natural).
     """
     chol = np.linalg.cholesky(mixture.cov)
     p = np.empty((len(mixture), 6))
@@ -53,8 +62,23 @@ def mixture_to_vector(mixture):
 def mixture_from_vector(vector):
     """Inverse of :func:`mixture_to_vector`: a vector (6 K,) to a GaussianMixture.
 
+    Parameters
+    ----------
+    vector : array-like, shape (6 K,)
+        Per component ``amp, x, y, log l11, l21, log l22`` (the layout of
+        :func:`mixture_to_vector`); any array of 6 K elements is read in that
+        order.
+
+    Returns
+    -------
+    GaussianMixture
+        K components: amplitude ``amp``, mean ``(x, y)`` [px] and covariance
+        ``[[l11^2, l11 l21], [l11 l21, l21^2 + l22^2]]`` [px^2].
+
     Raises
     ------
+    ValueError
+        If the vector's size is not a multiple of 6 (NumPy's reshape).
     InputError
         If a covariance overflows (an optimiser's trial step far out): the
         mixture's validation refuses the non-finite values.

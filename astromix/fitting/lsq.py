@@ -132,13 +132,6 @@ class MixtureLSQFitter:
     fall back to finite differences of the whole (``fit_info["jacobian"]``
     says which).
 
-    Parameters
-    ----------
-    calc_uncertainties : bool, optional
-        Compute the covariance of the free parameters, ``(J^T J)^-1`` with
-        weights = 1 / sigma (scaled by the reduced chi2 when ``weights`` is
-        None), and set ``cov_matrix`` and ``stds`` on the fitted model.
-
     A single astromix source model (:class:`~astromix.SersicMixture`,
     :class:`~astromix.PointSource`) fitted to a whole-pixel image grid (as from
     ``numpy.mgrid``) without tied parameters takes a faster route: the same
@@ -146,6 +139,14 @@ class MixtureLSQFitter:
     the Jacobian images from the backend's Jacobian kernel (all parameters in
     one pass over each component's pixels), without astropy's per-call
     overhead (``fit_info["jacobian"]`` is ``"backend kernel"``).
+
+    Parameters
+    ----------
+    calc_uncertainties : bool, optional
+        Compute the covariance of the free parameters, ``(J^T J)^-1`` with
+        weights = 1 / sigma (scaled by the reduced chi2 when ``weights`` is
+        None), and set ``cov_matrix`` and ``stds`` on the fitted model
+        (default True).
 
     Notes
     -----
@@ -202,14 +203,13 @@ class MixtureLSQFitter:
             Maximum number of function evaluations.
         ftol, xtol, gtol : float, optional
             Tolerances of :func:`scipy.optimize.least_squares`.
+        background, dtype, backend : optional
+            Keywords for a scene only (see :meth:`astromix.SceneModel.chi2`).
 
         Returns
         -------
         fitted : model
             A copy with the best-fit parameters and ``fit_info``.
-
-        background, dtype, backend : optional
-            Keywords for a scene only (see :meth:`astromix.SceneModel.chi2`).
 
         Raises
         ------

@@ -195,6 +195,16 @@ class Posterior:
     Built by :class:`DynestyFitter` (``fit_info["posterior"]``) and returned by
     :func:`astromix.fitting.sample_scene`.
 
+    Parameters
+    ----------
+    info : dict
+        A :attr:`DynestyFitter.fit_info`: its ``param_names``, ``samples``,
+        ``weighted_samples``, ``weights``, ``logz``, ``logz_err``, ``best`` and
+        ``results`` are kept as the attributes of the same names (the arrays
+        not copied).
+    model : astropy model
+        The model at the highest-likelihood sample.
+
     Attributes
     ----------
     param_names : list of str
@@ -363,6 +373,13 @@ class DynestyFitter(Fitter):
             posterior covariance, shape (n_free, n_free);
         ``ncall``, ``niter``, ``time_s``
             likelihood calls, iterations and wall time [s].
+
+    Raises
+    ------
+    InputError
+        If ``nlive`` is not an integer >= 2, ``dlogz`` is not > 0, ``rng`` is
+        neither a Generator, an int nor None, or ``pool`` has no ``map``
+        method.
 
     Notes
     -----

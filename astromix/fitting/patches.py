@@ -90,6 +90,23 @@ class Patch:
     only its own pixels and plain Python/NumPy objects, so it pickles small
     and can be sent to a process pool, a dask cluster or an MPI pool.
 
+    Parameters
+    ----------
+    index, grid, reference, core, border, center, active, fixed : see Attributes
+        Keyword-only, like all the arguments; stored as the attributes of the
+        same names (as int, tuples of float and int ndarrays).
+    sources, exposures, exposure_index : see Attributes
+        Stored as the attributes of the same names (lists, int ndarray).
+    constraints : list of dict
+        Per active source, ``{parameter key: (fixed, bounds)}`` from the field's
+        scene; :meth:`scene` applies them.
+    bands : sequence of str or None
+        The field scene's bands (:attr:`SceneModel.bands`).
+    zeropoint : float or None
+        The field scene's zero point [AB mag of one catalog flux unit].
+    settings : AccuracySettings or None
+        The field scene's rendering settings.
+
     Attributes
     ----------
     index : int
@@ -191,7 +208,20 @@ class Patch:
         return _Frame(*self.reference).project(ra, dec)
 
     def in_core(self, ra, dec):
-        """Whether sky positions (ra, dec) [deg] lie in the core (bool ndarray)."""
+        """Whether sky positions (ra, dec) [deg] lie in the core (bool ndarray).
+
+        Parameters
+        ----------
+        ra, dec : float or array-like
+            Sky positions [deg].
+
+        Returns
+        -------
+        ndarray of bool, shape (n,)
+            True where the position's gnomonic coordinates (:meth:`project`)
+            fall in the half-open core ``xi_lo <= xi < xi_hi``, ``eta_lo <= eta <
+            eta_hi``; 1-d even for scalars.
+        """
         xi, eta = self.project(ra, dec)
         (x_lo, x_hi), (y_lo, y_hi) = self.core
         return (xi >= x_lo) & (xi < x_hi) & (eta >= y_lo) & (eta < y_hi)
@@ -238,6 +268,8 @@ class Patch:
         k : int
             Index into :attr:`exposures`.
         backend : str, optional
+            Backend name for :meth:`SceneModel.render` (default: the current
+            one).
 
         Returns
         -------

@@ -129,6 +129,13 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
         attribute ``arcsec_per_pixel``.  A Quantity in angle or angle/pixel
         units is converted.
 
+    Returns
+    -------
+    None
+        The PSF is written to ``path`` in forcepho's PSF-mixture HDF5 format
+        (the layout of forcepho's ``make_psf.py`` and ``PSFStore``; see
+        :mod:`astromix.io.forcepho`).
+
     Raises
     ------
     InputError

@@ -954,6 +954,10 @@ def write_psfex(path, model_or_arrays, *, overwrite=False, dtype=np.float32):
     radius of the model at POLZERO, in image pixels (what PSFEx reports for
     the DECam files to within 1-6 %).
 
+    Format reference: the standard PSFEx ``.psf`` output of Bertin (2011,
+    ASP Conf. Ser. 442, 435) and the PSFEx documentation
+    (https://psfex.readthedocs.io); see :mod:`astromix.io.psfex`.
+
     Examples
     --------
     >>> import os, tempfile

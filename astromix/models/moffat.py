@@ -41,7 +41,9 @@ def moffat_alpha(fwhm, beta):
 
     Returns
     -------
-    float or ndarray
+    numpy.float64 or ndarray
+        The scale length, float64: a scalar for scalar inputs, else an array
+        of the broadcast shape of ``fwhm`` and ``beta``.
 
     Examples
     --------
@@ -58,7 +60,21 @@ def moffat_alpha(fwhm, beta):
 def moffat_fwhm(alpha, beta):
     """The FWHM of a Moffat profile of scale length ``alpha`` and index ``beta``.
 
-    The inverse of :func:`moffat_alpha`: ``fwhm = 2 alpha sqrt(2**(1/beta) - 1)``.
+    The inverse of :func:`moffat_alpha`: ``fwhm = 2 alpha sqrt(2**(1/beta) - 1)``
+    (Trujillo et al. 2001, MNRAS 328, 977, eq. 4), in the unit of ``alpha``.
+
+    Parameters
+    ----------
+    alpha : float or array-like
+        Moffat scale length (> 0), e.g. in pixels.
+    beta : float or array-like
+        Moffat power index (> 0); broadcasts with ``alpha``.
+
+    Returns
+    -------
+    numpy.float64 or ndarray
+        The full width at half maximum, float64: a scalar for scalar inputs,
+        else an array of the broadcast shape of ``alpha`` and ``beta``.
     """
     beta = np.asarray(beta, dtype=float)
     return 2.0 * np.asarray(alpha, dtype=float) * np.sqrt(np.expm1(np.log(2.0) / beta))
@@ -336,6 +352,35 @@ class MoffatStar(Fittable2DModel):
         """Flux in the pixels centred at ``x, y`` [px] (any shapes that broadcast).
 
         Returns an array of the broadcast shape, in the unit of ``flux``.
+
+        Parameters
+        ----------
+        x, y : array-like
+            Pixel centres [px] (origin 0), any shapes that broadcast together.
+        flux : float, array or Quantity
+            Total flux; a Quantity's unit is the unit of the result.
+        x_0, y_0 : float or array
+            Centre [px].
+        fwhm : float or array
+            Full width at half maximum along the major axis [px], > 0.
+        beta : float or array
+            Moffat power index, > 1.
+        ellip : float or array
+            Ellipticity ``1 - b/a``, < 1 (negative values swap the axes).
+        theta : float or array
+            Angle of the major axis from +x, counter-clockwise [rad].
+
+        Returns
+        -------
+        ndarray or Quantity
+            The pixel integrals, float64, of the broadcast shape of ``x, y``,
+            in flux units (a Quantity when ``flux`` is one).
+
+        Raises
+        ------
+        InputError
+            If ``fwhm <= 0``, ``beta <= 1``, ``ellip >= 1`` or a parameter is
+            not finite.
         """
         unit = getattr(flux, "unit", None)
         p = [scalar(v) for v in (flux, x_0, y_0, fwhm, beta, ellip, theta)]
@@ -348,6 +393,29 @@ class MoffatStar(Fittable2DModel):
         Returns a list of 7 arrays of the broadcast shape of ``x, y``, in the
         order of :attr:`param_names`: the pixel integrals (same quadrature)
         of the derivatives of the profile.
+
+        Parameters
+        ----------
+        x, y : array-like
+            Pixel centres [px], any shapes that broadcast together.
+        flux, x_0, y_0, fwhm, beta, ellip, theta : float or array
+            The parameters, as for :meth:`evaluate` (units are dropped).
+
+        Returns
+        -------
+        list of ndarray
+            7 float64 arrays of the broadcast shape of ``x, y``: d value / d
+            ``flux``, ``x_0``, ``y_0``, ``fwhm``, ``beta``, ``ellip``,
+            ``theta``, in that order, including the parameters that are fixed
+            (``ellip`` and ``theta`` by default; astropy's fitters drop their
+            rows).  d / d flux is the unit-flux pixel integral; the others are
+            in flux units per px (x_0, y_0, fwhm), per unit (beta, ellip) and
+            per radian (theta).
+
+        Raises
+        ------
+        InputError
+            As :meth:`evaluate`.
         """
         p = [scalar(v) for v in (flux, x_0, y_0, fwhm, beta, ellip, theta)]
         return _moffat_pixels(x, y, p, self._quadrature, derivatives=True)

@@ -158,7 +158,23 @@ class GaussianMixturePSF(Fittable2DModel):
         return GaussianMixture(amp, mean, cov)
 
     def placed_mixture(self):
-        """The GaussianMixture of this model as evaluated: flux at (x_0, y_0)."""
+        """The GaussianMixture of this model as evaluated: flux at (x_0, y_0).
+
+        Returns
+        -------
+        GaussianMixture
+            K components: amplitudes ``flux * amp_k`` (flux units), centres
+            ``(x_0 + xoff_k, y_0 + yoff_k)`` [px], covariances [px^2] from
+            ``sigma_x_k, sigma_y_k, rho_k``.
+
+        Raises
+        ------
+        InputError
+            If the component parameters (as set after construction) give a
+            non-finite value or a covariance that is not positive definite
+            (checked by the GaussianMixture constructor through
+            :attr:`mixture`).
+        """
         flux, x0, y0 = (float(np.squeeze(v)) for v in self.parameters[:3])
         return self.mixture.scale_flux(flux).shift(x0, y0)
 
@@ -170,6 +186,33 @@ class GaussianMixturePSF(Fittable2DModel):
         ``y[j, i] = y[0, 0] + j``, as from ``numpy.mgrid``) the image is
         rendered by the active backend's kernel; elsewhere the same values
         are computed point by point with NumPy.
+
+        Parameters
+        ----------
+        x, y : array-like
+            Pixel coordinates [px] (pixel centres at integers, origin 0), any
+            shapes that broadcast together.
+        flux : float, array or Quantity
+            Total flux; a Quantity's unit is the unit of the result.
+        x_0, y_0 : float or array
+            Position of the PSF centre [px].
+        *comp : float or array
+            The 6K component parameters in :attr:`param_names` order:
+            ``amp_k, xoff_k, yoff_k, sigma_x_k, sigma_y_k, rho_k`` for k = 0 ..
+            K-1 (relative amplitude, offsets [px], standard deviations [px],
+            correlation coefficient).
+
+        Returns
+        -------
+        ndarray or Quantity
+            Pixel-integrated PSF, float64, the broadcast shape of ``x, y``, in
+            flux units (a Quantity when ``flux`` is one).
+
+        Notes
+        -----
+        Each parameter value is reduced to one float (its first element), as
+        for a single model.  The parameter values are not checked here (the
+        default bounds keep fitted covariances positive definite).
         """
         unit = getattr(flux, "unit", None)
         p = [scalar(flux), scalar(x_0), scalar(y_0)] + [scalar(c) for c in comp]
@@ -183,6 +226,24 @@ class GaussianMixturePSF(Fittable2DModel):
         :attr:`param_names`.  On a whole-pixel grid the backend's Jacobian
         kernel computes them all in one pass over the components
         (:func:`astromix.models._base.chained_jacobian`).
+
+        Parameters
+        ----------
+        x, y : array-like
+            Pixel coordinates [px], any shapes that broadcast together.
+        flux, x_0, y_0 : float or array
+            Total flux and PSF centre [px] (units are dropped).
+        *comp : float or array
+            The 6K component parameters, as for :meth:`evaluate`.
+
+        Returns
+        -------
+        list of ndarray
+            ``3 + 6K`` float64 arrays, one per parameter in :attr:`param_names`
+            order (fixed parameters included: astropy's fitters drop their
+            rows), each of the broadcast shape of ``x, y``: d value / d
+            parameter, in flux units per parameter unit (d / d flux is the
+            unit-flux PSF).
         """
         p = [scalar(flux), scalar(x_0), scalar(y_0)] + [scalar(c) for c in comp]
         return chained_jacobian(*self._mixture_and_derivatives(p), x, y, self.settings)

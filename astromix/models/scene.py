@@ -468,6 +468,18 @@ class SceneModel(FittableModel):
 
         Keys are ``("flux", band)``, ``"ra"``, ``"dec"`` and for Sersic sources
         ``"r_eff"``, ``"n"``, ``"ellip"``, ``"theta"``.
+
+        Parameters
+        ----------
+        i : int
+            Index of the source (0-based, catalog order).
+
+        Returns
+        -------
+        dict
+            A new dict mapping each key above to the int index of that
+            parameter in :attr:`parameters` and :attr:`param_names`
+            (``band`` is None for the scene's one unnamed band).
         """
         return dict(self._index[i])
 
@@ -491,7 +503,14 @@ class SceneModel(FittableModel):
         return out
 
     def copy(self):
-        """A deep copy (parameters, constraints, bands, zeropoint, bound exposure)."""
+        """A deep copy (parameters, constraints, bands, zeropoint, bound exposure).
+
+        Returns
+        -------
+        SceneModel
+            The copy (astropy's :meth:`~astropy.modeling.Model.copy`); the bound
+            exposure, if any, is shared with this model, not copied.
+        """
         new = super().copy()
         new._exposure = self._exposure
         return new
@@ -521,10 +540,29 @@ class SceneModel(FittableModel):
     def evaluate(self, x, y, *params):
         """Pixel-integrated scene in the bound exposure at pixel coordinates ``x, y``.
 
+        Parameters
+        ----------
+        x, y : array-like
+            Pixel coordinates [px] in the bound exposure (0-based pixel
+            centres), any shapes that broadcast together.
+        *params : float or array
+            The parameter values in :attr:`param_names` order (fluxes in
+            catalog units, ra and dec [deg], r_eff [arcsec], n, ellip, theta
+            [rad, east of north]); each is reduced to its first element.
+
+        Returns
+        -------
+        ndarray
+            The PSF-convolved, pixel-integrated image of all the sources,
+            float64, of the broadcast shape of ``x, y``, in the exposure's data
+            units (without background).
+
         Raises
         ------
         InputError
-            If no exposure is bound (see :meth:`in_exposure`).
+            If no exposure is bound (see :meth:`in_exposure`), or as
+            :meth:`mixture` (the exposure's band has no flux parameter, it
+            lacks a WCS or a PSF, or a Sersic index lies outside the table).
         """
         if self._exposure is None:
             raise InputError("evaluating a SceneModel needs an exposure: use "
@@ -547,7 +585,21 @@ class SceneModel(FittableModel):
 
         Returns
         -------
-        list of _Placement or None
+        list
+            One entry per source (catalog order): None when the source's
+            pixel position lies more than ``5 r_eff + 10`` px (10 px for a
+            star) outside the image, else an internal placement record (the
+            reference (ra, dec), its pixel position, the local WCS Jacobian
+            [px / arcsec], the PSF mixture there, the flux scale and the band
+            index).
+
+        Raises
+        ------
+        InputError
+            If the exposure's band has no flux parameter in the scene (unless
+            the scene has one unnamed band), the exposure has no WCS, the WCS
+            gives no pixel position at a source, or a source on the image has
+            no PSF there (:meth:`~astromix.data.Exposure.psf_at`).
         """
         p = self.parameters if parameters is None else parameters
         band = getattr(exposure, "band", None)
@@ -740,12 +792,25 @@ class SceneModel(FittableModel):
         Parameters
         ----------
         exposure : astromix.data.Exposure
+            With a celestial WCS, a PSF and (when the scene has a
+            ``zeropoint``) a zero point; its data fix the shape (ny, nx).
         dtype : {numpy.float64, numpy.float32}, optional
+            Arithmetic and type of the image (default float64).
         backend : str, optional
+            Backend name (default: the active backend).
 
         Returns
         -------
         ndarray, shape (ny, nx)
+            The PSF-convolved, pixel-integrated image of the scene, in the
+            exposure's data units, as a NumPy array.
+
+        Raises
+        ------
+        InputError
+            As :meth:`mixture`, or on a ``dtype`` other than float32/float64.
+        BackendError
+            If ``backend`` is unknown or unavailable.
         """
         bk = get_backend(backend)
         mix = self.mixture(exposure)
@@ -968,6 +1033,19 @@ class SceneObjective:
 
         Fluxes: 10% (at least 1e-3); positions: 0.1 arcsec; r_eff: 10% (at least
         0.01 arcsec); n: 0.3; ellip: 0.05; theta: 0.2 rad.
+
+        Parameters
+        ----------
+        parameters : array-like, shape (n_parameters,)
+            Parameter values of the scene, in its :attr:`~SceneModel.param_names`
+            order.
+
+        Returns
+        -------
+        ndarray, shape (n_parameters,)
+            The steps, in the parameters' units: catalog flux units, degrees
+            for ra (0.1 arcsec on the sky, divided by cos(dec)) and dec,
+            arcsec for r_eff, radians for theta.
         """
         p = np.asarray(parameters, dtype=float)
         out = np.ones(p.size)
@@ -992,6 +1070,17 @@ class SceneObjective:
 
         The free parameters (``n_free`` in all) are shared in proportion to the
         exposures' pixel counts; a fitted background takes one more per exposure.
+
+        Parameters
+        ----------
+        n_free : int or float
+            Number of free parameters of the scene.
+
+        Returns
+        -------
+        ndarray, shape (n_exposures,)
+            Float degrees of freedom of each exposure kept by the objective
+            (those overlapping a source), in the order of ``self.exposures``.
         """
         npix = np.array([int((np.asarray(e.weight) > 0).sum()) for e in self.exposures])
         nbg = np.array([1 if b is None else 0 for b in self.fixed_bg])

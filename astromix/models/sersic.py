@@ -219,11 +219,62 @@ class SersicMixture(_MixtureSourceBase):
         raise InputError(f"ellip must lie in [0, 1), got {ellip!r}")
 
     def mixture(self):
-        """The GaussianMixture of the model as evaluated (PSF-convolved when a PSF is set)."""
+        """The GaussianMixture of the model as evaluated (PSF-convolved when a PSF is set).
+
+        Returns
+        -------
+        GaussianMixture
+            The Sersic mixture at the current parameter values (amplitudes in
+            flux units summing to ``flux``, centres [px], covariances [px^2]),
+            convolved with the PSF when there is one, components that the
+            PSF blurs into one merged within the settings'
+            ``merge_tolerance``.
+
+        Raises
+        ------
+        InputError
+            If a parameter is not finite, ``r_eff <= 0``, ``ellip`` is outside
+            [0, 1), or ``n`` is outside the Sersic table's range.
+        astromix.AstromixError
+            If the packaged Sersic mixture table is missing or unreadable.
+        """
         return self._mixture_from(parameter_values(self))
 
     def evaluate(self, x, y, flux, x_0, y_0, r_eff, n, ellip, theta):
-        """Pixel-integrated surface brightness at pixel coordinates ``x, y`` [flux / px]."""
+        """Pixel-integrated surface brightness at pixel coordinates ``x, y`` [flux / px].
+
+        Parameters
+        ----------
+        x, y : array-like
+            Pixel coordinates [px] (pixel centres at integers, origin 0), any
+            shapes that broadcast together.
+        flux : float, array or Quantity
+            Total flux; a Quantity's unit is the unit of the result.
+        x_0, y_0 : float or array
+            Centre [px].
+        r_eff : float or array
+            Half-light radius along the major axis [px], > 0.
+        n : float or array
+            Sersic index, within the table's range (0.3 to 8).
+        ellip : float or array
+            Ellipticity ``1 - b/a``, in [0, 1).
+        theta : float or array
+            Position angle of the major axis [rad], from +x counter-clockwise.
+
+        Returns
+        -------
+        ndarray or Quantity
+            The flux in each pixel, float64, of the broadcast shape of ``x, y``
+            (a Quantity when ``flux`` is one), PSF-convolved when a PSF is set.
+
+        Raises
+        ------
+        InputError
+            If a parameter is not finite, ``r_eff <= 0``, ``ellip`` is outside
+            [0, 1), or ``n`` is outside the Sersic table's range.
+        astromix.AstromixError
+            If the packaged Sersic mixture table is missing or unreadable.
+        """
         unit = getattr(flux, "unit", None)
         p = [scalar(v) for v in (flux, x_0, y_0, r_eff, n, ellip, theta)]
         value = evaluate_mixture(self._mixture_from(p), x, y, self.settings)
@@ -235,6 +286,28 @@ class SersicMixture(_MixtureSourceBase):
         On a whole-pixel grid the backend's Jacobian kernel computes all 7
         images in one pass over the components
         (:func:`astromix.models._base.chained_jacobian`).
+
+        Parameters
+        ----------
+        x, y : array-like
+            Pixel coordinates [px], any shapes that broadcast together.
+        flux, x_0, y_0, r_eff, n, ellip, theta : float or array
+            The parameters, as for :meth:`evaluate` (units are dropped).
+
+        Returns
+        -------
+        list of ndarray
+            7 float64 arrays of the broadcast shape of ``x, y``: d value / d
+            ``flux``, ``x_0``, ``y_0``, ``r_eff``, ``n``, ``ellip``, ``theta``,
+            in that order, fixed parameters included (astropy's fitters drop
+            their rows).
+
+        Raises
+        ------
+        InputError
+            As :meth:`evaluate`.
+        astromix.AstromixError
+            If the packaged Sersic mixture table is missing or unreadable.
         """
         p = [scalar(v) for v in (flux, x_0, y_0, r_eff, n, ellip, theta)]
         return chained_jacobian(*self._mixture_and_derivatives(p), x, y, self.settings)
@@ -327,19 +400,60 @@ class PointSource(_MixtureSourceBase):
         super().__init__(flux=flux, x_0=x_0, y_0=y_0, **kwargs)
 
     def mixture(self):
-        """The GaussianMixture of the model as evaluated."""
+        """The GaussianMixture of the model as evaluated.
+
+        Returns
+        -------
+        GaussianMixture
+            The PSF mixture with its amplitudes multiplied by ``flux`` (flux
+            units) and its centres shifted by ``(x_0, y_0)`` [px]; covariances
+            [px^2] as the PSF's.
+        """
         return self._psf.scale_flux(scalar(self.flux.value)).shift(
             scalar(self.x_0.value), scalar(self.y_0.value))
 
     def evaluate(self, x, y, flux, x_0, y_0):
-        """Pixel-integrated PSF times flux at pixel coordinates ``x, y``."""
+        """Pixel-integrated PSF times flux at pixel coordinates ``x, y``.
+
+        Parameters
+        ----------
+        x, y : array-like
+            Pixel coordinates [px] (pixel centres at integers, origin 0), any
+            shapes that broadcast together.
+        flux : float, array or Quantity
+            Total flux; a Quantity's unit is the unit of the result.
+        x_0, y_0 : float or array
+            Position [px].
+
+        Returns
+        -------
+        ndarray or Quantity
+            The flux in each pixel, float64, of the broadcast shape of ``x, y``
+            (a Quantity when ``flux`` is one).
+        """
         unit = getattr(flux, "unit", None)
         mix = self._psf.scale_flux(scalar(flux)).shift(scalar(x_0), scalar(y_0))
         value = evaluate_mixture(mix, x, y, self.settings)
         return value * unit if unit is not None else value
 
     def fit_deriv(self, x, y, flux, x_0, y_0):
-        """Analytic derivatives with respect to flux, x_0 and y_0."""
+        """Analytic derivatives with respect to flux, x_0 and y_0.
+
+        Parameters
+        ----------
+        x, y : array-like
+            Pixel coordinates [px], any shapes that broadcast together.
+        flux, x_0, y_0 : float or array
+            Total flux and position [px] (units are dropped).
+
+        Returns
+        -------
+        list of ndarray
+            3 float64 arrays of the broadcast shape of ``x, y``, in
+            :attr:`param_names` order, fixed parameters included: d value / d
+            ``flux`` (the pixel-integrated PSF itself), then d value / d
+            ``x_0`` and d value / d ``y_0`` (flux units per px).
+        """
         p = [scalar(v) for v in (flux, x_0, y_0)]
         return chained_jacobian(*self._mixture_and_derivatives(p), x, y, self.settings)
 

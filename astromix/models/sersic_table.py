@@ -77,6 +77,11 @@ def sersic_profile(n, r):
         Surface brightness per unit area (in units of :math:`r_e^{-2}`); it
         integrates to 1 over the plane.
 
+    Raises
+    ------
+    InputError
+        If ``n`` is not > 0.
+
     References
     ----------
     Graham & Driver 2005, PASA 22, 118.
@@ -105,6 +110,13 @@ def radial_profile(n, r, table=None):
     -------
     ndarray
         Surface brightness of the unit-flux mixture at ``r``, same shape as ``r``.
+
+    Raises
+    ------
+    InputError
+        If ``n`` is outside the table's range ``[n_min, n_max]`` or not finite.
+    AstromixError
+        If ``table`` is None and the packaged table is missing or unreadable.
 
     Examples
     --------
@@ -147,6 +159,12 @@ class SersicMixtureTable:
     nodes : ndarray
         The node Sersic indices.
     meta : dict
+
+    Raises
+    ------
+    InputError
+        If the arrays do not have shapes (N,), (N, K), (N, K) with N >= 4, are
+        not finite, ``n`` is not increasing, or a variance is not positive.
 
     Notes
     -----

@@ -81,6 +81,11 @@ class PSFProvider:
         key -> unit-sum oversampled image (read-only arrays).
     n_computed : int
         How many PSFs :meth:`compute` has made (cache misses).
+
+    Raises
+    ------
+    InputError
+        If ``oversampling`` is below 1 or ``position_bin`` is not > 0.
     """
 
     #: Whether the observation date is part of the cache key.
@@ -111,6 +116,17 @@ class PSFProvider:
     def key(self, exposure, x, y):
         """The cache key of the PSF of ``exposure`` at detector position (x, y) [px].
 
+        :class:`~astromix.ExposureWeightedPSF` calls it with each exposure and
+        the source's position in that exposure's detector to look up its
+        prepared PSFs; :meth:`psf` uses it as the key of :attr:`cache`.
+
+        Parameters
+        ----------
+        exposure : InputExposure
+            Its ``instrument``, ``filter``, ``detector`` and ``date`` are read.
+        x, y : float
+            Detector position [px, 0-based] in that exposure.
+
         Returns
         -------
         tuple
@@ -129,11 +145,27 @@ class PSFProvider:
     def compute(self, key, exposure):
         """Compute the PSF image of a key (subclasses implement it).
 
+        Called by :meth:`psf` on a cache miss, with the key :meth:`key` gave.
+
+        Parameters
+        ----------
+        key : tuple
+            The cache key (:meth:`key`) of the PSF wanted.
+        exposure : InputExposure
+            The exposure the key was made for.
+
         Returns
         -------
         ndarray, shape (n, n)
-            Any normalisation; :meth:`psf` normalises it.  None when this
-            exposure has no PSF (it is then left out of the combination).
+            Oversampled image (``oversampling`` pixels per detector pixel,
+            centre at ``((n - 1) / 2, (n - 1) / 2)``), any normalisation;
+            :meth:`psf` normalises it.  None when this exposure has no PSF (it
+            is then left out of the combination).
+
+        Raises
+        ------
+        NotImplementedError
+            Always, in the base class.
         """
         raise NotImplementedError
 
@@ -150,8 +182,16 @@ class PSFProvider:
         -------
         key : tuple
             Its cache key.
-        image : ndarray or None
-            Unit-sum image (read-only), or None when the provider has none.
+        image : ndarray, shape (n, n), or None
+            Unit-sum oversampled image (float64, read-only), or None when the
+            provider has none.
+
+        Raises
+        ------
+        InputError
+            If the image :meth:`compute` returns is not 2-d, has NaN or
+            infinite pixels or no positive flux; and whatever :meth:`compute`
+            raises.
         """
         key = self.key(exposure, x, y)
         with self._lock:
@@ -216,6 +256,12 @@ class PoppyProvider(PSFProvider):
     npix : int, optional
         Pupil sampling (default 256).
 
+    Raises
+    ------
+    InputError
+        If ``filter`` is not one of :data:`NIRCAM_FILTERS`, ``fov_pixels`` < 3,
+        ``nlambda`` < 1, ``oversampling`` < 1 or ``position_bin`` is not > 0.
+
     Notes
     -----
     One PSF takes 0.1-0.5 s here (0.4 s for 5 wavelengths at npix 256).
@@ -242,18 +288,70 @@ class PoppyProvider(PSFProvider):
         self.npix = int(npix)
 
     def key(self, exposure, x, y):
-        """As :meth:`PSFProvider.key`, with the instrument and detector left out."""
+        """As :meth:`PSFProvider.key`, with the instrument and detector left out.
+
+        Parameters
+        ----------
+        exposure : InputExposure
+            Its ``filter`` is read (the provider's ``filter`` when it has none).
+        x, y : float
+            Detector position [px, 0-based].
+
+        Returns
+        -------
+        tuple
+            ``("poppy", filter, bin_x, bin_y)``: the upper-case filter name and
+            the centre [px] of the position bin (None, None without bins).
+        """
         _, filt, _, bx, by, _ = super().key(exposure, x, y)
         return ("poppy", (filt or self.filter).upper(), bx, by)
 
     def scale_for(self, filt):
-        """Detector pixel scale [arcsec/px] used for a filter."""
+        """Detector pixel scale [arcsec/px] used for a filter.
+
+        Parameters
+        ----------
+        filt : str
+            Upper-case filter name, a key of :data:`NIRCAM_FILTERS`.
+
+        Returns
+        -------
+        float
+            ``pixel_scale`` when it was given; else 0.031 arcsec/px when the
+            band's upper edge is below 2.4 micron, 0.063 otherwise.
+
+        Raises
+        ------
+        KeyError
+            If ``pixel_scale`` was not given and ``filt`` is not in
+            :data:`NIRCAM_FILTERS`.
+        """
         if self.pixel_scale is not None:
             return self.pixel_scale
         return 0.031 if NIRCAM_FILTERS[filt][1] < 2.4 else 0.063
 
     def compute(self, key, exposure):
-        """The poppy PSF of a key (see the class docstring)."""
+        """The poppy PSF of a key (see the class docstring).
+
+        Parameters
+        ----------
+        key : tuple
+            ``("poppy", filter, bin_x, bin_y)`` from :meth:`key`; the bin centre
+            [px] sets the field-dependent astigmatism when ``field_wfe`` is set.
+        exposure : InputExposure
+            Only its name is used (in error messages).
+
+        Returns
+        -------
+        ndarray, shape (fov_pixels * oversampling, fov_pixels * oversampling)
+            The oversampled polychromatic PSF (float64), as poppy normalises it
+            (:meth:`~PSFProvider.psf` rescales it to unit sum).
+
+        Raises
+        ------
+        InputError
+            If the key's filter is not one of :data:`NIRCAM_FILTERS`.
+        """
         import astropy.units as u
 
         _, filt, bx, by = key
@@ -351,7 +449,32 @@ class StpsfProvider(PSFProvider):
         self.nlambda = None if nlambda is None else int(nlambda)
 
     def compute(self, key, exposure):
-        """The stpsf PSF of a key (see the class docstring)."""
+        """The stpsf PSF of a key (see the class docstring).
+
+        Parameters
+        ----------
+        key : tuple
+            ``(instrument, filter, detector, bin_x, bin_y, date)`` from
+            :meth:`~PSFProvider.key`: the stpsf instrument class (the
+            provider's ``instrument`` when None), filter, detector and detector
+            position [px] to set (each skipped when None or empty).
+        exposure : InputExposure
+            Its full ``date`` selects the OPD (when ``opd_by_date`` and the key
+            has a date); its name appears in error messages.
+
+        Returns
+        -------
+        ndarray, shape (fov_pixels * oversampling, fov_pixels * oversampling)
+            The ``OVERDIST`` extension of ``calc_psf`` (the primary HDU when
+            there is none), as float64, as stpsf normalises it.
+
+        Raises
+        ------
+        InputError
+            If stpsf has no instrument class of that name.
+        AstromixError
+            Any other exception of stpsf, re-raised naming the exposure and key.
+        """
         from ..errors import AstromixError
 
         os.environ.setdefault("STPSF_PATH", self.data_path)
@@ -414,13 +537,19 @@ class ImageProvider(PSFProvider):
         (empirical ePSFs built from stars); default False.
     hdu : int or str, optional
         HDU of FITS files (default 0).
+    missing : {"error", "skip"}, optional
+        What to do, at use, with an exposure that has no image in the dict:
+        raise (default ``"error"``) or leave it out with a warning
+        (``"skip"``).
 
     Raises
     ------
     InputError
-        On a bad image, an unknown ``by``, a missing oversampling for arrays,
-        or (at use) an exposure with no image in the dict (it is then left
-        out with a warning instead when ``missing="skip"``).
+        On a bad image (not 2-d, NaN or infinite pixels, no positive flux), an
+        unknown ``by`` or ``missing``, a missing oversampling for arrays, a
+        non-integer oversampling in a FITS header, or (at use) an exposure
+        with no image in the dict (it is then left out with a warning instead
+        when ``missing="skip"``).
     """
 
     def __init__(self, images, *, oversampling=None, by="detector", position_bin=None,
@@ -461,7 +590,24 @@ class ImageProvider(PSFProvider):
         return _check_image(value, what), None
 
     def key(self, exposure, x, y):
-        """``(by value,)`` for dicts and single images; the base key for a callable."""
+        """``(by value,)`` for dicts, ``("all",)`` for one image; for a callable, the base key.
+
+        Parameters
+        ----------
+        exposure : InputExposure
+            Its ``by`` attribute is read for a dict; for a callable, as in
+            :meth:`PSFProvider.key`, plus its ``name``.
+        x, y : float
+            Detector position [px, 0-based]; used for a callable only.
+
+        Returns
+        -------
+        tuple
+            ``(getattr(exposure, by),)`` for a dict; ``("all",)`` for one
+            image; for a callable, ``(instrument, filter, detector, bin_x, bin_y,
+            None, name)``: the base key (:meth:`PSFProvider.key`) and the
+            exposure's name.
+        """
         if self._callable:
             return super().key(exposure, x, y) + (exposure.name,)
         if isinstance(self.images, dict):
@@ -469,7 +615,28 @@ class ImageProvider(PSFProvider):
         return ("all",)
 
     def compute(self, key, exposure):
-        """The image of a key (see the class docstring)."""
+        """The image of a key (see the class docstring).
+
+        Parameters
+        ----------
+        key : tuple
+            From :meth:`key`.
+        exposure : InputExposure
+            Passed to the callable, with the bin centre ``(key[3], key[4])``
+            [px]; otherwise used in messages only.
+
+        Returns
+        -------
+        ndarray, shape (n, n), or None
+            The stored image (unit sum, read-only), or what the callable
+            returns; None for an exposure with no image in the dict when
+            ``missing="skip"`` (it is then left out).
+
+        Raises
+        ------
+        InputError
+            If the dict has no image for the key and ``missing="error"``.
+        """
         if self._callable:
             bx, by = key[3], key[4]
             return self.images(exposure, bx, by)

@@ -472,11 +472,21 @@ class ExposureWeightedPSF:
     def source_table(self, x, y):
         """A table of the sources: position, number and names of contributing exposures.
 
+        Parameters
+        ----------
+        x, y : float or array-like, shape (N,)
+            Source positions [mosaic px, 0-based].
+
         Returns
         -------
         astropy.table.Table
-            Columns ``x``, ``y`` [mosaic px], ``n_exposures``, ``total_weight``
-            [s] and ``exposures`` (comma-separated names).
+            N rows; columns ``x``, ``y`` [mosaic px], ``n_exposures``,
+            ``total_weight`` [s] and ``exposures`` (comma-separated names).
+
+        Raises
+        ------
+        InputError
+            If a position lies outside the context image (:meth:`contributors`).
         """
         from astropy.table import Table
 
@@ -508,6 +518,23 @@ class ExposureWeightedPSF:
 
         Called by :meth:`cube` before the work is sent to other processes, so
         that each unique PSF is computed once whatever the number of workers.
+
+        Parameters
+        ----------
+        x, y : float or array-like, shape (N,)
+            Source positions [mosaic px, 0-based].
+
+        Returns
+        -------
+        int
+            :attr:`n_unique_psfs`: the unique exposure PSFs prepared so far
+            (those the provider could not compute are not counted).
+
+        Raises
+        ------
+        InputError
+            If a position lies outside the context image (:meth:`contributors`),
+            or the provider refuses an exposure's PSF.
         """
         mask, det_xy, _ = self.contributors(x, y)
         for n, e in np.argwhere(mask):
@@ -955,15 +982,25 @@ def write_psf_cube(path, cube, sources=None, *, meta=None, overwrite=True):
 
     Parameters
     ----------
-    path : str
+    path : str or os.PathLike
+        Output file; written to a temporary file in the same folder, then
+        renamed onto ``path``.
     cube : array-like, shape (N, dim, dim)
+        The PSF stamps (written as float64).
     sources : astropy.table.Table, optional
-        One row per stamp (e.g. :meth:`ExposureWeightedPSF.source_table`).
+        One row per stamp (e.g. :meth:`ExposureWeightedPSF.source_table`);
+        not written to ``.npy``.
     meta : dict, optional
         Scalars stored as FITS header cards (keys of at most 8 characters are
-        written as such, longer ones with HIERARCH) or in the ASDF tree.
+        written as such, longer ones with HIERARCH) or in the ASDF tree; not
+        written to ``.npy``.
     overwrite : bool, optional
-        Refuse an existing file when False.
+        Refuse an existing file when False (default True).
+
+    Returns
+    -------
+    None
+        The file is written at ``path``.
 
     Raises
     ------
@@ -1015,11 +1052,24 @@ def write_psf_cube(path, cube, sources=None, *, meta=None, overwrite=True):
 def read_psf_cube(path):
     """Read a cube written by :func:`write_psf_cube`.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.fits``, ``.fits.gz``, ``.fit``, ``.asdf`` or ``.npy`` file (the
+        format follows the extension).
+
     Returns
     -------
     cube : ndarray, shape (N, dim, dim)
+        The PSF stamps (float64 from FITS and ASDF; the stored dtype from
+        ``.npy``).
     sources : astropy.table.Table or None
+        The source table (FITS extension ``SOURCES`` or ASDF ``sources``);
+        None when there is none, and always for ``.npy``.
     meta : dict
+        FITS primary header cards other than ``SIMPLE``, ``BITPIX``,
+        ``EXTEND`` and ``NAXIS*``, or the ASDF ``meta`` tree; empty for
+        ``.npy``.
 
     Raises
     ------

@@ -29,7 +29,9 @@ __all__ = ["SimulatedMosaic", "simulate_drizzled_star_field", "render_point_sour
 class SimulatedMosaic:
     """The result of :func:`simulate_drizzled_star_field`.
 
-    Attributes
+    A dataclass: its fields are its constructor's arguments, in this order.
+
+    Parameters
     ----------
     image : ndarray, shape (ny, nx)
         The drizzled mosaic (float32, count rate per mosaic pixel).
@@ -52,7 +54,8 @@ class SimulatedMosaic:
         absent in every exposure).
     provider : PSFProvider
         The PSFs the exposures were rendered with.
-    pixfrac : float
+    pixfrac : float, optional
+        Drizzle's pixel shrink factor used (default 1.0).
     """
 
     image: np.ndarray

@@ -36,6 +36,12 @@ Tagged types
 ``asdf://astromix.org/astromix/tags/exposure-1.0.0``
     :class:`astromix.data.Exposure` (image, inverse variance, mask, gwcs or
     FITS WCS header, Gaussian-mixture PSF, band, exposure time, zero point).
+``asdf://astromix.org/astromix/tags/scene_model-1.0.0``
+    :class:`astromix.SceneModel` (bands, catalog zero point, sources on the
+    sky, fixed parameters and non-default bounds; a plain object).
+``asdf://astromix.org/astromix/tags/moffat_star-1.0.0``
+    :class:`astromix.MoffatStar` (an astropy transform: extends
+    transform-1.4.0).
 """
 
 import os

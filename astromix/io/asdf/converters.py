@@ -281,6 +281,39 @@ class GaussianMixturePSFConverter(TransformConverterBase):
         Replaces the base class's ``fixed`` mapping (which keeps only true
         flags, while the shape parameters are fixed by default) by complete
         fixed flags, and its ``bounds`` by the non-default bounds.
+
+        Parameters
+        ----------
+        model : astromix.GaussianMixturePSF
+            The model to write.
+        tag : str
+            The tag being written
+            (``asdf://astromix.org/astromix/tags/gaussian_mixture_psf-1.0.0``).
+        ctx : asdf.extension.SerializationContext
+            The asdf serialisation context, passed on to the base class.
+
+        Returns
+        -------
+        dict
+            The node of schema ``gaussian_mixture_psf-1.0.0`` (see the class
+            docstring): :meth:`to_yaml_tree_transform`'s properties, then the
+            transform-1.4.0 ones written by asdf-astropy's
+            ``TransformConverterBase.to_yaml_tree`` (``inputs``, ``outputs``,
+            and ``name``, ``inverse``, ``bounding_box``,
+            ``input_units_equivalencies`` when set), with ``fixed`` removed
+            and ``bounds`` holding only the non-default bounds (``{name: [lo,
+            hi]}``, None for an open side; absent when all are default).
+
+        Raises
+        ------
+        astromix.InputError
+            As :meth:`to_yaml_tree_transform`.
+
+        Warns
+        -----
+        asdf.exceptions.AsdfWarning
+            If some parameters have ``tied`` constraints, which are not
+            written.
         """
         node = super().to_yaml_tree(model, tag, ctx)
         node.pop("fixed", None)
@@ -288,7 +321,43 @@ class GaussianMixturePSFConverter(TransformConverterBase):
         return _add_bounds_warn_tied(node, model, _default_bounds)
 
     def to_yaml_tree_transform(self, model, tag, ctx):
-        """The PSF-specific part of the node (see the class docstring)."""
+        """The PSF-specific part of the node (see the class docstring).
+
+        The hook of asdf-astropy's ``TransformConverterBase``, called by
+        :meth:`to_yaml_tree`.
+
+        Parameters
+        ----------
+        model : astromix.GaussianMixturePSF
+            The model to write.
+        tag : str
+            The tag being written (``gaussian_mixture_psf-1.0.0``; unused).
+        ctx : asdf.extension.SerializationContext
+            The asdf serialisation context (unused).
+
+        Returns
+        -------
+        dict
+            ``mixture`` (the PSF shape,
+            :attr:`~astromix.GaussianMixturePSF.mixture`: amplitudes ``amp_k``
+            as they are, centres [px] relative to the PSF centre, covariances
+            [px^2]; a GaussianMixture that asdf writes as a nested
+            ``gaussian_mixture-1.0.0`` node); ``flux``, ``x_0``, ``y_0``
+            (float, or Quantity when the parameter has a unit; ``x_0, y_0`` in
+            pixels); ``flux_fixed``, ``x_0_fixed``, ``y_0_fixed`` (bool);
+            ``component_fixed`` (list of K lists of 6 bool, columns amp, xoff,
+            yoff, sigma_x, sigma_y, rho); and ``settings`` (dict of the four
+            :class:`~astromix.AccuracySettings` fields) only when the model has
+            its own settings.
+
+        Raises
+        ------
+        astromix.InputError
+            If the component parameters (as set after construction) give a
+            non-finite value or a covariance that is not positive definite
+            (the GaussianMixture constructor's checks, through
+            :attr:`~astromix.GaussianMixturePSF.mixture`).
+        """
         node = {"mixture": model.mixture}
         for name in _PSF_HEAD:
             value = parameter_to_value(getattr(model, name))
@@ -305,6 +374,33 @@ class GaussianMixturePSFConverter(TransformConverterBase):
 
     def from_yaml_tree_transform(self, node, tag, ctx):
         """Build the model through the checked GaussianMixturePSF constructor.
+
+        The hook of asdf-astropy's ``TransformConverterBase``, whose
+        ``from_yaml_tree`` then sets the transform-1.4.0 properties (``name``,
+        ``inputs``, ``outputs``, ``bounding_box``, ``bounds``, ``inverse``,
+        ``input_units_equivalencies``) on the model returned here.
+
+        Parameters
+        ----------
+        node : dict
+            The node's mapping (schema ``gaussian_mixture_psf-1.0.0``), with
+            ``mixture`` already converted to a GaussianMixture by
+            :class:`GaussianMixtureConverter`, ``flux``, ``x_0``, ``y_0`` and
+            the optional ``<name>_fixed``, ``component_fixed`` and
+            ``settings``.
+        tag : str
+            The tag being read.
+        ctx : asdf.extension.SerializationContext
+            The asdf serialisation context; its ``url`` names the file in
+            error messages.
+
+        Returns
+        -------
+        astromix.GaussianMixturePSF
+            The model, with the component amplitudes as written (not
+            renormalised), ``rho_k`` restored so that every covariance is
+            bit-identical to the written one, and the fixed flags of the node
+            (the constructor's defaults where a flag is absent).
 
         Raises
         ------
@@ -438,7 +534,26 @@ class _SourceConverterBase(TransformConverterBase):
         return _add_bounds_warn_tied(node, model, lambda name: tuple(getattr(cls, name).bounds))
 
     def to_yaml_tree_transform(self, model, tag, ctx):
-        """The source-specific part of the node (see the class docstring)."""
+        """The source-specific part of the node (see the class docstring).
+
+        Parameters
+        ----------
+        model : astromix.SersicMixture or astromix.PointSource
+            The model to write.
+        tag : str
+            The tag being written (unused).
+        ctx : asdf.extension.SerializationContext
+            The asdf serialisation context (unused).
+
+        Returns
+        -------
+        dict
+            Every parameter (float, or Quantity when it has a unit), its
+            ``<name>_fixed`` flag (bool), ``psf`` (the PSF GaussianMixture,
+            written as a nested ``gaussian_mixture-1.0.0`` node) when the model
+            has one, and ``settings`` (dict of the four AccuracySettings
+            fields) when the model has its own.
+        """
         node = {}
         for name in model.param_names:
             value = parameter_to_value(getattr(model, name))
@@ -623,11 +738,30 @@ class ExposureConverter(Converter):
     def to_yaml_tree(self, obj, tag, ctx):
         """Serialise an Exposure (see the class docstring for the node layout).
 
+        Parameters
+        ----------
+        obj : astromix.data.Exposure
+            The exposure to write.
+        tag : str
+            The tag being written
+            (``asdf://astromix.org/astromix/tags/exposure-1.0.0``; unused).
+        ctx : asdf.extension.SerializationContext
+            The asdf serialisation context (unused).
+
         Returns
         -------
         dict
-            The node's properties; absent ones (no uncertainty, no WCS, None
-            attributes) are left out.
+            The node's properties (schema ``exposure-1.0.0``); absent ones (no
+            uncertainty, no WCS, None attributes) are left out.
+
+        Warns
+        -----
+        astromix.data.ExposureWarning
+            If the WCS is neither an astropy WCS nor a gwcs (it is not
+            written), an astropy WCS has lookup-table distortions (they are
+            dropped), or the PSF is a position-dependent provider (it is not
+            written; within :func:`astromix.data.write_exposures`, which warns
+            once for all the exposures, this converter does not warn).
         """
         from ...data.exposure import _is_astropy_wcs, _is_gwcs
         from ...data.io import (
@@ -672,6 +806,26 @@ class ExposureConverter(Converter):
 
     def from_yaml_tree(self, node, tag, ctx):
         """Build a validated Exposure from a node read from a file.
+
+        Parameters
+        ----------
+        node : dict
+            The node's mapping (schema ``exposure-1.0.0``), its nested
+            ``psf`` (a GaussianMixturePSF), ``wcs`` (a gwcs) and ``unit`` (an
+            astropy unit) already converted by their own converters.
+        tag : str
+            The tag being read.
+        ctx : asdf.extension.SerializationContext
+            The asdf serialisation context; its ``url`` names the file in
+            error messages.
+
+        Returns
+        -------
+        astromix.data.Exposure
+            A new exposure owning in-memory copies of the data, inverse
+            variance (as an :class:`~astropy.nddata.InverseVariance`
+            uncertainty) and mask; an astropy WCS rebuilt from ``fits_wcs``;
+            ``psf_origin`` (0, 0) when absent.
 
         Raises
         ------
@@ -763,7 +917,37 @@ class SceneModelConverter(Converter):
     types = ["astromix.models.scene.SceneModel"]
 
     def to_yaml_tree(self, obj, tag, ctx):
-        """Serialise a SceneModel into a plain mapping (see the class docstring)."""
+        """Serialise a SceneModel into a plain mapping (see the class docstring).
+
+        Parameters
+        ----------
+        obj : astromix.SceneModel
+            The scene to write.  Its bound exposure (see
+            :meth:`~astromix.SceneModel.in_exposure`) and settings are not
+            written.
+        tag : str
+            The tag being written
+            (``asdf://astromix.org/astromix/tags/scene_model-1.0.0``; unused).
+        ctx : asdf.extension.SerializationContext
+            The asdf serialisation context (unused).
+
+        Returns
+        -------
+        dict
+            ``bands`` (list of str, or ``[None]``), ``zeropoint`` (float or
+            None), ``sources`` (list of dict, one per source: ``kind``,
+            ``name``, ``ra``, ``dec`` [deg], ``flux`` {band: value}, and for
+            Sersic sources ``r_eff`` [arcsec], ``n``, ``ellip``, ``theta``
+            [rad]), ``fixed`` (list of the fixed parameter names), ``name``
+            when set, and ``bounds`` ({name: [lo, hi]}) when some differ from
+            the SceneModel defaults.
+
+        Warns
+        -----
+        asdf.exceptions.AsdfWarning
+            If some parameters have ``tied`` constraints, which are not
+            written.
+        """
         p = obj.parameters
         sources = []
         for i, kind in enumerate(obj.source_kinds):
@@ -786,10 +970,33 @@ class SceneModelConverter(Converter):
     def from_yaml_tree(self, node, tag, ctx):
         """Rebuild the SceneModel through its checked constructor.
 
+        Parameters
+        ----------
+        node : dict
+            The node's mapping (schema ``scene_model-1.0.0``; see the class
+            docstring).
+        tag : str
+            The tag being read.
+        ctx : asdf.extension.SerializationContext
+            The asdf serialisation context; its ``url`` names the file in
+            error messages.
+
+        Returns
+        -------
+        astromix.SceneModel
+            The scene, built from :class:`~astromix.SersicSource` and
+            :class:`~astromix.StarSource` objects (a source whose only flux key
+            is ``""`` gets that flux in every band), with the node's fixed
+            parameters and bounds set; unbound to any exposure, default
+            settings.
+
         Raises
         ------
         astromix.InputError
-            On a malformed node; the message names the file and the tag.
+            On a malformed node (a missing key, a value of the wrong type, an
+            unknown source kind or parameter name) or values the
+            SersicSource, StarSource or SceneModel constructors refuse; the
+            message names the file and the tag.
         """
         from ...errors import InputError
         from ...models.scene import SceneModel, SersicSource, StarSource
@@ -874,17 +1081,63 @@ class MoffatStarConverter(_SourceConverterBase):
     def to_yaml_tree(self, model, tag, ctx):
         """Serialise the model (see the class docstring).
 
+        Parameters
+        ----------
+        model : astromix.models.moffat.MoffatStar
+            The model to write.
+        tag : str
+            The tag being written
+            (``asdf://astromix.org/astromix/tags/moffat_star-1.0.0``).
+        ctx : asdf.extension.SerializationContext
+            The asdf serialisation context, passed on to the base class.
+
+        Returns
+        -------
+        dict
+            The node of schema ``moffat_star-1.0.0``:
+            :meth:`to_yaml_tree_transform`'s properties and the
+            transform-1.4.0 ones (as :class:`SersicMixtureConverter` writes
+            them: ``fixed`` removed, ``bounds`` only where they differ from
+            the class defaults).
+
         Raises
         ------
         astromix.InputError
             If a parameter is not finite, ``fwhm <= 0``, ``beta <= 1`` or
             ``ellip`` is outside [0, 1) (it could not be read back).
+
+        Warns
+        -----
+        asdf.exceptions.AsdfWarning
+            If some parameters have ``tied`` constraints, which are not
+            written.
         """
         _check_moffat_values(model, f"cannot write MoffatStar to ASDF ({tag})")
         return super().to_yaml_tree(model, tag, ctx)
 
     def to_yaml_tree_transform(self, model, tag, ctx):
-        """The parameters, their fixed flags and the quadrature order."""
+        """The parameters, their fixed flags and the quadrature order.
+
+        The hook of asdf-astropy's ``TransformConverterBase``.
+
+        Parameters
+        ----------
+        model : astromix.models.moffat.MoffatStar
+            The model to write.
+        tag : str
+            The tag being written (``moffat_star-1.0.0``; unused).
+        ctx : asdf.extension.SerializationContext
+            The asdf serialisation context (unused).
+
+        Returns
+        -------
+        dict
+            The seven parameters ``flux``, ``x_0``, ``y_0``, ``fwhm``,
+            ``beta``, ``ellip``, ``theta`` (float, or Quantity when the
+            parameter has a unit; positions and fwhm in pixels, theta in
+            radians), their ``<name>_fixed`` flags (bool) and ``quadrature``
+            (int, Gauss-Legendre nodes per pixel axis).
+        """
         node = {}
         for name in model.param_names:
             value = parameter_to_value(getattr(model, name))
@@ -896,6 +1149,28 @@ class MoffatStarConverter(_SourceConverterBase):
 
     def from_yaml_tree_transform(self, node, tag, ctx):
         """Build the model through its checked constructor.
+
+        The hook of asdf-astropy's ``TransformConverterBase``, whose
+        ``from_yaml_tree`` then sets the transform-1.4.0 properties on the
+        model returned here.
+
+        Parameters
+        ----------
+        node : dict
+            The node's mapping (schema ``moffat_star-1.0.0``): the seven
+            parameters, optional ``<name>_fixed`` flags and ``quadrature``.
+        tag : str
+            The tag being read.
+        ctx : asdf.extension.SerializationContext
+            The asdf serialisation context; its ``url`` names the file in
+            error messages.
+
+        Returns
+        -------
+        astromix.models.moffat.MoffatStar
+            The model, with ``quadrature`` 5 when absent and the class's
+            default fixed flags (``ellip`` and ``theta`` fixed) where a flag is
+            absent.
 
         Raises
         ------

@@ -90,9 +90,13 @@ def get_extensions():
         :class:`astromix.SersicMixture` as
         ``asdf://astromix.org/astromix/tags/sersic_mixture-1.0.0``,
         :class:`astromix.PointSource` as
-        ``asdf://astromix.org/astromix/tags/point_source-1.0.0`` and
+        ``asdf://astromix.org/astromix/tags/point_source-1.0.0``,
         :class:`astromix.data.Exposure` as
-        ``asdf://astromix.org/astromix/tags/exposure-1.0.0``.
+        ``asdf://astromix.org/astromix/tags/exposure-1.0.0``,
+        :class:`astromix.SceneModel` as
+        ``asdf://astromix.org/astromix/tags/scene_model-1.0.0`` and
+        :class:`astromix.MoffatStar` as
+        ``asdf://astromix.org/astromix/tags/moffat_star-1.0.0``.
 
     Notes
     -----
