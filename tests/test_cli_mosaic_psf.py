@@ -114,6 +114,9 @@ def test_cli_hdrtab_npy_sigma_and_zero_indexed_csv(files):
     ({"provider": "stpsf", "provider_options": {"data_path": "/nonexistent/stpsf"}},
      "stpsf data files"),
     ({"dimension": "big"}, "dimension"),
+    ({"pixfrac": "half"}, "pixfrac must be a number"),
+    ({"max_workers": 2.5}, "max_workers must be an integer"),
+    ({"max_workers": "4"}, "max_workers must be an integer"),
 ])
 def test_cli_errors_are_one_line(files, capsys, change, message):
     folder, _, _ = files

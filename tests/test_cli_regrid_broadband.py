@@ -175,3 +175,22 @@ def test_help_lists_the_commands(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
     assert "regrid" in text and "broadband-image" in text
+
+
+@pytest.mark.parametrize("kind", ["std", "var", "ivar"])
+def test_write_exposure_stat_is_the_variance(tmp_path, kind):
+    """``regrid``'s writer stores STAT as a variance whatever the uncertainty's kind
+    (an inverse variance had been written as it was)."""
+    from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
+
+    from astromix.cli.regrid import write_exposure
+    from astromix.data import Exposure
+
+    sigma = np.linspace(0.5, 2.0, 36).reshape(6, 6)
+    unc = {"std": StdDevUncertainty(sigma), "var": VarianceUncertainty(sigma ** 2),
+           "ivar": InverseVariance(1.0 / sigma ** 2)}[kind]
+    exp = Exposure(np.ones((6, 6)), uncertainty=unc, wcs=_wcs(0.2, 6))
+    path = tmp_path / "out.fits"
+    write_exposure(exp, path)
+    with fits.open(path) as hdul:
+        np.testing.assert_allclose(hdul["STAT"].data, sigma ** 2, rtol=1e-12)

@@ -45,6 +45,7 @@ ignored.
 """
 
 import logging
+import math
 import os
 import sys
 import time
@@ -124,8 +125,8 @@ def read_config(path):
     InputError
         If the file is missing, unreadable, not valid JSON or not a JSON
         object, a required field (``img_path``, ``catalog_path``) is missing,
-        ``dimension`` is not an integer >= 1, or ``sigma`` is neither a number
-        nor null.
+        ``dimension`` is not an integer >= 1, ``sigma`` is neither a number
+        nor null, ``pixfrac`` is not a number or ``max_workers`` not an integer.
     """
     from ..mosaic.exposures import read_json
 
@@ -154,7 +155,7 @@ def read_config(path):
         "sigma": cfg.get("sigma"), "pixel_scale": cfg.get("pixel_scale"),
         "dimension": cfg.get("dimension", 51), "provider": str(cfg.get("provider", "stpsf")),
         "provider_options": dict(cfg.get("provider_options") or {}),
-        "pixfrac": float(cfg.get("pixfrac", 1.0)), "max_workers": int(cfg.get("max_workers", 1)),
+        "pixfrac": cfg.get("pixfrac", 1.0), "max_workers": cfg.get("max_workers", 1),
         "overwrite": bool(cfg.get("overwrite", True)),
         "stpsf_path": cfg.get("STPSF_PATH") or cfg.get("stpsf_path"),
     }
@@ -171,6 +172,16 @@ def read_config(path):
             out["sigma"] = float(out["sigma"])
         except (TypeError, ValueError):
             raise InputError(f"sigma must be a number or null, got {out['sigma']!r}") from None
+    try:
+        out["pixfrac"] = float(out["pixfrac"])
+    except (TypeError, ValueError):
+        raise InputError(f"config {path!r}: pixfrac must be a number, "
+                         f"got {out['pixfrac']!r}") from None
+    workers = out["max_workers"]
+    if (isinstance(workers, bool) or not isinstance(workers, (int, float))
+            or not math.isfinite(workers) or workers != int(workers)):
+        raise InputError(f"config {path!r}: max_workers must be an integer, got {workers!r}")
+    out["max_workers"] = int(workers)
     return out
 
 

@@ -82,9 +82,9 @@ def write_exposure(exp, path, *, history=()):
     """Write an Exposure as DATA (+ STAT, DQ) with its celestial WCS, atomically.
 
     The layout of the module docstring: an empty primary HDU, then ``DATA``
-    (float64), ``STAT`` (when the exposure has an uncertainty: the square of
-    a :class:`~astropy.nddata.StdDevUncertainty`, any other uncertainty's
-    array as it is, taken to be a variance) and ``DQ`` (uint8, 1 = masked;
+    (float64), ``STAT`` (when the exposure has an uncertainty: its variance,
+    converted by astropy from a standard deviation or inverse variance; an
+    uncertainty of unknown kind is taken to be a variance) and ``DQ`` (uint8, 1 = masked;
     only when some pixel is masked), each with the WCS header and ``BUNIT``.
     The file is written to a temporary file in the same folder, then renamed
     onto ``path``.
@@ -104,7 +104,7 @@ def write_exposure(exp, path, *, history=()):
     """
     import numpy as np
     from astropy.io import fits
-    from astropy.nddata import StdDevUncertainty
+    from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
 
     header = fits.Header()
     if exp.wcs is not None:
@@ -119,9 +119,10 @@ def write_exposure(exp, path, *, history=()):
     hdus = [fits.PrimaryHDU(),
             fits.ImageHDU(np.asarray(exp.data, dtype=np.float64), header, name="DATA")]
     if exp.uncertainty is not None:
-        arr = np.asarray(exp.uncertainty.array, dtype=np.float64)
-        if isinstance(exp.uncertainty, StdDevUncertainty):
-            arr = arr ** 2
+        unc = exp.uncertainty
+        if isinstance(unc, (StdDevUncertainty, InverseVariance)):
+            unc = unc.represent_as(VarianceUncertainty)
+        arr = np.asarray(unc.array, dtype=np.float64)
         hdus.append(fits.ImageHDU(arr, header, name="STAT"))
     mask = np.asarray(exp.mask, dtype=bool) if exp.mask is not None else None
     if mask is not None and mask.any():

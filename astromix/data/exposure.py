@@ -1023,8 +1023,9 @@ class Exposure(NDData):
           data is ``ccdzpt + 2.5 log10(exptime)``).
         * **JWST** (primary ``TELESCOP = 'JWST'``; stdatamodels ``cal`` and
           ``i2d`` products): SCI, ERR (standard deviation), DQ (nonzero
-          masked; i2d files may lack it, then pixels with ``WHT == 0`` are
-          masked), WHT (used as inverse variance only when there is no ERR).
+          masked; i2d files may lack it), WHT (wherever present, pixels whose
+          WHT is not a positive finite number are masked; used as inverse
+          variance only when there is no ERR).
           The WCS is the gwcs ``meta.wcs`` of the ASDF extension (a binary
           table HDU named ``ASDF`` whose ``ASDF_METADATA`` column holds the
           ASDF file bytes, as stdatamodels writes it) when present, else the
@@ -1060,7 +1061,8 @@ class Exposure(NDData):
           image (or ``hdu``), and its FITS WCS; band from FILTER when present;
           exptime from EXPTIME when present; no uncertainty unless ``weight``
           is given.  A file with a ``SCI`` extension but no known TELESCOP is
-          read like an HST product.
+          read like a JWST product when it has an ``ASDF`` extension, else
+          like an HST product.
 
         Parameters
         ----------
