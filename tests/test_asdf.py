@@ -697,6 +697,35 @@ def test_psf_invalid_content_in_file(asdf_config, tmp_path, change, match):
     assert "gaussian_mixture" in str(info.value)
 
 
+@pytest.mark.parametrize("change, match", [
+    (lambda m: setattr(m, "flux", np.nan), r"non-finite value of \['flux'\]"),
+    (lambda m: setattr(m, "y_0", np.inf), r"non-finite value of \['y_0'\]"),
+    (lambda m: setattr(m, "sigma_x_1", np.nan), "non-finite"),
+    (lambda m: setattr(m, "rho_0", 1.5), "not positive definite"),
+], ids=["flux-nan", "y0-inf", "sigma-nan", "rho-non-pd"])
+def test_psf_invalid_model_not_written(asdf_config, change, match):
+    """A PSF that could not be read back is refused on writing, naming its tag."""
+    import io
+
+    model = _psf(2, seed=3)
+    change(model)
+    with pytest.raises(InputError, match=match) as info:
+        asdf.AsdfFile({"p": model}).write_to(io.BytesIO())
+    assert "cannot write GaussianMixturePSF" in str(info.value)
+    assert "gaussian_mixture_psf-1.0.0" in str(info.value)
+
+
+def test_psf_non_finite_flux_in_file_is_refused(asdf_config, tmp_path):
+    """A schema-valid file whose flux is NaN is refused on read, naming file and tag."""
+    node = _psf_node(_psf(2, seed=9))
+    node["flux"] = float("nan")
+    path = tmp_path / "nan.asdf"
+    asdf.AsdfFile({"p": TaggedDict(node, PSF_TAG)}).write_to(path)
+    with pytest.raises(InputError, match="non-finite value of") as info:
+        open_asdf(path)
+    assert str(path) in str(info.value)
+
+
 def test_psf_hand_written_fixed_mapping_applies(asdf_config, tmp_path):
     """A transform-1.4.0 ``fixed`` mapping in a hand-written file is honoured."""
     node = _psf_node(_psf(2, seed=9))

@@ -353,12 +353,21 @@ class GaussianMixturePSFConverter(TransformConverterBase):
         Raises
         ------
         astromix.InputError
-            If the component parameters (as set after construction) give a
-            non-finite value or a covariance that is not positive definite
-            (the GaussianMixture constructor's checks, through
-            :attr:`~astromix.GaussianMixturePSF.mixture`).
+            If a parameter is not finite, or the component parameters give a
+            covariance that is not positive definite (the GaussianMixture
+            constructor's check, through
+            :attr:`~astromix.GaussianMixturePSF.mixture`); the message names
+            the tag.
         """
-        node = {"mixture": model.mixture}
+        from ...errors import InputError
+
+        where = f"cannot write GaussianMixturePSF to ASDF ({tag})"
+        _check_parameter_values(model, where)
+        try:
+            mixture = model.mixture
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from exc
+        node = {"mixture": mixture}
         for name in _PSF_HEAD:
             value = parameter_to_value(getattr(model, name))
             node[name] = value if hasattr(value, "unit") else float(value)
@@ -460,6 +469,7 @@ class GaussianMixturePSFConverter(TransformConverterBase):
             for i in range(k):
                 for j, base in enumerate(_PSF_COMPONENT_PARAMETERS):
                     getattr(model, f"{base}_{i}").fixed = bool(flags[i, j])
+        _check_parameter_values(model, where)
         return model
 
 
