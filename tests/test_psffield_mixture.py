@@ -102,6 +102,14 @@ def test_image_centre_and_callable(field):
                                model.mixture(300.0, 800.0).mixture.cov)
     with pytest.raises(InputError):
         model.mixture(np.nan, 3.0)
+    # the polynomial terms and parameters refuse what mixture refuses (they had given NaN)
+    assert model.coefficients([1.0, 2.0], 3.0).shape == (2, model.coefficients(1.0, 3.0).size)
+    for call in (lambda: model.coefficients([1.0, np.inf], 3.0),
+                 lambda: model.parameters(3.0, np.nan)):
+        with pytest.raises(InputError, match="must be finite"):
+            call()
+    with pytest.raises(InputError, match="bad position"):
+        model.coefficients([1.0, 2.0], [3.0, 4.0, 5.0])
 
 
 def test_psfex_export_and_validation(field, tmp_path):

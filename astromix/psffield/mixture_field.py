@@ -156,8 +156,7 @@ class MixturePSFFieldModel:
         Parameters
         ----------
         x, y : float or array-like
-            0-based pixel position(s) in the image, broadcast together (not
-            checked: a non-finite position gives non-finite terms).
+            0-based pixel position(s) in the image, broadcast together.
 
         Returns
         -------
@@ -165,7 +164,21 @@ class MixturePSFFieldModel:
             ``1, x_t, .., x_t^d, y_t, x_t y_t, .., y_t^d`` (dimensionless,
             ``x_t = (x + 1 - POLZERO1) / POLSCAL1``, ``y_t`` likewise), with
             shape ``np.broadcast(x, y).shape + (nterms,)``.
+
+        Raises
+        ------
+        InputError
+            If a position is not a finite number or ``x`` and ``y`` do not
+            broadcast (as :meth:`PSFFieldModel.coefficients`).
         """
+        try:
+            x = np.asarray(x, dtype=np.float64)
+            y = np.asarray(y, dtype=np.float64)
+            np.broadcast_shapes(x.shape, y.shape)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"bad position x, y: {exc}") from None
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            raise InputError("positions must be finite")
         return _polynomial_terms(x, y, self.polzero, self.polscal, self.degree)
 
     def parameters(self, x, y):
@@ -174,8 +187,8 @@ class MixturePSFFieldModel:
         Parameters
         ----------
         x, y : float
-            0-based pixel position in the image (scalars: converted with
-            ``float``; not checked for finiteness).
+            0-based pixel position in the image (scalars, converted with
+            ``float``).
 
         Returns
         -------
@@ -184,6 +197,11 @@ class MixturePSFFieldModel:
         cov : ndarray, shape (K, 2, 2)
             The component covariances [px^2], symmetric; not checked to be
             positive definite (far outside the stars they may not be).
+
+        Raises
+        ------
+        InputError
+            If ``x`` or ``y`` is not finite.
         """
         t = self.coefficients(float(x), float(y))
         amp = self.amp_coeffs @ t
