@@ -168,4 +168,13 @@ def test_plot_size_magnitude(field):
     sel = select_stars(detect_sources(field[0], saturation=0.99 * SAT), seed=0)
     ax = plot_size_magnitude(sel)
     assert len(ax.collections) >= 3
+    labels = ax.get_legend_handles_labels()[1]
+    assert any(x.startswith("reserve (") for x in labels)
+    plt.close(ax.figure)
+    # a selection without reserve stars (the column removed) plots without them
+    sel.remove_column("reserve")
+    ax = plot_size_magnitude(sel)
+    labels = ax.get_legend_handles_labels()[1]
+    assert any(x.startswith("stars (") for x in labels)
+    assert not any(x.startswith("reserve") for x in labels)
     plt.close(ax.figure)

@@ -489,7 +489,8 @@ def plot_size_magnitude(catalog, ax=None):
     catalog : astropy.table.Table
         The output of :func:`select_stars` (columns ``mag``, ``fwhm`` [px],
         ``selected``, ``reserve``; ``meta["fwhm_mode"]``).  A catalog without
-        the selection columns shows all sources only.
+        the selection columns shows all sources only; one without ``reserve``
+        no reserve stars.
     ax : matplotlib.axes.Axes, optional
         Axes to draw in (default: a new figure).
 
@@ -505,10 +506,11 @@ def plot_size_magnitude(catalog, ax=None):
     ax.scatter(mag, fwhm, s=4, c="0.6", label=f"all sources ({len(catalog)})")
     if "selected" in catalog.colnames:
         sel = np.asarray(catalog["selected"], bool)
-        res = np.asarray(catalog["reserve"], bool)
         ax.scatter(mag[sel], fwhm[sel], s=10, c="C0", label=f"stars ({sel.sum()})")
-        ax.scatter(mag[res], fwhm[res], s=14, c="C1", marker="s",
-                   label=f"reserve ({res.sum()})")
+        if "reserve" in catalog.colnames:
+            res = np.asarray(catalog["reserve"], bool)
+            ax.scatter(mag[res], fwhm[res], s=14, c="C1", marker="s",
+                       label=f"reserve ({res.sum()})")
     mode = catalog.meta.get("fwhm_mode")
     if mode is not None:
         width = catalog.meta.get("locus_width", 0.2)
