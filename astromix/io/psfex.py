@@ -123,6 +123,19 @@ def _fail(path, message):
     return InputError(f"{where}{message}")
 
 
+def _checked_polynomial_terms(x, y, polzero, polscal, degree, path=None):
+    """_polynomial_terms at positions checked to be finite and to broadcast
+    (InputError otherwise, naming ``path`` when given)."""
+    try:
+        x, y = np.broadcast_arrays(np.asarray(x, dtype=np.float64),
+                                   np.asarray(y, dtype=np.float64))
+    except (TypeError, ValueError) as exc:
+        raise _fail(path, f"bad position x, y: {exc}") from None
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise _fail(path, "positions must be finite")
+    return _polynomial_terms(x, y, polzero, polscal, degree)
+
+
 class PSFExModel:
     r"""A PSFEx PSF model: basis images and their polynomial in the image position.
 
@@ -331,14 +344,8 @@ class PSFExModel:
         InputError
             If a coordinate is not finite or x and y do not broadcast.
         """
-        try:
-            x, y = np.broadcast_arrays(np.asarray(x, dtype=np.float64),
-                                       np.asarray(y, dtype=np.float64))
-        except (TypeError, ValueError) as exc:
-            raise _fail(self.path, f"bad position x, y: {exc}") from None
-        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-            raise _fail(self.path, "positions must be finite")
-        return _polynomial_terms(x, y, self.polzero, self.polscal, self.degree)
+        return _checked_polynomial_terms(x, y, self.polzero, self.polscal, self.degree,
+                                         self.path)
 
     def _scalar_position(self, x, y):
         try:

@@ -57,7 +57,7 @@ import numpy as np
 
 from .. import backends as _backends
 from ..errors import InputError
-from ..io.psfex import PSFExModel, _n_terms, _polynomial_terms
+from ..io.psfex import PSFExModel, _checked_polynomial_terms, _n_terms, _polynomial_terms
 from ..mixtures import GaussianMixture
 from .model import (
     PSFFieldModel,
@@ -171,15 +171,7 @@ class MixturePSFFieldModel:
             If a position is not a finite number or ``x`` and ``y`` do not
             broadcast (as :meth:`PSFFieldModel.coefficients`).
         """
-        try:
-            x = np.asarray(x, dtype=np.float64)
-            y = np.asarray(y, dtype=np.float64)
-            np.broadcast_shapes(x.shape, y.shape)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"bad position x, y: {exc}") from None
-        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-            raise InputError("positions must be finite")
-        return _polynomial_terms(x, y, self.polzero, self.polscal, self.degree)
+        return _checked_polynomial_terms(x, y, self.polzero, self.polscal, self.degree)
 
     def parameters(self, x, y):
         """``(amp (K,), cov (K, 2, 2))`` of the mixture at 0-based ``(x, y)``.
