@@ -1,7 +1,9 @@
 """Tests of the Fourier-space image photometry (astromix.photometry.image) and its batch runner."""
 
+import dataclasses
 import json
 import math
+import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
@@ -282,6 +284,18 @@ def test_result_outputs(tmp_path):
         assert WCS(hdul[0].header).has_celestial
     with pytest.raises(InputError, match="exists"):
         res.write_fits(tmp_path / "out", prefix="hdfs")
+    # only the residual exists: refused before the image and model are written
+    paths2 = [str(tmp_path / "out" / f"two_{k}.fits") for k in ("image", "model", "residual")]
+    fits.PrimaryHDU(np.zeros((2, 2))).writeto(paths2[2])
+    with pytest.raises(InputError, match="two_residual.fits.*exists"):
+        res.write_fits(tmp_path / "out", prefix="two")
+    assert not any(os.path.exists(p) for p in paths2[:2])
+    assert res.write_fits(tmp_path / "out", prefix="two", overwrite=True) == paths2
+    # a result built by hand, without the image arrays
+    bare = dataclasses.replace(res, image=None, residual=None)
+    with pytest.raises(InputError, match="no image, residual array"):
+        bare.write_fits(tmp_path / "bare")
+    assert not os.path.exists(tmp_path / "bare")
     fig = res.plot()
     assert len(fig.axes) >= 6
     np.testing.assert_allclose(np.nan_to_num(res.image - res.model), np.nan_to_num(res.residual))

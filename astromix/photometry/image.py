@@ -502,17 +502,28 @@ class ImagePhotometryResult(PhotometryResult):
         Raises
         ------
         InputError
-            If ``folder`` cannot be created or is not writable, or a file
-            exists and ``overwrite`` is False.
+            If the result has no ``image``, ``model`` or ``residual`` array (one
+            built by hand without them), ``folder`` cannot be created or is not
+            writable, or a file exists and ``overwrite`` is False (checked for
+            the three before any is written).
         """
         from astropy.io import fits
 
         from .._atomic import atomic_path
         from ..cli._shared import prepare_output_folder
 
+        kinds = ("image", "model", "residual")
+        missing = [kind for kind in kinds if getattr(self, kind) is None]
+        if missing:
+            raise InputError(f"this result has no {', '.join(missing)} array to write "
+                             "(fit_image_photometry sets them)")
         folder = os.fspath(folder)
         prepare_output_folder(folder)
         prefix = prefix or self.name or "image_fit"
+        paths = [os.path.join(folder, f"{prefix}_{kind}.fits") for kind in kinds]
+        for path in paths:
+            if os.path.exists(path) and not overwrite:
+                raise InputError(f"{path!r} exists (use overwrite=True)")
         header = fits.Header()
         if self.wcs is not None:
             header.update(self.wcs.to_header())
@@ -522,17 +533,12 @@ class ImagePhotometryResult(PhotometryResult):
                 header[("E_" + key.upper())[:8]] = m.error
         if self.target_unit:
             header["BUNIT"] = self.target_unit
-        paths = []
-        for kind in ("image", "model", "residual"):
-            path = os.path.join(folder, f"{prefix}_{kind}.fits")
-            if os.path.exists(path) and not overwrite:
-                raise InputError(f"{path!r} exists (use overwrite=True)")
+        for kind, path in zip(kinds, paths):
             hdr = header.copy()
             hdr["CONTENT"] = (kind, "astromix image photometry")
             with atomic_path(path) as tmp:
                 fits.PrimaryHDU(np.asarray(getattr(self, kind), dtype=np.float32),
                                 header=hdr).writeto(tmp, overwrite=True)
-            paths.append(path)
         return paths
 
     def plot(self, fig=None):
