@@ -338,3 +338,69 @@ def test_header_oversampling(caplog):
     for bad in (0, -2, "four"):
         with pytest.raises(InputError, match="--oversample"):
             header_oversampling(fits.Header([("DET_SAMP", bad)]))
+
+
+def _stpsf_like(path, oversample=4, sigma=1.5, size=25):
+    # The layout of an STPSF/WebbPSF file (poppy's calc_psf, output "both"): the
+    # oversampled PSF in the primary HDU (OVERSAMP and DET_SAMP = oversample),
+    # then the DET_SAMP extension rebinned to detector pixels, whose header
+    # poppy copies from the primary and sets OVERSAMP = 1 and CALCSAMP.
+    n = size * oversample
+    y, x = (np.mgrid[:n, :n] + 0.5) / oversample - size / 2.0
+    over = np.exp(-(x * x + y * y) / (2.0 * sigma ** 2))
+    det = over.reshape(size, oversample, size, oversample).sum(axis=(1, 3))
+    head = fits.Header([("EXTNAME", "OVERSAMP"), ("OVERSAMP", oversample),
+                        ("DET_SAMP", oversample), ("PIXELSCL", 0.031 / oversample)])
+    dhead = head.copy()
+    dhead["EXTNAME"] = "DET_SAMP"
+    dhead["OVERSAMP"] = 1
+    dhead["CALCSAMP"] = oversample
+    dhead["PIXELSCL"] = 0.031
+    return _write(path, [fits.PrimaryHDU(over, header=head), fits.ImageHDU(det, header=dhead)])
+
+
+def test_header_oversampling_detector_sampled(tmp_path, caplog):
+    """STPSF's extensions rebinned to detector pixels keep the calculation's
+    DET_SAMP: their OVERSAMP (1) is the sampling, without a warning."""
+    path = _stpsf_like(tmp_path / "stpsf.fits")
+    image, header, primary = read_psf_image(str(path), "DET_SAMP")
+    assert image.shape == (25, 25)
+    with caplog.at_level(logging.WARNING, logger="astromix"):
+        assert header_oversampling(header, primary) == (1.0, "header OVERSAMP")
+    assert caplog.text == ""
+    image, header, primary = read_psf_image(str(path), 0)
+    assert image.shape == (100, 100)
+    assert header_oversampling(header, primary) == (4.0, "header DET_SAMP")
+    # DET_DIST, or a CALCSAMP card, marks such an extension too; without
+    # OVERSAMP it is at detector sampling
+    for cards in ([("EXTNAME", "DET_DIST"), ("OVERSAMP", 1), ("DET_SAMP", 2)],
+                  [("CALCSAMP", 2), ("OVERSAMP", 1), ("DET_SAMP", 2)]):
+        assert header_oversampling(fits.Header(cards)) == (1.0, "header OVERSAMP")
+    assert header_oversampling(fits.Header([("EXTNAME", "det_samp"), ("DET_SAMP", 4)]),
+                               fits.Header([("DET_SAMP", 4)]))[0] == 1.0
+    with pytest.raises(InputError, match="--psf-oversampling"):
+        header_oversampling(fits.Header([("OVERSAMP", "four")]), option="--psf-oversampling")
+
+
+def test_stpsf_extensions_in_fit_scene_and_providers(tmp_path):
+    """fit-scene's PSF images and the mosaic ImageProvider read the oversampling as
+    psf-mixture does: the fitted PSF has the PSF's width in detector pixels from
+    either extension (had the detector-sampled one been taken at DET_SAMP = 4,
+    the mixture would have been 4 times narrower)."""
+    from astromix.cli.fit_scene import load_psf
+    from astromix.mosaic.providers import ImageProvider
+
+    path = _stpsf_like(tmp_path / "stpsf.fits", sigma=1.5)
+    for hdu, oversampling in ((0, 4), ("DET_SAMP", 1)):
+        assert ImageProvider(str(path), hdu=hdu).oversampling == oversampling
+    # fit-scene takes the first image: a detector-sampled primary (poppy's
+    # output "detector")
+    with fits.open(path) as hdul:
+        det = fits.PrimaryHDU(hdul["DET_SAMP"].data, header=hdul["DET_SAMP"].header)
+    _write(tmp_path / "det.fits", [det])
+    for name in ("stpsf.fits", "det.fits"):
+        psf = load_psf(str(tmp_path / name), n_components=2)
+        m = psf.mixture
+        cov = (m.amp[:, None, None] * m.cov).sum(axis=0) / m.amp.sum()
+        # a pixel-integrated Gaussian of sigma 1.5 px: variance 1.5^2 + 1/12 at most
+        assert np.allclose(np.diag(cov), 1.5 ** 2, rtol=0.08), (name, cov)

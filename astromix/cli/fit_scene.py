@@ -57,8 +57,9 @@ def add_parser(subparsers):
                         help="one PSF per image, or one for all: a PSFEx file, a PSF image "
                              "(FITS) or an ASDF file with a GaussianMixturePSF")
     parser.add_argument("--psf-oversampling", type=float, default=None, metavar="N",
-                        help="oversampling of PSF images (default: header OVERSAMP/DET_SAMP, "
-                             "else 1)")
+                        help="oversampling of PSF images (default: header DET_SAMP, else "
+                             "OVERSAMP, else 1; OVERSAMP in STPSF's detector-sampled "
+                             "extensions)")
     parser.add_argument("--psf-components", type=int, default=6, metavar="N",
                         help="Gaussians per PSF mixture (default: 6)")
     parser.add_argument("--zeropoint", type=float, default=None, metavar="MAG",
@@ -115,8 +116,10 @@ def load_psf(path, *, n_components=6, oversampling=None):
     n_components : int, optional
         Gaussians of the fitted mixtures.
     oversampling : float, optional
-        Oversampling of a PSF image (default: header ``OVERSAMP`` or
-        ``DET_SAMP``, else 1).
+        Oversampling of a PSF image (default: from its header,
+        :func:`astromix.cli.psf_mixture.header_oversampling`: ``DET_SAMP``,
+        else ``OVERSAMP``, else 1; ``OVERSAMP`` in STPSF's detector-sampled
+        extensions).
 
     Returns
     -------
@@ -165,7 +168,9 @@ def load_psf(path, *, n_components=6, oversampling=None):
     if is_psfex:
         return functools.partial(read_psfex(path).mixture, n_components=n_components)
     if oversampling is None:
-        oversampling = float(header.get("OVERSAMP", header.get("DET_SAMP", 1)))
+        from .psf_mixture import header_oversampling
+
+        oversampling = header_oversampling(header, option="--psf-oversampling")[0]
     return fit_psf_mixture(image, n_components, oversampling=oversampling, objective="chi2")
 
 

@@ -118,7 +118,8 @@ def add_parser(subparsers):
                         help="HDU of the image: number or EXTNAME (default: 0)")
     parser.add_argument("--oversample", type=_positive_float, default=None, metavar="N",
                         help="image pixels per science pixel (default: the header's "
-                             "DET_SAMP, else OVERSAMP, else 1)")
+                             "DET_SAMP, else OVERSAMP, else 1; OVERSAMP in STPSF's "
+                             "detector-sampled DET_SAMP/DET_DIST extensions)")
     parser.add_argument("--trim", type=_int_at_least(0), default=0, metavar="N",
                         help="pixels removed from each edge before fitting (default: 0)")
     parser.add_argument("--ngauss", type=_int_at_least(1), default=4, metavar="K",
@@ -233,14 +234,34 @@ def read_psf_image(path, ext=0):
     return image, header, primary
 
 
-def header_oversampling(*headers):
+def _detector_sampled(header):
+    # an STPSF/WebbPSF (poppy) extension rebinned to detector pixels: EXTNAME
+    # DET_SAMP or DET_DIST, or a CALCSAMP card (poppy writes both on them)
+    return (str(header.get("EXTNAME", "")).strip().upper().startswith("DET_")
+            or "CALCSAMP" in header)
+
+
+def header_oversampling(*headers, option="--oversample"):
     """The oversampling from FITS headers: DET_SAMP, else OVERSAMP, else 1.
+
+    The keywords are those of STPSF/WebbPSF (poppy) files.  In their
+    oversampled extensions (primary or ``OVERSAMP``, ``OVERDIST``),
+    ``DET_SAMP`` is the sampling of the image (the MFT's onto the detector
+    plane) and ``OVERSAMP`` that of the FFTs, the same unless set apart; it
+    is read first, as forcepho's make_psf does.  Their extensions rebinned to
+    detector pixels (``EXTNAME`` ``DET_SAMP`` or ``DET_DIST``, or with a
+    ``CALCSAMP`` card) keep the calculation's ``DET_SAMP`` and have
+    ``OVERSAMP = 1``: there ``OVERSAMP`` (else 1) is read.
 
     Parameters
     ----------
     *headers : astropy.io.fits.Header
         Looked up in order (e.g. the image's header, then the primary one);
-        the first header holding either keyword decides.
+        the first header holding either keyword (or, for a detector-sampled
+        extension, its ``EXTNAME``) decides.
+    option : str, optional
+        How the caller lets the user give the oversampling, named in the
+        error message (default ``"--oversample"``).
 
     Returns
     -------
@@ -255,7 +276,12 @@ def header_oversampling(*headers):
         If the keyword found is not a positive number.
     """
     for header in headers:
-        found = [(key, header[key]) for key in OVERSAMPLING_KEYWORDS if key in header]
+        if _detector_sampled(header):
+            if "OVERSAMP" not in header:
+                return 1.0, "header EXTNAME (detector-sampled)"
+            found = [("OVERSAMP", header["OVERSAMP"])]
+        else:
+            found = [(key, header[key]) for key in OVERSAMPLING_KEYWORDS if key in header]
         if not found:
             continue
         key, value = found[0]
@@ -265,7 +291,7 @@ def header_oversampling(*headers):
             value = float("nan")
         if not (np.isfinite(value) and value > 0):
             raise InputError(f"header keyword {key} = {header[key]!r} is not a positive "
-                             "oversampling factor; give --oversample")
+                             f"oversampling factor; give {option}")
         if len(found) > 1 and _as_float(found[1][1]) != value:
             log.warning("the header has %s = %s and %s = %s; using %s (give --oversample "
                         "to override)", key, header[key], found[1][0], found[1][1], key)

@@ -524,8 +524,10 @@ class ImageProvider(PSFProvider):
         an image (or None), called once per exposure and position bin, with
         the bin's centre [detector px] (None, None without ``position_bin``).
     oversampling : int, optional
-        Image pixels per detector pixel; default the FITS header's
-        ``OVERSAMP`` or ``DET_SAMP`` (else 1) for files, required for arrays.
+        Image pixels per detector pixel; default from the FITS header for
+        files (:func:`astromix.cli.psf_mixture.header_oversampling`:
+        ``DET_SAMP``, else ``OVERSAMP``, else 1; ``OVERSAMP`` in STPSF's
+        detector-sampled extensions), required for arrays.
     by : {"detector", "name", "filter"}, optional
         The exposure attribute that selects the image from a dict (default
         ``"detector"``).
@@ -583,7 +585,7 @@ class ImageProvider(PSFProvider):
             from ..cli.psf_mixture import header_oversampling, read_psf_image
 
             image, header, primary = read_psf_image(os.fspath(value), self.hdu)
-            os_, source = header_oversampling(header, primary)
+            os_, source = header_oversampling(header, primary, option="oversampling=")
             if not float(os_).is_integer():
                 raise InputError(f"{what} {value!r}: oversampling {os_} is not an integer")
             return _check_image(image, what), (int(os_) if source != "default" else None)
