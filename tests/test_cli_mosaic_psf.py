@@ -1,6 +1,7 @@
 """``astromix mosaic-psf`` with YOUNG's configuration on a simulated, drizzled i2d file."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from astropy.io import fits
 from astropy.table import Table
 from conftest import to_numpy
 
-from astromix import GaussianMixture
+from astromix import GaussianMixture, InputError
 from astromix.cli import main
 from astromix.mosaic import (
     ExposureWeightedPSF,
@@ -113,16 +114,41 @@ def test_cli_hdrtab_npy_sigma_and_zero_indexed_csv(files):
     ({"provider": "hubble"}, "unknown provider"),
     ({"provider": "stpsf", "provider_options": {"data_path": "/nonexistent/stpsf"}},
      "stpsf data files"),
-    ({"dimension": "big"}, "dimension"),
+    ({"dimension": "big"}, "dimension must be an integer"),
+    ({"dimension": 12.5}, "dimension must be an integer"),
+    ({"dimension": 0}, "dimension must be >= 1"),
+    ({"sigma": "wide"}, "sigma must be a number or null"),
     ({"pixfrac": "half"}, "pixfrac must be a number"),
     ({"max_workers": 2.5}, "max_workers must be an integer"),
     ({"max_workers": "4"}, "max_workers must be an integer"),
 ])
 def test_cli_errors_are_one_line(files, capsys, change, message):
     folder, _, _ = files
-    assert main(["mosaic-psf", "--config", config(folder, **change), "--no-progress"]) == 2
+    path = config(folder, **change)
+    assert main(["mosaic-psf", "--config", path, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("astromix mosaic-psf:")
+    if "must" in message:  # the configuration's checks name the file
+        assert os.fspath(path) in err[0]
+
+
+def test_config_integers(tmp_path):
+    """dimension and max_workers: integral numbers are read as integers (and
+    dimension from a string, as int() had read it); 12.5 was truncated to 12."""
+    from astromix.cli.mosaic_psf import read_config
+
+    base = {"img_path": "a.fits", "catalog_path": "c.csv", "psf_array_filename": "p.npy"}
+    path = tmp_path / "c.json"
+    for dimension, workers in ((12, 2), (12.0, 2.0), ("12", 2)):
+        path.write_text(json.dumps(dict(base, dimension=dimension, max_workers=workers)))
+        cfg = read_config(str(path))
+        assert (cfg["dimension"], cfg["max_workers"]) == (12, 2)
+        assert type(cfg["dimension"]) is int and type(cfg["max_workers"]) is int
+    for change in ({"dimension": 12.5}, {"dimension": True}, {"dimension": float("inf")},
+                   {"max_workers": "2"}):
+        path.write_text(json.dumps(dict(base, **change)))
+        with pytest.raises(InputError, match=f"{list(change)[0]} must be an integer"):
+            read_config(str(path))
 
 
 def test_cli_bad_config(tmp_path, capsys):

@@ -125,8 +125,10 @@ def read_config(path):
     InputError
         If the file is missing, unreadable, not valid JSON or not a JSON
         object, a required field (``img_path``, ``catalog_path``) is missing,
-        ``dimension`` is not an integer >= 1, ``sigma`` is neither a number
-        nor null, ``pixfrac`` is not a number or ``max_workers`` not an integer.
+        ``dimension`` is not an integer >= 1 (51.0 and "51" are read as 51,
+        51.5 is refused), ``sigma`` is neither a number nor null, ``pixfrac`` is not
+        a number or ``max_workers`` not an integer; each message names the
+        file.
     """
     from ..mosaic.exposures import read_json
 
@@ -161,28 +163,38 @@ def read_config(path):
     }
     for key in ("img_path", "catalog_path", "association_path", "csv_path"):
         out[key] = cfg.get(key)
-    try:
-        out["dimension"] = int(out["dimension"])
-    except (TypeError, ValueError):
-        raise InputError(f"dimension must be an integer, got {cfg.get('dimension')!r}") from None
+    out["dimension"] = _config_integer(out["dimension"], "dimension", path, strings=True)
     if out["dimension"] < 1:
-        raise InputError(f"dimension must be >= 1, got {out['dimension']}")
+        raise InputError(f"config {path!r}: dimension must be >= 1, got {out['dimension']}")
     if out["sigma"] is not None:
         try:
             out["sigma"] = float(out["sigma"])
         except (TypeError, ValueError):
-            raise InputError(f"sigma must be a number or null, got {out['sigma']!r}") from None
+            raise InputError(f"config {path!r}: sigma must be a number or null, "
+                             f"got {out['sigma']!r}") from None
     try:
         out["pixfrac"] = float(out["pixfrac"])
     except (TypeError, ValueError):
         raise InputError(f"config {path!r}: pixfrac must be a number, "
                          f"got {out['pixfrac']!r}") from None
-    workers = out["max_workers"]
-    if (isinstance(workers, bool) or not isinstance(workers, (int, float))
-            or not math.isfinite(workers) or workers != int(workers)):
-        raise InputError(f"config {path!r}: max_workers must be an integer, got {workers!r}")
-    out["max_workers"] = int(workers)
+    out["max_workers"] = _config_integer(out["max_workers"], "max_workers", path)
     return out
+
+
+def _config_integer(value, key, path, strings=False):
+    # an integer from JSON: an int, an integral float (51.0) or, with strings, a
+    # string of an integer ("51", as int() had read dimension); InputError
+    # naming the file otherwise (51.5 is refused, not truncated)
+    number = value
+    if strings and isinstance(value, str):
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = None
+    if (isinstance(number, bool) or not isinstance(number, (int, float))
+            or not math.isfinite(number) or number != int(number)):
+        raise InputError(f"config {path!r}: {key} must be an integer, got {value!r}")
+    return int(number)
 
 
 def read_catalog(path, fmt="fits", hdu=1, x_col="x", y_col="y", one_indexed=False):
