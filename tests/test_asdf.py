@@ -1316,6 +1316,32 @@ def test_scene_schema_example_reads_and_extra_keys_fail(asdf_config, tmp_path):
             af["example"]
 
 
+@pytest.mark.parametrize("old, new, match", [
+    ("  sources:\n", "  stars:\n", r"the scene lacks the required property \['sources'\]"),
+    (", flux: {g: 3.0, r: 4.0}}", "}", r"source 1 lacks the required property \['flux'\]"),
+    ("r_eff: 0.8, n: 2.0, ", "", r"source 0 lacks the required properties \['r_eff', 'n'\]"),
+    ("flux: {g: 10.0, r: 20.0}", "flux: 10.0", "source 0: flux must be a mapping"),
+    ("    - {kind: star, name: star, ra: 150.1002, dec: 2.2001, flux: {g: 3.0, r: 4.0}}",
+     "    - 7", "source 1 must be a mapping"),
+], ids=["no-sources", "no-flux", "no-r_eff-n", "flux-number", "source-number"])
+def test_scene_malformed_node_without_validation(asdf_config, tmp_path, old, new, match):
+    """Without schema validation, a malformed scene node is refused by the converter's
+    own checks, naming the file, the tag, the source and the missing keys (it had
+    ended as a bare KeyError's text, e.g. \"'sources'\")."""
+    schema = yaml.safe_load(asdf_config.resource_manager[
+        "asdf://astromix.org/astromix/schemas/scene_model-1.0.0"])
+    (_, standard, body), = schema["examples"]
+    assert old in body
+    path = tmp_path / "scene.asdf"
+    path.write_text(f"#ASDF 1.0.0\n#ASDF_STANDARD {standard.rsplit('-', 1)[-1]}\n%YAML 1.1\n"
+                    "%TAG ! tag:stsci.edu:asdf/\n--- !core/asdf-1.1.0\nexample: "
+                    + body.replace(old, new).replace("\n", "\n  ") + "\n...\n")
+    with pytest.raises(InputError, match=match) as info:
+        with open_asdf(path, validate=False) as af:
+            af["example"]
+    assert str(path) in str(info.value) and SCENE_TAG in str(info.value)
+
+
 # -- MoffatStar -------------------------------------------------------------------------------
 
 MOFFAT_TAG = "asdf://astromix.org/astromix/tags/moffat_star-1.0.0"

@@ -909,6 +909,19 @@ def _scene_default_bounds(name):
     return _BOUNDS.get(name.rsplit("_", 1)[0], (None, None))
 
 
+def _require_keys(node, keys, where, what):
+    """InputError unless ``node`` is a mapping holding every key of ``keys``."""
+    from ...errors import InputError
+
+    if not isinstance(node, Mapping):
+        raise InputError(f"{where}: {what} must be a mapping with {list(keys)}, "
+                         f"got {type(node).__name__}")
+    missing = [key for key in keys if key not in node]
+    if missing:
+        noun = "property" if len(missing) == 1 else "properties"
+        raise InputError(f"{where}: {what} lacks the required {noun} {missing}")
+
+
 class SceneModelConverter(Converter):
     """ASDF converter for :class:`astromix.SceneModel`.
 
@@ -1012,6 +1025,18 @@ class SceneModelConverter(Converter):
         from ...models.scene import SceneModel, SersicSource, StarSource
 
         where = _where(tag, ctx)
+        _require_keys(node, ("bands", "sources"), where, "the scene")
+        if not isinstance(node["sources"], list | tuple):
+            raise InputError(f"{where}: sources must be a list of mappings, "
+                             f"got {type(node['sources']).__name__}")
+        for i, src in enumerate(node["sources"]):
+            keys = ("kind", "ra", "dec", "flux")
+            if isinstance(src, Mapping) and src.get("kind") == "sersic":
+                keys += ("r_eff", "n", "ellip", "theta")
+            _require_keys(src, keys, where, f"source {i}")
+            if not isinstance(src["flux"], Mapping):
+                raise InputError(f"{where}: source {i}: flux must be a mapping of band to "
+                                 f"flux, got {type(src['flux']).__name__}")
         try:
             bands = [None if b in (None, "") else str(b) for b in node["bands"]]
             sources = []
