@@ -1,11 +1,14 @@
 """Tests of ``astromix regrid`` and ``astromix broadband-image``."""
 
+import types
+
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
 from astromix.cli import main
+from astromix.errors import InputError
 from astromix.photometry import read_image
 
 
@@ -194,3 +197,46 @@ def test_write_exposure_stat_is_the_variance(tmp_path, kind):
     write_exposure(exp, path)
     with fits.open(path) as hdul:
         np.testing.assert_allclose(hdul["STAT"].data, sigma ** 2, rtol=1e-12)
+
+
+def test_write_exposure_with_a_gwcs(tmp_path):
+    """A gwcs exposure is written with gwcs's FITS TAN-SIP approximation: the file's
+    WCS puts every pixel where the gwcs does, to 0.01 px (its world coordinates
+    compared at the corners and centre); an object with no FITS form is refused
+    and nothing is written."""
+    from astropy import coordinates as coord
+    from astropy import units as u
+    from astropy.modeling import models
+    from gwcs import coordinate_frames as cf
+    from gwcs import wcs as gw
+
+    from astromix.cli.regrid import write_exposure
+    from astromix.data import Exposure
+
+    s = 0.031 / 3600
+    forward = ((models.Shift(-20.0) & models.Shift(-15.0))
+               | models.AffineTransformation2D(matrix=[[-s * 0.999, s * 0.02],
+                                                       [s * 0.015, s * 1.001]])
+               | models.Pix2Sky_TAN() | models.RotateNative2Celestial(53.1, -27.8, 180.0))
+    gwcs = gw.WCS([(cf.Frame2D(name="detector", unit=(u.pix, u.pix)), forward),
+                   (cf.CelestialFrame(reference_frame=coord.ICRS(), name="world",
+                                      unit=(u.deg, u.deg)), None)])
+    exp = Exposure(np.arange(1200.0).reshape(30, 40), wcs=gwcs)
+    path = tmp_path / "g.fits"
+    write_exposure(exp, path)
+    with fits.open(path) as hdul:
+        back = WCS(hdul["DATA"].header)
+        np.testing.assert_array_equal(hdul["DATA"].data, exp.data)
+    x = np.array([0.0, 39.0, 0.0, 39.0, 19.5])
+    y = np.array([0.0, 0.0, 29.0, 29.0, 14.5])
+    ra, dec = gwcs(x, y)
+    bx, by = back.world_to_pixel_values(ra, dec)
+    assert np.hypot(bx - x, by - y).max() < 0.01
+
+    # an image whose WCS object has no FITS form (Exposure itself takes only WCSs
+    # that describe their axes; any object with these attributes is written)
+    odd = types.SimpleNamespace(wcs=object(), shape=(3, 3), data=np.ones((3, 3)), unit=None,
+                                uncertainty=None, mask=None)
+    with pytest.raises(InputError, match=r"o\.fits.*\(object\) has no FITS form"):
+        write_exposure(odd, tmp_path / "o.fits")
+    assert not (tmp_path / "o.fits").exists()

@@ -92,7 +92,9 @@ def write_exposure(exp, path, *, history=()):
     Parameters
     ----------
     exp : Exposure
-        The image; its WCS, when set, must be an astropy WCS (``to_header``).
+        The image; its WCS, when set, an astropy WCS (written by its
+        ``to_header``) or a gwcs (written as its FITS TAN-SIP approximation
+        over the image, gwcs's ``to_fits_sip``, to 0.01 px).
     path : str or os.PathLike
         The FITS file to write (replaced if it exists).
     history : sequence of str, optional
@@ -101,6 +103,12 @@ def write_exposure(exp, path, *, history=()):
     Returns
     -------
     None
+
+    Raises
+    ------
+    InputError
+        If the WCS has no FITS form (neither ``to_header`` nor
+        ``to_fits_sip``, or gwcs's approximation fails); nothing is written.
     """
     import numpy as np
     from astropy.io import fits
@@ -108,7 +116,7 @@ def write_exposure(exp, path, *, history=()):
 
     header = fits.Header()
     if exp.wcs is not None:
-        header.update(exp.wcs.to_header())
+        header.update(_fits_wcs_header(exp.wcs, exp.shape, path))
     if exp.unit is not None:
         try:
             header["BUNIT"] = exp.unit.to_string("fits")
@@ -129,6 +137,23 @@ def write_exposure(exp, path, *, history=()):
         hdus.append(fits.ImageHDU(mask.astype(np.uint8), header, name="DQ"))
     with atomic_path(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
+
+
+def _fits_wcs_header(wcs, shape, path):
+    # FITS WCS cards of an astropy WCS, or of a gwcs by its TAN-SIP fit over the
+    # image's pixels (pixel centres at integers, edges at -0.5)
+    if hasattr(wcs, "to_header"):
+        return wcs.to_header()
+    if hasattr(wcs, "to_fits_sip"):
+        ny, nx = shape
+        try:
+            return wcs.to_fits_sip(bounding_box=((-0.5, nx - 0.5), (-0.5, ny - 0.5)),
+                                   max_pix_error=0.01, max_inv_pix_error=0.01)
+        except Exception as exc:  # gwcs raises ValueError, RuntimeError, ...
+            raise InputError(f"cannot write {os.fspath(path)!r}: the exposure's gwcs has no "
+                             f"FITS SIP approximation to 0.01 px ({exc})") from None
+    raise InputError(f"cannot write {os.fspath(path)!r}: its WCS ({type(wcs).__name__}) has "
+                     "no FITS form (an astropy WCS or a gwcs is needed)")
 
 
 def run(args):
