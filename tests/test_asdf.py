@@ -1317,12 +1317,13 @@ def test_scene_schema_example_reads_and_extra_keys_fail(asdf_config, tmp_path):
 
 
 @pytest.mark.parametrize("old, new, match", [
-    ("  sources:\n", "  stars:\n", r"the scene lacks the required property \['sources'\]"),
-    (", flux: {g: 3.0, r: 4.0}}", "}", r"source 1 lacks the required property \['flux'\]"),
-    ("r_eff: 0.8, n: 2.0, ", "", r"source 0 lacks the required properties \['r_eff', 'n'\]"),
+    ("  sources:\n", "  stars:\n",
+     r"scene_model-1\.0\.0\): missing required property \['sources'\]"),
+    (", flux: {g: 3.0, r: 4.0}}", "}", r"source 1: missing required property \['flux'\]"),
+    ("r_eff: 0.8, n: 2.0, ", "", r"source 0: missing required properties \['r_eff', 'n'\]"),
     ("flux: {g: 10.0, r: 20.0}", "flux: 10.0", "source 0: flux must be a mapping"),
     ("    - {kind: star, name: star, ra: 150.1002, dec: 2.2001, flux: {g: 3.0, r: 4.0}}",
-     "    - 7", "source 1 must be a mapping"),
+     "    - 7", "source 1: expected a mapping"),
 ], ids=["no-sources", "no-flux", "no-r_eff-n", "flux-number", "source-number"])
 def test_scene_malformed_node_without_validation(asdf_config, tmp_path, old, new, match):
     """Without schema validation, a malformed scene node is refused by the converter's

@@ -145,10 +145,18 @@ def _fits_wcs_header(wcs, shape, path):
     if hasattr(wcs, "to_header"):
         return wcs.to_header()
     if hasattr(wcs, "to_fits_sip"):
+        import warnings
+
+        from astropy.utils.exceptions import AstropyDeprecationWarning
+
         ny, nx = shape
         try:
-            return wcs.to_fits_sip(bounding_box=((-0.5, nx - 0.5), (-0.5, ny - 0.5)),
-                                   max_pix_error=0.01, max_inv_pix_error=0.01)
+            with warnings.catch_warnings():
+                # older gwcs (0.21) calls astropy names deprecated since: theirs to mend
+                warnings.simplefilter("ignore", AstropyDeprecationWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return wcs.to_fits_sip(bounding_box=((-0.5, nx - 0.5), (-0.5, ny - 0.5)),
+                                       max_pix_error=0.01, max_inv_pix_error=0.01)
         except Exception as exc:  # gwcs raises ValueError, RuntimeError, ...
             raise InputError(f"cannot write {os.fspath(path)!r}: the exposure's gwcs has no "
                              f"FITS SIP approximation to 0.01 px ({exc})") from None

@@ -82,6 +82,24 @@ def _where(tag, ctx):
     return f"{source}: invalid {tag.rsplit('/', 1)[-1]} node ({tag})"
 
 
+def _require_keys(node, keys, where, what=""):
+    """InputError unless ``node`` is a mapping holding every key of ``keys``.
+
+    The message starts with ``where`` (file and tag), then ``what`` (e.g.
+    ``"source 1"``) when given.
+    """
+    from ...errors import InputError
+
+    prefix = f"{where}: {what}: " if what else f"{where}: "
+    if not isinstance(node, Mapping):
+        raise InputError(f"{prefix}expected a mapping with {list(keys)}, "
+                         f"got {type(node).__name__}")
+    missing = [key for key in keys if key not in node]
+    if missing:
+        noun = "property" if len(missing) == 1 else "properties"
+        raise InputError(f"{prefix}missing required {noun} {missing}")
+
+
 class GaussianMixtureConverter(Converter):
     """Convert :class:`astromix.GaussianMixture` to and from ASDF.
 
@@ -153,13 +171,7 @@ class GaussianMixtureConverter(Converter):
         from ...mixtures import GaussianMixture
 
         where = _where(tag, ctx)
-        if not isinstance(node, Mapping):
-            raise InputError(f"{where}: expected a mapping with {list(_GM_KEYS)}, "
-                             f"got {type(node).__name__}")
-        missing = [key for key in _GM_KEYS if key not in node]
-        if missing:
-            noun = "property" if len(missing) == 1 else "properties"
-            raise InputError(f"{where}: missing required {noun} {missing}")
+        _require_keys(node, _GM_KEYS, where)
         extra = sorted(str(key) for key in node if key not in _GM_KEYS)
         if extra:
             noun = "property" if len(extra) == 1 else "properties"
@@ -425,12 +437,7 @@ class GaussianMixturePSFConverter(TransformConverterBase):
         from ...settings import AccuracySettings
 
         where = _where(tag, ctx)
-        if not isinstance(node, Mapping):
-            raise InputError(f"{where}: expected a mapping, got {type(node).__name__}")
-        missing = [key for key in ("mixture",) + _PSF_HEAD if key not in node]
-        if missing:
-            noun = "property" if len(missing) == 1 else "properties"
-            raise InputError(f"{where}: missing required {noun} {missing}")
+        _require_keys(node, ("mixture",) + _PSF_HEAD, where)
         mixture = node["mixture"]
         if not isinstance(mixture, GaussianMixture):
             raise InputError(f"{where}: mixture is not a valid gaussian_mixture node "
@@ -596,13 +603,8 @@ class _SourceConverterBase(TransformConverterBase):
 
         cls = self._model_class()
         where = _where(tag, ctx)
-        if not isinstance(node, Mapping):
-            raise InputError(f"{where}: expected a mapping, got {type(node).__name__}")
-        required = list(cls.param_names) + (["psf"] if self._psf_required else [])
-        missing = [key for key in required if key not in node]
-        if missing:
-            noun = "property" if len(missing) == 1 else "properties"
-            raise InputError(f"{where}: missing required {noun} {missing}")
+        _require_keys(node, list(cls.param_names) + (["psf"] if self._psf_required else []),
+                      where)
         psf = node.get("psf")
         if psf is not None and not isinstance(psf, GaussianMixture):
             raise InputError(f"{where}: psf is not a valid gaussian_mixture node "
@@ -855,10 +857,7 @@ class ExposureConverter(Converter):
         from ...models.psf import GaussianMixturePSF
 
         where = _where(tag, ctx)
-        if not isinstance(node, Mapping):
-            raise InputError(f"{where}: expected a mapping, got {type(node).__name__}")
-        if "data" not in node:
-            raise InputError(f"{where}: missing required property ['data']")
+        _require_keys(node, ("data",), where)
         extra = sorted(str(key) for key in node if key not in _EXPOSURE_KEYS)
         if extra:
             noun = "property" if len(extra) == 1 else "properties"
@@ -907,19 +906,6 @@ def _scene_default_bounds(name):
     from ...models.scene import _BOUNDS
 
     return _BOUNDS.get(name.rsplit("_", 1)[0], (None, None))
-
-
-def _require_keys(node, keys, where, what):
-    """InputError unless ``node`` is a mapping holding every key of ``keys``."""
-    from ...errors import InputError
-
-    if not isinstance(node, Mapping):
-        raise InputError(f"{where}: {what} must be a mapping with {list(keys)}, "
-                         f"got {type(node).__name__}")
-    missing = [key for key in keys if key not in node]
-    if missing:
-        noun = "property" if len(missing) == 1 else "properties"
-        raise InputError(f"{where}: {what} lacks the required {noun} {missing}")
 
 
 class SceneModelConverter(Converter):
@@ -1025,7 +1011,7 @@ class SceneModelConverter(Converter):
         from ...models.scene import SceneModel, SersicSource, StarSource
 
         where = _where(tag, ctx)
-        _require_keys(node, ("bands", "sources"), where, "the scene")
+        _require_keys(node, ("bands", "sources"), where)
         if not isinstance(node["sources"], list | tuple):
             raise InputError(f"{where}: sources must be a list of mappings, "
                              f"got {type(node['sources']).__name__}")
@@ -1219,12 +1205,7 @@ class MoffatStarConverter(_SourceConverterBase):
 
         cls = self._model_class()
         where = _where(tag, ctx)
-        if not isinstance(node, Mapping):
-            raise InputError(f"{where}: expected a mapping, got {type(node).__name__}")
-        missing = [key for key in cls.param_names if key not in node]
-        if missing:
-            noun = "property" if len(missing) == 1 else "properties"
-            raise InputError(f"{where}: missing required {noun} {missing}")
+        _require_keys(node, cls.param_names, where)
         params, fixed = {}, {}
         for name in cls.param_names:
             value = node[name]
