@@ -293,8 +293,8 @@ def header_oversampling(*headers, option="--oversample"):
             raise InputError(f"header keyword {key} = {header[key]!r} is not a positive "
                              f"oversampling factor; give {option}")
         if len(found) > 1 and _as_float(found[1][1]) != value:
-            log.warning("the header has %s = %s and %s = %s; using %s (give --oversample "
-                        "to override)", key, header[key], found[1][0], found[1][1], key)
+            log.warning("the header has %s = %s and %s = %s; using %s (give %s to override)",
+                        key, header[key], found[1][0], found[1][1], key, option)
         return value, f"header {key}"
     return 1.0, "default"
 
