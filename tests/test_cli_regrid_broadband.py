@@ -199,6 +199,40 @@ def test_write_exposure_stat_is_the_variance(tmp_path, kind):
         np.testing.assert_allclose(hdul["STAT"].data, sigma ** 2, rtol=1e-12)
 
 
+def test_write_exposure_keeps_the_distortion(tmp_path):
+    """An astropy WCS is written with its distortion: a SIP WCS (HST-like, 0.05"/px,
+    quadratic terms of a few pixels at the edge) and the shipped DECam TPV WCS put
+    every pixel, out to 2000 px, where the original does to 1e-6 px.  A plain
+    ``to_header()`` had dropped the SIP cards (pixels moved by ~3 px)."""
+    import warnings
+
+    from astromix import datasets
+    from astromix.cli.regrid import write_exposure
+    from astromix.data import Exposure
+
+    header = _wcs(0.05, 41).to_header()
+    header["CTYPE1"], header["CTYPE2"] = "RA---TAN-SIP", "DEC--TAN-SIP"
+    header["A_ORDER"] = header["B_ORDER"] = 2
+    header["A_2_0"], header["A_1_1"], header["B_0_2"] = 2e-6, -1e-6, 1.5e-6
+    sip = WCS(header)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FITSFixedWarning on the community pipeline's cards
+        decam = datasets.decam_multiexposure()[0]["image"]
+        tpv = WCS(fits.getheader(decam, 1))
+    x = np.array([0.0, 40.0, -1000.0, 2000.0, 1500.0])
+    y = np.array([0.0, 50.0, 1200.0, -2000.0, 2000.0])
+    for name, wcs in (("sip", sip), ("tpv", tpv)):
+        path = tmp_path / f"{name}.fits"
+        write_exposure(Exposure(np.ones((51, 41)), wcs=wcs), path)
+        back = WCS(fits.getheader(path, "DATA"))
+        bx, by = back.world_to_pixel_values(*wcs.pixel_to_world_values(x, y))
+        assert np.hypot(bx - x, by - y).max() < 1e-6, name
+    # the distortion matters there: without it the SIP pixels land pixels away
+    plain = WCS(sip.to_header(relax=False))
+    bx, by = plain.world_to_pixel_values(*sip.pixel_to_world_values(x, y))
+    assert np.hypot(bx - x, by - y).max() > 1.0
+
+
 def test_write_exposure_with_a_gwcs(tmp_path):
     """A gwcs exposure is written with gwcs's FITS TAN-SIP approximation: the file's
     WCS puts every pixel where the gwcs does, to 0.01 px (its world coordinates

@@ -92,9 +92,10 @@ def write_exposure(exp, path, *, history=()):
     Parameters
     ----------
     exp : Exposure
-        The image; its WCS, when set, an astropy WCS (written by its
-        ``to_header``) or a gwcs (written as its FITS TAN-SIP approximation
-        over the image, gwcs's ``to_fits_sip``, to 0.01 px).
+        The image; its WCS, when set, an astropy WCS (written with its SIP or
+        TPV distortion, by :func:`astromix.data.io.fits_wcs_header`) or a gwcs
+        (written as its FITS TAN-SIP approximation over the image, gwcs's
+        ``to_fits_sip``, to 0.01 px).
     path : str or os.PathLike
         The FITS file to write (replaced if it exists).
     history : sequence of str, optional
@@ -143,7 +144,12 @@ def _fits_wcs_header(wcs, shape, path):
     # FITS WCS cards of an astropy WCS, or of a gwcs by its TAN-SIP fit over the
     # image's pixels (pixel centres at integers, edges at -0.5)
     if hasattr(wcs, "to_header"):
-        return wcs.to_header()
+        from astropy.io import fits
+
+        from ..data.io import fits_wcs_header
+
+        # with its SIP/TPV distortion cards and 17 digits (a plain to_header() drops them)
+        return fits.Header.fromstring(fits_wcs_header(wcs), sep="\n")
     if hasattr(wcs, "to_fits_sip"):
         import warnings
 
