@@ -392,6 +392,53 @@ def test_unique_psfs_are_computed_once():
     assert np.abs(a - b).max() > 1e-3 * a.max()           # field-dependent astigmatism
 
 
+def test_threads_asking_for_one_psf_share_its_computation():
+    """Threads missing the same key at once: one computes it, the others wait and get
+    the same image (it had been computed by each); a failed computation is not
+    cached, so each thread then tries in turn and gets the error."""
+    import threading
+    import time
+
+    from astromix.mosaic.providers import PSFProvider
+
+    calls = []
+
+    class Slow(PSFProvider):
+        fail = False
+
+        def compute(self, key, exposure):
+            calls.append(threading.get_ident())
+            time.sleep(0.05)
+            if self.fail:
+                raise InputError("no PSF here")
+            return np.outer(np.hanning(9), np.hanning(9))
+
+    w = tan_wcs(10, 0, 0.031, jwst_pc_matrix(20, 0, -1), (1023.5, 1023.5), (2048, 2048))
+    exp = InputExposure("e0", w, 100.0, filter="F150W", detector="NRCA1")
+    for fail in (False, True):
+        provider = Slow(1)
+        provider.fail = fail
+        calls.clear()
+        barrier = threading.Barrier(6)
+
+        def ask(_, provider=provider, barrier=barrier):
+            barrier.wait()
+            try:
+                return provider.psf(exp, 10.0, 20.0)[1]
+            except InputError as exc:
+                return exc
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(ask, range(6)))
+        if not fail:
+            assert len(calls) == 1 and provider.n_computed == 1
+            assert all(g is got[0] for g in got) and got[0].sum() == pytest.approx(1.0)
+        else:
+            assert len(calls) == 6 and provider.n_computed == 0 and not provider.cache
+            assert all(isinstance(g, InputError) for g in got)
+        assert not provider._pending
+
+
 # -- providers and tables ------------------------------------------------------------------------
 def test_stpsf_provider_without_data(monkeypatch, tmp_path):
     monkeypatch.delenv("STPSF_PATH", raising=False)

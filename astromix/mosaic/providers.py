@@ -80,7 +80,9 @@ class PSFProvider:
     cache : dict
         key -> unit-sum oversampled image (read-only arrays).
     n_computed : int
-        How many PSFs :meth:`compute` has made (cache misses).
+        How many PSFs :meth:`compute` has made (cache misses).  Threads asking
+        for the same key at once share one computation: the first computes it,
+        the others wait for it (:meth:`psf`).
 
     Raises
     ------
@@ -103,15 +105,18 @@ class PSFProvider:
         self.cache = {}
         self.n_computed = 0
         self._lock = threading.Lock()
+        self._pending = {}  # key -> Event of the thread computing it
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_lock", None)
+        state.pop("_pending", None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._pending = {}
 
     def key(self, exposure, x, y):
         """The cache key of the PSF of ``exposure`` at detector position (x, y) [px].
@@ -194,15 +199,28 @@ class PSFProvider:
             raises.
         """
         key = self.key(exposure, x, y)
-        with self._lock:
-            if key in self.cache:
-                return key, self.cache[key]
-        image = self.compute(key, exposure)
-        if image is not None:
-            image = _check_image(image, f"the PSF of {key}")
-        with self._lock:
-            self.n_computed += 1
-            self.cache[key] = image
+        while True:
+            with self._lock:
+                if key in self.cache:
+                    return key, self.cache[key]
+                pending = self._pending.get(key)
+                if pending is None:  # this thread computes it
+                    pending = self._pending[key] = threading.Event()
+                    break
+            # another thread is computing this key: wait for it, then look again
+            # (if it failed, the key is still missing and this thread tries)
+            pending.wait()
+        try:
+            image = self.compute(key, exposure)
+            if image is not None:
+                image = _check_image(image, f"the PSF of {key}")
+            with self._lock:
+                self.n_computed += 1
+                self.cache[key] = image
+        finally:
+            with self._lock:
+                del self._pending[key]
+            pending.set()
         return key, image
 
 
