@@ -1111,9 +1111,16 @@ def test_source_schema_accepts_transform_properties(asdf_config, kind):
      "sersic_mixture"),
     ("point", lambda n: n.update(settings={"n_sigma": 9.0}), "n_sigma", False,
      "point_source"),
+    # an index outside the Sersic table (it had been read, to fail when evaluated) and
+    # bounds of a parameter the model lacks (a bare AttributeError in asdf-astropy)
+    ("sersic", lambda n: n.update(n=9.0), r"outside the mixture table's range \[0.3, 8",
+     True, "sersic_mixture"),
+    ("sersic", lambda n: n.update(bounds={"nn": [1.0, 2.0]}), r"unknown parameters \['nn'\]",
+     True, "sersic_mixture"),
 ], ids=["sersic-psf-non-pd", "point-psf-nan", "sersic-r_eff", "sersic-ellip",
         "sersic-nan", "point-inf", "point-no-psf", "sersic-no-n", "sersic-psf-list",
-        "point-flux-string", "sersic-fixed-string", "point-settings"])
+        "point-flux-string", "sersic-fixed-string", "point-settings", "sersic-n-9",
+        "sersic-bounds-name"])
 def test_source_invalid_content_in_file(asdf_config, tmp_path, kind, change, match, validate,
                                         names):
     """Files that make no valid source are refused on read, naming the file and the tag."""

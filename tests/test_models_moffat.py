@@ -163,6 +163,28 @@ def test_bounding_box():
     assert 0 < (full - boxed).sum() < 1e-3 * full.sum()
 
 
+@pytest.mark.parametrize("beta", [1.0000001, 1.005])
+def test_bounding_box_of_a_beta_near_one(beta):
+    """beta just above 1 holds its flux out to radii beyond a float: an unbounded box
+    (it had raised OverflowError), and the box evaluation still works; beta = 1 set
+    after construction is refused (it had raised ZeroDivisionError)."""
+    star = MoffatStar(1.0, 10.0, 10.0, 3.0, beta)
+    assert star.enclosed_radius(0.999) == math.inf
+    assert star.bounding_box.bounding_box() == ((-math.inf, math.inf), (-math.inf, math.inf))
+    y, x = np.mgrid[:20, :20]
+    np.testing.assert_array_equal(star(x, y, with_bounding_box=True), star(x, y))
+    # a fraction the float range holds is still finite and right (at beta = 1 + 1e-7
+    # even 0.1% of the flux lies beyond 1e300 alpha)
+    r = star.enclosed_radius(0.001)
+    if beta > 1.001:
+        assert 1 - (1 + (r / star.alpha) ** 2) ** (1 - beta) == pytest.approx(0.001)
+    else:
+        assert r == math.inf
+    star.beta = 1.0
+    with pytest.raises(InputError, match="beta must be a finite number > 1"):
+        _ = star.bounding_box
+
+
 def test_units():
     star = MoffatStar(3.0 * u.Jy, 20.0, 20.0, 2.0, 3.0)
     assert star(5.0, 5.0).unit == u.Jy
@@ -173,7 +195,7 @@ def test_units():
         x=x * u.pix, y=y * u.pix, z=star(x, y))
     assert plain.flux.unit is None and plain.flux.value == pytest.approx(3.0)
     assert star._parameter_units_for_data_units({"x": u.pix, "y": u.pix}, {"z": u.Jy}) == {
-        "flux": u.Jy, "x_0": u.pix, "y_0": u.pix, "fwhm": u.pix}
+        "flux": u.Jy, "x_0": u.pix, "y_0": u.pix, "fwhm": u.pix, "theta": u.rad}
 
 
 def _galsim_star(rng, *, flux=2000.0, xc=20.4, yc=19.7, fwhm=3.5, beta=3.0, sky=5.0,

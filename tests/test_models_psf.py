@@ -49,6 +49,22 @@ class TestModel:
             GaussianMixturePSF(GaussianMixture([1.0, -1.0], [[0, 0], [0, 0]],
                                                [np.eye(2), np.eye(2) * 2]))
 
+    @pytest.mark.parametrize("name, value", [("rho_0", 1.5), ("rho_1", -1.0), ("flux", np.nan),
+                                             ("sigma_x_0", np.nan), ("sigma_y_1", 0.0),
+                                             ("xoff_1", np.inf)])
+    def test_invalid_values_set_after_construction(self, name, value):
+        """Values that make no Gaussian raise InputError naming the parameter in
+        evaluate, fit_deriv and the bounding box; they had given NaN pixels
+        (|rho| > 1, a NaN flux) or dropped a component silently (a NaN sigma)."""
+        psf = two_component(flux=1.0, x_0=10.0, y_0=10.0)
+        setattr(psf, name, value)
+        y, x = np.mgrid[:20, :20].astype(float)
+        for call in (lambda: psf(x, y), lambda: psf(x.ravel()[:5], y.ravel()[:5]),
+                     lambda: psf.fit_deriv(x, y, *psf.parameters),
+                     lambda: psf.bounding_box):
+            with pytest.raises(InputError, match=f"invalid parameter values \\['{name}'\\]"):
+                call()
+
     def test_evaluate_is_the_rendered_mixture(self):
         psf = two_component(flux=100.0, x_0=12.3, y_0=10.6)
         y, x = np.mgrid[:21, :25]

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from astropy import units as u
 from astropy.modeling import models
 from conftest import assert_fit_deriv_matches, to_numpy
 
@@ -430,3 +431,29 @@ def test_copies_and_pickles_leave_the_kept_build_out():
     c.n = 1.5
     np.testing.assert_array_equal(m(x, y), image)
     assert np.abs(c(x, y) - image).max() > 1e-3 * image.max()
+
+
+@pytest.mark.parametrize("cls", ["sersic", "moffat"])
+def test_theta_with_an_angle_unit_is_converted(cls):
+    """theta = 30 deg is 30 degrees (it had been used as 30 rad), in evaluate,
+    fit_deriv, the bounding box and a unit-aware fit's parameter conversion, as
+    astropy's Sersic2D does; model sets are refused (every member had been
+    evaluated with the first member's values)."""
+    from astromix.models.moffat import MoffatStar
+
+    make = {"sersic": lambda t, **kw: SersicMixture(100.0, 20.2, 19.7, 6.0, 1.0, 0.6, t, **kw),
+            "moffat": lambda t, **kw: MoffatStar(100.0, 20.2, 19.7, 6.0, 2.5, 0.6, t, **kw)}[cls]
+    y, x = np.mgrid[:40, :40].astype(float)
+    deg, rad = make(30 * u.deg), make(np.radians(30))
+    np.testing.assert_allclose(deg(x, y), rad(x, y), rtol=1e-12, atol=1e-15)
+    assert np.abs(deg(x, y) - make(30.0)(x, y)).max() > 0.1 * rad(x, y).max()
+    # the derivative is per radian whatever the parameter's unit
+    for a, b in zip(deg.fit_deriv(x, y, *deg.parameters[:-1], 30 * u.deg),
+                    rad.fit_deriv(x, y, *rad.parameters)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(deg.bounding_box.bounding_box(), rad.bounding_box.bounding_box())
+    plain = deg.without_units_for_data(x=x * u.pix, y=y * u.pix, z=deg(x, y) * u.Jy)
+    assert plain.theta.value == pytest.approx(np.radians(30))
+    cls = type(rad)
+    with pytest.raises(InputError, match="model sets"):
+        cls(*([v, v] for v in rad.parameters), n_models=2)

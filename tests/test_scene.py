@@ -349,6 +349,47 @@ def test_bad_input():
         fit_scene(GaussianMixturePSF(PSF), [make_exposure((20, 20), "g")])
     with pytest.raises(InputError, match="needs an exposure"):
         scene(np.zeros(3), np.zeros(3))
+    with pytest.raises(InputError, match="zeropoint must be a number"):
+        SceneModel([StarSource(RA, DEC, 1.0)], zeropoint="abc")
+    # one band's name is that band, not its letters
+    assert SceneModel([StarSource(RA, DEC, {"F200W": 1.0})], bands="F200W").bands == ("F200W",)
+
+
+@pytest.mark.parametrize("name, value, shown", [
+    ("r_eff_0", -1.0, "r_eff_0 = -1.0"), ("r_eff_0", np.nan, "r_eff_0 = nan"),
+    ("ellip_0", 1.5, "ellip_0 = 1.5"), ("ellip_0", -0.3, "ellip_0 = -0.3"),
+    ("flux_g_0", np.nan, "flux_g_0 = nan"), ("theta_0", np.inf, "theta_0 = inf"),
+])
+def test_invalid_values_set_after_construction_are_refused(name, value, shown):
+    """Values no source can have, set by hand or by an unbounded optimiser, raise
+    InputError in render, chi2 and a fit's objective.  They had been rendered
+    silently: r_eff < 0 dropped the source (an empty image), NaN r_eff or an
+    infinite theta gave zeros, ellip = 1.5 was drawn as 0.5 and a NaN flux gave NaN."""
+    exp = make_exposure((30, 30), "g")
+    scene = SceneModel([SersicSource(RA, DEC, {"g": 100.0}, r_eff=0.5, n=1.5, ellip=0.3)])
+    assert scene.render(exp).sum() > 50.0
+    objective = SceneObjective(scene, [exp])
+    p = scene.parameters.copy()
+    p[scene.param_names.index(name)] = value
+    setattr(scene, name, value)
+    for call in (lambda: scene.render(exp), lambda: scene.chi2([exp], gradient=False),
+                 lambda: objective(p)):
+        with pytest.raises(InputError, match=f"invalid parameter values \\({shown}\\)"):
+            call()
+
+
+def test_asdf_refuses_a_scene_it_could_not_read_back():
+    """ellip = 0.97 (allowed once the user widens the bounds) cannot be stored in a
+    scene file, whose sources cap it at 0.95 as SersicSource does: InputError naming
+    the source, where asdf's schema validation had raised its own ValidationError."""
+    import io
+
+    asdf = pytest.importorskip("asdf")
+    scene = truth_scene()
+    scene.ellip_0.bounds = (0.0, 0.99)
+    scene.ellip_0 = 0.97
+    with pytest.raises(InputError, match=r"source 0 \(gal\): ellip must be within \[0, 0.95\]"):
+        asdf.AsdfFile({"scene": scene}).write_to(io.BytesIO())
 
 
 def test_exposure_off_a_source_warns_and_is_left_out():

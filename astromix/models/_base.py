@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..backends import _common, get_backend
+from ..errors import InputError
 
 
 def scalar(value):
@@ -13,18 +14,44 @@ def scalar(value):
     return float(np.ravel(value)[0])
 
 
+def angle(value):
+    """An angle as a float in radians: a Quantity (deg, rad, ...) is converted,
+    a bare number is taken as radians (as astropy's ``Sersic2D`` does)."""
+    if getattr(value, "unit", None) is not None:
+        from astropy import units as u
+
+        value = value.to_value(u.rad)
+    return scalar(value)
+
+
+def refuse_model_set(model):
+    """Raise InputError if ``model`` is a model set (``n_models > 1``).
+
+    The evaluation helpers reduce each parameter to one float: a set would be
+    evaluated with its first member's values for every member.
+    """
+    if len(model) > 1:
+        raise InputError(f"{type(model).__name__}: model sets (n_models = {len(model)}) are "
+                         "not supported; make one model per source (a compound model, or a "
+                         "SceneModel)")
+
+
 def parameter_values(model):
     """The values of a single model's parameters as floats, in ``param_names`` order.
 
     ``float`` of each :attr:`astropy.modeling.Parameter.value` (a NumPy scalar
     for a single model), which takes half the time of :func:`scalar`; a
-    parameter holding more than one value falls back to :func:`scalar`.
+    parameter holding more than one value falls back to :func:`scalar`.  A
+    ``theta`` with an angle unit is converted to radians.
     """
     names = model.param_names
     try:
-        return [float(getattr(model, name).value) for name in names]
+        values = [float(getattr(model, name).value) for name in names]
     except TypeError:                   # an array of several values: its first, as scalar
-        return [scalar(getattr(model, name).value) for name in names]
+        values = [scalar(getattr(model, name).value) for name in names]
+    if "theta" in names and model.theta.unit is not None:   # an angle Quantity: radians
+        values[names.index("theta")] = angle(model.theta.quantity)
+    return values
 
 
 def _is_whole_pixel_grid(x, y):

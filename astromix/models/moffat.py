@@ -14,7 +14,7 @@ import numpy as np
 from astropy.modeling import Fittable2DModel, Parameter
 
 from ..errors import InputError
-from ._base import parameter_values, scalar
+from ._base import angle, parameter_values, refuse_model_set, scalar
 
 __all__ = ["MoffatStar", "moffat_alpha", "moffat_fwhm"]
 
@@ -303,6 +303,7 @@ class MoffatStar(Fittable2DModel):
         self._quadrature = int(quadrature)
         super().__init__(flux=flux, x_0=x_0, y_0=y_0, fwhm=fwhm, beta=beta, ellip=ellip,
                          theta=theta, **kwargs)
+        refuse_model_set(self)
         values = parameter_values(self)
         bad = [name for name, v in zip(self.param_names, values) if not math.isfinite(v)]
         if bad:
@@ -334,18 +335,25 @@ class MoffatStar(Fittable2DModel):
         Returns
         -------
         float
+            The radius [px]; ``inf`` when it exceeds the float range (``beta``
+            very close to 1, whose wings hold the flux out to astronomical
+            radii).
 
         Raises
         ------
         InputError
-            If ``fraction`` is outside [0, 1).
+            If ``fraction`` is outside [0, 1), or ``fwhm`` or ``beta`` (as set
+            after construction) is invalid (``beta <= 1``, ...).
         """
         fraction = float(fraction)
         if not 0 <= fraction < 1:
             raise InputError(f"fraction must lie in [0, 1), got {fraction}")
         beta = scalar(self.beta.value)
-        growth = math.expm1(math.log1p(-fraction) / (1.0 - beta))
-        return self.alpha * math.sqrt(growth)
+        _check_shape(scalar(self.fwhm.value), beta, 0.0)
+        exponent = math.log1p(-fraction) / (1.0 - beta)
+        if exponent > 700.0:    # beta within ~1e-2 of 1 and fraction near 1: beyond a float
+            return math.inf
+        return self.alpha * math.sqrt(math.expm1(exponent))
 
     # -- astropy.modeling interface -------------------------------------------------------------
     def evaluate(self, x, y, flux, x_0, y_0, fwhm, beta, ellip, theta):
@@ -383,7 +391,7 @@ class MoffatStar(Fittable2DModel):
             not finite.
         """
         unit = getattr(flux, "unit", None)
-        p = [scalar(v) for v in (flux, x_0, y_0, fwhm, beta, ellip, theta)]
+        p = [scalar(v) for v in (flux, x_0, y_0, fwhm, beta, ellip)] + [angle(theta)]
         value = _moffat_pixels(x, y, p, self._quadrature)
         return value * unit if unit is not None else value
 
@@ -417,7 +425,7 @@ class MoffatStar(Fittable2DModel):
         InputError
             As :meth:`evaluate`.
         """
-        p = [scalar(v) for v in (flux, x_0, y_0, fwhm, beta, ellip, theta)]
+        p = [scalar(v) for v in (flux, x_0, y_0, fwhm, beta, ellip)] + [angle(theta)]
         return _moffat_pixels(x, y, p, self._quadrature, derivatives=True)
 
     @property
@@ -428,7 +436,7 @@ class MoffatStar(Fittable2DModel):
         ``enclosed_radius(1 - BBOX_FLUX_LOSS)``, widened by half a pixel.
         """
         r = self.enclosed_radius(1.0 - BBOX_FLUX_LOSS)
-        theta = scalar(self.theta.value)
+        theta = parameter_values(self)[6]
         q = 1.0 - scalar(self.ellip.value)
         c, s = math.cos(theta), math.sin(theta)
         hx = r * math.hypot(c, q * s) + 0.5
@@ -442,6 +450,8 @@ class MoffatStar(Fittable2DModel):
         return None
 
     def _parameter_units_for_data_units(self, inputs_unit, outputs_unit):
+        from astropy import units as u
+
         xu = inputs_unit[self.inputs[0]]
         return {"flux": outputs_unit[self.outputs[0]], "x_0": xu,
-                "y_0": inputs_unit[self.inputs[1]], "fwhm": xu}
+                "y_0": inputs_unit[self.inputs[1]], "fwhm": xu, "theta": u.rad}

@@ -1,12 +1,14 @@
 """GaussianMixturePSF: a PSF (a pixel-integrated PRF) as an astropy Fittable2DModel."""
 
+import math
+
 import numpy as np
 from astropy.modeling import Fittable2DModel, Parameter
 
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
-from ._base import chained_jacobian, evaluate_mixture, scalar
+from ._base import chained_jacobian, evaluate_mixture, refuse_model_set, scalar
 
 __all__ = ["GaussianMixturePSF"]
 
@@ -120,6 +122,7 @@ class GaussianMixturePSF(Fittable2DModel):
             self.__dict__[name] = param
         kwargs = {**values, **kwargs}
         super().__init__(**kwargs)
+        refuse_model_set(self)
 
     @property
     def param_names(self):
@@ -211,8 +214,13 @@ class GaussianMixturePSF(Fittable2DModel):
         Notes
         -----
         Each parameter value is reduced to one float (its first element), as
-        for a single model.  The parameter values are not checked here (the
-        default bounds keep fitted covariances positive definite).
+        for a single model.
+
+        Raises
+        ------
+        InputError
+            If a value is not finite, a ``sigma_x_k`` or ``sigma_y_k`` is zero
+            or a ``|rho_k|`` is not < 1 (values set after construction).
         """
         unit = getattr(flux, "unit", None)
         p = [scalar(flux), scalar(x_0), scalar(y_0)] + [scalar(c) for c in comp]
@@ -248,9 +256,26 @@ class GaussianMixturePSF(Fittable2DModel):
         p = [scalar(flux), scalar(x_0), scalar(y_0)] + [scalar(c) for c in comp]
         return chained_jacobian(*self._mixture_and_derivatives(p), x, y, self.settings)
 
+    def _checked_arrays(self, p):
+        # _arrays of the component values, after checking all of p: finite, sigmas > 0,
+        # |rho| < 1 (values set after construction, e.g. by an unbounded optimiser,
+        # would otherwise give NaN pixels or drop a component silently)
+        comp = np.asarray(p[3:], dtype=np.float64)
+        amp, mean, cov, (sx, sy, rho) = self._arrays(comp)
+        # one reduction: NaN anywhere makes the sum NaN; det <= 0 iff sigma = 0 or |rho| >= 1
+        if not (math.isfinite(comp.sum() + p[0] + p[1] + p[2])
+                and (sx * sx * sy * sy * (1.0 - rho * rho)).min() > 0.0):
+            bad = [name for name, v in zip(self.param_names, np.asarray(p, dtype=np.float64))
+                   if not np.isfinite(v)
+                   or (name.startswith("sigma_") and v == 0)
+                   or (name.startswith("rho_") and not abs(v) < 1)]
+            raise InputError(f"GaussianMixturePSF: invalid parameter values {bad} (they must "
+                             "be finite, sigma_x/sigma_y non-zero and |rho| < 1)")
+        return amp, mean, cov, (sx, sy, rho)
+
     def _mixture_from(self, p):
         """The mixture as evaluated for the parameter values ``p`` (param_names order)."""
-        amp, mean, cov, _ = self._arrays(p[3:])
+        amp, mean, cov, _ = self._checked_arrays(p)
         return GaussianMixture._unchecked(amp * p[0], mean + [p[1], p[2]], cov)
 
     def _mixture_and_derivatives(self, p):
@@ -261,7 +286,7 @@ class GaussianMixturePSF(Fittable2DModel):
         """
         p = np.asarray(p, dtype=np.float64)
         flux = p[0]
-        amp, mean, cov, (sx, sy, rho) = self._arrays(p[3:])
+        amp, mean, cov, (sx, sy, rho) = self._checked_arrays(p)
         k = len(amp)
         idx = np.arange(k)
         m = np.zeros((k, 3 + 6 * k, 6))
@@ -281,8 +306,11 @@ class GaussianMixturePSF(Fittable2DModel):
 
     @property
     def bounding_box(self):
-        """((y_lo, y_hi), (x_lo, x_hi)) [px] holding every component's culling ellipse."""
-        amp, mean, cov, _ = self._arrays(self.parameters[3:])
+        """((y_lo, y_hi), (x_lo, x_hi)) [px] holding every component's culling ellipse.
+
+        Raises InputError on invalid parameter values, as :meth:`evaluate`.
+        """
+        amp, mean, cov, _ = self._checked_arrays(self.parameters)
         n = self.settings.n_sigma
         hx = np.max(np.abs(mean[:, 0]) + n * np.sqrt(cov[:, 0, 0] + 1 / 12))
         hy = np.max(np.abs(mean[:, 1]) + n * np.sqrt(cov[:, 1, 1] + 1 / 12))

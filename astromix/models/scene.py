@@ -227,10 +227,10 @@ class SceneModel(FittableModel):
     ----------
     sources : sequence of SersicSource or StarSource
         The catalog; at least one source.
-    bands : sequence of str, optional
-        The bands with a flux parameter per source; by default the union of
-        the bands named by the sources (sources giving one number for flux get
-        it in every band).
+    bands : sequence of str, or str, optional
+        The bands with a flux parameter per source (one string: one band); by
+        default the union of the bands named by the sources (sources giving
+        one number for flux get it in every band).
     zeropoint : float, optional
         AB magnitude of one catalog flux unit (22.5 for nanomaggies, 23.9 for
         microjansky).  With it, a source of flux F gives ``F *
@@ -244,8 +244,9 @@ class SceneModel(FittableModel):
     Raises
     ------
     InputError
-        With no sources, a source of an unknown type, or a source without a
-        flux for one of ``bands``.
+        With no sources, a source of an unknown type, a source without a
+        flux for one of ``bands``, or a ``zeropoint`` that is not a finite
+        number.
 
     Notes
     -----
@@ -281,6 +282,8 @@ class SceneModel(FittableModel):
         if bands is None:
             named = [b for s in sources for b in s.flux if b is not None]
             bands = tuple(dict.fromkeys(named)) or (None,)
+        if isinstance(bands, str):       # one band's name, not its letters
+            bands = (bands,)
         bands = tuple(None if b is None else str(b) for b in bands)
         if len(set(bands)) != len(bands):
             raise InputError(f"bands must be distinct, got {bands}")
@@ -288,7 +291,7 @@ class SceneModel(FittableModel):
             raise InputError("settings must be an AccuracySettings instance")
         self._settings = settings
         self._bands = bands
-        self._zeropoint = None if zeropoint is None else float(zeropoint)
+        self._zeropoint = None if zeropoint is None else _value(zeropoint, u.one, "zeropoint")
         self._kinds = tuple(s.kind for s in sources)
         self._source_names = tuple(s.name if s.name is not None else str(i)
                                    for i, s in enumerate(sources))
@@ -313,6 +316,8 @@ class SceneModel(FittableModel):
                 values[names[-1]] = getattr(s, p)
             index.append(idx)
         self._index = index
+        self._r_eff_index = np.array([i["r_eff"] for i in index if "r_eff" in i], dtype=np.intp)
+        self._ellip_index = np.array([i["ellip"] for i in index if "ellip" in i], dtype=np.intp)
         self._param_names = tuple(names)
         for name in names:
             base = name.rsplit("_", 1)[0]
@@ -596,12 +601,15 @@ class SceneModel(FittableModel):
         Raises
         ------
         InputError
-            If the exposure's band has no flux parameter in the scene (unless
+            If a parameter value is not finite, an ``r_eff`` is not > 0 or an
+            ``ellip`` lies outside [0, 1); if the exposure's band has no flux
+            parameter in the scene (unless
             the scene has one unnamed band), the exposure has no WCS, the WCS
             gives no pixel position at a source, or a source on the image has
             no PSF there (:meth:`~astromix.data.Exposure.psf_at`).
         """
         p = self.parameters if parameters is None else parameters
+        self._check_values(np.asarray(p, dtype=float))
         band = getattr(exposure, "band", None)
         if band not in self._bands:
             if self._bands == (None,):
@@ -638,12 +646,36 @@ class SceneModel(FittableModel):
             out.append(_Placement(i, ra, dec, pixel, jac, psf, scale, b_index))
         return out
 
+    def _check_values(self, p):
+        """Refuse parameter values no source can have (InputError, naming them).
+
+        Non-finite values, ``r_eff <= 0`` and ``ellip`` outside [0, 1): values set
+        after construction (by hand, or by an unbounded optimiser) had been
+        rendered silently (a source dropped, an empty or NaN image, ``ellip =
+        1.5`` drawn as 0.5).  The Sersic index is checked against the table
+        where it is used.
+        """
+        r_eff, ellip = p[self._r_eff_index], p[self._ellip_index]
+        if (np.isfinite(p).all() and (r_eff > 0).all() and (ellip >= 0).all()
+                and (ellip < 1).all()):
+            return
+        names = self._param_names
+        bad = [f"{names[k]} = {p[k]}" for k in range(len(p)) if not np.isfinite(p[k])]
+        bad += [f"{names[k]} = {p[k]}" for k in self._r_eff_index if np.isfinite(p[k])
+                and not p[k] > 0]
+        bad += [f"{names[k]} = {p[k]}" for k in self._ellip_index if np.isfinite(p[k])
+                and not 0 <= p[k] < 1]
+        raise InputError(f"SceneModel: invalid parameter values ({', '.join(bad)}); values "
+                         "must be finite, r_eff > 0 and 0 <= ellip < 1")
+
     def _source_terms(self, p):
         """The table's cubics around each Sersic source's n and its shape terms.
 
         Returns ``(coeffs (N, 4, 2K), t_n (N,), shapes (N, 9))`` for the N
         sources (rows of point sources are zero); see :func:`exposure_components`.
+        Raises InputError on invalid values (:meth:`_check_values`).
         """
+        self._check_values(p)
         from .sersic_table import SersicMixtureTable
         table = SersicMixtureTable.load()
         coeffs = t_n = None

@@ -8,7 +8,14 @@ from astropy.modeling import Fittable2DModel, Parameter
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
-from ._base import chained_jacobian, evaluate_mixture, parameter_values, scalar
+from ._base import (
+    angle,
+    chained_jacobian,
+    evaluate_mixture,
+    parameter_values,
+    refuse_model_set,
+    scalar,
+)
 from ._sersic_build import pixel_components, table_coefficients
 
 __all__ = ["SersicMixture", "PointSource"]
@@ -174,6 +181,7 @@ class SersicMixture(_MixtureSourceBase):
         self._init_common(psf, settings)
         super().__init__(flux=flux, x_0=x_0, y_0=y_0, r_eff=r_eff, n=n, ellip=ellip,
                          theta=theta, **kwargs)
+        refuse_model_set(self)
 
     @staticmethod
     def _table():
@@ -276,7 +284,7 @@ class SersicMixture(_MixtureSourceBase):
             If the packaged Sersic mixture table is missing or unreadable.
         """
         unit = getattr(flux, "unit", None)
-        p = [scalar(v) for v in (flux, x_0, y_0, r_eff, n, ellip, theta)]
+        p = [scalar(v) for v in (flux, x_0, y_0, r_eff, n, ellip)] + [angle(theta)]
         value = evaluate_mixture(self._mixture_from(p), x, y, self.settings)
         return value * unit if unit is not None else value
 
@@ -309,7 +317,7 @@ class SersicMixture(_MixtureSourceBase):
         astromix.AstromixError
             If the packaged Sersic mixture table is missing or unreadable.
         """
-        p = [scalar(v) for v in (flux, x_0, y_0, r_eff, n, ellip, theta)]
+        p = [scalar(v) for v in (flux, x_0, y_0, r_eff, n, ellip)] + [angle(theta)]
         return chained_jacobian(*self._mixture_and_derivatives(p), x, y, self.settings)
 
     def _mixture_from(self, p):
@@ -354,9 +362,11 @@ class SersicMixture(_MixtureSourceBase):
         return self._bounding_box_from(self.mixture())
 
     def _parameter_units_for_data_units(self, inputs_unit, outputs_unit):
+        from astropy import units as u
+
         xu = inputs_unit[self.inputs[0]]
         return {"flux": outputs_unit[self.outputs[0]], "x_0": xu,
-                "y_0": inputs_unit[self.inputs[1]], "r_eff": xu}
+                "y_0": inputs_unit[self.inputs[1]], "r_eff": xu, "theta": u.rad}
 
 
 class PointSource(_MixtureSourceBase):
@@ -398,6 +408,7 @@ class PointSource(_MixtureSourceBase):
             raise InputError("PointSource needs a psf (GaussianMixturePSF or GaussianMixture)")
         self._init_common(psf, settings)
         super().__init__(flux=flux, x_0=x_0, y_0=y_0, **kwargs)
+        refuse_model_set(self)
 
     def mixture(self):
         """The GaussianMixture of the model as evaluated.

@@ -477,6 +477,7 @@ class GaussianMixturePSFConverter(TransformConverterBase):
                 for j, base in enumerate(_PSF_COMPONENT_PARAMETERS):
                     getattr(model, f"{base}_{i}").fixed = bool(flags[i, j])
         _check_parameter_values(model, where)
+        _check_bounds_names(node, model, where)
         return model
 
 
@@ -485,12 +486,29 @@ CONVERTERS.append(GaussianMixturePSFConverter())
 
 # -- SersicMixture and PointSource ----------------------------------------------------------------
 
+def _check_bounds_names(node, model, where):
+    """InputError if the node's ``bounds`` names a parameter the model does not have.
+
+    asdf-astropy's base converter sets the bounds after the hook returns and
+    would fail there with a bare AttributeError.
+    """
+    from ...errors import InputError
+
+    bounds = node.get("bounds")
+    if isinstance(bounds, Mapping):
+        unknown = sorted(set(map(str, bounds)) - set(model.param_names))
+        if unknown:
+            raise InputError(f"{where}: bounds of unknown parameters {unknown}; the model's "
+                             f"parameters are {list(model.param_names)}")
+
+
 def _check_parameter_values(model, where):
     """Refuse non-finite parameters and a SersicMixture outside its domain.
 
     The constructors accept any value, but a model with a non-finite
-    parameter, ``r_eff <= 0`` or an ellipticity outside [0, 1) cannot be
-    evaluated; such a model is neither written nor read.
+    parameter, ``r_eff <= 0``, an ellipticity outside [0, 1) or a Sersic index
+    outside the mixture table cannot be evaluated; such a model is neither
+    written nor read.
     """
     from ...errors import InputError
 
@@ -505,6 +523,13 @@ def _check_parameter_values(model, where):
             raise InputError(f"{where}: r_eff must be > 0, got {r_eff}")
         if not 0 <= ellip < 1:
             raise InputError(f"{where}: ellip must lie in [0, 1), got {ellip}")
+        from ...models.sersic_table import SersicMixtureTable
+
+        table = SersicMixtureTable.load()
+        n = float(np.asarray(model.n.value))
+        if not table.n_min <= n <= table.n_max:
+            raise InputError(f"{where}: the Sersic index n = {n} lies outside the mixture "
+                             f"table's range [{table.n_min}, {table.n_max}]")
 
 
 class _SourceConverterBase(TransformConverterBase):
@@ -635,6 +660,7 @@ class _SourceConverterBase(TransformConverterBase):
         _check_parameter_values(model, where)
         for name in cls.param_names:
             getattr(model, name).fixed = bool(node.get(f"{name}_fixed", False))
+        _check_bounds_names(node, model, where)
         return model
 
 
@@ -957,6 +983,9 @@ class SceneModelConverter(Converter):
             If some parameters have ``tied`` constraints, which are not
             written.
         """
+        from ...errors import InputError
+        from ...models.scene import SersicSource, StarSource
+
         p = obj.parameters
         sources = []
         for i, kind in enumerate(obj.source_kinds):
@@ -968,6 +997,21 @@ class SceneModelConverter(Converter):
             if kind == "sersic":
                 for key in ("r_eff", "n", "ellip", "theta"):
                     src[key] = float(p[idx[key]])
+            # the values must make a source that reading the file can build again
+            # (e.g. ellip <= 0.95, finite values), else the schema refuses them
+            # with a bare asdf ValidationError
+            try:
+                if kind == "sersic":
+                    SersicSource(src["ra"], src["dec"], 1.0, src["r_eff"], src["n"],
+                                 src["ellip"], src["theta"])
+                else:
+                    StarSource(src["ra"], src["dec"], 1.0)
+                bad = [b for b, v in src["flux"].items() if not np.isfinite(v)]
+                if bad:
+                    raise InputError(f"non-finite flux in band(s) {bad}")
+            except InputError as exc:
+                raise InputError(f"cannot write SceneModel to ASDF ({tag}): source {i} "
+                                 f"({src['name']}): {exc}") from None
             sources.append(src)
         node = {"bands": [b for b in obj.bands], "zeropoint": obj.zeropoint,
                 "sources": sources,
@@ -1231,6 +1275,7 @@ class MoffatStarConverter(_SourceConverterBase):
             raise InputError(f"{where}: {str(exc).removeprefix('MoffatStar: ')}") from exc
         for name, flag in fixed.items():
             getattr(model, name).fixed = flag
+        _check_bounds_names(node, model, where)
         return model
 
 
