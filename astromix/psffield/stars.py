@@ -109,14 +109,34 @@ def _mag(flux):
     return out
 
 
+class _GlobalBackground:
+    """A constant background and RMS: the sigma-clipped median and standard
+    deviation of the unmasked pixels (astropy's ``sigma_clipped_stats``), where
+    photutils' ``Background2D`` finds no usable box."""
+
+    def __init__(self, image, mask):
+        from astropy.stats import sigma_clipped_stats
+
+        _, median, std = sigma_clipped_stats(image, mask=mask, sigma=3.0, maxiters=10)
+        if not (np.isfinite(median) and np.isfinite(std) and std > 0):
+            raise InputError("cannot estimate the image's background: too few pixels free "
+                             "of sources")
+        self.background = np.full(image.shape, float(median))
+        self.background_rms = np.full(image.shape, float(std))
+
+
 def detect_sources(image, *, weight=None, nsigma=5.0, saturation=None, npixels=5,
                    fwhm_guess=3.0, box_size=64, measure_size=25, edge=None,
                    crowd_radius=None):
     """Detect and measure the sources of an image with photutils.
 
     The background is estimated by :class:`photutils.background.Background2D`
-    (sigma-clipped medians in ``box_size`` boxes), then again with the first
-    pass's sources masked, and subtracted; sources are
+    (sigma-clipped medians in ``box_size`` boxes, those more than 10% masked
+    left out, or 80% where that leaves none, as on a stripe-shaped footprint;
+    where still no box is usable, as in a small cut-out filled by a bright
+    star, one sigma-clipped level for the whole image,
+    :func:`astropy.stats.sigma_clipped_stats`), then again with
+    the first pass's sources masked, and subtracted; sources are
     the connected regions of at least ``npixels`` pixels above ``nsigma``
     times the noise in the image smoothed by a Gaussian of FWHM ``fwhm_guess``
     (:func:`photutils.segmentation.detect_sources`, no deblending; the noise
@@ -193,8 +213,20 @@ def detect_sources(image, *, weight=None, nsigma=5.0, saturation=None, npixels=5
 
     filled = np.where(bad, 0.0, raw)
     box = int(min(box_size, *raw.shape))
-    bkg = Background2D(filled, box, mask=bad, filter_size=3,
-                       bkg_estimator=MedianBackground())
+    bkg = None
+    for exclude in (10.0, 80.0):
+        # photutils drops boxes with more than `exclude` % of their pixels masked: a
+        # footprint that is a stripe, or a mosaic's edge, needs the looser second try
+        try:
+            bkg = Background2D(filled, box, mask=bad, filter_size=3,
+                               bkg_estimator=MedianBackground(), exclude_percentile=exclude)
+            break
+        except ValueError:
+            continue
+    if bkg is None:
+        # no usable box at all (a small cut-out filled by a star, say): one
+        # sigma-clipped level and RMS for the whole image
+        bkg = _GlobalBackground(filled, bad)
     data = np.where(bad, 0.0, filled - bkg.background)
     if weight is not None:
         with np.errstate(divide="ignore"):
