@@ -204,3 +204,51 @@ def test_undersampled_stars_from_moments():
             assert np.abs(img - truth).max() / truth.max() < 1e-2
     with pytest.raises(InputError):
         fit_mixture_psf_field(arr, stars, start="psfex")
+
+
+def test_moments_start_drops_a_star_whose_centroid_leaves_the_stamp_area():
+    """A star 11 px from the border, catalogued 1.4 px inwards: its stamp fits around
+    the catalogue position but not around the measured centroid.  start="moments"
+    had kept it and then failed the whole fit ("a used star's stamp leaves the
+    image"); it is now left out as an edge star, as start="pixel" does."""
+    rng = np.random.default_rng(1)
+    true = np.vstack([rng.uniform(30, 170, (14, 2)), [[11.0, 100.0]]])
+    img = galsim.ImageD(200, 200, xmin=0, ymin=0, scale=1.0)
+    for x, y in true:
+        galsim.Gaussian(fwhm=3.0).withFlux(1e4).drawImage(
+            image=img, center=galsim.PositionD(x, y), add_to_image=True)
+    data = img.array + rng.normal(0.0, 1.0, img.array.shape)
+    cat = true.copy()
+    cat[-1, 0] = 12.4
+    model = fit_mixture_psf_field(data, Table(cat, names=("x", "y")), degree=1,
+                                  n_components=2, start="moments", background=0.0)
+    assert not model.stars["used"][-1] and model.stars["used"][:-1].all()
+    truth = galsim.Gaussian(fwhm=3.0).drawImage(nx=25, ny=25, scale=1.0).array
+    assert np.abs(model.image(100.0, 100.0) / model.image(100.0, 100.0).sum()
+                  - truth / truth.sum()).max() < 0.02 * truth.max() / truth.sum()
+
+
+@pytest.mark.parametrize("start", ["moments", "pixel_model"])
+def test_weight_and_background_are_checked_on_every_start(start):
+    """The moments start and a given pixel model skip fit_psf_field's checks: a weight
+    or background of the wrong shape had failed with NumPy's broadcasting error, and a
+    negative weight had been blamed on HSM."""
+    from astromix.psffield.model import fit_psf_field
+
+    rng = np.random.default_rng(2)
+    pos = rng.uniform(20, 100, (8, 2))
+    img = galsim.ImageD(120, 120, xmin=0, ymin=0, scale=1.0)
+    for x, y in pos:
+        galsim.Gaussian(fwhm=3.0).withFlux(1e4).drawImage(
+            image=img, center=galsim.PositionD(x, y), add_to_image=True)
+    arr = img.array + rng.normal(0.0, 1.0, img.array.shape)
+    stars = Table(pos, names=("x", "y"))
+    kwargs = {"start": "moments", "degree": 0}
+    if start == "pixel_model":
+        kwargs = {"pixel_model": fit_psf_field(arr, stars, degree=0, background=0.0)}
+    with pytest.raises(InputError, match=r"weight has shape \(60, 60\), the image \(120, 120\)"):
+        fit_mixture_psf_field(arr, stars, weight=np.ones((60, 60)), **kwargs)
+    with pytest.raises(InputError, match="weight must be finite and >= 0"):
+        fit_mixture_psf_field(arr, stars, weight=-np.ones((120, 120)), **kwargs)
+    with pytest.raises(InputError, match=r"background has shape \(10, 10\)"):
+        fit_mixture_psf_field(arr, stars, background=np.zeros((10, 10)), **kwargs)

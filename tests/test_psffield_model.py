@@ -226,3 +226,37 @@ def test_oversampling_bad_input(bad):
         fit_psf_field(np.zeros((100, 100)), stars, oversampling=bad)
     with pytest.raises(InputError, match="smoothing"):
         fit_psf_field(np.zeros((100, 100)), stars, oversampling=2, smoothing=-1.0)
+
+
+@pytest.mark.parametrize("layout, degree, match", [
+    ("row", 2, "span only 0 px in y"),
+    ("grid", 3, "do not determine a polynomial of degree 3"),
+])
+def test_star_layouts_that_cannot_determine_the_polynomial(layout, degree, match):
+    """Stars on one row (any degree > 0), or on 3 rows for degree 3: the undetermined
+    terms had been fitted to the centroids' sub-pixel jitter, and the PSF came out
+    wrong by 0.6-6x its peak off the rows with every star reported used.  Refused;
+    the same 3-row grid with degree 2 is fitted and matches the true (constant)
+    PSF between the rows to 1% of its peak."""
+    rng = np.random.default_rng(0)
+    if layout == "row":
+        pos = np.column_stack([np.linspace(20, 180, 14), np.full(14, 100.0)])
+        n = 200
+    else:
+        gx, gy = np.meshgrid(np.linspace(30, 370, 8), [50.0, 200.0, 350.0])
+        pos = np.column_stack([gx.ravel(), gy.ravel()])
+        n = 400
+    img = galsim.ImageD(n, n, xmin=0, ymin=0, scale=1.0)
+    for x, y in pos:
+        galsim.Gaussian(fwhm=3.0).withFlux(2e4).drawImage(
+            image=img, center=galsim.PositionD(x, y), add_to_image=True)
+    data = img.array + rng.normal(0.0, 1.0, (n, n))
+    stars = Table(pos, names=("x", "y"))
+    with pytest.raises(InputError, match=match):
+        fit_psf_field(data, stars, degree=degree)
+    if layout == "grid":
+        model = fit_psf_field(data, stars, degree=2)
+        truth = galsim.Gaussian(fwhm=3.0).drawImage(nx=25, ny=25, scale=1.0).array
+        truth /= truth.sum()
+        for x, y in ((200.0, 125.0), (100.0, 275.0)):
+            assert np.abs(model.image(x, y) - truth).max() < 0.01 * truth.max()

@@ -61,6 +61,8 @@ from ..io.psfex import PSFExModel, _checked_polynomial_terms, _n_terms, _polynom
 from ..mixtures import GaussianMixture
 from .model import (
     PSFFieldModel,
+    _as_image,
+    _check_star_layout,
     _clipped,
     _cut_stamps,
     _gauss_newton_flux_centre,
@@ -499,14 +501,19 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
         raise InputError(f"start must be 'pixel' or 'moments', got {start!r}")
     if pixel_model is not None and not isinstance(pixel_model, PSFFieldModel):
         raise InputError(f"pixel_model must be a PSFFieldModel, got {type(pixel_model).__name__}")
-    data = np.asarray(image, dtype=np.float64)
-    w_img = None if weight is None else np.asarray(weight, dtype=np.float64)
+    # checked here too: the moments start and a given pixel_model skip fit_psf_field's checks
+    data = _as_image(image, "image")
+    w_img = None if weight is None else _as_image(weight, "weight", data.shape)
+    if w_img is not None and (np.any(~np.isfinite(w_img)) or np.any(w_img < 0)):
+        raise InputError("weight must be finite and >= 0")
     if background is None:
         bkg = None
     elif np.ndim(background) == 0:
         bkg = float(background)
+        if not math.isfinite(bkg):
+            raise InputError(f"background must be finite, got {bkg}")
     else:
-        bkg = np.asarray(background, dtype=np.float64)
+        bkg = _as_image(background, "background", data.shape)
     backend = _cpu_backend()
     if start == "pixel" or pixel_model is not None:
         if pixel_model is None:
@@ -751,6 +758,13 @@ def _moments_start(data, weight, bkg, stars, size, degree, k):
         x_fit[s] = ix[s] - half + xc
         y_fit[s] = iy[s] - half + yc
         flux[s] = float(st.sum())
+    # the fit cuts the stamps again around the measured centres: a star whose centroid
+    # moved (by up to ~2 px) so that its stamp would leave the image is an edge star
+    ny, nx = data.shape
+    with np.errstate(invalid="ignore"):
+        jx, jy = np.rint(x_fit), np.rint(y_fit)
+        edge |= np.isfinite(x_fit) & ((jx - half < 0) | (jy - half < 0)
+                                      | (jx + half > nx - 1) | (jy + half > ny - 1))
     used = ~edge & np.isfinite(x_fit) & (flux > 0)
     nterms = _n_terms(int(degree))
     if used.sum() < 2 * nterms:
@@ -766,6 +780,7 @@ def _moments_start(data, weight, bkg, stars, size, degree, k):
     xu, yu = x_fit[used] + 1.0, y_fit[used] + 1.0
     polzero = np.array([0.5 * (xu.min() + xu.max()), 0.5 * (yu.min() + yu.max())])
     polscal = np.array([max(xu.max() - xu.min(), 1.0), max(yu.max() - yu.min(), 1.0)])
+    _check_star_layout(xu, yu, polzero, polscal, int(degree), int(size))
     table = stars.copy()
     table["x_fit"] = x_fit
     table["y_fit"] = y_fit

@@ -413,6 +413,44 @@ class PSFFieldModel:
                           psf_samp=self.psf_samp, meta=meta)
 
 
+#: Smallest ratio of the smallest to the largest singular value of the stars' (column
+#: normalised) polynomial design accepted by :func:`_check_star_layout`.  Stars spread
+#: over the field give 0.02-0.8 (degree 1-3, 2 stars per term or more); stars on too few
+#: rows or columns for the degree give 1e-4 or less.
+LAYOUT_CONDITION = 1e-3
+
+
+def _check_star_layout(x, y, polzero, polscal, degree, size):
+    """Refuse star positions that cannot determine the polynomial of ``degree``.
+
+    ``x, y`` [px, 1-based as the PSFEx coordinates]: the positions of the stars
+    used.  Raises InputError when the stars span less than ``size`` px (the PSF
+    stamp) along an axis, so that every term in that coordinate is set by their
+    sub-pixel scatter alone (stars on one row), or when the design matrix of
+    the terms is rank deficient in practice (:data:`LAYOUT_CONDITION`; e.g. a
+    grid of stars on ``degree`` rows or fewer, where the highest power along
+    that axis is undetermined).  Such fits had returned a PSF badly wrong away
+    from the stars' rows, with every star reported used and converged.
+    """
+    if degree == 0:
+        return
+    for axis, v in (("x", x), ("y", y)):
+        extent = float(np.max(v) - np.min(v))
+        if extent < size:
+            raise InputError(f"the {len(v)} stars span only {extent:.2g} px in {axis}, less "
+                             f"than the {size}-px PSF stamp: the polynomial's {axis} terms "
+                             f"(degree {degree}) are undetermined; use degree=0 or stars "
+                             f"spread over the image")
+    design = _polynomial_terms(x, y, polzero, polscal, degree)
+    design = design / np.linalg.norm(design, axis=0)
+    sv = np.linalg.svd(design, compute_uv=False)
+    if not sv[-1] > LAYOUT_CONDITION * sv[0]:
+        raise InputError(f"the positions of the {len(x)} stars do not determine a polynomial "
+                         f"of degree {degree} (the terms are nearly dependent: singular value "
+                         f"ratio {sv[-1] / sv[0]:.1e}; stars on {degree} rows or columns or "
+                         "fewer, say); lower the degree or use stars spread over the image")
+
+
 def _as_image(array, name, shape=None):
     try:
         out = np.asarray(array, dtype=np.float64)
@@ -488,8 +526,10 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     Raises
     ------
     InputError
-        On bad inputs (e.g. an ``oversampling`` that is not an integer >= 1)
-        or too few usable stars.
+        On bad inputs (e.g. an ``oversampling`` that is not an integer >= 1),
+        too few usable stars, or stars laid out so that they cannot determine
+        the polynomial (all within one stamp's width along an axis, or on
+        ``degree`` rows or columns or fewer).
 
     Examples
     --------
@@ -589,6 +629,7 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     xu, yu = xs[used] + 1.0, ys[used] + 1.0
     polzero = np.array([0.5 * (xu.min() + xu.max()), 0.5 * (yu.min() + yu.max())])
     polscal = np.array([max(xu.max() - xu.min(), 1.0), max(yu.max() - yu.min(), 1.0)])
+    _check_star_layout(xu, yu, polzero, polscal, degree, size)
 
     grid_y, grid_x = np.mgrid[:size, :size].astype(np.float64) - half
     disk = (grid_x ** 2 + grid_y ** 2 <= (half + 0.5) ** 2).astype(np.float64)
