@@ -213,3 +213,31 @@ def test_fit_scene_command_on_two_decam_exposures(tmp_path, capsys):
     bad[bad.index("--psf") + 2:bad.index("--psf") + 3] = [table["psfex"][0], table["psfex"][1]]
     assert main(bad) == 2
     assert "PSF files for 2 images" in _one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+@pytest.mark.parametrize("damage", ["truncated", "bitpix"])
+def test_fit_scene_damaged_psf_file(tmp_path, capsys, damage):
+    """A PSF file cut inside its image data (an interrupted copy of the shipped
+    jwst_f200w_point_source.fits) or with an invalid BITPIX: a one-line error naming the
+    file and exit code 2, not astropy's TypeError or KeyError."""
+    from pathlib import Path
+
+    data = (Path(__file__).parent / "data" / "jwst_f200w_point_source.fits").read_bytes()
+    if damage == "truncated":
+        data = data[:10000]
+    else:
+        card = b"BITPIX  =                  -32"
+        assert data.count(card) == 2
+        data = data.replace(card, b"BITPIX  =                  -33")
+    psf = tmp_path / "psf.fits"
+    psf.write_bytes(data)
+    catalog = tmp_path / "cat.ecsv"
+    catalog.write_text("# %ECSV 1.0\n# ---\n# datatype:\n# - {name: ra, datatype: float64}\n"
+                       "# - {name: dec, datatype: float64}\nra dec\n10.0 0.0\n")
+    code = main(["fit-scene", str(tmp_path / "image.fits"), "--catalog", str(catalog),
+                 "--psf", str(psf), "--output", str(tmp_path / "out"), "--no-progress"])
+    assert code == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert line.startswith("astromix fit-scene: error: ")
+    assert f"cannot read PSF file {str(psf)!r}" in line

@@ -1,6 +1,7 @@
 """Tests of ``astromix psf-field`` on the shipped CFHT image."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +46,20 @@ def test_psf_field_bad_input(tmp_path, capsys):
     status = main(["psf-field", str(tmp_path / "missing.fits"), "--outdir", str(tmp_path / "o")])
     assert status == 2
     assert "missing.fits" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+def test_psf_field_truncated_image(tmp_path, capsys):
+    """A shipped FITS file cut inside the data of its first image (an interrupted copy): a
+    one-line error naming the file, exit code 2, not astropy's TypeError."""
+    shipped = Path(__file__).parent / "data" / "jwst_f200w_point_source.fits"
+    path = tmp_path / "truncated.fits"
+    path.write_bytes(shipped.read_bytes()[:10000])
+    status = main(["psf-field", str(path), "--outdir", str(tmp_path / "o")])
+    assert status == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("astromix psf-field: error: ")
+    assert f"cannot read image {str(path)!r}" in lines[0]
 
 
 def test_psf_field_cfht_mixture_basis(tmp_path, capsys):

@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,9 @@ from astromix.cli import main
 from astromix.cli.psf_mixture import header_oversampling, output_paths, read_psf_image
 
 h5py = pytest.importorskip("h5py")
+
+#: A real FITS file shipped with the tests (61 x 61 SCI and ERR image extensions).
+SHIPPED = Path(__file__).parent / "data" / "jwst_f200w_point_source.fits"
 
 BAND = "F200W"
 HALF = 100  # the cut-out is 201 x 201 image px around the centre of the 535 x 535 PSF
@@ -223,7 +227,7 @@ def test_new_band_with_overwrite_0_keeps_others(fitted, psf_fits, tmp_path):
     assert "oversampling 4 (--oversample)" in out
     assert "chi2 = " in out
     with h5py.File(copy, "r") as f:
-        assert sorted(f) == [BAND, "F200W_small"]
+        assert sorted(f) == [BAND, "F200W_SMALL"]  # the group is --band in upper case
     assert read_psf_mixture(copy, BAND) == old
     assert len(read_psf_mixture(copy, "F200W_small")) == 2
     assert sorted(os.listdir(tmp_path)) == ["psf.h5"]  # no --savefig, --fitsout 0
@@ -404,3 +408,95 @@ def test_stpsf_extensions_in_fit_scene_and_providers(tmp_path):
         cov = (m.amp[:, None, None] * m.cov).sum(axis=0) / m.amp.sum()
         # a pixel-integrated Gaussian of sigma 1.5 px: variance 1.5^2 + 1/12 at most
         assert np.allclose(np.diag(cov), 1.5 ** 2, rtol=0.08), (name, cov)
+
+
+def test_lower_case_band_writes_upper_case_group(psf_fits, tmp_path, monkeypatch):
+    """forcepho's make_psf.py writes the group band.upper() and forcepho's PSFStore looks
+    "F200W" up; the PNG/FITS names keep the band as typed, as make_psf.py's do."""
+    from astromix.io.forcepho import read_psf_mixture
+
+    path, _ = psf_fits
+    h5 = tmp_path / "psf.h5"
+    code, out, err = _run(["psf-mixture", "--band", "f200w", "--psf_image", str(path),
+                           "--trim", "80", "--ngauss", "1", "--outname", str(h5),
+                           "--fitsout", "1"])
+    assert code == 0, err
+    assert f"wrote {h5} (group 'F200W')" in out
+    with h5py.File(h5, "r") as f:
+        assert list(f) == ["F200W"]
+        assert f["F200W"]["parameters"].shape == (1, 9)  # forcepho's PSFStore.lookup("F200W")
+    assert len(read_psf_mixture(h5, "F200W")) == 1
+    assert sorted(os.listdir(tmp_path)) == ["psf.h5", "psf_f200w.fits"]
+    with fits.open(tmp_path / "psf_f200w.fits") as hdul:
+        assert hdul[0].header["BAND"] == "F200W"
+    # --overwrite 0 sees the band whatever its case, before any fit
+    import astromix.fitting
+
+    def no_fit(*args, **kwargs):  # pragma: no cover - must not be reached
+        raise AssertionError("the refusal must come before the fit")
+
+    monkeypatch.setattr(astromix.fitting, "fit_psf_mixture", no_fit)
+    before = h5.read_bytes()
+    code, _, err = _run(["psf-mixture", "--band", "F200w", "--psf_image", str(path),
+                         "--outname", str(h5), "--overwrite", "0"])
+    assert code == 2
+    assert "already has band 'F200W'" in _one_line_error(err)
+    assert h5.read_bytes() == before
+
+
+def test_damaged_outname_refused_before_fitting(tmp_path, monkeypatch):
+    """An HDF5 file whose root symbol-table node is damaged: refused with a one-line error
+    naming it, before any fit, and left byte-identical."""
+    from astromix import GaussianMixture
+    from astromix.io.forcepho import write_psf_mixture
+
+    out = tmp_path / "psf.h5"
+    write_psf_mixture(out, "F090W", GaussianMixture([1.0], [[0, 0]], [np.eye(2)]))
+    data = out.read_bytes()
+    i = data.index(b"SNOD")  # the signature of the root group's symbol-table node
+    out.write_bytes(data[:i] + b"XXXX" + data[i + 4:])
+    before = out.read_bytes()
+    path = _write(tmp_path / "psf.fits", [fits.PrimaryHDU(np.ones((41, 41)))])
+    import astromix.fitting
+
+    def no_fit(*args, **kwargs):  # pragma: no cover - must not be reached
+        raise AssertionError("the refusal must come before the fit")
+
+    monkeypatch.setattr(astromix.fitting, "fit_psf_mixture", no_fit)
+    code, _, err = _run(["psf-mixture", "--band", BAND, "--psf_image", str(path),
+                         "--outname", str(out)])
+    assert code == 2
+    line = _one_line_error(err)
+    assert str(out) in line and "damaged" in line and repr(BAND) in line
+    assert out.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["psf.fits", "psf.h5"]
+
+
+def _truncated(tmp_path):
+    """The shipped file cut inside the data of its SCI extension (an interrupted copy)."""
+    path = tmp_path / "truncated.fits"
+    path.write_bytes(SHIPPED.read_bytes()[:10000])
+    return path
+
+
+def _bad_bitpix(tmp_path):
+    """The shipped file with BITPIX -33 (no such FITS type) in its image extensions."""
+    data = SHIPPED.read_bytes()
+    card = b"BITPIX  =                  -32"
+    assert data.count(card) == 2
+    path = tmp_path / "bitpix.fits"
+    path.write_bytes(data.replace(card, b"BITPIX  =                  -33"))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+@pytest.mark.parametrize("make", [_truncated, _bad_bitpix], ids=["truncated", "bitpix"])
+def test_damaged_fits_image(tmp_path, make):
+    path = make(tmp_path)
+    out = tmp_path / "out.h5"
+    code, _, err = _run(["psf-mixture", "--band", BAND, "--psf_image", str(path),
+                         "--ext", "SCI", "--outname", str(out)])
+    assert code == 2
+    line = _one_line_error(err)
+    assert str(path) in line and "could not be read" in line
+    assert not out.exists()

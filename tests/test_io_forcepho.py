@@ -544,3 +544,90 @@ def test_uncentred_psf_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="astromix"):
         write_psf_mixture(tmp_path / "psf.h5", "A", m)
     assert "centroid" in caplog.text
+
+
+# -- damaged files -----------------------------------------------------------------------------
+def _damaged_copies(tmp_path, rng):
+    """A valid file (band 'A', two locations) and copies with damaged HDF5 metadata.
+
+    The damage is placed by the HDF5 format specification (superblock version 0, which h5py
+    writes by default): the signature of the root group's symbol-table node (``SNOD``), the
+    float32 description of the compound member ``xcr``, and the driver-information address of
+    the superblock (bytes 48-55, "undefined" = all 0xFF), which only a write trips over.
+    """
+    good = tmp_path / "good.h5"
+    m = centred_mixture(rng, 2)
+    write_psf_mixture(good, "A", [m, m], locations=[[1, 2], [3, 4]], arcsec_per_pixel=0.03)
+    data = good.read_bytes()
+    assert data[:8] == b"\x89HDF\r\n\x1a\n" and data[8] == 0  # superblock version 0
+    i = data.index(b"SNOD")
+    snod = data[:i] + b"XXXX" + data[i + 4:]
+    i = data.index(b"xcr\x00")
+    dtype = bytearray(data)
+    dtype[i - 2:i + 6] = bytes([51, 117, 206, 243, 238, 7, 128, 16])
+    assert data[48:56] == b"\xff" * 8
+    driver = data[:55] + b"\x47" + data[56:]
+    out = {}
+    for name, content in (("snod", snod), ("dtype", bytes(dtype)), ("driver", driver)):
+        out[name] = tmp_path / f"{name}.h5"
+        out[name].write_bytes(content)
+    return m, out
+
+
+def test_damaged_file_reads_raise_input_error(tmp_path, rng):
+    m, files = _damaged_copies(tmp_path, rng)
+    for name in ("snod", "dtype"):
+        path = files[name]
+        with pytest.raises(InputError, match="cannot read the HDF5 file") as info:
+            read_psf_mixture(path, "A")
+        assert str(path) in str(info.value) and "'A'" in str(info.value), name
+    with pytest.raises(InputError, match="cannot read the HDF5 file") as info:
+        read_psf_locations(files["snod"], "A")
+    assert str(files["snod"]) in str(info.value) and "'A'" in str(info.value)
+    # only a write trips over the driver-information address: the reads give the PSF back
+    assert_matches(read_psf_mixture(files["driver"], "A", location=1), m)
+    np.testing.assert_array_equal(read_psf_locations(files["driver"], "A"), [[1, 2], [3, 4]])
+
+
+@pytest.mark.parametrize("name, where", [("snod", "refusing"), ("driver", "cannot write")])
+def test_damaged_file_write_refused_unchanged(tmp_path, rng, name, where):
+    """Damage found before writing (snod) or while writing (driver): InputError naming the
+    file and the band, the file byte-identical and no temporary file left."""
+    _, files = _damaged_copies(tmp_path, rng)
+    path = files[name]
+    before = path.read_bytes()
+    listing = sorted(os.listdir(tmp_path))
+    with pytest.raises(InputError, match=where) as info:
+        write_psf_mixture(path, "B", centred_mixture(rng, 3))
+    assert str(path) in str(info.value) and "'B'" in str(info.value)
+    assert "damaged" in str(info.value)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == listing
+
+
+# -- band names and case -----------------------------------------------------------------------
+def test_band_found_regardless_of_case(tmp_path, rng):
+    """forcepho's make_psf.py writes band.upper(); older astromix files have the band as typed."""
+    lower, upper = centred_mixture(rng, 2), centred_mixture(rng, 3)
+    old = tmp_path / "old.h5"
+    write_psf_mixture(old, "f200w", [lower, lower], locations=[[1, 2], [3, 4]])
+    assert_matches(read_psf_mixture(old, "F200W", location=0), lower)
+    np.testing.assert_array_equal(read_psf_locations(old, "F200W"), [[1, 2], [3, 4]])
+    new = tmp_path / "new.h5"
+    write_psf_mixture(new, "F200W", upper)
+    assert_matches(read_psf_mixture(new, "f200w"), upper)
+    with h5py.File(new, "r") as f:
+        assert list(f) == ["F200W"]  # the library writes the name as given
+    # an exact match wins over a case-insensitive one
+    write_psf_mixture(old, "F200W", upper)
+    assert_matches(read_psf_mixture(old, "F200W"), upper)
+    assert_matches(read_psf_mixture(old, "f200w", location=1), lower)
+    # two groups that differ from the band only in case: refused, not guessed
+    both = tmp_path / "both.h5"
+    write_psf_mixture(both, "f200w", lower)
+    write_psf_mixture(both, "F200w", upper)
+    with pytest.raises(InputError, match=r"only in case: 'F200w', 'f200w'") as info:
+        read_psf_mixture(both, "F200W")
+    assert str(both) in str(info.value)
+    with pytest.raises(InputError, match="no band 'F150W'"):
+        read_psf_mixture(both, "F150W")

@@ -323,6 +323,9 @@ def test_write_refuses_and_is_atomic(models, tmp_path, monkeypatch):
         write_psfex(tmp_path / "nope" / "m.psf", models[1])
     with pytest.raises(InputError, match="dtype"):
         write_psfex(tmp_path / "x.psf", models[1], dtype=np.int16)
+    for bad in ("foo", object(), [1, 2]):  # not a dtype at all: numpy's TypeError
+        with pytest.raises(InputError, match="dtype must be float32 or float64"):
+            write_psfex(tmp_path / "x.psf", models[1], dtype=bad)
     with pytest.raises(InputError):
         write_psfex(tmp_path / "x.psf", "not a model")
     with pytest.raises(InputError):
@@ -336,6 +339,22 @@ def test_write_refuses_and_is_atomic(models, tmp_path, monkeypatch):
         write_psfex(path, models[1], overwrite=True)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.psf"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX symbolic links")
+def test_write_through_symlink(models, tmp_path):
+    """A symbolic link is followed and its target rewritten (as write_psf_mixture does),
+    not replaced by a regular file."""
+    target = tmp_path / "real.psf"
+    write_psfex(target, models[0])
+    link = tmp_path / "link.psf"
+    link.symlink_to(target)
+    out = write_psfex(link, models[1], overwrite=True)
+    assert out == str(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    np.testing.assert_array_equal(read_psfex(target).basis,
+                                  models[1].basis.astype(np.float32))
+    assert sorted(os.listdir(tmp_path)) == ["link.psf", "real.psf"]
 
 
 # -- a constant PSF (no polynomial) ---------------------------------------------------------

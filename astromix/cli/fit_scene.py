@@ -130,7 +130,8 @@ def load_psf(path, *, n_components=6, oversampling=None):
     Raises
     ------
     InputError
-        For a missing or unreadable file, or one holding no PSF.
+        For a missing, unreadable, truncated or damaged file, or one holding
+        no PSF; the message names the file.
     """
     from astropy.io import fits
 
@@ -163,7 +164,10 @@ def load_psf(path, *, n_components=6, oversampling=None):
                     raise InputError(f"{path!r} holds neither a PSFEx model nor a PSF image")
                 image = np.asarray(hdu.data, dtype=float)
                 header = hdu.header
-    except OSError as exc:
+    except InputError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+        # what astropy raises for a truncated or damaged file (as read_psfex catches)
         raise InputError(f"cannot read PSF file {path!r}: {exc}") from None
     if is_psfex:
         return functools.partial(read_psfex(path).mixture, n_components=n_components)

@@ -95,7 +95,8 @@ def _read(path, what):
             for hdu in hdul:
                 if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
                     return np.asarray(hdu.data, dtype=np.float64), hdu.header
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+        # what astropy raises for a truncated or damaged file (as read_psfex catches)
         raise InputError(f"cannot read {what} {path!r}: {exc}") from None
     raise InputError(f"{what} {path!r} has no 2-D image HDU")
 
@@ -141,8 +142,9 @@ def run(args):
     InputError
         If ``--oversampling`` is below 1 or given with ``--basis mixture``, the
         output folder cannot be created or written, IMAGE or ``--weight``
-        cannot be read or holds no 2-D image, the weight's shape differs from
-        the image's, or there is no reserve star.
+        cannot be read (missing, truncated or damaged) or holds no 2-D image,
+        the weight's shape differs from the image's, or there is no reserve
+        star.
     """
     import numpy as np
 

@@ -12,10 +12,12 @@ removes ``--trim`` pixels from each edge, fits ``--ngauss`` Gaussians (the last
 ``--ngauss_neg`` of them with negative amplitudes) by least squares with
 :func:`astromix.fitting.fit_psf_mixture`, converts them to science pixels
 (divided by the oversampling, centred on the PSF centre), and writes them as
-the group ``<band>`` of the forcepho HDF5 file ``--outname`` with
-:func:`astromix.io.forcepho.write_psf_mixture` (other bands are kept).  A
-summary (component table, residual metrics, time) is printed on standard
-output.  Optional outputs, beside the HDF5 file:
+the group ``<BAND>`` of the forcepho HDF5 file ``--outname`` with
+:func:`astromix.io.forcepho.write_psf_mixture` (other bands are kept).  As in
+make_psf.py, the group is ``--band`` in upper case (``--band f200w`` writes
+``F200W``, the name forcepho looks up); the PNG and FITS outputs keep the band
+as given.  A summary (component table, residual metrics, time) is printed on
+standard output.  Optional outputs, beside the HDF5 file:
 
 * ``--savefig``: ``<stem>_<band>.png``, target, model, residual in % of the
   peak, radial profiles and the component ellipses;
@@ -51,6 +53,9 @@ log = logging.getLogger("astromix")
 
 #: Header keywords giving the oversampling, in the order they are looked up.
 OVERSAMPLING_KEYWORDS = ("DET_SAMP", "OVERSAMP")
+
+#: What astropy raises reading a damaged or truncated FITS file (as read_psfex catches).
+_FITS_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError)
 
 #: Columns of the PARAMS table and of the printed component table.
 PARAM_COLUMNS = ("amp", "xcr", "ycr", "Cxx", "Cyy", "Cxy")
@@ -111,7 +116,10 @@ def add_parser(subparsers):
                "--oversample 4 --trim 227 --ngauss 4 --outname psf_mixtures.h5 --savefig "
                "--fitsout 1")
     parser.add_argument("--band", required=True,
-                        help="band (filter) name, the HDF5 group written (required)")
+                        help="band (filter) name (required); the HDF5 group written is "
+                             "its upper case, as make_psf.py writes and forcepho reads "
+                             "it (f200w -> F200W); <band> in the PNG/FITS names is as "
+                             "given")
     parser.add_argument("--psf_image", "--psf-image", dest="psf_image", required=True,
                         metavar="FITS", help="FITS file holding the PSF image (required)")
     parser.add_argument("--ext", type=hdu_argument, default=0, metavar="HDU",
@@ -190,10 +198,10 @@ def read_psf_image(path, ext=0):
     Raises
     ------
     InputError
-        If the file is missing or not FITS, has no such HDU (the message lists
-        the HDUs), the HDU holds no 2-d image, or the image has NaN or
-        infinite pixels (they are refused, not masked).  The message names the
-        file.
+        If the file is missing, not FITS, truncated or damaged, has no such
+        HDU (the message lists the HDUs), the HDU holds no 2-d image, or the
+        image has NaN or infinite pixels (they are refused, not masked).  The
+        message names the file.
     """
     from astropy.io import fits
 
@@ -204,19 +212,21 @@ def read_psf_image(path, ext=0):
         raise InputError(f"{where} is not a file")
     try:
         hdul = fits.open(path, memmap=False)
-    except (OSError, ValueError) as exc:
+    except _FITS_ERRORS as exc:
         raise InputError(f"{where} is not a readable FITS file ({exc})") from None
     with hdul:
         try:
             hdu = hdul[ext]
         except (KeyError, IndexError):
             raise InputError(f"{where} has no HDU {ext!r}; it has {_hdu_list(hdul)}") from None
+        except _FITS_ERRORS as exc:  # a damaged header on the way to ``ext``
+            raise InputError(f"{where} is not a readable FITS file ({exc})") from None
         where = f"{where}, HDU {ext!r}"
         if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
             raise InputError(f"{where} is a {type(hdu).__name__}, not an image")
         try:
             data = hdu.data
-        except (OSError, ValueError, TypeError) as exc:
+        except _FITS_ERRORS as exc:
             raise InputError(f"{where}: the image could not be read ({exc})") from None
         if data is None:
             raise InputError(f"{where} holds no data; choose the image with --ext "
@@ -333,22 +343,33 @@ def _check_band(band):
         raise InputError(f"--band {band!r} is not a valid band name (non-empty, no '/')")
 
 
+def _group_name(band):
+    """The HDF5 group of ``--band``: its upper case, as forcepho's make_psf.py writes it."""
+    return band.upper()
+
+
 def _check_outputs(args, png_path, fits_path):
     """Refuse, before any fitting, what the writes would refuse."""
     import h5py
 
     path = args.outname
+    group = _group_name(args.band)
     if os.path.lexists(path):
         if not os.path.isfile(path):
             raise InputError(f"--outname {path!r} exists and is not a regular file")
         try:
             with h5py.File(path, "r") as f:
-                present = args.band in f
+                present = group in f
+                list(f)  # reads the root group: a damaged file fails here, before the fit
         except OSError as exc:
             raise InputError(f"--outname {path!r} exists but is not a readable HDF5 file "
                              f"({exc}); refusing to replace it") from None
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"--outname {path!r}, band {group!r}: the HDF5 file is damaged "
+                             f"({type(exc).__name__}: {exc}); refusing to write into "
+                             "it") from None
         if present and not args.overwrite:
-            raise InputError(f"{path} already has band {args.band!r} and --overwrite is 0; "
+            raise InputError(f"{path} already has band {group!r} and --overwrite is 0; "
                              "nothing was fitted or written")
     if not args.overwrite:
         for wanted, extra in ((args.savefig, png_path), (args.fitsout, fits_path)):
@@ -541,8 +562,9 @@ def run(args):
         (:func:`read_psf_image`), a header oversampling that is not a
         positive number, a ``--trim`` that leaves nothing, or outputs the
         writes would refuse (``--outname`` not a regular or readable HDF5
-        file, the band or the PNG/FITS outputs present with ``--overwrite
-        0``, an output folder that cannot be created or written).
+        file or a damaged one, the band (``--band`` in upper case) or the
+        PNG/FITS outputs present with ``--overwrite 0``, an output folder
+        that cannot be created or written).
     BackendError
         If ``--backend`` names an unknown or unavailable backend.
     AstromixError
@@ -556,7 +578,8 @@ def run(args):
     if args.ngauss_neg >= args.ngauss:
         raise InputError(f"--ngauss_neg {args.ngauss_neg} must be smaller than --ngauss "
                          f"{args.ngauss} (at least one positive Gaussian)")
-    png_path, fits_path = output_paths(args.outname, args.band)
+    group = _group_name(args.band)
+    png_path, fits_path = output_paths(args.outname, args.band)  # the band as given
     image, header, primary = read_psf_image(args.psf_image, args.ext)
     if args.oversample is not None:
         oversampling, source = float(args.oversample), "--oversample"
@@ -574,7 +597,7 @@ def run(args):
           else contextlib.nullcontext(backends.get_backend())) as bk:
         ny, nx = image.shape
         print(f"astromix psf-mixture: {args.psf_image}[{args.ext}], {ny} x {nx} px, "
-              f"oversampling {oversampling:g} ({source}), trim {args.trim}, band {args.band}, "
+              f"oversampling {oversampling:g} ({source}), trim {args.trim}, band {group}, "
               f"backend {bk.name}", file=out)
         psf = fit_psf_mixture(image, args.ngauss, oversampling=oversampling, trim=args.trim,
                               snr=args.snr, n_negative=args.ngauss_neg, method=args.method,
@@ -587,10 +610,10 @@ def run(args):
 
     written = []
     try:
-        write_psf_mixture(args.outname, args.band, psf, overwrite=args.overwrite)
-        written.append(f"{args.outname} (group {args.band!r})")
+        write_psf_mixture(args.outname, group, psf, overwrite=args.overwrite)
+        written.append(f"{args.outname} (group {group!r})")
         if args.fitsout:
-            meta = {"BAND": (args.band, "band (HDF5 group)"),
+            meta = {"BAND": (group, "band (HDF5 group)"),
                     "PSFIMAGE": (os.path.basename(args.psf_image), "PSF image fitted"),
                     "PSFEXT": (str(args.ext), "its HDU"),
                     "OVERSAMP": (oversampling, f"image px per science px ({source})"),

@@ -7,7 +7,10 @@ dependency, imported only when a function is called).
 
 Layout
 ------
-One group per band, named exactly as the band (e.g. ``"F200W"``)::
+One group per band, named as the band (e.g. ``"F200W"``; forcepho's
+``make_psf.py`` and ``astromix psf-mixture`` write it in upper case, and
+forcepho looks it up so; the readers here fall back to a match regardless of
+case)::
 
     /<band>                      group
         attrs["n_psf_per_source"]  int32 scalar = nradii * ngauss
@@ -47,6 +50,7 @@ HDF5 does not reclaim the space of a deleted group, so a file rewritten many
 times grows slowly (``h5repack`` compacts it).
 """
 
+import contextlib
 import errno
 import logging
 import numbers
@@ -107,6 +111,9 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
         target rewritten.
     band : str
         Band (filter) name, the group name, e.g. ``"F200W"``; no ``"/"``.
+        Written exactly as given; forcepho looks bands up in upper case (its
+        ``make_psf.py`` writes ``band.upper()``, as ``astromix psf-mixture``
+        does).
     psf : GaussianMixture, object with a ``.mixture`` GaussianMixture, or sequence of them
         The PSF in science-image pixels, centres relative to the PSF centre
         [px], covariances [px^2]; e.g. a :class:`~astromix.GaussianMixturePSF`
@@ -141,13 +148,16 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
     InputError
         On a bad band name, PSF, location array, bin count or pixel scale; if
         a covariance is not positive definite (or a value not finite) once
-        rounded to float32; if ``path`` exists but is not an HDF5 file; or if
-        the band exists and ``overwrite`` is false (the message names the file
-        and the band).
+        rounded to float32; if ``path`` exists but is not an HDF5 file or its
+        internal structure is damaged (h5py's RuntimeError, ValueError,
+        KeyError, TypeError or OSError without errno, found before or while
+        writing; the file is left unchanged); or if the band exists and
+        ``overwrite`` is false (the message names the file and the band).
     ImportError
         If h5py is not installed.
     OSError
-        If the file or its folder cannot be written (the original is kept).
+        If the file or its folder cannot be written, e.g. the disk is full (the
+        original is kept).
 
     Notes
     -----
@@ -196,18 +206,33 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
         try:
             with h5py.File(path, "r") as f:
                 present = band in f
+                list(f)  # reads the root group: damaged metadata fails here, not mid-write
         except OSError as exc:
             raise InputError(f"{shown} exists but is not a readable HDF5 file ({exc}); "
                              "refusing to replace it") from None
+        except _H5_ERRORS as exc:
+            raise InputError(f"{shown}, band {band!r}: the HDF5 file is damaged "
+                             f"({type(exc).__name__}: {exc}); refusing to write into it") from None
         if present and not overwrite:
             raise InputError(f"{shown} already has band {band!r} and overwrite=False; "
                              "the file was left unchanged")
 
     with atomic_path(path, copy_existing=exists) as tmp:
-        with h5py.File(tmp, "r+" if exists else "w") as f:
-            if band in f:
-                del f[band]
-            _fill_group(f.create_group(band), params, locs, scale)
+        # h5py's errors on the file's structure (not those of _fill_group) mean damage
+        with _damaged_write(shown, band):
+            f = h5py.File(tmp, "r+" if exists else "w")
+        try:
+            with _damaged_write(shown, band):
+                if band in f:
+                    del f[band]
+                group = f.create_group(band)
+            _fill_group(group, params, locs, scale)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                f.close()
+            raise
+        with _damaged_write(shown, band):
+            f.close()  # writes the metadata back: where some damage shows
     log.debug("wrote forcepho PSF %s/%s: %d location(s), %d x %d components", shown, band,
               params.shape[0], n_sersic_bins, params.shape[1] // n_sersic_bins)
 
@@ -370,7 +395,10 @@ def read_psf_mixture(path, band, *, location=None):
     path : str or os.PathLike
         The HDF5 file.
     band : str
-        The band (group) name.
+        The band (group) name.  If the file has no group of exactly that name,
+        the one group whose name matches it regardless of case is read (e.g.
+        ``"f200w"`` finds ``F200W``, as forcepho's ``make_psf.py`` writes it,
+        and ``"F200W"`` finds a lower-case ``f200w`` of older files).
     location : int, optional
         Index of the detector location to read (negative indices count from
         the end).  By default every location is read.
@@ -389,11 +417,14 @@ def read_psf_mixture(path, band, *, location=None):
     FileNotFoundError
         If ``path`` does not exist.
     InputError
-        If the file is not HDF5, has no such band (the message lists the bands
-        present), the dataset is malformed (missing fields, wrong shape,
-        ``n_psf_per_source`` inconsistent, covariance not positive definite,
-        non-finite values: the message names the file, the band and the
-        problem), or ``location`` is out of range.
+        If the file is not HDF5 or its internal structure is damaged (the
+        message names the file, the band and h5py's error), has no such band
+        (the message lists the bands present) or several differing only in
+        case from ``band`` and none exactly, the dataset is malformed
+        (missing fields, wrong shape, ``n_psf_per_source`` inconsistent,
+        covariance not positive definite, non-finite values: the message
+        names the file, the band and the problem), or ``location`` is out of
+        range.
     ImportError
         If h5py is not installed.
 
@@ -403,7 +434,7 @@ def read_psf_mixture(path, band, *, location=None):
     write_psf_mixture
     """
     path = os.fspath(path)
-    with _open(path) as f:
+    with _damaged(path, band), _open(path) as f:
         group = _band_group(f, path, band)
         fields, bins = _read_parameters(group, path, band)
     nloc = fields["amp"].shape[0]
@@ -430,7 +461,8 @@ def read_psf_locations(path, band):
     path : str or os.PathLike
         The HDF5 file (read with h5py).
     band : str
-        The band (group) name.
+        The band (group) name, matched regardless of case when no group has
+        exactly that name (as in :func:`read_psf_mixture`).
 
     Returns
     -------
@@ -446,11 +478,12 @@ def read_psf_locations(path, band):
     FileNotFoundError
         If ``path`` does not exist.
     InputError
-        If the file is not HDF5, has no such band, or ``detector_locations``
+        If the file is not HDF5 or is damaged, has no such band (or several
+        differing only in case, none exactly), or ``detector_locations``
         does not match the number of locations or is not finite.
     """
     path = os.fspath(path)
-    with _open(path) as f:
+    with _damaged(path, band), _open(path) as f:
         group = _band_group(f, path, band)
         ds = group.get("detector_locations")
         if ds is None:
@@ -478,22 +511,64 @@ def read_psf_locations(path, band):
     return loc
 
 
+#: What h5py raises for damaged HDF5 metadata once a file is open, besides an
+#: OSError without errno (one with an errno is an I/O error: disk full, ...).
+_H5_ERRORS = (RuntimeError, ValueError, KeyError, TypeError)
+
+
+@contextlib.contextmanager
+def _damaged(path, band):
+    """Turn h5py's errors reading a damaged file into InputError naming the file and band."""
+    try:
+        yield
+    except (InputError, FileNotFoundError):
+        raise
+    except (OSError, *_H5_ERRORS) as exc:
+        raise InputError(f"{path}, band {band!r}: cannot read the HDF5 file, damaged? "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+@contextlib.contextmanager
+def _damaged_write(path, band):
+    """The same for writing; an OSError with an errno (disk full, ...) is let through."""
+    try:
+        yield
+    except (OSError, *_H5_ERRORS) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise InputError(f"{path}, band {band!r}: cannot write into the HDF5 file, it is "
+                         f"damaged ({type(exc).__name__}: {exc}); the file was left "
+                         "unchanged") from None
+
+
 def _open(path):
     h5py = _import_h5py()
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, "no such forcepho PSF file", path)
     try:
         return h5py.File(path, "r")
-    except OSError as exc:
+    except (OSError, *_H5_ERRORS) as exc:
         raise InputError(f"{path} is not a readable HDF5 file ({exc})") from None
 
 
 def _band_group(f, path, band):
+    """The group of ``band``; else the only group whose upper-case name is ``band.upper()``."""
     h5py = _import_h5py()
     if not isinstance(band, str):
         raise InputError(f"band must be a string, got {band!r}")
     groups = sorted(k for k in f if isinstance(f.get(k), h5py.Group))
-    group = f.get(band) if band and "/" not in band else None
+    valid = bool(band) and "/" not in band
+    group = f.get(band) if valid else None
+    if not isinstance(group, h5py.Group) and valid:
+        # forcepho's make_psf.py writes band.upper(); older files may have other cases
+        same = [g for g in groups if g.upper() == band.upper()]
+        if len(same) > 1:
+            raise InputError(f"{path} has no band {band!r} but several that differ from it "
+                             f"only in case: {', '.join(repr(g) for g in same)}; give one "
+                             "exactly")
+        if same:
+            log.debug("%s: band %r read from group %r", path, band, same[0])
+            group = f[same[0]]
     if not isinstance(group, h5py.Group):
         present = ", ".join(repr(g) for g in groups) or "none"
         raise InputError(f"{path} has no band {band!r}; bands present: {present}")

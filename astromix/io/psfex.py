@@ -932,7 +932,7 @@ def write_psfex(path, model_or_arrays, *, overwrite=False, dtype=np.float32):
     Parameters
     ----------
     path : str or os.PathLike
-        Output file.
+        Output file.  A symbolic link is followed and its target rewritten.
     model_or_arrays : PSFExModel, dict or sequence
         The model, or the arguments of :class:`PSFExModel`: a dict of its
         keyword arguments or a sequence ``(basis, polzero, polscal, degree[,
@@ -1002,7 +1002,10 @@ def write_psfex(path, model_or_arrays, *, overwrite=False, dtype=np.float32):
     else:
         raise InputError("write_psfex needs a PSFExModel, a dict or a sequence of its "
                          f"arguments, got {type(model_or_arrays).__name__}")
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise InputError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise InputError(f"dtype must be float32 or float64, got {dtype}")
     if os.path.exists(path) and not overwrite:
@@ -1069,6 +1072,7 @@ def write_psfex(path, model_or_arrays, *, overwrite=False, dtype=np.float32):
             continue
         hdr[key] = value
     hdul = fits.HDUList([fits.PrimaryHDU(), table])
-    with atomic_path(path) as tmp:
+    # through a symbolic link, not over it (as write_psf_mixture)
+    with atomic_path(os.path.realpath(path)) as tmp:
         hdul.writeto(tmp, overwrite=True)
     return os.path.abspath(path)
