@@ -43,7 +43,14 @@ def _number(value, what, *, positive=False):
     if value is None:
         return None
     if isinstance(value, u.Quantity):
-        value = value.to_value(u.s) if what == "exptime" else value.value
+        if what == "exptime":
+            try:
+                value = value.to_value(u.s)
+            except u.UnitConversionError:
+                raise InputError(f"exptime must be a time, got a Quantity in {value.unit}"
+                                 ) from None
+        else:
+            value = value.value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise InputError(f"{what} must be a number, got {type(value).__name__}")
     value = float(value)
@@ -75,7 +82,11 @@ def _as_data(data):
     if arr.size == 0:
         raise InputError(f"Exposure data is empty (shape {arr.shape})")
     if arr.dtype.kind == "f":
-        if not arr.dtype.isnative:
+        if arr.dtype.itemsize < 4:  # float16: ASDF stores only float32 and float64
+            arr = arr.astype(np.float32)
+        elif arr.dtype.itemsize > 8:  # longdouble (float96, float128)
+            arr = arr.astype(np.float64)
+        elif not arr.dtype.isnative:
             arr = arr.astype(arr.dtype.newbyteorder("="))
     elif arr.dtype.kind in "iub":
         arr = arr.astype(np.float64)
@@ -226,15 +237,46 @@ def _check_psf(psf):
                      f"got {type(psf).__name__}")
 
 
-def _as_lonlat(ra, dec):
-    """Arrays of (ra, dec) in degrees from numbers, arrays, Quantities or a SkyCoord."""
+def _celestial_frame(low):
+    """The celestial frame of an APE 14 low-level WCS (astropy, gwcs...), or None."""
+    from astropy.coordinates import BaseCoordinateFrame, SkyCoord
+
+    try:
+        classes = low.world_axis_object_classes
+    except Exception:
+        return None
+    for value in classes.values():
+        # APE 14: (class, args, kwargs); a SkyCoord's kwargs hold its frame.
+        if not (isinstance(value, tuple) and len(value) >= 3 and isinstance(value[0], type)
+                and issubclass(value[0], SkyCoord) and isinstance(value[2], Mapping)):
+            continue
+        frame = value[2].get("frame")
+        if isinstance(frame, (BaseCoordinateFrame, str)):
+            return frame
+        if isinstance(frame, type) and issubclass(frame, BaseCoordinateFrame):
+            return frame()
+    return None
+
+
+def _as_lonlat(ra, dec, frame=None):
+    """Arrays of (ra, dec) in degrees from numbers, arrays, Quantities or a SkyCoord.
+
+    A SkyCoord is transformed into ``frame`` (the WCS's celestial frame), ICRS
+    when ``frame`` is None.
+    """
     from astropy.coordinates import SkyCoord
 
     if isinstance(ra, SkyCoord):
         if dec is not None:
             raise InputError("give either a SkyCoord or (ra, dec), not both")
-        icrs = ra.icrs
-        return np.asarray(icrs.ra.deg, dtype=float), np.asarray(icrs.dec.deg, dtype=float)
+        try:
+            sky = ra.transform_to(frame if frame is not None else "icrs")
+        except Exception as exc:
+            raise InputError(f"the SkyCoord (frame {ra.frame.name}) could not be transformed "
+                             f"into the WCS's frame {frame}: {exc}") from None
+        sph = sky.spherical
+        return (np.asarray(sph.lon.to_value(u.deg), dtype=float),
+                np.asarray(sph.lat.to_value(u.deg), dtype=float))
     if dec is None:
         raise InputError("dec is missing: give (ra, dec) in degrees or a SkyCoord")
     out = []
@@ -271,9 +313,11 @@ class Exposure(NDData):
     data : array-like or Quantity, shape (ny, nx)
         The image, in data units (a Quantity or ``unit`` gives them).  Integer
         data are converted to float64; float32 and float64 data are kept as
-        they are.  Non-finite pixels are masked and set to 0 in :attr:`data`
-        (one `ExposureWarning` gives their number, counting only pixels that
-        ``mask`` did not already mask).  A NumPy masked array gives its mask.
+        they are (in native byte order); float16 data become float32 and
+        extended-precision (``longdouble``) data float64, the types ASDF and
+        HDF5 files store.  Non-finite pixels are masked and set to 0 in
+        :attr:`data` (one `ExposureWarning` gives their number, counting only
+        pixels that ``mask`` did not already mask).  A NumPy masked array gives its mask.
     uncertainty : NDUncertainty or array-like, shape (ny, nx), optional
         A :class:`~astropy.nddata.StdDevUncertainty`,
         :class:`~astropy.nddata.VarianceUncertainty` or
@@ -334,11 +378,12 @@ class Exposure(NDData):
         the data's, every pixel is masked, the uncertainty is of another kind
         (e.g. UnknownUncertainty), the WCS is not a 2-D equatorial celestial
         WCS, the PSF is of an unsupported type, or ``exptime`` (> 0),
-        ``zeropoint`` or ``psf_origin`` are not finite numbers.
+        ``zeropoint`` or ``psf_origin`` are not finite numbers (a Quantity
+        ``exptime`` must be a time).
 
     See Also
     --------
-    Exposure.from_fits : read DECam community-pipeline, JWST, HST and plain FITS images.
+    Exposure.from_fits : read DECam community-pipeline, JWST, HST, MPDAF and plain FITS images.
     astromix.data.write_exposures, astromix.data.read_exposures : ASDF and HDF5 files.
 
     Notes
@@ -703,7 +748,10 @@ class Exposure(NDData):
             Right ascension and declination [deg] (Quantities are converted),
             in the WCS's equatorial frame (ICRS for the DECam, JWST and HST
             products).  ``ra`` may instead be a SkyCoord (then ``dec`` is
-            omitted), converted to ICRS.
+            omitted), in any frame: it is transformed into the WCS's own
+            celestial frame (e.g. FK5 or FK4 with the WCS's equinox, as
+            astropy's ``WCS.world_to_pixel`` does; ICRS when the WCS names
+            none).
 
         Returns
         -------
@@ -716,7 +764,9 @@ class Exposure(NDData):
         Raises
         ------
         InputError
-            If the exposure has no WCS.
+            If the exposure has no WCS, a SkyCoord cannot be transformed into
+            the WCS's frame, or the WCS fails to map sky to pixels (e.g. a
+            gwcs with no inverse transform).
 
         Notes
         -----
@@ -726,8 +776,11 @@ class Exposure(NDData):
         `ExposureWarning`.  Otherwise the WCS's APE 14
         ``world_to_pixel_values`` is used.
         """
+        from astropy.coordinates import SkyCoord
+
         self._need_wcs()
-        ra, dec = _as_lonlat(ra, dec)
+        frame = _celestial_frame(self._low_wcs) if isinstance(ra, SkyCoord) else None
+        ra, dec = _as_lonlat(ra, dec, frame)
         ra, dec = np.broadcast_arrays(ra, dec)
         scalar = ra.ndim == 0
         shape = ra.shape
@@ -749,7 +802,12 @@ class Exposure(NDData):
                                   ExposureWarning, stacklevel=2)
                     px, py = exc.best_solution.T
             else:
-                px, py = self._low_wcs.world_to_pixel_values(*world)
+                try:
+                    px, py = self._low_wcs.world_to_pixel_values(*world)
+                except Exception as exc:
+                    # e.g. a gwcs with no analytic inverse whose numerical one fails
+                    raise InputError(f"{_label(self._name)}: the WCS cannot map sky to pixels: "
+                                     f"{type(exc).__name__}: {exc}") from exc
             x[ok], y[ok] = px, py
         x, y = x.reshape(shape), y.reshape(shape)
         return _scalar_or_array(x, scalar), _scalar_or_array(y, scalar)
@@ -813,7 +871,9 @@ class Exposure(NDData):
         Raises
         ------
         InputError
-            If the exposure has no WCS or ``margin`` is not a number.
+            If the exposure has no WCS or ``margin`` is not a number, or for
+            the reasons of :meth:`world_to_pixel` (a SkyCoord is transformed
+            into the WCS's frame as there).
         """
         margin = _number(margin, "margin")
         if margin is None:
@@ -833,7 +893,7 @@ class Exposure(NDData):
         x, y : float or array-like
             Pixel position(s) [px], 0-based.
         step : float, optional
-            Half-step [px] of the central differences.
+            Half-step [px] of the central differences (a finite number > 0).
 
         Returns
         -------
@@ -847,11 +907,13 @@ class Exposure(NDData):
         Raises
         ------
         InputError
-            If the exposure has no WCS.
+            If the exposure has no WCS or ``step`` is not a finite number > 0.
         """
         self._need_wcs()
+        h = _number(step, "step", positive=True)
+        if h is None:
+            raise InputError("step must be a finite number > 0 [px], got None")
         x, y = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-        h = float(step)
         xs = np.stack([x + h, x - h, x, x])
         ys = np.stack([y, y, y + h, y - h])
         ra, dec = self.pixel_to_world(xs, ys)
@@ -1005,7 +1067,7 @@ class Exposure(NDData):
     @classmethod
     def from_fits(cls, path, *, hdu=None, psf=None, band=None, zeropoint=None, name=None,
                   weight=None, dq=None):
-        """Read an exposure from a FITS file: DECam CP, JWST, HST or a plain image.
+        """Read an exposure from a FITS file: DECam CP, JWST, HST, MPDAF or a plain image.
 
         The format is recognised from the headers:
 
@@ -1015,7 +1077,8 @@ class Exposure(NDData):
           ``_oow_`` and data-quality ``_ood_`` files beside it (same name with
           ``_ooi_`` replaced, ``.fits``, ``.fits.gz`` or ``.fits.fz``) are
           found automatically, reading the HDU of the same EXTNAME;
-          ``DQ != 0`` is masked.  band: first letter of FILTER (e.g. ``'z'``);
+          ``DQ != 0`` is masked.  band: first word of FILTER (e.g. ``'z'``
+          for ``'z DECam SDSS c0004 9260.0 1520.0'``; ``'N501'``, ``'VR'``);
           exptime: EXPTIME; WCS: the CCD's TPV WCS (handled by wcslib); data
           in the CP's detector counts, with no unit and no zero point unless
           given (the CP headers carry none; legacypipe's survey-ccds
@@ -1057,6 +1120,11 @@ class Exposure(NDData):
           drizzled products) or absent, that is the zero point; when BUNIT is
           a number of counts (``ELECTRONS``, ``COUNTS``: ACS and WFC3/UVIS
           ``flt``), the zero point is ``ZP_rate + 2.5 log10(EXPTIME)``.
+        * **MPDAF** (MUSE images written by MPDAF: ``DATA``, ``STAT`` and
+          ``DQ`` extensions, no ``SCI``): DATA; STAT is the variance
+          (VarianceUncertainty); ``DQ != 0`` and pixels whose STAT is not a
+          positive finite number (MPDAF's NaN outside the field) are masked;
+          band: FILTER, exptime: EXPTIME when present.
         * **plain images**: the primary HDU, or the first HDU with a 2-D
           image (or ``hdu``), and its FITS WCS; band from FILTER when present;
           exptime from EXPTIME when present; no uncertainty unless ``weight``
@@ -1089,17 +1157,19 @@ class Exposure(NDData):
         Returns
         -------
         Exposure
-            With ``meta`` holding ``format`` ("DECam CP", "JWST", "HST" or
-            "FITS image"), ``filename``, ``hdu`` and format-specific entries
+            With ``meta`` holding ``format`` ("DECam CP", "JWST", "HST",
+            "MPDAF" or "FITS image"), ``filename``, ``hdu`` and
+            format-specific entries
             (e.g. ``weight_file``, ``dq_file``, ``filter``, ``mjd_obs``).
 
         Raises
         ------
         InputError
-            If a file is missing or is not a readable FITS file, the HDU does
-            not exist or holds no 2-D image, the science image has no
-            celestial WCS, or a weight/DQ array does not match the image (the
-            message names the file), or for any of the reasons of
+            If a file is missing or is not a readable FITS file (a truncated
+            or corrupt weight, DQ or DECam companion file is named as such),
+            the HDU does not exist or holds no 2-D image, the science image
+            has no celestial WCS, or a weight/DQ array does not match the
+            image (the message names the file), or for any of the reasons of
             :class:`Exposure`.
 
         Warns
@@ -1129,7 +1199,8 @@ class Exposure(NDData):
         path : str or os.PathLike
             The file; its suffix picks the format: ``.asdf`` for ASDF, ``.h5``,
             ``.hdf5`` or ``.he5`` for HDF5.  An existing file is updated (other
-            exposures and entries kept).
+            exposures and entries, ASDF history entries and the file's
+            permissions kept).
         overwrite : bool, optional
             Replace an exposure of the same name already in the file (default
             False: InputError if there is one).
@@ -1147,9 +1218,10 @@ class Exposure(NDData):
         InputError
             If the suffix is unknown, the exposure has no name or one that
             cannot name a group (with ``/``, or ``.``, ``..``), an exposure of
-            that name exists and ``overwrite`` is false, ``group`` is empty, or
-            the existing file is not a readable file of that format (it is then
-            not replaced).
+            that name exists and ``overwrite`` is false, ``group`` is empty or
+            (HDF5) passes through a dataset or an exposure, or the existing
+            file is not a readable file of that format (it is then not
+            replaced).
         OSError
             If the folder cannot be written (the original file is kept).
 

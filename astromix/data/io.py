@@ -24,7 +24,7 @@ One group per exposure, named by the exposure, at the root (or under
     /<name>                        group, attrs:
         astromix_type                "Exposure"
         astromix_layout              "exposure-1.0.0"
-        name, band, unit             str (absent when None)
+        name, band, unit             str (absent when None; unit "" is dimensionless)
         exptime [s], zeropoint [AB]  float64 (absent when None)
         psf_origin                   float64 (2,), (x, y) [px]
         meta                         str, JSON of the JSON-compatible meta entries
@@ -55,6 +55,7 @@ import json
 import logging
 import numbers
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -240,8 +241,9 @@ def write_exposures(path, exposures, *, overwrite=False, group=None):
     ----------
     path : str or os.PathLike
         The file; its suffix picks the format.  An existing file is updated:
-        exposures of other names (and, in ASDF, other tree entries; in HDF5,
-        other groups and attributes) are kept.  A symbolic link is followed.
+        exposures of other names (and, in ASDF, other tree entries and the
+        history entries; in HDF5, other groups and attributes) and the file's
+        permissions are kept.  A symbolic link is followed.
     exposures : Exposure or sequence of Exposure
         Each needs a unique :attr:`~Exposure.name` (no ``/``): it names the
         exposure's HDF5 group and identifies it when a file is updated.
@@ -250,9 +252,11 @@ def write_exposures(path, exposures, *, overwrite=False, group=None):
         (default) and one exists, InputError is raised and the file is left
         unchanged.
     group : str, optional
-        HDF5: the group under which the exposure groups are written (created
-        if needed; default the root).  ASDF: the tree key of the exposure
-        list (default ``"exposures"``).
+        HDF5: the group (path, e.g. ``"scene/night1"``) under which the
+        exposure groups are written (created level by level if needed, with
+        their creation order tracked, so that :func:`read_exposures` gives
+        the exposures in the order they were written; default the root).
+        ASDF: the tree key of the exposure list (default ``"exposures"``).
 
     Returns
     -------
@@ -263,9 +267,10 @@ def write_exposures(path, exposures, *, overwrite=False, group=None):
     ------
     InputError
         If the suffix is unknown, an exposure has no name or a repeated one,
-        an exposure of the same name exists and ``overwrite`` is false, or the
-        existing file is not a readable file of that format (it is then not
-        replaced).
+        an exposure of the same name exists and ``overwrite`` is false, a
+        level of the HDF5 ``group`` path is a dataset or an astromix exposure,
+        or the existing file is not a readable file of that format (it is then
+        not replaced).
     OSError
         If the folder cannot be written (the original file is kept).
 
@@ -386,9 +391,7 @@ def _write_hdf5(path, exposures, *, overwrite, group):
             raise InputError(f"{shown} exists and is not a regular file")
         try:
             with h5py.File(path, "r") as f:
-                parent = f.get(group) if group else f
-                if parent is not None and not isinstance(parent, h5py.Group):
-                    raise InputError(f"{shown}: {group!r} exists and is not a group")
+                parent = _h5_parent(f, group, shown, h5py) if group else f
                 for exp in exposures:
                     if parent is None or exp.name not in parent:
                         continue
@@ -404,12 +407,37 @@ def _write_hdf5(path, exposures, *, overwrite, group):
     payloads = [_h5_payload(exp) for exp in exposures]  # every check before any write
     with atomic_path(path, copy_existing=exists) as tmp:
         with h5py.File(tmp, "r+" if exists else "w", track_order=True) as f:
-            parent = f.require_group(group) if group else f
+            parent = f
+            for part in (p for p in (group or "").split("/") if p):
+                # created level by level with track_order, so that the exposures are
+                # read back in the order they were written (as at the root)
+                parent = parent[part] if part in parent \
+                    else parent.create_group(part, track_order=True)
             for exp, payload in zip(exposures, payloads):
                 if exp.name in parent:
                     del parent[exp.name]
                 _fill_h5_group(parent.create_group(exp.name, track_order=True), payload)
     log.debug("wrote %d exposure(s) to %s", len(exposures), shown)
+
+
+def _h5_parent(f, group, shown, h5py):
+    """The existing group ``group`` of the open file ``f`` (None if missing), walked level by
+    level: InputError when a level is a dataset or an astromix exposure group."""
+    parent = f
+    walked = []
+    for part in (p for p in group.split("/") if p):
+        walked.append(part)
+        if part not in parent:
+            return None
+        parent = parent[part]
+        where = "/".join(walked)
+        if not isinstance(parent, h5py.Group):
+            raise InputError(f"{shown}: {where!r} (in group={group!r}) exists and is not a "
+                             "group; the file was left unchanged")
+        if _is_exposure_group(parent, h5py):
+            raise InputError(f"{shown}: {where!r} (in group={group!r}) is an astromix exposure, "
+                             "not a group of exposures; the file was left unchanged")
+    return parent
 
 
 def _h5_payload(exp):
@@ -424,7 +452,7 @@ def _h5_payload(exp):
         if getattr(exp, key) is not None:
             attrs[key] = np.float64(getattr(exp, key))
     if exp.unit is not None:
-        attrs["unit"] = exp.unit.to_string()
+        attrs["unit"] = exp.unit.to_string()  # "" for dimensionless
     datasets = {"data": exp.data, "mask": np.asarray(exp.mask, dtype=bool)}
     ivar = exp.inverse_variance()
     if ivar is not None:
@@ -569,7 +597,7 @@ def _exposure_from_group(grp):
     return Exposure(data, uncertainty=unc, mask=mask, wcs=wcs, psf=psf,
                     band=_attr(grp, "band"), exptime=_attr(grp, "exptime"),
                     zeropoint=_attr(grp, "zeropoint"), name=_attr(grp, "name"), meta=meta,
-                    unit=u.Unit(unit) if unit else None,
+                    unit=u.Unit(unit) if unit is not None else None,
                     psf_origin=tuple(float(v) for v in origin))
 
 
@@ -633,13 +661,21 @@ def _write_asdf(path, exposures, *, overwrite, group):
     path = os.path.realpath(shown)
     key = group or ASDF_KEY
     tree = {}
-    if os.path.lexists(path):
+    exists = os.path.lexists(path)
+    if exists:
         if not os.path.isfile(path):
             raise InputError(f"{shown} exists and is not a regular file")
         try:
             with open_asdf(path, lazy_load=False, memmap=False) as af:
                 tree = {k: v for k, v in af.tree.items()
                         if k not in ("asdf_library", "history")}
+                # The history entries (add_history_entry) are kept; the extension list is
+                # rebuilt by asdf for what the new file uses.
+                history = af.tree.get("history")
+                entries = (history.get("entries") if isinstance(history, dict)
+                           else history if isinstance(history, list) else None)  # old files
+                if entries:
+                    tree["history"] = {"entries": list(entries)}
         except InputError as exc:
             raise InputError(f"{exc}; refusing to replace it") from None
         except OSError as exc:
@@ -667,6 +703,8 @@ def _write_asdf(path, exposures, *, overwrite, group):
     tree[key] = merged
     with atomic_path(path) as tmp:
         _write_asdf_tree(asdf, tree, tmp)
+        if exists:  # keep the file's permissions, as HDF5 updates do (asdf makes a new file)
+            shutil.copymode(path, tmp)
     log.debug("wrote %d exposure(s) to %s", len(exposures), shown)
 
 

@@ -1,9 +1,10 @@
-"""Read an Exposure from FITS files: DECam CP, JWST (stdatamodels), HST and plain images.
+"""Read an Exposure from FITS files: DECam CP, JWST (stdatamodels), HST, MPDAF, plain images.
 
 The entry point is :meth:`astromix.data.Exposure.from_fits`, which documents the
 formats; this module holds the readers.
 """
 
+import gzip
 import io
 import math
 import os
@@ -13,7 +14,7 @@ import warnings
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
-from astropy.nddata import InverseVariance, StdDevUncertainty
+from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
 
 from ..errors import InputError
 from .exposure import ExposureWarning
@@ -165,8 +166,55 @@ def _fits_wcs(header, hdul, shown, what):
     return wcs
 
 
+def _gzip_truncated(path):
+    """A message when ``path`` is a gzip file whose stream ends early, else None.
+
+    astropy stops reading silently where a gzip stream is cut (at the end of
+    the last complete HDU), so this is checked where an HDU is missing.  It
+    decompresses the file once more; only error paths call it.
+    """
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(2) != b"\x1f\x8b":
+                return None
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (EOFError, OSError) as exc:
+        return f"the gzip stream ends early ({exc})"
+    return None
+
+
 def _read_side_file(path, extname, index, shape, what, sci_path):
-    """An image from a companion file (weight, DQ): the HDU named ``extname``, else ``index``."""
+    """An image from a companion file (weight, DQ): the HDU named ``extname``, else ``index``.
+
+    Warnings astropy raises for a truncated or corrupt file, a read error, a
+    gzip stream that ends early (checked when the HDU named ``extname`` is
+    missing) give an InputError naming this file; other warnings are passed
+    on.
+    """
+    shown = os.fspath(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        error = None
+        try:
+            data = _read_side_hdu(path, extname, index, shape, what, sci_path)
+        except InputError as exc:
+            error = exc
+        except (OSError, ValueError, TypeError, EOFError) as exc:
+            error = InputError(f"{what} {shown!r} is truncated or corrupt: {exc}")
+    corrupt = [w for w in caught if _is_corruption(w)]
+    if corrupt:
+        raise InputError(f"{what} {shown!r} is truncated or corrupt: "
+                         f"{str(corrupt[0].message).splitlines()[0]}") from error
+    if error is not None:
+        raise error
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return data
+
+
+def _read_side_hdu(path, extname, index, shape, what, sci_path):
     shown = os.fspath(path)
     with _open(path, what) as hdul:
         hdu = None
@@ -175,6 +223,11 @@ def _read_side_file(path, extname, index, shape, what, sci_path):
                 hdu = hdul[extname]
             except KeyError:
                 hdu = None
+            if hdu is None:
+                truncated = _gzip_truncated(shown)
+                if truncated:
+                    raise InputError(f"{what} {shown!r} is truncated or corrupt: {truncated} "
+                                     f"before HDU {extname!r}")
         if hdu is None and index is not None and index < len(hdul) \
                 and getattr(hdul[index].data, "ndim", 0) == 2:
             hdu = hdul[index]
@@ -182,6 +235,9 @@ def _read_side_file(path, extname, index, shape, what, sci_path):
             hdu = next((h for h in hdul if getattr(h, "data", None) is not None
                         and not isinstance(h, fits.BinTableHDU) and h.data.ndim == 2), None)
         if hdu is None:
+            truncated = _gzip_truncated(shown)
+            if truncated:
+                raise InputError(f"{what} {shown!r} is truncated or corrupt: {truncated}")
             raise InputError(f"{what} {shown!r} holds no 2-D image")
         data = np.asarray(hdu.data)
         if data.shape != shape:
@@ -293,6 +349,8 @@ def _kind(hdul, path):
     telescope = str(primary.get("TELESCOP", "")).strip().upper()
     if instrument == "DECAM" or "_ooi_" in os.path.basename(os.fspath(path)):
         return "decam"
+    if _has(hdul, "DATA") and _has(hdul, "STAT") and not _has(hdul, "SCI"):
+        return "mpdaf"
     if telescope == "JWST":
         return "jwst"
     if telescope == "HST":
@@ -312,15 +370,24 @@ def read_fits(cls, path, *, hdu=None, psf=None, band=None, zeropoint=None, name=
     listed, the first present, non-empty value is used.
 
     * Kind: DECam CP when the primary ``INSTRUME`` is ``DECam`` or the file
-      name holds ``_ooi_``; else JWST or HST from the primary ``TELESCOP``;
-      else, for a file with a ``SCI`` extension, JWST when it also has an
-      ``ASDF`` extension, HST otherwise; else a plain image.
+      name holds ``_ooi_``; else MPDAF (MUSE) for a file with ``DATA`` and
+      ``STAT`` extensions and no ``SCI``; else JWST or HST from the primary
+      ``TELESCOP``; else, for a file with a ``SCI`` extension, JWST when it
+      also has an ``ASDF`` extension, HST otherwise; else a plain image.
     * DECam CP: HDU 1 (HDU 0 for a single-HDU file) or ``hdu``, and its FITS
-      WCS; band: first letter of ``FILTER`` (primary, then the CCD header),
-      else ``BAND``; ``EXPTIME``; ``BUNIT`` (CCD header, then primary); for
+      WCS; band: first word of ``FILTER`` (primary, then the CCD header; e.g.
+      ``'z'`` for ``'z DECam SDSS c0004 9260.0 1520.0'``, ``'N501'``,
+      ``'VR'``), else ``BAND``; ``EXPTIME``; ``BUNIT`` (CCD header, then
+      primary); for
       ``meta``: ``EXPNUM``, ``MJD-OBS``, ``AIRMASS``, ``FWHM``, ``PLVER``.  The
       ``_oow_`` (inverse variance) and ``_ood_`` (DQ, nonzero masked) files
       beside it, unless ``weight`` / ``dq`` are given.
+    * MPDAF (MUSE images): ``DATA`` (or ``hdu``) and its FITS WCS; ``STAT``
+      (of the same EXTVER, when it has the image's shape) is the variance
+      (:class:`~astropy.nddata.VarianceUncertainty`); ``DQ != 0`` and pixels
+      whose ``STAT`` is not a positive finite number are masked (MPDAF marks
+      the pixels outside the field so); ``FILTER``, ``EXPTIME``, ``BUNIT``,
+      and for ``meta`` ``INSTRUME``, ``TELESCOP``, ``FSCALE``.
     * JWST: ``('SCI', 1)`` or ``hdu``; ``ERR``, ``DQ`` and ``WHT`` of the same
       EXTVER, each used when it has the image's shape: ``DQ != 0`` and pixels
       whose ``WHT`` is not a positive finite number are masked; the
@@ -344,8 +411,13 @@ def read_fits(cls, path, *, hdu=None, psf=None, band=None, zeropoint=None, name=
 
     ``weight`` and ``dq`` files (and the DECam companions) are read from the
     HDU of the science image's EXTNAME, else the same index, else the first
-    2-D image.  float32 and float64 images keep their type (native byte
-    order), other types become float64.
+    2-D image; such a file that is truncated or corrupt (astropy's warnings,
+    a read error, a gzip stream that ends early) gives an InputError naming
+    it.  astropy reads a gzip file cut inside an HDU silently up to the last
+    complete HDU, so a gzip file is checked to its end where an HDU is
+    missing (and, for the science file, on any read error).  float32 and
+    float64 images keep their type (native byte order), other types become
+    float64.
 
     Parameters
     ----------
@@ -369,7 +441,9 @@ def read_fits(cls, path, *, hdu=None, psf=None, band=None, zeropoint=None, name=
     InputError
         If ``path`` is not a file name; a file is missing, a folder, not
         readable as FITS, empty, truncated or corrupt; the HDU does not exist
-        or holds no 2-D image; the WCS cannot be read or is not celestial; a
+        or holds no 2-D image; a weight, DQ or DECam companion file is
+        truncated or corrupt (the message names that file); the WCS cannot be
+        read or is not celestial; a
         weight or DQ array does not have the image's shape; any other read
         error (``OSError``, ``ValueError``...); or for the reasons of ``cls``.
 
@@ -397,6 +471,10 @@ def read_fits(cls, path, *, hdu=None, psf=None, band=None, zeropoint=None, name=
         raise InputError(f"FITS file {shown!r} is truncated or corrupt: "
                          f"{str(corrupt[0].message).splitlines()[0]}") from error
     if error is not None:
+        truncated = _gzip_truncated(shown) if os.path.isfile(shown) else None
+        if truncated:
+            raise InputError(f"FITS file {shown!r} is truncated or corrupt: {truncated}"
+                             ) from error
         raise error
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -425,7 +503,7 @@ def _read_all(path, shown, hdu, weight, dq):
         try:
             kind = _kind(hdul, path)
             reader = {"decam": _read_decam, "jwst": _read_jwst, "hst": _read_hst,
-                      "plain": _read_plain}[kind]
+                      "mpdaf": _read_mpdaf, "plain": _read_plain}[kind]
             info = reader(hdul, shown, hdu)
             shape = info["data"].shape
             # Companion files given explicitly replace what the reader found.
@@ -439,14 +517,14 @@ def _read_all(path, shown, hdu, weight, dq):
                                         "DQ file", shown)
                 info["mask"] = np.asarray(flags) != 0
                 info["meta"]["dq_file"] = os.path.abspath(os.fspath(dq))
+            if kind == "decam" and weight is None:
+                _decam_companions(info, shown, "weight")
+            if kind == "decam" and dq is None:
+                _decam_companions(info, shown, "dq")
         except InputError:
             raise
         except (OSError, ValueError, TypeError, KeyError, IndexError, EOFError) as exc:
             raise InputError(f"FITS file {shown!r} could not be read: {exc}") from exc
-    if kind == "decam" and weight is None:
-        _decam_companions(info, shown, "weight")
-    if kind == "decam" and dq is None:
-        _decam_companions(info, shown, "dq")
     return info
 
 
@@ -472,7 +550,8 @@ def _read_decam(hdul, shown, key):
     filt = _first((primary, header), "FILTER")
     band = None
     if isinstance(filt, str) and filt.strip():
-        band = filt.strip()[0]
+        # 'z DECam SDSS c0004 9260.0 1520.0' -> 'z'; 'N501 DECam c0010 ...' -> 'N501'
+        band = filt.split()[0]
     else:
         band_kw = _first((primary, header), "BAND")
         band = str(band_kw).strip() if band_kw else None
@@ -685,6 +764,42 @@ def _is_rate(bunit, unit):
     if unit is not None:
         return any(base == u.s and power == -1 for base, power in zip(unit.bases, unit.powers))
     return "/S" in bunit.upper().replace(" ", "")
+
+
+def _read_mpdaf(hdul, shown, key):
+    """An MPDAF image (MUSE): DATA, STAT (variance) and DQ (nonzero = bad) extensions."""
+    sci = _get_hdu(hdul, "DATA" if key is None else key, shown)
+    if sci.name != "DATA":  # another HDU asked for: read it as a plain image
+        return _read_plain(hdul, shown, key)
+    index = _hdu_index(hdul, sci)
+    ver = sci.header.get("EXTVER", 1)
+    where = _describe(sci, index)
+    data = _native(_image(sci, shown))
+    primary, header = hdul[0].header, sci.header
+    info = {"data": data, "extname": sci.name, "index": index, "extver": ver,
+            "wcs": _fits_wcs(header, hdul, shown, where)}
+    stat, dqh = (_companion(hdul, n, ver) for n in ("STAT", "DQ"))
+    mask = np.zeros(data.shape, dtype=bool)
+    if dqh is not None and dqh.data is not None and dqh.data.shape == data.shape:
+        mask |= np.asarray(dqh.data) != 0
+    if stat is not None and stat.data is not None and stat.data.shape == data.shape:
+        var = _native(stat.data, np.float64)
+        # MPDAF writes NaN variance outside the field: masked here, without a warning
+        with np.errstate(invalid="ignore"):
+            mask |= ~(np.isfinite(var) & (var > 0))
+        info["uncertainty"] = VarianceUncertainty(var, copy=False)
+    info["mask"] = mask
+    filt = _first((header, primary), "FILTER")
+    bunit = _first((header, primary), "BUNIT")
+    info.update({"band": str(filt).strip() if filt else None,
+                 "exptime": _exptime((header, primary), "EXPTIME"),
+                 "unit": _unit(bunit)})
+    info["meta"] = {"format": "MPDAF", "hdu": where,
+                    "instrument": _python(_first((primary, header), "INSTRUME")),
+                    "telescope": _python(_first((primary, header), "TELESCOP")),
+                    "bunit": _python(bunit),
+                    "fscale": _python(_first((header, primary), "FSCALE"))}
+    return info
 
 
 def _read_plain(hdul, shown, key):
