@@ -121,6 +121,18 @@ def test_masked_points_and_bad_input():
         MixtureLSQFitter()(frozen, x, y, np.nan_to_num(data))
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -1.0])
+def test_non_finite_or_negative_weights_are_refused(value):
+    # an inf weight is a fully trusted point and a NaN one hides bad data: neither may be
+    # dropped silently (DynestyFitter refuses them alike)
+    rng = np.random.default_rng(5)
+    x, y, data = simulate(rng, sky=0.0)
+    w = np.ones(SHAPE)
+    w[7, 9] = value
+    with pytest.raises(InputError, match="finite and >= 0"):
+        MixtureLSQFitter()(psf_model(flux=700.0, x_0=16.0, y_0=15.0), x, y, data, weights=w)
+
+
 @pytest.mark.parametrize("layout", ["grid", "other"])
 def test_normal_equations(layout):
     """J^T J and J^T r of the Levenberg-Marquardt steps against NumPy's products.

@@ -154,6 +154,27 @@ def test_rescale_keywords_counts_and_errors():
         rescale_to_flux_units(hdu, photflam=-1.0)
 
 
+@pytest.mark.parametrize("bunit, counts", [
+    ("ELECTRONS/S", False), ("electron s-1", False), ("counts s-1", False),
+    ("count / s", False), ("DN s**-1", False), ("DN/sec", False), ("e-/s", False),
+    ("ELECTRONS", True), ("COUNTS", True), ("electron", True), ("DN", True), ("adu", True),
+    ("", False), ("erg/s/cm2/Angstrom", False),
+])
+def test_rescale_reads_bunit_rates_in_fits_form(bunit, counts):
+    # the FITS standard writes a rate "count s-1" (astropy's to_string("fits")): a rate, not
+    # counts to divide by EXPTIME
+    data = np.full((2, 2), 3.0)
+    hdr = fits.Header({"PHOTFLAM": 2e-19, "EXPTIME": 1000.0, "BUNIT": bunit})
+    out = rescale_to_flux_units((data, hdr))
+    np.testing.assert_allclose(out.data, 3.0 * 2e-19 / (1000.0 if counts else 1.0), rtol=1e-12)
+
+
+def test_rescale_refuses_counts_with_another_time_power():
+    hdr = fits.Header({"PHOTFLAM": 2e-19, "EXPTIME": 1000.0, "BUNIT": "electron s-2"})
+    with pytest.raises(InputError, match="neither counts nor a count rate"):
+        rescale_to_flux_units((np.ones((2, 2)), hdr))
+
+
 def test_hst_filter_name_variants():
     assert hst_filter_name(fits.Header({"FILTER1": 28, "FILTNAM1": "F606W"})) == "F606W"
     assert hst_filter_name(fits.Header({"FILTER1": "F555W", "FILTER2": "CLEAR2L"})) == "F555W"
@@ -197,6 +218,28 @@ def test_broadband_image_weights_variance_and_nan():
     assert 1.0 / img.weight[0, 0] == pytest.approx(var[0, 0, 0])
     assert img.meta["filter_fraction_outside"] == pytest.approx(0.0, abs=1e-12)
     np.testing.assert_allclose(img.meta["weights"], w)
+
+
+@pytest.mark.parametrize("chunk", [0, -1, 2.0, "4", True, None])
+def test_broadband_chunk_must_be_a_positive_integer(chunk):
+    cube = np.ones((4, 3, 3))
+    with pytest.raises(InputError, match="chunk must be an integer >= 1"):
+        make_broadband_image(cube, ([4990.0, 5050.0], [1.0, 1.0]),
+                             wave=np.array([5000.0, 5010.0, 5020.0, 5030.0]), chunk=chunk)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, np.int64(64)])
+def test_broadband_chunk_does_not_change_the_image(chunk):
+    rng = np.random.default_rng(3)
+    wave = np.array([5000.0, 5010.0, 5030.0, 5045.0, 5050.0])
+    cube = rng.normal(10.0, 1.0, (5, 4, 3))
+    var = rng.uniform(0.5, 2.0, cube.shape)
+    curve = ([5000.0, 5010.0, 5040.0], [0.0, 1.0, 0.5])
+    w, _ = filter_weights(wave, curve)
+    img = make_broadband_image(cube, curve, wave=wave, variance=var, chunk=chunk)
+    np.testing.assert_allclose(img.data, np.tensordot(w, cube, 1) / w.sum(), rtol=1e-12)
+    np.testing.assert_allclose(1.0 / img.weight, np.tensordot(w ** 2, var, 1) / w.sum() ** 2,
+                               rtol=1e-12)
 
 
 def test_broadband_warns_when_the_filter_leaves_the_cube(tmp_path):

@@ -218,7 +218,11 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
     n_components : int
         Number of Gaussians K (>= 1).
     weight : array-like, shape (ny, nx), optional
-        Inverse variance per pixel (0 masks); uniform if omitted.
+        Inverse variance per pixel, finite and >= 0; uniform if omitted.
+        Pixels of weight 0 are masked: they are left out of everything (the
+        objective, the flux and peak the data are normalised by, the starting
+        points and the reported metrics), and may hold any value, NaN
+        included.
     n_starts : int, optional
         Number of starting points: concentric Gaussians from the image's
         centroid and half-light radius; for ``"l1max"`` or negative
@@ -251,33 +255,41 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
         decreasing absolute amplitude.
     info : dict
         ``chi2``, ``max_residual_over_peak`` (``max|image - model| / max(image)``),
-        ``l1_residual_over_flux`` (``sum|image - model| / sum(image)``),
-        ``time_s``, ``n_iterations``, ``success``, ``message``, ``n_starts``.
+        ``l1_residual_over_flux`` (``sum|image - model| / sum(image)``), the
+        maxima and sums over the unmasked pixels (weight > 0); ``time_s``,
+        ``n_iterations``, ``success``, ``message``, ``n_starts``.
 
     Raises
     ------
     InputError
-        If the image is not a finite 2-d array with positive total flux, or
-        ``n_components`` < 1.
+        If the image is not a 2-d array, finite where unmasked, with positive
+        flux on its unmasked pixels; if ``weight`` has another shape, a
+        non-finite or a negative value; or if ``n_components`` < 1.
     """
     t0 = time.perf_counter()
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
         raise InputError(f"image must be 2-d, got shape {img.shape}")
-    if not np.all(np.isfinite(img)):
-        raise InputError("image has non-finite pixels; mask them with weight=0 and replace them")
     n_components = int(n_components)
     if n_components < 1:
         raise InputError(f"n_components must be >= 1, got {n_components}")
     w = np.ones_like(img) if weight is None else np.asarray(weight, dtype=np.float64)
     if w.shape != img.shape:
         raise InputError(f"weight shape {w.shape} differs from image shape {img.shape}")
-    flux = float(np.clip(img, 0, None).sum())
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise InputError("weight (inverse variance) must be finite and >= 0")
+    # masked pixels (weight 0) count nowhere: not in the flux, the peak, the starts
+    # or the metrics; zeroed so that no value of theirs (NaN, a hot pixel) leaks in
+    use = w > 0
+    if not np.all(np.isfinite(img[use])):
+        raise InputError("image has non-finite pixels with weight > 0; mask them with weight=0")
+    img_u = np.where(use, img, 0.0)
+    flux = float(np.clip(img_u, 0, None).sum())
     if not flux > 0:
-        raise InputError("image has no positive flux to fit")
-    peak = float(img.max())
+        raise InputError("image has no positive flux to fit on its unmasked pixels")
+    peak = float(img_u[use].max())
     scale = 1.0 / peak
-    data = img * scale
+    data = img_u * scale
     rng = np.random.default_rng(rng)
 
     def chi2_fun(v):
@@ -349,11 +361,11 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
     mix = GaussianMixture(mix.amp[order] / scale, mix.mean[order], mix.cov[order])
     bk = _backends.get_backend(backend)
     model = bk.to_numpy(mix.render(img.shape, settings=settings, backend=backend))
-    resid = img - model
+    resid = np.where(use, np.abs(img_u - model), 0.0)
     info = {
         "chi2": float(np.sum(w * resid ** 2)),
-        "max_residual_over_peak": float(np.abs(resid).max() / peak),
-        "l1_residual_over_flux": float(np.abs(resid).sum() / img.sum()),
+        "max_residual_over_peak": float(resid.max() / peak),
+        "l1_residual_over_flux": float(resid.sum() / img_u.sum()),
         "time_s": time.perf_counter() - t0,
         "n_iterations": int(n_it),
         "success": bool(best.success),

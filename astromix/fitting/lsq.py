@@ -198,7 +198,8 @@ class MixtureLSQFitter:
             of the analytic gradient), whose inverse gives the covariance
             (``fit_info["param_cov"]``).
         weights : array-like, optional
-            1 / sigma per point (astropy's convention); 0 masks a point.
+            1 / sigma per point (astropy's convention), finite and >= 0; 0
+            masks a point.
         maxiter : int, optional
             Maximum number of function evaluations.
         ftol, xtol, gtol : float, optional
@@ -214,8 +215,8 @@ class MixtureLSQFitter:
         Raises
         ------
         InputError
-            On shape mismatches, non-finite data with positive weight, or no
-            free parameter.
+            On shape mismatches, non-finite or negative weights, non-finite
+            data with positive weight, or no free parameter.
         """
         t0 = time.perf_counter()
         if hasattr(model, "_objective_for"):
@@ -235,7 +236,11 @@ class MixtureLSQFitter:
                              f"{z.shape}")
         w = np.ones_like(z) if weights is None else np.broadcast_to(
             np.asarray(weights, dtype=np.float64), z.shape)
-        good = (w != 0) & np.isfinite(w)
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            # an inf weight is an infinitely trusted point, a NaN one hides bad data:
+            # neither may be dropped silently (DynestyFitter refuses them alike)
+            raise InputError("weights (1/sigma) must be finite and >= 0")
+        good = w != 0
         if not np.all(np.isfinite(z[good])):
             raise InputError("z has non-finite values with non-zero weight")
         if good.all():

@@ -18,7 +18,9 @@ filters replaced by the header's keywords.
 
 import logging
 import math
+import operator
 import os
+import re
 import warnings
 
 import numpy as np
@@ -471,6 +473,55 @@ def _flux_unit(unit):
     return unit
 
 
+#: BUNIT words spelled the way astropy parses them (matched whole, case-insensitively).
+_BUNIT_WORDS = {"ELECTRON": "electron", "ELECTRONS": "electron", "COUNT": "count",
+                "COUNTS": "count", "CT": "count", "CTS": "count", "DN": "DN", "ADU": "adu",
+                "S": "s", "SEC": "s", "SECS": "s", "SECOND": "s", "SECONDS": "s"}
+#: Units of detector counts: data in these, without a time^-1, are divided by EXPTIME.
+_COUNT_UNITS = (u.electron, u.count, u.DN, u.adu)
+#: A count rate in a BUNIT astropy cannot parse: "/s", "/sec", "s-1", "s**-1", "s^-1",
+#: "per second" (upper case).
+_RATE_RE = re.compile(r"(/\s*|\bPER\s+)S(EC(OND)?S?)?\b|\bS(EC(OND)?S?)?\s*(\*\*|\^)?\s*-1\b")
+
+
+def _bunit_is_counts(bunit):
+    """Whether a BUNIT is detector counts (not a rate): True, False or InputError.
+
+    The unit is parsed with astropy (the FITS format, then the generic one)
+    after spelling HST's words its way (``ELECTRONS`` -> ``electron``,
+    ``COUNTS`` -> ``count``, ``SEC`` -> ``s``, ...): it is in counts when it
+    holds electrons, counts, DN or ADU and no time, a rate when these come
+    with time^-1 (``ELECTRONS/S``, ``count s-1``, ``DN s**-1``, ...).  A
+    BUNIT astropy cannot read either is in counts when it names ELECTRON,
+    COUNT or DN without a "/s", "/sec", "s-1", "s**-1", "s^-1" or "per
+    second".  Other units (blank, a flux density) are not counts.
+    """
+    if not isinstance(bunit, str) or not bunit.strip():
+        return False
+    text = re.sub(r"[A-Za-z]+", lambda m: _BUNIT_WORDS.get(m.group().upper(), m.group()),
+                  bunit.strip())
+    unit = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for fmt in ("fits", "generic"):
+            try:
+                unit = u.Unit(text, format=fmt, parse_strict="raise")
+                break
+            except (TypeError, ValueError):
+                continue
+    if unit is None:
+        upper = re.sub(r"\s+", " ", bunit.upper())
+        return (any(w in upper for w in ("ELECTRON", "COUNT", "DN"))
+                and _RATE_RE.search(upper) is None)
+    bases, powers = getattr(unit, "bases", [unit]), getattr(unit, "powers", [1])
+    if not any(b in _COUNT_UNITS for b in bases):
+        return False
+    time_power = sum(p for b, p in zip(bases, powers) if b.physical_type == "time")
+    if time_power not in (0, -1):
+        raise InputError(f"BUNIT {bunit.strip()!r} is neither counts nor a count rate")
+    return time_power == 0
+
+
 def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
     """Convert an HST image from count rates to flux density with its ``PHOTFLAM``.
 
@@ -479,9 +530,11 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
     filter works (imphot's ``rescale_hst_like_muse`` used a table of ACS
     filters).  Each pixel becomes the flux density it contributes,
     ``value * PHOTFLAM`` [erg/s/cm^2/A per pixel], converted to ``unit``.  Data
-    in counts (``BUNIT`` in ELECTRONS or COUNTS, without "/s") are first
-    divided by ``EXPTIME``; data with a blank or rate ``BUNIT`` (drizzled
-    products) are taken as rates.
+    in counts (``BUNIT`` in electrons, counts, DN or ADU with no time, e.g.
+    ``ELECTRONS``, ``COUNTS``) are first divided by ``EXPTIME``; data with a
+    blank or rate ``BUNIT`` (drizzled products: ``ELECTRONS/S``, or the FITS
+    standard's ``electron s-1``, ``count s-1``, ``DN s**-1``, ...) are taken
+    as rates.
 
     Parameters
     ----------
@@ -512,8 +565,16 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
     ------
     InputError
         If no PHOTFLAM is found or it is not a positive number, counts need
-        an EXPTIME that is missing, or ``unit`` is not a flux density per
-        wavelength.
+        an EXPTIME that is missing, ``BUNIT`` holds counts with a time power
+        other than 0 or -1, or ``unit`` is not a flux density per wavelength.
+
+    Notes
+    -----
+    ``BUNIT`` is read with :mod:`astropy.units` (the FITS format, then the
+    generic one), HST's spellings (``ELECTRONS``, ``COUNTS``, ``SEC``) mapped
+    to astropy's; a ``BUNIT`` astropy cannot read is in counts when it names
+    ELECTRON, COUNT or DN without a "/s", "/sec", "s-1", "s**-1", "s^-1" or
+    "per second".
 
     Examples
     --------
@@ -551,10 +612,7 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
         raise InputError(f"PHOTFLAM must be a positive number, got {photflam}")
     bunit = _header_value(headers, "BUNIT")
     factor = photflam
-    counts = (isinstance(bunit, str) and bunit.strip()
-              and any(w in bunit.upper() for w in ("ELECTRON", "COUNT", "DN"))
-              and "/S" not in bunit.upper().replace(" ", ""))
-    if counts:
+    if _bunit_is_counts(bunit):
         exptime = _header_value(headers, "EXPTIME")
         try:
             exptime = float(exptime)
@@ -756,7 +814,8 @@ def make_broadband_image(cube, filter_curve, *, wave=None, variance=None, wcs=No
         Warn when more than this fraction of the filter's integral lies
         outside the cube's wavelength range (default 0.5%, imphot's).
     chunk : int, optional
-        Planes read at a time (memory use: ``chunk * ny * nx`` values).
+        Planes read at a time (memory use: ``chunk * ny * nx`` values), an
+        integer >= 1.
 
     Returns
     -------
@@ -770,8 +829,9 @@ def make_broadband_image(cube, filter_curve, *, wave=None, variance=None, wcs=No
     ------
     InputError
         For a cube that is not 3-D, a missing or non-increasing ``wave``,
-        shape mismatches, an unreadable filter curve, or a filter that does
-        not overlap the cube at all.
+        shape mismatches, an unreadable filter curve, a filter that does
+        not overlap the cube at all, or a ``chunk`` that is not an integer
+        >= 1.
 
     Warns
     -----
@@ -795,6 +855,12 @@ def make_broadband_image(cube, filter_curve, *, wave=None, variance=None, wcs=No
 
     if not (isinstance(warn_fraction, (int, float)) and 0 <= warn_fraction < 1):
         raise InputError(f"warn_fraction must be in [0, 1), got {warn_fraction!r}")
+    try:
+        step = -1 if isinstance(chunk, bool) else operator.index(chunk)
+    except TypeError:
+        step = -1
+    if step < 1:
+        raise InputError(f"chunk must be an integer >= 1, got {chunk!r}")
     source = None
     if isinstance(cube, (str, os.PathLike)):
         source = _read_cube(cube, ext)
@@ -829,8 +895,8 @@ def make_broadband_image(cube, filter_curve, *, wave=None, variance=None, wcs=No
         den = np.zeros((ny, nx))
         has_var = var is not None or std is not None
         vnum = np.zeros((ny, nx)) if has_var else None
-        for start in range(0, used.size, max(int(chunk), 1)):
-            planes = used[start:start + chunk]
+        for start in range(0, used.size, step):
+            planes = used[start:start + step]
             sl = slice(planes[0], planes[-1] + 1)
             w = weights[sl][:, None, None]
             d = np.asarray(data[sl], dtype=np.float64)
