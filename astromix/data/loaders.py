@@ -635,31 +635,52 @@ def _companion(hdul, name, ver):
         return None
 
 
-def _read_jwst(hdul, shown, key):
-    sci = _get_hdu(hdul, _sci_key(key), shown)
+def _science(hdul, sci, shown):
+    """The science HDU read: (info, where, EXTVER, primary header, science header)."""
     index = _hdu_index(hdul, sci)
     ver = sci.header.get("EXTVER", 1)
-    where = _describe(sci, index)
-    data = _native(_image(sci, shown))
-    primary, header = hdul[0].header, sci.header
-    info = {"data": data, "extname": sci.name, "index": index, "extver": ver}
+    info = {"data": _native(_image(sci, shown)), "extname": sci.name, "index": index,
+            "extver": ver}
+    return info, _describe(sci, index), ver, hdul[0].header, sci.header
+
+
+def _companion_arrays(hdul, names, ver, shape):
+    """The data of the extensions ``names`` of EXTVER ``ver``, None where absent or not of
+    ``shape``."""
+    out = []
+    for name in names:
+        hdu = _companion(hdul, name, ver)
+        ok = hdu is not None and hdu.data is not None and hdu.data.shape == shape
+        out.append(hdu.data if ok else None)
+    return out
+
+
+def _flags_and_positive(shape, dq, values):
+    """The mask ``DQ != 0`` or ``values`` not positive and finite, and ``values`` as float64
+    (None when absent)."""
+    mask = np.zeros(shape, dtype=bool)
+    if dq is not None:
+        mask |= np.asarray(dq) != 0
+    if values is not None:
+        values = _native(values, np.float64)
+        with np.errstate(invalid="ignore"):
+            mask |= ~(np.isfinite(values) & (values > 0))
+    return mask, values
+
+
+def _read_jwst(hdul, shown, key):
+    sci = _get_hdu(hdul, _sci_key(key), shown)
+    info, where, ver, primary, header = _science(hdul, sci, shown)
     wcs = _jwst_gwcs(hdul, shown)
     wcs_source = "gwcs (ASDF extension)"
     if wcs is None:
         wcs = _fits_wcs(header, hdul, shown, where)
         wcs_source = "FITS header of SCI"
     info["wcs"] = wcs
-    err, dqh, wht = (_companion(hdul, n, ver) for n in ("ERR", "DQ", "WHT"))
-    mask = np.zeros(data.shape, dtype=bool)
-    if dqh is not None and dqh.data is not None and dqh.data.shape == data.shape:
-        mask |= np.asarray(dqh.data) != 0
-    if wht is not None and wht.data is not None and wht.data.shape == data.shape:
-        wht_data = _native(wht.data, np.float64)
-        mask |= ~(np.isfinite(wht_data) & (wht_data > 0))
-    else:
-        wht_data = None
-    if err is not None and err.data is not None and err.data.shape == data.shape:
-        info["uncertainty"] = StdDevUncertainty(_native(err.data, np.float64), copy=False)
+    err, dq, wht = _companion_arrays(hdul, ("ERR", "DQ", "WHT"), ver, info["data"].shape)
+    mask, wht_data = _flags_and_positive(info["data"].shape, dq, wht)
+    if err is not None:
+        info["uncertainty"] = StdDevUncertainty(_native(err, np.float64), copy=False)
     elif wht_data is not None:
         info["uncertainty"] = InverseVariance(wht_data, copy=False)
     info["mask"] = mask
@@ -715,24 +736,13 @@ def _read_hst(hdul, shown, key):
     if key is None and not _has(hdul, "SCI"):
         return _read_plain(hdul, shown, None)
     sci = _get_hdu(hdul, _sci_key(key), shown)
-    index = _hdu_index(hdul, sci)
-    ver = sci.header.get("EXTVER", 1)
-    where = _describe(sci, index)
-    data = _native(_image(sci, shown))
-    primary, header = hdul[0].header, sci.header
-    info = {"data": data, "extname": sci.name, "index": index, "extver": ver,
-            "wcs": _fits_wcs(header, hdul, shown, where)}
-    err, dqh, wht = (_companion(hdul, n, ver) for n in ("ERR", "DQ", "WHT"))
-    mask = np.zeros(data.shape, dtype=bool)
-    if dqh is not None and dqh.data is not None and dqh.data.shape == data.shape:
-        mask |= np.asarray(dqh.data) != 0
-    wht_data = None
-    if wht is not None and wht.data is not None and wht.data.shape == data.shape:
-        wht_data = _native(wht.data, np.float64)
-        mask |= ~(np.isfinite(wht_data) & (wht_data > 0))
+    info, where, ver, primary, header = _science(hdul, sci, shown)
+    info["wcs"] = _fits_wcs(header, hdul, shown, where)
+    err, dq, wht = _companion_arrays(hdul, ("ERR", "DQ", "WHT"), ver, info["data"].shape)
+    mask, wht_data = _flags_and_positive(info["data"].shape, dq, wht)
     weight_source = None
-    if err is not None and err.data is not None and err.data.shape == data.shape:
-        info["uncertainty"] = StdDevUncertainty(_native(err.data, np.float64), copy=False)
+    if err is not None:
+        info["uncertainty"] = StdDevUncertainty(_native(err, np.float64), copy=False)
         weight_source = "ERR"
     elif wht_data is not None:
         info["uncertainty"] = InverseVariance(wht_data, copy=False)
@@ -771,22 +781,12 @@ def _read_mpdaf(hdul, shown, key):
     sci = _get_hdu(hdul, "DATA" if key is None else key, shown)
     if sci.name != "DATA":  # another HDU asked for: read it as a plain image
         return _read_plain(hdul, shown, key)
-    index = _hdu_index(hdul, sci)
-    ver = sci.header.get("EXTVER", 1)
-    where = _describe(sci, index)
-    data = _native(_image(sci, shown))
-    primary, header = hdul[0].header, sci.header
-    info = {"data": data, "extname": sci.name, "index": index, "extver": ver,
-            "wcs": _fits_wcs(header, hdul, shown, where)}
-    stat, dqh = (_companion(hdul, n, ver) for n in ("STAT", "DQ"))
-    mask = np.zeros(data.shape, dtype=bool)
-    if dqh is not None and dqh.data is not None and dqh.data.shape == data.shape:
-        mask |= np.asarray(dqh.data) != 0
-    if stat is not None and stat.data is not None and stat.data.shape == data.shape:
-        var = _native(stat.data, np.float64)
-        # MPDAF writes NaN variance outside the field: masked here, without a warning
-        with np.errstate(invalid="ignore"):
-            mask |= ~(np.isfinite(var) & (var > 0))
+    info, where, ver, primary, header = _science(hdul, sci, shown)
+    info["wcs"] = _fits_wcs(header, hdul, shown, where)
+    stat, dq = _companion_arrays(hdul, ("STAT", "DQ"), ver, info["data"].shape)
+    # MPDAF writes NaN variance outside the field: masked here, without a warning
+    mask, var = _flags_and_positive(info["data"].shape, dq, stat)
+    if var is not None:
         info["uncertainty"] = VarianceUncertainty(var, copy=False)
     info["mask"] = mask
     filt = _first((header, primary), "FILTER")
