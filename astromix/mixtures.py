@@ -1,6 +1,7 @@
 """The Gaussian mixture: the one object every astromix profile is made of."""
 
 import math
+import operator
 
 import numpy as np
 
@@ -222,16 +223,23 @@ class GaussianMixture:
         Raises
         ------
         InputError
-            If ``matrix`` is not a finite non-singular 2x2 matrix.
+            If ``matrix`` is not a finite non-singular 2x2 matrix, or the
+            transformed centres or covariances overflow.
         """
         m = np.asarray(matrix, dtype=np.float64)
         t = np.asarray(offset, dtype=np.float64)
-        if m.shape != (2, 2) or not np.all(np.isfinite(m)) or np.linalg.det(m) == 0:
+        if m.shape != (2, 2) or not np.all(np.isfinite(m)) \
+                or float(m[0, 0]) * float(m[1, 1]) - float(m[0, 1]) * float(m[1, 0]) == 0:
             raise InputError(f"matrix must be a finite non-singular 2x2 matrix, got {m!r}")
         if t.shape != (2,) or not np.all(np.isfinite(t)):
             raise InputError(f"offset must be two finite numbers, got {t!r}")
-        cov = np.einsum("ab,kbc,dc->kad", m, self._cov, m)
-        return GaussianMixture._unchecked(self._amp, self._mean @ m.T + t, cov)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cov = np.einsum("ab,kbc,dc->kad", m, self._cov, m)
+            mean = self._mean @ m.T + t
+        if not (np.all(np.isfinite(cov)) and np.all(np.isfinite(mean))):
+            raise InputError("GaussianMixture.affine: the transformed centres or covariances "
+                             "overflow (are not finite)")
+        return GaussianMixture._unchecked(self._amp, mean, cov)
 
     def shift(self, dx, dy):
         """Return the mixture moved by (dx, dy) [px].
@@ -331,7 +339,8 @@ class GaussianMixture:
         shape : tuple of int
             (ny, nx) of the image.
         dtype : {numpy.float64, numpy.float32}, optional
-            Precision of the arithmetic and of the result.
+            Precision of the arithmetic and of the result (either byte order;
+            the result is in the native one).
         settings : AccuracySettings, optional
             Culling and pixel-integration settings; the process default if omitted.
         backend : str, optional
@@ -371,8 +380,9 @@ class GaussianMixture:
         Parameters
         ----------
         data : array, shape (ny, nx)
-            The image.  float32 data is fitted in float32 arithmetic, anything
-            else in float64.  May be a backend (CuPy) array.
+            The image.  float32 data (either byte order: FITS images are
+            big-endian) is fitted in float32 arithmetic, anything else in
+            float64.  May be a backend (CuPy) array.
         weight : array, shape (ny, nx)
             Inverse variance per pixel, >= 0; 0 masks a pixel (its data may then
             be NaN).
@@ -419,9 +429,19 @@ class GaussianMixture:
 def _check_shape(shape):
     try:
         ny, nx = shape
-        ny, nx = int(ny), int(nx)
     except (TypeError, ValueError):
         raise InputError(f"shape must be (ny, nx), got {shape!r}") from None
+    try:
+        ny, nx = operator.index(ny), operator.index(nx)
+    except TypeError:
+        # whole numbers held as floats (64.0) are accepted; 10.7, inf and NaN are not
+        try:
+            fy, fx = float(ny), float(nx)
+        except (TypeError, ValueError):
+            raise InputError(f"shape must be (ny, nx), got {shape!r}") from None
+        if not (fy.is_integer() and fx.is_integer()):
+            raise InputError(f"shape must be two whole numbers (ny, nx), got {shape!r}") from None
+        ny, nx = int(fy), int(fx)
     if ny <= 0 or nx <= 0:
         raise InputError(f"shape must be positive, got {(ny, nx)}")
     return ny, nx
@@ -440,10 +460,13 @@ def _check_dtype(dtype):
         return _FAST_DTYPES[dtype]
     except (KeyError, TypeError):
         pass
-    dtype = np.dtype(dtype)
-    if dtype not in _FLOAT_DTYPES:
-        raise InputError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise InputError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dtype.kind == "f" and dtype.itemsize in (4, 8):
+        return _FAST_DTYPES[dtype.newbyteorder("=")]  # '>f4' (FITS): native float32
+    raise InputError(f"dtype must be float32 or float64, got {dtype}")
 
 
 def _check_settings(settings):
@@ -463,7 +486,8 @@ def _as_images(bk, data, weight):
         raise InputError(f"data must be a 2-d image, got shape {data.shape}")
     if weight.shape != data.shape:
         raise InputError(f"weight shape {weight.shape} differs from data shape {data.shape}")
-    dtype = np.float32 if data.dtype == np.float32 else np.float64
+    # float32 in either byte order ('>f4' from astropy.io.fits) is fitted in float32
+    dtype = np.float32 if data.dtype.kind == "f" and data.dtype.itemsize == 4 else np.float64
     return data.astype(dtype, copy=False), weight.astype(dtype, copy=False)
 
 

@@ -38,11 +38,13 @@ class AccuracySettings:
           applied as an Edgeworth (Gram-Charlier) correction,
           ``1 - (He4_x + He4_y) / 2880``, with ``He4_x = v_x^4 - 6 F_xx v_x^2 +
           3 F_xx^2``, ``F = (C + I/12)^-1`` and ``v = F d``.  Agrees with
-          GalSim's exact pixel convolution to < 2e-3 of the peak when the
-          minor-axis sigma is >= 0.6 px (< 5e-3 at 0.44 px); see the gallery
+          the exact pixel integral to < 2e-3 of the peak when the minor-axis
+          sigma is >= 0.65 px, wherever the centre lies within its pixel (the
+          worst case, a Gaussian centred on a pixel: 9.6e-4 at 0.7 px, 2.1e-3
+          at 0.6 px, 5.3e-3 at 0.5 px, 1e-2 at 0.44 px); see the gallery
           example "How accurate is the pixel integration?".
-        * ``"variance"``: only the box variance is added (2nd order; 4e-3 of
-          the peak at sigma = 0.7 px).
+        * ``"variance"``: only the box variance is added (2nd order; up to
+          7.3e-3 of the peak at sigma = 0.7 px, 1.9e-3 at 1 px).
         * ``"none"``: the Gaussian is sampled at pixel centres.
 
         All modes assume the Gaussian is resolved: for a minor-axis sigma

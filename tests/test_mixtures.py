@@ -251,3 +251,37 @@ class TestChi2:
         data = to_numpy(g.render((24, 24), dtype=np.float32))
         c32 = g.chi2(data + np.float32(0.01), np.ones_like(data))
         assert c32 == pytest.approx(24 * 24 * 1e-4, rel=1e-4)
+
+    def test_big_endian_float32_is_fitted_in_float32(self, backend):
+        # astropy.io.fits returns float32 images as '>f4': they must be fitted as float32
+        g = one()
+        rng = np.random.default_rng(4)
+        data = to_numpy(g.render((24, 24), dtype=np.float32)) \
+            + rng.normal(0, 0.01, (24, 24)).astype(np.float32)
+        weight = np.ones_like(data)
+        native = g.chi2(data, weight, gradient=True)
+        big = g.chi2(data.astype(">f4"), weight.astype(">f4"), gradient=True)
+        wide = g.chi2(data.astype(np.float64), weight.astype(np.float64), gradient=True)
+        assert big[0] == native[0] and big[0] != wide[0]
+        for b, n in zip(big[1], native[1]):
+            np.testing.assert_array_equal(to_numpy(b), to_numpy(n))
+        np.testing.assert_array_equal(to_numpy(g.render((24, 24), dtype=">f4")),
+                                      to_numpy(g.render((24, 24), dtype=np.float32)))
+
+
+class TestRenderArguments:
+    @pytest.mark.parametrize("shape", [(10.7, 12), (np.inf, 12), (np.nan, 12), (12, "x")])
+    def test_shape_must_be_whole_numbers(self, shape):
+        with pytest.raises(InputError, match="shape must be"):
+            one().render(shape)
+
+    def test_whole_float_shape_is_accepted(self):
+        np.testing.assert_array_equal(one().render((12.0, np.int64(14))), one().render((12, 14)))
+
+    def test_misspelt_dtype(self):
+        with pytest.raises(InputError, match="dtype must be float32 or float64"):
+            one().render((4, 4), dtype="flaot32")
+
+    def test_affine_overflow_is_refused(self):
+        with pytest.raises(InputError, match="overflow"):
+            one().affine(EYE * 1e200)

@@ -155,7 +155,7 @@ class SersicMixture(_MixtureSourceBase):
     pixel-integrated surface brightness; on whole-pixel grids it is rendered
     by the backend kernel.
 
-    The pixel integration is accurate for components at least ~0.6 px wide
+    The pixel integration is accurate for components at least ~0.65 px wide
     (:class:`~astromix.AccuracySettings`).  Convolved with a PSF of that width
     or more, as when modelling data, every component is.  Without ``psf`` the
     innermost components of a Sersic profile are far narrower than a pixel:
