@@ -127,8 +127,8 @@ def read_config(path):
         object, a required field (``img_path``, ``catalog_path``) is missing,
         ``dimension`` is not an integer >= 1 (51.0 and "51" are read as 51,
         51.5 is refused), ``sigma`` is neither a number nor null, ``pixfrac`` is not
-        a number or ``max_workers`` not an integer; each message names the
-        file.
+        a number, ``provider_options`` is not a JSON object or ``max_workers``
+        not an integer; each message names the file.
     """
     from ..mosaic.exposures import read_json
 
@@ -156,13 +156,17 @@ def read_config(path):
                                                                             "psf_array.fits"),
         "sigma": cfg.get("sigma"), "pixel_scale": cfg.get("pixel_scale"),
         "dimension": cfg.get("dimension", 51), "provider": str(cfg.get("provider", "stpsf")),
-        "provider_options": dict(cfg.get("provider_options") or {}),
+        "provider_options": cfg.get("provider_options") or {},
         "pixfrac": cfg.get("pixfrac", 1.0), "max_workers": cfg.get("max_workers", 1),
         "overwrite": bool(cfg.get("overwrite", True)),
         "stpsf_path": cfg.get("STPSF_PATH") or cfg.get("stpsf_path"),
     }
     for key in ("img_path", "catalog_path", "association_path", "csv_path"):
         out[key] = cfg.get(key)
+    if not isinstance(out["provider_options"], dict):
+        raise InputError(f"config {path!r}: provider_options must be a JSON object, got "
+                         f"{out['provider_options']!r}")
+    out["provider_options"] = dict(out["provider_options"])
     out["dimension"] = _config_integer(out["dimension"], "dimension", path, strings=True)
     if out["dimension"] < 1:
         raise InputError(f"config {path!r}: dimension must be >= 1, got {out['dimension']}")

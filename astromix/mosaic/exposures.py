@@ -123,8 +123,11 @@ def decode_context(context, x, y, n_inputs=None):
     Parameters
     ----------
     context : array-like of int, shape (n_planes, ny, nx) or (ny, nx)
-        The context image (i2d ``CON`` extension), 32-bit integers (signed or
-        not; the sign bit is input 31 of the plane).
+        The context image (i2d ``CON`` extension): 32 inputs per plane
+        whatever the integer dtype (drizzle's packing), the sign bit of a
+        32-bit integer being input 31 of the plane.  Wider integers (int64,
+        e.g. a ``BITPIX = 64`` file) must hold values in ``[-2**31, 2**32)``;
+        narrower ones (int16, int8) are taken as the low bits of the plane.
     x, y : array-like, shape (N,)
         Positions [mosaic px, 0-based]; each is rounded to the nearest pixel.
     n_inputs : int, optional
@@ -139,8 +142,9 @@ def decode_context(context, x, y, n_inputs=None):
     Raises
     ------
     InputError
-        If the context is not 2-d or 3-d integers, or a position lies outside
-        the image (the message gives how many and the first).
+        If the context is not 2-d or 3-d integers, holds a value outside 32
+        bits at a position, or a position lies outside the image (the message
+        gives how many and the first).
 
     Examples
     --------
@@ -153,9 +157,22 @@ def decode_context(context, x, y, n_inputs=None):
     """
     ctx = context_planes(context)
     ix, iy = _pixel_indices(x, y, ctx.shape[1:])
-    nbits = 8 * ctx.dtype.itemsize
-    planes = ctx[:, iy, ix].astype(np.int64) & ((1 << nbits) - 1)  # (n_planes, N), unsigned
-    bits = (planes[:, :, None] >> np.arange(nbits)) & 1              # (n_planes, N, nbits)
+    values = ctx[:, iy, ix]                                          # (n_planes, N)
+    if ctx.dtype.itemsize > 4:
+        # 32 inputs per plane whatever the dtype: a wider integer must hold a
+        # 32-bit word (signed or not), else it is not a drizzle context
+        with np.errstate(over="ignore"):
+            bad = (values > 0xFFFFFFFF) | (values < -(1 << 31))
+        if bad.any():
+            k, n = np.argwhere(bad)[0]
+            raise InputError(f"the context holds {int(bad.sum())} value(s) outside 32 bits "
+                             f"(e.g. {int(values[k, n])} in plane {k} at source {n}); drizzle "
+                             "packs 32 inputs per plane")
+    if ctx.dtype.itemsize <= 4:
+        # the bits of the word as stored (a negative int16 has input 15 set, not 15..31)
+        values = values.astype(values.dtype.str.replace("i", "u"), copy=False)
+    planes = values.astype(np.int64) & 0xFFFFFFFF                   # (n_planes, N), unsigned
+    bits = (planes[:, :, None] >> np.arange(32)) & 1                 # (n_planes, N, 32)
     mask = np.transpose(bits, (1, 0, 2)).reshape(ix.size, -1).astype(bool)
     if n_inputs is not None:
         n_inputs = int(n_inputs)
@@ -215,13 +232,22 @@ def read_association(path):
     Raises
     ------
     InputError
-        If the file is missing, not JSON, or has no science member.
+        If the file is missing, not JSON, its members are not a list of
+        objects, or it has no science member.
     """
     asn = read_json(path, "association")
     try:
         members = asn["products"][0]["members"]
     except (KeyError, IndexError, TypeError):
         raise InputError(f"association {path!r} has no products[0].members") from None
+    if not isinstance(members, list):
+        raise InputError(f"association {path!r}: products[0].members must be a list, got "
+                         f"{type(members).__name__}")
+    for k, m in enumerate(members):
+        # leaving one out would shift the context numbering of those after it
+        if not isinstance(m, dict):
+            raise InputError(f"association {path!r}: products[0].members[{k}] must be an "
+                             f"object with expname and exptype, got {m!r}")
     names = [_stem(m["expname"]) for m in members
              if str(m.get("exptype", "science")).lower() == "science" and "expname" in m]
     if not names:
@@ -343,14 +369,35 @@ def tan_wcs(ra, dec, pixel_scale, pc, crpix, shape=None):
     return w
 
 
-def _column(row, names, lower):
+def _column_value(row, names, lower):
+    # (column name, value) of the first of `names` the row has unmasked, else (None, None)
     for n in names:
         if n in lower:
             value = row[lower[n]]
             if np.ma.is_masked(value):
                 continue
-            return value
-    return None
+            return lower[n], value
+    return None, None
+
+
+def _column(row, names, lower):
+    return _column_value(row, names, lower)[1]
+
+
+def _number(row, names, lower, where, *, integer=False):
+    """The finite number in the first of ``names`` the row has (None if none); InputError
+    naming ``where`` and the column if the cell holds something else."""
+    col, value = _column_value(row, names, lower)
+    if col is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        kind = "an integer" if integer else "a finite number"
+        raise InputError(f"{where}: column {col} = {_plain(value)!r} is not {kind}")
+    return int(number) if integer else number
 
 
 def exposures_from_table(table, *, default_exptime=None):
@@ -391,10 +438,13 @@ def exposures_from_table(table, *, default_exptime=None):
     ------
     InputError
         If a row lacks a name, a weight or a WCS (the message names the
-        missing columns), or the file cannot be read.
+        missing columns), a numeric cell (weight, WCS, ``naxis1``/``naxis2``)
+        holds text or a non-finite value (the message names the table, row
+        and column), or the file cannot be read.
     """
     from astropy.table import Table
 
+    path = None
     if isinstance(table, (str, os.PathLike)):
         path = os.fspath(table)
         try:
@@ -410,22 +460,25 @@ def exposures_from_table(table, *, default_exptime=None):
     if len(table) == 0:
         raise InputError("the exposure table is empty")
     lower = {c.lower().replace("-", "_"): c for c in table.colnames}
+    label = f"exposure table {path!r}" if path is not None else "exposure table"
     out = []
     for i, row in enumerate(table):
         name = _column(row, ("filename", "expname", "name"), lower)
         name = _stem(name) if name is not None else f"exposure {i}"
-        exptime = _column(row, ("effexptm", "exptime", "xposure", "duration", "weight"), lower)
+        where = f"{label} row {i} ({name})"
+        exptime = _number(row, ("effexptm", "exptime", "xposure", "duration", "weight"), lower,
+                          where)
         if exptime is None:
             if default_exptime is None:
-                raise InputError(f"exposure table row {i} ({name}) has no exposure time "
+                raise InputError(f"{where} has no exposure time "
                                  "(effexptm, exptime, xposure, duration or weight)")
             exptime = default_exptime
         detector = _column(row, ("detector",), lower)
         detector = str(detector).strip().upper() if detector is not None else None
-        nx = _column(row, ("naxis1",), lower)
-        ny = _column(row, ("naxis2",), lower)
-        shape = (int(ny), int(nx)) if nx is not None and ny is not None else None
-        wcs = _row_wcs(row, lower, name, detector, shape)
+        nx = _number(row, ("naxis1",), lower, where, integer=True)
+        ny = _number(row, ("naxis2",), lower, where, integer=True)
+        shape = (ny, nx) if nx is not None and ny is not None else None
+        wcs = _row_wcs(row, lower, name, detector, shape, where)
         date = _column(row, ("date_obs", "date_beg", "date"), lower)
         tobs = _column(row, ("time_obs",), lower)
         if date is not None:
@@ -435,7 +488,7 @@ def exposures_from_table(table, *, default_exptime=None):
         instrument = _column(row, ("instrume", "instrument"), lower)
         filt = _column(row, ("filter",), lower)
         out.append(InputExposure(
-            name=name, wcs=wcs, exptime=float(exptime),
+            name=name, wcs=wcs, exptime=exptime,
             instrument=str(instrument).strip() if instrument is not None else None,
             filter=str(filt).strip().upper() if filt is not None else None,
             detector=detector, date=date, shape=shape,
@@ -449,9 +502,9 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _row_wcs(row, lower, name, detector, shape):
+def _row_wcs(row, lower, name, detector, shape, where):
     def get(*names):
-        return _column(row, names, lower)
+        return _number(row, names, lower, where)
 
     crval = (get("crval1"), get("crval2"))
     if None not in crval:
@@ -494,7 +547,10 @@ def _row_wcs(row, lower, name, detector, shape):
         if shape is None:
             raise InputError(f"exposure {name}: give xref_sci/yref_sci or naxis1/naxis2")
         xref, yref = (shape[1] + 1) / 2.0, (shape[0] + 1) / 2.0
-    pc = jwst_pc_matrix(ref[2], ref[3], ref[4])
+    try:
+        pc = jwst_pc_matrix(ref[2], ref[3], ref[4])
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
     return tan_wcs(ref[0], ref[1], float(scale), pc, (float(xref) - 1, float(yref) - 1), shape)
 
 

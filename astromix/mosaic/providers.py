@@ -542,10 +542,12 @@ class ImageProvider(PSFProvider):
         an image (or None), called once per exposure and position bin, with
         the bin's centre [detector px] (None, None without ``position_bin``).
     oversampling : int, optional
-        Image pixels per detector pixel; default from the FITS header for
-        files (:func:`astromix.cli.psf_mixture.header_oversampling`:
+        Image pixels per detector pixel, one for all the images; default from
+        the FITS header for files (:func:`astromix.cli.psf_mixture.header_oversampling`:
         ``DET_SAMP``, else ``OVERSAMP``, else 1; ``OVERSAMP`` in STPSF's
-        detector-sampled extensions), required for arrays.
+        detector-sampled extensions), required for arrays.  Files whose
+        headers give different oversamplings are refused; a value given here
+        overrides the headers' (with a warning when they differ).
     by : {"detector", "name", "filter"}, optional
         The exposure attribute that selects the image from a dict (default
         ``"detector"``).
@@ -567,7 +569,8 @@ class ImageProvider(PSFProvider):
     InputError
         On a bad image (not 2-d, NaN or infinite pixels, no positive flux), an
         unknown ``by`` or ``missing``, a missing oversampling for arrays, a
-        non-integer oversampling in a FITS header, or (at use) an exposure
+        non-integer oversampling in a FITS header, FITS files whose headers
+        give different oversamplings, or (at use) an exposure
         with no image in the dict (it is then left out with a warning instead
         when ``missing="skip"``).
     """
@@ -580,23 +583,38 @@ class ImageProvider(PSFProvider):
             raise InputError(f"missing must be 'error' or 'skip', got {missing!r}")
         self.by, self.hdu, self.missing = by, hdu, missing
         self._callable = callable(images) and not isinstance(images, np.ndarray)
-        found = None
+        headers = {}  # what -> (file, oversampling its header gives)
         if self._callable:
             self.images = images
         elif isinstance(images, dict):
             self.images = {}
             for k, v in images.items():
-                self.images[k], os_ = self._load(v, f"PSF image for {by}={k!r}")
-                found = found or os_
+                what = f"PSF image for {by}={k!r}"
+                self.images[k], os_ = self._load(v, what)
+                if os_ is not None:
+                    headers[what] = (os.fspath(v), os_)
         else:
-            self.images, found = self._load(images, "PSF image")
+            self.images, os_ = self._load(images, "PSF image")
+            if os_ is not None:
+                headers["PSF image"] = (os.fspath(images), os_)
+        found = sorted({os_ for _, os_ in headers.values()})
+        if len(found) > 1:
+            # one oversampling serves every image: some would be scaled wrongly
+            listed = "; ".join(f"{f!r} ({what}): {os_}" for what, (f, os_) in headers.items())
+            raise InputError(f"the PSF files' headers give different oversamplings ({listed}); "
+                             "ImageProvider uses one for all images: resample them to a "
+                             "common oversampling")
         if oversampling is None:
-            if found is None:
+            if not found:
                 raise InputError("give oversampling (image pixels per detector pixel) for "
                                  "PSF images given as arrays")
-            oversampling = found
+            oversampling = found[0]
         super().__init__(oversampling, position_bin=position_bin if self._callable else None,
                          pixel_integrated=pixel_integrated)
+        if found and found[0] != self.oversampling:
+            log.warning("ImageProvider: oversampling=%d overrides the %d of the PSF file "
+                        "header(s) (%s)", self.oversampling, found[0],
+                        ", ".join(repr(f) for f, _ in headers.values()))
 
     def _load(self, value, what):
         if isinstance(value, (str, os.PathLike)):

@@ -23,7 +23,8 @@ normalised to unit sum.  The detector and drop boxes are applied once per
 unique PSF (in Fourier space, where the image is also upsampled to 8 samples
 per detector pixel); each source then costs one bilinear resampling per
 exposure on a grid of ``subsample`` x ``subsample`` points per mosaic pixel,
-and one FFT for the mosaic pixel box and the smoothing.  The aliasing of the
+and one FFT for the mosaic pixel box and the smoothing (on a grid reaching a
+few pixels beyond the stamp, so that no flux wraps around its edges).  The aliasing of the
 detector's sampling (which depends on each star's sub-pixel phase) is not
 modelled; dithering averages it down.
 
@@ -215,8 +216,10 @@ class ExposureWeightedPSF:
     provider : PSFProvider
         Where each exposure's oversampled PSF comes from.
     context : array-like of int, shape (n_planes, ny, nx), optional
-        The context image.  Without it, every exposure whose detector covers
-        the source (its WCS and ``shape``) is taken as contributing.
+        The context image (32 exposures per plane, see
+        :func:`~astromix.mosaic.decode_context`).  Without it, every exposure
+        whose detector covers the source (its WCS and ``shape``) is taken as
+        contributing.
     sigma : float, optional
         Gaussian smoothing [mosaic px] applied after combination (default
         None: none); see :meth:`calibrate_smoothing`.
@@ -233,8 +236,9 @@ class ExposureWeightedPSF:
     Raises
     ------
     InputError
-        On an empty exposure list, a provider that is not a PSFProvider, or a
-        bad parameter.
+        On an empty exposure list, a provider that is not a PSFProvider, a
+        context with fewer than ``n_exposures / 32`` planes, or a bad
+        parameter.
 
     Notes
     -----
@@ -285,9 +289,9 @@ class ExposureWeightedPSF:
         self.provider = provider
         if context is not None:
             context = context_planes(context)
-            if 32 * context.shape[0] < len(exposures) - 31:
-                raise InputError(f"the context has {context.shape[0]} plane(s) for "
-                                 f"{len(exposures)} exposures")
+            if 32 * context.shape[0] < len(exposures):
+                raise InputError(f"the context has {context.shape[0]} plane(s) (32 exposures "
+                                 f"each) for {len(exposures)} exposures")
         self.context = context
         self._prepared = {}
         self._mixtures = {}
@@ -559,6 +563,18 @@ class ExposureWeightedPSF:
             self._transfer[key] = h
         return self._transfer[key]
 
+    def _stamp_padding(self, oversampling=1):
+        """Stamp pixels added on each side of the fine grid before the FFT convolution.
+
+        The reach of the mosaic pixel box (half a mosaic pixel) and of the
+        smoothing (4 sigma) plus one mosaic pixel, and at least 4 mosaic
+        pixels for the slowly (1 / r^2) decaying tails of the box's sampled
+        kernel when the smoothing is weak; in stamp pixels (``oversampling``
+        per mosaic pixel).
+        """
+        reach = 0.5 + 4.0 * (self._sigma or 0.0)
+        return int(oversampling) * max(4, int(math.ceil(reach)) + 1)
+
     # -- evaluation ----------------------------------------------------------------------------
     def _stamp(self, n, mask, det_xy, jac, dim, offset, *, weights=None, rotate=True,
                oversampling=1):
@@ -582,10 +598,15 @@ class ExposureWeightedPSF:
         if not used:
             return np.zeros((dim, dim)), used, 0.0
         q = self.subsample
-        n_fine = q * dim
         c = (dim - 1) / 2.0
         s = 1.0 / oversampling                        # stamp pixel [mosaic px]
-        t = (np.arange(n_fine) / q - c) * s
+        # the mosaic pixel box and the smoothing are (circular) FFT convolutions:
+        # the fine grid reaches `pad` stamp pixels beyond the stamp on each side,
+        # so that flux just outside the stamp spills into its edge pixels and
+        # none wraps around onto the opposite edge
+        pad = self._stamp_padding(oversampling)
+        n_fine = fft.next_fast_len(q * (dim + 2 * pad), real=True)
+        t = ((np.arange(n_fine) - q * pad) / q - c) * s
         tx = t - offset[0]                            # fine grid [mosaic px from the centre]
         ty = t - offset[1]
         jinv = np.array(jinv)                         # (E, 2, 2): exposure <- mosaic
@@ -600,7 +621,8 @@ class ExposureWeightedPSF:
                           shapes[:, 0].copy(), os_eff, cen, jinv, coef, tx, ty,
                           np.zeros((n_fine, n_fine)))
         spec = fft.rfft2(fine) * self._transfer_function(n_fine, s / q)
-        out = fft.irfft2(spec, s=fine.shape)[::q, ::q]
+        out = fft.irfft2(spec, s=fine.shape)[q * pad:q * (pad + dim):q,
+                                              q * pad:q * (pad + dim):q]
         if self.normalize:
             total = out.sum()
             if total > 0:
@@ -628,6 +650,24 @@ class ExposureWeightedPSF:
             raise InputError(f"dim must be >= 1, got {dim}")
         return dim
 
+    def _exposure_indices(self, exposures):
+        # indices 0 <= i < n_exposures (no negative indexing, no names, no bools)
+        n = len(self.exposures)
+        try:
+            items = list(exposures)
+        except TypeError:
+            raise InputError(f"exposures must be a sequence of exposure indices, got "
+                             f"{exposures!r}") from None
+        out = []
+        for i in items:
+            if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+                raise InputError(f"exposures must hold integer indices in [0, {n}), got {i!r}")
+            if not 0 <= int(i) < n:
+                raise InputError(f"exposure index {int(i)} is outside [0, {n}) "
+                                 f"({n} exposures)")
+            out.append(int(i))
+        return np.asarray(out, dtype=np.intp)
+
     def image(self, x, y, dim=51, *, offset=(0.0, 0.0), exposures=None, rotate=True,
               oversampling=1):
         """The mosaic PSF of one source as a (dim, dim) stamp.
@@ -644,8 +684,9 @@ class ExposureWeightedPSF:
             ``(x - round(x), y - round(y))`` to match a cut-out centred on
             the nearest pixel.
         exposures : sequence of int, optional
-            Use only these exposures (indices) among the contributing ones (to
-            compare with a single exposure's PSF).
+            Use only these exposures (indices ``0 <= i < n_exposures`` into
+            :attr:`exposures`) among the contributing ones (to compare with a
+            single exposure's PSF).
         rotate : bool, optional
             False replaces each Jacobian by its scale alone (no rotation, no
             parity): the "unrotated average" that ignores the orientations.
@@ -665,7 +706,8 @@ class ExposureWeightedPSF:
         Raises
         ------
         InputError
-            On a bad position or ``dim``.
+            On a bad position or ``dim``, or an ``exposures`` entry that is not
+            an integer index of an exposure.
         """
         dim = self._check_dim(dim)
         x, y = self._checked_positions(x, y)
@@ -674,7 +716,7 @@ class ExposureWeightedPSF:
         mask, det_xy, jac = self.contributors(x, y)
         if exposures is not None:
             keep = np.zeros(len(self.exposures), dtype=bool)
-            keep[np.asarray(list(exposures), dtype=int)] = True
+            keep[self._exposure_indices(exposures)] = True
             mask = mask & keep
         oversampling = int(oversampling)
         if oversampling < 1:
@@ -888,7 +930,7 @@ class ExposureWeightedPSF:
         size : int, optional
             Stamp size [px] (default 21).
         bounds : (float, float), optional
-            Range of sigma [mosaic px] searched.
+            Range of sigma [mosaic px] searched, ``0 <= low < high``, finite.
         background : bool, optional
             Fit a constant background per star (default True).
 
@@ -902,7 +944,14 @@ class ExposureWeightedPSF:
         Raises
         ------
         InputError
-            If no star has a complete, finite stamp.
+            If no star has a complete, finite stamp, or ``bounds`` is bad.
+
+        Notes
+        -----
+        The model stamps are computed ``ceil(4 high) + 1`` pixels larger on
+        each side than ``size`` and cropped after each trial smoothing, so
+        that the smoothing takes in the flux just outside the stamp and none
+        wraps around its edges.
         """
         from scipy import optimize
 
@@ -926,25 +975,36 @@ class ExposureWeightedPSF:
         if not keep:
             raise InputError("calibrate_smoothing: no star has a complete, finite stamp")
         keep = np.asarray(keep)
+        try:
+            lo, hi = map(float, bounds)
+        except (TypeError, ValueError):
+            raise InputError(f"bounds must be two numbers [mosaic px], got {bounds!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi):
+            raise InputError(f"bounds must be finite with 0 <= low < high, got {bounds!r}")
         # stamps centred on pixel round(x) with the PSF at its exact position
         offs = np.column_stack([sx[keep] - np.round(sx[keep]), sy[keep] - np.round(sy[keep])])
         offs += (h - (size - 1) / 2.0)
+        # the trial smoothing is a circular FFT convolution: the base stamps reach
+        # `pad` pixels (4 sigma of the widest trial) beyond the star's, cropped after
+        pad = int(math.ceil(4.0 * hi)) + 1
+        n_base = size + 2 * pad
         saved = self._sigma
         try:
             self.sigma = None
             self.normalize, norm = False, self.normalize
-            base = self.cube(sx[keep], sy[keep], size, offsets=offs, executor="serial",
+            base = self.cube(sx[keep], sy[keep], n_base, offsets=offs, executor="serial",
                              progress=False)
         finally:
             self.normalize = norm
             self.sigma = saved
-        f = np.fft.fftfreq(size)
-        fr = np.fft.rfftfreq(size)
+        f = np.fft.fftfreq(n_base)
+        fr = np.fft.rfftfreq(n_base)
         specs = np.fft.rfft2(base)
 
         def chi2(s):
             g = np.exp(-2 * (math.pi * s) ** 2 * (f[:, None] ** 2 + fr[None, :] ** 2))
-            models = np.fft.irfft2(specs * g, s=(size, size))
+            models = np.fft.irfft2(specs * g, s=(n_base, n_base))[:, pad:pad + size,
+                                                                  pad:pad + size]
             total = 0.0
             for d, m in zip(datas, models):
                 cols = [m.ravel(), np.ones(m.size)] if background else [m.ravel()]
@@ -954,7 +1014,6 @@ class ExposureWeightedPSF:
                 total += float(np.sum(r * r)) / float(d.max()) ** 2
             return total
 
-        lo, hi = map(float, bounds)
         res = optimize.minimize_scalar(chi2, bounds=(lo, hi), method="bounded",
                                        options={"xatol": 1e-3})
         sigma = float(res.x)

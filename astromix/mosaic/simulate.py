@@ -12,6 +12,7 @@ one (FWHM, encircled energy, the smoothing that matches them).
 """
 
 import dataclasses
+import logging
 import math
 import warnings
 from typing import Any
@@ -20,6 +21,8 @@ import numpy as np
 
 from ..errors import InputError
 from .exposures import InputExposure, jwst_pc_matrix, tan_wcs
+
+log = logging.getLogger("astromix")
 
 __all__ = ["SimulatedMosaic", "simulate_drizzled_star_field", "render_point_source",
            "compare_with_empirical_psf"]
@@ -317,7 +320,9 @@ def compare_with_empirical_psf(model, x, y, empirical, oversampling, pixel_scale
     radii, r_total : optional
         See :func:`~astromix.mosaic.psf_profile_metrics` [arcsec].
     size : int, optional
-        Stamp size [mosaic px] of the sigma fit.
+        Stamp size [mosaic px] of the sigma fit (default 41); cut down to the
+        empirical PSF's extent, ``2 ((n - 1) // 2 // oversampling) + 1``
+        mosaic px, when it is smaller.
 
     Returns
     -------
@@ -329,7 +334,8 @@ def compare_with_empirical_psf(model, x, y, empirical, oversampling, pixel_scale
     Raises
     ------
     InputError
-        If the empirical PSF is not square with an odd size.
+        If the empirical PSF is not square with an odd size, or spans fewer
+        than 5 mosaic pixels for the sigma fit.
     """
     from .psf import psf_profile_metrics
 
@@ -367,6 +373,16 @@ def _fit_sigma(model, x, y, emp, os_, c, size):
     k = np.arange(-(c // os_), c // os_ + 1)
     star = emp[np.ix_(c + os_ * k, c + os_ * k)]
     h = k.size // 2
+    # the star is only as large as the ePSF (and cannot reach below pixel 0)
+    fit = min(int(size), k.size, 2 * min(x, y) + 1)
+    if fit < 5:
+        raise InputError(f"compare_with_empirical_psf: the empirical PSF ({emp.shape[0]} "
+                         f"samples at {os_} per pixel) at ({x}, {y}) leaves a {fit} px stamp "
+                         "for the sigma fit; it needs >= 5 mosaic px")
+    if fit < size:
+        log.info("compare_with_empirical_psf: the sigma fit uses %d px stamps (the empirical "
+                 "PSF spans %d mosaic px), not size = %d", fit, k.size, size)
+    size = fit
     image = np.zeros((y + h + 1, x + h + 1))
     image[y - h:y + h + 1, x - h:x + h + 1] = star
     return model.calibrate_smoothing(([float(x)], [float(y)]), image, size=size)
