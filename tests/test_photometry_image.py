@@ -350,7 +350,7 @@ def test_batch_keeps_the_order(executor):
     assert fit_image_photometry_batch([], reference) == []
 
 
-def test_batch_reraises_with_the_exposure_name():
+def test_batch_reraises_with_the_exposure_name(monkeypatch):
     targets, reference = _targets()
     targets[1] = Exposure(targets[1].data, wcs=targets[1].wcs, name="broken",
                           mask=~(np.eye(64, dtype=bool) & (np.arange(64) < 10)))
@@ -361,9 +361,18 @@ def test_batch_reraises_with_the_exposure_name():
     assert isinstance(info.value.__cause__, InputError)
     with pytest.raises(InputError, match="^broken: "):
         fit_image_photometry_batch(targets, reference, executor="serial", **KW)
-    # any other exception becomes a BatchError naming the exposure
-    with pytest.raises(BatchError, match="exp0: the fit failed with TypeError") as info:
+    # a misspelt keyword is refused before any fit, naming it
+    with pytest.raises(InputError, match="bogus"):
         fit_image_photometry_batch(targets[:1], reference, executor="serial", bogus=1)
+    # any other exception becomes a BatchError naming the exposure
+    import astromix.photometry.image as image_module
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in the fit")
+
+    monkeypatch.setattr(image_module, "fit_image_photometry", broken)
+    with pytest.raises(BatchError, match="exp0: the fit failed with TypeError") as info:
+        fit_image_photometry_batch(targets[:1], reference, executor="serial")
     assert isinstance(info.value, AstromixError) and isinstance(info.value.original, TypeError)
 
 

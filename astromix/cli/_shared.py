@@ -31,6 +31,61 @@ def prepare_output_folder(folder):
         raise InputError(f"output folder {folder!r} is not writable")
 
 
+def probe_folder(folder):
+    """InputError when no file can be created in ``folder`` (a test file is made and removed).
+
+    ``os.access`` does not see every case: run as root it passes read-only
+    file systems and folders such as /proc, where creating a file fails.
+    """
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".astromix-", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise InputError(f"cannot write in the output folder {folder!r}: "
+                         f"{exc.strerror or exc}") from None
+    os.close(fd)
+    try:
+        os.remove(probe)
+    except OSError:  # pragma: no cover - created a moment ago
+        pass
+
+
+def check_output_file(path, overwrite, option="--output"):
+    """InputError, before any work, for an output file that cannot be written.
+
+    Refused: an empty name, a name ending in a folder separator, an existing
+    file without ``overwrite``, a folder, and a folder that cannot be created
+    or in which no file can be created (:func:`probe_folder`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The output file.
+    overwrite : bool
+        Whether an existing file may be replaced (``--overwrite``).
+    option : str, optional
+        The option that gave ``path``, for the messages.
+
+    Raises
+    ------
+    InputError
+        For the cases above; the message names ``path`` (or ``option``).
+    """
+    path = os.fspath(path)
+    if not path.strip():
+        raise InputError(f"{option}: the file name is empty")
+    if os.path.isdir(path):
+        raise InputError(f"{option} {path!r} is a folder, not a file")
+    if path.endswith(("/", os.sep)):
+        raise InputError(f"{option} {path!r} names a folder, not a file")
+    if os.path.lexists(path) and not overwrite:
+        raise InputError(f"{path!r} exists (use --overwrite)")
+    folder = os.path.dirname(os.path.abspath(path))
+    prepare_output_folder(folder)
+    probe_folder(folder)
+
+
 def radial_profile(image, centre):
     """Mean of ``image`` in 1-px annuli around ``centre`` (x, y): (radii, means)."""
     ny, nx = image.shape

@@ -130,9 +130,12 @@ def run(args):
     Raises
     ------
     InputError
-        If the output exists without ``--overwrite`` or is a folder, its folder
-        cannot be created or written, the cube file does not exist, or FILTER
-        is neither a file nor a bandpass (:func:`load_filter`).
+        If the output name is empty, the output exists without
+        ``--overwrite`` or is a folder, its folder cannot be created or
+        written, the cube file does not exist, or FILTER is neither a file
+        nor a bandpass (:func:`load_filter`).
+    AstromixError
+        If writing the output fails (a full disk...).
     """
     import numpy as np
 

@@ -34,8 +34,14 @@ import math
 import os
 import time
 
-from ..errors import InputError
-from ._shared import atomic_path, hdu_argument, prepare_output_folder
+from ..errors import AstromixError, InputError
+from ._shared import (
+    atomic_path,
+    check_output_file,
+    hdu_argument,
+    prepare_output_folder,
+    probe_folder,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -130,19 +136,47 @@ def add_parser(subparsers):
 
 
 def _check_outputs(args):
-    """Refuse existing outputs (without --overwrite) and unwritable folders before fitting."""
-    for path in (args.json, args.plot):
-        if path is None:
-            continue
-        if os.path.exists(path) and not args.overwrite:
-            raise InputError(f"{path!r} exists (use --overwrite)")
-        prepare_output_folder(os.path.dirname(os.path.abspath(path)))
+    """Refuse bad outputs before fitting: empty names, folders, existing files (without
+    --overwrite), unwritable folders and a --plot format matplotlib cannot write."""
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            check_output_file(path, args.overwrite, option)
     if args.plot is not None:
         ext = os.path.splitext(args.plot)[1].lstrip(".").lower()
         if not ext:
             raise InputError(f"--plot {args.plot!r}: give a file extension (png, pdf, svg...)")
+        try:
+            from matplotlib.backend_bases import FigureCanvasBase
+        except ImportError:
+            raise InputError("--plot needs matplotlib (pip install matplotlib)") from None
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if ext not in formats:
+            raise InputError(f"--plot {args.plot!r}: matplotlib cannot write .{ext} files "
+                             f"(it writes {', '.join(sorted(formats))})")
     if args.save_fits is not None:
+        if not args.save_fits.strip():
+            raise InputError("--save-fits: the folder name is empty")
+        if os.path.exists(args.save_fits) and not os.path.isdir(args.save_fits):
+            raise InputError(f"--save-fits {args.save_fits!r} is a file, not a folder")
         prepare_output_folder(args.save_fits)
+        probe_folder(args.save_fits)
+
+
+def _save_fits_paths(args, prefix):
+    """The files --save-fits writes (as ImagePhotometryResult.write_fits names them); InputError
+    for one that exists without --overwrite."""
+    paths = [os.path.join(args.save_fits, f"{prefix}_{kind}.fits")
+             for kind in ("image", "model", "residual")]
+    for path in paths:
+        if os.path.isdir(path):
+            raise InputError(f"--save-fits: {path!r} is a folder, not a file")
+        if os.path.lexists(path) and not args.overwrite:
+            raise InputError(f"{path!r} exists (use --overwrite)")
+    return paths
+
+
+def _write_failed(path, exc):
+    return AstromixError(f"cannot write {os.fspath(path)!r}: {exc.strerror or exc}")
 
 
 def _header_keyword(image, key):
@@ -206,9 +240,13 @@ def run(args):
     Raises
     ------
     InputError
-        Before any fit: if ``--json`` or ``--plot`` exists without
-        ``--overwrite``, ``--plot`` has no file extension, or an output folder
-        cannot be created or written.
+        Before any fit: if ``--json`` or ``--plot`` is empty or a folder, or
+        exists without ``--overwrite``, ``--plot`` has no file extension or
+        one matplotlib cannot write, a ``--save-fits`` file exists without
+        ``--overwrite``, or an output folder cannot be created or written.
+    AstromixError
+        If writing an output fails (a full disk...); the outputs written
+        before it are kept.
     """
     from ..photometry import (
         fit_image_photometry,
@@ -220,6 +258,9 @@ def run(args):
     _check_outputs(args)
     t0 = time.perf_counter()
     target = read_image(args.target, ext=args.ext)
+    prefix = target.name or "image_fit"         # write_fits's default
+    if args.save_fits is not None:
+        _save_fits_paths(args, prefix)
     reference = read_image(args.reference, ext=args.reference_ext)
     unit = _flux_unit(args.flux_unit, target, reference)
     if unit is not None:
@@ -252,17 +293,27 @@ def run(args):
         if star is not None:
             doc["star"] = {"ra": args.star[0], "dec": args.star[1], "radius": args.star[2],
                            **star.to_dict(), "units": star.units}
-        with atomic_path(args.json) as tmp, open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
+        try:
+            with atomic_path(args.json) as tmp, open(tmp, "w") as fh:
+                json.dump(doc, fh, indent=1)
+                fh.write("\n")
+        except OSError as exc:
+            raise _write_failed(args.json, exc) from None
         log.info("wrote %s", args.json)
     if args.plot is not None:
         fig = result.plot()
         ext = os.path.splitext(args.plot)[1].lstrip(".").lower()
-        with atomic_path(args.plot) as tmp:
-            fig.savefig(tmp, format=ext, dpi=100)
+        try:
+            with atomic_path(args.plot) as tmp:
+                fig.savefig(tmp, format=ext, dpi=100)
+        except OSError as exc:
+            raise _write_failed(args.plot, exc) from None
         log.info("wrote %s", args.plot)
     if args.save_fits is not None:
-        for path in result.write_fits(args.save_fits, overwrite=args.overwrite):
+        try:
+            paths = result.write_fits(args.save_fits, prefix=prefix, overwrite=args.overwrite)
+        except OSError as exc:
+            raise _write_failed(args.save_fits, exc) from None
+        for path in paths:
             log.info("wrote %s", path)
     return 0

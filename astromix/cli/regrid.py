@@ -11,7 +11,8 @@ resampled onto the target's pixels with :func:`astromix.photometry.regrid`
 (``--method exact``: exact pixel overlaps, the default; ``interp``: bilinear;
 ``adaptive``: anti-aliased), multiplied by the pixel-area ratio so that the
 flux over any area of sky is conserved (the result is in the reference's
-unit per *target* pixel).
+unit per *target* pixel).  A reference whose ``BUNIT`` is per solid angle (a
+surface brightness, e.g. ``MJy/sr``) is not multiplied: it stays in its unit.
 
 OUT.fits is written to a temporary file and renamed into place: an empty
 primary HDU, then ``DATA`` (float64, the target's celestial WCS, ``BUNIT``
@@ -23,8 +24,8 @@ valid reference pixels), so that ``read_image`` reads it back.
 import logging
 import os
 
-from ..errors import InputError
-from ._shared import atomic_path, hdu_argument, prepare_output_folder
+from ..errors import AstromixError, InputError
+from ._shared import atomic_path, check_output_file, hdu_argument
 
 __all__ = ["add_parser", "run", "write_exposure"]
 
@@ -50,8 +51,8 @@ def add_parser(subparsers):
         "regrid",
         help="resample a reference image onto a target image's pixel grid, conserving flux",
         description="Resample REFERENCE onto the pixel grid of TARGET (flux conserving: the "
-                    "result is in the reference's unit per target pixel) and write it with "
-                    "the target's WCS.",
+                    "result is in the reference's unit per target pixel; a surface brightness "
+                    "such as MJy/sr stays one) and write it with the target's WCS.",
         epilog="Example: astromix regrid hst.fits muse.fits --output hst_on_muse.fits")
     parser.add_argument("reference", metavar="REFERENCE", help="FITS image to resample")
     parser.add_argument("target", metavar="TARGET", help="FITS image whose grid is wanted")
@@ -70,12 +71,9 @@ def add_parser(subparsers):
 
 
 def check_output(path, overwrite):
-    """InputError for an existing output (without overwrite) or an unwritable folder."""
-    if os.path.exists(path) and not overwrite:
-        raise InputError(f"{path!r} exists (use --overwrite)")
-    if os.path.isdir(path):
-        raise InputError(f"{path!r} is a folder")
-    prepare_output_folder(os.path.dirname(os.path.abspath(path)))
+    """InputError for an empty name, an existing output (without overwrite), a folder, or a
+    folder that cannot be created or written (:func:`._shared.check_output_file`)."""
+    check_output_file(path, overwrite, "--output")
 
 
 def write_exposure(exp, path, *, history=()):
@@ -110,6 +108,9 @@ def write_exposure(exp, path, *, history=()):
     InputError
         If the WCS has no FITS form (neither ``to_header`` nor
         ``to_fits_sip``, or gwcs's approximation fails); nothing is written.
+    AstromixError
+        If the file cannot be written (an OSError: a full disk, a folder
+        without write access...); ``path`` is left as it was.
     """
     import numpy as np
     from astropy.io import fits
@@ -136,8 +137,12 @@ def write_exposure(exp, path, *, history=()):
     mask = np.asarray(exp.mask, dtype=bool) if exp.mask is not None else None
     if mask is not None and mask.any():
         hdus.append(fits.ImageHDU(mask.astype(np.uint8), header, name="DQ"))
-    with atomic_path(path) as tmp:
-        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    try:
+        with atomic_path(path) as tmp:
+            fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    except OSError as exc:
+        raise AstromixError(f"cannot write {os.fspath(path)!r}: "
+                            f"{exc.strerror or exc}") from None
 
 
 def _fits_wcs_header(wcs, shape, path):
@@ -187,8 +192,11 @@ def run(args):
     Raises
     ------
     InputError
-        If the output exists without ``--overwrite`` or is a folder, or its
-        folder cannot be created or written.
+        Before any work: if the output name is empty, the output exists
+        without ``--overwrite`` or is a folder, or its folder cannot be
+        created or written.
+    AstromixError
+        If writing the output fails (:func:`write_exposure`).
     """
     import numpy as np
 
@@ -204,6 +212,8 @@ def run(args):
     good = ~np.asarray(out.mask, dtype=bool)
     print(f"{reference.name} on the grid of {target.name} ({args.method}): {out.shape[1]} x "
           f"{out.shape[0]} px, {int(good.sum())} covered, area ratio "
-          f"{out.meta['area_ratio']:.4g} -> {args.output}")
+          f"{out.meta['area_ratio']:.4g}"
+          f"{' (not applied: a surface brightness)' if out.meta['surface_brightness'] else ''}"
+          f" -> {args.output}")
     log.info("wrote %s", args.output)
     return 0

@@ -8,9 +8,10 @@ the targets.
 """
 
 import functools
+import inspect
 import os
 
-from ..errors import AstromixError, BatchError
+from ..errors import AstromixError, BatchError, InputError
 from ..parallel import parallel_map
 
 __all__ = ["fit_image_photometry_batch", "BatchError"]
@@ -37,7 +38,7 @@ def _fit_one(target, reference, kwargs):
 
 
 def fit_image_photometry_batch(targets, reference, *, executor=None, max_workers=None,
-                               progress=True, **kwargs):
+                               progress=True, return_exceptions=False, **kwargs):
     """Fit many target images against one reference image; results in the targets' order.
 
     Each target is fitted with :func:`~astromix.photometry.fit_image_photometry`
@@ -66,27 +67,38 @@ def fit_image_photometry_batch(targets, reference, *, executor=None, max_workers
         Show a :mod:`tqdm` progress bar on standard error counting the
         finished targets (in whatever order they finish; default True).  It
         changes neither the results nor the errors.
+    return_exceptions : bool, optional
+        False (default): the first failed target raises (below).  True:
+        every target is fitted, and a failed one gives an
+        :class:`~astromix.parallel.ItemFailure` (its name as ``label``,
+        ``index``, ``exception``, ``traceback``) in its slot, so that one bad
+        exposure does not cost the others; pick them out with
+        ``isinstance(result, ItemFailure)``.
     **kwargs
-        Passed to :func:`fit_image_photometry` (``fix_fwhm``, ``regions``, ...).
+        Passed to :func:`fit_image_photometry` (``fix_fwhm``, ``regions``, ...);
+        their names are checked against its signature before any fit.
 
     Returns
     -------
-    list of ImagePhotometryResult
-        One per target, in the order of ``targets``.
+    list of ImagePhotometryResult (or ItemFailure)
+        One per target, in the order of ``targets`` (an ItemFailure for a
+        failed target with ``return_exceptions=True``).
 
     Raises
     ------
+    InputError
+        A keyword that :func:`fit_image_photometry` does not take (before
+        any fit), or ``executor`` is not an Executor, "serial" or None.
     InputError, AstromixError
-        A fit's own error, re-raised with the exposure's name in front of its
-        message (same class; ``name``, ``index`` and ``original`` attributes;
-        the original as ``__cause__``).  The first failing target in the
+        Without ``return_exceptions``: a fit's own error, re-raised with the
+        exposure's name in front of its message (same class; ``name``,
+        ``index`` and ``original`` attributes; the original as
+        ``__cause__``).  The first failing target in the
         targets' order is reported; the tasks not yet started are cancelled.
     BatchError
-        When a worker fails with any other exception (a bug, a broken
-        process pool), with the exposure's name (``name``, ``index``,
-        ``original``).
-    InputError
-        ``executor`` is not an Executor, "serial" or None.
+        Without ``return_exceptions``: when a worker fails with any other
+        exception (a bug, a broken process pool), with the exposure's name
+        (``name``, ``index``, ``original``).
 
     See Also
     --------
@@ -99,12 +111,22 @@ def fit_image_photometry_batch(targets, reference, *, executor=None, max_workers
     >>> fit_image_photometry_batch([], "reference.fits")
     []
     """
+    from .image import fit_image_photometry
+
+    allowed = [name for name, par in inspect.signature(fit_image_photometry).parameters.items()
+               if par.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise InputError(f"fit_image_photometry_batch got unknown keyword(s) "
+                         f"{', '.join(unknown)}; fit_image_photometry takes "
+                         f"{', '.join(allowed)}")
     targets = list(targets)
     names = [_target_name(t, i) for i, t in enumerate(targets)]
     try:
         return parallel_map(functools.partial(_fit_one, reference=reference, kwargs=kwargs),
                             targets, executor=executor, max_workers=max_workers,
-                            progress=progress, desc="fit_image_photometry", labels=names)
+                            progress=progress, desc="fit_image_photometry", labels=names,
+                            return_exceptions=bool(return_exceptions))
     except BatchError as err:
         original = err.original
         if type(err) is not BatchError or isinstance(original, (AstromixError, type(None))) \

@@ -282,7 +282,10 @@ def regrid(reference, target, *, method="exact", shape_out=None):
     onto the target's WCS (e.g. MUSE's) and multiplied by the ratio of the
     pixel areas, so that the sum of the pixels over any area of sky is kept:
     the result is in the reference's data unit *per target pixel*.  This is
-    imphot's ``regrid_hst_like_muse`` for any pair of WCSs.
+    imphot's ``regrid_hst_like_muse`` for any pair of WCSs.  A reference whose
+    unit is per solid angle (a surface brightness: ``MJy/sr``, as JWST and
+    Spitzer images, or ``erg/s/cm2/Angstrom/arcsec2``) is not multiplied:
+    its values stay surface brightnesses, in its unit.
 
     Parameters
     ----------
@@ -307,20 +310,27 @@ def regrid(reference, target, *, method="exact", shape_out=None):
         aliased when the reference is much finer).  ``"adaptive"``:
         :func:`reproject.reproject_adaptive` (anti-aliased, DeForest 2004).
         In every case the interpolated surface brightness is multiplied by
-        the pixel-area ratio.
+        the pixel-area ratio (not for a unit per solid angle).
     shape_out : (int, int), optional
         The target's shape (ny, nx), needed only when ``target`` is a WCS.
 
     Returns
     -------
     Exposure
-        On the target's grid and WCS: data [reference unit per target pixel],
-        variance (when the reference has an uncertainty: the resampled
-        variance times the area ratio, i.e. independent reference pixels,
-        ignoring the correlation resampling introduces), a mask (target
-        pixels not entirely covered by unmasked reference pixels), the
-        reference's unit and name, ``meta["regrid"]`` = method and
-        ``meta["area_ratio"]`` (median target / reference pixel area).
+        On the target's grid and WCS: data [reference unit per target pixel;
+        per solid angle for a surface-brightness unit], variance (when the
+        reference has an uncertainty: that of independent reference pixels,
+        the resampled variance times ``a min(a, 1)`` with ``a`` the area
+        ratio -- ``a v`` for a target pixel holding ``a`` whole reference
+        pixels, ``a^2 v`` for one that is a fraction ``a`` of a reference
+        pixel; ``min(a, 1) / a`` for a surface brightness -- exact for
+        ``"exact"`` with whole-pixel down- or up-sampling and approximate
+        otherwise; the correlation that resampling introduces between target
+        pixels is ignored), a mask (target pixels not entirely covered by
+        unmasked reference pixels), the reference's unit and name,
+        ``meta["regrid"]`` = method, ``meta["area_ratio"]`` (median target /
+        reference pixel area) and ``meta["surface_brightness"]`` (True when
+        the unit is per solid angle and the values were not multiplied).
 
     Raises
     ------
@@ -362,6 +372,17 @@ def regrid(reference, target, *, method="exact", shape_out=None):
     return _regrid(ref, tgt, method)
 
 
+def _per_solid_angle(unit):
+    """Whether ``unit`` is per solid angle (a surface brightness: MJy/sr, erg/s/cm2/A/arcsec2)."""
+    if unit is None:
+        return False
+    try:
+        dec = unit.decompose()
+    except Exception:  # noqa: BLE001 - e.g. logarithmic units
+        return False
+    return any(str(b) == "rad" and p < 0 for b, p in zip(dec.bases, dec.powers))
+
+
 def _regrid(ref, tgt, method="exact"):
     import reproject
 
@@ -386,12 +407,21 @@ def _regrid(ref, tgt, method="exact"):
     if bad.all():
         raise InputError(f"the reference image {_name_of(ref, '')!r} does not overlap the "
                          f"target image {_name_of(tgt, '')!r} (no fully covered pixel)")
-    data = np.where(bad, 0.0, out * ratio)
+    # reproject gives the area-weighted mean of the reference pixels over each target pixel
+    # (a surface brightness).  Per-pixel values are multiplied by the area ratio a; their
+    # variance, for independent reference pixels, is a v when a target pixel holds a whole
+    # reference pixels (a >= 1) and a^2 v when it is a fraction a of one (a < 1).  Values per
+    # solid angle (MJy/sr) keep the mean, whose variance is v / a, resp. v.
+    sb = _per_solid_angle(ref.unit)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fac = np.ones_like(ratio) if sb else ratio
+        var_fac = np.minimum(ratio, 1.0) * (1.0 / ratio if sb else ratio)
+    data = np.where(bad, 0.0, out * fac)
     unc = None
     if var_out is not None:
-        unc = VarianceUncertainty(np.where(bad, 1.0, var_out * ratio))
+        unc = VarianceUncertainty(np.where(bad, 1.0, var_out * var_fac))
     meta = {"regrid": method, "area_ratio": float(np.nanmedian(ratio[~bad])),
-            "regridded_from": _name_of(ref, None)}
+            "surface_brightness": sb, "regridded_from": _name_of(ref, None)}
     for key in ("header", "primary_header"):
         if key in ref.meta:
             meta[key] = ref.meta[key]

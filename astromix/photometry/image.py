@@ -174,18 +174,32 @@ def _read_regions(regions):
         return [regions]
     if isinstance(regions, (str, os.PathLike)):
         text = os.fspath(regions)
+        is_file = os.path.isfile(text)
+        what = f"the ds9 region file {text!r}" if is_file else f"the ds9 regions {text[:60]!r}"
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if os.path.isfile(text):
-                    return list(Regions.read(text, format="ds9"))
-                if "(" not in text:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if is_file:
+                    out = list(Regions.read(text, format="ds9"))
+                elif "(" not in text:
                     raise InputError(f"no such region file: {text!r}")
-                return list(Regions.parse(text, format="ds9"))
+                else:
+                    out = list(Regions.parse(text, format="ds9"))
         except InputError:
             raise
         except Exception as exc:  # the regions parser raises several kinds
-            raise InputError(f"cannot read the ds9 regions {text[:60]!r}: {exc}") from None
+            raise InputError(f"cannot read {what}: {exc}") from None
+        # the parser skips the lines it cannot read (a misspelt shape, no coordinate frame)
+        # with a warning: pass them on, and refuse a file or text of which nothing is left
+        skipped = [" ".join(str(w.message).split()) for w in caught
+                   if not issubclass(w.category, DeprecationWarning)]
+        if not out:
+            why = f" ({skipped[0]}" + (f"; {len(skipped) - 1} more" if len(skipped) > 1
+                                      else "") + ")" if skipped else ""
+            raise InputError(f"{what} gives no regions{why}")
+        for line in skipped:
+            log.warning("%s: %s", what, line)
+        return out
     if isinstance(regions, (list, tuple)):
         out = []
         for item in regions:
@@ -221,8 +235,15 @@ def region_mask(regions, wcs, shape):
     Raises
     ------
     InputError
-        If the regions cannot be read, or sky regions need a WCS that is not
-        an astropy WCS.
+        If the regions cannot be read, a region file or text gives no region
+        (the parser skipped every line: a misspelt shape, no coordinate
+        frame, not a region file), or sky regions need a WCS that is not an
+        astropy WCS.
+
+    Notes
+    -----
+    The lines the ds9 parser skips are logged as warnings (``astromix``
+    logger) with the parser's reason.
     """
     regs = _read_regions(regions)      # InputError when the regions package is missing
     from regions import SkyRegion
@@ -350,7 +371,8 @@ class ImagePhotometryResult(PhotometryResult):
         The WCS of the fitted area (None for a non-FITS WCS).
     covariance : ndarray, shape (6, 6)
         Covariance of (scale, bg, fwhm, beta, dx, dy); rows and columns of
-        fixed parameters are 0.
+        fixed parameters are 0, those of parameters the fit cannot determine
+        NaN.
     profile : dict
         Azimuthal means of the Fourier amplitudes: ``q`` [cycles/arcsec],
         ``target``, ``model``, ``residual``.
@@ -700,6 +722,55 @@ class _FourierProblem:
         return jac
 
 
+def _data_scale(values):
+    """A positive scale of an image's values, its unit in the fit: 1.4826 MAD, else the RMS, else 1.
+
+    It is proportional to the values, so that a fit on ``values / scale`` does not depend on
+    their units.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size:
+        s = 1.4826 * float(np.median(np.abs(v - np.median(v))))
+        if math.isfinite(s) and s > 0:
+            return s
+        peak = float(np.max(np.abs(v)))
+        if math.isfinite(peak) and peak > 0:
+            return peak * math.sqrt(float(np.mean((v / peak) ** 2)))
+    return 1.0
+
+
+def _covariance(jac, s2):
+    """``s2 (J^T J)^-1`` from the Jacobian's columns scaled to unit norm, and the undetermined.
+
+    Scaling the columns makes the rank cut-off independent of the parameters' units (pinv's
+    relative cut-off had dropped directions of small-valued columns, giving errors of 1e-55).
+    Parameters with a part in a null direction of ``J`` (e.g. a column of zeros) get NaN
+    variances and covariances.
+
+    Returns
+    -------
+    cov : ndarray, shape (p, p)
+    lost : ndarray of bool, shape (p,)
+        The parameters the data do not determine.
+    """
+    p = jac.shape[1]
+    norm = np.linalg.norm(jac, axis=0)
+    ok = np.isfinite(norm) & (norm > 0)
+    if not np.all(np.isfinite(jac[:, ok])):
+        return np.full((p, p), np.nan), np.ones(p, dtype=bool)
+    d = np.where(ok, norm, 1.0)
+    jn = np.where(ok, jac / d, 0.0)
+    _, sv, vt = np.linalg.svd(jn, full_matrices=False)
+    keep = sv > sv.max(initial=0.0) * max(jn.shape) * np.finfo(np.float64).eps
+    v = vt[keep]
+    cov = (v.T / sv[keep] ** 2) @ v / np.outer(d, d) * s2
+    lost = ~ok | np.any(np.abs(vt[~keep]) > 1e-6, axis=0)
+    cov[lost, :] = np.nan
+    cov[:, lost] = np.nan
+    return cov, lost
+
+
 def _pixel_sides(exp, x, y):
     jac = exp.jacobian(x, y)
     side = np.hypot(jac[0], jac[1])          # arcsec per px along +x, +y
@@ -776,13 +847,16 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
         The sharper image of the same sky (e.g. HST), in any flux unit (the
         scale absorbs it; see :func:`~astromix.photometry.rescale_to_flux_units`),
         on any grid: it is regridded onto the target's unless it already
-        shares the target's grid.
+        shares the target's grid (per target pixel; a unit per solid angle,
+        e.g. MJy/sr, stays a surface brightness: see
+        :func:`~astromix.photometry.regrid`).
     fix_fwhm : float or Quantity, optional
         Hold the FWHM at this value [arcsec].
     fix_beta : float, optional
         Hold beta at this value (in ``BETA_RANGE``, 1.01 to 50).
     fix_scale : float, optional
-        Hold the scale (>= 0) at this value.
+        Hold the scale (>= 0) at this value; 0 only with fwhm, beta, dx and
+        dy fixed too (they have no effect on a model without the reference).
     fix_bg : float, optional
         Hold the background offset at this value [target units].
     fix_dx, fix_dy : float or Quantity, optional
@@ -792,7 +866,9 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
         package): include regions restrict the fit to their union, exclude
         regions (``-circle(...)``) remove areas, e.g. stars with proper
         motion, saturated or variable sources.  Sky coordinates (fk5, icrs)
-        or image coordinates of the target's pixels; see :func:`region_mask`.
+        or image coordinates of the target's pixels; see :func:`region_mask`
+        (a file or text that gives no region is an InputError; skipped lines
+        are logged).
     margin : float or Quantity, optional
         Zero padding [arcsec] against wrap-around of shifts and blurring:
         at least the largest expected shift plus PSF width (default 2").
@@ -840,8 +916,10 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
     ------
     InputError
         For unreadable inputs or inputs without a celestial WCS, invalid
-        fixed values or options, a mask of the wrong shape, images that do not
-        overlap, or fewer than 25 usable pixels.
+        fixed values or options (``fix_scale=0`` with any of fwhm, beta, dx,
+        dy free: the model then has no reference term to determine them),
+        regions that give no region, a mask of the wrong shape, images that
+        do not overlap, or fewer than 25 usable pixels.
     AstromixError
         If the least-squares fit fails.
 
@@ -856,6 +934,18 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
     white noise.  They ignore the correlation of the residuals, which come
     mostly from the differences between the two images (colour, PSF
     variations, saturation), not from noise: treat them as lower bounds.
+    ``(J^T J)^-1`` is computed from ``J`` with its columns scaled to unit
+    norm, so that the rank cut-off does not depend on the parameters' units;
+    a parameter the data do not determine (a null direction of ``J``) gets a
+    NaN error, with a warning.
+
+    The fit is made on both images divided by a robust scale of each (1.4826
+    times their median absolute deviation, else their RMS), and ``scale``,
+    ``bg`` and the covariance are converted back, so that the results do not
+    depend on the data units (multiplying both images by ``k`` multiplies
+    ``bg``, ``rms`` and their errors by ``k`` and changes nothing else).  A
+    fit that stops at its start point is reported with a warning
+    (``astromix`` logger).
 
     Examples
     --------
@@ -920,6 +1010,12 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
     for k in ("fwhm", "beta", "dx", "dy"):
         if fixed[k] is not None:
             init[k] = fixed[k]
+    if fixed["scale"] == 0.0:
+        loose = [k for k in ("fwhm", "beta", "dx", "dy") if fixed[k] is None]
+        if loose:
+            raise InputError("fix_scale = 0 leaves the reference out of the model, so "
+                             f"{', '.join(loose)} cannot be determined: give fix_scale > 0, "
+                             "or fix them too")
 
     t_exp = _as_image(target, "the target image")
     r_exp = _as_image(reference, "the reference image")
@@ -943,6 +1039,18 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
         r_mask |= region_mask(regions, t_exp.wcs, shape)
     t_data = np.where(t_mask, 0.0, np.asarray(t_exp.data, dtype=np.float64))
     r_data0 = np.where(r_mask, 0.0, np.asarray(r_exp.data, dtype=np.float64))
+    # the fit is made on images divided by a robust scale of each, so that its tolerances and
+    # start values do not depend on the data units (erg/s/cm2/A values of 1e-20 had stopped it
+    # at its start point); scale, bg and their covariance are converted back afterwards
+    t_unit = _data_scale(t_data[~t_mask])
+    r_unit = _data_scale(r_data0[~r_mask])
+    t_data = t_data / t_unit
+    r_data0 = r_data0 / r_unit
+    to_phys = np.array([t_unit / r_unit, t_unit, 1.0, 1.0, 1.0, 1.0])
+    fixed_n = dict(fixed)
+    for i, k in enumerate(("scale", "bg")):
+        if fixed[k] is not None:
+            fixed_n[k] = fixed[k] / to_phys[i]
 
     ny0, nx0 = shape
     jac_c, px, py = _pixel_sides(t_exp, 0.5 * (nx0 - 1), 0.5 * (ny0 - 1))
@@ -1002,11 +1110,11 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
             if fixed["bg"] is None:
                 cols_.append(a_bg)
             else:
-                rhs = rhs - fixed["bg"] * a_bg
+                rhs = rhs - fixed_n["bg"] * a_bg
             if fixed["scale"] is None:
                 cols_.append(a_s)
             else:
-                rhs = rhs - fixed["scale"] * a_s
+                rhs = rhs - fixed_n["scale"] * a_s
             sol = {}
             if cols_:
                 a = np.stack([np.concatenate([c.real, c.imag]) for c in cols_], axis=1)
@@ -1019,8 +1127,8 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
                 if fixed["scale"] is None:
                     sol["scale"] = float(coef[i])
             start = {"scale": max(sol.get("scale", 1.0), 1e-12) if fixed["scale"] is None
-                     else fixed["scale"],
-                     "bg": sol.get("bg", 0.0) if fixed["bg"] is None else fixed["bg"],
+                     else fixed_n["scale"],
+                     "bg": sol.get("bg", 0.0) if fixed["bg"] is None else fixed_n["bg"],
                      "fwhm": init["fwhm"], "beta": init["beta"], "dx": init["dx"],
                      "dy": init["dy"]}
             full0 = np.array([start[k] for k in _PARAMS])
@@ -1051,11 +1159,13 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
                     raise AstromixError(f"the image fit failed: {exc}") from exc
                 pfit = full(sol.x)
                 nfev += int(sol.nfev)
+                stuck = sol.nfev <= 1 or np.array_equal(sol.x, x0)
                 status, message = int(sol.status), str(sol.message)
                 if sol.status <= 0:
                     raise AstromixError(f"the image fit did not converge: {sol.message}")
             else:
                 pfit = full0
+                stuck = False
                 status, message = 1, "all parameters fixed"
             moved_x = abs(pfit[4] - sx * px) > px
             moved_y = abs(pfit[5] - sy * py) > py
@@ -1068,6 +1178,12 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
                 continue
             break
 
+        if stuck and refits == 0:
+            log.warning("image fit of %s: the least-squares fit stopped at its start point "
+                        "(%d evaluations): the values are the start values (fwhm %.4g, beta "
+                        "%.4g, dx %.4g, dy %.4g), not fitted ones; check the images and init_*",
+                        name or "target", nfev, *pfit[2:])
+
         # covariance
         n_eff = float(np.sum(w ** 2))
         resid = prob.residuals(pfit)
@@ -1076,18 +1192,23 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
             jf = prob.jacobian_full(pfit)[:, idx]
             dof = max(n_eff - len(free), 1.0)
             s2 = float(resid @ resid) / dof
-            try:
-                cov_f = np.linalg.pinv(jf.T @ jf) * s2
-            except np.linalg.LinAlgError:
-                cov_f = np.full((len(free), len(free)), np.nan)
+            cov_f, lost = _covariance(jf, s2)
             cov[np.ix_(idx, idx)] = cov_f
+            if lost.any():
+                log.warning("image fit of %s: %s not determined by the data (error NaN)",
+                            name or "target", ", ".join(k for k, b in zip(free, lost) if b))
             for k, i in zip(free, idx):
                 if pfit[i] <= lo_b[k] * (1 + 1e-9) + 1e-300 or pfit[i] >= hi_b[k] * (1 - 1e-9):
                     log.warning("image fit of %s: %s = %.4g is at its bound", name or "target",
-                                k, pfit[i])
+                                k, pfit[i] * to_phys[i])
+        # back to the data units
+        pfit_n, pfit = pfit, pfit * to_phys
+        cov = cov * np.outer(to_phys, to_phys)
 
-    # image-plane products
-    mft = prob.model(pfit).reshape(prob.shape)
+    # image-plane products, in target units
+    mft = prob.model(pfit_n).reshape(prob.shape) * t_unit
+    tft = tft * t_unit
+    med_t, med_r = med_t * t_unit, med_r * r_unit
     img = sfft.irfft2(tft, s=(nyp, nxp))[:nyc, :nxc] + med_t * w[:nyc, :nxc]
     mod = sfft.irfft2(mft, s=(nyp, nxp))[:nyc, :nxc] + med_t * w[:nyc, :nxc]
     res_img = img - mod
@@ -1119,7 +1240,7 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
 
     wcs_c = t_exp.wcs[crop] if isinstance(t_exp.wcs, WCS) else None
     unit = "" if t_exp.unit is None else t_exp.unit.to_string()
-    ref_img = np.asarray(r_data[crop], dtype=np.float64)
+    ref_img = np.asarray(r_data[crop], dtype=np.float64) * r_unit
     seconds = time.perf_counter() - t_start
     result = ImagePhotometryResult(
         fwhm=meas["fwhm"], beta=meas["beta"], scale=meas["scale"], bg=meas["bg"],

@@ -242,6 +242,15 @@ def _fit_star(exp, ra, dec, radius, fix_fwhm, fix_beta, what, quadrature):
     x, y = x[sel].astype(np.float64), y[sel].astype(np.float64)
     data = np.asarray(exp.data[y_lo:y_hi + 1, x_lo:x_hi + 1][sel], dtype=np.float64)
     weights = None if exp.uncertainty is None else np.sqrt(weight[sel])
+    # the fit is made on the data divided by a scale proportional to them, so that the
+    # fitter's tolerances do not depend on the data units (e.g. erg/s/cm2/A values of 1e-20);
+    # flux, background and their covariances are converted back below
+    from .image import _data_scale
+
+    unit = max(_data_scale(data), float(np.max(np.abs(data))) * 1e-6)
+    data = data / unit
+    if weights is not None:
+        weights = weights * unit
 
     # start: background from the outer ring, the brightest pixel, the half-maximum area
     r2 = (x - x_w) ** 2 + (y - y_w) ** 2
@@ -262,9 +271,15 @@ def _fit_star(exp, ra, dec, radius, fix_fwhm, fix_beta, what, quadrature):
     model = star + Const2D(bg0)
     with np.errstate(invalid="ignore"):    # a singular covariance is refused below
         fit = MixtureLSQFitter()(model, x, y, data, weights=weights)
+    # back to data units: flux and background scale by ``unit``, their covariances alike
+    data = data * unit
+    fit.flux_0.value = fit.flux_0.value * unit
+    fit.amplitude_1.value = fit.amplitude_1.value * unit
     info = fit.fit_info
     names = info["free_parameters"]
-    cov_m = info["param_cov"]
+    factor = np.array([unit if n in ("flux_0", "amplitude_1") else 1.0 for n in names])
+    cov_m = np.asarray(info["param_cov"]) * np.outer(factor, factor)
+    info["param_cov"] = cov_m
     cov = {(a, b): float(cov_m[i, j]) for i, a in enumerate(names) for j, b in enumerate(names)}
     xf, yf = float(fit.x_0_0.value), float(fit.y_0_0.value)
     flux = float(fit.flux_0.value)
