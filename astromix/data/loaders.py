@@ -193,25 +193,42 @@ def _read_side_file(path, extname, index, shape, what, sci_path):
     missing) give an InputError naming this file; other warnings are passed
     on.
     """
-    shown = os.fspath(path)
+    return _refusing_corruption(
+        lambda: _read_side_hdu(path, extname, index, shape, what, sci_path),
+        os.fspath(path), what, read_errors=(OSError, ValueError, TypeError, EOFError))
+
+
+def _refusing_corruption(read, shown, what, *, read_errors=(), check_gzip=False):
+    """``read()``, with the warnings astropy raises for a truncated or corrupt file refused.
+
+    astropy reports such a file with warnings (and reads what it can): they are
+    recorded and give an InputError naming the file (``what`` and ``shown``);
+    every other warning is passed on.  Exceptions in ``read_errors`` become
+    such an InputError too; with ``check_gzip``, a gzip stream that ends
+    early is reported in place of any other error.
+    """
+    error = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        error = None
         try:
-            data = _read_side_hdu(path, extname, index, shape, what, sci_path)
+            result = read()
         except InputError as exc:
             error = exc
-        except (OSError, ValueError, TypeError, EOFError) as exc:
+        except read_errors as exc:
             error = InputError(f"{what} {shown!r} is truncated or corrupt: {exc}")
     corrupt = [w for w in caught if _is_corruption(w)]
     if corrupt:
         raise InputError(f"{what} {shown!r} is truncated or corrupt: "
                          f"{str(corrupt[0].message).splitlines()[0]}") from error
     if error is not None:
+        truncated = _gzip_truncated(shown) if check_gzip and os.path.isfile(shown) else None
+        if truncated:
+            raise InputError(f"{what} {shown!r} is truncated or corrupt: {truncated}"
+                             ) from error
         raise error
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return data
+    return result
 
 
 def _read_side_hdu(path, extname, index, shape, what, sci_path):
@@ -457,27 +474,8 @@ def read_fits(cls, path, *, hdu=None, psf=None, band=None, zeropoint=None, name=
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"path must be a file name, got {type(path).__name__}")
     shown = os.fspath(path)
-    # astropy reports a truncated or corrupt file with warnings (and reads what it can):
-    # record them, refuse such files, and pass every other warning on.
-    error = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            info = _read_all(path, shown, hdu, weight, dq)
-        except InputError as exc:
-            error = exc
-    corrupt = [w for w in caught if _is_corruption(w)]
-    if corrupt:
-        raise InputError(f"FITS file {shown!r} is truncated or corrupt: "
-                         f"{str(corrupt[0].message).splitlines()[0]}") from error
-    if error is not None:
-        truncated = _gzip_truncated(shown) if os.path.isfile(shown) else None
-        if truncated:
-            raise InputError(f"FITS file {shown!r} is truncated or corrupt: {truncated}"
-                             ) from error
-        raise error
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    info = _refusing_corruption(lambda: _read_all(path, shown, hdu, weight, dq), shown,
+                                "FITS file", check_gzip=True)
     meta = info["meta"]
     meta.setdefault("filename", os.path.abspath(shown))
     default_name = _stem(shown)
