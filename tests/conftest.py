@@ -53,6 +53,19 @@ def to_numpy(x):
     return np.asarray(x)
 
 
+def centred_tan_wcs(scale, n, *, crval):
+    """A north-up TAN WCS of ``scale`` [arcsec/px] with ``crval`` (ra, dec) [deg] at the centre
+    of an n x n image."""
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = list(crval)
+    w.wcs.crpix = [(n + 1) / 2, (n + 1) / 2]
+    w.wcs.cdelt = [-scale / 3600, scale / 3600]
+    return w
+
+
 def random_mixture(rng, k, shape, *, sigma_range=(0.5, 6.0), margin=-3.0, negative=False):
     """A random mixture in an image of ``shape``; ``margin < 0`` lets centres leave it."""
     ny, nx = shape

@@ -1,24 +1,19 @@
 """Tests of ``astromix regrid`` and ``astromix broadband-image``."""
 
+import functools
 import types
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+from conftest import centred_tan_wcs
 
 from astromix.cli import main
 from astromix.errors import InputError
 from astromix.photometry import read_image
 
-
-def _wcs(scale, n, crval=(53.0, -27.8)):
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = list(crval)
-    w.wcs.crpix = [(n + 1) / 2, (n + 1) / 2]
-    w.wcs.cdelt = [-scale / 3600, scale / 3600]
-    return w
+_wcs = functools.partial(centred_tan_wcs, crval=(53.0, -27.8))
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ after the other outputs were written, and the batch fit had no ``return_exceptio
 """
 
 import errno
+import functools
 import glob
 import os
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.nddata import VarianceUncertainty
-from astropy.wcs import WCS
+from conftest import centred_tan_wcs
 
 from astromix.cli import main
 from astromix.data import Exposure
@@ -35,13 +36,7 @@ from astromix.photometry.image import region_mask
 KERNEL = ("fwhm", "beta", "dx", "dy")
 
 
-def _wcs(scale, n, crval=(150.0, 2.0)):
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = list(crval)
-    w.wcs.crpix = [(n + 1) / 2, (n + 1) / 2]
-    w.wcs.cdelt = [-scale / 3600, scale / 3600]
-    return w
+_wcs = functools.partial(centred_tan_wcs, crval=(150.0, 2.0))
 
 
 def _one_line_error(capsys, command):
