@@ -72,6 +72,17 @@ def check_output_file(path, overwrite, option="--output"):
     InputError
         For the cases above; the message names ``path`` (or ``option``).
     """
+    path = check_output_name(path, overwrite, option)
+    folder = os.path.dirname(os.path.abspath(path))
+    prepare_output_folder(folder)
+    probe_folder(folder)
+
+
+def check_output_name(path, overwrite, option="--output"):
+    """The name checks of :func:`check_output_file`, without the folder's: ``path`` as a str.
+
+    For several files in one folder that has been checked already.
+    """
     path = os.fspath(path)
     if not path.strip():
         raise InputError(f"{option}: the file name is empty")
@@ -81,9 +92,7 @@ def check_output_file(path, overwrite, option="--output"):
         raise InputError(f"{option} {path!r} names a folder, not a file")
     if os.path.lexists(path) and not overwrite:
         raise InputError(f"{path!r} exists (use --overwrite)")
-    folder = os.path.dirname(os.path.abspath(path))
-    prepare_output_folder(folder)
-    probe_folder(folder)
+    return path
 
 
 def radial_profile(image, centre):

@@ -29,8 +29,8 @@ import os
 import warnings
 
 from ..errors import InputError
-from ._shared import hdu_argument
-from .regrid import check_output, write_exposure
+from ._shared import check_output_file, hdu_argument
+from .regrid import write_exposure
 
 __all__ = ["add_parser", "run", "load_filter"]
 
@@ -141,7 +141,7 @@ def run(args):
 
     from ..photometry import make_broadband_image
 
-    check_output(args.output, args.overwrite)
+    check_output_file(args.output, args.overwrite)
     if not os.path.isfile(args.cube):
         raise InputError(f"no such file: {args.cube!r}")
     curve = load_filter(args.filter)

@@ -38,6 +38,7 @@ from ..errors import AstromixError, InputError
 from ._shared import (
     atomic_path,
     check_output_file,
+    check_output_name,
     hdu_argument,
     prepare_output_folder,
     probe_folder,
@@ -167,11 +168,8 @@ def _save_fits_paths(args, prefix):
     for one that exists without --overwrite."""
     paths = [os.path.join(args.save_fits, f"{prefix}_{kind}.fits")
              for kind in ("image", "model", "residual")]
-    for path in paths:
-        if os.path.isdir(path):
-            raise InputError(f"--save-fits: {path!r} is a folder, not a file")
-        if os.path.lexists(path) and not args.overwrite:
-            raise InputError(f"{path!r} exists (use --overwrite)")
+    for path in paths:  # the folder itself was checked by _check_outputs
+        check_output_name(path, args.overwrite, "--save-fits")
     return paths
 
 

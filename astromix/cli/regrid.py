@@ -70,12 +70,6 @@ def add_parser(subparsers):
     return parser
 
 
-def check_output(path, overwrite):
-    """InputError for an empty name, an existing output (without overwrite), a folder, or a
-    folder that cannot be created or written (:func:`._shared.check_output_file`)."""
-    check_output_file(path, overwrite, "--output")
-
-
 def write_exposure(exp, path, *, history=()):
     """Write an Exposure as DATA (+ STAT, DQ) with its celestial WCS, atomically.
 
@@ -202,7 +196,7 @@ def run(args):
 
     from ..photometry import read_image, regrid
 
-    check_output(args.output, args.overwrite)
+    check_output_file(args.output, args.overwrite)
     reference = read_image(args.reference, ext=args.ext)
     target = read_image(args.target, ext=args.target_ext)
     out = regrid(reference, target, method=args.method)
