@@ -669,6 +669,40 @@ def test_hst_flt_with_err_and_chip(tmp_path):
         assert exp.zeropoint == pytest.approx(expected, abs=2e-3)
 
 
+@pytest.mark.parametrize("bunit, unit, kind", [
+    ("ELECTRONS/S", u.electron / u.s, "rate"),
+    ("ELECTRONS", u.electron, "counts"),
+    ("DN/S", u.DN / u.s, "rate"),          # WFPC2: S is a second, not a siemens
+    ("COUNTS/SEC", u.count / u.s, "rate"),
+    ("CTS", u.count, "counts"),
+    ("ADU", u.adu, "counts"),
+    ("counts per second", None, "rate"),   # astropy cannot parse it: read from the words
+    ("ERG/S/CM2/A", u.erg / u.s / u.cm ** 2 / u.AA, None),  # A: an angstrom
+])
+def test_hst_bunit_spellings(tmp_path, bunit, unit, kind):
+    """Exposure.from_fits and rescale_to_flux_units read one BUNIT the same way:
+    the zero point is that of one unit per second exactly when rescale_to_flux_units
+    does not divide by EXPTIME (``count_kind``)."""
+    from astromix.data.loaders import count_kind
+    from astromix.photometry import rescale_to_flux_units
+
+    path = tmp_path / "drz.fits"
+    _write_drz(path)
+    with fits.open(path, mode="update") as hdul:
+        hdul["SCI"].header["BUNIT"] = bunit
+    assert count_kind(bunit) == kind
+    rate = kind != "counts"  # PHOTFLAM is per count rate: a flux-density BUNIT is taken as one
+    exp = Exposure.from_fits(path)
+    assert exp.unit == unit if unit is not None else exp.unit is None
+    zp_rate = _hand_zeropoint()
+    expected = zp_rate if rate else zp_rate + 2.5 * np.log10(2028.0)
+    assert exp.zeropoint == pytest.approx(expected, abs=2e-3)
+    assert exp.meta["zeropoint_for_rate"] is rate
+    hdr = fits.Header({"PHOTFLAM": 2e-19, "EXPTIME": 1000.0, "BUNIT": bunit})
+    out = rescale_to_flux_units((np.ones((2, 2)), hdr), unit=1e-20)
+    assert out.data[0, 0] == pytest.approx(20.0 if rate else 0.02)
+
+
 # -- plain images and bad files -------------------------------------------------------------------
 
 def test_plain_image(tmp_path):

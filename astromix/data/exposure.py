@@ -1116,10 +1116,14 @@ class Exposure(NDData):
           from PHOTFLAM [erg/s/cm^2/A per unit rate] and PHOTPLAM [A] (SCI
           header, else primary): ``ZP_rate = -2.5 log10(PHOTFLAM) - 5
           log10(PHOTPLAM) - 2.408``, the AB magnitude of a source giving one
-          count (electron) per second.  When BUNIT is a rate (``.../S``, the
-          drizzled products) or absent, that is the zero point; when BUNIT is
-          a number of counts (``ELECTRONS``, ``COUNTS``: ACS and WFC3/UVIS
-          ``flt``), the zero point is ``ZP_rate + 2.5 log10(EXPTIME)``.
+          count (electron) per second.  When BUNIT is a number of counts
+          (``ELECTRONS``, ``COUNTS``, ``CTS``, ``DN``, ``ADU``: ACS and
+          WFC3/UVIS ``flt``), the zero point is ``ZP_rate + 2.5
+          log10(EXPTIME)``; otherwise (a rate such as ``ELECTRONS/S`` or
+          ``DN/S``, the drizzled products; absent; any other unit) it is
+          ``ZP_rate``.  BUNIT is read by
+          :func:`astromix.data.loaders.count_kind`, as
+          :func:`astromix.photometry.rescale_to_flux_units` reads it.
         * **MPDAF** (MUSE images written by MPDAF: ``DATA``, ``STAT`` and
           ``DQ`` extensions, no ``SCI``): DATA; STAT is the variance
           (VarianceUncertainty); ``DQ != 0`` and pixels whose STAT is not a

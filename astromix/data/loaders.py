@@ -76,25 +76,88 @@ def _exptime(headers, *keys):
     return value if math.isfinite(value) and value > 0 else None
 
 
+#: BUNIT words spelled the way astropy parses them (matched whole, case-insensitively):
+#: HST writes ELECTRONS/S, COUNTS/S, CTS, SEC; "S" is a second here, not a siemens, and
+#: "A" an angstrom ("erg/s/cm2/A", "ERG/S/CM2/A"), not an ampere.
+_BUNIT_WORDS = {"ELECTRON": "electron", "ELECTRONS": "electron", "COUNT": "count",
+                "COUNTS": "count", "CT": "count", "CTS": "count", "DN": "DN", "ADU": "adu",
+                "S": "s", "SEC": "s", "SECS": "s", "SECOND": "s", "SECONDS": "s",
+                "A": "Angstrom", "ANGSTROM": "Angstrom", "ERG": "erg", "CM": "cm"}
+#: Units of detector counts.
+_COUNT_UNITS = (u.electron, u.count, u.DN, u.adu)
+#: A count rate in a BUNIT astropy cannot parse: "/s", "/sec", "s-1", "s**-1", "s^-1",
+#: "per second" (upper case).
+_RATE_RE = re.compile(r"(/\s*|\bPER\s+)S(EC(OND)?S?)?\b|\bS(EC(OND)?S?)?\s*(\*\*|\^)?\s*-1\b")
+
+
 def _unit(bunit):
-    """An astropy unit from a BUNIT string, or None when absent or not understood."""
+    """An astropy unit from a BUNIT string, or None when absent or not understood.
+
+    HST's words are first spelled astropy's way (``_BUNIT_WORDS``: ``ELECTRONS``
+    -> ``electron``, ``CTS`` -> ``count``, ``SEC`` and ``S`` -> ``s``, ``A`` ->
+    ``Angstrom``), then the string is parsed in the FITS format, then the
+    generic one.
+    """
     if not isinstance(bunit, str) or not bunit.strip():
         return None
-    text = bunit.strip()
-    for fmt in ("fits", None):
+    text = re.sub(r"[A-Za-z]+", lambda m: _BUNIT_WORDS.get(m.group().upper(), m.group()),
+                  bunit.strip())
+    for fmt in ("fits", "generic"):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", u.UnitsWarning)
-                unit = u.Unit(text, format=fmt) if fmt else u.Unit(text)
+                unit = u.Unit(text, format=fmt)
         except (ValueError, TypeError):
             continue
         if not isinstance(unit, u.UnrecognizedUnit):
             return unit
-    # HST writes ELECTRONS/S, COUNTS/S: plurals astropy does not parse.
-    lowered = re.sub(r"\b(electron|count)s\b", r"\1", text.lower())
-    if lowered != text.lower():
-        return _unit(lowered)
     return None
+
+
+def count_kind(bunit):
+    """Whether a FITS ``BUNIT`` is detector counts, a count rate, or neither.
+
+    The one reading of ``BUNIT`` behind both the HST zero point of
+    :meth:`astromix.Exposure.from_fits` and the EXPTIME division of
+    :func:`astromix.photometry.rescale_to_flux_units`.
+
+    Parameters
+    ----------
+    bunit : str or None
+        The keyword's value.
+
+    Returns
+    -------
+    {"counts", "rate", None}
+        ``"counts"`` for electrons, counts, DN or ADU with no time
+        (``ELECTRONS``, ``CTS``, ``DN``); ``"rate"`` for these per second
+        (``ELECTRONS/S``, ``electron s-1``, ``COUNTS/SEC``, ``DN/S``); None
+        for a blank or absent BUNIT and any other unit (a flux density,
+        ``MJy/sr``).  The unit is parsed with :mod:`astropy.units` as
+        :func:`_unit` does; a BUNIT astropy cannot read is in counts when it
+        names ELECTRON, COUNT, CTS, DN or ADU, a rate when it also has "/s",
+        "/sec", "s-1", "s**-1", "s^-1" or "per second".
+
+    Raises
+    ------
+    InputError
+        For counts times another power of time (``electron s-2``).
+    """
+    if not isinstance(bunit, str) or not bunit.strip():
+        return None
+    unit = _unit(bunit)
+    if unit is None:
+        upper = re.sub(r"\s+", " ", bunit.upper())
+        if not re.search(r"ELECTRON|COUNT|\bCTS?\b|\bDN\b|\bADU\b", upper):
+            return None
+        return "rate" if _RATE_RE.search(upper) else "counts"
+    bases, powers = getattr(unit, "bases", [unit]), getattr(unit, "powers", [1])
+    if not any(b in _COUNT_UNITS for b in bases):
+        return None
+    time_power = sum(p for b, p in zip(bases, powers) if b.physical_type == "time")
+    if time_power not in (0, -1):
+        raise InputError(f"BUNIT {bunit.strip()!r} is neither counts nor a count rate")
+    return "counts" if time_power == 0 else "rate"
 
 
 def _native(array, dtype=None):
@@ -752,7 +815,7 @@ def _read_hst(hdul, shown, key):
     info["exptime"] = exptime
     bunit = _first(headers, "BUNIT")
     info["unit"] = _unit(bunit)
-    rate = _is_rate(bunit, info["unit"])
+    rate = _is_rate(bunit)
     photflam = _first(headers, "PHOTFLAM")
     photplam = _first(headers, "PHOTPLAM")
     info["zeropoint"] = hst_zeropoint(photflam, photplam, rate=rate, exptime=exptime)
@@ -765,13 +828,18 @@ def _read_hst(hdul, shown, key):
     return info
 
 
-def _is_rate(bunit, unit):
-    """Whether HST data are count rates (per second): true when BUNIT is absent."""
-    if not isinstance(bunit, str) or not bunit.strip():
+def _is_rate(bunit):
+    """Whether HST data are count rates (per second), for the PHOTFLAM zero point.
+
+    False only when ``BUNIT`` is counts (:func:`count_kind`); a blank or
+    absent BUNIT is a rate (HST's drizzled products), and so is one that is
+    not a detector unit, or counts times another power of time, since
+    PHOTFLAM is defined per count rate.
+    """
+    try:
+        return count_kind(bunit) != "counts"
+    except InputError:
         return True
-    if unit is not None:
-        return any(base == u.s and power == -1 for base, power in zip(unit.bases, unit.powers))
-    return "/S" in bunit.upper().replace(" ", "")
 
 
 def _read_mpdaf(hdul, shown, key):

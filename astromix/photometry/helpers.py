@@ -20,13 +20,13 @@ import logging
 import math
 import operator
 import os
-import re
 import warnings
 
 import numpy as np
 from astropy import units as u
 from astropy.nddata import NDData, StdDevUncertainty, VarianceUncertainty
 
+from ..data.loaders import count_kind
 from ..errors import InputError
 
 __all__ = ["read_image", "regrid", "rescale_to_flux_units", "make_broadband_image",
@@ -503,55 +503,6 @@ def _flux_unit(unit):
     return unit
 
 
-#: BUNIT words spelled the way astropy parses them (matched whole, case-insensitively).
-_BUNIT_WORDS = {"ELECTRON": "electron", "ELECTRONS": "electron", "COUNT": "count",
-                "COUNTS": "count", "CT": "count", "CTS": "count", "DN": "DN", "ADU": "adu",
-                "S": "s", "SEC": "s", "SECS": "s", "SECOND": "s", "SECONDS": "s"}
-#: Units of detector counts: data in these, without a time^-1, are divided by EXPTIME.
-_COUNT_UNITS = (u.electron, u.count, u.DN, u.adu)
-#: A count rate in a BUNIT astropy cannot parse: "/s", "/sec", "s-1", "s**-1", "s^-1",
-#: "per second" (upper case).
-_RATE_RE = re.compile(r"(/\s*|\bPER\s+)S(EC(OND)?S?)?\b|\bS(EC(OND)?S?)?\s*(\*\*|\^)?\s*-1\b")
-
-
-def _bunit_is_counts(bunit):
-    """Whether a BUNIT is detector counts (not a rate): True, False or InputError.
-
-    The unit is parsed with astropy (the FITS format, then the generic one)
-    after spelling HST's words its way (``ELECTRONS`` -> ``electron``,
-    ``COUNTS`` -> ``count``, ``SEC`` -> ``s``, ...): it is in counts when it
-    holds electrons, counts, DN or ADU and no time, a rate when these come
-    with time^-1 (``ELECTRONS/S``, ``count s-1``, ``DN s**-1``, ...).  A
-    BUNIT astropy cannot read either is in counts when it names ELECTRON,
-    COUNT or DN without a "/s", "/sec", "s-1", "s**-1", "s^-1" or "per
-    second".  Other units (blank, a flux density) are not counts.
-    """
-    if not isinstance(bunit, str) or not bunit.strip():
-        return False
-    text = re.sub(r"[A-Za-z]+", lambda m: _BUNIT_WORDS.get(m.group().upper(), m.group()),
-                  bunit.strip())
-    unit = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for fmt in ("fits", "generic"):
-            try:
-                unit = u.Unit(text, format=fmt, parse_strict="raise")
-                break
-            except (TypeError, ValueError):
-                continue
-    if unit is None:
-        upper = re.sub(r"\s+", " ", bunit.upper())
-        return (any(w in upper for w in ("ELECTRON", "COUNT", "DN"))
-                and _RATE_RE.search(upper) is None)
-    bases, powers = getattr(unit, "bases", [unit]), getattr(unit, "powers", [1])
-    if not any(b in _COUNT_UNITS for b in bases):
-        return False
-    time_power = sum(p for b, p in zip(bases, powers) if b.physical_type == "time")
-    if time_power not in (0, -1):
-        raise InputError(f"BUNIT {bunit.strip()!r} is neither counts nor a count rate")
-    return time_power == 0
-
-
 def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
     """Convert an HST image from count rates to flux density with its ``PHOTFLAM``.
 
@@ -600,11 +551,13 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
 
     Notes
     -----
-    ``BUNIT`` is read with :mod:`astropy.units` (the FITS format, then the
-    generic one), HST's spellings (``ELECTRONS``, ``COUNTS``, ``SEC``) mapped
-    to astropy's; a ``BUNIT`` astropy cannot read is in counts when it names
-    ELECTRON, COUNT or DN without a "/s", "/sec", "s-1", "s**-1", "s^-1" or
-    "per second".
+    ``BUNIT`` is read by :func:`astromix.data.loaders.count_kind`, the reading
+    :meth:`astromix.Exposure.from_fits` takes for the HST zero point: parsed
+    with :mod:`astropy.units` (the FITS format, then the generic one), HST's
+    spellings (``ELECTRONS``, ``COUNTS``, ``CTS``, ``SEC``) mapped to
+    astropy's; a ``BUNIT`` astropy cannot read is in counts when it names
+    ELECTRON, COUNT, CTS, DN or ADU without a "/s", "/sec", "s-1", "s**-1",
+    "s^-1" or "per second".
 
     Examples
     --------
@@ -642,7 +595,7 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
         raise InputError(f"PHOTFLAM must be a positive number, got {photflam}")
     bunit = _header_value(headers, "BUNIT")
     factor = photflam
-    if _bunit_is_counts(bunit):
+    if count_kind(bunit) == "counts":
         exptime = _header_value(headers, "EXPTIME")
         try:
             exptime = float(exptime)
