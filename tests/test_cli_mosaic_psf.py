@@ -121,6 +121,15 @@ def test_cli_hdrtab_npy_sigma_and_zero_indexed_csv(files):
     ({"pixfrac": "half"}, "pixfrac must be a number"),
     ({"max_workers": 2.5}, "max_workers must be an integer"),
     ({"max_workers": "4"}, "max_workers must be an integer"),
+    ({"pixel_scale": 0}, "pixel_scale must be a positive number"),
+    ({"pixel_scale": -0.03}, "pixel_scale must be a positive number"),
+    ({"pixel_scale": "0.03 arcsec"}, "pixel_scale must be a positive number"),
+    ({"pixel_scale": [0.03]}, "pixel_scale must be a positive number"),
+    ({"pixel_scale": True}, "pixel_scale must be a positive number"),
+    ({"overwrite": "maybe"}, "overwrite must be true or false"),
+    ({"overwrite": 2}, "overwrite must be true or false"),
+    ({"1-indexed": "F"}, "1-indexed must be true or false"),
+    ({"1-indexed": [1]}, "1-indexed must be true or false"),
 ])
 def test_cli_errors_are_one_line(files, capsys, change, message):
     folder, _, _ = files
@@ -159,3 +168,132 @@ def test_cli_bad_config(tmp_path, capsys):
     path.write_text(json.dumps({"img_path": "a.fits"}))
     assert main(["mosaic-psf", "--config", str(path)]) == 2
     assert "catalog_path" in capsys.readouterr().err
+
+
+def _no_psf(monkeypatch):
+    """Make the model building fail loudly: the refusals must come before any PSF."""
+    def from_i2d(*args, **kwargs):  # pragma: no cover - must not be reached
+        raise AssertionError("the refusal must come before any PSF is computed")
+
+    monkeypatch.setattr(ExposureWeightedPSF, "from_i2d", from_i2d)
+
+
+def test_config_pixel_scale_and_booleans(tmp_path):
+    """pixel_scale is read as a positive float; booleans strictly (bool("false") was True)."""
+    from astromix.cli.mosaic_psf import read_config
+
+    base = {"img_path": "a.fits", "catalog_path": "c.csv"}
+    path = tmp_path / "c.json"
+    for value in (0.03, "0.03", 3e-2):
+        path.write_text(json.dumps(dict(base, pixel_scale=value)))
+        assert read_config(str(path))["pixel_scale"] == 0.03
+    for value, truth in ((True, True), (False, False), (1, True), (0, False), ("true", True),
+                         ("false", False), ("False", False), ("yes", True), ("no", False),
+                         ("1", True), ("0", False), (" TRUE ", True)):
+        for key in ("1-indexed", "one_indexed", "1_indexed"):
+            path.write_text(json.dumps(dict(base, overwrite=value, **{key: value})))
+            cfg = read_config(str(path))
+            assert cfg["overwrite"] is truth and cfg["one_indexed"] is truth
+
+
+def test_cli_overwrite_string_false_keeps_the_file(files, capsys):
+    """"overwrite": "false" replaced an existing cube (bool("false") is True)."""
+    folder, _, _ = files
+    target = folder / "kept.fits"
+    target.write_bytes(b"precious")
+    path = config(folder, psf_array_filename="kept.fits", overwrite="false")
+    assert main(["mosaic-psf", "--config", path, "--no-progress"]) == 2
+    assert "exists and overwrite is false" in capsys.readouterr().err
+    assert target.read_bytes() == b"precious"
+
+
+def test_cli_one_indexed_string_false(files, monkeypatch):
+    """"1-indexed": "false" on 0-based positions shifted every PSF by -1 px (the stamps of
+    this field do not show it: the positions given to the model are checked)."""
+    folder, sim, order = files
+    x, y = np.asarray(sim.stars["x"]), np.asarray(sim.stars["y"])
+    Table({"x": x, "y": y}).write(folder / "catalog0.csv", format="ascii.csv", overwrite=True)
+    cfg = config(folder, catalog_path="catalog0.csv", catalog_format="csv", x_col="x",
+                 y_col="y", psf_array_filename="zero_based.fits", **{"1-indexed": "false"})
+    seen = []
+    cube_method = ExposureWeightedPSF.cube
+
+    def spy(self, xs, ys, *args, **kwargs):
+        seen.append((np.array(xs), np.array(ys)))
+        return cube_method(self, xs, ys, *args, **kwargs)
+
+    monkeypatch.setattr(ExposureWeightedPSF, "cube", spy)
+    assert main(["mosaic-psf", "--config", cfg, "--no-progress"]) == 0
+    np.testing.assert_array_equal(seen[0][0], x)
+    np.testing.assert_array_equal(seen[0][1], y)
+    cube, sources, _ = read_psf_cube(folder / "zero_based.fits")
+    np.testing.assert_allclose(sources["x"], x)
+    model = ExposureWeightedPSF(sim.wcs, sim.exposures, ImageProvider(psf_image(),
+                                                                      oversampling=OS),
+                                context=sim.context)
+    for k in range(x.size):
+        np.testing.assert_allclose(cube[k], model.image(x[k], y[k], 21), atol=1e-9)
+
+
+@pytest.mark.parametrize("name, match", [
+    ("psfs.h5", "unknown PSF cube format"),
+    ("a_folder.fits", "is a folder, not a file"),
+    ("/proc/psfs.fits", "cannot write in the output folder '/proc'"),
+], ids=["extension", "folder", "proc"])
+def test_cli_output_refused_before_any_psf(files, capsys, monkeypatch, name, match):
+    """A psf_array_filename the write would refuse was found after every PSF (hours with
+    stpsf)."""
+    if name.startswith("/proc") and not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux /proc")
+    folder, _, _ = files
+    (folder / "a_folder.fits").mkdir(exist_ok=True)
+    _no_psf(monkeypatch)
+    path = config(folder, psf_array_filename=name)
+    assert main(["mosaic-psf", "--config", path, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0]
+    assert not (folder / "psfs.h5").exists()
+
+
+def test_cli_creates_a_missing_output_folder(files):
+    """psf_array_filename in a folder not yet made: created (as psf-mixture and psf-field do),
+    where the write failed after every PSF."""
+    folder, _, _ = files
+    path = config(folder, psf_array_filename="new_folder/psfs.fits")
+    assert main(["mosaic-psf", "--config", path, "--no-progress"]) == 0
+    cube, _, meta = read_psf_cube(folder / "new_folder" / "psfs.fits")
+    assert cube.shape == (6, 21, 21) and meta["PSFDIM"] == 21
+
+
+@pytest.mark.parametrize("images", ["psf.fits", {"NRCA1": "psf.fits"}], ids=["path", "mapping"])
+def test_cli_provider_images_relative_to_the_config(files, tmp_path, monkeypatch, images):
+    """provider_options.images was taken from the current folder, the other paths from the
+    config's: run from elsewhere, it was not found."""
+    folder, sim, order = files
+    monkeypatch.chdir(tmp_path)
+    name = "rel_images.fits"
+    path = config(folder, provider_options={"images": images, "oversampling": OS},
+                  psf_array_filename=name)
+    assert main(["mosaic-psf", "--config", path, "--no-progress"]) == 0
+    cube, _, _ = read_psf_cube(folder / name)
+    model = ExposureWeightedPSF(sim.wcs, sim.exposures, ImageProvider(psf_image(),
+                                                                      oversampling=OS),
+                                context=sim.context)
+    x, y = np.asarray(sim.stars["x"]), np.asarray(sim.stars["y"])
+    for k, n in enumerate(order):
+        np.testing.assert_allclose(cube[k], model.image(x[n], y[n], 21), atol=1e-9)
+
+
+def test_config_stpsf_path_relative_to_the_config(tmp_path, monkeypatch):
+    from astromix.cli.mosaic_psf import read_config
+
+    (tmp_path / "cfg").mkdir()
+    path = tmp_path / "cfg" / "c.json"
+    monkeypatch.chdir(tmp_path)
+    for key in ("STPSF_PATH", "stpsf_path"):
+        path.write_text(json.dumps({"img_path": "a.fits", "catalog_path": "c.csv",
+                                    key: "stpsf-data",
+                                    "provider_options": {"data_path": "data"}}))
+        cfg = read_config("cfg/c.json")
+        assert cfg["stpsf_path"] == str(tmp_path / "cfg" / "stpsf-data")
+        assert cfg["provider_options"]["data_path"] == str(tmp_path / "cfg" / "data")

@@ -105,3 +105,81 @@ def test_psf_field_cfht_oversampled(tmp_path, capsys):
     # -0.0015 on the 9 reserve stars (--oversampling 1: 0.0126, -0.0015)
     assert np.median(val["rmse"][ok]) < 0.05
     assert abs(np.median(val["dsigma_over_sigma"][ok])) < 0.08
+
+
+@pytest.fixture
+def no_fit(monkeypatch):
+    """Make the fit fail loudly: the refusals below must come before any work."""
+    import astromix.psffield
+
+    def fit(*args, **kwargs):  # pragma: no cover - must not be reached
+        raise AssertionError("the refusal must come before the fit")
+
+    monkeypatch.setattr(astromix.psffield, "fit_psf_field", fit)
+
+
+@pytest.mark.parametrize("value", ["-0.206", "-1", "0", "nan", "inf"])
+def test_psf_field_pixel_scale_must_be_positive(tmp_path, capsys, no_fit, value):
+    """--pixel-scale -0.206 ran (the sign dropped) and 0 fell back to the WCS silently."""
+    out = tmp_path / "o"
+    status = main(["psf-field", cfht_a370(), "--pixel-scale", value, "--outdir", str(out)])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "--pixel-scale" in err and "expected a positive number" in err
+    assert not out.exists()
+
+
+def test_psf_field_output_names_checked_before_the_fit(tmp_path, capsys, no_fit):
+    """A folder named like an output (stars.ecsv): refused in one line, exit 2, before the fit;
+    it came as IsADirectoryError after psf.psf had been replaced."""
+    out = tmp_path / "o"
+    (out / "stars.ecsv").mkdir(parents=True)
+    status = main(["psf-field", cfht_a370(), "--outdir", str(out)])
+    assert status == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("astromix psf-field: error: ")
+    assert str(out / "stars.ecsv") in lines[0] and "is a folder" in lines[0]
+    assert sorted(os.listdir(out)) == ["stars.ecsv"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_psf_field_outdir_without_files_refused_before_the_fit(capsys, no_fit):
+    """/proc: no file can be created there (os.access passes it for root); the write's
+    FileNotFoundError came as a traceback after all the work."""
+    status = main(["psf-field", cfht_a370(), "--outdir", "/proc"])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'/proc'" in err
+
+
+def test_psf_field_write_error_is_one_line(tmp_path, capsys, monkeypatch):
+    """An OSError of a write all the same (a full disk): one line naming the output, exit 2."""
+    import errno
+
+    import astromix.io.psfex
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path) + ".tmp")
+
+    monkeypatch.setattr(astromix.io.psfex, "write_psfex", full)
+    out = tmp_path / "o"
+    status = main(["psf-field", cfht_a370(), "--saturation", "12000", "--size", "19",
+                   "--no-plot", "--outdir", str(out)])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"cannot write {str(out / 'psf.psf')!r}: {os.strerror(errno.ENOSPC)}" in err
+
+
+def test_psf_field_removes_stale_rho_stats(tmp_path, capsys):
+    """A run without rho statistics (one reserve star) into an OUTDIR holding an earlier
+    run's rho_stats.ecsv: that file is removed, not left beside the new tables."""
+    out = tmp_path / "o"
+    out.mkdir()
+    Table({"r": [1.0], "rho1": [0.0]}, meta={"n_stars": 9}).write(out / "rho_stats.ecsv")
+    status = main(["psf-field", cfht_a370(), "--saturation", "12000", "--size", "19",
+                   "--reserve", "0.03", "--no-plot", "--outdir", str(out)])
+    assert status == 0
+    val = Table.read(out / "validation.ecsv")
+    assert len(val) == 1  # rho statistics need two reserve stars
+    assert sorted(os.listdir(out)) == ["psf.psf", "stars.ecsv", "validation.ecsv"]

@@ -500,3 +500,80 @@ def test_damaged_fits_image(tmp_path, make):
     line = _one_line_error(err)
     assert str(path) in line and "could not be read" in line
     assert not out.exists()
+
+
+@pytest.fixture
+def no_fit(monkeypatch):
+    """Make the fit fail loudly: the refusals below must come before it."""
+    import astromix.fitting
+
+    def fit(*args, **kwargs):  # pragma: no cover - must not be reached
+        raise AssertionError("the refusal must come before the fit")
+
+    monkeypatch.setattr(astromix.fitting, "fit_psf_mixture", fit)
+
+
+@pytest.mark.parametrize("trim, ngauss, left", [(20, 2, 1), (19, 2, 3), (18, 5, 5)])
+def test_trim_leaving_fewer_pixels_than_parameters_refused(tmp_path, no_fit, trim, ngauss,
+                                                           left):
+    """--trim 19 on a 41 x 41 image left 3 x 3 = 9 pixels for 2 Gaussians (12 parameters) and
+    wrote an arbitrary fit; refused with the pixels left and the minimum (6 per Gaussian + 1)."""
+    path = _write(tmp_path / "psf.fits", [fits.PrimaryHDU(np.ones((41, 41)))])
+    out = tmp_path / "out.h5"
+    code, _, err = _run(["psf-mixture", "--band", BAND, "--psf_image", str(path), "--outname",
+                         str(out), "--trim", str(trim), "--ngauss", str(ngauss)])
+    assert code == 2
+    line = _one_line_error(err)
+    assert 41 - 2 * trim == left
+    assert f"--trim {trim} leaves {left} x {left} = {left * left} pixel(s)" in line
+    assert f"{6 * ngauss} parameters) needs at least {6 * ngauss + 1}" in line
+    assert str(path) in line
+    assert not out.exists()
+
+
+def test_enough_pixels_after_trim_accepted(tmp_path, monkeypatch):
+    """3 x 3 = 9 pixels are enough for one Gaussian (6 parameters): the fit is reached."""
+    import astromix.fitting
+
+    class Reached(Exception):
+        pass
+
+    def fit(image, *args, **kwargs):
+        raise Reached(image.shape)
+
+    monkeypatch.setattr(astromix.fitting, "fit_psf_mixture", fit)
+    path = _write(tmp_path / "psf.fits", [fits.PrimaryHDU(np.ones((41, 41)))])
+    with pytest.raises(Reached):
+        main(["psf-mixture", "--band", BAND, "--psf_image", str(path), "--outname",
+              str(tmp_path / "out.h5"), "--trim", "19", "--ngauss", "1"])
+
+
+@pytest.mark.parametrize("outname, match", [
+    ("", "--outname: the file name is empty"),
+    ("   ", "--outname: the file name is empty"),
+    ("{tmp}/sub/", "names a folder, not a file"),
+    ("/proc/psf.h5", "cannot write in the output folder '/proc'"),
+], ids=["empty", "blank", "slash", "proc"])
+def test_bad_outname_refused_before_fitting(tmp_path, no_fit, outname, match):
+    """--outname "" started the fit, then said " exists and is not a regular file";
+    /proc/psf.h5 failed after the fit, naming the temporary file."""
+    if outname.startswith("/proc") and not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux /proc")
+    path = _write(tmp_path / "psf.fits", [fits.PrimaryHDU(np.ones((41, 41)))])
+    code, _, err = _run(["psf-mixture", "--band", BAND, "--psf_image", str(path),
+                         "--outname", outname.format(tmp=tmp_path)])
+    assert code == 2
+    assert match in _one_line_error(err)
+    assert sorted(os.listdir(tmp_path)) == ["psf.fits"]
+
+
+def test_png_output_taken_by_a_folder_refused_before_fitting(tmp_path, no_fit):
+    path = _write(tmp_path / "psf.fits", [fits.PrimaryHDU(np.ones((41, 41)))])
+    png, _ = output_paths(str(tmp_path / "psf.h5"), BAND)
+    os.mkdir(png)
+    code, _, err = _run(["psf-mixture", "--band", BAND, "--psf_image", str(path),
+                         "--outname", str(tmp_path / "psf.h5"), "--savefig"])
+    assert code == 2
+    line = _one_line_error(err)
+    assert repr(png) in line and "is a folder" in line
+    assert not (tmp_path / "psf.h5").exists()

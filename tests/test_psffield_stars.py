@@ -136,6 +136,30 @@ def test_read_ldac(tmp_path):
         read_ldac(tmp_path / "missing.fits")
 
 
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+def test_read_ldac_truncated(tmp_path):
+    """A FITS_LDAC catalog cut inside its LDAC_OBJECTS data (an interrupted copy): InputError
+    naming the file; astropy raises TypeError ("buffer is too small") for it."""
+    n = 50
+    cols = [fits.Column("NUMBER", "J", array=np.arange(1, n + 1)),
+            fits.Column("X_IMAGE", "D", array=np.linspace(1, 100, n)),
+            fits.Column("Y_IMAGE", "D", array=np.linspace(1, 100, n)),
+            fits.Column("FLUX_AUTO", "D", array=np.full(n, 1e4)),
+            fits.Column("FLUXERR_AUTO", "D", array=np.full(n, 1e2)),
+            fits.Column("FWHM_IMAGE", "D", array=np.full(n, 3.5))]
+    head = fits.Column("Field Header Card", "80A", array=["SIMPLE  =                    T"])
+    whole = tmp_path / "whole.ldac"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([head], name="LDAC_IMHEAD"),
+                  fits.BinTableHDU.from_columns(cols, name="LDAC_OBJECTS")]).writeto(whole)
+    assert len(read_ldac(whole)) == n
+    raw = whole.read_bytes()
+    data_bytes = n * (4 + 5 * 8)  # the LDAC_OBJECTS rows, at the end of the file
+    path = tmp_path / "cut.ldac"
+    path.write_bytes(raw[:len(raw) - (-data_bytes % 2880) - data_bytes // 2])  # half the rows
+    with pytest.raises(InputError, match="cut.ldac: cannot read FITS file"):
+        read_ldac(path)
+
+
 def test_select_refuses_bad_input():
     cat = Table({"mag": [1.0], "fwhm": [3.0], "snr": [5.0], "flags": [0]})
     with pytest.raises(InputError):

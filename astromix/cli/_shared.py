@@ -20,6 +20,17 @@ def hdu_argument(text):
         return text
 
 
+def positive_float(text):
+    """argparse type of a positive, finite number (``"0.2"``); refuses 0, negatives, NaN, inf."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def prepare_output_folder(folder):
     """Create ``folder`` if needed; InputError when it cannot be created or written."""
     try:

@@ -14,7 +14,9 @@ Configuration fields (YOUNG's names):
     any astropy table format; ``catalog_hdu`` for FITS, default 1) and its
     pixel-position columns (default ``x``, ``y``).
 ``1-indexed`` (or ``one_indexed``)
-    True when the positions are 1-based (SExtractor's ``X_IMAGE``).
+    True when the positions are 1-based (SExtractor's ``X_IMAGE``).  Like
+    ``overwrite``: a JSON boolean, 0 or 1, or one of the strings ``"true"``,
+    ``"false"``, ``"yes"``, ``"no"``, ``"1"``, ``"0"``; anything else is refused.
 ``association_path``
     The level-3 association JSON: the exposures are put in its order (the
     context order).  Optional.
@@ -25,13 +27,14 @@ Configuration fields (YOUNG's names):
 ``psf_array_filename``
     Output cube (N, dimension, dimension) in catalog order: ``.fits`` (with a
     ``SOURCES`` table), ``.asdf`` or ``.npy`` (default ``psf_array.fits``).
+    Checked, and its folder created, before any PSF is computed.
 ``sigma``
     Gaussian smoothing [mosaic px] after combination (default none; YOUNG's
     script used 0.8; measure it with
     :meth:`astromix.ExposureWeightedPSF.calibrate_smoothing`).
 ``pixel_scale``
-    Mosaic pixel scale [arcsec/px]; checked against the WCS (a warning when
-    they differ by more than 1%).
+    Mosaic pixel scale [arcsec/px], a positive number; checked against the
+    WCS (a warning when they differ by more than 1%).
 ``dimension``
     Stamp size [mosaic px] (default 51).
 
@@ -41,7 +44,10 @@ for ``"image"``: ``images``, a FITS path or a mapping from detector to path,
 and ``oversampling``), ``pixfrac`` (default 1), ``max_workers`` (processes;
 default 1) and ``overwrite`` (default true).  ``STPSF_PATH`` (or
 ``stpsf_path``) sets stpsf's data folder.  Unknown fields are reported and
-ignored.
+ignored.  Relative paths (``img_path``, ``catalog_path``,
+``association_path``, ``csv_path``, ``psf_array_filename``,
+``provider_options.images`` and ``data_path``, ``STPSF_PATH``) are taken from
+the folder of the configuration file.
 """
 
 import logging
@@ -57,6 +63,9 @@ from ..errors import AstromixError, InputError
 __all__ = ["add_parser", "run", "read_config", "read_catalog", "make_provider"]
 
 log = logging.getLogger("astromix")
+
+#: File name endings of the PSF cube (those of :func:`astromix.mosaic.write_psf_cube`).
+CUBE_SUFFIXES = (".fits", ".fits.gz", ".fit", ".asdf", ".npy")
 
 #: Fields this command reads; others are reported and ignored.
 KNOWN_FIELDS = ("img_path", "catalog_path", "association_path", "csv_path", "catalog_format",
@@ -104,7 +113,8 @@ def read_config(path):
     ----------
     path : str
         The JSON file (fields in the module docstring); relative paths in it
-        are taken from its folder.
+        (``provider_options.images`` and ``data_path`` and ``STPSF_PATH``
+        included) are taken from its folder.
 
     Returns
     -------
@@ -118,7 +128,8 @@ def read_config(path):
         [arcsec/px] or None, ``dimension`` (int [mosaic px], default 51),
         ``provider`` (default ``"stpsf"``), ``provider_options`` (dict),
         ``pixfrac`` (float, default 1), ``max_workers`` (int, default 1),
-        ``overwrite`` (bool, default True) and ``stpsf_path`` (or None).
+        ``overwrite`` (bool, default True) and ``stpsf_path`` (absolute, or
+        None).
 
     Raises
     ------
@@ -127,8 +138,11 @@ def read_config(path):
         object, a required field (``img_path``, ``catalog_path``) is missing,
         ``dimension`` is not an integer >= 1 (51.0 and "51" are read as 51,
         51.5 is refused), ``sigma`` is neither a number nor null, ``pixfrac`` is not
-        a number, ``provider_options`` is not a JSON object or ``max_workers``
-        not an integer; each message names the file.
+        a number, ``pixel_scale`` is neither null nor a positive finite
+        number, ``provider_options`` is not a JSON object, ``max_workers``
+        not an integer, or ``overwrite`` or ``1-indexed`` not a boolean
+        (true/false, 1/0, or the strings "true", "false", "yes", "no", "1",
+        "0", in any case); each message names the file.
     """
     from ..mosaic.exposures import read_json
 
@@ -146,9 +160,9 @@ def read_config(path):
                 "psf_array_filename"):
         if cfg.get(key):
             cfg[key] = os.path.join(base, os.path.expanduser(str(cfg[key])))
-    one = [cfg[k] for k in ("1-indexed", "one_indexed", "1_indexed") if k in cfg]
+    one = [k for k in ("1-indexed", "one_indexed", "1_indexed") if k in cfg]
     out = {
-        "one_indexed": bool(one[0]) if one else False,
+        "one_indexed": _config_bool(cfg[one[0]], one[0], path) if one else False,
         "catalog_format": str(cfg.get("catalog_format", "fits")).lower(),
         "catalog_hdu": cfg.get("catalog_hdu", 1),
         "x_col": cfg.get("x_col", "x"), "y_col": cfg.get("y_col", "y"),
@@ -158,15 +172,25 @@ def read_config(path):
         "dimension": cfg.get("dimension", 51), "provider": str(cfg.get("provider", "stpsf")),
         "provider_options": cfg.get("provider_options") or {},
         "pixfrac": cfg.get("pixfrac", 1.0), "max_workers": cfg.get("max_workers", 1),
-        "overwrite": bool(cfg.get("overwrite", True)),
+        "overwrite": _config_bool(cfg.get("overwrite", True), "overwrite", path),
         "stpsf_path": cfg.get("STPSF_PATH") or cfg.get("stpsf_path"),
     }
+    if isinstance(out["stpsf_path"], str):
+        out["stpsf_path"] = _config_path(base, out["stpsf_path"])
     for key in ("img_path", "catalog_path", "association_path", "csv_path"):
         out[key] = cfg.get(key)
     if not isinstance(out["provider_options"], dict):
         raise InputError(f"config {path!r}: provider_options must be a JSON object, got "
                          f"{out['provider_options']!r}")
-    out["provider_options"] = dict(out["provider_options"])
+    options = out["provider_options"] = dict(out["provider_options"])
+    images = options.get("images")
+    if isinstance(images, (str, os.PathLike)):
+        options["images"] = _config_path(base, images)
+    elif isinstance(images, dict):
+        options["images"] = {k: _config_path(base, v) if isinstance(v, (str, os.PathLike))
+                             else v for k, v in images.items()}
+    if isinstance(options.get("data_path"), (str, os.PathLike)) and options["data_path"]:
+        options["data_path"] = _config_path(base, options["data_path"])
     out["dimension"] = _config_integer(out["dimension"], "dimension", path, strings=True)
     if out["dimension"] < 1:
         raise InputError(f"config {path!r}: dimension must be >= 1, got {out['dimension']}")
@@ -182,7 +206,39 @@ def read_config(path):
         raise InputError(f"config {path!r}: pixfrac must be a number, "
                          f"got {out['pixfrac']!r}") from None
     out["max_workers"] = _config_integer(out["max_workers"], "max_workers", path)
+    if out["pixel_scale"] is not None:
+        value = out["pixel_scale"]
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            raise InputError(f"config {path!r}: pixel_scale must be a positive number "
+                             f"[arcsec/px] or null, got {value!r}")
+        out["pixel_scale"] = number
     return out
+
+
+def _config_path(base, value):
+    # a path of the config: relative ones from the config's folder, as img_path
+    return os.path.join(base, os.path.expanduser(os.fspath(value)))
+
+
+#: What :func:`_config_bool` reads as true and as false (strings in lower case).
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def _config_bool(value, key, path):
+    # a boolean from JSON: true/false, 0/1, or a string true/false, yes/no, 1/0 (any
+    # case); InputError naming the file otherwise (bool("false") is True)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise InputError(f"config {path!r}: {key} must be true or false (or 1, 0, \"yes\", "
+                     f"\"no\"), got {value!r}")
 
 
 def _config_integer(value, key, path, strings=False):
@@ -331,15 +387,19 @@ def run(args):
     Raises
     ------
     InputError
-        For a bad configuration, provider or catalog (:func:`read_config`,
-        :func:`make_provider`, :func:`read_catalog`), or an existing output
-        with ``overwrite`` false (before anything is computed).
+        Before any PSF is computed: for a bad configuration, provider or
+        catalog (:func:`read_config`, :func:`make_provider`,
+        :func:`read_catalog`), an existing output with ``overwrite`` false, or
+        a ``psf_array_filename`` that cannot be written (an unknown
+        extension, a folder, a folder that cannot be created or in which no
+        file can be created).
     AstromixError
         If the cube cannot be written (an OSError).
     """
     import concurrent.futures
 
     from ..mosaic import ExposureWeightedPSF, write_psf_cube
+    from ._shared import check_output_file
 
     t0 = time.perf_counter()
     out = sys.stdout
@@ -350,6 +410,10 @@ def run(args):
     target = cfg["psf_array_filename"]
     if not cfg["overwrite"] and os.path.exists(target):
         raise InputError(f"{target} exists and overwrite is false; nothing was computed")
+    if not target.lower().endswith(CUBE_SUFFIXES):
+        raise InputError(f"config {args.config!r}: unknown PSF cube format for "
+                         f"psf_array_filename {target!r}: use {', '.join(CUBE_SUFFIXES)}")
+    check_output_file(target, True, "psf_array_filename")  # creates a missing folder
     model = ExposureWeightedPSF.from_i2d(cfg["img_path"], provider,
                                          exposure_table=cfg["csv_path"],
                                          association=cfg["association_path"],
@@ -358,9 +422,9 @@ def run(args):
         log.warning("%s has no context (CON) extension: every exposure covering a source "
                     "counts", cfg["img_path"])
     scale = _wcs_scale(model.wcs, x, y)
-    if cfg["pixel_scale"] is not None and abs(scale / float(cfg["pixel_scale"]) - 1) > 0.01:
+    if cfg["pixel_scale"] is not None and abs(scale / cfg["pixel_scale"] - 1) > 0.01:
         log.warning("config pixel_scale %.5g differs from the mosaic WCS's %.5g arcsec/px; "
-                    "the WCS is used", float(cfg["pixel_scale"]), scale)
+                    "the WCS is used", cfg["pixel_scale"], scale)
     print(f"astromix mosaic-psf: {cfg['img_path']}, {len(model.exposures)} exposures, "
           f"{x.size} sources, dim {cfg['dimension']}, provider {cfg['provider']}, "
           f"mosaic {scale:.4f} arcsec/px", file=out)

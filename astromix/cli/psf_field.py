@@ -17,15 +17,24 @@ reserve (:func:`astromix.psffield.validation.validate_psf_field`,
 Written in OUTDIR (each file atomically): ``psf.psf`` (PSFEx model),
 ``stars.ecsv`` (the stars, selected and reserve, with flags and fit columns),
 ``validation.ecsv`` (HSM moments per reserve star), ``rho_stats.ecsv`` and,
-unless ``--no-plot``, ``size_magnitude.png`` and ``whiskers.png``.
+unless ``--no-plot``, ``size_magnitude.png`` and ``whiskers.png``.  The output
+folder and names are checked before any work.  When the rho statistics cannot
+be computed (fewer than two usable reserve stars), a ``rho_stats.ecsv`` left in
+OUTDIR by an earlier run is removed, so that every table there is of this run.
 """
 
 import logging
 import os
 import time
 
-from ..errors import InputError
-from ._shared import atomic_path, prepare_output_folder
+from ..errors import AstromixError, InputError
+from ._shared import (
+    atomic_path,
+    check_output_name,
+    positive_float,
+    prepare_output_folder,
+    probe_folder,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -77,9 +86,9 @@ def add_parser(subparsers):
                         help="lowest S/N of a star (default 20; 10 doubles the CFHT A370 "
                              "stars)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the reserve draw")
-    parser.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
-                        help="arcsec per pixel for the rho statistics (default: from the "
-                             "WCS, else 1)")
+    parser.add_argument("--pixel-scale", type=positive_float, default=None, metavar="ARCSEC",
+                        help="arcsec per pixel for the rho statistics, > 0 (default: from "
+                             "the WCS, else 1)")
     parser.add_argument("--outdir", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--no-plot", action="store_true", help="write no figures")
     parser.set_defaults(func=run)
@@ -141,10 +150,14 @@ def run(args):
     ------
     InputError
         If ``--oversampling`` is below 1 or given with ``--basis mixture``, the
-        output folder cannot be created or written, IMAGE or ``--weight``
-        cannot be read (missing, truncated or damaged) or holds no 2-D image,
-        the weight's shape differs from the image's, or there is no reserve
-        star.
+        output folder cannot be created or no file can be created in it, an
+        output name there is taken by a folder (these checks come before any
+        work), IMAGE or ``--weight`` cannot be read (missing, truncated or
+        damaged) or holds no 2-D image, the weight's shape differs from the
+        image's, or there is no reserve star.
+    AstromixError
+        If an output cannot be written all the same (an OSError, e.g. a full
+        disk); the message names the output.
     """
     import numpy as np
 
@@ -165,6 +178,12 @@ def run(args):
         raise InputError("--oversampling applies to the pixel basis only: the mixture basis "
                          "is already a forward model of the star pixels (at any sampling)")
     prepare_output_folder(args.outdir)
+    probe_folder(args.outdir)  # os.access passes /proc or a read-only file system for root
+    names = ["psf.psf", "stars.ecsv", "validation.ecsv", "rho_stats.ecsv"]
+    if not args.no_plot:
+        names += ["size_magnitude.png", "whiskers.png"]
+    for name in names:
+        check_output_name(os.path.join(args.outdir, name), True, "--outdir")
     image, header = _read(args.image, "image")
     weight = None if args.weight is None else _read(args.weight, "weight")[0]
     if weight is not None and weight.shape != image.shape:
@@ -192,36 +211,48 @@ def run(args):
         col[np.asarray(stars["selected"], bool)] = fitted[name]
         stars[name] = col
     table = validate_psf_field(image, model, stars, size=args.size, weight=weight)
-    scale = args.pixel_scale or _pixel_scale(header) or 1.0
+    scale = args.pixel_scale if args.pixel_scale is not None else (_pixel_scale(header) or 1.0)
     try:
         rho = rho_statistics(table, pixel_scale=scale)
     except InputError as exc:
         log.warning("no rho statistics: %s", exc)
         rho = None
 
-    write_psfex(os.path.join(args.outdir, "psf.psf"), model.to_psfex(), overwrite=True)
-    _write_table(stars, os.path.join(args.outdir, "stars.ecsv"))
-    _write_table(table, os.path.join(args.outdir, "validation.ecsv"))
-    if rho is not None:
-        _write_table(rho, os.path.join(args.outdir, "rho_stats.ecsv"))
-    if not args.no_plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    path = os.path.join(args.outdir, "psf.psf")
+    try:
+        write_psfex(path, model.to_psfex(), overwrite=True)
+        path = os.path.join(args.outdir, "stars.ecsv")
+        _write_table(stars, path)
+        path = os.path.join(args.outdir, "validation.ecsv")
+        _write_table(table, path)
+        path = os.path.join(args.outdir, "rho_stats.ecsv")
+        if rho is not None:
+            _write_table(rho, path)
+        elif os.path.lexists(path):  # an earlier run's: not of this PSF model
+            os.remove(path)
+            log.warning("removed %s of an earlier run (no rho statistics in this one)", path)
+        if not args.no_plot:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
 
-        from ..psffield import plot_size_magnitude
+            from ..psffield import plot_size_magnitude
 
-        catalog_sel = select_stars(catalog, snr_range=(args.snr_min, None),
-                                   reserve=args.reserve, seed=args.seed)
-        for name, draw in (("size_magnitude.png", lambda ax: plot_size_magnitude(catalog_sel,
-                                                                                  ax=ax)),
-                           ("whiskers.png", lambda ax: plot_whiskers(table, ax=ax))):
-            fig, ax = plt.subplots(figsize=(6, 5))
-            draw(ax)
-            path = os.path.join(args.outdir, name)
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format="png", dpi=100)
-            plt.close(fig)
+            catalog_sel = select_stars(catalog, snr_range=(args.snr_min, None),
+                                       reserve=args.reserve, seed=args.seed)
+            for name, draw in (("size_magnitude.png",
+                                lambda ax: plot_size_magnitude(catalog_sel, ax=ax)),
+                               ("whiskers.png", lambda ax: plot_whiskers(table, ax=ax))):
+                fig, ax = plt.subplots(figsize=(6, 5))
+                try:
+                    draw(ax)
+                    path = os.path.join(args.outdir, name)
+                    with atomic_path(path) as tmp:
+                        fig.savefig(tmp, format="png", dpi=100)
+                finally:
+                    plt.close(fig)
+    except OSError as exc:
+        raise AstromixError(f"cannot write {path!r}: {exc.strerror or exc}") from None
     m = table.meta
     print(f"{len(stars)} stars ({n_res} reserve), {model.fit_info['n_used']} used in the fit; "
           f"reserve: median dsigma/sigma {m['median_dsigma_over_sigma']:+.4f}, de1 "

@@ -44,7 +44,16 @@ import time
 import numpy as np
 
 from ..errors import AstromixError, InputError
-from ._shared import atomic_path, hdu_argument, image_panels, prepare_output_folder, radial_profile
+from ._shared import (
+    atomic_path,
+    check_output_name,
+    hdu_argument,
+    image_panels,
+    positive_float,
+    prepare_output_folder,
+    probe_folder,
+    radial_profile,
+)
 
 __all__ = ["add_parser", "run", "read_psf_image", "header_oversampling", "output_paths",
            "write_fits", "write_png"]
@@ -74,14 +83,8 @@ def _int_at_least(minimum):
     return parse
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (np.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+#: argparse type of a positive, finite number (shared with psf-field).
+_positive_float = positive_float
 
 
 def _flag01(text):
@@ -352,7 +355,8 @@ def _check_outputs(args, png_path, fits_path):
     """Refuse, before any fitting, what the writes would refuse."""
     import h5py
 
-    path = args.outname
+    # an empty name, a folder, a name ending in '/': named as the user gave it
+    path = check_output_name(args.outname, True, "--outname")
     group = _group_name(args.band)
     if os.path.lexists(path):
         if not os.path.isfile(path):
@@ -376,7 +380,26 @@ def _check_outputs(args, png_path, fits_path):
             if wanted and os.path.lexists(extra):
                 raise InputError(f"{extra} exists and --overwrite is 0; nothing was fitted "
                                  "or written")
-    prepare_output_folder(os.path.dirname(os.path.abspath(path)))
+    for wanted, extra, option in ((args.savefig, png_path, "--savefig"),
+                                  (args.fitsout, fits_path, "--fitsout")):
+        if wanted:
+            check_output_name(extra, True, option)  # e.g. a folder of that name
+    folder = os.path.dirname(os.path.abspath(path))
+    prepare_output_folder(folder)
+    probe_folder(folder)  # os.access passes /proc or a read-only file system for root
+
+
+def _check_pixels(image, trim, ngauss, path):
+    """Refuse a (trimmed) image with no more pixels than the fit has parameters (6 per
+    Gaussian: amplitude, centre, covariance)."""
+    ny, nx = image.shape[0] - 2 * trim, image.shape[1] - 2 * trim
+    minimum = 6 * ngauss + 1
+    if ny * nx < minimum:
+        where = f"PSF image {path!r} ({image.shape[0]} x {image.shape[1]})"
+        what = f"--trim {trim} leaves {ny} x {nx}" if trim else f"{where} has {ny} x {nx}"
+        raise InputError(f"{what} = {ny * nx} pixel(s)" + (f" of the {where}" if trim else "")
+                         + f"; a fit of {ngauss} Gaussian(s) ({6 * ngauss} parameters) needs "
+                         f"at least {minimum}")
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -560,11 +583,14 @@ def run(args):
         Before any fit: for an invalid ``--band``, ``--ngauss_neg`` not below
         ``--ngauss``, a PSF image that cannot be used
         (:func:`read_psf_image`), a header oversampling that is not a
-        positive number, a ``--trim`` that leaves nothing, or outputs the
-        writes would refuse (``--outname`` not a regular or readable HDF5
-        file or a damaged one, the band (``--band`` in upper case) or the
-        PNG/FITS outputs present with ``--overwrite 0``, an output folder
-        that cannot be created or written).
+        positive number, a ``--trim`` that leaves nothing or no more pixels
+        than the fit has parameters (6 per Gaussian; the message gives the
+        pixels left and the minimum), or outputs the writes would refuse
+        (``--outname`` empty, a folder, not a regular or readable HDF5 file
+        or a damaged one, the band (``--band`` in upper case) or the
+        PNG/FITS outputs present with ``--overwrite 0`` or taken by a folder,
+        an output folder that cannot be created or in which no file can be
+        created).
     BackendError
         If ``--backend`` names an unknown or unavailable backend.
     AstromixError
@@ -588,6 +614,7 @@ def run(args):
     if args.trim and 2 * args.trim >= min(image.shape):
         raise InputError(f"--trim {args.trim} leaves nothing of the {image.shape[0]} x "
                          f"{image.shape[1]} image")
+    _check_pixels(image, args.trim, args.ngauss, args.psf_image)
     _check_outputs(args, png_path, fits_path)
 
     from ..fitting import fit_psf_mixture

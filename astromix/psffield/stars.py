@@ -331,8 +331,9 @@ def read_ldac(path):
     Raises
     ------
     InputError
-        If the file cannot be read, has no ``LDAC_OBJECTS`` extension, lacks a
-        needed column, or holds no row.
+        If the file cannot be read (missing, not FITS, truncated or damaged),
+        has no ``LDAC_OBJECTS`` extension, lacks a needed column, or holds no
+        row; the message names the file.
     """
     from astropy.io import fits
 
@@ -341,7 +342,10 @@ def read_ldac(path):
             if "LDAC_OBJECTS" not in hdul:
                 raise InputError(f"{path}: no LDAC_OBJECTS extension (not a FITS_LDAC file)")
             src = Table(hdul["LDAC_OBJECTS"].data)
-    except OSError as exc:
+    except InputError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+        # what astropy raises for a missing, truncated or damaged file
         raise InputError(f"{path}: cannot read FITS file ({exc})") from exc
     if len(src) == 0:
         raise InputError(f"{path}: empty catalog")
