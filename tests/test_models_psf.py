@@ -239,6 +239,25 @@ class TestFitPsfMixture:
         with pytest.raises(InputError, match=msg):
             fit_psf_mixture(np.ones((40, 40)), 3, **kwargs)
 
+    def test_too_few_pixels_for_the_parameters(self):
+        # a real HST PSF trimmed to 4 x 4 = 16 pixels: 3 Gaussians have 18 parameters
+        # (the fit had run and returned an undetermined mixture)
+        from astromix.datasets import load_hst_psf
+        from astromix.fitting import fit_gaussian_mixture
+        image, _ = load_hst_psf(3)
+        trim = (min(image.shape) - 4) // 2
+        with pytest.raises(InputError, match="16 unmasked pixel.*18 parameters.*19"):
+            fit_psf_mixture(image[:2 * trim + 4, :2 * trim + 4], 3, trim=trim)
+        # masked pixels do not count: 12 unmasked pixels for 2 Gaussians (12 parameters)
+        weight = np.zeros(image.shape)
+        cy, cx = np.unravel_index(np.argmax(image), image.shape)
+        weight[cy - 1:cy + 2, cx - 2:cx + 2] = 1.0
+        with pytest.raises(InputError, match="12 unmasked pixel.*12 parameters"):
+            fit_gaussian_mixture(image, 2, weight=weight)
+        weight[cy + 2, cx] = 1.0          # 13 pixels: enough, the fit runs
+        mix, info = fit_gaussian_mixture(image, 2, weight=weight, n_starts=1, rng=0)
+        assert len(mix) == 2 and np.isfinite(info["chi2"])
+
 
 def test_fit_psf_mixture_nested():
     pytest.importorskip("dynesty")

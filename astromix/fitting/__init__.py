@@ -264,7 +264,8 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
     InputError
         If the image is not a 2-d array, finite where unmasked, with positive
         flux on its unmasked pixels; if ``weight`` has another shape, a
-        non-finite or a negative value; or if ``n_components`` < 1.
+        non-finite or a negative value; if ``n_components`` < 1; or if the
+        unmasked pixels are no more than the parameters (6 per Gaussian).
     """
     t0 = time.perf_counter()
     img = np.asarray(image, dtype=np.float64)
@@ -283,6 +284,11 @@ def fit_gaussian_mixture(image, n_components, *, weight=None, n_starts=3, rng=No
     use = w > 0
     if not np.all(np.isfinite(img[use])):
         raise InputError("image has non-finite pixels with weight > 0; mask them with weight=0")
+    n_used, n_params = int(use.sum()), 6 * n_components
+    if n_used <= n_params:
+        raise InputError(f"{n_used} unmasked pixel(s) of the {img.shape[0]} x {img.shape[1]} "
+                         f"image cannot determine {n_components} Gaussian(s) ({n_params} "
+                         f"parameters); at least {n_params + 1} are needed")
     img_u = np.where(use, img, 0.0)
     flux = float(np.clip(img_u, 0, None).sum())
     if not flux > 0:
@@ -467,8 +473,9 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
     Raises
     ------
     InputError
-        On a bad image, ``trim`` leaving nothing, a non-positive
-        ``oversampling`` or ``snr``, or an unknown ``method``.
+        On a bad image, ``trim`` leaving nothing or no more pixels than the
+        fit has parameters (6 per Gaussian), a non-positive ``oversampling``
+        or ``snr``, or an unknown ``method``.
     """
     from ..models import GaussianMixturePSF
 
