@@ -1556,3 +1556,184 @@ def test_moffat_tied_warns(asdf_config):
     model.y_0.tied = lambda m: m.x_0
     with pytest.warns(asdf.exceptions.AsdfWarning, match="tied"):
         asdf.AsdfFile({"m": model}).write_to(io.BytesIO())
+
+
+# -- review fixes: bad-data pixels, damaged files, fixed/bounds, newer tags ---------------------
+def _nan_exposure():
+    """An exposure with a NaN and an inf pixel, a zero-uncertainty pixel and a user mask."""
+    from astromix.data import Exposure, ExposureWarning
+
+    data = np.arange(20.0).reshape(4, 5)
+    data[1, 2], data[3, 0] = np.nan, np.inf
+    sigma = np.full((4, 5), 0.5)
+    sigma[2, 1] = 0.0
+    user = np.zeros((4, 5), bool)
+    user[0, 0] = True
+    with pytest.warns(ExposureWarning):
+        return Exposure(data, uncertainty=sigma, mask=user, name="e")
+
+
+def test_exposure_bad_data_pixels_stay_bad_after_a_round_trip(asdf_config, tmp_path):
+    """A NaN pixel read back stays masked when the mask is replaced (it had become a valid
+    pixel of value 0 with full weight: the full mask was written as the user mask)."""
+    import warnings
+
+    exp = _nan_exposure()
+    path = tmp_path / "e.asdf"
+    asdf.AsdfFile({"e": exp}).write_to(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no re-warning about the pixels masked on reading
+        with open_asdf(path) as af:
+            back = af["e"]
+    np.testing.assert_array_equal(back.mask, exp.mask)
+    np.testing.assert_array_equal(back.weight, exp.weight)
+    np.testing.assert_array_equal(back.data, exp.data)
+    # the user replaces the mask (e.g. a new bad-pixel map): the truth is the original's result
+    new = np.zeros((4, 5), bool)
+    new[3, 4] = True
+    exp.mask = new
+    back.mask = new
+    expected = new.copy()
+    expected[1, 2] = expected[3, 0] = expected[2, 1] = True  # bad data, bad uncertainty
+    np.testing.assert_array_equal(exp.mask, expected)
+    np.testing.assert_array_equal(back.mask, expected)
+    np.testing.assert_array_equal(back.weight, exp.weight)
+    assert back.weight[1, 2] == 0.0 and back.weight[0, 0] == 4.0
+    # the node stores the user mask, and NaN where the data were not finite
+    from astromix.io.asdf.converters import ExposureConverter
+
+    node = ExposureConverter().to_yaml_tree(_nan_exposure(), EXPOSURE_TAG, None)
+    user = np.zeros((4, 5), bool)
+    user[0, 0] = True
+    np.testing.assert_array_equal(node["mask"], user)
+    assert np.isnan(node["data"][1, 2]) and np.isnan(node["data"][3, 0])
+    assert np.count_nonzero(~np.isfinite(node["data"])) == 2
+
+
+@pytest.mark.parametrize("fraction", [0.9, 0.6, 0.3])
+def test_open_asdf_truncated_file(asdf_config, tmp_path, fraction):
+    """A truncated file (interrupted copy) gives InputError naming the file (it was a bare
+    TypeError from asdf's ndarray converter, or struct.error from the block header)."""
+    from astromix.data import Exposure, read_exposures, write_exposures
+
+    path = tmp_path / "cut.asdf"
+    write_exposures(path, [Exposure(np.ones((30, 30)), name="e1")])
+    raw = path.read_bytes()
+    path.write_bytes(raw[:int(len(raw) * fraction)])
+    cut = path.read_bytes()
+    for call in (lambda: read_exposures(path),
+                 lambda: write_exposures(path, [Exposure(np.ones((3, 3)), name="e2")]),
+                 lambda: open_asdf(path, lazy_load=False, memmap=False).close()):
+        with pytest.raises(InputError, match="could not be read") as info:
+            call()
+        assert str(path) in str(info.value)
+    assert path.read_bytes() == cut  # not replaced
+    many = GaussianMixture(np.ones(50), np.zeros((50, 2)), np.array([np.eye(2)] * 50))
+    gm_path = tmp_path / "gm.asdf"
+    asdf.AsdfFile({"m": many}).write_to(gm_path)
+    raw = gm_path.read_bytes()
+    gm_path.write_bytes(raw[:int(len(raw) * fraction)])
+    with pytest.raises(InputError, match="could not be read") as info:
+        open_asdf(gm_path).close()
+    assert str(gm_path) in str(info.value)
+
+
+def _edited(path, obj, old, new, **kwargs):
+    """Write ``obj`` under key "o" with inline arrays, then replace ``old`` (first match)."""
+    asdf.AsdfFile({"o": obj}).write_to(path, all_array_storage="inline", **kwargs)
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+_TRANSFORMS = {"sersic": (lambda: _sersic(psf=_psf(2, seed=3)), "sersic_mixture"),
+               "psf": (lambda: _psf(2, seed=4), "gaussian_mixture_psf"),
+               "point": (lambda: _point(psf=_psf(2, seed=5)), "point_source"),
+               "moffat": (_moffat, "moffat_star")}
+
+
+@pytest.mark.parametrize("kind", sorted(_TRANSFORMS))
+@pytest.mark.parametrize("validate", [True, False])
+def test_fixed_of_unknown_parameter_in_file(asdf_config, tmp_path, kind, validate):
+    """transform-1.4.0 allows any ``fixed`` mapping: an unknown name gave a bare
+    AttributeError from asdf-astropy; now InputError naming the file, tag and name."""
+    make, name = _TRANSFORMS[kind]
+    path = _edited(tmp_path / "f.asdf", make(), "\n  flux: ",
+                   "\n  fixed: {r_eff_typo: true}\n  flux: ")
+    with pytest.raises(InputError, match=r"fixed of unknown parameters \['r_eff_typo'\]") as i:
+        open_asdf(path, validate=validate)
+    assert str(path) in str(i.value) and f"astromix/tags/{name}-1.0.0" in str(i.value)
+
+
+@pytest.mark.parametrize("line, match", [
+    ("bounds: [1, 2]", "bounds must be a mapping"),
+    ("bounds: {flux: 5}", r"bounds\['flux'\] must be \[lo, hi\]"),
+    ("bounds: {flux: [a, b]}", r"bounds\['flux'\] must be \[lo, hi\]"),
+    ("fixed: [flux]", "fixed must be a mapping"),
+    ("bounds: {fluxx: [1, 2]}", r"bounds of unknown parameters \['fluxx'\]"),
+], ids=["bounds-list", "bounds-number", "bounds-strings", "fixed-list", "bounds-name"])
+@pytest.mark.parametrize("kind", sorted(_TRANSFORMS))
+def test_malformed_constraints_without_validation(asdf_config, tmp_path, line, match, kind):
+    """open_asdf(validate=False): malformed bounds / fixed gave bare AttributeError or
+    TypeError from asdf-astropy's base converter."""
+    make, name = _TRANSFORMS[kind]
+    path = _edited(tmp_path / "c.asdf", make(), "\n  flux: ", f"\n  {line}\n  flux: ")
+    with pytest.raises(InputError, match=match) as info:
+        open_asdf(path, validate=False)
+    assert str(path) in str(info.value) and f"astromix/tags/{name}-1.0.0" in str(info.value)
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", "abc", "3"])
+def test_exposure_meta_not_a_mapping_without_validation(asdf_config, tmp_path, meta):
+    from astromix.data import Exposure
+
+    exp = Exposure(np.ones((3, 3)), name="e", meta={"a": 1})
+    path = _edited(tmp_path / "m.asdf", exp, "meta: {a: 1}", f"meta: {meta}")
+    with pytest.raises(InputError, match="meta must be a mapping") as info:
+        open_asdf(path, validate=False)
+    assert str(path) in str(info.value) and "exposure-1.0.0" in str(info.value)
+
+
+_NEWER = ("#ASDF 1.0.0\n#ASDF_STANDARD 1.5.0\n%YAML 1.1\n%TAG ! tag:stsci.edu:asdf/\n"
+          "--- !core/asdf-1.1.0\n{body}\n...\n")
+
+
+@pytest.mark.parametrize("body, tag, known", [
+    ("o: !<asdf://astromix.org/astromix/tags/gaussian_mixture-1.1.0> {amp: 1}",
+     "gaussian_mixture-1.1.0", "gaussian_mixture-1.0.0"),
+    ("exposures: [!<asdf://astromix.org/astromix/tags/exposure-1.1.0> {data: 1}]",
+     "exposure-1.1.0", "exposure-1.0.0"),
+    ("a: {b: [!<asdf://astromix.org/astromix/tags/galaxy_zoo-1.0.0> {x: 1}]}",
+     "galaxy_zoo-1.0.0", "has no such tag"),
+], ids=["mixture-1.1", "exposure-1.1-in-list", "unknown-family-nested"])
+@pytest.mark.parametrize("asdf_words_it_otherwise", [False, True])
+def test_newer_tag_version_is_refused(asdf_config, tmp_path, monkeypatch, body, tag, known,
+                                      asdf_words_it_otherwise):
+    """A tag this astromix cannot read (a newer version) was handed on as a raw TaggedDict
+    with only an AsdfConversionWarning; now InputError naming the file, the tag and the
+    supported version (also if asdf's warning text changes: the tree is then checked)."""
+    import warnings
+
+    import astromix.io.asdf as amx_asdf
+
+    if asdf_words_it_otherwise:
+        monkeypatch.setattr(amx_asdf, "_UNKNOWN_TAG_MESSAGE", "no asdf warning reads like this")
+    path = tmp_path / "newer.asdf"
+    path.write_text(_NEWER.format(body=body))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", asdf.exceptions.AsdfConversionWarning)
+        with pytest.raises(InputError, match="not supported") as info:
+            open_asdf(path)
+    message = str(info.value)
+    assert str(path) in message and f"asdf://astromix.org/astromix/tags/{tag}" in message
+    assert known in message
+
+
+def test_unknown_tag_of_another_extension_keeps_asdf_behaviour(asdf_config, tmp_path):
+    """Only astromix tags are refused; another package's unknown tag is asdf's business."""
+    path = tmp_path / "other.asdf"
+    path.write_text(_NEWER.format(body="o: !<asdf://example.org/tags/thing-9.0.0> {x: 1}"))
+    with pytest.warns(asdf.exceptions.AsdfConversionWarning, match="not recognized"):
+        with open_asdf(path) as af:
+            assert isinstance(af["o"], TaggedDict) and af["o"]["x"] == 1

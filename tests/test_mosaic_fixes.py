@@ -289,3 +289,75 @@ def test_compare_with_an_empirical_psf_smaller_than_size():
     with pytest.raises(InputError, match="empirical PSF"):
         compare_with_empirical_psf(model, 90, 90, emp[46:55, 46:55], 4, 0.03, r_total=0.01,
                                    radii=(0.005,))
+
+
+# -- ASDF PSF cubes: clear errors for bad files; the source table kept as written ------------
+def test_read_psf_cube_asdf_bad_files(tmp_path):
+    """A corrupt .asdf, one without psf_cube and one with a 2-D psf_cube gave a bare
+    ValueError / KeyError; now InputError naming the file."""
+    import asdf
+
+    from astromix.mosaic import read_psf_cube, write_psf_cube
+
+    path = tmp_path / "cube.asdf"
+    path.write_text("not an asdf file")
+    with pytest.raises(InputError, match="could not be read") as info:
+        read_psf_cube(path)
+    assert str(path) in str(info.value)
+    asdf.AsdfFile({"other": 1}).write_to(path)
+    with pytest.raises(InputError, match="no 'psf_cube'") as info:
+        read_psf_cube(path)
+    assert str(path) in str(info.value)
+    asdf.AsdfFile({"psf_cube": np.ones((5, 5))}).write_to(path)
+    with pytest.raises(InputError, match=r"shape \(N, dim, dim\)") as info:
+        read_psf_cube(path)
+    assert str(path) in str(info.value)
+    asdf.AsdfFile({"psf_cube": np.ones((2, 5, 5)), "sources": [1, 2]}).write_to(path)
+    with pytest.raises(InputError, match="sources must be a table"):
+        read_psf_cube(path)
+    write_psf_cube(path, np.ones((4, 9, 9)))  # a truncated real cube file
+    raw = path.read_bytes()
+    path.write_bytes(raw[:int(len(raw) * 0.8)])
+    with pytest.raises(InputError, match="could not be read"):
+        read_psf_cube(path)
+
+
+def test_psf_cube_asdf_keeps_masked_values_units_and_column_order(tmp_path):
+    """A masked table value came back as its filled number, and the columns came back
+    numeric first, then in alphabetical order; units were lost."""
+    import astropy.units as u
+    from astropy.table import Table
+
+    from astromix.mosaic import read_psf_cube, write_psf_cube
+
+    sources = Table({"y": [3.0, 4.0, 5.0], "id": [1, 2, 3],
+                     "flux": np.ma.array([1.0, 2.0, 3.0], mask=[False, True, False]),
+                     "exposures": ["a,b", "a", "b"], "x": [0.5, 1.5, 2.5] * u.pix},
+                    masked=True)
+    cube = np.random.default_rng(1).normal(size=(3, 7, 7))
+    path = tmp_path / "cube.asdf"
+    write_psf_cube(path, cube, sources, meta={"PSFDIM": 7})
+    back, table, meta = read_psf_cube(path)
+    np.testing.assert_array_equal(back, cube)
+    assert meta == {"PSFDIM": 7}
+    assert table.colnames == sources.colnames
+    assert list(np.ma.getmaskarray(table["flux"])) == [False, True, False]
+    assert table["flux"][0] == 1.0 and table["flux"][2] == 3.0
+    assert table["x"].unit == u.pix
+    assert list(table["exposures"]) == ["a,b", "a", "b"]
+    np.testing.assert_array_equal(table["id"], [1, 2, 3])
+
+
+def test_read_psf_cube_asdf_of_the_former_layout(tmp_path):
+    """Files written before the table node (a mapping of column to array) still read."""
+    import asdf
+
+    from astromix.mosaic import read_psf_cube
+
+    path = tmp_path / "old.asdf"
+    asdf.AsdfFile({"psf_cube": np.ones((2, 5, 5)), "meta": {"A": 1},
+                   "sources": {"n_exposures": np.array([2, 3]),
+                               "exposures": ["a,b", "a,b,c"]}}).write_to(path)
+    cube, table, meta = read_psf_cube(path)
+    assert cube.shape == (2, 5, 5) and meta == {"A": 1}
+    assert list(table["n_exposures"]) == [2, 3] and list(table["exposures"]) == ["a,b", "a,b,c"]

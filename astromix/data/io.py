@@ -30,8 +30,12 @@ One group per exposure, named by the exposure, at the root (or under
         meta                         str, JSON of the JSON-compatible meta entries
         wcs_type                     "fits", "gwcs" or "none"
         wcs_fits_header              str, astropy WCS as a FITS header (relax=True)
-    /<name>/data                   float32 or float64 (ny, nx)
-    /<name>/mask                   bool (ny, nx), True = bad
+    /<name>/data                   float32 or float64 (ny, nx), NaN where the data were
+                                   not finite (bad data)
+    /<name>/mask                   bool (ny, nx), True = masked by the user (the mask
+                                   given to Exposure; the pixels with bad data or
+                                   uncertainty are found again from the NaN data and
+                                   the zero inverse variance)
     /<name>/inverse_variance       float64 (ny, nx) [1 / data unit^2], absent without
                                    uncertainty; 0 where the uncertainty is invalid
     /<name>/wcs_asdf               uint8 (n,): an ASDF file {"wcs": <gwcs>}
@@ -232,6 +236,70 @@ def warn_unstored_psf(names, stacklevel=3):
                       "reading", ExposureWarning, stacklevel=stacklevel)
 
 
+def stored_pixels(exposure):
+    """The data and mask written for ``exposure``, so that reading it back gives the same masks.
+
+    Parameters
+    ----------
+    exposure : Exposure
+        The exposure being written (ASDF or HDF5).
+
+    Returns
+    -------
+    data : ndarray, shape (ny, nx)
+        :attr:`Exposure.data` (its dtype) with NaN on the pixels whose data
+        were not finite (the exposure holds 0 there); C-contiguous.
+    mask : ndarray of bool, shape (ny, nx)
+        The user's mask alone, not :attr:`Exposure.mask` (which also holds the
+        pixels with bad data or uncertainty).
+
+    Notes
+    -----
+    The Exposure constructor finds the bad-data pixels again from the NaN and
+    the bad-uncertainty pixels from the zero inverse variance, so the
+    exposure read back keeps them masked even when its mask is replaced.
+    Writing the full mask and 0 turned them into valid pixels of value 0 as
+    soon as the mask was replaced.
+    """
+    data = exposure.data
+    bad = exposure._bad_data
+    if bad.any():
+        data = np.where(bad, np.array(np.nan, dtype=data.dtype), data)
+    return np.ascontiguousarray(data), np.ascontiguousarray(exposure._user_mask, dtype=bool)
+
+
+#: The Exposure constructor's warnings about the pixels it masks for bad data or uncertainty;
+#: they were given when the exposure was first built, not again when a file is read.
+_MASKING_WARNING = (r".*pixel\(s\) with (non-finite data|zero, negative or non-finite "
+                    r"uncertainty)")
+
+
+def exposure_from_file(**kwargs):
+    """``Exposure(**kwargs)`` for a stored exposure, without re-warning about masked pixels.
+
+    Parameters
+    ----------
+    **kwargs
+        The :class:`Exposure` arguments (``data`` included).
+
+    Returns
+    -------
+    Exposure
+        The pixels with non-finite data (stored as NaN, see
+        :func:`stored_pixels`) or a zero inverse variance are masked as usual;
+        only the constructor's `ExposureWarning` about them is not given again
+        (it was given when the exposure was first built).
+
+    Raises
+    ------
+    InputError
+        As the Exposure constructor.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_MASKING_WARNING, category=ExposureWarning)
+        return Exposure(**kwargs)
+
+
 # -- public API -----------------------------------------------------------------------------------
 
 def write_exposures(path, exposures, *, overwrite=False, group=None):
@@ -284,10 +352,13 @@ def write_exposures(path, exposures, *, overwrite=False, group=None):
 
     Notes
     -----
-    Stored per exposure: data (float32 or float64, as held), the inverse
-    variance (float64, 1 / data unit^2; the uncertainty is read back as an
-    :class:`~astropy.nddata.InverseVariance`), the mask, the WCS (an astropy
-    WCS as its FITS header with ``relax=True``, so SIP and TPV survive; a gwcs
+    Stored per exposure: data (float32 or float64, as held; NaN on the
+    pixels whose data were not finite), the inverse variance (float64, 1 /
+    data unit^2, 0 where the uncertainty is unusable; the uncertainty is read
+    back as an :class:`~astropy.nddata.InverseVariance`), the user's mask
+    (so the exposure read back masks the same pixels, and keeps the pixels
+    with bad data or uncertainty masked when its mask is replaced), the WCS
+    (an astropy WCS as its FITS header with ``relax=True``, so SIP and TPV survive; a gwcs
     as ASDF), a :class:`~astromix.GaussianMixturePSF` (exactly: parameters,
     fixed flags and own accuracy settings), band, exposure time, zero point,
     name, unit, ``psf_origin`` and the JSON-compatible ``meta`` entries.  The
@@ -447,13 +518,16 @@ def _h5_payload(exp):
              "meta": json.dumps(json_meta(exp.meta))}
     for key in ("name", "band"):
         if getattr(exp, key) is not None:
-            attrs[key] = getattr(exp, key)
+            # str(): a numpy.str_ (e.g. a name taken from a Table row) is a str that h5py
+            # cannot store as an attribute (dtype <U)
+            attrs[key] = str(getattr(exp, key))
     for key in ("exptime", "zeropoint"):
         if getattr(exp, key) is not None:
             attrs[key] = np.float64(getattr(exp, key))
     if exp.unit is not None:
         attrs["unit"] = exp.unit.to_string()  # "" for dimensionless
-    datasets = {"data": exp.data, "mask": np.asarray(exp.mask, dtype=bool)}
+    data, mask = stored_pixels(exp)
+    datasets = {"data": data, "mask": mask}
     ivar = exp.inverse_variance()
     if ivar is not None:
         datasets["inverse_variance"] = ivar
@@ -496,7 +570,7 @@ def _psf_payload(psf):
         param = getattr(psf, name)
         values.append(float(np.squeeze(param.value)))
         units.append(param.unit.to_string() if param.unit is not None else "")
-    attrs = {"param_units": np.array(units, dtype=object), "model_name": psf.name or ""}
+    attrs = {"param_units": np.array(units, dtype=object), "model_name": str(psf.name or "")}
     settings = getattr(psf, "_settings", None)
     if settings is not None:
         for key in _SETTINGS_KEYS:
@@ -594,11 +668,11 @@ def _exposure_from_group(grp):
     unit = _attr(grp, "unit")
     meta = json.loads(_attr(grp, "meta", "{}"))
     origin = grp.attrs.get("psf_origin", (0.0, 0.0))
-    return Exposure(data, uncertainty=unc, mask=mask, wcs=wcs, psf=psf,
-                    band=_attr(grp, "band"), exptime=_attr(grp, "exptime"),
-                    zeropoint=_attr(grp, "zeropoint"), name=_attr(grp, "name"), meta=meta,
-                    unit=u.Unit(unit) if unit is not None else None,
-                    psf_origin=tuple(float(v) for v in origin))
+    return exposure_from_file(data=data, uncertainty=unc, mask=mask, wcs=wcs, psf=psf,
+                              band=_attr(grp, "band"), exptime=_attr(grp, "exptime"),
+                              zeropoint=_attr(grp, "zeropoint"), name=_attr(grp, "name"),
+                              meta=meta, unit=u.Unit(unit) if unit is not None else None,
+                              psf_origin=tuple(float(v) for v in origin))
 
 
 def _gwcs_from_bytes(raw):

@@ -1037,7 +1037,9 @@ def write_psf_cube(path, cube, sources=None, *, meta=None, overwrite=True):
 
     The format follows the file name: ``.fits`` / ``.fits.gz`` (primary HDU:
     the cube in float64; extension ``SOURCES``: the table), ``.asdf`` (tree ``psf_cube``,
-    ``sources``, ``meta``) or ``.npy`` (the cube alone, YOUNG's format).
+    ``sources``, ``meta``; the table is an astropy table node written by
+    asdf-astropy, so its column order, units and masked values are kept) or
+    ``.npy`` (the cube alone, YOUNG's format).
 
     Parameters
     ----------
@@ -1094,10 +1096,9 @@ def write_psf_cube(path, cube, sources=None, *, meta=None, overwrite=True):
 
         tree = {"psf_cube": cube, "meta": meta}
         if sources is not None:
-            tree["sources"] = {c: np.asarray(sources[c]) for c in sources.colnames
-                               if sources[c].dtype.kind != "U"}
-            tree["sources"].update({c: [str(v) for v in sources[c]] for c in sources.colnames
-                                    if sources[c].dtype.kind == "U"})
+            # a table node (asdf-astropy): column order, units and masks survive; the
+            # former mapping of column name to array lost all three
+            tree["sources"] = sources
         with atomic_path(path) as tmp:
             asdf.AsdfFile(tree).write_to(tmp)
     elif low.endswith(".npy"):
@@ -1106,6 +1107,47 @@ def write_psf_cube(path, cube, sources=None, *, meta=None, overwrite=True):
     else:
         raise InputError(f"unknown PSF cube format for {path!r}: use .fits, .fits.gz, .asdf "
                          "or .npy")
+
+
+def _read_psf_cube_asdf(path):
+    """(cube, sources, meta) of an ASDF PSF cube; InputError naming the file if it is bad."""
+    from collections.abc import Mapping
+
+    from astropy.table import Table
+
+    from ..io.asdf import open_asdf
+
+    # every block read on opening: a truncated file is an InputError of open_asdf
+    with open_asdf(path, memmap=False, lazy_load=False) as af:
+        tree = af.tree
+        if "psf_cube" not in tree:
+            raise InputError(f"{path}: the ASDF tree has no 'psf_cube' (not a PSF cube "
+                             "written by write_psf_cube)")
+        try:
+            cube = np.array(tree["psf_cube"], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path}: psf_cube is not an array of numbers: {exc}") from None
+        if cube.ndim != 3 or cube.shape[1] != cube.shape[2]:
+            raise InputError(f"{path}: psf_cube must have shape (N, dim, dim), got "
+                             f"{cube.shape}")
+        meta = tree.get("meta", {})
+        if not isinstance(meta, Mapping):
+            raise InputError(f"{path}: meta must be a mapping, got {type(meta).__name__}")
+        meta = dict(meta)
+        src = tree.get("sources")
+        if src is None or isinstance(src, Table):
+            sources = None if src is None else Table(src, copy=True)
+        elif isinstance(src, Mapping):  # files written by astromix before the table node
+            try:
+                sources = Table({k: np.array(v) for k, v in src.items()}) if src else None
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"{path}: sources is not a table: {exc}") from None
+        else:
+            raise InputError(f"{path}: sources must be a table, got {type(src).__name__}")
+        if sources is not None and len(sources) != cube.shape[0]:
+            raise InputError(f"{path}: the source table has {len(sources)} rows for "
+                             f"{cube.shape[0]} PSFs")
+    return cube, sources, meta
 
 
 def read_psf_cube(path):
@@ -1133,7 +1175,16 @@ def read_psf_cube(path):
     Raises
     ------
     InputError
-        If the file is missing or not one of the formats.
+        If the file is missing or not one of the formats, or an ASDF file is
+        not a readable ASDF file (e.g. truncated), has no ``psf_cube`` of
+        shape (N, dim, dim), or a ``sources`` or ``meta`` of the wrong type;
+        the message names the file.
+
+    Notes
+    -----
+    ASDF files written before the source table was stored as a table node
+    (a mapping of column name to array) are still read; their numeric
+    columns come first.
     """
     from astropy.table import Table
 
@@ -1151,14 +1202,7 @@ def read_psf_cube(path):
             sources = Table(hdul["SOURCES"].data) if "SOURCES" in hdul else None
         return cube, sources, meta
     if low.endswith(".asdf"):
-        import asdf
-
-        with asdf.open(path, memmap=False) as af:
-            cube = np.array(af["psf_cube"], dtype=np.float64)
-            meta = dict(af.tree.get("meta", {}))
-            src = af.tree.get("sources")
-            sources = Table({k: np.array(v) for k, v in src.items()}) if src else None
-        return cube, sources, meta
+        return _read_psf_cube_asdf(path)
     if low.endswith(".npy"):
         return np.load(path), None, {}
     raise InputError(f"unknown PSF cube format for {path!r}")

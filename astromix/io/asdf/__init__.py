@@ -45,6 +45,8 @@ Tagged types
 """
 
 import os
+import re
+import warnings
 
 from .extension import (
     EXTENSION_URI,
@@ -53,6 +55,7 @@ from .extension import (
     TAG_URI_PREFIX,
     get_extensions,
     get_resource_mappings,
+    supported_tags,
 )
 
 __all__ = ["open_asdf", "get_extensions", "get_resource_mappings", "EXTENSION_URI",
@@ -87,11 +90,24 @@ def open_asdf(fd, *, validate=True, **kwargs):
     Raises
     ------
     astromix.InputError
-        If the file is not a readable ASDF file, does not follow its schemas,
-        or holds an astromix object that fails its constructor's checks (the
-        message names the file and the tag).
+        If the file is not a readable ASDF file (including a truncated or
+        damaged one: a bad YAML tree, block header or block), does not follow
+        its schemas, holds an astromix object that fails its constructor's
+        checks (the message names the file and the tag), or holds an astromix
+        tag this astromix does not support, e.g. a newer version written by a
+        newer astromix (the message names the file, the tag and the supported
+        version).
     OSError
         If the file cannot be opened (e.g. it does not exist).
+
+    Notes
+    -----
+    asdf itself reads an unsupported tag as a raw ``TaggedDict`` with only an
+    ``AsdfConversionWarning``; for the tags under
+    ``asdf://astromix.org/astromix/tags/`` that warning is turned into the
+    InputError above, so that an object this astromix cannot read is never
+    handed on as a plain mapping.  Tags of other extensions keep asdf's
+    behaviour.
 
     Examples
     --------
@@ -99,23 +115,78 @@ def open_asdf(fd, *, validate=True, **kwargs):
     >>> with open_asdf("psf.asdf") as af:  # doctest: +SKIP
     ...     psf = af["psf"]
     """
+    import struct
+
     import asdf
     import yaml
+    from asdf.exceptions import AsdfConversionWarning
 
     from ...errors import InputError
 
     if "lazy_tree" in kwargs:
         raise TypeError("open_asdf converts the whole tree on opening; lazy_tree is not accepted")
     name = os.fspath(fd) if isinstance(fd, (str, os.PathLike)) else repr(fd)
-    with asdf.config_context() as config:
+    with asdf.config_context() as config, warnings.catch_warnings():
         config.warn_on_failed_conversion = False
         config.validate_on_read = bool(validate)
+        # asdf only warns about a tag no extension supports; make it an error for ours
+        warnings.filterwarnings("error", message=_UNKNOWN_TAG_MESSAGE,
+                                category=AsdfConversionWarning)
         try:
-            return asdf.open(fd, lazy_tree=False, **kwargs)
+            af = asdf.open(fd, lazy_tree=False, **kwargs)
         except InputError:
             raise
+        except AsdfConversionWarning as exc:
+            raise _unsupported_tag_error(name, str(exc)) from None
         except asdf.ValidationError as exc:
             raise InputError(f"ASDF file {name!r} does not follow its schemas: {exc.message}"
                              ) from exc
-        except (ValueError, yaml.YAMLError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, EOFError, struct.error,
+                yaml.YAMLError) as exc:
+            # a damaged or truncated file: the YAML tree, a block header (struct.error)
+            # or a block (TypeError from asdf's ndarray converter) cannot be read
             raise InputError(f"ASDF file {name!r} could not be read: {exc}") from exc
+    tag = _first_unsupported_tag(af.tree)  # in case asdf words its warning otherwise
+    if tag is not None:
+        af.close()
+        raise _unsupported_tag_error(name, tag)
+    return af
+
+
+#: asdf's warning about a tag no installed extension supports, for an astromix tag.
+_UNKNOWN_TAG_MESSAGE = re.escape(TAG_URI_PREFIX) + r"\S* is not recognized"
+
+
+def _first_unsupported_tag(tree):
+    """The first astromix tag left unconverted (a raw asdf ``Tagged`` node) in ``tree``."""
+    from asdf.tagged import Tagged
+
+    stack, seen = [tree], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:  # YAML anchors can make a node appear twice, or a cycle
+            continue
+        seen.add(id(node))
+        tag = getattr(node, "_tag", None) if isinstance(node, Tagged) else None
+        if isinstance(tag, str) and tag.startswith(TAG_URI_PREFIX):
+            return tag
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+    return None
+
+
+def _unsupported_tag_error(name, text):
+    """InputError naming the file, the astromix tag found in ``text`` and the supported one."""
+    from ...errors import InputError
+
+    match = re.search(re.escape(TAG_URI_PREFIX) + r"[^\s,]+", text)
+    tag = match.group(0) if match else text
+    family = tag[len(TAG_URI_PREFIX):].rsplit("-", 1)[0]
+    supported = [t for t in supported_tags() if t[len(TAG_URI_PREFIX):].rsplit("-", 1)[0]
+                 == family]
+    known = (f"this astromix reads {', '.join(supported)}" if supported
+             else "this astromix has no such tag")
+    return InputError(f"ASDF file {name!r}: tag {tag!r} is not supported ({known}); the file "
+                      "was probably written by a newer astromix")

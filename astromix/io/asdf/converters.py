@@ -57,7 +57,7 @@ parameters are all listed by name and whose PSF is a nested GaussianMixture.
 """
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -428,8 +428,10 @@ class GaussianMixturePSFConverter(TransformConverterBase):
         astromix.InputError
             If the node lacks a property, its mixture is not a valid
             GaussianMixture, ``component_fixed`` does not have one row of six
-            flags per component, the settings are invalid, or the constructor
-            refuses the values; the message names the file and the tag.
+            flags per component, the settings are invalid, the constructor
+            refuses the values, or ``bounds`` / ``fixed`` are not mappings of
+            parameter name to ``[lo, hi]`` / boolean or name an unknown
+            parameter; the message names the file and the tag.
         """
         from ...errors import InputError
         from ...mixtures import GaussianMixture
@@ -487,19 +489,46 @@ CONVERTERS.append(GaussianMixturePSFConverter())
 # -- SersicMixture and PointSource ----------------------------------------------------------------
 
 def _check_bounds_names(node, model, where):
-    """InputError if the node's ``bounds`` names a parameter the model does not have.
+    """InputError unless the node's ``bounds`` and ``fixed`` are usable by ``model``.
 
-    asdf-astropy's base converter sets the bounds after the hook returns and
-    would fail there with a bare AttributeError.
+    ``bounds`` must be a mapping of parameter name to ``[lo, hi]`` (each a
+    number, a Quantity or None) and ``fixed`` a mapping of parameter name to a
+    boolean, and every name must be a parameter of ``model``.  asdf-astropy's
+    base converter consumes both after the hook returns, unchecked, and would
+    fail there with a bare AttributeError or TypeError (the schema does not
+    catch an unknown name, and ``open_asdf(validate=False)`` nothing at all).
     """
     from ...errors import InputError
 
-    bounds = node.get("bounds")
-    if isinstance(bounds, Mapping):
-        unknown = sorted(set(map(str, bounds)) - set(model.param_names))
+    for key in ("bounds", "fixed"):
+        if key not in node:
+            continue
+        value = node[key]
+        if not isinstance(value, Mapping):
+            raise InputError(f"{where}: {key} must be a mapping of parameter name to "
+                             f"{'[lo, hi]' if key == 'bounds' else 'a boolean'}, "
+                             f"got {type(value).__name__}")
+        unknown = sorted(map(str, set(value) - set(model.param_names)))
         if unknown:
-            raise InputError(f"{where}: bounds of unknown parameters {unknown}; the model's "
+            raise InputError(f"{where}: {key} of unknown parameters {unknown}; the model's "
                              f"parameters are {list(model.param_names)}")
+        for name, item in value.items():
+            if key == "fixed":
+                if not isinstance(item, (bool, np.bool_)):
+                    raise InputError(f"{where}: fixed[{name!r}] must be a boolean, got "
+                                     f"{type(item).__name__}")
+            elif (isinstance(item, (str, bytes, Mapping))
+                  or not isinstance(item, Sequence | np.ndarray) or len(item) != 2
+                  or not all(side is None or _is_bound(side) for side in item)):
+                raise InputError(f"{where}: bounds[{name!r}] must be [lo, hi] (numbers or "
+                                 f"null), got {item!r}")
+
+
+def _is_bound(value):
+    """Whether ``value`` can be one side of a parameter's bounds: a real number or Quantity."""
+    number = getattr(value, "value", value)
+    return (not isinstance(number, (bool, np.bool_))
+            and isinstance(number, (int, float, np.integer, np.floating)))
 
 
 def _check_parameter_values(model, where):
@@ -619,8 +648,10 @@ class _SourceConverterBase(TransformConverterBase):
             PointSource), its PSF is not a valid GaussianMixture, a parameter
             or fixed flag has the wrong type, a parameter is not finite (or a
             SersicMixture has ``r_eff <= 0`` or ``ellip`` outside [0, 1)), the
-            settings are invalid, or the constructor refuses the values; the
-            message names the file and the tag.
+            settings are invalid, the constructor refuses the values, or
+            ``bounds`` / ``fixed`` are not mappings of parameter name to
+            ``[lo, hi]`` / boolean or name an unknown parameter; the message
+            names the file and the tag.
         """
         from ...errors import InputError
         from ...mixtures import GaussianMixture
@@ -747,10 +778,14 @@ class ExposureConverter(Converter):
     holds
 
     * ``data``: the image (ny, nx), float32 or float64 ndarray, data units;
+      NaN on the pixels whose data were not finite;
     * ``inverse_variance`` (optional): float64 (ny, nx), 1 / (data unit)^2,
       0 where the uncertainty is unusable; read back as an
       :class:`~astropy.nddata.InverseVariance`;
-    * ``mask``: bool (ny, nx), true = bad pixel;
+    * ``mask``: bool (ny, nx), true = masked by the user (the mask given to
+      the Exposure; the pixels with bad data or uncertainty are found again
+      from the NaN data and the zero inverse variance, so that they stay
+      masked when the mask of the exposure read back is replaced);
     * ``wcs`` (a gwcs, stored natively through gwcs's own converter) or
       ``fits_wcs`` (an astropy WCS as a FITS header string, one card per line,
       written with relax=True and 17 significant digits: SIP and TPV
@@ -806,6 +841,7 @@ class ExposureConverter(Converter):
             fits_wcs_header,
             json_meta,
             storable_psf,
+            stored_pixels,
             warn_unstored_psf,
         )
 
@@ -814,11 +850,11 @@ class ExposureConverter(Converter):
             value = getattr(obj, key)
             if value is not None:
                 node[key] = value
-        node["data"] = np.ascontiguousarray(obj.data)
+        node["data"], mask = stored_pixels(obj)
         ivar = obj.inverse_variance()
         if ivar is not None:
             node["inverse_variance"] = ivar
-        node["mask"] = np.ascontiguousarray(obj.mask, dtype=bool)
+        node["mask"] = mask
         wcs = obj.wcs
         if wcs is not None:
             if _is_astropy_wcs(wcs):
@@ -862,23 +898,25 @@ class ExposureConverter(Converter):
         astromix.data.Exposure
             A new exposure owning in-memory copies of the data, inverse
             variance (as an :class:`~astropy.nddata.InverseVariance`
-            uncertainty) and mask; an astropy WCS rebuilt from ``fits_wcs``;
-            ``psf_origin`` (0, 0) when absent.
+            uncertainty) and mask; the pixels with NaN data or zero inverse
+            variance are masked as bad data or uncertainty, as when the
+            exposure was built (without the constructor's warning about
+            them); an astropy WCS rebuilt from ``fits_wcs``; ``psf_origin``
+            (0, 0) when absent.
 
         Raises
         ------
         astromix.InputError
             If the node is not a mapping, lacks ``data``, has unknown
             properties or both ``wcs`` and ``fits_wcs``, holds arrays of the
-            wrong type, a WCS or PSF that cannot be used, or fails the checks
-            of the Exposure constructor; the message names the file and the
-            tag.
+            wrong type, a WCS or PSF that cannot be used, a ``meta`` that is
+            not a mapping, or fails the checks of the Exposure constructor;
+            the message names the file and the tag.
         """
         from astropy import units as u
         from astropy.nddata import InverseVariance
 
-        from ...data.exposure import Exposure
-        from ...data.io import wcs_from_fits_header
+        from ...data.io import exposure_from_file, wcs_from_fits_header
         from ...errors import InputError
         from ...models.psf import GaussianMixturePSF
 
@@ -913,12 +951,14 @@ class ExposureConverter(Converter):
                 raise InputError(f"unit must be a unit node, got {type(unit).__name__}")
             ivar = arrays.get("inverse_variance")
             meta = node.get("meta")
-            return Exposure(arrays["data"],
-                            uncertainty=None if ivar is None else InverseVariance(ivar),
-                            mask=arrays.get("mask"), wcs=wcs, psf=psf, band=node.get("band"),
-                            exptime=node.get("exptime"), zeropoint=node.get("zeropoint"),
-                            name=node.get("name"), meta=dict(meta) if meta else None,
-                            unit=unit, psf_origin=node.get("psf_origin", (0.0, 0.0)))
+            if meta is not None and not isinstance(meta, Mapping):
+                raise InputError(f"meta must be a mapping, got {type(meta).__name__}")
+            return exposure_from_file(
+                data=arrays["data"], uncertainty=None if ivar is None else InverseVariance(ivar),
+                mask=arrays.get("mask"), wcs=wcs, psf=psf, band=node.get("band"),
+                exptime=node.get("exptime"), zeropoint=node.get("zeropoint"),
+                name=node.get("name"), meta=dict(meta) if meta else None,
+                unit=unit, psf_origin=node.get("psf_origin", (0.0, 0.0)))
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from exc
 
@@ -1241,9 +1281,10 @@ class MoffatStarConverter(_SourceConverterBase):
         ------
         astromix.InputError
             If the node is not a mapping, lacks a parameter, a parameter, a
-            fixed flag or the quadrature order has the wrong type, or the
-            values make no valid MoffatStar; the message names the file and
-            the tag.
+            fixed flag or the quadrature order has the wrong type, the
+            values make no valid MoffatStar, or ``bounds`` / ``fixed`` are
+            not mappings of parameter name to ``[lo, hi]`` / boolean or name
+            an unknown parameter; the message names the file and the tag.
         """
         from ...errors import InputError
 

@@ -13,8 +13,8 @@ that uses asdf, so this module imports nothing heavy at import time.
 
 import importlib.resources
 
-__all__ = ["get_extensions", "get_resource_mappings", "EXTENSION_URI", "MANIFEST_URI",
-           "SCHEMA_URI_PREFIX", "TAG_URI_PREFIX", "MANIFEST_URI_PREFIX"]
+__all__ = ["get_extensions", "get_resource_mappings", "supported_tags", "EXTENSION_URI",
+           "MANIFEST_URI", "SCHEMA_URI_PREFIX", "TAG_URI_PREFIX", "MANIFEST_URI_PREFIX"]
 
 #: URI prefix of the astromix manifests (one per extension version).
 MANIFEST_URI_PREFIX = "asdf://astromix.org/astromix/manifests/"
@@ -69,6 +69,20 @@ def _load_manifest(name):
 
     text = (_resources() / "manifests" / f"{name}.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
+
+
+def supported_tags():
+    """The tag URIs this astromix reads, from its packaged manifests.
+
+    Returns
+    -------
+    list of str
+        Every ``tag_uri`` of every manifest version, oldest manifest first,
+        e.g. ``"asdf://astromix.org/astromix/tags/exposure-1.0.0"``.  Read
+        from the package files; nothing else is imported.
+    """
+    return [entry["tag_uri"] for name in _MANIFESTS
+            for entry in _load_manifest(name).get("tags", [])]
 
 
 def get_extensions():
