@@ -152,3 +152,181 @@ def test_normal_equations(layout):
     np.testing.assert_array_equal(a, a.T)
     np.testing.assert_allclose(g, np.einsum("im,m->i", at, r), rtol=1e-12,
                                atol=1e-13 * np.abs(at).max() * np.abs(r).max() * 64)
+
+
+# -- angles, units, tied parameters, col_fit_deriv=False parts, validation, uncertainties --
+def sersic_stamp():
+    from astromix import SersicMixture
+
+    y, x = np.mgrid[:40, :40]
+    psf = psf_model()
+    truth = SersicMixture(800.0, 19.4, 20.2, 4.0, 2.2, 0.35, 0.6, psf=psf)
+    data = truth(x, y) + np.random.default_rng(7).normal(0, 0.3, x.shape)
+    return x, y, data, psf
+
+
+@pytest.mark.parametrize("layout", ["grid", "flat"])
+def test_theta_in_degrees_is_fitted_as_an_angle(layout):
+    """theta given in degrees: the same fit as in radians, the injected angle, the unit kept."""
+    from astropy import units as u
+
+    from astromix import SersicMixture
+
+    x, y, data, psf = sersic_stamp()
+    if layout == "flat":                   # the per-point route (analytic fit_deriv)
+        x, y, data = x.ravel(), y.ravel(), data.ravel()
+    fits = {}
+    for label, theta in (("rad", np.radians(20.0)), ("deg", 20.0 * u.deg)):
+        start = SersicMixture(600.0, 19.0, 20.0, 3.0, 1.5, 0.2, theta, psf=psf)
+        fits[label] = MixtureLSQFitter()(start, x, y, data, weights=1 / 0.3)
+    rad, deg = fits["rad"], fits["deg"]
+    assert deg.fit_info["jacobian"] == ("backend kernel" if layout == "grid" else "analytic")
+    assert deg.theta.unit == u.deg
+    std = deg.fit_info["param_std"]["theta"]            # in radians, the unit of the fit
+    assert abs(deg.theta.quantity.to_value(u.rad) - 0.6) < 4 * std
+    assert deg.theta.quantity.to_value(u.rad) == pytest.approx(rad.theta.value, abs=1e-6)
+    assert deg.fit_info["chi2"] == pytest.approx(rad.fit_info["chi2"], rel=1e-9)
+
+
+def test_moffat_theta_in_degrees():
+    from astropy import units as u
+
+    from astromix.models.moffat import MoffatStar
+
+    y, x = np.mgrid[:40, :40]
+    truth = MoffatStar(900.0, 19.6, 20.1, 6.0, 3.2, 0.3, 0.6)
+    data = truth(x, y) + np.random.default_rng(8).normal(0, 0.3, x.shape)
+    start = MoffatStar(700.0, 19.5, 20.0, 5.0, 3.0, 0.2, 20.0 * u.deg)
+    start.ellip.fixed = start.theta.fixed = False
+    fit = MixtureLSQFitter()(start, x, y, data, weights=1 / 0.3)
+    assert fit.theta.unit == u.deg
+    std = fit.fit_info["param_std"]["theta"]
+    assert abs(fit.theta.quantity.to_value(u.rad) - 0.6) < 4 * std
+    assert std < 0.02
+
+
+def test_data_units_are_converted():
+    """Data in mJy, a model in Jy: the flux of the injected star, as astropy's fitter gives."""
+    from astropy import units as u
+
+    y, x = np.mgrid[:SHAPE[0], :SHAPE[1]]
+    rng = np.random.default_rng(5)
+    data = (psf_model(flux=300.0, x_0=15.3, y_0=14.7)(x, y)
+            + rng.normal(0, 0.5, SHAPE)) * u.mJy                    # a 300 mJy star
+    start = psf_model(flux=0.25 * u.Jy, x_0=15.0, y_0=15.0)
+    fit = MixtureLSQFitter()(start, x, y, data, weights=2.0 / u.mJy)
+    std = fit.fit_info["param_std"]["flux"]                          # in the data's unit
+    assert fit.flux.unit == u.mJy
+    assert abs(fit.flux.quantity.to_value(u.Jy) - 0.3) < 4 * std / 1000
+    ref = fitting.TRFLSQFitter()(start, x, y, data, weights=2.0)
+    assert ref.flux.unit == u.mJy
+    assert fit.flux.value == pytest.approx(ref.flux.value, rel=1e-6)
+    # a model without units takes the data's
+    bare = MixtureLSQFitter()(psf_model(flux=250.0, x_0=15.0, y_0=15.0), x, y, data)
+    assert bare.flux.unit == u.mJy and bare.flux.value == pytest.approx(fit.flux.value, rel=1e-6)
+    # bounds given in the model's unit (Jy) apply to the flux, converted with it
+    bounded = start.copy()
+    bounded.flux.bounds = (0.0, 0.5)
+    fit = MixtureLSQFitter()(bounded, x, y, data, weights=2.0)
+    assert fit.flux.bounds == pytest.approx((0.0, 500.0))
+    assert fit.flux.value == pytest.approx(ref.flux.value, rel=1e-6)
+    with pytest.raises(InputError, match="units"):
+        MixtureLSQFitter()(psf_model(flux=0.25 * u.m), x, y, data)
+
+
+def test_tied_flux_is_chained_into_the_jacobian():
+    """flux_1 tied to flux_0: the least-squares common flux (linear, solved directly)."""
+    y, x = np.mgrid[:40, :48]
+    sigma = 0.5
+    rng = np.random.default_rng(0)
+    data = (psf_model(flux=200.0, x_0=15.3, y_0=16.7) + psf_model(flux=400.0, x_0=30.2, y_0=21.4))(
+        x, y) + rng.normal(0, sigma, x.shape)
+    model = psf_model(flux=150.0, x_0=15.3, y_0=16.7) + psf_model(flux=150.0, x_0=30.2, y_0=21.4)
+    model.flux_1.tied = lambda m: m.flux_0
+    for name in ("x_0_0", "y_0_0", "x_0_1", "y_0_1"):
+        getattr(model, name).fixed = True
+    fit = MixtureLSQFitter()(model, x, y, data, weights=1 / sigma)
+    # the model is flux_0 * (P0 + P1): the weighted linear least squares solution
+    unit = (psf_model(flux=1.0, x_0=15.3, y_0=16.7) + psf_model(flux=1.0, x_0=30.2, y_0=21.4))(
+        x, y)
+    best = float(np.sum(unit * data) / np.sum(unit * unit))
+    assert fit.fit_info["success"] and fit.fit_info["jacobian"] == "analytic"
+    assert fit.flux_0.value == pytest.approx(best, rel=1e-6)
+    assert fit.flux_1.value == fit.flux_0.value
+    # and its error: sigma / sqrt(sum unit^2)
+    assert fit.fit_info["param_std"]["flux_0"] == pytest.approx(
+        sigma / np.sqrt(np.sum(unit * unit)), rel=1e-4)
+    # positions free too: the chi2 is no worse than at the linear optimum with the true positions
+    for name in ("x_0_0", "y_0_0", "x_0_1", "y_0_1"):
+        getattr(model, name).fixed = False
+    free = MixtureLSQFitter()(model, x, y, data, weights=1 / sigma)
+    chi2_best = float(np.sum(((best * unit - data) / sigma) ** 2))
+    assert free.fit_info["chi2"] <= chi2_best
+    assert free.flux_0.value == pytest.approx(best, rel=0.01)
+
+
+def test_polynomial_background_on_an_image_grid():
+    """A col_fit_deriv=False part (Polynomial2D) on a 2-D grid: astropy's fit."""
+    y, x = np.mgrid[:24, :24]
+    rng = np.random.default_rng(1)
+    data = (psf_model(flux=300.0, x_0=11.3, y_0=12.4)(x, y) + 0.05 * x - 0.02 * y + 1
+            + rng.normal(0, 0.5, x.shape))
+    model = psf_model(flux=200.0, x_0=11.0, y_0=12.0) + models.Polynomial2D(1)
+    ref = fitting.TRFLSQFitter()(model, x, y, data, weights=2.0)
+    fit = MixtureLSQFitter()(model, x, y, data, weights=2.0)
+    assert fit.fit_info["jacobian"] == "analytic"
+    np.testing.assert_allclose(fit.parameters, ref.parameters, rtol=1e-5, atol=1e-6)
+    assert fit.c1_0_1.value == pytest.approx(0.05, abs=4 * fit.fit_info["param_std"]["c1_0_1"])
+
+
+@pytest.mark.parametrize("case, match", [
+    ("eqcons", "eqcons"),
+    ("two outputs", "1 output|outputs"),
+    ("one input", "1 inputs"),
+    ("four inputs", "4 inputs"),
+    ("model set", "model set"),
+    ("not a model", "astropy model"),
+    ("weights shape", "weights of shape"),
+])
+def test_bad_models_and_weights_are_refused(case, match):
+    y, x = np.mgrid[:16, :16]
+    data = psf_model(flux=100.0, x_0=5.3, y_0=6.2)(x, y)
+    model, weights = psf_model(flux=80.0, x_0=5.0, y_0=6.0), None
+    if case == "eqcons":
+        model = models.Const2D(1.0, eqcons=[lambda p, *a: p[0] - 1.0])
+    elif case == "two outputs":
+        model = models.Gaussian1D(1, 5, 2) & models.Gaussian1D(1, 6, 2)
+    elif case == "one input":
+        model = models.Gaussian1D()
+    elif case == "four inputs":
+        model = model & model
+    elif case == "model set":
+        model = models.Const2D([1.0, 2.0], n_models=2)
+    elif case == "not a model":
+        model = "psf"
+    else:
+        weights = np.ones(5)
+    with pytest.raises(InputError, match=match):
+        MixtureLSQFitter()(model, x, y, data, weights=weights)
+
+
+@pytest.mark.parametrize("route", ["backend kernel", "analytic", "partial"])
+def test_cov_matrix_and_stds_match_astropy(route):
+    """calc_uncertainties sets cov_matrix and stds on the model: astropy's TRF values."""
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[:24, :24]
+    data = psf_model(flux=300.0, x_0=11.3, y_0=12.4)(x, y) + rng.normal(0, 0.5, x.shape)
+    model = psf_model(flux=200.0, x_0=11.0, y_0=12.0)
+    weights = np.full(x.shape, 2.0)
+    if route == "analytic":
+        weights[0, 0] = 0.0                # a masked pixel: the per-point route
+    elif route == "partial":
+        model = model + models.Const2D(0.0)
+    fit = MixtureLSQFitter()(model, x, y, data, weights=weights)
+    ref = fitting.TRFLSQFitter(calc_uncertainties=True)(model, x, y, data, weights=weights)
+    assert fit.fit_info["jacobian"] == route
+    assert fit.stds.param_names == ref.stds.param_names
+    np.testing.assert_allclose(fit.stds.stds, ref.stds.stds, rtol=1e-4)
+    np.testing.assert_allclose(fit.cov_matrix.cov_matrix, ref.cov_matrix.cov_matrix, rtol=1e-4,
+                               atol=1e-4 * np.max(np.abs(ref.cov_matrix.cov_matrix)))
+    np.testing.assert_allclose(fit.stds.stds, list(fit.fit_info["param_std"].values()))

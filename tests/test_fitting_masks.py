@@ -67,5 +67,32 @@ def test_masked_pixels_may_hold_nan_and_bad_weights_are_refused():
         w2[0, 0] = value
         with pytest.raises(InputError, match="finite and >= 0"):
             fit_gaussian_mixture(img, 2, weight=w2)
-    with pytest.raises(InputError, match="no positive flux"):
+    # every pixel masked: too few pixels for the 12 parameters (checked before the flux)
+    with pytest.raises(InputError, match="0 unmasked pixel"):
         fit_gaussian_mixture(img, 2, weight=np.zeros(SHAPE))
+    with pytest.raises(InputError, match="no positive flux"):
+        fit_gaussian_mixture(-img, 2)
+
+
+def test_lsq_fitter_refuses_a_fully_masked_image():
+    """MixtureLSQFitter: no pixel of non-zero weight (or fewer than the free parameters) is no
+    fit, not the start values returned with success=True."""
+    from astromix import GaussianMixturePSF
+    from astromix.fitting import MixtureLSQFitter
+
+    psf = GaussianMixturePSF(GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 2.0]),
+                             flux=100.0, x_0=15.2, y_0=14.8)
+    y, x = np.mgrid[:SHAPE[0], :SHAPE[1]]
+    img = psf(x, y)
+    with pytest.raises(InputError, match="no data to fit: 0 point"):
+        MixtureLSQFitter()(psf, x, y, img, weights=np.zeros(SHAPE))
+    w = np.zeros(SHAPE)
+    w[15, 15] = w[15, 16] = 1.0            # 2 pixels for 3 free parameters
+    with pytest.raises(InputError, match="2 point.*3 free"):
+        MixtureLSQFitter()(psf, x, y, img, weights=w)
+    w[14:17, 14:17] = 1.0                  # 9 pixels: the injected source
+    start = psf.copy()
+    start.flux, start.x_0, start.y_0 = 80.0, 15.0, 15.0
+    fit = MixtureLSQFitter()(start, x, y, img, weights=w)
+    assert fit.fit_info["success"]
+    np.testing.assert_allclose(fit.parameters[:3], [100.0, 15.2, 14.8], rtol=1e-6)

@@ -312,3 +312,94 @@ class TestReproducibility:
             warnings.simplefilter("ignore")  # dynesty: stopped short of dlogz
             fitter(models.Const2D(), x, y, z, weights=1 / sigma, priors=p, maxcall=100)
         assert fitter.fit_info["ncall"] < 250
+
+
+@pytest.fixture(scope="module")
+def mjy_data():
+    """Const2D data in mJy, a model in Jy: the posterior is N(mean(z), sigma/sqrt(N))."""
+    rng = np.random.default_rng(42)
+    y, x = np.mgrid[:20, :20]
+    z = (100.0 + rng.normal(0, 1.5, x.shape)) * u.mJy          # 0.1 Jy
+    return x, y, z, 1.5
+
+
+class TestUnits:
+    """Angles in degrees, priors returning Quantities, bounds in the model's unit."""
+
+    def test_theta_in_degrees_is_sampled_in_radians(self):
+        from astromix import SersicMixture
+
+        psf = GaussianMixturePSF(GaussianMixture([0.7, 0.3], [[0, 0], [0, 0]],
+                                                 [np.eye(2) * 2.0, np.eye(2) * 9.0]))
+        y, x = np.mgrid[:32, :32]
+        truth = np.radians(30.0)
+        z = (SersicMixture(500.0, 15.4, 16.2, 3.0, 1.5, 0.4, truth, psf=psf)(x, y)
+             + np.random.default_rng(7).normal(0, 0.3, x.shape))
+        model = SersicMixture(500.0, 15.4, 16.2, 3.0, 1.5, 0.4, 20 * u.deg, psf=psf)
+        for name in ("flux", "x_0", "y_0", "r_eff", "n", "ellip"):
+            getattr(model, name).fixed = True
+        fitter = DynestyFitter(nlive=60, rng=1, dlogz=0.5)
+        fitted = fitter(model, x, y, z, weights=1 / 0.3,
+                        priors={"theta": (0 * u.deg, 180 * u.deg)})
+        info = fitter.fit_info
+        # sampled in radians within the prior (0, pi), one mode at the injected angle
+        assert 0 <= info["samples"].min() and info["samples"].max() <= np.pi
+        assert abs(info["mean"]["theta"] - truth) < 4 * info["std"]["theta"]
+        assert info["std"]["theta"] < 0.05
+        # the fitted model keeps the unit it was given
+        assert fitted.theta.unit == u.deg
+        assert fitted.theta.quantity.to_value(u.rad) == pytest.approx(info["best"]["theta"])
+
+    def test_callable_prior_returning_a_quantity(self, mjy_data):
+        x, y, z, sigma = mjy_data
+        s = sigma / np.sqrt(z.size)
+        results = {}
+        for kind, prior in [("tuple", (0 * u.Jy, 0.2 * u.Jy)),
+                            ("callable", lambda q: q * 0.2 * u.Jy)]:
+            fitter = DynestyFitter(nlive=60, rng=4, dlogz=0.5)
+            fitted = fitter(models.Const2D(0.08 * u.Jy), x, y, z, weights=1 / sigma,
+                            priors={"amplitude": prior})
+            results[kind] = fitter.fit_info
+            assert fitted.amplitude.unit == u.mJy
+            assert abs(fitter.fit_info["mean"]["amplitude"] - z.value.mean()) < 0.3 * s
+        # the callable is the same ppf as the tuple (in mJy): the same run
+        np.testing.assert_allclose(results["tuple"]["samples"], results["callable"]["samples"])
+        with pytest.raises(InputError, match="amplitude"):
+            DynestyFitter(nlive=20)(models.Const2D(0.08 * u.Jy), x, y, z,
+                                    priors={"amplitude": lambda q: q * u.m})
+
+    def test_bounds_in_the_model_unit_are_converted(self, mjy_data):
+        x, y, z, sigma = mjy_data
+        model = models.Const2D(0.08 * u.Jy, bounds={"amplitude": (0.0, 0.2)})   # in Jy
+        fitter = DynestyFitter(nlive=60, rng=1, dlogz=0.5)
+        fitted = fitter(model, x, y, z, weights=1 / sigma)
+        info = fitter.fit_info
+        assert fitted.amplitude.unit == u.mJy
+        assert fitted.amplitude.bounds == pytest.approx((0.0, 200.0))
+        assert info["samples"].max() <= 200.0 and info["samples"].max() > 100.0
+        assert info["mean"]["amplitude"] == pytest.approx(z.value.mean(), abs=0.1)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"bound": "bogus"}, "bound"),
+    ({"bound": None}, "bound"),
+    ({"sample": "bogus"}, "sample"),
+    ({"sample": 3}, "sample"),
+    ({"dlogz": "a"}, "dlogz"),
+    ({"dlogz": np.nan}, "dlogz"),
+    ({"dlogz": np.inf}, "dlogz"),
+])
+def test_bad_sampler_options_are_refused(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        DynestyFitter(**kwargs)
+
+
+def test_dynesty_names_are_accepted(const_data):
+    for bound in ("none", "single", "multi", "balls", "cubes"):
+        for sample in ("auto", "unif", "rwalk", "slice", "rslice"):
+            fitter = DynestyFitter(bound=bound, sample=sample)
+            assert (fitter.bound, fitter.sample) == (bound, sample)
+    x, y, z, sigma = const_data
+    fitter = DynestyFitter(nlive=30, bound="single", sample="unif", dlogz=1, rng=1)
+    fitter(models.Const2D(), x, y, z, weights=1 / sigma, priors={"amplitude": (0, 6)})
+    assert fitter.fit_info["mean"]["amplitude"] == pytest.approx(z.mean(), abs=0.3)

@@ -22,16 +22,20 @@ from astropy.modeling.fitting import (
     Fitter,
     StandardDeviations,
     fitter_to_model_params_array,
-    fitter_unit_support,
     model_to_fit_params,
 )
 
 from .._threads import blas_single_threaded
 from ..errors import InputError
+from .lsq import _Units
 
 __all__ = ["DynestyFitter", "Posterior"]
 
 log = logging.getLogger("astromix")
+
+# dynesty's names (a custom dynesty Bound / InternalSampler instance is passed through)
+_BOUNDS = ("none", "single", "multi", "balls", "cubes")
+_SAMPLES = ("auto", "unif", "rwalk", "slice", "rslice")
 
 
 def _import_dynesty():
@@ -72,15 +76,24 @@ class _FrozenPrior:
 
 
 class _CallablePrior:
-    """A user ppf u -> value; values outside the bounds get zero likelihood."""
+    """A user ppf u -> value; values outside the bounds get zero likelihood.
 
-    def __init__(self, func):
+    A Quantity value is converted to ``unit``, the unit the parameter is
+    sampled in (dimensionless when None); a bare number is taken in that unit.
+    """
+
+    def __init__(self, func, name=None, unit=None):
         self.func = func
+        self.name = name
+        self.unit = unit
 
     def __call__(self, q):
         value = self.func(q)
         if isinstance(value, u.Quantity):
-            value = value.value
+            try:
+                value = value.to_value(self.unit if self.unit is not None else u.one)
+            except u.UnitsError as exc:
+                raise InputError(f"prior of {self.name!r}: {exc}") from exc
         return float(np.ravel(value)[0]) if np.ndim(value) else float(value)
 
 
@@ -377,9 +390,10 @@ class DynestyFitter(Fitter):
     Raises
     ------
     InputError
-        If ``nlive`` is not an integer >= 2, ``dlogz`` is not > 0, ``rng`` is
-        neither a Generator, an int nor None, or ``pool`` has no ``map``
-        method.
+        If ``nlive`` is not an integer >= 2, ``bound`` or ``sample`` is not
+        one of dynesty's names (or a dynesty object), ``dlogz`` is not a
+        finite number > 0, ``rng`` is neither a Generator, an int nor None, or
+        ``pool`` has no ``map`` method.
 
     Notes
     -----
@@ -405,9 +419,13 @@ class DynestyFitter(Fitter):
     outside them get zero likelihood.
 
     *Units*: data and models with units are handled as by astropy's fitters
-    (parameters are converted to the units of the data and stripped for the
-    sampling); samples, ``best``, ``mean`` and ``std`` are then plain numbers in
-    those units, and tuple priors given as Quantities are converted to them.
+    (parameters are converted to the units the data give them and stripped
+    for the sampling; angles such as ``theta`` are sampled in radians, also
+    when the data are bare numbers, and the fitted model gets its own units
+    back then); samples, ``best``, ``mean`` and ``std`` are then plain numbers
+    in those units.  Priors given as Quantities (tuples, or values returned by
+    a callable) and the parameters' ``bounds`` are converted to them; plain
+    numbers in priors are taken in them.
 
     The fitted model gets ``cov_matrix`` and ``stds`` from the posterior, like
     the models returned by astropy's least-squares fitters, and a ``fit_info``
@@ -438,8 +456,15 @@ class DynestyFitter(Fitter):
                  progress=False, pool=None):
         if not isinstance(nlive, numbers.Integral) or nlive < 2:
             raise InputError(f"nlive must be an integer >= 2, got {nlive!r}")
-        if not dlogz > 0:
-            raise InputError(f"dlogz must be positive, got {dlogz!r}")
+        for label, value, names in (("bound", bound, _BOUNDS), ("sample", sample, _SAMPLES)):
+            known = (value in names if isinstance(value, str)
+                     else not (value is None or isinstance(value, numbers.Number)))
+            if not known:
+                raise InputError(f"{label} must be one of {', '.join(map(repr, names))} (or a "
+                                 f"dynesty object), got {value!r}")
+        if not (isinstance(dlogz, numbers.Real) and not isinstance(dlogz, bool)
+                and math.isfinite(dlogz) and dlogz > 0):
+            raise InputError(f"dlogz must be a finite number > 0, got {dlogz!r}")
         if not (rng is None or isinstance(rng, np.random.Generator | numbers.Integral)):
             raise InputError("rng must be a numpy Generator, an int or None")
         if pool is not None and not callable(getattr(pool, "map", None)):
@@ -505,7 +530,9 @@ class DynestyFitter(Fitter):
             equality/inequality constraints; no free parameter; unknown or
             non-free names in ``priors``, a bad prior, a free parameter with an
             infinite bound and no prior; mismatched shapes, negative or
-            non-finite weights, non-finite data with non-zero weight, no data.
+            non-finite weights, non-finite data with non-zero weight, no data;
+            units that do not convert (of the model and data, a parameter's
+            bounds, a prior's values).
         ImportError
             If dynesty is not installed.
         """
@@ -521,18 +548,12 @@ class DynestyFitter(Fitter):
         if y is None:
             raise InputError("DynestyFitter needs the data (y, or x, y and z)")
         self._validate(model, z)
-        priors = dict(priors or {})
-        if any(isinstance(v, tuple) and any(isinstance(b, u.Quantity) for b in v)
-               for v in priors.values()):
-            priors = self._strip_prior_units(priors, model, x, y, z, equivalencies)
-        if isinstance(weights, u.Quantity):
-            data = z if z is not None else y
-            unit = getattr(data, "unit", None)
-            weights = weights.to_value(1 / unit) if unit is not None else weights.value
-        kwargs = {"weights": weights, "priors": priors, "maxcall": maxcall, "dynesty": dynesty}
-        if equivalencies is not None:
-            kwargs["equivalencies"] = equivalencies
-        fitted = _fit_with_units(self, model, x, y, z, **kwargs)
+        units = _Units(model, x, y, z, equivalencies)
+        priors = self._strip_prior_units(dict(priors or {}), model, units)
+        prior_units = {name: units.unit(name) for name in model.param_names}
+        fitted = units.run(DynestyFitter._fit, self, weights=units.weights(weights),
+                           priors=priors, maxcall=maxcall, dynesty=dynesty,
+                           prior_units=prior_units)
         fitted.fit_info = self.fit_info
         return fitted
 
@@ -553,22 +574,14 @@ class DynestyFitter(Fitter):
             raise InputError("DynestyFitter does not support eqcons/ineqcons constraints")
 
     @staticmethod
-    def _strip_prior_units(priors, model, x, y, z, equivalencies):
+    def _strip_prior_units(priors, model, units):
         """Convert Quantity tuple priors to the units the sampled parameters have."""
-        def identity(self, m, *args, **kwargs):
-            return m
-
-        try:
-            with_units = fitter_unit_support(identity)(None, model, x, y, z,
-                                                       equivalencies=equivalencies)
-        except NotImplementedError as exc:
-            raise InputError(str(exc)) from exc
         out = {}
         for name, prior in priors.items():
             if not (isinstance(prior, tuple) and name in model.param_names):
                 out[name] = prior
                 continue
-            unit = getattr(with_units, name).unit or getattr(model, name).unit
+            unit = units.unit(name)
             values = []
             for b in prior:
                 if isinstance(b, u.Quantity):
@@ -581,7 +594,7 @@ class DynestyFitter(Fitter):
         return out
 
     @staticmethod
-    def _build_priors(model, free_names, priors):
+    def _build_priors(model, free_names, priors, prior_units=None):
         unknown = [n for n in priors if n not in model.param_names]
         if unknown:
             raise InputError(f"priors given for unknown parameter(s) {unknown}; the model "
@@ -620,7 +633,7 @@ class DynestyFitter(Fitter):
                 except ValueError as exc:
                     raise InputError(f"prior of {name!r}: {exc} ({lo}, {hi})") from exc
             elif callable(prior):
-                out.append(_CallablePrior(prior))
+                out.append(_CallablePrior(prior, name, (prior_units or {}).get(name)))
             else:
                 raise InputError(f"prior of {name!r} must be a (low, high) tuple, a scipy.stats "
                                  f"frozen distribution or a callable, got {type(prior).__name__}")
@@ -671,7 +684,7 @@ class DynestyFitter(Fitter):
                 return int(n)
         return os.cpu_count() or 1
 
-    def _fit(self, model, x, y, z=None, *, weights, priors, maxcall, dynesty):
+    def _fit(self, model, x, y, z=None, *, weights, priors, maxcall, dynesty, prior_units=None):
         """The sampling proper, on unit-free model and data."""
         model = model.copy()
         model.sync_constraints = False
@@ -679,7 +692,7 @@ class DynestyFitter(Fitter):
         free_names = [model.param_names[i] for i in fit_param_indices]
         if not free_names:
             raise InputError("the model has no free parameter (all fixed or tied)")
-        prior_list, low, high = self._build_priors(model, free_names, priors)
+        prior_list, low, high = self._build_priors(model, free_names, priors, prior_units)
         inputs, data, w = self._prepare_data(model, x, y, z, weights)
         loglike = _LogLikelihood(model, inputs, data, w, fit_param_indices, low, high)
         return self._run(model, loglike, _PriorTransform(prior_list), free_names, maxcall,
@@ -760,6 +773,3 @@ class DynestyFitter(Fitter):
                  "log Z = %.3f +/- %.3f", ndim, ncall, elapsed, self.fit_info["logz"],
                  self.fit_info["logz_err"])
         return model
-
-
-_fit_with_units = fitter_unit_support(DynestyFitter._fit)
