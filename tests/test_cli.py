@@ -241,3 +241,92 @@ def test_fit_scene_damaged_psf_file(tmp_path, capsys, damage):
     line = _one_line_error(capsys.readouterr().err)
     assert line.startswith("astromix fit-scene: error: ")
     assert f"cannot read PSF file {str(psf)!r}" in line
+
+
+def _one_star_field(tmp_path, *, dec_offset=0.0, flux=300.0):
+    """A 32x32 plain FITS image of one star (data units, no zero point), its PSF as an
+    ASDF GaussianMixturePSF, and a catalog with the star ``dec_offset`` arcsec north."""
+    asdf = pytest.importorskip("asdf")
+    from astropy.io import fits
+    from astropy.table import Table
+    from astropy.wcs import WCS
+
+    from astromix import Exposure, GaussianMixture, GaussianMixturePSF, SceneModel, StarSource
+
+    ra, dec = 150.0, 2.0
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra, dec]
+    w.wcs.crpix = [16.5, 16.5]
+    w.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+    psf = GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 2.0])
+    truth = SceneModel([StarSource(ra, dec, flux)])
+    img = truth.render(Exposure(np.zeros((32, 32)), wcs=w, psf=psf))
+    img = img + np.random.default_rng(0).normal(0, 1.0, img.shape)
+    fits.PrimaryHDU(img, header=w.to_header()).writeto(tmp_path / "img.fits")
+    asdf.AsdfFile({"psf": GaussianMixturePSF(psf)}).write_to(tmp_path / "psf.asdf")
+    Table({"kind": ["star"], "ra": [ra], "dec": [dec + dec_offset / 3600],
+           "flux": [flux]}).write(tmp_path / "cat.ecsv")
+    return psf, dec + dec_offset / 3600
+
+
+def test_fit_scene_load_psf_from_asdf(tmp_path):
+    """An ASDF GaussianMixturePSF (documented --psf input) is read back as written.
+    ``isinstance(v, GaussianMixturePSF | GaussianMixture)`` had raised TypeError: for
+    astropy model classes ``|`` builds a compound model, not a union."""
+    from astromix.cli.fit_scene import load_psf
+
+    psf, _ = _one_star_field(tmp_path)
+    got = load_psf(str(tmp_path / "psf.asdf"))
+    mix = got.mixture
+    np.testing.assert_allclose(mix.amp, psf.amp)
+    np.testing.assert_allclose(mix.cov, psf.cov)
+
+
+def test_fit_scene_sample_honours_max_shift(tmp_path, capsys):
+    """``--sample --max-shift 0.2``: the star's catalog position is 0.5 arcsec north of
+    the truth, so the fit and every posterior sample stop 0.2 arcsec from the catalog.
+    The sampling had ignored --max-shift (its fit used 1 arcsec): samples near the truth."""
+    pytest.importorskip("dynesty")
+    from astropy.table import Table
+
+    _active_backend_or_skip()
+    _, dec_start = _one_star_field(tmp_path, dec_offset=0.5)
+    out = tmp_path / "out"
+    code = main(["fit-scene", str(tmp_path / "img.fits"), "--catalog", str(tmp_path / "cat.ecsv"),
+                 "--psf", str(tmp_path / "psf.asdf"), "--no-background", "--max-shift", "0.2",
+                 "--sample", "--nlive", "30", "--no-plot", "--no-progress", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    shift = (np.asarray(Table.read(out / "posterior_samples.ecsv")["dec_0"]) - dec_start) * 3600
+    assert shift.min() >= -0.2 - 1e-9 and shift.max() <= 0.2 + 1e-9
+    assert shift.max() < -0.15                      # pinned at the bound, towards the truth
+    fitted = Table.read(out / "catalog.ecsv")
+    assert (fitted["dec"][0] - dec_start) * 3600 == pytest.approx(-0.2, abs=1e-6)
+
+
+def test_fit_scene_catalog_zeropoint_needs_image_zeropoints(tmp_path, capsys):
+    """DECam CP images carry no zero point; a catalog in nanomaggies (meta zeropoint, or
+    --zeropoint 22.5) without --exposure-zeropoints is a one-line error naming the images.
+    The fluxes had come out in ADU, labelled nanomaggies, with mag_* ~8 mag too bright."""
+    from astropy.table import Table
+
+    from astromix.datasets import decam_multiexposure
+
+    _active_backend_or_skip()
+    table = decam_multiexposure()[:2]
+    catalog = Table({"id": ["gal"], "kind": ["sersic"], "ra": [244.77974], "dec": [12.07233],
+                     "flux_z": [100.0], "flux_r": [50.0], "r_eff": [1.5], "n": [2.0]})
+    base = ["fit-scene", *table["image"], "--psf", *table["psfex"], "--psf-components", "4",
+            "--background", *[str(s) for s in table["sky"]], "--no-progress", "--no-plot"]
+    for meta, extra in (({"zeropoint": 22.5}, []), ({}, ["--zeropoint", "22.5"])):
+        catalog.meta = meta
+        path = tmp_path / f"cat{len(extra)}.ecsv"
+        catalog.write(path, overwrite=True)
+        out = tmp_path / f"out{len(extra)}"
+        code = main([*base, "--catalog", str(path), "--output", str(out), *extra])
+        line = _one_line_error(capsys.readouterr().err)
+        assert code == 2
+        assert all(str(p) in line for p in table["image"])
+        assert "have no zero point" in line and "--exposure-zeropoints" in line
+        assert ("--zeropoint" if extra else "meta of catalog") in line
+        assert not (out / "catalog.ecsv").exists()

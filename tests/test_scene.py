@@ -59,8 +59,10 @@ def truth_scene():
 
 def noisy_exposures(scene, rng, noise=1.0, background=(3.0, -2.0, 1.0)):
     specs = [dict(shape=(48, 50), band="g", zeropoint=23.0, rot=0.3, name="g1"),
-             dict(shape=(44, 46), band="r", rot=-1.0, scale=0.25, flip=True, name="r1"),
-             dict(shape=(46, 46), band="r", rot=2.0, scale=0.18, sip=True, name="r2")]
+             dict(shape=(44, 46), band="r", zeropoint=22.5, rot=-1.0, scale=0.25, flip=True,
+                  name="r1"),
+             dict(shape=(46, 46), band="r", zeropoint=22.5, rot=2.0, scale=0.18, sip=True,
+                  name="r2")]
     out = []
     for spec, bg in zip(specs, background):
         e = make_exposure(noise=noise, **spec)
@@ -413,7 +415,7 @@ def test_catalog_round_trip_and_in_exposure(tmp_path):
     assert again.bands == ("g", "r") and again.zeropoint == 22.5
     assert np.allclose(again.parameters, scene.parameters)
     assert again.source_kinds == scene.source_kinds
-    e = make_exposure((40, 40), "g")
+    e = make_exposure((40, 40), "g", zeropoint=22.5)
     y, x = np.mgrid[:40, :40]
     assert np.allclose(scene.in_exposure(e)(x, y), scene.render(e))
     with pytest.raises(InputError, match="row 0"):
@@ -485,3 +487,186 @@ def test_gwcs_exposure_renders_like_the_equivalent_fits_wcs():
     b = scene.render(Exposure(np.zeros(shape), uncertainty=np.ones(shape), wcs=g, psf=PSF,
                               band="r"))
     assert np.max(np.abs(a - b)) < 1e-6 * a.max()
+
+
+def _field_with_a_star_off_r(case, rng):
+    """A galaxy and a star 12 arcsec east of it (60 px), g and r fluxes; a wide g image
+    covers both.  ``case``: "no r exposure"; "off r" (the r image covers the galaxy
+    only); "masked in r" (the r image covers both, the star's pixels masked)."""
+    truth = SceneModel([SersicSource(RA, DEC, {"g": 200.0, "r": 300.0}, r_eff=0.9, n=1.5,
+                                     ellip=0.3, theta=0.4, name="gal"),
+                        StarSource(RA + 12 / 3600, DEC, {"g": 60.0, "r": 80.0}, name="star")],
+                       zeropoint=22.5)
+    specs = [((48, 160), "g", None)]
+    if case == "off r":
+        specs.append(((48, 48), "r", None))
+    elif case == "masked in r":
+        mask = np.zeros((48, 160), dtype=bool)
+        mask[:, :46] = True                     # the star is at x ~ 19: 10 px box masked
+        specs.append(((48, 160), "r", mask))
+    exps = []
+    for shape, band, mask in specs:
+        e = make_exposure(shape, band, zeropoint=22.5, name=band)
+        img = truth.render(e) + rng.normal(0, 0.2, shape)
+        exps.append(Exposure(img, uncertainty=np.full(shape, 0.2), mask=mask, wcs=e.wcs,
+                             psf=PSF, band=band, zeropoint=22.5, name=band))
+    return truth, exps
+
+
+@pytest.mark.parametrize("case, held", [("no r exposure", ["flux_r_0", "flux_r_1"]),
+                                        ("off r", ["flux_r_1"]),
+                                        ("masked in r", ["flux_r_1"])])
+def test_flux_no_exposure_constrains_is_held_with_nan_error(case, held):
+    """A flux with no pixel of its band: held at its start with a warning, NaN error and
+    left out of the dof.  It had stayed free with an error of ~1e-14 (or NaN) from the
+    near-singular Hessian and counted in the degrees of freedom."""
+    rng = np.random.default_rng(21)
+    truth, exps = _field_with_a_star_off_r(case, rng)
+    start = truth.copy()
+    start.flux_r_1 = 50.0
+    with pytest.warns(SceneWarning, match=r"no exposure constrains \[" +
+                      ", ".join(f"'{n}'" for n in held) + r"\]"):
+        fitted, cat = fit_scene(start, exps, progress=False)
+    info = fitted.fit_info
+    assert info["unconstrained"] == held
+    assert not set(held) & set(info["free_parameters"])
+    n_free = len(truth.param_names) - len(held)
+    npix = sum(int((e.weight > 0).sum()) for e in exps)
+    assert len(info["free_parameters"]) == n_free
+    assert info["dof"] == npix - n_free - len(exps)            # one background per image
+    assert np.isclose(info["exposures"]["dof"].sum(), npix - n_free - len(exps))
+    # held at the start, reported with NaN errors (not a number from a singular Hessian)
+    assert fitted.flux_r_1.value == 50.0 and math.isnan(cat["flux_err_r"][1])
+    assert all(math.isnan(cat["flux_err_r"][i]) for i in range(2) if f"flux_r_{i}" in held)
+    assert not fitted.flux_r_1.fixed                           # the caller's constraints
+    # the constrained parameters are the injected ones, with finite errors
+    for name in info["free_parameters"]:
+        err = info["param_std"][name]
+        assert np.isfinite(err) and err > 0, name
+        assert abs(getattr(fitted, name).value - getattr(truth, name).value) < 4 * err, name
+
+
+def test_source_fully_masked_everywhere_is_held():
+    """A star on masked pixels only, in every exposure: all its free parameters held."""
+    rng = np.random.default_rng(4)
+    truth, exps = _field_with_a_star_off_r("masked in r", rng)
+    exps = [Exposure(e.data, uncertainty=np.full(e.data.shape, 0.2),
+                     mask=np.broadcast_to(np.arange(e.data.shape[1]) < 46, e.data.shape),
+                     wcs=e.wcs, psf=PSF, band=e.band, zeropoint=22.5, name=e.name) for e in exps]
+    with pytest.warns(SceneWarning, match="no exposure constrains"):
+        fitted, cat = fit_scene(truth, exps, progress=False)
+    assert fitted.fit_info["unconstrained"] == ["flux_g_1", "flux_r_1", "ra_1", "dec_1"]
+    assert np.isnan([cat["flux_err_g"][1], cat["flux_err_r"][1], cat["ra_err"][1],
+                     cat["dec_err"][1]]).all()
+    assert np.isfinite([cat["flux_err_g"][0], cat["flux_err_r"][0], cat["n_err"][0]]).all()
+
+
+def test_scene_zeropoint_needs_exposure_zeropoints():
+    """A scene in nanomaggies and one exposure without a zero point: InputError naming it.
+    The exposure had been taken in data units (flux_scale 1.0): 10 nmgy injected at zero
+    point 25 came out as 10.47 +- 0.04, with no warning."""
+    rng = np.random.default_rng(0)
+    truth = SceneModel([StarSource(RA, DEC, {"r": 10.0})], zeropoint=22.5)
+    exps = []
+    for k, zp in enumerate([25.0, 25.0, None]):
+        blank = make_exposure((40, 40), "r", zeropoint=25.0, noise=0.1)
+        img = truth.render(blank) + rng.normal(0, 0.1, (40, 40))
+        exps.append(Exposure(img, uncertainty=np.full((40, 40), 0.1), wcs=blank.wcs, psf=PSF,
+                             band="r", zeropoint=zp, name=f"r{k}"))
+    for call in (lambda: fit_scene(truth, exps, progress=False),
+                 lambda: truth.chi2(exps), lambda: truth.render(exps[2])):
+        with pytest.raises(InputError, match="exposure 'r2' has no zero point.*zeropoint 22.5"):
+            call()
+    # with its zero point the injected flux comes back
+    exps[2] = Exposure(exps[2].data, uncertainty=np.full((40, 40), 0.1), wcs=exps[2].wcs,
+                       psf=PSF, band="r", zeropoint=25.0, name="r2")
+    fitted, cat = fit_scene(truth, exps, progress=False)
+    assert abs(cat["flux_r"][0] - 10.0) < 4 * cat["flux_err_r"][0]
+    # a scene in data units needs no zero point
+    SceneModel([StarSource(RA, DEC, {"r": 10.0})]).render(make_exposure((20, 20), "r"))
+
+
+def test_known_backgrounds_as_an_array_and_exposures_as_a_generator():
+    """Backgrounds as a NumPy array (documented "float or sequence") had raised numpy's
+    "truth value of an array is ambiguous"; a generator of exposures had been taken for
+    one exposure ("exposure '?' has band None")."""
+    rng = np.random.default_rng(6)
+    truth = truth_scene()
+    injected = np.array([3.0, -2.0, 1.0])
+    exps = noisy_exposures(truth, rng, background=injected)
+    chi2_list = truth.chi2(exps, gradient=False, background=list(injected))
+    assert truth.chi2(exps, gradient=False, background=injected) == chi2_list
+    obj = SceneObjective(truth, exps, background=injected)
+    obj(truth.parameters)
+    np.testing.assert_array_equal(obj.backgrounds, injected)
+    # at the truth with the injected backgrounds, chi2 is the noise: ~ npix
+    npix = sum(e.data.size for e in exps)
+    assert abs(chi2_list - npix) < 5 * math.sqrt(2 * npix)
+    fitted, cat = fit_scene(truth, (e for e in exps), background=injected, progress=False)
+    ref, ref_cat = fit_scene(truth, exps, background=list(injected), progress=False)
+    np.testing.assert_allclose(fitted.parameters, ref.parameters, rtol=1e-12)
+    np.testing.assert_array_equal(fitted.fit_info["exposures"]["background"], injected)
+    assert len(fitted.fit_info["exposures"]) == 3
+    for name in ("flux_g_0", "flux_r_0", "flux_g_1"):
+        err = fitted.fit_info["param_std"][name]
+        assert abs(getattr(fitted, name).value - getattr(truth, name).value) < 4 * err
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_shift": -1.0}, "max_shift must be a finite number >= 0"),
+    ({"max_shift": "1"}, "max_shift must be a number >= 0"),
+    ({"max_shift": np.nan}, "max_shift must be a finite number >= 0"),
+    ({"relinearize": "0.2"}, "relinearize must be a number >= 0"),
+    ({"relinearize": -0.1}, "relinearize must be a finite number >= 0"),
+    ({"maxiter": 0}, "maxiter must be an integer >= 1"),
+    ({"background": "none"}, "background must be 'fit', None or a number, got 'none'"),
+    ({"background": [1.0, np.inf, 0.0]}, r"background\[1\] must be finite"),
+    ({"background": np.zeros(2)}, "2 backgrounds for 3 exposures"),
+    ({"dtype": np.float16}, "dtype must be numpy.float32 or numpy.float64"),
+    ({"dtype": "complex128"}, "dtype must be numpy.float32 or numpy.float64"),
+])
+def test_bad_fit_scene_arguments_are_input_errors(kwargs, message):
+    """Each had given a bare ValueError, TypeError or NotImplementedError (relinearize only
+    after the whole fit had run)."""
+    exps = noisy_exposures(truth_scene(), np.random.default_rng(1))
+    with pytest.raises(InputError, match=message):
+        fit_scene(truth_scene(), exps, progress=False, **kwargs)
+
+
+def test_max_shift_accepts_a_quantity_and_zero():
+    from astropy import units as u
+
+    rng = np.random.default_rng(7)
+    truth = SceneModel([StarSource(RA, DEC, {"g": 300.0})])
+    e = make_exposure((24, 24), "g")
+    img = truth.render(e) + rng.normal(0, 1.0, (24, 24))
+    e = Exposure(img, uncertainty=np.ones_like(img), wcs=e.wcs, psf=PSF, band="g")
+    start = truth.copy()
+    start.dec_0 = DEC + 0.5 / 3600
+    fitted, _ = fit_scene(start, [e], max_shift=200 * u.mas, progress=False)
+    assert abs(fitted.dec_0.value - start.dec_0.value) * 3600 == pytest.approx(0.2, abs=1e-6)
+    fixed, _ = fit_scene(start, [e], max_shift=0, progress=False)
+    assert fixed.dec_0.value == pytest.approx(start.dec_0.value, abs=1e-12)
+
+
+def test_sample_scene_honours_max_shift():
+    """The positions' bounds of max_shift hold in the sampling: a star whose catalog
+    position is 0.5 arcsec off, max_shift 0.2 arcsec.  sample_scene had no max_shift (its
+    fit used 1 arcsec, and so did ``astromix fit-scene --sample --max-shift``)."""
+    pytest.importorskip("dynesty")
+    rng = np.random.default_rng(3)
+    truth = SceneModel([StarSource(RA, DEC, {"g": 300.0})])
+    e = make_exposure((24, 24), "g")
+    img = truth.render(e) + rng.normal(0, 1.0, (24, 24))
+    e = Exposure(img, uncertainty=np.ones_like(img), wcs=e.wcs, psf=PSF, band="g")
+    start = truth.copy()
+    start.dec_0 = DEC + 0.5 / 3600
+    i = start.param_names.index("dec_0")
+    for fit, priors in ((True, None),
+                        (False, {"flux_g_0": (100.0, 500.0), "ra_0": (RA - 2 / 3600, RA + 2 / 3600),
+                                 "dec_0": (DEC - 2 / 3600, DEC + 2 / 3600)})):
+        post = sample_scene(start, [e], fit=fit, priors=priors, max_shift=0.2, nlive=40, rng=2,
+                            progress=False, background=None, maxcall=4000)
+        shift = (post.samples[:, i] - start.dec_0.value) * 3600        # arcsec
+        assert shift.min() >= -0.2 - 1e-9 and shift.max() <= 0.2 + 1e-9
+        assert shift.min() < -0.15              # the likelihood pushes to the bound

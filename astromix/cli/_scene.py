@@ -108,12 +108,19 @@ def write_scene_outputs(folder, fitted, catalog, exposures, *, plot=True, title=
 
 
 def print_report(out, fitted, catalog):
-    """A short text summary of a scene fit: per-exposure chi2 and the catalog."""
+    """A short text summary of a scene fit: per-exposure chi2 and the catalog.
+
+    Also lists the parameters no image constrained (``fit_info["unconstrained"]``).
+    """
     info = fitted.fit_info
     table = info["exposures"]
     print(f"fitted {len(info['free_parameters'])} parameters of {fitted.n_sources} source(s) "
           f"in {len(table)} exposure(s): chi2 = {info['chi2']:.1f} for {info['dof']} dof "
           f"({info['time_s']:.1f} s, {info['nfev']} chi2 evaluations)", file=out)
+    held = info.get("unconstrained") or []
+    if held:
+        print(f"  not constrained by any image (held at their starting values, errors NaN): "
+              f"{', '.join(held)}", file=out)
     print("  exposure                         band   chi2/dof   background", file=out)
     for row in table:
         print(f"  {row['name']:<32s} {row['band']:>4s} {row['chi2_dof']:10.3f} "

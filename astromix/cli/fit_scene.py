@@ -64,7 +64,9 @@ def add_parser(subparsers):
                         help="Gaussians per PSF mixture (default: 6)")
     parser.add_argument("--zeropoint", type=float, default=None, metavar="MAG",
                         help="AB magnitude of one catalog flux unit (22.5: nanomaggies; "
-                             "default: the catalog's meta, else fluxes in image units)")
+                             "default: the catalog's meta, else fluxes in image units); "
+                             "then every image needs a zero point (from its header or "
+                             "--exposure-zeropoints)")
     parser.add_argument("--exposure-zeropoints", nargs="+", type=float, default=None,
                         metavar="MAG", help="AB zero point of each image (one data unit), "
                                             "overriding what the files give")
@@ -77,8 +79,8 @@ def add_parser(subparsers):
     background.add_argument("--no-background", action="store_true",
                             help="images are background-subtracted: fit no background")
     parser.add_argument("--max-shift", type=float, default=1.0, metavar="ARCSEC",
-                        help="how far a source may move from its catalog position "
-                             "(default: 1 arcsec)")
+                        help="how far a source may move from its catalog position, in "
+                             "the fit and in --sample (default: 1 arcsec)")
     parser.add_argument("--sample", action="store_true",
                         help="also sample the posterior with dynesty (slower)")
     parser.add_argument("--nlive", type=int, default=200, help="live points for --sample")
@@ -147,10 +149,11 @@ def load_psf(path, *, n_components=6, oversampling=None):
 
         with open_asdf(path) as af:
             tree = af.tree
-            found = [v for v in tree.values() if isinstance(v, GaussianMixturePSF |
-                                                             GaussianMixture)]
+            # a tuple, not ``A | B``: for astropy model classes ``|`` is composition
+            kinds = (GaussianMixturePSF, GaussianMixture)
+            found = [v for v in tree.values() if isinstance(v, kinds)]
             psf = tree.get("psf", found[0] if len(found) == 1 else None)
-        if not isinstance(psf, GaussianMixturePSF | GaussianMixture):
+        if not isinstance(psf, kinds):
             raise InputError(f"ASDF file {path!r} holds no GaussianMixturePSF under 'psf'")
         return psf if isinstance(psf, GaussianMixturePSF) else GaussianMixturePSF(psf)
     try:
@@ -197,8 +200,11 @@ def run(args):
     InputError
         If ``--psf``, ``--exposure-zeropoints``, ``--bands`` or
         ``--background`` has neither one value nor one per image, the output
-        folder cannot be created or written, or a PSF file is missing,
-        unreadable or holds no PSF (:func:`load_psf`).
+        folder cannot be created or written, a PSF file is missing,
+        unreadable or holds no PSF (:func:`load_psf`), or the catalog's fluxes
+        have a zero point (``--zeropoint`` or the catalog's meta) and an image
+        has none (its header gives none and ``--exposure-zeropoints`` is not
+        given): its fluxes would be in image units, not the catalog's.
     BackendError
         If ``--backend`` names an unknown or unavailable backend.
     """
@@ -231,6 +237,7 @@ def run(args):
             exposures.append(Exposure.from_fits(path, psf=cache[psf_path], zeropoint=zp,
                                                 band=band))
         scene = SceneModel.from_catalog(args.catalog, zeropoint=args.zeropoint)
+        _check_zeropoints(scene, exposures, args)
         print(f"astromix fit-scene: {scene.n_sources} source(s) in {n} image(s), bands "
               f"{', '.join(str(b) for b in scene.bands)}", file=out)
         fitted, catalog = fit_scene(scene, exposures, background=background,
@@ -240,7 +247,8 @@ def run(args):
         print_report(out, fitted, catalog)
         if args.sample:
             post = sample_scene(scene, exposures, background=background, nlive=args.nlive,
-                                rng=args.seed, progress=not args.no_progress)
+                                max_shift=args.max_shift, rng=args.seed,
+                                progress=not args.no_progress)
             summary = post.summary()
             samples = _samples_table(post)
             for name, table in (("posterior.ecsv", summary),
@@ -260,6 +268,20 @@ def run(args):
     for path in written:
         print(f"wrote {path}", file=out)
     return 0
+
+
+def _check_zeropoints(scene, exposures, args):
+    """InputError naming the images without a zero point when the catalog fluxes have one."""
+    if scene.zeropoint is None:
+        return
+    missing = [path for path, e in zip(args.images, exposures) if e.zeropoint is None]
+    if missing:
+        where = ("--zeropoint" if args.zeropoint is not None
+                 else f"the meta of catalog {args.catalog!r}")
+        raise InputError(f"image(s) {missing} have no zero point (their headers give none), "
+                         f"but the catalog fluxes have zero point {scene.zeropoint:g} "
+                         f"({where}); give --exposure-zeropoints (one per image, AB mag of "
+                         "one data unit)")
 
 
 def _samples_table(post):

@@ -11,13 +11,15 @@ github.com/bd-j/forcepho), done on the CPU or GPU backends with honest errors.
 
 import logging
 import math
+import numbers
+import warnings
 
 import numpy as np
 from astropy import units as u
 from astropy.table import MaskedColumn, Table
 
 from ..errors import InputError
-from ..models.scene import SceneModel
+from ..models.scene import SceneModel, SceneWarning, _exposure_list
 from .lsq import MixtureLSQFitter
 from .nested import DynestyFitter
 
@@ -66,6 +68,69 @@ def _bound_positions(scene, max_shift):
     return scene
 
 
+def _limit(value, what, unit=None):
+    """None, or a finite number >= 0 (a Quantity is converted to ``unit``); else InputError."""
+    if value is None:
+        return None
+    if unit is not None and isinstance(value, u.Quantity):
+        try:
+            value = value.to_value(unit)
+        except u.UnitsError:
+            raise InputError(f"{what} must be in units of {unit}, got {value.unit}") from None
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real | np.ndarray) \
+            or np.ndim(value) != 0:
+        raise InputError(f"{what} must be a number >= 0 or None, got {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0):
+        raise InputError(f"{what} must be a finite number >= 0 or None, got {v}")
+    return v
+
+
+def _check_maxiter(maxiter):
+    if maxiter is None:
+        return None
+    if isinstance(maxiter, bool | np.bool_) or not isinstance(maxiter, numbers.Integral) \
+            or maxiter < 1:
+        raise InputError(f"maxiter must be an integer >= 1 or None, got {maxiter!r}")
+    return int(maxiter)
+
+
+def _hold_unconstrained(scene, exposures, keep=()):
+    """Fix (in place) the free parameters no exposure constrains; returns their names.
+
+    A flux is unconstrained when no exposure of its band has an unmasked pixel
+    near the source (:meth:`SceneModel._flux_coverage`): a band without
+    exposures, a source off the exposures of one band, or on masked pixels
+    only.  Such a parameter had stayed at its start with an error from a
+    near-singular Hessian (1e-14 or NaN) and counted in the degrees of freedom.
+    A source on masked pixels only in every exposure has all its free
+    parameters held.  Sources off every exposure are left to the objective
+    (InputError "lie on no exposure").  Names in ``keep`` (parameters given a
+    prior) stay free.  One SceneWarning names the held ones.
+    """
+    covered, placed = scene._flux_coverage(exposures)
+    held = []
+    for i in range(scene.n_sources):
+        idx = scene.source_index(i)
+        if not placed[i]:
+            continue
+        if covered[i].any():
+            keys = [("flux", b) for k, b in enumerate(scene.bands) if not covered[i, k]]
+        else:
+            keys = list(idx)
+        for key in keys:
+            param = getattr(scene, scene.param_names[idx[key]])
+            if not param.fixed and not param.tied and param.name not in keep:
+                param.fixed = True
+                held.append(param.name)
+    if held:
+        warnings.warn(f"no exposure constrains {held} (no unmasked pixel of an exposure of "
+                      "that band near the source): held at their starting values, reported "
+                      "with NaN errors and not counted in the degrees of freedom",
+                      SceneWarning, stacklevel=3)
+    return held
+
+
 def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None,
               relinearize=0.25, dtype=np.float64, backend=None, progress=True, fitter=None):
     """Fit a scene of sources jointly in every exposure; returns the fit and a catalog.
@@ -81,22 +146,25 @@ def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None
     ----------
     scene : SceneModel
         Starting values; not modified.
-    exposures : Exposure or sequence of Exposure
+    exposures : Exposure or iterable of Exposure
         Each with a celestial WCS, a PSF (fixed or varying) and a band that the
-        scene has fluxes for; with a zero point when the scene has one.
+        scene has fluxes for; with a zero point when the scene has one (an
+        exposure without one is an InputError).  A generator is materialised.
     background : {"fit", None} or float or sequence, optional
         ``"fit"`` (default): a constant background per exposure, profiled out
         (its best value for every trial scene; the fitted values are in the
-        exposure table); None: none; numbers: known backgrounds [data units].
-    max_shift : float or None, optional
+        exposure table); None: none; a number, or a sequence or NumPy array
+        of one per exposure: known backgrounds [data units].
+    max_shift : float or Quantity or None, optional
         Sources may move at most this far from their starting positions
-        [arcsec] (bounds on ``ra_<i>``, ``dec_<i>`` that have none); keeps a faint
-        source from wandering onto a bright neighbour.  None: unbounded.
+        [arcsec, >= 0] (bounds on ``ra_<i>``, ``dec_<i>`` that have none); keeps a
+        faint source from wandering onto a bright neighbour.  None: unbounded.
     maxiter : int, optional
-        Iteration limit of L-BFGS-B.
+        Iteration limit of L-BFGS-B (>= 1).
     relinearize : float or None, optional
-        When a source moves by more than this [px] from where the WCS maps were
-        linearised and the PSFs evaluated, fit again from there (once).
+        When a source moves by more than this [px, >= 0] from where the WCS maps
+        were linearised and the PSFs evaluated, fit again from there (once).
+        None: never.
     dtype : {numpy.float64, numpy.float32}, optional
         Arithmetic of the kernels.
     backend : str, optional
@@ -110,8 +178,8 @@ def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None
     -------
     fitted : SceneModel
         The best-fit scene; ``fitted.fit_info`` holds ``chi2``, ``dof``,
-        ``param_cov``, ``param_std``, ``exposures`` (see :func:`exposure_table`)
-        and the ``objective``.
+        ``param_cov``, ``param_std``, ``exposures`` (see :func:`exposure_table`),
+        ``unconstrained`` (see Notes) and the ``objective``.
     catalog : astropy.table.Table
         One row per source (see :func:`scene_catalog`).
 
@@ -119,8 +187,28 @@ def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None
     ------
     InputError
         For a scene that is not a SceneModel; no exposures; an exposure of a
-        band without fluxes, or without WCS or PSF; a source on no exposure;
-        no free parameter.
+        band without fluxes, or without WCS or PSF, or without a zero point
+        when the scene has one; a source on no exposure; no free parameter;
+        ``max_shift`` or ``relinearize`` not a finite number >= 0 (or None),
+        ``maxiter`` not an integer >= 1, ``dtype`` not float32/float64, a
+        ``background`` string other than ``"fit"`` or a background sequence of
+        the wrong length.
+
+    Warns
+    -----
+    SceneWarning
+        Naming the flux parameters no exposure constrains (see Notes).
+
+    Notes
+    -----
+    A free flux that no exposure constrains (no exposure of its band has an
+    unmasked pixel within ``5 r_eff + 10`` px of the source: a band without
+    exposures, bands with different footprints, a masked region) is held at
+    its starting value for the fit, left out of the free parameters (and so of
+    ``dof``), and listed in ``fit_info["unconstrained"]``; its catalog error is
+    NaN.  A source on masked pixels only, in every exposure, has all its free
+    parameters held so.  The returned scene keeps the caller's constraints
+    (those parameters are not left fixed).
 
     Examples
     --------
@@ -129,13 +217,18 @@ def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None
     """
     if not isinstance(scene, SceneModel):
         raise InputError(f"fit_scene needs a SceneModel, got {type(scene).__name__}")
+    exposures = _exposure_list(exposures)
+    max_shift = _limit(max_shift, "max_shift", u.arcsec)
+    relinearize = _limit(relinearize, "relinearize", u.pix)
+    maxiter = _check_maxiter(maxiter)
     fitter = fitter if fitter is not None else MixtureLSQFitter()
+    start = _bound_positions(scene, max_shift)
+    held = _hold_unconstrained(start, exposures)
     bar = _progress_bar(progress, "fit_scene", " chi2")
     try:
         kwargs = {"background": background, "dtype": dtype, "backend": backend,
                   "progress": bar}
-        fitted = fitter(_bound_positions(scene, max_shift), exposures, maxiter=maxiter,
-                        **kwargs)
+        fitted = fitter(start, exposures, maxiter=maxiter, **kwargs)
         if relinearize is not None:
             shift = _max_shift_px(fitted, fitted.fit_info["objective"])
             if shift > relinearize:
@@ -145,7 +238,10 @@ def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None
     finally:
         bar.close()
     _wrap_angles(fitted)
+    for name in held:                    # the caller's constraints, not ours
+        getattr(fitted, name).fixed = False
     info = fitted.fit_info
+    info["unconstrained"] = list(held)
     info["objective"].progress = None
     info["exposures"] = exposure_table(info["objective"], len(info["free_parameters"]))
     catalog = scene_catalog(fitted, info.get("param_std", {}))
@@ -259,14 +355,15 @@ def exposure_table(objective, n_free=0):
 
 def sample_scene(scene, exposures, *, priors=None, fit=True, width=8.0, nlive=200, dlogz=0.1,
                  bound="multi", sample="auto", rng=None, maxcall=None, background="fit",
-                 dtype=np.float64, backend=None, progress=True, pool=None):
+                 max_shift=1.0, maxiter=None, relinearize=0.25, dtype=np.float64,
+                 backend=None, progress=True, pool=None):
     """Posterior of a scene's parameters by nested sampling (dynesty): optimise, then sample.
 
     Parameters
     ----------
     scene : SceneModel
         Starting point (and the values of fixed parameters); not modified.
-    exposures : Exposure or sequence of Exposure
+    exposures : Exposure or iterable of Exposure
     priors : dict, optional
         ``{parameter name: prior}``: a ``(low, high)`` tuple (uniform), a frozen
         :mod:`scipy.stats` distribution or a callable ppf, as for
@@ -283,6 +380,13 @@ def sample_scene(scene, exposures, *, priors=None, fit=True, width=8.0, nlive=20
         Stop after about this many likelihood calls.
     background, dtype, backend
         As for :func:`fit_scene`.
+    max_shift : float or Quantity or None, optional
+        As for :func:`fit_scene`, and it holds in the sampling too: the
+        positions' bounds (``start +- max_shift`` [arcsec] around the starting
+        positions of ``scene``) cut every prior, default or given.  None:
+        unbounded.
+    maxiter, relinearize
+        As for :func:`fit_scene` (used by the fit).
     progress : bool, optional
         Show progress (fit bar, then dynesty's line).
 
@@ -301,16 +405,28 @@ def sample_scene(scene, exposures, *, priors=None, fit=True, width=8.0, nlive=20
         ``fit`` is False and its bounds are not finite.
     ImportError
         Without dynesty.
+
+    Warns
+    -----
+    SceneWarning
+        As :func:`fit_scene`: fluxes no exposure constrains are held at their
+        starting values (not sampled, unless ``priors`` names them), with NaN
+        errors in ``catalog``.
     """
     if not isinstance(scene, SceneModel):
         raise InputError(f"sample_scene needs a SceneModel, got {type(scene).__name__}")
+    exposures = _exposure_list(exposures)
+    max_shift = _limit(max_shift, "max_shift", u.arcsec)
     priors = dict(priors or {})
-    start = scene
     fitted = None
     if fit:
-        fitted, _ = fit_scene(scene, exposures, background=background, dtype=dtype,
+        fitted, _ = fit_scene(scene, exposures, background=background, max_shift=max_shift,
+                              maxiter=maxiter, relinearize=relinearize, dtype=dtype,
                               backend=backend, progress=progress)
-        start = fitted.copy()
+        start = fitted.copy()          # with the position bounds of max_shift
+        held = [n for n in fitted.fit_info["unconstrained"] if n not in priors]
+        for name in held:
+            getattr(start, name).fixed = True
         std = fitted.fit_info.get("param_std", {})
         for name in fitted.fit_info["free_parameters"]:
             if name in priors:
@@ -320,11 +436,16 @@ def sample_scene(scene, exposures, *, priors=None, fit=True, width=8.0, nlive=20
                 continue
             v = float(getattr(fitted, name).value)
             priors[name] = (v - width * s, v + width * s)
+    else:
+        start = _bound_positions(scene, max_shift)
+        held = _hold_unconstrained(start, exposures, keep=priors)
     sampler = DynestyFitter(nlive=nlive, bound=bound, sample=sample, dlogz=dlogz, rng=rng,
                             progress=progress, pool=pool)
     best = sampler(start, exposures, priors=priors, maxcall=maxcall, background=background,
                    dtype=dtype, backend=backend)
     post = sampler.fit_info["posterior"]
+    for name in held:                    # the caller's constraints, not ours
+        getattr(best, name).fixed = False
     post.scene = best
     post.fit = fitted
     summary = post.summary()

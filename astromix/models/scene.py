@@ -65,6 +65,67 @@ def _value(x, unit, what):
     return v
 
 
+def _exposure_list(exposures):
+    """A list of exposures from one exposure, a list or tuple, or any other iterable.
+
+    A generator or an object array of exposures is materialised (it had been
+    taken for one exposure, which gave a misleading "has band None" error).
+    """
+    if isinstance(exposures, list | tuple):
+        return list(exposures)
+    if hasattr(exposures, "weight") and hasattr(exposures, "data"):      # one exposure
+        return [exposures]
+    if isinstance(exposures, np.ndarray):
+        return list(exposures.ravel())
+    if hasattr(exposures, "__iter__") and not isinstance(exposures, str | bytes):
+        return list(exposures)
+    return [exposures]
+
+
+def _kernel_dtype(dtype):
+    """``numpy.dtype`` float32 or float64; InputError for anything else."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise InputError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}")
+    return dt
+
+
+def _background_list(background, n):
+    """Per exposure: None (no background), ``"fit"`` or a finite known value [data units].
+
+    ``background`` is ``"fit"``, None, a number, or a sequence or array of n of
+    those; any other string, a wrong length or a non-finite value is an InputError.
+    """
+    def one(b, what):
+        if b is None:
+            return None
+        if isinstance(b, str):
+            if b == "fit":
+                return "fit"
+            raise InputError(f"{what} must be 'fit', None or a number, got {b!r}")
+        try:
+            v = float(b)
+        except (TypeError, ValueError):
+            raise InputError(f"{what} must be 'fit', None or a number, got {b!r}") from None
+        if not math.isfinite(v):
+            raise InputError(f"{what} must be finite, got {v}")
+        return v
+
+    if background is None or isinstance(background, str) or np.ndim(background) == 0:
+        return [one(background, "background")] * n
+    try:
+        bgs = list(np.ravel(background) if isinstance(background, np.ndarray) else background)
+    except TypeError:
+        raise InputError(f"background must be 'fit', None, a number or a sequence, got "
+                         f"{type(background).__name__}") from None
+    if len(bgs) != n:
+        raise InputError(f"{len(bgs)} backgrounds for {n} exposures")
+    return [one(b, f"background[{k}]") for k, b in enumerate(bgs)]
+
+
 def _fluxes(flux, what):
     if isinstance(flux, dict):
         if not flux:
@@ -234,8 +295,10 @@ class SceneModel(FittableModel):
     zeropoint : float, optional
         AB magnitude of one catalog flux unit (22.5 for nanomaggies, 23.9 for
         microjansky).  With it, a source of flux F gives ``F *
-        exposure.flux_scale(zeropoint)`` data units in an exposure with a zero
-        point; without it (None), fluxes are in the exposures' data units.
+        exposure.flux_scale(zeropoint)`` data units in an exposure, and every
+        exposure it is rendered in or fitted to must have a zero point
+        (InputError otherwise); without it (None), fluxes are in the
+        exposures' data units.
     settings : AccuracySettings, optional
         Culling and pixel integration for rendering.
     **kwargs
@@ -606,10 +669,43 @@ class SceneModel(FittableModel):
             parameter in the scene (unless
             the scene has one unnamed band), the exposure has no WCS, the WCS
             gives no pixel position at a source, or a source on the image has
-            no PSF there (:meth:`~astromix.data.Exposure.psf_at`).
+            no PSF there (:meth:`~astromix.data.Exposure.psf_at`); if the
+            scene has a ``zeropoint`` and the exposure none (its data units
+            could not be converted to the scene's catalog units; the scale had
+            silently been taken as 1).
         """
         p = self.parameters if parameters is None else parameters
-        self._check_values(np.asarray(p, dtype=float))
+        b_index = self._band_index(exposure)
+        scale = 1.0
+        if self._zeropoint is not None:
+            if getattr(exposure, "zeropoint", None) is None:
+                raise InputError(
+                    f"exposure {getattr(exposure, 'name', '?')!r} has no zero point, but the "
+                    f"scene's fluxes are in catalog units (zeropoint {self._zeropoint}); give "
+                    "the exposure its zero point (Exposure(..., zeropoint=...); "
+                    "--exposure-zeropoints of 'astromix fit-scene') or use a scene without "
+                    "a zeropoint (fluxes in data units)")
+            scale = exposure.flux_scale(self._zeropoint)
+        out = []
+        for i, loc in enumerate(self._locate(exposure, p)):
+            if loc is None:
+                out.append(None)
+                continue
+            pixel, jac, _ = loc
+            idx = self._index[i]
+            ra, dec = float(p[idx["ra"]]), float(p[idx["dec"]])
+            key = (id(exposure), i)
+            psf = None if psf_cache is None else psf_cache.get(key)
+            if psf is None:
+                psf = exposure.psf_at(pixel[0], pixel[1])
+                psf = getattr(psf, "mixture", psf)
+                if psf_cache is not None:
+                    psf_cache[key] = psf
+            out.append(_Placement(i, ra, dec, pixel, jac, psf, scale, b_index))
+        return out
+
+    def _band_index(self, exposure):
+        """Index in :attr:`bands` of the exposure's band (InputError if the scene has none)."""
         band = getattr(exposure, "band", None)
         if band not in self._bands:
             if self._bands == (None,):
@@ -617,13 +713,16 @@ class SceneModel(FittableModel):
             else:
                 raise InputError(f"exposure {getattr(exposure, 'name', '?')!r} has band "
                                  f"{band!r}; the scene has fluxes in {list(self._bands)}")
-        b_index = self._bands.index(band)
+        return self._bands.index(band)
+
+    def _locate(self, exposure, p):
+        """Per source, ``(pixel, jacobian, extent [px])`` in ``exposure``, or None when its
+        pixel position lies more than ``extent = 5 r_eff + 10`` px (10 px for a star)
+        outside the image.  InputError as :meth:`placements` (values, WCS)."""
+        self._check_values(np.asarray(p, dtype=float))
         wcs = getattr(exposure, "wcs", None)
         if wcs is None:
             raise InputError(f"exposure {getattr(exposure, 'name', '?')!r} has no WCS")
-        scale = 1.0
-        if self._zeropoint is not None:
-            scale = exposure.flux_scale(self._zeropoint)
         ny, nx = exposure.data.shape
         out = []
         for i in range(self.n_sources):
@@ -636,15 +735,54 @@ class SceneModel(FittableModel):
                     and -extent <= pixel[1] <= ny - 1 + extent):
                 out.append(None)
                 continue
-            key = (id(exposure), i)
-            psf = None if psf_cache is None else psf_cache.get(key)
-            if psf is None:
-                psf = exposure.psf_at(pixel[0], pixel[1])
-                psf = getattr(psf, "mixture", psf)
-                if psf_cache is not None:
-                    psf_cache[key] = psf
-            out.append(_Placement(i, ra, dec, pixel, jac, psf, scale, b_index))
+            out.append((pixel, jac, extent))
         return out
+
+    def _flux_coverage(self, exposures, parameters=None):
+        """Which flux parameters the exposures constrain at all.
+
+        A source's flux in a band is constrained when an exposure of that band
+        has an unmasked pixel (weight > 0) within ``5 r_eff + 10`` px (10 px for
+        a star) of the source: the region :meth:`placements` keeps.  A source
+        off every exposure of a band (bands with different footprints), or on
+        masked pixels only, leaves that flux without information.
+
+        Parameters
+        ----------
+        exposures : Exposure or iterable of Exposure
+        parameters : ndarray, optional
+            Parameter values (default: the current ones).
+
+        Returns
+        -------
+        covered : ndarray of bool, shape (n_sources, n_bands)
+            True where some exposure constrains ``flux_<band>_<i>`` (bands in
+            the order of :attr:`bands`).
+        placed : ndarray of bool, shape (n_sources,)
+            True where the source lies on (or near) some exposure, masked or not.
+
+        Raises
+        ------
+        InputError
+            As :meth:`placements` (band, WCS, parameter values); no PSF is evaluated.
+        """
+        p = self.parameters if parameters is None else np.asarray(parameters, dtype=float)
+        covered = np.zeros((self.n_sources, len(self._bands)), dtype=bool)
+        placed = np.zeros(self.n_sources, dtype=bool)
+        for e in _exposure_list(exposures):
+            b = self._band_index(e)
+            good = np.asarray(e.weight) > 0
+            ny, nx = good.shape
+            for i, loc in enumerate(self._locate(e, p)):
+                if loc is None:
+                    continue
+                placed[i] = True
+                (x, y), _, ext = loc
+                x0, x1 = max(math.floor(x - ext), 0), min(math.ceil(x + ext) + 1, nx)
+                y0, y1 = max(math.floor(y - ext), 0), min(math.ceil(y + ext) + 1, ny)
+                if x0 < x1 and y0 < y1 and good[y0:y1, x0:x1].any():
+                    covered[i, b] = True
+        return covered, placed
 
     def _check_values(self, p):
         """Refuse parameter values no source can have (InputError, naming them).
@@ -810,7 +948,8 @@ class SceneModel(FittableModel):
         Raises
         ------
         InputError
-            If the exposure's band has no flux parameter, or it lacks a WCS or PSF.
+            If the exposure's band has no flux parameter, or it lacks a WCS or PSF,
+            or a zero point when the scene has one.
         """
         p = self.parameters if parameters is None else np.asarray(parameters, dtype=float)
         amp, mean, cov = self._component_arrays(p, self.placements(exposure, p))
@@ -855,14 +994,16 @@ class SceneModel(FittableModel):
 
         Parameters
         ----------
-        exposures : Exposure or sequence of Exposure
+        exposures : Exposure or iterable of Exposure
         gradient : bool, optional
             Also return d chi2 / d parameters.
         background : {"fit", None} or float or sequence, optional
             ``"fit"``: a constant background per exposure, set to its best value
             for the current sources (profiled out; its uncertainty then enters
             the other parameters' errors as if it were fitted); None or 0: no
-            background; numbers: known backgrounds per exposure [data units].
+            background; a number: one known background for every exposure; a
+            sequence or NumPy array (one per exposure): known backgrounds
+            [data units], or ``"fit"`` / None per exposure.
         dtype : {numpy.float64, numpy.float32}, optional
             Arithmetic of the kernels.
         backend : str, optional
@@ -876,7 +1017,8 @@ class SceneModel(FittableModel):
         Raises
         ------
         InputError
-            As :meth:`mixture`; also if no exposure overlaps any source.
+            As :meth:`mixture`; also if no exposure overlaps any source, or for
+            a bad ``background`` or ``dtype`` (see :class:`SceneObjective`).
         """
         obj = SceneObjective(self, exposures, background=background, dtype=dtype,
                              backend=backend)
@@ -893,10 +1035,11 @@ class SceneObjective:
     Parameters
     ----------
     scene : SceneModel
-    exposures : Exposure or sequence of Exposure
+    exposures : Exposure or iterable of Exposure
+        One exposure, or a list, tuple, generator or array of them.
     background : {"fit", None} or float or sequence of float, optional
         See :meth:`SceneModel.chi2`.
-    dtype : numpy dtype, optional
+    dtype : {numpy.float64, numpy.float32}, optional
     backend : str, optional
     parameters : ndarray, optional
         Where to linearise the WCS (default: the scene's current parameters).
@@ -905,7 +1048,10 @@ class SceneObjective:
     ------
     InputError
         With no exposures, a band with no flux parameter, a missing WCS or PSF,
-        or no exposure overlapping any source.
+        a missing zero point (when the scene has one), no exposure overlapping
+        any source; a ``dtype`` other than float32/float64; a ``background``
+        that is a string other than ``"fit"``, not finite, or a sequence of the
+        wrong length.
 
     Warns
     -----
@@ -915,25 +1061,20 @@ class SceneObjective:
 
     def __init__(self, scene, exposures, *, background="fit", dtype=np.float64, backend=None,
                  parameters=None):
-        if not isinstance(exposures, list | tuple):
-            exposures = [exposures]
+        exposures = _exposure_list(exposures)
         if not exposures:
             raise InputError("no exposures to fit")
+        dtype = _kernel_dtype(dtype)
+        bgs = _background_list(background, len(exposures))
         self.scene = scene
         self.bk = get_backend(backend)
-        self.dtype = np.dtype(dtype)
+        self.dtype = dtype
         self.settings = scene.settings
         p = scene.parameters if parameters is None else np.asarray(parameters, dtype=float)
         self.reference = p.copy()
         self.psf_cache = {}
         self.exposures, self.placements, self.data, self.weight, self.fixed_bg = \
             [], [], [], [], []
-        if background is None or background == "fit" or np.ndim(background) == 0:
-            bgs = [background] * len(exposures)
-        else:
-            bgs = list(background)
-            if len(bgs) != len(exposures):
-                raise InputError(f"{len(bgs)} backgrounds for {len(exposures)} exposures")
         covered = np.zeros(scene.n_sources, dtype=bool)
         for e, bg in zip(exposures, bgs):
             pls = scene.placements(e, p, psf_cache=self.psf_cache)
