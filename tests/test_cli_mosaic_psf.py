@@ -76,6 +76,16 @@ def config(folder, **extra):
     return str(path)
 
 
+def assert_cube_is_the_model(cube, sim, order):
+    """The cube the command wrote is ExposureWeightedPSF's own, star by star (catalog order)."""
+    model = ExposureWeightedPSF(sim.wcs, sim.exposures, ImageProvider(psf_image(),
+                                                                      oversampling=OS),
+                                context=sim.context)
+    x, y = np.asarray(sim.stars["x"]), np.asarray(sim.stars["y"])
+    for k, n in enumerate(order):
+        np.testing.assert_allclose(cube[k], model.image(x[n], y[n], 21), atol=1e-9)
+
+
 def test_cli_writes_the_cube_in_catalog_order(files, capsys):
     folder, sim, order = files
     assert main(["mosaic-psf", "--config", config(folder), "--no-progress"]) == 0
@@ -83,13 +93,8 @@ def test_cli_writes_the_cube_in_catalog_order(files, capsys):
     assert "4 exposures, 6 sources, dim 21" in out and "wrote" in out
     cube, sources, meta = read_psf_cube(folder / "psfs.fits")
     assert cube.shape == (6, 21, 21) and meta["PSFDIM"] == 21
-    model = ExposureWeightedPSF(sim.wcs, sim.exposures, ImageProvider(psf_image(),
-                                                                      oversampling=OS),
-                                context=sim.context)
-    x, y = np.asarray(sim.stars["x"]), np.asarray(sim.stars["y"])
-    for k, n in enumerate(order):
-        np.testing.assert_allclose(cube[k], model.image(x[n], y[n], 21), atol=1e-9)
-    np.testing.assert_allclose(sources["x"], x[order] + 1)
+    assert_cube_is_the_model(cube, sim, order)
+    np.testing.assert_allclose(sources["x"], np.asarray(sim.stars["x"])[order] + 1)
     np.testing.assert_array_equal(sources["n_exposures"],
                                   np.asarray(sim.stars["n_exposures"])[order])
 
@@ -276,12 +281,7 @@ def test_cli_provider_images_relative_to_the_config(files, tmp_path, monkeypatch
                   psf_array_filename=name)
     assert main(["mosaic-psf", "--config", path, "--no-progress"]) == 0
     cube, _, _ = read_psf_cube(folder / name)
-    model = ExposureWeightedPSF(sim.wcs, sim.exposures, ImageProvider(psf_image(),
-                                                                      oversampling=OS),
-                                context=sim.context)
-    x, y = np.asarray(sim.stars["x"]), np.asarray(sim.stars["y"])
-    for k, n in enumerate(order):
-        np.testing.assert_allclose(cube[k], model.image(x[n], y[n], 21), atol=1e-9)
+    assert_cube_is_the_model(cube, sim, order)
 
 
 def test_config_stpsf_path_relative_to_the_config(tmp_path, monkeypatch):

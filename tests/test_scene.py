@@ -633,16 +633,22 @@ def test_bad_fit_scene_arguments_are_input_errors(kwargs, message):
         fit_scene(truth_scene(), exps, progress=False, **kwargs)
 
 
-def test_max_shift_accepts_a_quantity_and_zero():
-    from astropy import units as u
-
-    rng = np.random.default_rng(7)
+def star_off_its_catalog_position(seed):
+    """A star (flux 300) in a noisy g exposure, and a start 0.5 arcsec north of it."""
+    rng = np.random.default_rng(seed)
     truth = SceneModel([StarSource(RA, DEC, {"g": 300.0})])
     e = make_exposure((24, 24), "g")
     img = truth.render(e) + rng.normal(0, 1.0, (24, 24))
     e = Exposure(img, uncertainty=np.ones_like(img), wcs=e.wcs, psf=PSF, band="g")
     start = truth.copy()
     start.dec_0 = DEC + 0.5 / 3600
+    return e, start
+
+
+def test_max_shift_accepts_a_quantity_and_zero():
+    from astropy import units as u
+
+    e, start = star_off_its_catalog_position(7)
     fitted, _ = fit_scene(start, [e], max_shift=200 * u.mas, progress=False)
     assert abs(fitted.dec_0.value - start.dec_0.value) * 3600 == pytest.approx(0.2, abs=1e-6)
     fixed, _ = fit_scene(start, [e], max_shift=0, progress=False)
@@ -654,13 +660,7 @@ def test_sample_scene_honours_max_shift():
     position is 0.5 arcsec off, max_shift 0.2 arcsec.  sample_scene had no max_shift (its
     fit used 1 arcsec, and so did ``astromix fit-scene --sample --max-shift``)."""
     pytest.importorskip("dynesty")
-    rng = np.random.default_rng(3)
-    truth = SceneModel([StarSource(RA, DEC, {"g": 300.0})])
-    e = make_exposure((24, 24), "g")
-    img = truth.render(e) + rng.normal(0, 1.0, (24, 24))
-    e = Exposure(img, uncertainty=np.ones_like(img), wcs=e.wcs, psf=PSF, band="g")
-    start = truth.copy()
-    start.dec_0 = DEC + 0.5 / 3600
+    e, start = star_off_its_catalog_position(3)
     i = start.param_names.index("dec_0")
     for fit, priors in ((True, None),
                         (False, {"flux_g_0": (100.0, 500.0), "ra_0": (RA - 2 / 3600, RA + 2 / 3600),
