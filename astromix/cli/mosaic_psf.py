@@ -64,9 +64,6 @@ __all__ = ["add_parser", "run", "read_config", "read_catalog", "make_provider"]
 
 log = logging.getLogger("astromix")
 
-#: File name endings of the PSF cube (those of :func:`astromix.mosaic.write_psf_cube`).
-CUBE_SUFFIXES = (".fits", ".fits.gz", ".fit", ".asdf", ".npy")
-
 #: Fields this command reads; others are reported and ignored.
 KNOWN_FIELDS = ("img_path", "catalog_path", "association_path", "csv_path", "catalog_format",
                 "catalog_hdu", "x_col", "y_col", "1-indexed", "one_indexed", "1_indexed",
@@ -399,6 +396,7 @@ def run(args):
     import concurrent.futures
 
     from ..mosaic import ExposureWeightedPSF, write_psf_cube
+    from ..mosaic.psf import CUBE_SUFFIXES
     from ._shared import check_output_file
 
     t0 = time.perf_counter()

@@ -1032,6 +1032,12 @@ class _CubeTask:
 
 
 # -- files ----------------------------------------------------------------------------------
+#: File name endings of the FITS PSF cube format (the others: ``.asdf``, ``.npy``).
+_FITS_SUFFIXES = (".fits", ".fits.gz", ".fit")
+#: Every file name ending :func:`write_psf_cube` and :func:`read_psf_cube` know.
+CUBE_SUFFIXES = _FITS_SUFFIXES + (".asdf", ".npy")
+
+
 def write_psf_cube(path, cube, sources=None, *, meta=None, overwrite=True):
     """Write a PSF cube (N, dim, dim) and its source table, atomically.
 
@@ -1079,7 +1085,7 @@ def write_psf_cube(path, cube, sources=None, *, meta=None, overwrite=True):
         raise InputError(f"{path} exists and overwrite is False")
     meta = dict(meta or {})
     low = path.lower()
-    if low.endswith((".fits", ".fits.gz", ".fit")):
+    if low.endswith(_FITS_SUFFIXES):
         from astropy.io import fits
 
         primary = fits.PrimaryHDU(cube)
@@ -1192,7 +1198,7 @@ def read_psf_cube(path):
     if not os.path.exists(path):
         raise InputError(f"{path} does not exist")
     low = path.lower()
-    if low.endswith((".fits", ".fits.gz", ".fit")):
+    if low.endswith(_FITS_SUFFIXES):
         from astropy.io import fits
 
         with fits.open(path, memmap=False) as hdul:
