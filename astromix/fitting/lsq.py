@@ -131,25 +131,23 @@ def _analytic_jacobian(model):
     return jac, ("partial" if missing else "analytic")
 
 
-def _tied_derivatives(model, p, lo, hi, tied):
+def _tied_derivatives(full, p, tied, lo, hi, rel_step):
     """d (tied parameter values) / d (free values) at ``p``, shape (len(tied), len(p)).
 
-    Central differences of the tied expressions (one-sided at a bound), as
-    :meth:`_FreeToFull.gradient` does for scenes; the model is left at ``p``.
+    Central differences of the tied expressions, of step ``rel_step * max(|p|,
+    1e-3)``, one-sided at a bound.  ``full(p)`` sets the model's free values and
+    returns its whole parameter vector; the model is left at ``p``.  Serves the
+    pixel fits' Jacobian and the scene fits' gradient (:meth:`_FreeToFull.gradient`).
     """
     out = np.empty((len(tied), p.size))
     for j in range(p.size):
-        h = 1e-6 * max(abs(p[j]), 1e-3)
+        h = rel_step * max(abs(p[j]), 1e-3)
         up, down = p.copy(), p.copy()
         up[j] = min(p[j] + h, hi[j])
         down[j] = max(p[j] - h, lo[j])
-        fitter_to_model_params(model, up)
-        t_up = np.array(model.parameters, dtype=np.float64)[tied]
-        fitter_to_model_params(model, down)
-        t_down = np.array(model.parameters, dtype=np.float64)[tied]
         width = up[j] - down[j]
-        out[:, j] = (t_up - t_down) / width if width > 0 else 0.0
-    fitter_to_model_params(model, p)
+        out[:, j] = (full(up)[tied] - full(down)[tied]) / width if width > 0 else 0.0
+    full(p)
     return out
 
 
@@ -482,6 +480,10 @@ class MixtureLSQFitter:
         tied_flags = fitted.tied        # astropy rebuilds this dict at every access
         tied = [i for i, n in enumerate(fitted.param_names) if tied_flags[n]]
 
+        def full(p):
+            fitter_to_model_params(fitted, p)
+            return np.array(fitted.parameters, dtype=np.float64)
+
         if jac_all is not None:
             def jacobian(p):
                 fitter_to_model_params(fitted, p)
@@ -489,7 +491,7 @@ class MixtureLSQFitter:
                 cols = np.column_stack([np.ravel(derivs[i]) for i in free])
                 if tied:
                     # a tied parameter moves with the free ones it is tied to: chain rule
-                    dtied = _tied_derivatives(fitted, p, lo, hi, tied)
+                    dtied = _tied_derivatives(full, p, tied, lo, hi, 1e-6)
                     cols = cols + np.column_stack([np.ravel(derivs[i]) for i in tied]) @ dtied
                 return wf.ravel()[:, None] * cols
         else:
@@ -707,14 +709,8 @@ class _FreeToFull:
         """d chi2 / d free values, tied parameters chained by central differences."""
         g = grad_full[self.free].copy()
         if self.tied:
-            for j in range(len(self.free)):
-                h = 1e-7 * max(abs(p_free[j]), 1e-3)
-                up, down = p_free.copy(), p_free.copy()
-                up[j] += h
-                down[j] -= h
-                dt = (self(up)[self.tied] - self(down)[self.tied]) / (2 * h)
-                g[j] += grad_full[self.tied] @ dt
-            self(p_free)
+            g += grad_full[self.tied] @ _tied_derivatives(self, p_free, self.tied, self._lo,
+                                                          self._hi, 1e-7)
         return g
 
 
