@@ -83,10 +83,6 @@ def _int_at_least(minimum):
     return parse
 
 
-#: argparse type of a positive, finite number (shared with psf-field).
-_positive_float = positive_float
-
-
 def _flag01(text):
     if text not in ("0", "1"):
         raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
@@ -127,7 +123,7 @@ def add_parser(subparsers):
                         metavar="FITS", help="FITS file holding the PSF image (required)")
     parser.add_argument("--ext", type=hdu_argument, default=0, metavar="HDU",
                         help="HDU of the image: number or EXTNAME (default: 0)")
-    parser.add_argument("--oversample", type=_positive_float, default=None, metavar="N",
+    parser.add_argument("--oversample", type=positive_float, default=None, metavar="N",
                         help="image pixels per science pixel (default: the header's "
                              "DET_SAMP, else OVERSAMP, else 1; OVERSAMP in STPSF's "
                              "detector-sampled DET_SAMP/DET_DIST extensions)")
@@ -138,7 +134,7 @@ def add_parser(subparsers):
     parser.add_argument("--ngauss_neg", "--ngauss-neg", dest="ngauss_neg",
                         type=_int_at_least(0), default=0, metavar="K",
                         help="how many of them have negative amplitudes (default: 0)")
-    parser.add_argument("--snr", type=_positive_float, default=None,
+    parser.add_argument("--snr", type=positive_float, default=None,
                         help="forcepho's noise level: sigma = flux / (snr sqrt(Npix)); it "
                              "scales chi2, not the least-squares fit (default: none)")
     parser.add_argument("--outname", required=True, metavar="HDF5",
@@ -160,7 +156,7 @@ def add_parser(subparsers):
                              "largest capped at --max_residual of the peak (default); "
                              "chi2, plain least squares")
     parser.add_argument("--max_residual", "--max-residual", dest="max_residual",
-                        type=_positive_float, default=0.058,
+                        type=positive_float, default=0.058,
                         help="cap of the l1max objective, in units of the peak (default: "
                              "0.058)")
     parser.add_argument("--seed", type=int, default=0,
