@@ -32,7 +32,8 @@ def positive_float(text):
 
 
 def prepare_output_folder(folder):
-    """Create ``folder`` if needed; InputError when it cannot be created or written."""
+    """Create ``folder`` if needed; InputError when it cannot be created or no file can be
+    created in it (:func:`probe_folder`)."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
@@ -40,6 +41,7 @@ def prepare_output_folder(folder):
                          f"{exc.strerror or exc}") from None
     if not os.access(folder, os.W_OK):
         raise InputError(f"output folder {folder!r} is not writable")
+    probe_folder(folder)  # os.access passes /proc or a read-only file system for root
 
 
 def probe_folder(folder):
@@ -86,7 +88,6 @@ def check_output_file(path, overwrite, option="--output"):
     path = check_output_name(path, overwrite, option)
     folder = os.path.dirname(os.path.abspath(path))
     prepare_output_folder(folder)
-    probe_folder(folder)
 
 
 def check_output_name(path, overwrite, option="--output"):

@@ -41,7 +41,6 @@ from ._shared import (
     check_output_name,
     hdu_argument,
     prepare_output_folder,
-    probe_folder,
 )
 
 __all__ = ["add_parser", "run"]
@@ -160,7 +159,6 @@ def _check_outputs(args):
         if os.path.exists(args.save_fits) and not os.path.isdir(args.save_fits):
             raise InputError(f"--save-fits {args.save_fits!r} is a file, not a folder")
         prepare_output_folder(args.save_fits)
-        probe_folder(args.save_fits)
 
 
 def _save_fits_paths(args, prefix):

@@ -33,7 +33,6 @@ from ._shared import (
     check_output_name,
     positive_float,
     prepare_output_folder,
-    probe_folder,
 )
 
 __all__ = ["add_parser", "run"]
@@ -178,7 +177,6 @@ def run(args):
         raise InputError("--oversampling applies to the pixel basis only: the mixture basis "
                          "is already a forward model of the star pixels (at any sampling)")
     prepare_output_folder(args.outdir)
-    probe_folder(args.outdir)  # os.access passes /proc or a read-only file system for root
     names = ["psf.psf", "stars.ecsv", "validation.ecsv", "rho_stats.ecsv"]
     if not args.no_plot:
         names += ["size_magnitude.png", "whiskers.png"]

@@ -51,7 +51,6 @@ from ._shared import (
     image_panels,
     positive_float,
     prepare_output_folder,
-    probe_folder,
     radial_profile,
 )
 
@@ -382,7 +381,6 @@ def _check_outputs(args, png_path, fits_path):
             check_output_name(extra, True, option)  # e.g. a folder of that name
     folder = os.path.dirname(os.path.abspath(path))
     prepare_output_folder(folder)
-    probe_folder(folder)  # os.access passes /proc or a read-only file system for root
 
 
 def _check_pixels(image, trim, ngauss, path):
