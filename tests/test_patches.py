@@ -181,6 +181,23 @@ def test_cutouts_hold_the_region_with_the_right_wcs(field):
             assert np.all(cut.weight.ravel()[inside] > 0)
 
 
+def test_exposures_from_a_generator_or_array(field):
+    # a generator (or an object array) of exposures is every exposure, as in fit_scene;
+    # it had been taken for one exposure and refused as having no WCS
+    truth, exposures, start = field
+    listed = make_patches(start, exposures, patch_size=PATCH, border=BORDER)
+    for given in ((e for e in exposures), np.array(exposures, dtype=object)):
+        patches = make_patches(start, given, patch_size=PATCH, border=BORDER)
+        assert [p.label for p in patches] == [p.label for p in listed]
+        for p, q in zip(patches, listed):
+            assert list(p.exposure_index) == list(q.exposure_index) == [0, 1]
+            assert np.array_equal(p.active, q.active) and np.array_equal(p.fixed, q.fixed)
+            assert all(np.array_equal(a.data, b.data) for a, b in zip(p.exposures, q.exposures))
+    one = make_patches(start, exposures[1], patch_size=PATCH, border=BORDER)
+    assert all(list(p.exposure_index) == [0] for p in one)
+    assert all(p.exposures[0].band == exposures[1].band for p in one)
+
+
 def test_patches_pickle_small(field):
     truth, exposures, start = field
     patches = make_patches(start, exposures, patch_size=PATCH, border=BORDER)

@@ -29,7 +29,7 @@ from astropy.table import Table
 
 from .._threads import single_threaded_blas
 from ..errors import InputError
-from ..models.scene import SceneModel
+from ..models.scene import SceneModel, _exposure_list
 
 __all__ = ["Patch", "make_patches", "fit_patches"]
 
@@ -420,8 +420,10 @@ def make_patches(scene, exposures, *, patch_size, border, halo=None, reference=N
         The field's sources with their starting values; a catalog is read
         with :meth:`SceneModel.from_catalog`.  Fixed parameters and bounds of
         the scene carry over to the patches' active sources; ties are refused.
-    exposures : Exposure or sequence of Exposure
-        Every exposure of the field, each with a celestial WCS and a PSF.
+    exposures : Exposure or iterable of Exposure
+        Every exposure of the field, each with a celestial WCS and a PSF (a
+        list, tuple, generator or object array of them, as for
+        :func:`~astromix.fitting.fit_scene`).
     patch_size : float or Quantity
         Side of a patch's core [arcsec], > 0.  A few times the typical
         distance between sources: the cost of a patch's fit grows like the
@@ -488,8 +490,7 @@ def make_patches(scene, exposures, *, patch_size, border, halo=None, reference=N
     patch_size = _arcsec(patch_size, "patch_size", positive=True)
     border = _arcsec(border, "border")
     halo = 0.5 * border if halo is None else _arcsec(halo, "halo")
-    if not isinstance(exposures, list | tuple):
-        exposures = [exposures]
+    exposures = _exposure_list(exposures)
     if not exposures:
         raise InputError("make_patches needs at least one exposure")
     for e in exposures:
@@ -703,8 +704,8 @@ def fit_patches(scene, exposures, *, patch_size, border, halo=None, passes=1, re
     ----------
     scene : SceneModel or astropy.table.Table
         The field's sources with their starting values (not modified).
-    exposures : Exposure or sequence of Exposure
-        The field's exposures (each with a WCS and a PSF).
+    exposures : Exposure or iterable of Exposure
+        The field's exposures (each with a WCS and a PSF); see :func:`make_patches`.
     patch_size, border, halo : float or Quantity
         Patch geometry [arcsec]; see :func:`make_patches`.
     passes : int, optional
