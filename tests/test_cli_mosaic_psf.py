@@ -201,6 +201,29 @@ def test_config_pixel_scale_and_booleans(tmp_path):
             assert cfg["overwrite"] is truth and cfg["one_indexed"] is truth
 
 
+def test_config_two_spellings_of_one_field(tmp_path):
+    """Two spellings of 1-indexed (or of STPSF_PATH) that disagree are refused; the first
+    had been read and the others ignored, so a 1-based catalog could be shifted by 1 px."""
+    from astromix.cli.mosaic_psf import read_config
+
+    base = {"img_path": "a.fits", "catalog_path": "c.csv"}
+    path = tmp_path / "c.json"
+    for fields in ({"1-indexed": False, "one_indexed": True},
+                   {"one_indexed": "no", "1_indexed": "yes"},
+                   {"STPSF_PATH": "a", "stpsf_path": "b"}):
+        path.write_text(json.dumps(dict(base, **fields)))
+        keys = list(fields)
+        with pytest.raises(InputError, match=rf"c\.json.*{keys[0]} and {keys[1]} are the "
+                                             "same field and disagree"):
+            read_config(str(path))
+    for fields, one in (({"1-indexed": True, "one_indexed": "yes"}, True),
+                        ({"one_indexed": 0, "1_indexed": "false"}, False)):
+        path.write_text(json.dumps(dict(base, **fields)))
+        assert read_config(str(path))["one_indexed"] is one
+    path.write_text(json.dumps(dict(base, STPSF_PATH="d", stpsf_path="d")))
+    assert read_config(str(path))["stpsf_path"] == str(tmp_path / "d")
+
+
 def test_cli_overwrite_string_false_keeps_the_file(files, capsys):
     """"overwrite": "false" replaced an existing cube (bool("false") is True)."""
     folder, _, _ = files

@@ -139,7 +139,9 @@ def read_config(path):
         number, ``provider_options`` is not a JSON object, ``max_workers``
         not an integer, or ``overwrite`` or ``1-indexed`` not a boolean
         (true/false, 1/0, or the strings "true", "false", "yes", "no", "1",
-        "0", in any case); each message names the file.
+        "0", in any case), or two spellings of one field (``1-indexed``,
+        ``one_indexed``, ``1_indexed``; ``STPSF_PATH``, ``stpsf_path``) with
+        different values; each message names the file.
     """
     from ..mosaic.exposures import read_json
 
@@ -157,9 +159,16 @@ def read_config(path):
                 "psf_array_filename"):
         if cfg.get(key):
             cfg[key] = os.path.join(base, os.path.expanduser(str(cfg[key])))
-    one = [k for k in ("1-indexed", "one_indexed", "1_indexed") if k in cfg]
+    one = {k: _config_bool(cfg[k], k, path) for k in ("1-indexed", "one_indexed", "1_indexed")
+           if k in cfg}
+    stpsf = {k: cfg[k] for k in ("STPSF_PATH", "stpsf_path") if cfg.get(k)}
+    for given in (one, stpsf):
+        if len(set(given.values())) > 1:
+            raise InputError(f"config {path!r}: {' and '.join(given)} are the same field and "
+                             f"disagree ({', '.join(f'{k}={v!r}' for k, v in given.items())}); "
+                             "give one of them")
     out = {
-        "one_indexed": _config_bool(cfg[one[0]], one[0], path) if one else False,
+        "one_indexed": next(iter(one.values()), False),
         "catalog_format": str(cfg.get("catalog_format", "fits")).lower(),
         "catalog_hdu": cfg.get("catalog_hdu", 1),
         "x_col": cfg.get("x_col", "x"), "y_col": cfg.get("y_col", "y"),
@@ -170,7 +179,7 @@ def read_config(path):
         "provider_options": cfg.get("provider_options") or {},
         "pixfrac": cfg.get("pixfrac", 1.0), "max_workers": cfg.get("max_workers", 1),
         "overwrite": _config_bool(cfg.get("overwrite", True), "overwrite", path),
-        "stpsf_path": cfg.get("STPSF_PATH") or cfg.get("stpsf_path"),
+        "stpsf_path": next(iter(stpsf.values()), None),
     }
     if isinstance(out["stpsf_path"], str):
         out["stpsf_path"] = _config_path(base, out["stpsf_path"])
