@@ -304,6 +304,33 @@ def test_fit_scene_sample_honours_max_shift(tmp_path, capsys):
     assert (fitted["dec"][0] - dec_start) * 3600 == pytest.approx(-0.2, abs=1e-6)
 
 
+def test_fit_scene_sample_fits_once(tmp_path, capsys, monkeypatch):
+    """``--sample`` samples around the fit the command has written: fit_scene runs once
+    (sample_scene had run its own fit again)."""
+    pytest.importorskip("dynesty")
+    import astromix.fitting as fitting
+    import astromix.fitting.scene as fs
+
+    _active_backend_or_skip()
+    _one_star_field(tmp_path, dec_offset=0.1)
+    calls = []
+    real = fitting.fit_scene
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fitting, "fit_scene", counted)
+    monkeypatch.setattr(fs, "fit_scene", counted)
+    out = tmp_path / "out"
+    code = main(["fit-scene", str(tmp_path / "img.fits"), "--catalog", str(tmp_path / "cat.ecsv"),
+                 "--psf", str(tmp_path / "psf.asdf"), "--no-background", "--sample",
+                 "--nlive", "20", "--no-plot", "--no-progress", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert len(calls) == 1
+    assert (out / "posterior_samples.ecsv").is_file()
+
+
 def test_fit_scene_catalog_zeropoint_needs_image_zeropoints(tmp_path, capsys):
     """DECam CP images carry no zero point; a catalog in nanomaggies (meta zeropoint, or
     --zeropoint 22.5) without --exposure-zeropoints is a one-line error naming the images.

@@ -655,6 +655,34 @@ def test_max_shift_accepts_a_quantity_and_zero():
     assert fixed.dec_0.value == pytest.approx(start.dec_0.value, abs=1e-12)
 
 
+def test_sample_scene_takes_a_given_fit(monkeypatch):
+    """fit=<fit_scene's result>: the same posterior as sample_scene's own fit, without
+    fitting again (``fit-scene --sample`` had fitted twice); a scene that is not such a
+    result is refused."""
+    pytest.importorskip("dynesty")
+    import astromix.fitting.scene as fs
+
+    e, start = star_off_its_catalog_position(3)
+    kw = dict(max_shift=0.2, nlive=30, rng=4, progress=False, background=None, maxcall=3000)
+    own = sample_scene(start, [e], **kw)
+    fitted, _ = fit_scene(start, [e], max_shift=0.2, progress=False, background=None)
+    calls = []
+    monkeypatch.setattr(fs, "fit_scene", lambda *a, **k: calls.append(a))
+    given = sample_scene(start, [e], fit=fitted, **kw)
+    assert calls == []
+    assert given.fit is fitted
+    np.testing.assert_allclose(given.samples, own.samples, rtol=1e-9, atol=0)
+    assert given.logz == pytest.approx(own.logz, rel=1e-9)
+    with pytest.raises(InputError, match="SceneModel returned by fit_scene"):
+        sample_scene(start, [e], fit=start.copy(), **kw)
+    other = SceneModel([StarSource(RA, DEC, {"g": 80.0}), StarSource(RA, DEC, {"g": 8.0})])
+    other.fit_info = fitted.fit_info
+    with pytest.raises(InputError, match="parameters are not the scene's"):
+        sample_scene(start, [e], fit=other, **kw)
+    with pytest.raises(InputError, match="dec_0 .* lies outside max_shift = 0.05 arcsec"):
+        sample_scene(start, [e], fit=fitted, **dict(kw, max_shift=0.05))
+
+
 def test_sample_scene_honours_max_shift():
     """The positions' bounds of max_shift hold in the sampling: a star whose catalog
     position is 0.5 arcsec off, max_shift 0.2 arcsec.  sample_scene had no max_shift (its

@@ -246,7 +246,8 @@ def run(args):
                                       plot=not args.no_plot, title="astromix fit-scene")
         print_report(out, fitted, catalog)
         if args.sample:
-            post = sample_scene(scene, exposures, background=background, nlive=args.nlive,
+            post = sample_scene(scene, exposures, fit=fitted, background=background,
+                                nlive=args.nlive,
                                 max_shift=args.max_shift, rng=args.seed,
                                 progress=not args.no_progress)
             summary = post.summary()

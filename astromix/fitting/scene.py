@@ -68,6 +68,35 @@ def _bound_positions(scene, max_shift):
     return scene
 
 
+def _given_fit(scene, fitted, max_shift):
+    """A copy of ``fitted`` (a fit_scene result for ``scene``) with the position bounds
+    of ``max_shift`` around ``scene``'s positions, as sample_scene's own fit has them;
+    InputError if it is not such a result."""
+    info = getattr(fitted, "fit_info", None)
+    if not isinstance(info, dict) or not {"free_parameters", "unconstrained",
+                                          "param_std"} <= set(info):
+        raise InputError("sample_scene: fit must be True, False or a SceneModel returned by "
+                         "fit_scene (with its fit_info)")
+    if fitted.param_names != scene.param_names:
+        raise InputError("sample_scene: the fit's parameters are not the scene's (fit must be "
+                         "fit_scene's result for this scene)")
+    start = fitted.copy()
+    window = _bound_positions(scene, max_shift)
+    for i in range(scene.n_sources):
+        for name in (f"ra_{i}", f"dec_{i}"):
+            param = getattr(start, name)
+            if param.fixed or param.tied:
+                continue
+            lo, hi = getattr(window, name).bounds
+            v = float(param.value)
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise InputError(f"sample_scene: the fit's {name} = {v!r} lies outside "
+                                 f"max_shift = {max_shift} arcsec of the scene's start; "
+                                 "fit with the same max_shift")
+            param.bounds = (lo, hi)
+    return start
+
+
 def _limit(value, what, unit=None):
     """None, or a finite number >= 0 (a Quantity is converted to ``unit``); else InputError."""
     if value is None:
@@ -370,8 +399,13 @@ def sample_scene(scene, exposures, *, priors=None, fit=True, width=8.0, nlive=20
         :class:`~astromix.fitting.DynestyFitter`.  Free parameters without
         one get a uniform prior ``best +- width * sigma`` around the optimum of
         :func:`fit_scene` (intersected with the parameter's bounds).
-    fit : bool, optional
-        Run :func:`fit_scene` first (needed for the default priors).
+    fit : bool or SceneModel, optional
+        True (default): run :func:`fit_scene` first (needed for the default
+        priors).  A SceneModel returned by :func:`fit_scene` for this
+        ``scene`` and these exposures: its optimum and errors are used as
+        they are, and the fit is not run again (the ``fit-scene --sample``
+        command passes the fit it has written).  False: sample from
+        ``scene`` with the given priors and the bounds.
     width : float, optional
         Half-width of the default priors in units of the fitted errors.
     nlive, dlogz, bound, sample, rng, pool
@@ -401,8 +435,11 @@ def sample_scene(scene, exposures, *, priors=None, fit=True, width=8.0, nlive=20
     Raises
     ------
     InputError
-        As :func:`fit_scene`; and for a free parameter without a prior when
-        ``fit`` is False and its bounds are not finite.
+        As :func:`fit_scene`; for a free parameter without a prior when
+        ``fit`` is False and its bounds are not finite; and for a ``fit``
+        scene that is not a :func:`fit_scene` result for ``scene`` (no
+        ``fit_info``, other parameters, or a position outside ``max_shift``
+        of ``scene``'s).
     ImportError
         Without dynesty.
 
@@ -419,11 +456,15 @@ def sample_scene(scene, exposures, *, priors=None, fit=True, width=8.0, nlive=20
     max_shift = _limit(max_shift, "max_shift", u.arcsec)
     priors = dict(priors or {})
     fitted = None
-    if fit:
+    if isinstance(fit, SceneModel):
+        fitted = fit
+        start = _given_fit(scene, fitted, max_shift)
+    elif fit:
         fitted, _ = fit_scene(scene, exposures, background=background, max_shift=max_shift,
                               maxiter=maxiter, relinearize=relinearize, dtype=dtype,
                               backend=backend, progress=progress)
         start = fitted.copy()          # with the position bounds of max_shift
+    if fitted is not None:
         held = [n for n in fitted.fit_info["unconstrained"] if n not in priors]
         for name in held:
             getattr(start, name).fixed = True
