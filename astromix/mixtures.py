@@ -258,12 +258,22 @@ class GaussianMixture:
         Raises
         ------
         InputError
-            If ``dx`` or ``dy`` is not finite.
+            If ``dx`` or ``dy`` is not finite, or a shifted centre overflows.
         """
         dx, dy = float(dx), float(dy)
         if not (math.isfinite(dx) and math.isfinite(dy)):
             raise InputError(f"GaussianMixture.shift: the shift must be finite, got ({dx}, {dy})")
-        return GaussianMixture._unchecked(self._amp, self._mean + (dx, dy), self._cov)
+        # |mean + d| <= max|mean| + |d|: when that bound is finite nothing overflows
+        # (a reduction costs less than np.errstate on this per-evaluation path)
+        if math.isfinite(float(np.abs(self._mean).max(initial=0.0)) + max(abs(dx), abs(dy))):
+            mean = self._mean + (dx, dy)
+        else:
+            with np.errstate(over="ignore"):
+                mean = self._mean + (dx, dy)
+            if not np.isfinite(mean).all():
+                raise InputError("GaussianMixture.shift: the shifted centres overflow (are "
+                                 "not finite)")
+        return GaussianMixture._unchecked(self._amp, mean, self._cov)
 
     def scale_flux(self, factor):
         """Return the mixture with every amplitude multiplied by ``factor``.
@@ -283,11 +293,15 @@ class GaussianMixture:
         Raises
         ------
         InputError
-            If ``factor`` is not finite.
+            If ``factor`` is not finite, or an amplitude times it overflows.
         """
         factor = float(factor)
         if not math.isfinite(factor):
             raise InputError(f"GaussianMixture.scale_flux: the factor must be finite, got {factor}")
+        # |amp factor| <= max|amp| |factor|, so a finite bound means no overflow
+        if not math.isfinite(float(np.abs(self._amp).max(initial=0.0)) * abs(factor)):
+            raise InputError(f"GaussianMixture.scale_flux: the amplitudes times {factor!r} "
+                             "overflow (are not finite)")
         return GaussianMixture._unchecked(self._amp * factor, self._mean, self._cov)
 
     def convolve(self, other):
@@ -312,14 +326,19 @@ class GaussianMixture:
         Raises
         ------
         InputError
-            If ``other`` is not a :class:`GaussianMixture`.
+            If ``other`` is not a :class:`GaussianMixture`, or an amplitude
+            product or a sum of centres or covariances overflows.
         """
         if not isinstance(other, GaussianMixture):
             raise InputError("can only convolve with a GaussianMixture, "
                              f"got {type(other).__name__}")
-        amp = (self._amp[:, None] * other._amp[None, :]).ravel()
-        mean = (self._mean[:, None, :] + other._mean[None, :, :]).reshape(-1, 2)
-        cov = (self._cov[:, None] + other._cov[None, :]).reshape(-1, 2, 2)
+        with np.errstate(over="ignore"):
+            amp = (self._amp[:, None] * other._amp[None, :]).ravel()
+            mean = (self._mean[:, None, :] + other._mean[None, :, :]).reshape(-1, 2)
+            cov = (self._cov[:, None] + other._cov[None, :]).reshape(-1, 2, 2)
+        if not (np.isfinite(amp).all() and np.isfinite(mean).all() and np.isfinite(cov).all()):
+            raise InputError("GaussianMixture.convolve: the products of the amplitudes or the "
+                             "sums of the centres or covariances overflow (are not finite)")
         return GaussianMixture._unchecked(amp, mean, cov)
 
     def __add__(self, other):

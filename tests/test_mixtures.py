@@ -1,5 +1,7 @@
 """GaussianMixture: validation, immutability, transforms, rendering conventions, chi2."""
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import random_mixture, to_numpy
@@ -285,3 +287,21 @@ class TestRenderArguments:
     def test_affine_overflow_is_refused(self):
         with pytest.raises(InputError, match="overflow"):
             one().affine(EYE * 1e200)
+
+    def test_scale_shift_convolve_overflow_is_refused(self):
+        # they had returned mixtures with infinite amplitudes or centres (and a
+        # RuntimeWarning), which render to inf and NaN
+        big = GaussianMixture([1e300, 2.0], [[1e308, 0.0], [0.0, 0.0]],
+                              [np.eye(2) * 1e150, np.eye(2)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(InputError, match=r"scale_flux: the amplitudes times 1\d+\.0 over"):
+                big.scale_flux(1e10)
+            with pytest.raises(InputError, match="shift: the shifted centres overflow"):
+                big.shift(1e308, 0.0)
+            with pytest.raises(InputError, match="convolve: .* overflow"):
+                big.convolve(big)
+            # below the limit all three still work
+            assert big.scale_flux(1e7).amp.tolist() == [1e300 * 1e7, 2e7]
+            assert big.shift(-1e308, 1.0).mean.tolist() == [[0.0, 1.0], [-1e308, 1.0]]
+            assert len(big.convolve(one())) == 2
