@@ -241,6 +241,33 @@ def test_any_dim(chiral_sim, dim):
                                    atol=1e-6 * stamp.max())
 
 
+@pytest.mark.parametrize("sigma", [None, 0.6])
+def test_oversampled_stamp_is_an_effective_psf(chiral_sim, sigma):
+    """oversampling=N: each sample is the flux of the mosaic pixel centred on it (an ePSF),
+    so every phase stamp[j::N, i::N] is the oversampling=1 stamp (independent truth: the
+    PSF drawn at that sub-pixel offset) and photutils' ImagePSF integrates it to its flux.
+    The stamp was scaled to unit sum: N**2 = 16 times too small."""
+    from photutils.psf import ImagePSF
+
+    sim = chiral_sim
+    x, y = positions(sim)
+    # subsample=8: the oversampling=1 stamp resampled as finely as the fine one
+    model = model_of(sim, sigma=sigma, subsample=8)
+    n, dim = 4, 25
+    fine = model.image(x[4], y[4], n * (dim - 1) + 1, oversampling=n)
+    assert fine.sum() == pytest.approx(n * n, rel=1e-12)
+    for j, i in [(0, 0), (1, 3), (2, 1)]:
+        coarse = model.image(x[4], y[4], dim, offset=(-i / n, -j / n))
+        phase = fine[j::n, i::n]
+        np.testing.assert_allclose(phase, coarse[:phase.shape[0], :phase.shape[1]],
+                                   atol=1e-4 * coarse.max())
+        assert phase.sum() == pytest.approx(1.0, abs=1e-6)
+    # photutils: an oversampled PSF image must sum to the product of the oversamplings
+    epsf = ImagePSF(fine, oversampling=n, flux=250.0, x_0=20.3, y_0=19.6)
+    yy, xx = np.mgrid[:40, :40]
+    assert epsf(xx, yy).sum() == pytest.approx(250.0, rel=1e-6)
+
+
 def test_weights_are_exposure_times(chiral_sim):
     sim = chiral_sim
     x, y = positions(sim)

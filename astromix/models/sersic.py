@@ -22,14 +22,30 @@ __all__ = ["SersicMixture", "PointSource"]
 
 
 def _psf_mixture(psf):
-    """The PSF GaussianMixture of ``psf`` (None, GaussianMixture or GaussianMixturePSF)."""
+    """The unit-flux PSF GaussianMixture of ``psf`` (None, GaussianMixture or GaussianMixturePSF).
+
+    The amplitudes are divided by their sum, as :class:`~astromix.GaussianMixturePSF`
+    does with its mixture, so that a source's ``flux`` is its total flux whatever
+    the PSF's normalisation (e.g. a mixture read from a file or fitted to an
+    image that does not sum to 1).
+
+    Raises
+    ------
+    InputError
+        If ``psf`` is of another type, or its amplitudes have a sum that is not
+        finite and positive.
+    """
     if psf is None:
         return None
     mix = getattr(psf, "mixture", psf)
     if not isinstance(mix, GaussianMixture):
         raise InputError("psf must be a GaussianMixturePSF or a GaussianMixture, "
                          f"got {type(psf).__name__}")
-    return mix
+    total = mix.flux
+    if not (math.isfinite(total) and total > 0):
+        raise InputError("the PSF mixture's amplitudes must have a positive sum (its total "
+                         f"flux, normalised to 1), got {total!r}")
+    return mix if total == 1.0 else mix.scale_flux(1.0 / total)
 
 
 _PACKAGED_TABLE = []
@@ -66,7 +82,7 @@ class _MixtureSourceBase(Fittable2DModel):
 
     @property
     def psf(self):
-        """The PSF GaussianMixture convolved with the source (None: no PSF)."""
+        """The PSF GaussianMixture convolved with the source, unit flux (None: no PSF)."""
         return self._psf
 
     @property
@@ -131,13 +147,20 @@ class SersicMixture(_MixtureSourceBase):
     r_eff : float
         Half-light radius along the major axis [px], > 0.
     n : float
-        Sersic index, within the table's range (0.3 to 8).
+        Sersic index, within the table's range (0.3 to 8).  Below n = 0.5
+        the mixture departs from the exact profile in the core (near
+        ``r_eff``): the largest error of the PSF-convolved image, relative
+        to its peak, is at most about 2e-2 for 0.3 <= n < 0.35, 1e-2 up to
+        0.4, 4.4e-3 up to 0.45 and 1.1e-3 up to 0.5, and of order 1e-4 or
+        less from n = 0.5 up (docs/sersic.rst, "Accuracy below n = 0.5").
     ellip : float
         Ellipticity 1 - b/a, in [0, 1).
     theta : float
         Position angle of the major axis [rad], from +x counter-clockwise.
     psf : GaussianMixturePSF or GaussianMixture, optional
-        PSF (unit flux, centred at 0) to convolve with.
+        PSF (centred at 0) to convolve with; its amplitudes are normalised
+        to sum to 1, as :class:`~astromix.GaussianMixturePSF` does, so that
+        ``flux`` stays the total flux.
     settings : AccuracySettings, optional
     **kwargs
         Passed to :class:`astropy.modeling.Model`.
@@ -145,7 +168,8 @@ class SersicMixture(_MixtureSourceBase):
     Raises
     ------
     InputError
-        On a PSF of the wrong type, or an ``n`` outside the table when evaluated.
+        On a PSF of the wrong type or whose amplitudes do not have a positive
+        sum, or an ``n`` outside the table when evaluated.
 
     Notes
     -----
@@ -387,13 +411,16 @@ class PointSource(_MixtureSourceBase):
     x_0, y_0 : float
         Position [px].
     psf : GaussianMixturePSF or GaussianMixture
-        The PSF (unit flux, centred at 0), required.
+        The PSF (centred at 0), required; its amplitudes are normalised to
+        sum to 1, as :class:`~astromix.GaussianMixturePSF` does, so that
+        ``flux`` stays the total flux.
     settings : AccuracySettings, optional
 
     Raises
     ------
     InputError
-        Without a PSF, or with one of the wrong type.
+        Without a PSF, with one of the wrong type, or with one whose
+        amplitudes do not have a positive sum.
 
     Examples
     --------

@@ -174,6 +174,13 @@ class SersicMixtureTable:
     The mixtures are those of Hogg & Lang (2013, PASP 125, 719) made
     scale-free and smooth in n; ``b_n`` follows Graham & Driver (2005).
 
+    Accuracy (the packaged table): from n = 0.5 up the profile is within
+    4e-4 of the peak (fractional error below 1e-4 from n = 0.6 up, over
+    0.05 <= r / r_eff <= 4); below n = 0.5 no Gaussian mixture follows the
+    flat-topped profile, and the error grows in the core, near r = r_eff, to
+    1.3e-3 of the peak at n = 0.45, 4.4e-3 at 0.4, 1.2e-2 at 0.35 and 2.7e-2
+    at 0.3 (the table of ``docs/sersic.rst``).
+
     Examples
     --------
     >>> table = SersicMixtureTable.load()

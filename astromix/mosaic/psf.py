@@ -19,14 +19,15 @@ distortion).  The mosaic PSF is the weighted mean
 
 with ``w_e`` the exposure time (drizzle's exptime weighting), integrated over
 the mosaic pixels and optionally smoothed by a Gaussian ``G_sigma``, then
-normalised to unit sum.  The detector and drop boxes are applied once per
-unique PSF (in Fourier space, where the image is also upsampled to 8 samples
-per detector pixel); each source then costs one bilinear resampling per
-exposure on a grid of ``subsample`` x ``subsample`` points per mosaic pixel,
-and one FFT for the mosaic pixel box and the smoothing (on a grid reaching a
-few pixels beyond the stamp, so that no flux wraps around its edges).  The aliasing of the
-detector's sampling (which depends on each star's sub-pixel phase) is not
-modelled; dithering averages it down.
+normalised to unit sum (to ``N**2`` for a stamp of ``N`` samples per mosaic
+pixel, an effective PSF, as photutils' ``ImagePSF`` expects).  The detector and
+drop boxes are applied once per unique PSF (in Fourier space, where the image
+is also upsampled to 8 samples per detector pixel); each source then costs one
+bilinear resampling per exposure on a grid of ``subsample`` x ``subsample``
+points per mosaic pixel, and one FFT for the mosaic pixel box and the smoothing
+(on a grid reaching a few pixels beyond the stamp, so that no flux wraps around
+its edges).  The aliasing of the detector's sampling (which depends on each
+star's sub-pixel phase) is not modelled; dithering averages it down.
 
 The mixture route (:meth:`ExposureWeightedPSF.mixture`) does the same
 analytically with each exposure's :class:`~astromix.GaussianMixturePSF`: every
@@ -231,7 +232,12 @@ class ExposureWeightedPSF:
     subsample : int, optional
         Samples per mosaic pixel and axis of the resampling (default 2).
     normalize : bool, optional
-        Scale each stamp to unit sum (default True).
+        Scale each stamp to unit sum (default True); an oversampled stamp of
+        :meth:`image` (``oversampling`` N > 1 samples per mosaic pixel) to a
+        sum of ``N**2``, so that every sample is the flux per mosaic pixel of
+        a unit-flux source.  False leaves each stamp as computed: the flux
+        per mosaic pixel of a source whose flux is the sum of the provider's
+        image, less what falls outside the stamp.
 
     Raises
     ------
@@ -624,9 +630,13 @@ class ExposureWeightedPSF:
         out = fft.irfft2(spec, s=fine.shape)[q * pad:q * (pad + dim):q,
                                               q * pad:q * (pad + dim):q]
         if self.normalize:
+            # unit flux: each sample is the flux of the mosaic pixel centred on it,
+            # so the N x N phases of an N-times oversampled stamp (an effective
+            # PSF, Anderson & King 2000) each sum to 1 and the stamp to N**2, the
+            # normalisation of photutils' ImagePSF
             total = out.sum()
             if total > 0:
-                out = out / total
+                out = out * (oversampling * oversampling / total)
         return out, used, float(w.sum())
 
     def _checked_positions(self, x, y):
@@ -695,13 +705,19 @@ class ExposureWeightedPSF:
             stamp is an effective PSF in the sense of Anderson & King (2000,
             PASP 112, 1360): the flux a mosaic pixel centred on each sample
             would receive, like an empirical ePSF; ``dim`` then counts
-            samples.
+            samples.  ``stamp[j::N, i::N]`` is then the ``oversampling=1``
+            stamp of the PSF at another sub-pixel phase, and the stamp can be
+            given as it is to ``photutils.psf.ImagePSF(stamp,
+            oversampling=N)``.
 
         Returns
         -------
         ndarray, shape (dim, dim)
-            Flux per mosaic pixel, unit sum (``normalize``); zeros when no
-            exposure contributes (a warning is logged).
+            Flux per mosaic pixel for a unit-flux source: with ``normalize``
+            the stamp sums to 1, or to ``oversampling**2`` when oversampled
+            (every one of the ``oversampling**2`` phases sums to about 1;
+            photutils' ePSF convention); zeros when no exposure contributes
+            (a warning is logged).
 
         Raises
         ------
