@@ -134,3 +134,67 @@ def test_fit_photometry_flux_unit(pair, tmp_path, caplog, option, bunit, expecte
     assert doc["scale"]["value"] == pytest.approx(expected, rel=0.02)
     warned = "unit is unknown" in caplog.text
     assert warned == (option == "auto" and bunit is None)
+
+
+def test_fit_photometry_after_astromix_regrid(pair, tmp_path, caplog):
+    """The two-step path (astromix regrid, then fit-photometry) converts the regridded
+    reference with its PHOTFLAM as the direct one: the injected scale 1.5."""
+    target, reference = pair
+    target = _with_bunit(target, "1e-20 erg / (s cm2 Angstrom)", tmp_path)
+    regridded = tmp_path / "hst_on_muse.fits"
+    assert main(["regrid", reference, target, "--output", str(regridded)]) == 0
+    out = tmp_path / "fit.json"
+    with caplog.at_level("WARNING", logger="astromix"):
+        assert main(["fit-photometry", target, str(regridded), "--no-reference-psf",
+                     "--fix-beta", "3", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["scale"]["value"] == pytest.approx(1.5, abs=4 * doc["scale"]["error"])
+    assert "PHOTFLAM" not in caplog.text
+
+
+def test_fit_photometry_warns_for_hst_without_photflam(pair, tmp_path, caplog):
+    target, reference = pair
+    with fits.open(reference) as hdul:
+        del hdul["SCI"].header["PHOTFLAM"]
+        hdul[0].header["TELESCOP"] = "HST"
+        hdul[0].header["INSTRUME"] = "ACS"
+        stripped = tmp_path / "hst_stripped.fits"
+        hdul.writeto(stripped)
+    with caplog.at_level("WARNING", logger="astromix"):
+        assert main(["fit-photometry", target, str(stripped), "--no-reference-psf",
+                     "--fix-beta", "3"]) == 0
+    assert "looks like an HST image (HST ACS) but has no PHOTFLAM" in caplog.text
+
+
+def test_fit_photometry_star_bg_is_per_target_pixel(tmp_path):
+    """--star's bg in the JSON is the offset in target = scale * reference(on the target's
+    pixels) + bg: the reference's background of 0.5 per 0.05" pixel is 8 per 0.2" one."""
+    from astromix.models.moffat import MoffatStar
+
+    rng = np.random.default_rng(5)
+    files = []
+    for name, pixel, n, fwhm, flux, bg, sigma in (("target", 0.2, 41, 0.8, 500.0, 1.0, 0.05),
+                                                  ("reference", 0.05, 164, 0.3, 100.0, 0.5,
+                                                   0.01)):
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval = [53.0, -27.8]
+        w.wcs.crpix = [(n + 1) / 2, (n + 1) / 2]
+        w.wcs.cdelt = [-pixel / 3600, pixel / 3600]
+        y, x = np.mgrid[:n, :n]
+        c = (n - 1) / 2
+        data = MoffatStar(flux, c, c, fwhm / pixel, 3.0)(x, y) + bg
+        data += rng.normal(0, sigma, data.shape)
+        hdr = w.to_header()
+        path = tmp_path / f"{name}.fits"
+        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, hdr, name="DATA"),
+                      fits.ImageHDU(np.full(data.shape, sigma ** 2), hdr, name="STAT")]
+                     ).writeto(path)
+        files.append(str(path))
+    out = tmp_path / "star.json"
+    assert main(["fit-photometry", *files, "--flux-unit", "none", "--no-reference-psf",
+                 "--star", "53.0", "-27.8", "2.0", "--json", str(out)]) == 0
+    star = json.loads(out.read_text())["star"]
+    assert star["scale"]["value"] == pytest.approx(5.0, abs=4 * star["scale"]["error"])
+    truth = 1.0 - 5.0 * 0.5 * (0.2 / 0.05) ** 2
+    assert star["bg"]["value"] == pytest.approx(truth, abs=4 * star["bg"]["error"])

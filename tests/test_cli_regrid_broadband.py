@@ -69,6 +69,34 @@ def test_regrid_conserves_flux(images, tmp_path, capsys):
                  "--ext", "SCI", "--target-ext", "DATA"]) == 0
 
 
+def test_regrid_keeps_the_photometric_keywords(images, tmp_path):
+    """The regridded HST image keeps PHOTFLAM, EXPTIME, BUNIT, the filter...: converted with
+    them, its total flux is that of the original, raw counts x PHOTFLAM / EXPTIME."""
+    from astromix.photometry import hst_filter_name, rescale_to_flux_units
+
+    _, target, ref = images
+    reference = tmp_path / "hst_counts.fits"
+    hdr = _wcs(0.05, 80).to_header()
+    hdr.update({"BUNIT": "ELECTRONS", "EXPTIME": 400.0, "PHOTFLAM": 1.9e-19,
+                "PHOTPLAM": 6001.3, "PHOTZPT": -21.1, "FILTNAM1": "F606W", "FILTNAM2": "",
+                "PIXAR_SR": 5.9e-14})
+    primary = fits.Header({"TELESCOP": "HST", "INSTRUME": "WFPC2"})
+    fits.HDUList([fits.PrimaryHDU(header=primary),
+                  fits.ImageHDU(ref, hdr, name="SCI")]).writeto(reference)
+    out = tmp_path / "hst_on_muse.fits"
+    assert main(["regrid", str(reference), target, "--output", str(out)]) == 0
+    header = fits.getheader(out, "DATA")
+    for key in ("PHOTFLAM", "PHOTPLAM", "PHOTZPT", "EXPTIME", "TELESCOP", "INSTRUME"):
+        assert header[key] == (hdr.get(key) or primary[key]), key
+    assert "PIXAR_SR" not in header     # the reference's pixel area: no longer true
+    assert header["CDELT2"] == pytest.approx(0.2 / 3600)      # the target's own WCS
+    assert hst_filter_name(header) == "F606W"
+    img = read_image(out)
+    flux = rescale_to_flux_units(img)
+    np.testing.assert_allclose(flux.data[~flux.mask].sum(), ref.sum() * 1.9e-19 / 400.0,
+                               rtol=1e-9)
+
+
 def _one_line_error(capsys, command):
     err = capsys.readouterr().err
     assert err.startswith(f"astromix {command}: error: ") and err.count("\n") == 1, err

@@ -93,6 +93,61 @@ def test_regrid_conserves_flux(method, tol):
     assert np.sum(out.data[~out.mask]) == pytest.approx(fine.sum(), rel=tol)
 
 
+@pytest.mark.parametrize("method", ["exact", "interp", "adaptive"])
+def test_regrid_masks_the_pixels_over_a_masked_one(method):
+    # 10 x 10 target pixels of 0.2" exactly on 40 x 40 reference pixels of 0.05": all fully
+    # covered; the NaN reference pixel (20, 20) lies in target pixel (5, 5) only
+    fine = np.ones((40, 40))
+    target = (np.zeros((10, 10)), tan_wcs(10, 0.2))
+    clean = regrid((fine, tan_wcs(40, 0.05)), target, method=method)
+    assert not clean.mask.any()
+    np.testing.assert_allclose(clean.data, 16.0, rtol=1e-6)
+    fine[20, 20] = np.nan
+    out = regrid((fine, tan_wcs(40, 0.05)), target, method=method)
+    assert out.mask[5, 5]
+    expected = np.zeros((10, 10), bool)
+    expected[5, 5] = True
+    if method == "exact":     # reproject's NaN also reaches pixels sharing an edge (rounding)
+        near = np.zeros((10, 10), bool)
+        near[4:7, 4:7] = True
+        assert not out.mask[~near].any()
+    else:
+        np.testing.assert_array_equal(out.mask, expected)
+    np.testing.assert_allclose(out.data[~out.mask], 16.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["interp", "adaptive"])
+def test_regrid_mask_holds_every_overlap_on_a_rotated_grid(method):
+    # the truth: the exact overlap of each target pixel with the masked reference pixels and
+    # with the reference (reproject_exact of an indicator image, an independent computation)
+    import reproject
+
+    fine = sources()
+    mask = np.zeros(fine.shape, bool)
+    mask[100, 100] = mask[60:63, 140] = True
+    ref = Exposure(fine, mask=mask, wcs=tan_wcs(200, 0.05))
+    tgt_wcs = tan_wcs(60, 0.2, 25.0)
+    out = regrid(ref, (np.zeros((60, 60)), tgt_wcs), method=method)
+    bad_frac, cover = reproject.reproject_exact((mask.astype(float), ref.wcs), tgt_wcs,
+                                                shape_out=(60, 60))
+    overlaps = (np.nan_to_num(bad_frac) * cover > 1e-6) | (cover < 1 - 1e-6)
+    assert out.mask[overlaps].all()
+    # the bounding box of a pixel rotated by 25 deg is 1.33 px wide: a thin extra margin only
+    extra = out.mask & ~overlaps
+    assert extra.sum() < 0.1 * overlaps.sum()
+
+
+def test_regrid_masks_agree_on_the_hdfs_pair():
+    # HST (FK5) onto MUSE (ICRS), 4.5 deg apart: the fully covered pixels are the same for
+    # the three methods (interp and adaptive transform the frames as reproject does)
+    paths = muse_hst_hdfs()
+    ref, tgt = read_image(paths["hst"]), read_image(paths["muse"])
+    exact = regrid(ref, tgt, method="exact")
+    for method in ("interp", "adaptive"):
+        out = regrid(ref, tgt, method=method)
+        assert (out.mask != exact.mask).sum() <= 2, method
+
+
 def test_regrid_masks_and_variance():
     fine = sources()
     mask = np.zeros(fine.shape, bool)
@@ -158,7 +213,7 @@ def test_rescale_keywords_counts_and_errors():
     ("ELECTRONS/S", False), ("electron s-1", False), ("counts s-1", False),
     ("count / s", False), ("DN s**-1", False), ("DN/sec", False), ("e-/s", False),
     ("ELECTRONS", True), ("COUNTS", True), ("electron", True), ("DN", True), ("adu", True),
-    ("", False), ("erg/s/cm2/Angstrom", False),
+    ("", False),
 ])
 def test_rescale_reads_bunit_rates_in_fits_form(bunit, counts):
     # the FITS standard writes a rate "count s-1" (astropy's to_string("fits")): a rate, not
@@ -167,6 +222,44 @@ def test_rescale_reads_bunit_rates_in_fits_form(bunit, counts):
     hdr = fits.Header({"PHOTFLAM": 2e-19, "EXPTIME": 1000.0, "BUNIT": bunit})
     out = rescale_to_flux_units((data, hdr))
     np.testing.assert_allclose(out.data, 3.0 * 2e-19 / (1000.0 if counts else 1.0), rtol=1e-12)
+
+
+def test_rescale_does_not_apply_photflam_twice():
+    # the HDF-S WFPC2 image in count rates: once = raw * PHOTFLAM / 1e-20 (the hand formula);
+    # a second call on the result converts units only
+    path = muse_hst_hdfs()["hst"]
+    raw = fits.getdata(path, ext=1).astype(float)
+    once = rescale_to_flux_units(path, unit=1e-20)
+    twice = rescale_to_flux_units(once, unit=1e-20)
+    np.testing.assert_allclose(twice.data, raw * 1.89972e-18 / 1e-20, rtol=1e-12)
+    np.testing.assert_allclose(rescale_to_flux_units(once).data, raw * 1.89972e-18,
+                               rtol=1e-12)
+    assert twice.unit == once.unit
+    # an image whose BUNIT is already a flux density, beside a PHOTFLAM: not multiplied
+    for bunit in ("erg/s/cm2/Angstrom", "ERG/S/CM2/A", "1e-20 erg / (s cm2 Angstrom)"):
+        hdr = fits.Header({"PHOTFLAM": 1.9e-18, "BUNIT": bunit})
+        value = 30.0 if bunit.startswith("1e-20") else 3e-19     # both 3e-19 erg/s/cm2/A
+        out = rescale_to_flux_units((np.full((2, 2), value), hdr), unit=1e-20)
+        np.testing.assert_allclose(out.data, 30.0, rtol=1e-12)
+    # an Exposure with a flux-density unit and no header: no PHOTFLAM needed
+    exp = Exposure(np.full((2, 2), 3.0), unit=u.W / u.m ** 2 / u.nm)  # = 100 erg/s/cm2/A
+    np.testing.assert_allclose(rescale_to_flux_units(exp).data, 300.0, rtol=1e-12)
+    # per frequency: f_lambda = f_nu c / lambda^2 at the pivot wavelength PHOTPLAM
+    hdr = fits.Header({"PHOTFLAM": 1.9e-18, "PHOTPLAM": 6000.0, "BUNIT": "Jy"})
+    out = rescale_to_flux_units((np.full((2, 2), 2.0), hdr))
+    np.testing.assert_allclose(out.data, 2.0 * 1e-23 * 2.99792458e18 / 6000.0 ** 2,
+                               rtol=1e-9)
+
+
+@pytest.mark.parametrize("bunit, match", [
+    ("Jy", "PHOTPLAM"), ("MJy/sr", "surface brightness"),
+    ("erg/s/cm2/Angstrom/arcsec2", "surface brightness"), ("K", "neither"),
+    ("Jy/beam", "neither"), ("mag", "neither"),
+])
+def test_rescale_refuses_units_photflam_does_not_apply_to(bunit, match):
+    hdr = fits.Header({"PHOTFLAM": 1.9e-18, "BUNIT": bunit})
+    with pytest.raises(InputError, match=match):
+        rescale_to_flux_units((np.ones((2, 2)), hdr))
 
 
 def test_rescale_refuses_counts_with_another_time_power():

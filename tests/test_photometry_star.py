@@ -79,7 +79,10 @@ def test_recovers_a_known_truth():
     res = fit_star_photometry(target, reference, (RA0, DEC0), 1.2)
     assert isinstance(res, StarPhotometryResult)
     dx, dy = expected_dxdy(target)
-    truth = {"scale": SCALE, "bg": BG_T - SCALE * BG_R, "dx": dx, "dy": dy, "dra": SHIFT[0],
+    # the reference's background per target pixel: BG_R times the pixel-area ratio
+    bg_r_per_target_px = BG_R * (TARGET["pixel"] / REFERENCE["pixel"]) ** 2
+    truth = {"scale": SCALE, "bg": BG_T - SCALE * bg_r_per_target_px, "dx": dx, "dy": dy,
+             "dra": SHIFT[0],
              "ddec": SHIFT[1], "fwhm": TARGET["fwhm"], "beta": TARGET["beta"]}
     for name, value in truth.items():
         m = getattr(res, name)
@@ -123,6 +126,58 @@ def test_fixed_fwhm_and_beta():
     beta_only = fit_star_photometry(target, reference, (RA0, DEC0), 1.2, fix_beta=3.0)
     assert beta_only.beta.fixed and not beta_only.fwhm.fixed
     assert abs(beta_only.fwhm.value - 0.8) < 4 * beta_only.fwhm.error
+
+
+def _moffat_pair(ref_pixel, bg_r, ref_unit=None):
+    """Noise-free target (0.2"/px, bg 1, star 500) and reference (bg_r per pixel, star 100)."""
+    from astromix.models.moffat import MoffatStar
+
+    def image(pixel, n, fwhm, flux, bg):
+        wcs = _wcs(pixel, n, 0.0)
+        y, x = np.mgrid[:n, :n]
+        c = (n - 1) / 2
+        return MoffatStar(flux, c, c, fwhm / pixel, 3.0)(x, y) + bg, wcs
+
+    t_data, t_wcs = image(0.2, 41, 0.8, 500.0, 1.0)
+    n_r = int(round(41 * 0.2 / ref_pixel))
+    r_data, r_wcs = image(ref_pixel, n_r, 0.3, 100.0, bg_r)
+    return Exposure(t_data, wcs=t_wcs), Exposure(r_data, wcs=r_wcs, unit=ref_unit)
+
+
+def test_bg_is_per_target_pixel():
+    # reference on 0.05"/px, background 0.5 per reference pixel = 8 per 0.2" target pixel:
+    # target = 5 * reference(on the target's pixels) + bg  =>  bg = 1 - 5 * 8 = -39
+    target, reference = _moffat_pair(0.05, 0.5)
+    res = fit_star_photometry(target, reference, (RA0, DEC0), 2.0)
+    assert res.scale.value == pytest.approx(5.0, rel=1e-4)
+    assert res.bg.value == pytest.approx(1.0 - 5.0 * 0.5 * (0.2 / 0.05) ** 2, abs=1e-3)
+    # the same on equal pixels: no area factor
+    target, reference = _moffat_pair(0.2, 0.5)
+    res = fit_star_photometry(target, reference, (RA0, DEC0), 2.0)
+    assert res.bg.value == pytest.approx(1.0 - 5.0 * 0.5, abs=1e-3)
+    # a surface-brightness reference is not multiplied by the area ratio when regridded: the
+    # scale is per reference unit on the target's pixels, 5 * 16 = 80, and bg the same -39
+    target, reference = _moffat_pair(0.05, 0.5, ref_unit=u.MJy / u.sr)
+    res = fit_star_photometry(target, reference, (RA0, DEC0), 2.0)
+    assert res.scale.value == pytest.approx(5.0 * 16, rel=1e-4)
+    assert res.bg.value == pytest.approx(-39.0, abs=1e-3)
+
+
+def test_bg_error_includes_the_area_ratio():
+    # Monte Carlo: the spread of bg over noise realisations matches its propagated error
+    rng = np.random.default_rng(11)
+    target, reference = _moffat_pair(0.05, 0.5)
+    values, errors = [], []
+    for _ in range(40):
+        t = Exposure(target.data + rng.normal(0, 0.3, target.shape), wcs=target.wcs,
+                     uncertainty=StdDevUncertainty(np.full(target.shape, 0.3)))
+        r = Exposure(reference.data + rng.normal(0, 0.05, reference.shape), wcs=reference.wcs,
+                     uncertainty=StdDevUncertainty(np.full(reference.shape, 0.05)))
+        res = fit_star_photometry(t, r, (RA0, DEC0), 2.0)
+        values.append(res.bg.value)
+        errors.append(res.bg.error)
+    assert np.std(values) == pytest.approx(np.mean(errors), rel=0.35)
+    assert abs(np.mean(values) + 39.0) < 4 * np.mean(errors) / math.sqrt(len(values))
 
 
 def test_input_kinds_give_the_same_answer():

@@ -11,7 +11,9 @@ extension, else the first HDU with an image; a variance (``STAT``) or
 standard deviation (``ERR``) extension and a ``DQ`` extension beside it are
 used when present (:func:`astromix.photometry.read_image`).  An HST reference
 in count rates is converted with its PHOTFLAM to the target's flux unit (its
-``BUNIT``, or MUSE's ``FSCALE``; ``--flux-unit`` gives another or ``none``).
+``BUNIT``, or MUSE's ``FSCALE``; ``--flux-unit`` gives another or ``none``);
+one already in flux density is only converted to that unit, and an HST
+reference (``TELESCOP``/``INSTRUME``) without PHOTFLAM is warned about.
 The reference is
 regridded onto the target's pixels (flux conserving) and the whole image is
 fitted in Fourier space (:func:`astromix.photometry.fit_image_photometry`);
@@ -46,6 +48,10 @@ from ._shared import (
 __all__ = ["add_parser", "run"]
 
 log = logging.getLogger("astromix")
+
+#: INSTRUME values of HST's instruments (whose images carry a PHOTFLAM).
+_HST_INSTRUMENTS = frozenset({"ACS", "WFC3", "WFPC2", "WFPC", "NICMOS", "STIS", "FOC", "FOS",
+                              "GHRS", "COS"})
 
 _FIXABLE = (("fwhm", "arcsec"), ("beta", ""), ("scale", ""), ("bg", "target units"),
             ("dx", "arcsec"), ("dy", "arcsec"))
@@ -190,9 +196,11 @@ def _flux_unit(option, target, reference):
     unit is a flux density per wavelength (its ``BUNIT``, or MUSE's
     ``FSCALE`` in erg/s/cm^2/A), that unit; otherwise no conversion (with a
     warning when the reference has a PHOTFLAM, since the scale then comes
-    out in target units per reference count rate).
+    out in target units per reference count rate, and when the reference
+    looks like an HST image -- ``TELESCOP`` or ``INSTRUME`` -- but has no
+    PHOTFLAM and no flux-density unit, e.g. a copy whose keywords were lost).
     """
-    from ..photometry.helpers import FLAM
+    from ..photometry.helpers import FLAM, _is_flux_density
 
     text = option.strip()
     if text.lower() == "none":
@@ -203,6 +211,16 @@ def _flux_unit(option, target, reference):
         except ValueError:
             return text
     if _header_keyword(reference, "PHOTFLAM") is None:
+        telescope = str(_header_keyword(reference, "TELESCOP") or "").strip().upper()
+        instrument = str(_header_keyword(reference, "INSTRUME") or "").strip().upper()
+        if ((telescope == "HST" or instrument in _HST_INSTRUMENTS)
+                and not (reference.unit is not None and _is_flux_density(reference.unit))):
+            log.warning("the reference looks like an HST image (%s) but has no PHOTFLAM "
+                        "keyword: it is not converted to flux units, so scale is in target "
+                        "units per reference unit; give its PHOTFLAM back (e.g. regrid the "
+                        "original file again with astromix regrid, which keeps it) or use "
+                        "--flux-unit none to silence this", " ".join(
+                            v for v in (telescope, instrument) if v))
         return None
     if target.unit is not None and target.unit.is_equivalent(FLAM):
         return target.unit

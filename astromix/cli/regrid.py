@@ -16,9 +16,15 @@ surface brightness, e.g. ``MJy/sr``) is not multiplied: it stays in its unit.
 
 OUT.fits is written to a temporary file and renamed into place: an empty
 primary HDU, then ``DATA`` (float64, the target's celestial WCS, ``BUNIT``
-when the reference has a unit), ``STAT`` (variance, when the reference has
+when the reference has one), ``STAT`` (variance, when the reference has
 an uncertainty) and ``DQ`` (uint8, 1 = target pixel not fully covered by
-valid reference pixels), so that ``read_image`` reads it back.
+valid reference pixels), so that ``read_image`` reads it back.  Each
+extension also carries the reference's photometric keywords that stay true
+per target pixel (:data:`PHOTOMETRIC_KEYWORDS`: ``PHOTFLAM``, ``PHOTPLAM``,
+``PHOTZPT``, ``EXPTIME``, the filter names, ``TELESCOP``, ``INSTRUME``...),
+so that ``astromix fit-photometry`` converts the regridded image with its
+PHOTFLAM as it does the original; keywords tied to the reference's pixel
+size (``PIXAR_SR``, ``PHOTMJSR``) are left out.
 """
 
 import logging
@@ -27,9 +33,17 @@ import os
 from ..errors import AstromixError, InputError
 from ._shared import atomic_path, check_output_file, hdu_argument
 
-__all__ = ["add_parser", "run", "write_exposure"]
+__all__ = ["add_parser", "run", "write_exposure", "photometric_cards", "PHOTOMETRIC_KEYWORDS"]
 
 log = logging.getLogger("astromix")
+
+#: The reference's header keywords copied into a regridded image: its photometric calibration
+#: (HST's PHOT* keywords, still true per target pixel since regrid conserves the count rate),
+#: exposure time (for images in counts), filter names (:func:`astromix.photometry.hst_filter_name`),
+#: telescope and instrument, and MUSE's unit scale FSCALE.
+PHOTOMETRIC_KEYWORDS = ("TELESCOP", "INSTRUME", "DETECTOR", "PHOTMODE", "PHOTFLAM", "PHOTFNU",
+                        "PHOTPLAM", "PHOTBW", "PHOTZPT", "EXPTIME", "FILTER", "FILTER1",
+                        "FILTER2", "FILTNAM1", "FILTNAM2", "FSCALE")
 
 
 def add_parser(subparsers):
@@ -70,16 +84,16 @@ def add_parser(subparsers):
     return parser
 
 
-def write_exposure(exp, path, *, history=()):
+def write_exposure(exp, path, *, history=(), keywords=()):
     """Write an Exposure as DATA (+ STAT, DQ) with its celestial WCS, atomically.
 
     The layout of the module docstring: an empty primary HDU, then ``DATA``
     (float64), ``STAT`` (when the exposure has an uncertainty: its variance,
     converted by astropy from a standard deviation or inverse variance; an
     uncertainty of unknown kind is taken to be a variance) and ``DQ`` (uint8, 1 = masked;
-    only when some pixel is masked), each with the WCS header and ``BUNIT``.
-    The file is written to a temporary file in the same folder, then renamed
-    onto ``path``.
+    only when some pixel is masked), each with the WCS header, ``BUNIT`` and
+    ``keywords``.  The file is written to a temporary file in the same
+    folder, then renamed onto ``path``.
 
     Parameters
     ----------
@@ -92,6 +106,10 @@ def write_exposure(exp, path, *, history=()):
         The FITS file to write (replaced if it exists).
     history : sequence of str, optional
         ``HISTORY`` cards added to each extension's header.
+    keywords : sequence of astropy.io.fits.Card or (key, value[, comment]), optional
+        More cards for each extension's header (e.g. the photometric
+        keywords of :func:`photometric_cards`); a key the WCS header or
+        ``BUNIT`` already set is not replaced.
 
     Returns
     -------
@@ -118,6 +136,10 @@ def write_exposure(exp, path, *, history=()):
             header["BUNIT"] = exp.unit.to_string("fits")
         except ValueError:  # e.g. electron/s: not a FITS unit, but astropy reads it back
             header["BUNIT"] = exp.unit.to_string()
+    for card in keywords:
+        card = card if isinstance(card, fits.Card) else fits.Card(*card)
+        if card.keyword not in header:
+            header.append(card)
     for line in history:
         header.add_history(line)
     hdus = [fits.PrimaryHDU(),
@@ -169,6 +191,36 @@ def _fits_wcs_header(wcs, shape, path):
                      "no FITS form (an astropy WCS or a gwcs is needed)")
 
 
+def photometric_cards(exp):
+    """The photometric cards of an image's FITS headers, for its regridded copy.
+
+    Parameters
+    ----------
+    exp : Exposure
+        An image read by :func:`astromix.photometry.read_image` (or regridded
+        from one by :func:`astromix.photometry.regrid`): ``meta["header"]``
+        and ``meta["primary_header"]`` hold its FITS headers.
+
+    Returns
+    -------
+    list of astropy.io.fits.Card
+        The cards of :data:`PHOTOMETRIC_KEYWORDS` found, each from the
+        science header, else the primary one; and ``BUNIT`` as written there
+        when the image has no unit astropy reads (a BUNIT of the image's
+        unit is written by :func:`write_exposure` itself).
+    """
+    headers = [h for h in (exp.meta.get("header"), exp.meta.get("primary_header"))
+               if h is not None]
+    keys = PHOTOMETRIC_KEYWORDS + (("BUNIT",) if exp.unit is None else ())
+    cards = []
+    for key in keys:
+        for header in headers:
+            if key in header and not (isinstance(header[key], str) and not header[key].strip()):
+                cards.append(header.cards[key])
+                break
+    return cards
+
+
 def run(args):
     """Run ``astromix regrid`` with parsed arguments; returns the exit status.
 
@@ -200,7 +252,7 @@ def run(args):
     reference = read_image(args.reference, ext=args.ext)
     target = read_image(args.target, ext=args.target_ext)
     out = regrid(reference, target, method=args.method)
-    write_exposure(out, args.output, history=[
+    write_exposure(out, args.output, keywords=photometric_cards(out), history=[
         f"astromix regrid ({args.method}) of {os.path.basename(args.reference)}",
         f"onto the grid of {os.path.basename(args.target)}"])
     good = ~np.asarray(out.mask, dtype=bool)

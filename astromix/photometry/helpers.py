@@ -26,6 +26,7 @@ import numpy as np
 from astropy import units as u
 from astropy.nddata import NDData, StdDevUncertainty, VarianceUncertainty
 
+from ..data.loaders import _unit as _bunit_unit
 from ..data.loaders import count_kind
 from ..errors import InputError
 
@@ -52,15 +53,14 @@ class PhotometryWarning(UserWarning):
 # -- reading images ---------------------------------------------------------------------------
 
 def _unit_or_none(bunit):
+    """The astropy unit of a BUNIT, or None when blank or not understood.
+
+    Read as :func:`astromix.data.loaders.count_kind` reads it (HST's spellings
+    ``ELECTRONS``, ``CTS``, ``SEC``, ``A`` for angstrom mapped to astropy's).
+    """
     if not isinstance(bunit, str) or not bunit.strip():
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            unit = u.Unit(bunit.strip(), parse_strict="silent")
-        except (TypeError, ValueError):
-            return None
-    return None if isinstance(unit, u.UnrecognizedUnit) else unit
+    return _bunit_unit(bunit)
 
 
 def _pick_hdu(hdul, ext, shown):
@@ -294,7 +294,7 @@ def regrid(reference, target, *, method="exact", shape_out=None):
         :func:`read_image`), an image HDU, an :class:`~astromix.data.Exposure`,
         an :class:`~astropy.nddata.NDData` or ``(data, wcs[, sigma])``; it needs
         a celestial WCS.  Masked pixels do not contribute: every target pixel
-        that overlaps one is masked.
+        that overlaps one is masked (see Returns for each ``method``).
     target : str, HDU, Exposure, NDData, tuple or WCS
         The image whose grid is wanted (same kinds), or a celestial WCS with
         ``shape_out``.
@@ -308,9 +308,12 @@ def regrid(reference, target, *, method="exact", shape_out=None):
         interpolation of the surface brightness at the target's pixel
         centres, 5x faster; not integrated over the target pixels, so
         aliased when the reference is much finer).  ``"adaptive"``:
-        :func:`reproject.reproject_adaptive` (anti-aliased, DeForest 2004).
-        In every case the interpolated surface brightness is multiplied by
-        the pixel-area ratio (not for a unit per solid angle).
+        :func:`reproject.reproject_adaptive` (anti-aliased, DeForest 2004;
+        its kernel, wider than a target pixel, leaves out the samples that
+        fall off the reference or on masked pixels, ``boundary_mode="ignore"``
+        and ``bad_value_mode="ignore"``, so that the pixels near the edges
+        are kept).  In every case the interpolated surface brightness is
+        multiplied by the pixel-area ratio (not for a unit per solid angle).
     shape_out : (int, int), optional
         The target's shape (ny, nx), needed only when ``target`` is a WCS.
 
@@ -327,7 +330,15 @@ def regrid(reference, target, *, method="exact", shape_out=None):
         ``"exact"`` with whole-pixel down- or up-sampling and approximate
         otherwise; the correlation that resampling introduces between target
         pixels is ignored), a mask (target pixels not entirely covered by
-        unmasked reference pixels), the reference's unit and name,
+        unmasked reference pixels: for ``"exact"`` from reproject's exact
+        overlaps -- a footprint covered less than entirely, or any overlap
+        with a masked pixel, a mere shared edge included; for ``"interp"``
+        and ``"adaptive"`` the bounding box of the target pixel's corners in
+        the reference's pixels -- exact for aligned grids, a little wider for
+        rotated ones -- leaving the reference or holding a masked pixel, and
+        for ``"interp"`` also the pixels whose bilinear interpolation reaches
+        a masked or outside pixel, which matters only when the target's
+        pixels are smaller than the reference's), the reference's unit and name,
         ``meta["regrid"]`` = method, ``meta["area_ratio"]`` (median target /
         reference pixel area) and ``meta["surface_brightness"]`` (True when
         the unit is per solid angle and the values were not multiplied).
@@ -383,6 +394,62 @@ def _per_solid_angle(unit):
     return any(str(b) == "rad" and p < 0 for b, p in zip(dec.bases, dec.powers))
 
 
+#: Tolerance [reference px] on the edges of a target pixel's footprint: an edge within it of a
+#: reference pixel's edge only touches that pixel (rounding of the WCS transforms).
+_EDGE_TOL = 1e-6
+
+
+def _footprint_bad(ref, tgt):
+    """Target pixels whose footprint is not entirely on unmasked reference pixels.
+
+    The footprint of each target pixel is taken as the bounding box, in the
+    reference's pixel coordinates, of its four corners mapped through both
+    WCSs (exact for aligned grids, a superset for rotated ones); it is bad
+    when it leaves the reference or overlaps (with nonzero area) a masked
+    reference pixel, counted from a summed-area table of the mask.
+    """
+    from astropy.coordinates import SkyCoord
+
+    from ..data.exposure import _celestial_frame
+
+    ny, nx = tgt.shape
+    nyr, nxr = ref.shape
+    yc, xc = np.mgrid[-0.5:ny:1.0, -0.5:nx:1.0]           # the (ny + 1, nx + 1) corners
+    ra, dec = tgt.pixel_to_world(xc, yc)
+    # in the target's celestial frame, transformed into the reference's (as reproject does:
+    # FK5 and ICRS differ by ~20 mas)
+    frame = _celestial_frame(getattr(tgt.wcs, "low_level_wcs", tgt.wcs))
+    sky = (SkyCoord(ra, dec, unit="deg", frame=frame) if frame is not None
+           else (np.asarray(ra), np.asarray(dec)))
+    with warnings.catch_warnings():
+        # corners far off a distorted reference may not converge: they are off it either way
+        warnings.simplefilter("ignore")
+        xy = ref.world_to_pixel(sky) if frame is not None else ref.world_to_pixel(*sky)
+    xr, yr = (np.asarray(v, dtype=np.float64) for v in xy)
+
+    def box(v):
+        quad = np.stack([v[:-1, :-1], v[:-1, 1:], v[1:, :-1], v[1:, 1:]])
+        with np.errstate(invalid="ignore"):
+            lo, hi = np.min(quad, axis=0), np.max(quad, axis=0)
+        # reference pixel i covers (i - 0.5, i + 0.5): the ones overlapping [lo, hi]
+        return (np.floor(lo - 0.5 + _EDGE_TOL) + 1, np.ceil(hi + 0.5 - _EDGE_TOL) - 1)
+
+    (x0, x1), (y0, y1) = box(xr), box(yr)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(x0) & np.isfinite(x1) & np.isfinite(y0) & np.isfinite(y1)
+                & (x0 >= 0) & (y0 >= 0) & (x1 <= nxr - 1) & (y1 <= nyr - 1))
+    mask = np.asarray(ref.mask, dtype=bool)
+    if mask.any() and not bad.all():
+        sat = np.zeros((nyr + 1, nxr + 1), dtype=np.int64 if mask.size >= 2 ** 31 else np.int32)
+        np.cumsum(np.cumsum(mask, axis=0, dtype=sat.dtype), axis=1, out=sat[1:, 1:])
+        ok = ~bad
+        i0, i1 = x0[ok].astype(np.intp), x1[ok].astype(np.intp) + 1
+        j0, j1 = y0[ok].astype(np.intp), y1[ok].astype(np.intp) + 1
+        count = sat[j1, i1] - sat[j0, i1] - sat[j1, i0] + sat[j0, i0]
+        bad[ok] = count > 0
+    return bad
+
+
 def _regrid(ref, tgt, method="exact"):
     import reproject
 
@@ -391,7 +458,11 @@ def _regrid(ref, tgt, method="exact"):
     func = {"exact": reproject.reproject_exact, "interp": reproject.reproject_interp,
             "adaptive": reproject.reproject_adaptive}[method]
     data = np.where(ref.mask, np.nan, np.asarray(ref.data, dtype=np.float64))
-    kwargs = {"conserve_flux": False} if method == "adaptive" else {}
+    # adaptive: samples off the reference or on masked pixels are left out of its kernel
+    # (not a NaN for the whole kernel), so that the pixels fully covered stay; the mask is
+    # then that of _footprint_bad, as for interp
+    kwargs = ({"conserve_flux": False, "boundary_mode": "ignore", "bad_value_mode": "ignore"}
+              if method == "adaptive" else {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # reproject's FITS-WCS notices
         out, footprint = func((data, ref.wcs), tgt.wcs, shape_out=tgt.shape, **kwargs)
@@ -400,6 +471,10 @@ def _regrid(ref, tgt, method="exact"):
             var = np.where(ref.mask, np.nan, 1.0 / np.where(ref.weight > 0, ref.weight, np.nan))
             var_out, _ = func((var, ref.wcs), tgt.wcs, shape_out=tgt.shape, **kwargs)
     covered = np.isfinite(out) & (footprint >= 1.0 - 1e-6)
+    if method != "exact":
+        # exact: NaN (masked) reference pixels make every target pixel they overlap NaN, and
+        # its footprint is the covered fraction; interp and adaptive know neither
+        covered &= ~_footprint_bad(ref, tgt)
     ratio = _pixel_area_ratio(tgt, ref, covered)
     bad = ~(covered & np.isfinite(ratio))
     if var_out is not None:
@@ -515,7 +590,12 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
     ``ELECTRONS``, ``COUNTS``) are first divided by ``EXPTIME``; data with a
     blank or rate ``BUNIT`` (drizzled products: ``ELECTRONS/S``, or the FITS
     standard's ``electron s-1``, ``count s-1``, ``DN s**-1``, ...) are taken
-    as rates.
+    as rates.  An image already in a flux density -- its own unit (an
+    Exposure's or NDData's ``unit``), else its ``BUNIT``, is one per
+    wavelength (``erg/s/cm2/Angstrom``) or per frequency (``Jy``), or it is
+    the output of this function (``meta["flux_factor"]`` set) -- is not
+    multiplied by PHOTFLAM again: it is only converted to ``unit`` (through
+    the pivot wavelength ``PHOTPLAM`` for a flux density per frequency).
 
     Parameters
     ----------
@@ -538,16 +618,23 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
     -------
     Exposure
         The rescaled image (uncertainty scaled alike, WCS kept when
-        present), with ``unit`` set and ``meta`` holding ``photflam``,
-        ``filter`` (see :func:`hst_filter_name`), ``flux_factor`` (the
-        multiplier applied) and the headers.
+        present), with ``unit`` set and ``meta`` holding ``photflam`` (None
+        when an image already in flux density has none), ``filter`` (see
+        :func:`hst_filter_name`), ``flux_factor`` (the multiplier applied by
+        this call; its presence marks the image as converted) and the
+        headers.
 
     Raises
     ------
     InputError
-        If no PHOTFLAM is found or it is not a positive number, counts need
-        an EXPTIME that is missing, ``BUNIT`` holds counts with a time power
-        other than 0 or -1, or ``unit`` is not a flux density per wavelength.
+        If no PHOTFLAM is found (for counts or count rates) or it is not a
+        positive number, counts need an EXPTIME that is missing, ``BUNIT``
+        holds counts with a time power other than 0 or -1, ``unit`` is not a
+        flux density per wavelength, or the image's unit is one PHOTFLAM does
+        not apply to and that cannot be converted: a surface brightness
+        (``MJy/sr``), a flux density per frequency without ``PHOTPLAM``, any
+        other physical unit (``K``, ``mag``, ``Jy/beam``), or an image marked
+        as converted whose unit is not a flux density.
 
     Notes
     -----
@@ -582,30 +669,48 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
         exp = _as_image(image, "the image", need_wcs=False)
     headers = [h for h in (header, exp.meta.get("header"), exp.meta.get("primary_header"))
                if h is not None]
+    bunit = _header_value(headers, "BUNIT")
+    kind, in_unit = _image_unit(exp, bunit)
     if photflam is None:
         photflam = _header_value(headers, "PHOTFLAM")
-        if photflam is None:
+        if photflam is None and kind != "flux":
             raise InputError("no PHOTFLAM keyword in the image's headers: give photflam= or a "
                              "header")
-    try:
-        photflam = float(photflam)
-    except (TypeError, ValueError):
-        raise InputError(f"PHOTFLAM must be a number, got {photflam!r}") from None
-    if not (math.isfinite(photflam) and photflam > 0):
-        raise InputError(f"PHOTFLAM must be a positive number, got {photflam}")
-    bunit = _header_value(headers, "BUNIT")
-    factor = photflam
-    if count_kind(bunit) == "counts":
-        exptime = _header_value(headers, "EXPTIME")
+    if photflam is not None:
         try:
-            exptime = float(exptime)
+            photflam = float(photflam)
         except (TypeError, ValueError):
-            exptime = float("nan")
-        if not (math.isfinite(exptime) and exptime > 0):
-            raise InputError(f"the image is in {bunit.strip()} (not a rate) and has no valid "
-                             "EXPTIME to divide by")
-        factor /= exptime
-    factor *= FLAM.to(out_unit)
+            raise InputError(f"PHOTFLAM must be a number, got {photflam!r}") from None
+        if not (math.isfinite(photflam) and photflam > 0):
+            raise InputError(f"PHOTFLAM must be a positive number, got {photflam}")
+    if kind == "flux":
+        # already a flux density: converted to the output unit, PHOTFLAM not applied again
+        equivalencies = []
+        if in_unit.is_equivalent(u.Jy):
+            pivot = _header_value(headers, "PHOTPLAM")
+            try:
+                pivot = float(pivot)
+            except (TypeError, ValueError):
+                pivot = float("nan")
+            if not (math.isfinite(pivot) and pivot > 0):
+                raise InputError(f"the image is already a flux density per frequency "
+                                 f"({in_unit}); converting it to {out_unit} needs the pivot "
+                                 "wavelength PHOTPLAM [A], which its headers lack")
+            equivalencies = u.spectral_density(pivot * u.AA)
+        factor = float(in_unit.to(out_unit, 1.0, equivalencies=equivalencies))
+    else:
+        factor = photflam
+        if kind == "counts":
+            exptime = _header_value(headers, "EXPTIME")
+            try:
+                exptime = float(exptime)
+            except (TypeError, ValueError):
+                exptime = float("nan")
+            if not (math.isfinite(exptime) and exptime > 0):
+                raise InputError(f"the image is in {in_unit} (not a rate) and has no valid "
+                                 "EXPTIME to divide by")
+            factor /= exptime
+        factor *= FLAM.to(out_unit)
     unc = None
     if exp.uncertainty is not None:
         var = np.where(exp.weight > 0, 1.0 / np.where(exp.weight > 0, exp.weight, 1.0), 1.0)
@@ -615,6 +720,59 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
                  "flux_factor": factor})
     return Exposure(np.where(exp.mask, 0.0, exp.data * factor), uncertainty=unc,
                     mask=exp.mask, wcs=exp.wcs, unit=out_unit, name=exp.name, meta=meta)
+
+
+def _image_unit(exp, bunit):
+    """What the values of an image to rescale are: ``(kind, unit)``.
+
+    ``kind`` is ``"flux"`` for a flux density per pixel (per wavelength, or
+    per frequency), with ``unit`` its unit: the Exposure's own unit, else
+    ``BUNIT``; an image that :func:`rescale_to_flux_units` made
+    (``meta["flux_factor"]``) is one in its unit.  Otherwise ``kind`` is
+    ``"counts"`` or ``"rate"`` (by :func:`astromix.data.loaders.count_kind`;
+    a blank or absent unit is a rate) and ``unit`` the unit's text.
+
+    Raises
+    ------
+    InputError
+        For a surface brightness (a unit per solid angle), an image marked as
+        rescaled that has no flux-density unit, or any other physical unit
+        (e.g. ``K``, ``mag``, ``Jy/beam``): PHOTFLAM does not apply to them.
+    """
+    own = exp.unit
+    parsed = _unit_or_none(bunit)
+    if exp.meta.get("flux_factor") is not None:
+        if own is None or not _is_flux_density(own):
+            raise InputError("the image was already converted by rescale_to_flux_units "
+                             f"(meta['flux_factor']) but its unit is {own}, not a flux density: "
+                             "it cannot be converted again")
+        return "flux", own
+    for unit in (own, parsed):
+        if unit is not None and _is_flux_density(unit):
+            return "flux", unit
+    for unit in (own, parsed):
+        if unit is not None and _per_solid_angle(unit):
+            raise InputError(f"the image is a surface brightness ({unit}): "
+                             "rescale_to_flux_units gives the flux density per pixel of count "
+                             "rates; multiply it by the pixel solid angle first")
+    has_bunit = isinstance(bunit, str) and bool(bunit.strip())
+    text = bunit.strip() if has_bunit else (None if own is None else own.to_string())
+    kind = count_kind(text)
+    if kind is not None:
+        return kind, text
+    unit = parsed if has_bunit else own
+    if unit is not None and unit.physical_type != "dimensionless":
+        raise InputError(f"the image is in {text} -- neither counts, a count rate nor a flux "
+                         "density: PHOTFLAM does not apply to it")
+    return "rate", text
+
+
+def _is_flux_density(unit):
+    """Whether ``unit`` is a flux density, per wavelength (erg/s/cm2/A) or frequency (Jy)."""
+    try:
+        return unit.is_equivalent(FLAM) or unit.is_equivalent(u.Jy)
+    except Exception:  # noqa: BLE001 - e.g. logarithmic units
+        return False
 
 
 # -- broad-band images from cubes ----------------------------------------------------------

@@ -16,6 +16,7 @@ from astropy import units as u
 from astropy.nddata import NDData
 
 from ..errors import AstromixError, InputError
+from .helpers import _per_solid_angle
 from .results import Measurement, PhotometryResult
 
 __all__ = ["fit_star_photometry", "StarPhotometryResult", "StarFit"]
@@ -319,12 +320,20 @@ class StarPhotometryResult(PhotometryResult):
     Parameters
     ----------
     scale : Measurement
-        ``F_target / F_reference``: target data units per reference data unit.
+        ``F_target / F_reference``: target data units per reference data unit
+        (times ``a = A_t / A_r``, the ratio of the target's to the reference's
+        pixel area at the star, when the reference's unit is per solid angle,
+        e.g. MJy/sr: target units per pixel per reference surface-brightness
+        unit).  Either way the meaning of ``scale`` in the image fit, whose
+        reference is put on the target's pixels by
+        :func:`~astromix.photometry.regrid`.
     bg : Measurement
-        ``b_target - scale * b_reference`` [target data units per pixel]: the
-        difference of the two backgrounds once the reference is put in target
-        units, i.e. the offset in ``target = scale * reference + bg`` (the
-        meaning of ``bg`` in the image fit).
+        ``b_target - (F_target / F_reference) a b_reference`` [target data
+        units per target pixel]: the difference of the two backgrounds once
+        the reference's (per reference pixel) is put per target pixel and in
+        target units, i.e. the offset in ``target = scale * reference + bg``
+        with the reference regridded onto the target's pixels (the meaning of
+        ``bg`` in the image fit).
     dx, dy : Measurement
         [arcsec] along the target's +x and +y pixel axes: the shift of the
         reference's star position that aligns it with the target's, i.e. the
@@ -443,8 +452,10 @@ def fit_star_photometry(target, reference, star, radius, *, fix_fwhm=None, fix_b
     Uncertainties come from each fit's covariance ``(J^T J)^-1`` (with the
     images' inverse variances as weights; scaled by the reduced chi2 when an
     image has no uncertainty) and are propagated linearly, the two fits being
-    independent: ``scale`` as a ratio, ``bg`` through ``b_t - (F_t / F_r)
-    b_r`` with the flux-background correlation of each fit, and the offsets
+    independent: ``scale`` as a ratio, ``bg`` through ``b_t - (F_t / F_r) a
+    b_r`` with the flux-background correlation of each fit (the pixel-area
+    ratio ``a = |det J_t| / |det J_r|`` at the star, from the WCSs, is taken
+    as exact), and the offsets
     in quadrature, the reference position's covariance being mapped into the
     target's pixels by ``J_t^-1 J_r`` (dx, dy) or onto the sky by ``J_r``
     (dra, ddec), with ``J`` the local WCS Jacobians [arcsec / px].  The
@@ -469,10 +480,10 @@ def fit_star_photometry(target, reference, star, radius, *, fix_fwhm=None, fix_b
     ...     star = MoffatStar(flux, 20.0 + shift / scale, 20.0, fwhm / scale, 3.0)
     ...     return star(x, y) + bg, wcs
     >>> target = image(0.2, 0.8, 500.0, 1.0, shift=-0.05)   # 0.05" east of the reference
-    >>> reference = image(0.05, 0.3, 100.0, 0.5)
+    >>> reference = image(0.05, 0.3, 100.0, 0.5)    # 0.5 per pixel: 8 per target pixel
     >>> res = fit_star_photometry(target, reference, (53.0, -27.8), 1.5)
     >>> [round(getattr(res, k).value, 3) for k in ("scale", "bg", "dx", "dra", "fwhm", "beta")]
-    [5.0, -1.5, -0.05, 0.05, 0.8, 3.0]
+    [5.0, -39.0, -0.05, 0.05, 0.8, 3.0]
     >>> res.summary()["name"].tolist()
     ['scale', 'bg', 'dx', 'dy', 'dra', 'ddec', 'fwhm', 'beta', 'rms']
     """
@@ -495,14 +506,23 @@ def fit_star_photometry(target, reference, star, radius, *, fix_fwhm=None, fix_b
     t = _fit_star(t_exp, ra, dec, radius, fix_fwhm, fix_beta, "the target image", quadrature)
     r = _fit_star(r_exp, ra, dec, radius, None, None, "the reference image", quadrature)
 
-    # flux scale and background: target = scale * reference + bg
+    # flux scale and background: target = scale * reference + bg, the reference being put on
+    # the target's pixels as regrid does.  Its background br is per reference pixel: per
+    # target pixel it is a * br, a = A_t / A_r the ratio of the pixel areas at the star.  A
+    # surface brightness (per solid angle) is not multiplied by a in regrid, so there the
+    # scale takes the factor a instead (target per-pixel units per reference unit); the
+    # background offset is bt - (ft / fr) a br either way.
     ft, bt, fr, br = (t.value("flux_0"), t.value("amplitude_1"), r.value("flux_0"),
                       r.value("amplitude_1"))
     fb = ("flux_0", "amplitude_1")
-    scale = ft / fr
-    scale_err = _propagate([1.0 / fr, 0.0], fb, t, [-ft / fr ** 2, 0.0], fb, r)
-    bg = bt - scale * br
-    bg_err = _propagate([-br / fr, 1.0], fb, t, [ft * br / fr ** 2, -scale], fb, r)
+    area = abs(float(np.linalg.det(t.jacobian))) / abs(float(np.linalg.det(r.jacobian)))
+    sb = _per_solid_angle(r_exp.unit)
+    s_fac = area if sb else 1.0
+    scale = s_fac * ft / fr
+    scale_err = _propagate([s_fac / fr, 0.0], fb, t, [-s_fac * ft / fr ** 2, 0.0], fb, r)
+    bg = bt - area * br * ft / fr
+    bg_err = _propagate([-area * br / fr, 1.0], fb, t,
+                        [area * ft * br / fr ** 2, -area * ft / fr], fb, r)
 
     # positions: the reference's star in the target's pixels, and on the sky
     xy = ("x_0_0", "y_0_0")
