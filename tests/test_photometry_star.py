@@ -102,6 +102,39 @@ def test_recovers_a_known_truth():
     assert sky.separation(SkyCoord(*STAR_T, unit="deg")).arcsec < 4 * res.dra.error
 
 
+def test_wcs_frames_fk5_and_icrs():
+    """A reference whose WCS is FK5 (as HST's drizzled products) and a target in ICRS (as
+    MUSE's), the star at the same ICRS position in both: no offset.  The positions had been
+    compared as plain numbers in each WCS's frame: the ~20 mas FK5 frame bias came out as
+    a pointing offset (and moved the reference's fitting circle)."""
+    rng = np.random.default_rng(3)
+    star = SkyCoord(*STAR_R, unit="deg", frame="icrs")
+    images = []
+    for spec, flux, bg, radesys in ((TARGET, SCALE * FLUX_R, BG_T, "ICRS"),
+                                    (REFERENCE, FLUX_R, BG_R, "FK5")):
+        n = spec["n"]
+        wcs = _wcs(spec["pixel"], n, spec["rotation"])
+        wcs.wcs.radesys = radesys
+        if radesys == "FK5":
+            wcs.wcs.equinox = 2000.0
+        x, y = wcs.world_to_pixel(star)          # astropy transforms ICRS -> the WCS frame
+        prof = galsim.Moffat(spec["beta"], fwhm=spec["fwhm"] / spec["pixel"], flux=flux)
+        img = prof.drawImage(nx=n, ny=n, scale=1.0, method="auto",
+                             offset=(float(x) - (n - 1) / 2, float(y) - (n - 1) / 2)).array
+        data = img + bg + rng.normal(0.0, 0.1 * spec["sigma"], (n, n))
+        images.append(Exposure(data, uncertainty=StdDevUncertainty(
+            np.full((n, n), 0.1 * spec["sigma"])), wcs=wcs))
+    # the frame bias is ~20 mas here: far above the errors
+    fk5 = star.transform_to("fk5")
+    assert SkyCoord(fk5.ra, fk5.dec, frame="icrs").separation(star).arcsec > 0.015
+    res = fit_star_photometry(*images, (RA0, DEC0), 1.2)
+    for name in ("dra", "ddec", "dx", "dy"):
+        m = getattr(res, name)
+        assert abs(m.value) < max(4 * m.error, 2e-3), (name, m)
+    assert res.reference.dec == pytest.approx(star.dec.deg, abs=2e-3 / 3600)
+    assert res.target.ra == pytest.approx(star.ra.deg, abs=2e-3 / 3600)
+
+
 def test_fixed_fwhm_and_beta():
     target, reference = make_pair(2)
     free = fit_star_photometry(target, reference, (RA0, DEC0), 1.2)

@@ -70,7 +70,8 @@ def _arcsec(value, what, *, positive=True):
 
 
 def _star_position(star):
-    """(ra, dec) [deg] of one star from a SkyCoord or an (ra, dec) pair."""
+    """(ra, dec) [deg, ICRS] of one star from a SkyCoord (any frame) or an (ra, dec) pair
+    (taken as ICRS)."""
     from astropy.coordinates import SkyCoord
 
     from ..data.exposure import _as_lonlat
@@ -86,6 +87,28 @@ def _star_position(star):
     if np.ndim(ra) != 0 or not (np.isfinite(ra) and np.isfinite(dec)):
         raise InputError("star must be one finite sky position (ra, dec) [deg]")
     return float(ra), float(dec)
+
+
+def _icrs(ra, dec):
+    """An ICRS SkyCoord of (ra, dec) [deg]."""
+    from astropy.coordinates import SkyCoord
+
+    return SkyCoord(ra, dec, unit="deg", frame="icrs")
+
+
+def _pixel_to_icrs(exp, x, y):
+    """(ra, dec) [deg, ICRS] of pixel (x, y) of ``exp``, whose WCS may be in another
+    frame (HST drizzled products are FK5: ~20 mas from ICRS, the frame bias)."""
+    from astropy.coordinates import SkyCoord
+
+    from ..data.exposure import _celestial_frame
+
+    ra, dec = exp.pixel_to_world(x, y)
+    frame = _celestial_frame(exp._low_wcs)
+    if frame is None:
+        return float(ra), float(dec)
+    sky = SkyCoord(ra, dec, unit="deg", frame=frame).icrs
+    return float(sky.ra.deg), float(sky.dec.deg)
 
 
 # -- one image ------------------------------------------------------------------------------------
@@ -112,7 +135,8 @@ class StarFit:
     pixel_scale : float
         ``sqrt(|det J|)`` [arcsec / px].
     ra, dec : float
-        Fitted position of the star [deg].
+        Fitted position of the star [deg], ICRS (converted from the WCS's own
+        frame, e.g. FK5).
     n_pixels : int
         Pixels used (inside the fitting circle, unmasked).
     rms : float
@@ -220,7 +244,7 @@ def _fit_star(exp, ra, dec, radius, fix_fwhm, fix_beta, what, quadrature):
     from ..fitting import MixtureLSQFitter
     from ..models.moffat import MoffatStar
 
-    x_w, y_w = exp.world_to_pixel(ra, dec)
+    x_w, y_w = exp.world_to_pixel(_icrs(ra, dec))   # into the WCS's own frame
     ny, nx = exp.shape
     if not (np.isfinite(x_w) and np.isfinite(y_w)
             and -0.5 <= x_w <= nx - 0.5 and -0.5 <= y_w <= ny - 0.5):
@@ -299,7 +323,7 @@ def _fit_star(exp, ra, dec, radius, fix_fwhm, fix_beta, what, quadrature):
         bad = [n for n, d in zip(names, diag) if not (np.isfinite(d) and d > 0)]
         raise AstromixError(f"the star fit in {what} is degenerate (no uncertainty for "
                             f"{bad}); fix the FWHM or beta, or change the fitting radius")
-    fra, fdec = exp.pixel_to_world(xf, yf)
+    fra, fdec = _pixel_to_icrs(exp, xf, yf)
     rms = float(np.sqrt(np.mean((np.asarray(fit(x, y), dtype=np.float64) - data) ** 2)))
     return StarFit(model=fit, cov=cov, jacobian=exp.jacobian(xf, yf),
                    pixel_scale=float(exp.pixel_scale(xf, yf)), ra=float(fra), dec=float(fdec),
@@ -343,7 +367,10 @@ class StarPhotometryResult(PhotometryResult):
     dra, ddec : Measurement
         [arcsec] The same shift on the sky: ``(RA_target - RA_reference)
         cos(Dec)`` (positive to the east) and ``Dec_target - Dec_reference``
-        (positive to the north), each position from its own image's WCS.
+        (positive to the north), each position from its own image's WCS,
+        both in ICRS (an FK5 WCS, as HST's drizzled products have, and an
+        ICRS one differ by the ~20 mas frame bias, which is not a pointing
+        offset).
     fwhm : Measurement
         FWHM of the target's Moffat [arcsec]: fitted FWHM [px] times the
         target's pixel scale ``sqrt(|det J|)`` at the star.
@@ -412,8 +439,10 @@ def fit_star_photometry(target, reference, star, radius, *, fix_fwhm=None, fix_b
         (the FWHM is converted with ``sqrt(|det J|)``); the two images may
         have any pixel scales and orientations.
     star : SkyCoord or (float, float)
-        The star's position (ra, dec) [deg]: the centre of the fitting
-        circles; the fits start at the brightest pixel inside them.
+        The star's position (ra, dec) [deg], ICRS for a pair (a SkyCoord in
+        any frame): the centre of the fitting circles; the fits start at the
+        brightest pixel inside them.  Each image's WCS is used in its own
+        celestial frame (e.g. FK5 for HST, ICRS for MUSE).
     radius : float or Quantity
         Radius of the fitting circle [arcsec, or an angle Quantity], the
         same on the sky in both images; it should hold the star's core and
@@ -527,7 +556,7 @@ def fit_star_photometry(target, reference, star, radius, *, fix_fwhm=None, fix_b
     # positions: the reference's star in the target's pixels, and on the sky
     xy = ("x_0_0", "y_0_0")
     pt = np.array([t.value("x_0_0"), t.value("y_0_0")])
-    x_rt, y_rt = t_exp.world_to_pixel(r.ra, r.dec)
+    x_rt, y_rt = t_exp.world_to_pixel(_icrs(r.ra, r.dec))
     d_px = pt - np.array([x_rt, y_rt])
     a = np.linalg.solve(t.jacobian, r.jacobian)           # reference px -> target px
     cov_d = t.covariance(xy) + a @ r.covariance(xy) @ a.T
