@@ -509,3 +509,27 @@ def test_not_psfex_files(tmp_path):
 def test_constructor_refuses_bad_arrays(args, match):
     with pytest.raises(InputError, match=match):
         PSFExModel(*args)
+
+
+def test_multi_extension_file_needs_hdu(tmp_path):
+    """PSFEx run on a multi-extension catalog writes one PSF_DATA extension per CCD: without
+    hdu= the file is ambiguous and refused (it had silently given the first CCD's model);
+    with hdu= each extension's own model is read (Gaussians of sigma 1.5 and 3 px)."""
+    yy, xx = np.mgrid[:25, :25] - 12.0
+    hdus = [fits.PrimaryHDU()]
+    for k, sigma in enumerate((1.5, 3.0)):
+        single = write_psfex(tmp_path / f"ccd{k}.psf", PSFExModel(
+            np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2))[None], (1024.5, 2048.5),
+            (2048, 4096), 0))
+        with fits.open(single) as hdul:
+            hdus.append(hdul[1].copy())
+    path = tmp_path / "mosaic.psf"
+    fits.HDUList(hdus).writeto(path)
+    for kwargs in ({}, {"ccdname": "N2"}):
+        with pytest.raises(InputError, match=r"mosaic\.psf: 2 extensions .*HDU 1 \(PSF_DATA\), "
+                                             r"2 \(PSF_DATA\); choose one with hdu="):
+            read_psfex(path, **kwargs)
+    for index, sigma in ((1, 1.5), (2, 3.0)):
+        img = read_psfex(path, hdu=index).image(100.0, 100.0)
+        # second moment of the pixel-sampled Gaussian (sampled finely: sigma^2 to 1e-6)
+        assert np.sqrt((img * xx ** 2).sum()) == pytest.approx(sigma, rel=1e-3)

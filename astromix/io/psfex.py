@@ -669,8 +669,10 @@ def read_psfex(path, *, ccdname=None, row=None, hdu=None):
     row : int, optional
         Or the row index (0-based).  Not both.
     hdu : int or str, optional
-        The HDU holding the model; by default the one named ``PSF_DATA``,
-        else the first binary table with a ``PSF_MASK`` column.
+        The HDU holding the model (index or EXTNAME); by default the one
+        named ``PSF_DATA``, else the only binary table with a ``PSF_MASK``
+        column.  A multi-extension file (PSFEx run on a multi-extension
+        catalog writes one ``PSF_DATA`` extension per CCD) needs it.
 
     Returns
     -------
@@ -692,8 +694,9 @@ def read_psfex(path, *, ccdname=None, row=None, hdu=None):
         ``POLGRP1 = POLGRP2 = 1``) or none (``POLNAXIS = 0``: a constant PSF,
         read as degree 0), ``PSFNAXIS`` other than 3 (or 2 for a constant
         PSF), bad values
-        (non-finite, ``POLSCAL = 0``, ``PSF_SAMP <= 0``), or an ambiguous
-        or unknown row (the message lists the available ones).
+        (non-finite, ``POLSCAL = 0``, ``PSF_SAMP <= 0``), an ambiguous
+        or unknown row (the message lists the available ones), or, without
+        ``hdu``, several extensions holding a model (the message lists them).
 
     Notes
     -----
@@ -862,13 +865,19 @@ def _find_hdu(hdul, path, hdu):
         if not has_mask(chosen):
             raise _fail(path, f"HDU {hdu!r} is not a binary table with a PSF_MASK column")
         return chosen
-    candidates = [h for h in hdul if has_mask(h)]
+    candidates = [(i, h) for i, h in enumerate(hdul) if has_mask(h)]
     if not candidates:
         raise _fail(path, "no binary table with a PSF_MASK column: not a PSFEx model")
-    for h in candidates:
-        if str(h.header.get("EXTNAME", "")).strip().upper() == "PSF_DATA":
-            return h
-    return candidates[0]
+    named = [(i, h) for i, h in candidates
+             if str(h.header.get("EXTNAME", "")).strip().upper() == "PSF_DATA"]
+    preferred = named or candidates
+    if len(preferred) > 1:
+        # e.g. PSFEx run on a multi-extension catalog: one PSF_DATA extension per CCD
+        listing = ", ".join(f"{i} ({str(h.header.get('EXTNAME', '')).strip() or 'no EXTNAME'})"
+                            for i, h in preferred)
+        raise _fail(path, f"{len(preferred)} extensions hold a PSFEx model (one per CCD?): "
+                          f"HDU {listing}; choose one with hdu=<index>")
+    return preferred[0][1]
 
 
 def _select_row(data, columns, nrows, path, ccdname, row):

@@ -25,7 +25,8 @@ callable of position).
    its star selection (edges, outliers rejected by Piff's loop), fluxes and
    centroids; its mean PSF (at the centre of the star positions) is fitted by
    :func:`astromix.fitting.fit_psf_mixture` (``n_components`` Gaussians, least
-   squares) to give the starting mixture: ``a_g`` and ``C_g`` constant.
+   squares, its random starts seeded so that the same data give the same
+   field) to give the starting mixture: ``a_g`` and ``C_g`` constant.
 2. Levenberg-Marquardt on the polynomial coefficients of all ``a_g`` (``g >=
    1``; ``a_0 = 1 - sum a_g``) and all ``C_g``: the Jacobian of each star's
    model with respect to its own ``a_g`` and ``C_g`` is rendered (central
@@ -33,7 +34,10 @@ callable of position).
    terms; the normal equations are summed over the stars with the noise
    weights (plus, optionally, PSFEx's ``PSF_ACCURACY`` floor); a step is kept
    only if it lowers the weighted chi2 and keeps every covariance positive
-   definite at every star.
+   definite at every star and on grids spanning the stars' bounding box and
+   the image (among them the positions :meth:`MixturePSFFieldModel.to_psfex`
+   renders), so that the field is a valid mixture everywhere in the image,
+   not only at the stars.
    Each star's flux and sub-pixel centre are then refitted against the model
    (Gauss-Newton), and in the first iteration the pixels further from the
    model than ``pixel_clip`` sigmas are masked (neighbours, cosmic rays).
@@ -190,7 +194,8 @@ class MixturePSFFieldModel:
             The component amplitudes (they sum to 1).
         cov : ndarray, shape (K, 2, 2)
             The component covariances [px^2], symmetric; not checked to be
-            positive definite (far outside the stars they may not be).
+            positive definite (the fit keeps them so over the image and the
+            stars' bounding box; far outside them they may not be).
 
         Raises
         ------
@@ -211,8 +216,9 @@ class MixturePSFFieldModel:
             return GaussianMixture(amp, self.mean + np.asarray(offset, dtype=np.float64), cov)
         except InputError as exc:
             raise InputError(f"the PSF-field mixture at ({x}, {y}) is not valid (a covariance "
-                             f"is not positive definite: the position is probably far outside "
-                             f"the stars): {exc}") from None
+                             f"is not positive definite: the fit keeps the covariances "
+                             f"positive definite over the image and the stars' bounding box "
+                             f"only): {exc}") from None
 
     def mixture(self, x, y, *, flux=1.0):
         """The :class:`~astromix.GaussianMixturePSF` at 0-based ``(x, y)``, centred on 0.
@@ -235,7 +241,8 @@ class MixturePSFFieldModel:
         ------
         InputError
             On a non-finite position, or where a polynomial covariance is not
-            positive definite (far outside the stars).
+            positive definite (the fit keeps them so over the image and the
+            stars' bounding box).
         """
         from ..models.psf import GaussianMixturePSF
 
@@ -277,9 +284,10 @@ class MixturePSFFieldModel:
         ------
         InputError
             On a non-finite position or centre, a position where a covariance
-            is not positive definite (far outside the stars), a shape the
-            renderer refuses (e.g. a side < 1), or with ``normalize`` when
-            the image has no positive sum.
+            is not positive definite (the fit keeps them so over the image and
+            the stars' bounding box), a shape the renderer refuses (e.g. a
+            side < 1), or with ``normalize`` when the image has no positive
+            sum.
         """
         if shape is None:
             shape = (self.size, self.size)
@@ -330,7 +338,8 @@ class MixturePSFFieldModel:
         ------
         InputError
             If a covariance is not positive definite at a grid position (see
-            :meth:`image`), or ``size`` < 1.
+            :meth:`image`; with the default ``n_grid`` and ``degree`` the fit
+            has made them positive definite there), or ``size`` < 1.
         """
         size = self.size if size is None else int(size)
         degree = self.degree + 2 if degree is None else int(degree)
@@ -402,10 +411,10 @@ def _fit_flux_centre(stamp, w, amp, mean, cov, flux, cx, cy, settings, backend, 
     return flux, cx, cy, m
 
 
-def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_components=4,
+def fit_mixture_psf_field(image, stars, *, weight=None, size=None, degree=None, n_components=4,
                           background=None, accuracy=0.0, pixel_clip=5.0, n_iter=30,
                           damping=1e-3, start="pixel", pixel_model=None, clip=3.0,
-                          settings=None, **pixel_kwargs):
+                          pixel_accuracy=None, settings=None, **pixel_kwargs):
     """Fit a Gaussian-mixture PSF field (parameters polynomial in x, y) to the stars of an image.
 
     Parameters
@@ -417,22 +426,27 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
         Inverse variance per pixel (0 = masked); default as
         :func:`~astromix.psffield.fit_psf_field`.
     size : int, optional
-        Side [px] of the star stamps fitted (odd; default 25), and of
-        :meth:`MixturePSFFieldModel.image` by default.
+        Side [px] of the star stamps fitted (odd; default 25, or the
+        ``pixel_model``'s), and of :meth:`MixturePSFFieldModel.image` by
+        default.  With ``pixel_model``, only its size may be given.
     degree : int, optional
-        Polynomial degree of every amplitude and covariance element (default 2).
+        Polynomial degree of every amplitude and covariance element (default
+        2, or the ``pixel_model``'s).  With ``pixel_model``, only its degree
+        may be given.
     n_components : int, optional
         Gaussians K (default 4).
     background : None, float or array-like, optional
         As :func:`~astromix.psffield.fit_psf_field`.
     accuracy : float, optional
         PSFEx's ``PSF_ACCURACY`` model-error floor in the weights of the
-        mixture fit (default 0: the noise alone; the pixel fit keeps its own
-        default, or ``pixel_kwargs["accuracy"]``).
+        mixture fit (default 0: the noise alone).  The pixel fit's is
+        ``pixel_accuracy``.
     pixel_clip : float or None, optional
-        Mask star pixels further than this many sigmas from the model (default 5).
+        Mask star pixels further than this many sigmas from the model
+        (default 5), in the mixture fit and in the pixel fit made here.
     n_iter : int, optional
-        Most Levenberg-Marquardt iterations per round (default 30).
+        Most Levenberg-Marquardt iterations per round (default 30); the pixel
+        fit made here keeps its own default.
     damping : float, optional
         Starting Levenberg-Marquardt damping, relative to the diagonal of the
         normal matrix (default 1e-3).
@@ -447,17 +461,26 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
         image's sampling cannot represent.
     pixel_model : PSFFieldModel, optional
         A pixel fit of the same stars to start from (otherwise one is made
-        with ``size``, ``degree``, ``weight``, ``background``, ``pixel_clip``
-        and ``pixel_kwargs``).
+        with ``size``, ``degree``, ``weight``, ``background``, ``pixel_clip``,
+        ``clip``, ``pixel_accuracy`` and ``pixel_kwargs``).  Its ``size`` and
+        ``degree`` are the field's; ``pixel_accuracy`` and ``pixel_kwargs``
+        may not be given with it (they would be unused).
     clip : float, optional
         Outlier threshold of Piff's loop on whole stars after each converged
         fit, in robust sigmas of ``log(chi2/dof)`` (default 3; with the
-        residual-fraction criterion of :func:`~astromix.psffield.fit_psf_field`).
+        residual-fraction criterion of :func:`~astromix.psffield.fit_psf_field`);
+        also the ``clip`` of the pixel fit made here.
+    pixel_accuracy : float, optional
+        ``accuracy`` (PSFEx's ``PSF_ACCURACY``) of the pixel fit made here
+        (default None: :func:`~astromix.psffield.fit_psf_field`'s default, 0.05).
     settings : AccuracySettings, optional
         Pixel-integration and culling settings of the renderer.
     **pixel_kwargs
-        More arguments of :func:`~astromix.psffield.fit_psf_field`
-        (``accuracy``, ``clip``, ``max_remove``, ``min_stars``).
+        More arguments of the pixel fit made here,
+        :func:`~astromix.psffield.fit_psf_field` (``max_remove``,
+        ``min_stars``, ``oversampling``, ``smoothing``); its ``accuracy`` is
+        ``pixel_accuracy``, its ``clip`` and ``pixel_clip`` are this
+        function's, its ``n_iter`` is its default.
 
     Returns
     -------
@@ -467,7 +490,10 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
     ------
     InputError
         On bad inputs (as :func:`~astromix.psffield.fit_psf_field`), a bad
-        ``n_components``, or too few usable stars.
+        ``n_components``, too few usable stars, a ``size`` or ``degree``
+        other than the ``pixel_model``'s, or ``pixel_accuracy`` or
+        ``pixel_kwargs`` given where no pixel fit is made (``pixel_model``
+        given, or ``start="moments"``).
 
     Examples
     --------
@@ -515,17 +541,34 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
     else:
         bkg = _as_image(background, "background", data.shape)
     backend = _cpu_backend()
+    pixel_args = dict(pixel_kwargs)
+    if pixel_accuracy is not None:
+        pixel_args["accuracy"] = pixel_accuracy
+    if pixel_args and (pixel_model is not None or start == "moments"):
+        raise InputError(f"{', '.join(sorted(pixel_args))} set the pixel fit, but none is made "
+                         + ("(pixel_model given)" if pixel_model is not None
+                            else "(start='moments')"))
+    if pixel_model is not None:
+        for name, value, own in (("size", size, pixel_model.size),
+                                 ("degree", degree, pixel_model.degree)):
+            if value is not None and value != own:
+                raise InputError(f"{name}={value!r} differs from the pixel_model's {name} "
+                                 f"{own}: the field takes the pixel model's (give {name}={own} "
+                                 "or leave it out, or fit the pixel model with it)")
+    size = 25 if size is None else size
+    degree = 2 if degree is None else degree
     if start == "pixel" or pixel_model is not None:
         if pixel_model is None:
             pixel_model = fit_psf_field(image, stars, weight=weight, size=size, degree=degree,
                                         background=background, pixel_clip=pixel_clip,
-                                        **pixel_kwargs)
+                                        clip=clip, **pixel_args)
         degree = pixel_model.degree
         size = pixel_model.size
-        # the starting mixture: the pixel model's PSF at the centre of the stars
+        # the starting mixture: the pixel model's PSF at the centre of the stars (a
+        # fixed seed for the random starts: the same data give the same field)
         centre = pixel_model.polzero - 1.0
         base = fit_psf_mixture(pixel_model.image(*centre), n_components, objective="chi2",
-                               settings=settings, backend=backend).mixture
+                               rng=0, settings=settings, backend=backend).mixture
         table = pixel_model.stars.copy()
         polzero, polscal = pixel_model.polzero, pixel_model.polscal
         pixel_info = pixel_model.fit_info
@@ -562,6 +605,7 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
     fl = flux[idx]
     n_masked = np.zeros(idx.size, int)
     terms = model.coefficients(xs[idx], ys[idx])                  # (n, nterms)
+    pd_terms = _check_positions(model.polzero, model.polscal, degree, data.shape)
     shape = (2 * half + 1, 2 * half + 1)
     n_amp = (k - 1) * nterms
     n_par = n_amp + 3 * k * nterms
@@ -644,7 +688,8 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=25, degree=2, n_com
                 new_cov = cov_c + step[n_amp:].reshape(k, 3, nterms)
                 trial = MixturePSFFieldModel(mean, new_amp, new_cov, model.polzero,
                                              model.polscal, degree, size=size, settings=settings)
-                if all(_positive(trial, xs[idx[n]], ys[idx[n]]) for n in act) and _weighted_chi2(
+                if _all_positive(new_cov, terms[act]) and _all_positive(
+                        new_cov, pd_terms) and _weighted_chi2(
                         trial, stamps[act], weff[act], fl[act], cx[act], cy[act], xs[idx[act]],
                         ys[idx[act]], settings, backend) < current:
                     amp_c, cov_c, model = new_amp, new_cov, trial
@@ -802,8 +847,36 @@ def _weighted_chi2(model, stamps, w, flux, cx, cy, xs, ys, settings, backend):
     return total
 
 
-def _positive(model, x, y):
-    """Whether every covariance of the model at (x, y) is positive definite."""
-    _, cov = model.parameters(x, y)
-    return bool(np.all(cov[:, 0, 0] > 0) and np.all(cov[:, 0, 0] * cov[:, 1, 1]
-                                                     - cov[:, 0, 1] ** 2 > 0))
+def _all_positive(cov_coeffs, terms):
+    """Whether every covariance is positive definite at every position.
+
+    ``cov_coeffs`` (K, 3, nterms): the polynomial coefficients of ``c_xx, c_xy,
+    c_yy``; ``terms`` (P, nterms): the polynomial terms of the P positions.
+    """
+    c = np.einsum("gjt,pt->pgj", cov_coeffs, terms)
+    return bool(np.all(c[..., 0] > 0) and np.all(c[..., 0] * c[..., 2] - c[..., 1] ** 2 > 0))
+
+
+def _check_positions(polzero, polscal, degree, shape):
+    """Polynomial terms (P, nterms) of the positions where the fit keeps the covariances PD.
+
+    Besides the stars: the grid :meth:`MixturePSFFieldModel.to_psfex` renders
+    by default (``degree + 5`` positions per axis over the box ``polzero - 1
+    +- polscal / 2``, the stars' bounding box, in 0-based pixels) and a grid of
+    ``2 (degree + 4) + 1`` positions per axis over that box and the image
+    (``shape`` = (ny, nx)) together, so that the model is a valid mixture over
+    the whole field and not only at the stars (a quadratic covariance fitted
+    at the stars alone had been indefinite at a corner of the box).
+    """
+    ny, nx = shape
+    lo = polzero - 1.0 - 0.5 * polscal
+    hi = polzero - 1.0 + 0.5 * polscal
+    u = np.linspace(-0.5, 0.5, degree + 5)
+    gx, gy = np.meshgrid(polzero[0] - 1.0 + u * polscal[0], polzero[1] - 1.0 + u * polscal[1])
+    v = np.linspace(0.0, 1.0, 2 * (degree + 4) + 1)
+    x0, x1 = min(lo[0], 0.0), max(hi[0], nx - 1.0)
+    y0, y1 = min(lo[1], 0.0), max(hi[1], ny - 1.0)
+    hx, hy = np.meshgrid(x0 + v * (x1 - x0), y0 + v * (y1 - y0))
+    x = np.concatenate([gx.ravel(), hx.ravel()])
+    y = np.concatenate([gy.ravel(), hy.ravel()])
+    return _polynomial_terms(x, y, polzero, polscal, degree)

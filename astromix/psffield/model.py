@@ -25,8 +25,11 @@ included): an image of a star is the model sampled at pixel centres.
    background is removed (``background``) and its per-pixel variance taken
    from ``weight`` (or, when absent, from the robust scatter of the stamp's
    outer 2-pixel ring).
-2. Start: flux = stamp sum, centroid = Gaussian-windowed first moment (window
-   sigma 2 px, iterated from the input position).
+2. Start: centroid = Gaussian-windowed first moment (window sigma 2 px,
+   iterated from the input position, moving at most 2 px); a star whose
+   centroid rounds to another pixel than its input position is cut again
+   around that pixel (and its centroid refined there), so that input
+   positions up to ~2 px off are as good as exact ones; flux = stamp sum.
 3. Each star is *resampled onto the PSF grid*: the stamp divided by the flux
    is shifted by minus its sub-pixel offset with a quintic B-spline
    (:func:`scipy.ndimage.shift`, ``order=5``, zero outside); its weights
@@ -472,8 +475,9 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     ----------
     image : array-like, shape (ny, nx)
     stars : astropy.table.Table
-        Columns ``x``, ``y`` (0-based pixel centres; approximate positions are
-        refined) and optionally ``flux`` (start value).
+        Columns ``x``, ``y`` (0-based pixel centres; approximate positions, up
+        to ~2 px off, are refined: each stamp is cut again around the star's
+        windowed centroid) and optionally ``flux`` (start value).
     weight : array-like, shape (ny, nx), optional
         Inverse variance per pixel (0 = masked).  Default: uniform per star,
         from the robust scatter of the stamp's outer 2-pixel ring.
@@ -612,6 +616,24 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     for s in np.flatnonzero(~edge):
         xc, yc = _windowed_centroid(stamps[s], bhalf + dx[s], bhalf + dy[s])
         dx[s], dy[s] = xc - bhalf, yc - bhalf
+    # a star whose refined centroid is nearer another pixel than the input's is cut
+    # again around that pixel (the fits keep the centre within +-1 px of the stamp's
+    # central pixel), and its centroid refined again there
+    for _ in range(2):
+        nix = np.where(edge, ix, np.rint(ix + dx).astype(int))
+        niy = np.where(edge, iy, np.rint(iy + dy).astype(int))
+        moved = np.flatnonzero((nix != ix) | (niy != iy))
+        if moved.size == 0:
+            break
+        dx[moved] += ix[moved] - nix[moved]
+        dy[moved] += iy[moved] - niy[moved]
+        ix[moved], iy[moved] = nix[moved], niy[moved]
+        stamps[moved], wstamps[moved], edge[moved] = _cut_stamps(
+            data, weight, bkg_image, ix[moved], iy[moved], bhalf)
+        for s in moved[~edge[moved]]:
+            xc, yc = _windowed_centroid(stamps[s], bhalf + dx[s], bhalf + dy[s])
+            dx[s], dy[s] = xc - bhalf, yc - bhalf
+    for s in np.flatnonzero(~edge):
         flux[s] = stamps[s].sum()
     if "flux" in stars.colnames:
         given = np.asarray(stars["flux"], dtype=np.float64)
