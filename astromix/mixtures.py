@@ -404,7 +404,8 @@ class GaussianMixture:
             float64.  May be a backend (CuPy) array.
         weight : array, shape (ny, nx)
             Inverse variance per pixel, >= 0; 0 masks a pixel (its data may then
-            be NaN).
+            be NaN).  Taken in the data's precision: with float32 data, positive
+            weights must lie within float32's normal range (1.2e-38 to 3.4e38).
         gradient : bool, optional
             Also return the gradient with respect to the mixture's parameters.
         settings : AccuracySettings, optional
@@ -422,8 +423,9 @@ class GaussianMixture:
         ------
         InputError
             If ``data`` is not 2-d, ``data`` and ``weight`` differ in shape, a
-            weight is negative or not finite, data are not finite where the
-            weight is positive, or ``settings`` is not an :class:`AccuracySettings`.
+            weight is negative or not finite, or outside float32's normal range
+            with float32 data, data are not finite where the weight is
+            positive, or ``settings`` is not an :class:`AccuracySettings`.
         BackendError
             If the backend is unknown or unavailable.
         """
@@ -496,6 +498,9 @@ def _check_settings(settings):
     return settings
 
 
+_FINFO = {np.float32: np.finfo(np.float32), np.float64: np.finfo(np.float64)}
+
+
 def _as_images(bk, data, weight):
     """(data, weight) as backend arrays of one 2-d shape and dtype (float32 or float64)."""
     xp = bk.xp
@@ -507,7 +512,32 @@ def _as_images(bk, data, weight):
         raise InputError(f"weight shape {weight.shape} differs from data shape {data.shape}")
     # float32 in either byte order ('>f4' from astropy.io.fits) is fitted in float32
     dtype = np.float32 if data.dtype.kind == "f" and data.dtype.itemsize == 4 else np.float64
-    return data.astype(dtype, copy=False), weight.astype(dtype, copy=False)
+    data = data.astype(dtype, copy=False)
+    if weight.dtype.kind != "f" or weight.dtype.itemsize <= data.itemsize:
+        return data, weight.astype(dtype, copy=False)
+    # A narrowing cast (float64 weight, float32 data): finite weights past the
+    # dtype's range became inf (and were refused as non-finite), positive ones
+    # below its normal range 0 or a few bits (the pixels dropped out of chi2
+    # silently).  NumPy flags both in the cast itself (~1 us on 64x64 pixels).
+    fi = _FINFO[dtype]
+    if xp is np:
+        try:
+            with np.errstate(over="raise", under="raise"):
+                return data, weight.astype(dtype, copy=False)
+        except FloatingPointError:
+            pass
+    else:
+        # (negative ones too: one above -1.4e-45 would become -0, unrefused)
+        if not bool(xp.any((weight < fi.tiny) & (weight != 0)
+                           | ((weight > fi.max) & xp.isfinite(weight)))):
+            return data, weight.astype(dtype, copy=False)
+    if not bool(xp.isfinite(weight).all()):
+        raise InputError("weight has non-finite values")
+    if bool((weight < 0).any()):
+        raise InputError("weight (inverse variance) has negative values")
+    raise InputError(f"weight has values outside the {fi.dtype} range of the data (positive "
+                     f"and below {fi.tiny:.3g}, or above {fi.max:.3g}), which {fi.dtype} "
+                     "arithmetic would lose; pass float64 data")
 
 
 def _check_pixels(bk, data, weight):

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import logging
 import os
+import sys
 import threading
 import traceback as _traceback
 
@@ -200,7 +201,8 @@ def parallel_map(func, items, *, executor=None, max_workers=None, progress=True,
     executor : concurrent.futures.Executor, "serial" or None, optional
         Where the calls run: any :class:`~concurrent.futures.Executor`
         (``ProcessPoolExecutor``, ``ThreadPoolExecutor``,
-        ``dask.distributed.Client.get_executor()``,
+        ``dask.distributed.Client.get_executor()``, whose calls are submitted
+        with ``pure=False``, each its own task,
         ``mpi4py.futures.MPIPoolExecutor``), left open for the caller; the
         string ``"serial"`` runs them here one after the other; None (the
         default) runs a single item here and several in a
@@ -330,10 +332,29 @@ def _serial(func, items, labels, progress, desc, return_exceptions):
     return results
 
 
+def _submit_options(executor):
+    """Keywords for ``executor.submit`` beyond the call's: ``pure=False`` for dask.
+
+    A dask.distributed ``ClientExecutor`` (``Client.get_executor()``) passes
+    extra keywords of ``submit`` to ``Client.submit``.  Its default
+    ``pure=True`` names a call's task by a hash of the function and the item,
+    so the same call submitted again shares the task of an earlier batch, and
+    with it that batch's cancellation after a failure: the items came back
+    cancelled.  ``pure=False`` gives every call its own task.  The module is
+    looked up, not imported: an executor of its class means it is loaded.
+    """
+    cfexecutor = sys.modules.get("distributed.cfexecutor")
+    if cfexecutor is not None and isinstance(executor, getattr(cfexecutor, "ClientExecutor",
+                                                               ())):
+        return {"pure": False}
+    return {}
+
+
 def _on_executor(func, items, labels, executor, progress, desc, return_exceptions):
     n = len(items)
     bar = _Progress(n, progress, desc)
     futures = []
+    options = _submit_options(executor)
 
     def _tick(future):  # in the executor's threads: count finished items, in any order
         if not future.cancelled():
@@ -342,7 +363,7 @@ def _on_executor(func, items, labels, executor, progress, desc, return_exception
     try:
         for i, item in enumerate(items):
             try:
-                future = executor.submit(func, item)
+                future = executor.submit(func, item, **options)
             except Exception as exc:
                 raise BatchError(f"{labels[i]}: could not be submitted to {executor!r}: "
                                  f"{type(exc).__name__}: {exc}", label=labels[i], index=i,

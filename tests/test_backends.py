@@ -138,6 +138,44 @@ def test_every_image_width(other, mode, nx):
     _agree(jac, _common.Backend.jacobian(bk, table, coeff, shape, s), 1e-9)
 
 
+@pytest.mark.parametrize("other", OTHER)
+@pytest.mark.parametrize("shape", [(11, 11), (300, 300)])
+def test_culling_box_beyond_int64(other, shape):
+    """Components whose culling box edges lie past 2**63 px: a very broad one (cov =
+    1e38 px^2, half-width ~5e19 px) and ones centred 1e20 px off the image.
+
+    The broad one, with flux 2 pi cov, is a flat level of 1 per pixel to ~1e-34:
+    render, chi2 and its amplitude gradient (2 sum (m - d) m / amp) take that value,
+    the far ones add nothing, on the one-call stamp path (11x11) and the general one
+    (300x300), and so does its Jacobian image.  Numba's box edges overflowed int64
+    and dropped the broad one."""
+    from astromix.models._base import chain_coefficients
+
+    cov = 1e38
+    amp = 2 * np.pi * cov
+    g = GaussianMixture([amp, 1.0, 1.0], [[5.0, 5.0], [1e20, 5.0], [5.0, -1e20]],
+                        [np.eye(2) * cov, np.eye(2), np.eye(2)])
+    s = AccuracySettings()
+    bk = backends.get_backend(other)
+    for b in ("numpy", other):
+        img = to_numpy(g.render(shape, backend=b))
+        np.testing.assert_allclose(img, 1.0, rtol=1e-12)
+        data = np.full(shape, 0.5)
+        c, (d_amp, d_mean, d_cov) = g.chi2(bk.asarray(data) if b == other else data,
+                                           np.ones(shape), gradient=True, backend=b)
+        assert c == pytest.approx(0.25 * data.size, rel=1e-12)
+        d_amp = to_numpy(d_amp)
+        assert d_amp[0] == pytest.approx(2 * 0.5 * data.size / amp, rel=1e-12)
+        assert d_amp[1:].tolist() == [0.0, 0.0]
+        assert np.abs(to_numpy(d_mean)).max() < 1e-12
+    # the Jacobian image of the sum of the amplitudes: sum_k model_k / amp_k = 1 / amp
+    table = bk.prepare(g.amp, g.mean, g.cov, s)
+    m = np.zeros((3, 1, 6))
+    m[:, 0, 0] = 1.0
+    jac = to_numpy(bk.jacobian(table, chain_coefficients(table, m), shape, s))
+    np.testing.assert_allclose(jac, 1.0 / amp, rtol=1e-12)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_gradient_matches_finite_differences(backend, mode):
     """Analytic d chi2 / d(amp, mean, cov) against central differences (float64)."""

@@ -186,6 +186,39 @@ def test_masked_array_and_numeric_mask():
     assert Exposure(np.ones((3, 3)), mask=np.eye(3, dtype=np.uint8)).mask.sum() == 3
 
 
+def _masked_inputs():
+    from astropy.utils.masked import Masked
+
+    img = np.arange(20.0).reshape(4, 5)
+    img[0, 0] = 1e6  # a cosmic ray, masked in the data product
+    bad = np.zeros((4, 5), bool)
+    bad[0, 0] = True
+    return [pytest.param(np.ma.MaskedArray(img, mask=bad), None, id="numpy-masked-array"),
+            pytest.param(Masked(img, mask=bad), None, id="astropy-Masked-ndarray"),
+            pytest.param(Masked(img * u.Jy, mask=bad), u.Jy, id="astropy-Masked-Quantity")]
+
+
+@pytest.mark.parametrize("data, unit", _masked_inputs())
+def test_masked_data_keeps_its_mask_with_mask_on_top(data, unit):
+    """The mask of a NumPy masked array or an astropy Masked array / Quantity is
+    kept, and combined with mask= (it was dropped: by mask=, and for astropy's
+    Masked altogether); the masked pixel weighs nothing, and the unit is kept."""
+    extra = np.zeros((4, 5), bool)
+    extra[3, 4] = True  # a DQ mask on top
+    expect_unmasked = np.ones((4, 5))
+    expect_unmasked[0, 0] = 0.0
+    for mask, masked in ((None, [[0, 0]]), (extra, [[0, 0], [3, 4]])):
+        e = Exposure(data, mask=mask, uncertainty=np.full((4, 5), 0.5))
+        assert np.argwhere(e.mask).tolist() == masked
+        assert e.weight[0, 0] == 0.0 and e.weight[1, 1] == 4.0  # 1 / 0.5**2
+        assert e.unit == unit
+        np.testing.assert_array_equal(e.data[1:], np.arange(5.0, 20.0).reshape(3, 5))
+    # converted to another unit, the mask stays
+    if unit is not None:
+        e = Exposure(data, unit="mJy")
+        assert np.argwhere(e.mask).tolist() == [[0, 0]] and e.data[1, 1] == 6000.0
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"data": np.ones(5)}, "2-D image"),
     ({"data": np.ones((0, 3))}, "empty"),
@@ -691,16 +724,35 @@ def test_hst_bunit_spellings(tmp_path, bunit, unit, kind):
     with fits.open(path, mode="update") as hdul:
         hdul["SCI"].header["BUNIT"] = bunit
     assert count_kind(bunit) == kind
-    rate = kind != "counts"  # PHOTFLAM is per count rate: a flux-density BUNIT is taken as one
+    rate = kind != "counts"  # PHOTFLAM is per count rate
+    flam = unit is not None and unit.is_equivalent(u.erg / u.s / u.cm ** 2 / u.AA)
     exp = Exposure.from_fits(path)
     assert exp.unit == unit if unit is not None else exp.unit is None
     zp_rate = _hand_zeropoint()
     expected = zp_rate if rate else zp_rate + 2.5 * np.log10(2028.0)
+    if flam:   # data already in f_lambda: the AB magnitude of one erg/s/cm^2/A at PHOTPLAM
+        expected = _hand_zeropoint(photflam=1.0)
     assert exp.zeropoint == pytest.approx(expected, abs=2e-3)
     assert exp.meta["zeropoint_for_rate"] is rate
     hdr = fits.Header({"PHOTFLAM": 2e-19, "EXPTIME": 1000.0, "BUNIT": bunit})
     out = rescale_to_flux_units((np.ones((2, 2)), hdr), unit=1e-20)
-    assert out.data[0, 0] == pytest.approx(20.0 if rate else 0.02)
+    # f_lambda data are not multiplied by PHOTFLAM: 1 erg/s/cm^2/A is 1e20 units of 1e-20
+    assert out.data[0, 0] == pytest.approx(1e20 if flam else 20.0 if rate else 0.02)
+
+
+def test_hst_flux_density_bunit_zeropoint(tmp_path):
+    """An HST image whose BUNIT is already a flux density: its zero point is the AB
+    magnitude of one such unit (f_nu: 8.90 - 2.5 log10(unit / Jy)), not PHOTFLAM's, which
+    is per count rate (the zero point of ERG/S/CM2/A data had been off by 2.5
+    log10(PHOTFLAM), ~47 mag)."""
+    path = tmp_path / "drz.fits"
+    _write_drz(path)
+    for bunit, expected in (("Jy", 8.90), ("uJy", 23.90), ("nJy", 31.40),
+                            ("1e-20 erg/s/cm2/Angstrom", _hand_zeropoint(photflam=1e-20))):
+        with fits.open(path, mode="update") as hdul:
+            hdul["SCI"].header["BUNIT"] = bunit
+        exp = Exposure.from_fits(path)
+        assert exp.zeropoint == pytest.approx(expected, abs=1e-3), bunit
 
 
 # -- plain images and bad files -------------------------------------------------------------------

@@ -254,6 +254,29 @@ class TestChi2:
         c32 = g.chi2(data + np.float32(0.01), np.ones_like(data))
         assert c32 == pytest.approx(24 * 24 * 1e-4, rel=1e-4)
 
+    @pytest.mark.parametrize("sigma", [1e-20, 1e23])
+    def test_float32_data_with_weights_beyond_float32(self, backend, sigma):
+        """float64 inverse variances 1 / sigma^2 past float32's range (1e40, 1e-46) with
+        float32 data: a clear error (they became inf, refused as "non-finite", or 0,
+        every pixel dropped from chi2 silently); in range, chi2 = the number of pixels
+        for data one sigma off the model; in float64, chi2 = that number too."""
+        g = one(amp=1e3 * sigma)
+        model = to_numpy(g.render((24, 24)))
+        data, weight = model + sigma, np.full((24, 24), sigma ** -2)
+        assert g.chi2(data, weight) == pytest.approx(24 * 24, rel=1e-6)
+        with pytest.raises(InputError, match="outside the float32 range.*pass float64 data"):
+            g.chi2(data.astype(np.float32), weight, gradient=True)
+        weight[0, 0] = np.nan  # the other checks come first
+        with pytest.raises(InputError, match="weight has non-finite values"):
+            g.chi2(data.astype(np.float32), weight)
+        weight[0, 0] = -1e-46
+        with pytest.raises(InputError, match="negative"):
+            g.chi2(data.astype(np.float32), weight)
+        # in range: taken in float32 as before
+        g = one(amp=10.0)
+        data = (to_numpy(g.render((24, 24))) + 1e-3).astype(np.float32)
+        assert g.chi2(data, np.full((24, 24), 1e6)) == pytest.approx(24 * 24, rel=1e-3)
+
     def test_big_endian_float32_is_fitted_in_float32(self, backend):
         # astropy.io.fits returns float32 images as '>f4': they must be fitted as float32
         g = one()

@@ -235,6 +235,36 @@ def test_dask_distributed_executor(dask_client):
     assert out[:3] == [0, 1, 4] and isinstance(out[5].exception, ZeroDivisionError)
 
 
+def test_dask_default_executor_reruns_after_a_failure(dask_client):
+    """With ``Client.get_executor()`` as it comes (``pure=True``), a batch that failed
+    and was cancelled, run again over the same items, gives every good item's result:
+    parallel_map submits with pure=False.  Before, the calls of the second batch
+    shared the task keys of the first, cancelled ones, and came back as
+    ItemFailure(CancelledError)."""
+    executor = dask_client.get_executor()
+    values = list(range(10, 40))
+    items = ["bad"] + [(v, 0.05) for v in values]  # "bad": slow_square fails at once
+    with pytest.raises(BatchError, match="^bad: failed with ValueError"):
+        parallel_map(helpers.slow_square, items, executor=executor, progress=False)
+    out = parallel_map(helpers.slow_square, items, executor=executor, progress=False,
+                       return_exceptions=True)
+    assert isinstance(out[0], ItemFailure) and isinstance(out[0].exception, ValueError)
+    assert [r if isinstance(r, ItemFailure) else r[0] for r in out[1:]] \
+        == [v * v for v in values]
+
+
+def test_dask_is_not_imported_without_a_dask_executor():
+    code = ("import sys; from concurrent.futures import ThreadPoolExecutor; "
+            "from astromix.parallel import parallel_map; "
+            "pool = ThreadPoolExecutor(2); "
+            "assert parallel_map(abs, [-1, -2], executor=pool, progress=False) == [1, 2]; "
+            "pool.shutdown(); print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('distributed', 'dask')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
 # -- MPI -------------------------------------------------------------------------------------
 
 MPI_SCRIPT = """

@@ -266,11 +266,15 @@ def _exp_half_overload(q):
 
 @njit(forceinline=True, **_JIT)
 def _box(t, ny, nx):
-    # Culling box of one component, clipped (the rule of _common.box).
-    j0 = max(math.ceil(t[_MY] - t[_HY]), 0)
-    j1 = min(math.floor(t[_MY] + t[_HY]), ny - 1)
-    i0 = max(math.ceil(t[_MX] - t[_HX]), 0)
-    i1 = min(math.floor(t[_MX] + t[_HX]), nx - 1)
+    # Culling box of one component, clipped (the rule of _common.box).  Clipped in
+    # float64 before the conversion to int64: ceil/floor of an edge beyond 2**63
+    # (a half-width past ~9.2e18 px, cov > ~3.4e36 px^2, or a mean that far off)
+    # overflowed it, and the component was dropped or spread over the image.  The
+    # same boxes as clipping after the conversion: j0 in 0..ny, j1 in -1..ny-1.
+    j0 = math.ceil(min(max(t[_MY] - t[_HY], 0.0), float(ny)))
+    j1 = math.floor(max(min(t[_MY] + t[_HY], float(ny - 1)), -1.0))
+    i0 = math.ceil(min(max(t[_MX] - t[_HX], 0.0), float(nx)))
+    i1 = math.floor(max(min(t[_MX] + t[_HX], float(nx - 1)), -1.0))
     return j0, j1, i0, i1
 
 

@@ -16,6 +16,7 @@ from astropy.nddata import (
     StdDevUncertainty,
     VarianceUncertainty,
 )
+from astropy.utils.masked import Masked
 
 from ..errors import InputError
 
@@ -61,17 +62,24 @@ def _number(value, what, *, positive=False):
 
 
 def _as_data(data):
-    """(ndarray of floats, unit or None, mask or None) from an array, Quantity or masked array."""
+    """(ndarray of floats, unit or None, mask or None) from an array, Quantity or masked array.
+
+    The mask (bool, True = bad) is that of a NumPy masked array or an astropy
+    :class:`~astropy.utils.masked.Masked` array or Quantity (its unit kept), else None.
+    """
     unit = None
     mask = None
     if isinstance(data, NDData):
         raise InputError("Exposure data must be an array, not an NDData; pass its .data, "
                          ".uncertainty, .mask and .wcs explicitly")
+    if isinstance(data, Masked):  # before Quantity: a Masked Quantity is one too
+        mask = np.asarray(data.mask, dtype=bool)
+        data = data.unmasked
     if isinstance(data, u.Quantity):
         unit = data.unit
         data = data.value
     if isinstance(data, np.ma.MaskedArray):
-        mask = np.ma.getmaskarray(data)
+        mask = np.ma.getmaskarray(data) if mask is None else mask | np.ma.getmaskarray(data)
         data = np.ma.getdata(data)
     try:
         arr = np.asarray(data)
@@ -310,14 +318,16 @@ class Exposure(NDData):
 
     Parameters
     ----------
-    data : array-like or Quantity, shape (ny, nx)
+    data : array-like, Quantity or masked array, shape (ny, nx)
         The image, in data units (a Quantity or ``unit`` gives them).  Integer
         data are converted to float64; float32 and float64 data are kept as
         they are (in native byte order); float16 data become float32 and
         extended-precision (``longdouble``) data float64, the types ASDF and
         HDF5 files store.  Non-finite pixels are masked and set to 0 in
         :attr:`data` (one `ExposureWarning` gives their number, counting only
-        pixels that ``mask`` did not already mask).  A NumPy masked array gives its mask.
+        pixels that ``mask`` did not already mask).  The mask of a NumPy masked
+        array or of an astropy :class:`~astropy.utils.masked.Masked` array or
+        Quantity is kept (combined with ``mask``).
     uncertainty : NDUncertainty or array-like, shape (ny, nx), optional
         A :class:`~astropy.nddata.StdDevUncertainty`,
         :class:`~astropy.nddata.VarianceUncertainty` or
@@ -329,7 +339,8 @@ class Exposure(NDData):
         every unmasked pixel.
     mask : array-like of bool, shape (ny, nx), optional
         True marks a bad pixel (numbers: nonzero is bad).  The stored
-        :attr:`mask` also holds the pixels masked for bad data or uncertainty.
+        :attr:`mask` also holds the pixels masked in masked ``data`` and those
+        masked for bad data or uncertainty.
     wcs : astropy.wcs.WCS, gwcs.WCS or APE 14 WCS, optional
         The celestial WCS: pixel (x, y), 0-based, to (ra, dec) in degrees.  Any
         object with the APE 14 low-level API (``pixel_to_world_values``,
@@ -468,9 +479,9 @@ class Exposure(NDData):
             raise InputError("psf_origin must be a pair of numbers (x, y) [px]")
 
         shape = arr.shape
-        if mask is None and data_mask is not None:
-            mask = data_mask
         user_mask = _as_mask(mask, shape)
+        if data_mask is not None:  # a masked array's own mask, with mask= on top
+            user_mask = user_mask | data_mask
         unc = _as_uncertainty(uncertainty, shape)
 
         bad_data = ~np.isfinite(arr)
@@ -1121,7 +1132,10 @@ class Exposure(NDData):
           WFC3/UVIS ``flt``), the zero point is ``ZP_rate + 2.5
           log10(EXPTIME)``; otherwise (a rate such as ``ELECTRONS/S`` or
           ``DN/S``, the drizzled products; absent; any other unit) it is
-          ``ZP_rate``.  BUNIT is read by
+          ``ZP_rate``.  When BUNIT is already a flux density, the zero point
+          is the AB magnitude of one such unit: ``8.90 - 2.5 log10(unit /
+          Jy)`` for f_nu, ``ZP_rate`` with PHOTFLAM replaced by the unit in
+          erg/s/cm^2/A for f_lambda.  BUNIT is read by
           :func:`astromix.data.loaders.count_kind`, as
           :func:`astromix.photometry.rescale_to_flux_units` reads it.
         * **MPDAF** (MUSE images written by MPDAF: ``DATA``, ``STAT`` and

@@ -818,7 +818,9 @@ def _read_hst(hdul, shown, key):
     rate = _is_rate(bunit)
     photflam = _first(headers, "PHOTFLAM")
     photplam = _first(headers, "PHOTPLAM")
-    info["zeropoint"] = hst_zeropoint(photflam, photplam, rate=rate, exptime=exptime)
+    info["zeropoint"] = _flux_density_zeropoint(info["unit"], photplam)
+    if info["zeropoint"] is None:
+        info["zeropoint"] = hst_zeropoint(photflam, photplam, rate=rate, exptime=exptime)
     info["meta"] = {"format": "HST", "hdu": where, "weight_source": weight_source,
                     "instrument": _python(_first((primary,), "INSTRUME")),
                     "detector": _python(_first((primary,), "DETECTOR")),
@@ -826,6 +828,29 @@ def _read_hst(hdul, shown, key):
                     "photplam": _python(photplam), "zeropoint_for_rate": rate,
                     "mjd_obs": _python(_first((primary, header), "EXPSTART", "MJD-OBS"))}
     return info
+
+
+def _flux_density_zeropoint(unit, photplam):
+    """AB zero point of one data unit of data already in flux density, or None.
+
+    f_nu units (Jy, erg/s/cm^2/Hz): ``-2.5 log10(f_nu / 3631 Jy)``; f_lambda
+    units (erg/s/cm^2/Angstrom, as some HST products' BUNIT): that of
+    :func:`hst_zeropoint` with PHOTFLAM replaced by the unit in
+    erg/s/cm^2/Angstrom (f_nu = f_lambda lambda^2 / c at the pivot wavelength
+    PHOTPLAM).  None for other units (counts, rates, surface brightness), for
+    which PHOTFLAM applies, and for f_lambda without a positive PHOTPLAM.
+    """
+    if unit is None:
+        return None
+    flam = u.erg / u.s / u.cm ** 2 / u.AA
+    try:
+        if unit.is_equivalent(u.Jy):
+            return float(-2.5 * np.log10(unit.to(u.Jy) / 3631.0))
+        if unit.is_equivalent(flam):
+            return hst_zeropoint(unit.to(flam), photplam)
+    except (AttributeError, TypeError, ValueError, u.UnitsError):
+        return None
+    return None
 
 
 def _is_rate(bunit):
