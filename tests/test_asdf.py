@@ -682,7 +682,7 @@ def test_psf_schema_accepts_transform_properties(asdf_config):
 
 @pytest.mark.parametrize("change, match", [
     (lambda n: n.update(component_fixed=[[True] * 6] * 3), "component_fixed must be 2 rows"),
-    (lambda n: n["mixture"].update(amp=np.zeros(2)), "zero total amplitude"),
+    (lambda n: n["mixture"].update(amp=np.zeros(2)), "positive sum"),
     (lambda n: n["mixture"]["cov"].__setitem__((1, 1, 1), -1.0), "not positive definite"),
 ], ids=["fixed-rows", "zero-amp", "non-pd"])
 def test_psf_invalid_content_in_file(asdf_config, tmp_path, change, match):

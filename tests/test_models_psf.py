@@ -45,8 +45,12 @@ class TestModel:
     def test_bad_input(self):
         with pytest.raises(InputError, match="GaussianMixture"):
             GaussianMixturePSF(np.eye(2))
-        with pytest.raises(InputError, match="zero total"):
+        with pytest.raises(InputError, match="positive sum .* got 0.0"):
             GaussianMixturePSF(GaussianMixture([1.0, -1.0], [[0, 0], [0, 0]],
+                                               [np.eye(2), np.eye(2) * 2]))
+        # a negative total had been divided through, flipping every sign silently
+        with pytest.raises(InputError, match="positive sum .* got -0.5"):
+            GaussianMixturePSF(GaussianMixture([0.5, -1.0], [[0, 0], [0, 0]],
                                                [np.eye(2), np.eye(2) * 2]))
 
     @pytest.mark.parametrize("name, value", [("rho_0", 1.5), ("rho_1", -1.0), ("flux", np.nan),

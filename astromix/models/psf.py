@@ -35,8 +35,8 @@ class GaussianMixturePSF(Fittable2DModel):
     ----------
     mixture : GaussianMixture
         The PSF shape in science pixels, centres relative to the PSF centre.
-        Its amplitudes are normalised to sum to 1 (a mixture of zero total
-        amplitude is refused).
+        Its amplitudes are normalised to sum to 1 (a mixture whose total
+        amplitude is zero or negative is refused).
     flux : float or Quantity, optional
         Total flux (photutils convention).  Free by default.
     x_0, y_0 : float, optional
@@ -60,7 +60,8 @@ class GaussianMixturePSF(Fittable2DModel):
     Raises
     ------
     InputError
-        If ``mixture`` is not a GaussianMixture or has zero total amplitude.
+        If ``mixture`` is not a GaussianMixture or its total amplitude is not
+        positive.
 
     Notes
     -----
@@ -90,9 +91,10 @@ class GaussianMixturePSF(Fittable2DModel):
         if not isinstance(mixture, GaussianMixture):
             raise InputError("GaussianMixturePSF needs a GaussianMixture, "
                              f"got {type(mixture).__name__}")
-        total = mixture.amp.sum()
-        if total == 0:
-            raise InputError("the PSF mixture has zero total amplitude")
+        total = float(mixture.amp.sum())
+        if not total > 0:
+            raise InputError("the PSF mixture's amplitudes must have a positive sum (its total "
+                             f"flux, normalised to 1), got {total!r}")
         if settings is not None and not isinstance(settings, AccuracySettings):
             raise InputError("settings must be an AccuracySettings instance")
         self._settings = settings
@@ -152,10 +154,13 @@ class GaussianMixturePSF(Fittable2DModel):
 
     @property
     def mixture(self):
-        """The PSF shape: a unit-normalised GaussianMixture centred at (0, 0), science px.
+        """The PSF shape: a GaussianMixture centred at (0, 0), science px, amplitudes amp_k.
 
-        Convolve a source's mixture with it; :meth:`placed_mixture` gives the
-        PSF with its flux at (x_0, y_0).
+        Unit-normalised as constructed; amplitudes changed afterwards (e.g.
+        fitted as free parameters with ``flux`` fixed) are taken as they are,
+        ``flux * sum(amp_k)`` being the total flux.  Convolve a source's
+        mixture with it; :meth:`placed_mixture` gives the PSF with its flux at
+        (x_0, y_0).
         """
         amp, mean, cov, _ = self._arrays(self.parameters[3:])
         return GaussianMixture(amp, mean, cov)
