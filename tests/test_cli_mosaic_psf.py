@@ -320,3 +320,52 @@ def test_config_stpsf_path_relative_to_the_config(tmp_path, monkeypatch):
         cfg = read_config("cfg/c.json")
         assert cfg["stpsf_path"] == str(tmp_path / "cfg" / "stpsf-data")
         assert cfg["provider_options"]["data_path"] == str(tmp_path / "cfg" / "data")
+
+
+@pytest.mark.parametrize("cells, match", [
+    ("x,y\n91.5,58.17\n,92.5\n124.83,92.5\n", "column 'x' has no value in row 1"),
+    ("x,y\n91.5,58.17\n91.5,\n124.83,\n", "column 'y' has no value in rows 1, 2"),
+    ("x,y\n91.5,58.17\nabc,92.5\n", "column 'x' is not numeric: 'abc' in row 1"),
+], ids=["empty-x", "empty-y", "text"])
+def test_cli_catalog_cells_without_a_position(files, capsys, cells, match):
+    """An empty catalog cell became position 0 (a PSF written at x = 0, exit 0); a text cell
+    gave a bare ValueError traceback: both are refused in one line naming the catalog."""
+    from astromix.cli.mosaic_psf import read_catalog
+
+    folder, _, _ = files
+    path = folder / "holes.csv"
+    path.write_text(cells)
+    with pytest.raises(InputError, match=match) as err:
+        read_catalog(str(path), "csv")
+    assert str(path) in str(err.value)
+    cfg = config(folder, catalog_path="holes.csv", catalog_format="csv", x_col="x", y_col="y",
+                 psf_array_filename="holes.fits")
+    assert main(["mosaic-psf", "--config", cfg, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0] and str(path) in err[0]
+    assert not (folder / "holes.fits").exists()
+    x, y = read_catalog(str(folder / "catalog.fits"), "fits", 1, "X_IMAGE", "Y_IMAGE")
+    assert x.size == 6 and np.all(np.isfinite(x))
+
+
+def test_cli_sources_count_the_exposures_in_each_psf(files, capsys):
+    """With missing="skip" the exposures without a PSF are left out of the stamps; SOURCES and
+    the summary counted them (n_exposures=3, total_weight of 3 exposures for a zero PSF)."""
+    folder, sim, order = files
+    table = Table.read(folder / "exposures.csv", format="ascii.csv")
+    only = sim.exposures[0].name + "_cal"                        # the one with a PSF
+    table["detector"] = ["NRCA1" if f == only + ".fits" else "NRCB1"
+                         for f in table["filename"]]
+    table.write(folder / "exposures_b1.csv", format="ascii.csv", overwrite=True)
+    cfg = config(folder, csv_path="exposures_b1.csv", psf_array_filename="skip.fits",
+                 provider_options={"images": {"NRCA1": "psf.fits"}, "missing": "skip"})
+    assert main(["mosaic-psf", "--config", cfg, "--no-progress"]) == 0
+    cube, sources, _ = read_psf_cube(folder / "skip.fits")
+    # truth: the simulation's coverage of exposure 0, in catalog order
+    covered = np.asarray(sim.stars["covered"])[order, 0]
+    np.testing.assert_array_equal(sources["n_exposures"], covered.astype(int))
+    np.testing.assert_allclose(sources["total_weight"], covered * sim.exposures[0].exptime)
+    assert list(sources["exposures"]) == [only if c else "" for c in covered]
+    np.testing.assert_allclose(cube.sum((1, 2)), covered.astype(float), atol=1e-12)
+    out = capsys.readouterr().out
+    assert f"exposures per source {int(covered.min())}-{int(covered.max())}" in out

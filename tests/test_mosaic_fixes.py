@@ -1,6 +1,7 @@
 """Review findings on the mosaic PSF: context dtypes and planes, stamp edges (FFT wrap-around),
 mixed oversamplings, one-line errors for bad tables, associations, options and indices."""
 
+import dataclasses
 import json
 import logging
 
@@ -361,3 +362,165 @@ def test_read_psf_cube_asdf_of_the_former_layout(tmp_path):
     cube, table, meta = read_psf_cube(path)
     assert cube.shape == (2, 5, 5) and meta == {"A": 1}
     assert list(table["n_exposures"]) == [2, 3] and list(table["exposures"]) == ["a,b", "a,b,c"]
+
+
+# -- 7. stpsf instrument names, i2d context HDU, exposures without a PSF, wfe, oversampling ------
+class _FakeNIRCam:
+    """Stands in for stpsf's NIRCam (which needs the 70 MB data files): records what the
+    provider sets and returns a known image as stpsf's OVERDIST extension."""
+
+    made = []
+
+    def __init__(self):
+        self.filter = self.detector = self.detector_position = None
+        _FakeNIRCam.made.append(self)
+
+    def calc_psf(self, oversample, fov_pixels, **kwargs):
+        self.calc = dict(oversample=oversample, fov_pixels=fov_pixels, **kwargs)
+        n = oversample * fov_pixels
+        c = (n - 1) / 2.0
+        img = GaussianMixture([1.0], [[c, c]], [np.eye(2) * 9.0]).render((n, n),
+                                                                          backend="numpy")
+        return fits.HDUList([fits.PrimaryHDU(np.zeros((n, n))),
+                             fits.ImageHDU(2.0 * img, name="OVERDIST")])
+
+
+def test_stpsf_provider_takes_the_instrument_names_of_jwst_headers(tmp_path, monkeypatch):
+    """HDRTAB's INSTRUME is 'NIRCAM' while stpsf's class is NIRCam: getattr(stpsf, 'NIRCAM')
+    refused every real exposure; stpsf.instrument() takes any case (and 'NRC')."""
+    stpsf = pytest.importorskip("stpsf")
+    from astropy.table import Table
+
+    from astromix.mosaic import StpsfProvider
+
+    monkeypatch.setattr(stpsf.stpsf_core, "NIRCam", _FakeNIRCam)   # what stpsf.instrument makes
+    monkeypatch.setenv("STPSF_PATH", str(tmp_path))
+    _FakeNIRCam.made.clear()
+    row = {"FILENAME": "jw01234001001_02101_00001_nrca1_cal.fits", "EFFEXPTM": 300.0,
+           "INSTRUME": "NIRCAM", "FILTER": "F200W", "DETECTOR": "NRCA1",
+           "DATE-OBS": "2023-01-02", "TIME-OBS": "03:04:05", "RA_REF": 53.16,
+           "DEC_REF": -27.78, "ROLL_REF": 100.0, "V3I_YANG": -0.55, "VPARITY": -1,
+           "XREF_SCI": 1024.5, "YREF_SCI": 1024.5, "NAXIS1": 2048, "NAXIS2": 2048}
+    (exp,) = exposures_from_table(Table(rows=[row]))
+    assert exp.instrument == "NIRCAM"
+    provider = StpsfProvider(data_path=str(tmp_path), opd_by_date=False, oversampling=2,
+                             fov_pixels=11, position_bin=256)
+    _, image = provider.psf(exp, 1000.0, 300.0)
+    (inst,) = _FakeNIRCam.made
+    assert (inst.filter, inst.detector) == ("F200W", "NRCA1")
+    assert inst.detector_position == (1024 - 128, 256 + 128)      # the bin's centre
+    assert inst.calc == {"oversample": 2, "fov_pixels": 11}
+    n, c = 22, 10.5
+    truth = GaussianMixture([1.0], [[c, c]], [np.eye(2) * 9.0]).render((n, n), backend="numpy")
+    np.testing.assert_allclose(image, truth / truth.sum(), rtol=1e-12)
+    for name in ("nircam", "NRC"):
+        assert provider.psf(dataclasses.replace(exp, instrument=name), 10, 10)[1] is not None
+    with pytest.raises(InputError, match="no instrument 'WFC3'.*jw01234001001"):
+        provider.psf(dataclasses.replace(exp, instrument="WFC3"), 10.0, 10.0)
+
+
+def _i2d_with_context_at_3(src, folder, ctx):
+    """The CLI fixture's mosaic (in folder ``src``) in the JWST i2d layout (0 PRIMARY, 1 SCI,
+    2 ERR, 3 CON, 4 WHT, HDRTAB) with the context ``ctx``."""
+    with fits.open(src / "mosaic_i2d.fits") as h:
+        sci, hdrtab = h["SCI"].copy(), h["HDRTAB"].copy()
+    path = folder / "jwst_i2d.fits"
+    fits.HDUList([fits.PrimaryHDU(), sci, fits.ImageHDU(np.zeros(sci.data.shape), name="ERR"),
+                  fits.ImageHDU(ctx, name="CON"), fits.ImageHDU(np.ones(sci.data.shape),
+                                                                name="WHT"),
+                  hdrtab]).writeto(path)
+    return str(path)
+
+
+def test_from_i2d_context_hdu_by_index_or_name_in_any_case(files, tmp_path):  # noqa: F811
+    """context_hdu=3 (YOUNG reads mosaic_img[3]) or "con" was never found (``in names``):
+    the context was dropped silently and every covering exposure counted."""
+    src, sim, _ = files
+    x, y = np.asarray(sim.stars["x"]), np.asarray(sim.stars["y"])
+    ctx = np.array(sim.context)
+    ctx[0, int(np.rint(y[0])), int(np.rint(x[0]))] = 0b0100     # injected: exposure 2 alone
+    path = _i2d_with_context_at_3(src, tmp_path, ctx)
+    provider = ImageProvider(np.ones((9, 9)), oversampling=1)
+    names = [e.name + "_cal" for e in sim.exposures]               # HDRTAB's file names
+    assert np.asarray(sim.stars["n_exposures"])[0] == 4          # all four cover star 0
+    for hdu in ("CON", "con", 3, -3):
+        model = ExposureWeightedPSF.from_i2d(path, provider, context_hdu=hdu)
+        np.testing.assert_array_equal(model.context.reshape(ctx.shape), ctx)
+        row = model.source_table(x[:1], y[:1])[0]
+        assert row["n_exposures"] == 1 and row["exposures"] == names[2], hdu
+    assert ExposureWeightedPSF.from_i2d(path, provider, context_hdu=None).context is None
+    for hdu in (9, "CTX"):                                      # given, and missing: refused
+        with pytest.raises(InputError, match=f"no context HDU {hdu!r}") as err:
+            ExposureWeightedPSF.from_i2d(path, provider, context_hdu=hdu)
+        assert path in str(err.value)
+    with pytest.raises(InputError, match="WHT.*integer") as err:
+        ExposureWeightedPSF.from_i2d(path, provider, context_hdu=4)   # a float image
+    assert path in str(err.value)
+    # the default name is optional: a mosaic without CON has no context
+    with fits.open(path) as h:
+        fits.HDUList([h[0].copy(), h[1].copy(), h["HDRTAB"].copy()]).writeto(
+            tmp_path / "no_con.fits")
+    assert ExposureWeightedPSF.from_i2d(str(tmp_path / "no_con.fits"), provider).context is None
+
+
+def test_source_table_counts_only_the_exposures_in_the_psf(caplog):
+    """Exposures the provider has no PSF for (missing="skip") are left out of the stamp; the
+    table listed them (a source with an all-zero PSF showed n_exposures=3)."""
+    exps = aligned_exposures(3)                                # e0, e1, e2: 100, 200, 300 s
+    image = gaussians_provider([1.0], [0.0], [1.3]).images
+    provider = ImageProvider({"e0": image, "e2": image}, by="name", oversampling=4,
+                             missing="skip")
+    ctx = np.full((1, 200, 200), 0b111, dtype=np.int32)        # every exposure ...
+    ctx[0, 70, 80] = 0b010                                     # ... but here e1 alone
+    model = ExposureWeightedPSF(MOSAIC_WCS, exps, provider, context=ctx)
+    xs, ys = np.array([100.0, 80.0]), np.array([100.0, 70.0])
+    with caplog.at_level(logging.WARNING, logger="astromix"):
+        table = model.source_table(xs, ys)
+        cube = model.cube(xs, ys, 15, executor="serial", progress=False)
+    assert list(table["n_exposures"]) == [2, 0]
+    np.testing.assert_allclose(table["total_weight"], [100.0 + 300.0, 0.0])
+    assert list(table["exposures"]) == ["e0,e2", ""]
+    assert np.all(cube[1] == 0) and "its PSF is zero" in caplog.text
+    # the stamp is the mean of the exposures the table names (here, one PSF: that PSF)
+    alone = ExposureWeightedPSF(MOSAIC_WCS, exps[:1], provider).image(100.0, 100.0, 15)
+    np.testing.assert_allclose(cube[0], alone, atol=1e-14)
+    assert list(model.source_table(xs, ys)["n_exposures"]) == [2, 0]   # after cube: same
+
+
+def test_poppy_wfe_with_the_string_keys_of_json():
+    """JSON object keys are strings: {"4": 30} failed mid-computation with a TypeError
+    (max(coeffs) + 1)."""
+    from astromix.mosaic import PoppyProvider
+
+    given = json.loads(json.dumps({4: 150.0, 11: -40}))        # what the config holds
+    assert given == {"4": 150.0, "11": -40}
+    kwargs = {"nlambda": 1, "npix": 64, "fov_pixels": 11}
+    from_json = PoppyProvider(wfe=given, **kwargs)
+    assert from_json.wfe == {4: 150.0, 11: -40.0}
+    exp = aligned_exposures(1)[0]
+    _, img = from_json.psf(exp, 10.0, 10.0)
+    _, ref = PoppyProvider(wfe={4: 150.0, 11: -40.0}, **kwargs).psf(exp, 10.0, 10.0)
+    _, flat = PoppyProvider(wfe={}, **kwargs).psf(exp, 10.0, 10.0)
+    np.testing.assert_array_equal(img, ref)
+    assert np.abs(img - flat).max() > 0.05 * flat.max()        # the aberration is applied
+    for bad, match in (({"Z4": 1}, "'Z4'"), ({"0": 1}, "'0'"), ({4.5: 1}, "4.5"),
+                       ({True: 1}, "True"), ({"4": "big"}, "index 4"),
+                       ({4: float("nan")}, "index 4"), ({"4": 1, 4: 2}, "twice"),
+                       ([[4, 1]], "mapping")):
+        with pytest.raises(InputError, match=match):
+            PoppyProvider(wfe=bad)
+
+
+def test_image_provider_fits_without_an_oversampling_keyword(tmp_path):
+    """A FITS PSF with neither DET_SAMP nor OVERSAMP (as the NEXUS ePSFs) is refused with a
+    message naming the file and the option (it spoke of "images given as arrays")."""
+    image = gaussians_provider([1.0], [0.0], [1.3]).images
+    path = str(tmp_path / "epsf.fits")
+    fits.PrimaryHDU(image).writeto(path)
+    for images in (path, {"NRCA1": path}):
+        with pytest.raises(InputError, match="oversampling=") as err:
+            ImageProvider(images)
+        assert path in str(err.value) and "arrays" not in str(err.value)
+    provider = ImageProvider(path, oversampling=4)
+    assert provider.oversampling == 4
+    np.testing.assert_allclose(provider.images, image / image.sum(), rtol=1e-12)

@@ -12,7 +12,8 @@ Configuration fields (YOUNG's names):
 ``catalog_path``, ``catalog_format``, ``catalog_hdu``, ``x_col``, ``y_col``
     The source catalog (``catalog_format``: ``"fits"`` (default), ``"csv"`` or
     any astropy table format; ``catalog_hdu`` for FITS, default 1) and its
-    pixel-position columns (default ``x``, ``y``).
+    pixel-position columns (default ``x``, ``y``; an empty or non-numeric cell
+    is refused, naming the column and rows).
 ``1-indexed`` (or ``one_indexed``)
     True when the positions are 1-based (SExtractor's ``X_IMAGE``).  Like
     ``overwrite``: a JSON boolean, 0 or 1, or one of the strings ``"true"``,
@@ -290,7 +291,9 @@ def read_catalog(path, fmt="fits", hdu=1, x_col="x", y_col="y", one_indexed=Fals
     ------
     InputError
         If the file cannot be read, a column is missing (the message lists the
-        columns), a position is not finite, or the catalog is empty.
+        columns), a position cell is empty (masked) or not a number (the
+        message names the column and the 0-based data rows), a position is
+        not finite, or the catalog is empty.
     """
     from astropy.table import Table
 
@@ -317,8 +320,7 @@ def read_catalog(path, fmt="fits", hdu=1, x_col="x", y_col="y", one_indexed=Fals
         if col not in table.colnames:
             raise InputError(f"catalog {path!r} has no column {col!r}; it has "
                              f"{table.colnames[:20]}")
-    x = np.asarray(table[x_col], dtype=np.float64)
-    y = np.asarray(table[y_col], dtype=np.float64)
+    x, y = (_position_column(table, col, path) for col in (x_col, y_col))
     if x.size == 0:
         raise InputError(f"catalog {path!r} is empty")
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
@@ -326,6 +328,43 @@ def read_catalog(path, fmt="fits", hdu=1, x_col="x", y_col="y", one_indexed=Fals
     if one_indexed:
         x, y = x - 1.0, y - 1.0
     return x, y
+
+
+def _rows(index):
+    # "row 3" or "rows 3, 7, 9 (and 12 more)": 0-based data rows, as astropy numbers them
+    index = [int(i) for i in index]
+    listed = ", ".join(map(str, index[:5])) + (f" (and {len(index) - 5} more)"
+                                               if len(index) > 5 else "")
+    return f"row{'s' if len(index) > 1 else ''} {listed}"
+
+
+def _position_column(table, col, path):
+    # a position column as float64; InputError naming the catalog, column and rows for
+    # empty (masked) cells, which np.asarray turned into the fill value (0), and cells
+    # that are not numbers (text), which raised a bare ValueError
+    column = table[col]
+    mask = np.ma.getmaskarray(column) if getattr(column, "mask", None) is not None else None
+    if mask is not None and mask.any():
+        raise InputError(f"catalog {path!r}: column {col!r} has no value in "
+                         f"{_rows(np.flatnonzero(mask))} (0-based data rows); give every "
+                         "source a position or remove those rows")
+    values = np.asarray(column)
+    if values.ndim != 1:
+        raise InputError(f"catalog {path!r}: column {col!r} must hold one number per row, "
+                         f"got shape {values.shape}")
+    if values.dtype.kind in "biuf":
+        return values.astype(np.float64)
+    out = np.empty(values.size)
+    bad = []
+    for i, v in enumerate(values):
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            bad.append(i)
+    if bad:
+        raise InputError(f"catalog {path!r}: column {col!r} is not numeric: "
+                         f"{str(values[bad[0]])!r} in {_rows(bad)} (0-based data rows)")
+    return out
 
 
 def make_provider(name, options, stpsf_path=None):

@@ -234,6 +234,34 @@ def _ignoring_library_warnings():
         yield
 
 
+def _noll_coefficients(wfe):
+    """{Noll index (int >= 1): nm rms (float)} from a mapping whose keys may be strings (JSON)."""
+    if not hasattr(wfe, "items"):
+        raise InputError(f"wfe must be a mapping of Noll index to nm rms, got {wfe!r}")
+    out = {}
+    for k, v in wfe.items():
+        j = None
+        if isinstance(k, (str, int, np.integer)) and not isinstance(k, bool):
+            with contextlib.suppress(ValueError):
+                j = int(k)
+        elif isinstance(k, (float, np.floating)) and float(k).is_integer():
+            j = int(k)
+        if j is None or j < 1:
+            raise InputError(f"wfe: the Zernike index {k!r} is not a Noll index (an integer "
+                             ">= 1)")
+        try:
+            c = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            c = math.nan
+        if not math.isfinite(c):
+            raise InputError(f"wfe: the coefficient of Noll index {j} must be a finite number "
+                             f"[nm rms], got {v!r}")
+        if j in out:
+            raise InputError(f"wfe gives Noll index {j} twice ({wfe!r})")
+        out[j] = c
+    return out
+
+
 class PoppyProvider(PSFProvider):
     """A JWST-like PSF computed with poppy, offline (no data files).
 
@@ -264,7 +292,9 @@ class PoppyProvider(PSFProvider):
         Wavelengths over the band (default 5).
     wfe : dict, optional
         Zernike coefficients {Noll index: nm rms}; default a mild JWST-like
-        mix, ``{4: 25, 5: 20, 6: -15, 7: 12, 8: 10, 9: 8, 11: 10}``.
+        mix, ``{4: 25, 5: 20, 6: -15, 7: 12, 8: 10, 9: 8, 11: 10}``.  The
+        indices may be strings of integers, as the keys of a JSON object
+        (``{"4": 30}``, the ``mosaic-psf`` configuration).
     field_wfe : float, optional
         Astigmatism [nm rms] added per detector half-width (2048 px detector):
         Z5 += field_wfe * (x / 1024 - 1), Z6 += field_wfe * (y / 1024 - 1).
@@ -278,7 +308,9 @@ class PoppyProvider(PSFProvider):
     ------
     InputError
         If ``filter`` is not one of :data:`NIRCAM_FILTERS`, ``fov_pixels`` < 3,
-        ``nlambda`` < 1, ``oversampling`` < 1 or ``position_bin`` is not > 0.
+        ``nlambda`` < 1, ``oversampling`` < 1, ``position_bin`` is not > 0,
+        or ``wfe`` is not a mapping of integer Noll indices >= 1 to finite
+        numbers.
 
     Notes
     -----
@@ -300,8 +332,8 @@ class PoppyProvider(PSFProvider):
         self.nlambda = int(nlambda)
         if self.fov_pixels < 3 or self.nlambda < 1:
             raise InputError("fov_pixels must be >= 3 and nlambda >= 1")
-        self.wfe = dict(wfe) if wfe is not None else {4: 25.0, 5: 20.0, 6: -15.0, 7: 12.0,
-                                                      8: 10.0, 9: 8.0, 11: 10.0}
+        self.wfe = (_noll_coefficients(wfe) if wfe is not None
+                    else {4: 25.0, 5: 20.0, 6: -15.0, 7: 12.0, 8: 10.0, 9: 8.0, 11: 10.0})
         self.field_wfe = float(field_wfe)
         self.npix = int(npix)
 
@@ -418,8 +450,10 @@ class StpsfProvider(PSFProvider):
     Parameters
     ----------
     instrument : str, optional
-        stpsf class used when an exposure has no instrument (default
-        ``"NIRCam"``).
+        Instrument used when an exposure has none (default ``"NIRCam"``).
+        Instrument names, the exposures' (``INSTRUME``, e.g. ``"NIRCAM"``) and
+        this one, are looked up with ``stpsf.instrument``: in any case, or as
+        the three-letter abbreviations (``"NRC"``).
     oversampling : int, optional
         Default 4.
     fov_pixels : int, optional
@@ -473,9 +507,10 @@ class StpsfProvider(PSFProvider):
         ----------
         key : tuple
             ``(instrument, filter, detector, bin_x, bin_y, date)`` from
-            :meth:`~PSFProvider.key`: the stpsf instrument class (the
-            provider's ``instrument`` when None), filter, detector and detector
-            position [px] to set (each skipped when None or empty).
+            :meth:`~PSFProvider.key`: the instrument name, in any case
+            (``stpsf.instrument``; the provider's ``instrument`` when None),
+            filter, detector and detector position [px] to set (each skipped
+            when None or empty).
         exposure : InputExposure
             Its full ``date`` selects the OPD (when ``opd_by_date`` and the key
             has a date); its name appears in error messages.
@@ -489,7 +524,8 @@ class StpsfProvider(PSFProvider):
         Raises
         ------
         InputError
-            If stpsf has no instrument class of that name.
+            If stpsf has no instrument of that name (``stpsf.instrument``
+            refuses it).
         AstromixError
             Any other exception of stpsf, re-raised naming the exposure and key.
         """
@@ -509,10 +545,16 @@ class StpsfProvider(PSFProvider):
         instrument, filt, detector, bx, by, date = key
         import stpsf
 
-        cls = getattr(stpsf, instrument or self.instrument, None)
-        if cls is None:
-            raise InputError(f"stpsf has no instrument {instrument!r}")
-        inst = cls()
+        name = instrument or self.instrument
+        try:
+            # case-insensitive, as the headers spell it (INSTRUME = 'NIRCAM' for stpsf's
+            # NIRCam class), and the three-letter abbreviations ('NRC')
+            inst = stpsf.instrument(name)
+        except ValueError as exc:
+            if "instrument name" not in str(exc):
+                raise
+            raise InputError(f"stpsf has no instrument {name!r} (exposure {exposure.name}); "
+                             "it knows NIRCam, NIRSpec, NIRISS, MIRI and FGS") from None
         if filt:
             inst.filter = filt
         if detector:
@@ -544,10 +586,12 @@ class ImageProvider(PSFProvider):
     oversampling : int, optional
         Image pixels per detector pixel, one for all the images; default from
         the FITS header for files (:func:`astromix.cli.psf_mixture.header_oversampling`:
-        ``DET_SAMP``, else ``OVERSAMP``, else 1; ``OVERSAMP`` in STPSF's
-        detector-sampled extensions), required for arrays.  Files whose
-        headers give different oversamplings are refused; a value given here
-        overrides the headers' (with a warning when they differ).
+        ``DET_SAMP``, else ``OVERSAMP``; ``OVERSAMP`` in STPSF's
+        detector-sampled extensions).  Required for arrays, and for files
+        whose headers have neither keyword (e.g. empirical ePSFs): no
+        oversampling is assumed.  Files whose headers give different
+        oversamplings are refused; a value given here overrides the headers'
+        (with a warning when they differ).
     by : {"detector", "name", "filter"}, optional
         The exposure attribute that selects the image from a dict (default
         ``"detector"``).
@@ -568,8 +612,9 @@ class ImageProvider(PSFProvider):
     ------
     InputError
         On a bad image (not 2-d, NaN or infinite pixels, no positive flux), an
-        unknown ``by`` or ``missing``, a missing oversampling for arrays, a
-        non-integer oversampling in a FITS header, FITS files whose headers
+        unknown ``by`` or ``missing``, no ``oversampling`` when no image is a
+        FITS file whose header gives it (the message names the files without
+        it), a non-integer oversampling in a FITS header, FITS files whose headers
         give different oversamplings, or (at use) an exposure
         with no image in the dict (it is then left out with a warning instead
         when ``missing="skip"``).
@@ -584,6 +629,7 @@ class ImageProvider(PSFProvider):
         self.by, self.hdu, self.missing = by, hdu, missing
         self._callable = callable(images) and not isinstance(images, np.ndarray)
         headers = {}  # what -> (file, oversampling its header gives)
+        silent = []   # FITS files whose headers do not give it
         if self._callable:
             self.images = images
         elif isinstance(images, dict):
@@ -593,10 +639,14 @@ class ImageProvider(PSFProvider):
                 self.images[k], os_ = self._load(v, what)
                 if os_ is not None:
                     headers[what] = (os.fspath(v), os_)
+                elif isinstance(v, (str, os.PathLike)):
+                    silent.append(os.fspath(v))
         else:
             self.images, os_ = self._load(images, "PSF image")
             if os_ is not None:
                 headers["PSF image"] = (os.fspath(images), os_)
+            elif isinstance(images, (str, os.PathLike)):
+                silent.append(os.fspath(images))
         found = sorted({os_ for _, os_ in headers.values()})
         if len(found) > 1:
             # one oversampling serves every image: some would be scaled wrongly
@@ -606,6 +656,11 @@ class ImageProvider(PSFProvider):
                              "common oversampling")
         if oversampling is None:
             if not found:
+                if silent:
+                    listed = ", ".join(repr(f) for f in silent)
+                    raise InputError(f"the header of the PSF file(s) {listed} gives no "
+                                     "oversampling (DET_SAMP or OVERSAMP): give "
+                                     "oversampling= (image pixels per detector pixel)")
                 raise InputError("give oversampling (image pixels per detector pixel) for "
                                  "PSF images given as arrays")
             oversampling = found[0]

@@ -380,7 +380,7 @@ class ExposureWeightedPSF:
             The mosaic FITS file: its WCS from the header of HDU ``sci_hdu``
             (for an i2d file, the FITS approximation of its gwcs that the JWST
             pipeline writes there; a resampled mosaic is a plain TAN grid),
-            its context from ``context_hdu`` (if present).
+            its context from ``context_hdu``.
         provider : PSFProvider
         exposures : sequence of InputExposure, optional
             The exposures with their own WCSs (best: the ``cal`` files' gwcs).
@@ -391,7 +391,14 @@ class ExposureWeightedPSF:
         association : str, optional
             The association JSON; the exposures are reordered to its science
             members (the context order).
-        sci_hdu, context_hdu : int or str, optional
+        sci_hdu : int or str, optional
+            HDU of the WCS: an index or a name, in any case (default ``"SCI"``).
+        context_hdu : int, str or None, optional
+            HDU of the context image: an index (3 in a JWST i2d file) or a
+            name, in any case (default ``"CON"``).  A mosaic without an HDU
+            named ``CON`` has no context (every exposure covering a source
+            counts); any other ``context_hdu`` must exist.  None: the context
+            is not read.
         **kwargs
             Passed to the constructor (``sigma``, ``pixfrac``, ...).
 
@@ -402,8 +409,10 @@ class ExposureWeightedPSF:
         Raises
         ------
         InputError
-            If the file cannot be read, has no celestial WCS, or no exposures
-            can be found.
+            If the file cannot be read, has no celestial WCS, no HDU
+            ``context_hdu`` (other than ``"CON"``) or one that is not a 2-d or
+            3-d integer image, or no exposures can be found; the message
+            names the file.
         """
         from astropy.io import fits
         from astropy.table import Table
@@ -427,8 +436,24 @@ class ExposureWeightedPSF:
                 raise InputError(f"mosaic {path!r}[{sci_hdu}] has no celestial WCS")
             wcs = wcs.celestial
             context = None
-            if context_hdu is not None and context_hdu in names:
-                context = np.array(hdul[context_hdu].data)
+            if context_hdu is not None:
+                # HDUList indexing: an index, or a name in any case
+                try:
+                    hdu = hdul[context_hdu]
+                except (KeyError, IndexError):
+                    hdu = None
+                    if not (isinstance(context_hdu, str) and context_hdu.upper() == "CON"):
+                        raise InputError(f"mosaic {path!r} has no context HDU {context_hdu!r} "
+                                         f"(it has {names})") from None
+                if hdu is not None:
+                    if hdu.data is None:
+                        raise InputError(f"mosaic {path!r}[{context_hdu!r}] ({hdu.name}) has "
+                                         "no data: not a context image")
+                    try:
+                        context = context_planes(np.array(hdu.data))
+                    except InputError as exc:
+                        raise InputError(f"mosaic {path!r}[{context_hdu!r}] ({hdu.name}): "
+                                         f"{exc}") from None
             if exposures is None and exposure_table is None:
                 if "HDRTAB" not in names:
                     raise InputError(f"give exposures or exposure_table: mosaic {path!r} has "
@@ -480,7 +505,13 @@ class ExposureWeightedPSF:
         return mask, det_xy, jac
 
     def source_table(self, x, y):
-        """A table of the sources: position, number and names of contributing exposures.
+        """A table of the sources: position, number and names of the exposures in their PSF.
+
+        The exposures counted are those :meth:`image` and :meth:`cube` combine:
+        the contributors (:meth:`contributors`) for which the provider has a
+        PSF.  An exposure the provider has none for (``ImageProvider`` with
+        ``missing="skip"``) is left out of the PSF, and of this table; a
+        source left with none has ``n_exposures`` 0 (and a zero PSF).
 
         Parameters
         ----------
@@ -491,22 +522,48 @@ class ExposureWeightedPSF:
         -------
         astropy.table.Table
             N rows; columns ``x``, ``y`` [mosaic px], ``n_exposures``,
-            ``total_weight`` [s] and ``exposures`` (comma-separated names).
+            ``total_weight`` [s] (the sum of their exposure times, the
+            weights) and ``exposures`` (comma-separated names).
 
         Raises
         ------
         InputError
-            If a position lies outside the context image (:meth:`contributors`).
+            If a position lies outside the context image (:meth:`contributors`),
+            or the provider refuses an exposure's PSF.
+
+        Notes
+        -----
+        The provider is asked for each contributor's PSF: after :meth:`cube`
+        or :meth:`prepare` they are all in its cache; otherwise they are
+        computed (once) here.
         """
         from astropy.table import Table
 
-        mask, _, _ = self.contributors(x, y)
+        mask, det_xy, _ = self.contributors(x, y)
+        mask = self._with_psf(mask, det_xy)
         t = np.array([e.exptime for e in self.exposures])
         names = [",".join(self.exposures[i].name for i in np.flatnonzero(row)) for row in mask]
         return Table({"x": np.atleast_1d(np.asarray(x, dtype=float)),
                       "y": np.atleast_1d(np.asarray(y, dtype=float)),
                       "n_exposures": mask.sum(1), "total_weight": mask @ t,
                       "exposures": names})
+
+    def _with_psf(self, mask, det_xy):
+        """The contributors' mask less the pairs whose PSF the provider does not have.
+
+        The predicate of :meth:`_stamp` (an exposure without a PSF is left out),
+        from the prepared PSFs when they are there, else from the provider.
+        """
+        out = mask.copy()
+        for n, e in np.argwhere(mask):
+            exposure, (dx, dy) = self.exposures[e], det_xy[e, n]
+            key = self.provider.key(exposure, dx, dy)
+            if key in self._prepared:
+                has = self._prepared[key] is not None
+            else:
+                has = self.provider.psf(exposure, dx, dy)[1] is not None
+            out[n, e] = has
+        return out
 
     # -- prepared PSFs ------------------------------------------------------------------------
     def _prepared_psf(self, exposure, dx, dy):
