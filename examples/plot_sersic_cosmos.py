@@ -68,8 +68,8 @@ weights = np.full(data.shape, 1.0 / sigma)
 # 1. A Gaussian-mixture PSF
 # -------------------------
 # Three Gaussians fitted to the 101x101 PSF image (science pixels:
-# ``oversampling=1``).  The mixture is centred on its own centroid, which is
-# ``center`` in the PSF image.
+# ``oversampling=1``).  The mixture's origin is the centre of the PSF image,
+# pixel (50, 50), as in forcepho's ``make_psf`` (``fit_info["center"]``).
 
 t0 = time.perf_counter()
 psf = fit_psf_mixture(psf_image, 3, oversampling=1, rng=1)
@@ -170,8 +170,9 @@ class FFTConvolvedSersic2D(Fittable2DModel):
         return fftconvolve(img, self.psf_image, mode="same")
 
 
-# mode="same" centres the PSF image on its pixel (50, 50), the mixture on its
-# centroid: shift the peer's start (and result) by the difference.
+# mode="same" centres the PSF image on its pixel (50, 50); the mixture's origin
+# is fit_info["center"] (the same pixel by default; the components' centroid with
+# center="moments"): shift the peer's start (and result) by any difference.
 psf_offset = psf.fit_info["center"] - np.array([50.0, 50.0])
 peer_start = FFTConvolvedSersic2D(
     psf_image, amplitude=flux0 / sersic_flux_factor(reff0, n0, ellip0), r_eff=reff0, n=n0,

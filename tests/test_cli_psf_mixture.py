@@ -109,8 +109,9 @@ def test_hdf5_group(fitted):
     mixture = read_psf_mixture(h5, BAND)
     assert len(mixture) == 3
     assert np.all(np.diff(mixture.amp) <= 0)  # sorted by decreasing amplitude
-    assert mixture.flux == pytest.approx(1.0, abs=1e-6)
-    assert np.hypot(*mixture.moments()[1]) < 0.01  # centred on the PSF centre
+    # forcepho's amplitudes: the part of the PSF's flux the mixture holds (the 81 x 81
+    # px fitted of the 201 x 201 cut-out; checked against the images in test_fits_output)
+    assert 0.75 < mixture.flux < 1.0
     # The printed table holds the same numbers.
     rows = out[out.index("   k       amp"):].splitlines()[1:4]
     printed = np.array([[float(v) for v in line.split()[1:]] for line in rows])
@@ -147,13 +148,23 @@ def test_fits_output(fitted, psf_fits):
         assert list(table.columns.names) == ["amp", "xcr", "ycr", "Cxx", "Cyy", "Cxy"]
         assert len(table) == 3
         centre = hdul["TARGET"].header["PSFCENX"], hdul["TARGET"].header["PSFCENY"]
+        # the PSF centre is the centre of the trimmed image, (n - 1) / 2, as in forcepho's
+        # make_psf (not the mixture's centroid, which its broad components pull off)
+        assert centre == (40.0, 40.0)
         hdul_flux = hdul["MODEL"].header["PSFFLUX"]
+        frac = hdul["MODEL"].header["FLUXFRAC"]
         # the header's flux is the fitted mixture's (the model image holds nearly all of it);
         # the default l1max objective on this 81-px cut-out gives up some of the halo
         assert hdul_flux == pytest.approx(model.sum(), rel=2e-3)
         assert 0.75 < hdul_flux / target.sum() < 1.05
-    # The table is the HDF5 group's content, in science pixels.
+        # the flux fraction: the mixture's flux over the whole input image's
+        assert frac == pytest.approx(model.sum() / cut.sum(), rel=2e-3)
+        assert hdul[0].header["FLUXFRAC"] == frac
+    # The table is the HDF5 group's content, in science pixels, with forcepho's
+    # amplitudes: they sum to the fraction of the input image's flux the mixture holds.
     mixture = read_psf_mixture(h5, BAND)
+    assert mixture.flux == pytest.approx(model.sum() / cut.sum(), rel=2e-3)
+    assert table["amp"].sum() == pytest.approx(frac, rel=1e-6)
     np.testing.assert_allclose(table["amp"], mixture.amp, rtol=1e-6)
     np.testing.assert_allclose(table["xcr"], mixture.mean[:, 0], atol=1e-6)
     np.testing.assert_allclose(table["Cxx"], mixture.cov[:, 0, 0], rtol=1e-6)
@@ -161,7 +172,7 @@ def test_fits_output(fitted, psf_fits):
     # The MODEL image is that mixture rendered in the oversampled pixels.
     from astromix import GaussianMixture
 
-    amp = table["amp"] * hdul_flux
+    amp = table["amp"] * hdul_flux / frac
     mean = np.column_stack([table["xcr"], table["ycr"]]) * 4 + centre
     cov = np.empty((3, 2, 2))
     cov[:, 0, 0], cov[:, 1, 1] = table["Cxx"] * 16, table["Cyy"] * 16
@@ -577,3 +588,51 @@ def test_png_output_taken_by_a_folder_refused_before_fitting(tmp_path, no_fit):
     line = _one_line_error(err)
     assert repr(png) in line and "is a folder" in line
     assert not (tmp_path / "psf.h5").exists()
+
+
+def _ring(n=41):
+    """A positive PSF-like image that is zero within 10 px of its centre."""
+    y, x = np.mgrid[:n, :n] - (n - 1) / 2
+    return np.where(np.hypot(x, y) > 10, np.exp(-np.hypot(x, y) / 8), 0.0)
+
+
+@pytest.mark.parametrize("image, extra, match", [
+    (np.zeros((41, 41)), ["--snr", "20"], "has no positive total flux (its pixels sum to 0)"),
+    (-np.ones((41, 41)), ["--snr", "20"], "has no positive total flux (its pixels sum to -1681)"),
+    (-np.ones((41, 41)), [], "has no positive total flux"),
+    (_ring(), ["--trim", "14", "--snr", "20"], "has no positive pixel left to fit after trim=14"),
+], ids=["zero-snr", "negative-snr", "negative", "trimmed-away"])
+def test_image_without_flux_refused_naming_the_file(tmp_path, no_fit, image, extra, match):
+    """An all-zero or negative PSF image with --snr gave a divide-by-zero RuntimeWarning and
+    "weight (inverse variance) must be finite and >= 0" (no weight is given), without the
+    file name; now refused before the fit, naming the file."""
+    import warnings
+
+    path = _write(tmp_path / "psf.fits", [fits.PrimaryHDU(image)])
+    out = tmp_path / "out.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning either
+        code, _, err = _run(["psf-mixture", "--band", BAND, "--psf_image", str(path),
+                             "--outname", str(out), *extra])
+    assert code == 2
+    line = _one_line_error(err)
+    assert f"PSF image {str(path)!r}, HDU 0 {match}" in line
+    assert "weight" not in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["1e300", "1e-300", "1e7"])
+@pytest.mark.parametrize("where", ["option", "header"])
+def test_oversampling_out_of_range_refused(tmp_path, no_fit, value, where):
+    """--oversample 1e300 ran the fit, then ended in an OverflowError traceback."""
+    header = fits.Header([("DET_SAMP", float(value))]) if where == "header" else None
+    path = _write(tmp_path / "psf.fits", [fits.PrimaryHDU(_ring() + 1.0, header=header)])
+    argv = ["psf-mixture", "--band", BAND, "--psf_image", str(path), "--outname",
+            str(tmp_path / "out.h5")]
+    code, _, err = _run(argv + (["--oversample", value] if where == "option" else []))
+    assert code == 2
+    line = _one_line_error(err)
+    assert f"oversampling {float(value):g} is outside [1e-06, 1e+06]" in line
+    assert ("(--oversample)" if where == "option" else "(header DET_SAMP; give --oversample)") \
+        in line
+    assert sorted(os.listdir(tmp_path)) == ["psf.fits"]

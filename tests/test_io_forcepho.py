@@ -631,3 +631,82 @@ def test_band_found_regardless_of_case(tmp_path, rng):
     assert str(both) in str(info.value)
     with pytest.raises(InputError, match="no band 'F150W'"):
         read_psf_mixture(both, "F150W")
+
+
+# -- amplitudes: forcepho's fitted ones, summing to the PSF flux the mixture holds ---------------
+def _moffat_psf_and_star(flux=1000.0):
+    """A Moffat PSF (alpha 2 science px, beta 2: strong wings), 4x oversampled over 61 x 61
+    science px and centred on the image, normalised analytically to unit total flux (the
+    image holds 0.9965 of it); and a star of total flux ``flux``: the image binned into
+    science pixels (its centre at science pixel (30, 30))."""
+    from astropy.modeling.models import Moffat2D
+
+    n_over, n_sci, alpha, beta = 4, 61, 2.0, 2.0
+    y, x = (np.mgrid[:n_over * n_sci, :n_over * n_sci] - (n_over * n_sci - 1) / 2) / n_over
+    moffat = Moffat2D(amplitude=(beta - 1) / (np.pi * alpha ** 2), gamma=alpha, alpha=beta)
+    image = moffat(x, y) / n_over ** 2
+    star = flux * image.reshape(n_sci, n_over, n_sci, n_over).sum(axis=(1, 3))
+    return image, star, 30.0
+
+
+def _linear_flux(mixture, star, centre):
+    """The least-squares flux of ``star`` for the model ``flux * mixture`` at ``centre``,
+    the amplitudes as they are (what forcepho renders)."""
+    from astromix.backends import get_backend
+
+    model = get_backend().to_numpy(mixture.shift(centre, centre).render(star.shape))
+    return float((model * star).sum() / (model * model).sum())
+
+
+def test_fitted_psf_written_with_forcepho_amplitudes(tmp_path):
+    """fit_psf_mixture renormalises the mixture fitted to a trimmed PSF image to unit flux;
+    written so, forcepho (which renders flux * amp as they are) measured fluxes 6 % low on
+    this PSF.  The file now holds the fitted amplitudes, summing to the flux fraction, as
+    forcepho's make_psf.py writes them: a star of known flux comes out right with them,
+    and astromix's models still get the unit-flux shape from the file."""
+    from astromix import GaussianMixturePSF
+    from astromix.fitting import fit_psf_mixture
+
+    image, star, centre = _moffat_psf_and_star(1000.0)
+    trim = 100  # keeps 44 x 44 oversampled px, +-5.5 science px: 0.90 of the flux
+    psf = fit_psf_mixture(image, 3, oversampling=4, trim=trim, rng=0)
+    assert psf.mixture.flux == pytest.approx(1.0)
+    path = tmp_path / "psf.h5"
+    write_psf_mixture(path, "F200W", psf)
+    back = read_psf_mixture(path, "F200W")
+    # forcepho's use of the file: the star's total flux
+    assert _linear_flux(back, star, centre) == pytest.approx(1000.0, rel=0.01)
+    assert back.flux == pytest.approx(psf.fit_info["flux_fraction"], rel=1e-6)
+    # astromix's: the unit-flux shape, giving the flux within the mixture; / frac = total
+    unit = GaussianMixturePSF(back).mixture
+    assert unit.flux == pytest.approx(1.0)
+    within = _linear_flux(unit, star, centre)
+    assert within < 0.97 * 1000.0
+    assert within / back.flux == pytest.approx(1000.0, rel=0.01)
+
+
+def test_flux_fraction_argument(tmp_path, rng):
+    m = centred_mixture(rng, 3)
+    path = tmp_path / "psf.h5"
+    # a plain mixture is written as it is; flux_fraction scales its amplitudes to that sum
+    half = GaussianMixture(m.amp * 0.5, m.mean, m.cov)
+    write_psf_mixture(path, "A", half)
+    assert read_psf_mixture(path, "A").flux == pytest.approx(0.5, rel=1e-6)
+    write_psf_mixture(path, "A", half, flux_fraction=0.9)
+    back = read_psf_mixture(path, "A")
+    assert back.flux == pytest.approx(0.9, rel=1e-6)
+    np.testing.assert_allclose(np.sort(back.amp), np.sort(m.amp * 0.9), rtol=1e-6)
+    # one value per location; 1.0 writes unit-sum amplitudes whatever fit_info says
+    two = [types.SimpleNamespace(mixture=m, fit_info={"flux_fraction": 0.8}), half]
+    write_psf_mixture(path, "B", two)
+    assert [x.flux for x in read_psf_mixture(path, "B")] == pytest.approx([0.8, 0.5], rel=1e-6)
+    write_psf_mixture(path, "B", two, flux_fraction=[0.7, 0.95])
+    assert [x.flux for x in read_psf_mixture(path, "B")] == pytest.approx([0.7, 0.95], rel=1e-6)
+    write_psf_mixture(path, "B", two, flux_fraction=1.0)
+    assert [x.flux for x in read_psf_mixture(path, "B")] == pytest.approx([1.0, 1.0], rel=1e-6)
+    for bad in (0.0, -0.5, np.nan, np.inf, "most", [0.9]):
+        with pytest.raises(InputError, match="flux_fraction"):
+            write_psf_mixture(path, "B", two, flux_fraction=bad)
+    negative = GaussianMixture([1.0, -1.0], [[0, 0], [0, 0]], [np.eye(2), np.eye(2) * 0.5])
+    with pytest.raises(InputError, match="cannot be scaled"):
+        write_psf_mixture(path, "C", negative, flux_fraction=0.9)

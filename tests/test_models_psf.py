@@ -200,11 +200,12 @@ class TestFitPsfMixture:
         assert info["max_residual_over_peak"] < 0.06
         assert info["l1_residual_over_flux"] < 0.15
         assert psf.mixture.amp.sum() == pytest.approx(1.0)
-        # science pixels: the oversampled image's second moments / oversampling^2
-        flux, cen, cov = GaussianMixture(psf.mixture.amp, psf.mixture.mean,
-                                         psf.mixture.cov).moments()
-        np.testing.assert_allclose(cen, 0.0, atol=1e-9)
+        # the PSF centre is the trimmed image's centre, (161 - 1) / 2, as in forcepho
+        np.testing.assert_array_equal(info["center"], [80.0, 80.0])
+        assert info["center_method"] == "image"
         assert info["model"].shape == (161, 161)
+        # the image is normalised to unit sum: the flux fraction is the mixture's flux
+        assert info["flux_fraction"] == pytest.approx(info["flux"] / image.sum(), rel=1e-12)
         # the converted mixture, scaled back by the oversampling, reproduces the fitted image
         back = GaussianMixture(psf.mixture.amp * info["flux"],
                                psf.mixture.mean * 4 + info["center"], psf.mixture.cov * 16)
@@ -237,11 +238,36 @@ class TestFitPsfMixture:
     @pytest.mark.parametrize("kwargs, msg", [
         ({"trim": 100}, "trim"), ({"oversampling": 0}, "oversampling"),
         ({"method": "mcmc"}, "unknown method"), ({"snr": -1}, "snr"),
-        ({"n_negative": 3}, "n_negative"),
+        ({"n_negative": 3}, "n_negative"), ({"center": "peak"}, "center must be"),
+        # np.inf ran the whole fit, then failed on the covariances; 1e300 overflowed
+        ({"oversampling": np.inf}, "oversampling must be a finite number > 0"),
+        ({"oversampling": np.nan}, "oversampling must be a finite number > 0"),
+        ({"oversampling": 1e300}, r"oversampling 1e\+300 is outside \[1e-06, 1e\+06\]"),
+        ({"oversampling": 1e-300}, r"oversampling 1e-300 is outside"),
     ])
     def test_bad_arguments(self, kwargs, msg):
         with pytest.raises(InputError, match=msg):
             fit_psf_mixture(np.ones((40, 40)), 3, **kwargs)
+
+    @pytest.mark.parametrize("snr", [None, 20.0])
+    @pytest.mark.parametrize("make, msg", [
+        (lambda img: np.zeros_like(img), r"no positive total flux \(its pixels sum to 0\)"),
+        (lambda img: -img, "no positive total flux"),
+        (lambda img: np.where(np.arange(img.size).reshape(img.shape) == 50, np.nan, img),
+         r"1 NaN or infinite pixel\(s\); replace them"),
+    ], ids=["zero", "negative", "nan"])
+    def test_bad_image(self, make, msg, snr):
+        """With snr, an all-zero, negative or NaN image was turned into a weight map first:
+        a divide-by-zero RuntimeWarning, then an error about a "weight (inverse variance)"
+        fit_psf_mixture has no parameter for; without snr a NaN pixel got the advice "mask
+        them with weight=0"."""
+        from astromix.datasets import load_hst_psf
+        image, _ = load_hst_psf(3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(InputError, match="^PSF image has " + msg) as err:
+                fit_psf_mixture(make(image), 2, snr=snr)
+        assert "weight" not in str(err.value)
 
     def test_too_few_pixels_for_the_parameters(self):
         # a real HST PSF trimmed to 4 x 4 = 16 pixels: 3 Gaussians have 18 parameters
@@ -278,3 +304,111 @@ def test_fit_psf_mixture_nested():
                            [0.5, 99.5])
     assert lo <= info["best_sample"]["sigma_x_0"] <= hi
     assert psf.mixture.amp.sum() == pytest.approx(1.0)
+
+
+def _known_psf_image(trim=0):
+    """An oversampled (2x) PSF image rendered from a known mixture placed at the image's
+    centre (40, 40): a core, a broad halo off the centre and a negative core component, so
+    that the mixture's centroid (0.256, -0.192) science px is not its centre."""
+    amp = np.array([1.0, 0.4, -0.15])
+    mean = np.array([[0.0, 0.0], [0.8, -0.6], [0.0, 0.0]])
+    cov = np.array([np.diag([1.0, 1.3]), np.eye(2) * 9.0, np.eye(2) * 0.5])
+    known = GaussianMixture(amp, mean, cov)
+    image = to_numpy(GaussianMixture(amp, mean * 2 + 40.0, cov * 4).render((81, 81)))
+    return known, image
+
+
+def test_fit_psf_mixture_centre_is_the_image_centre():
+    """The mixture's origin is the PSF image's centre, as forcepho's make_psf takes it, not
+    the mixture's centroid (where broad and negative components pull it)."""
+    known, image = _known_psf_image()
+    psf = fit_psf_mixture(image, 3, n_negative=1, oversampling=2, rng=0)
+    np.testing.assert_array_equal(psf.fit_info["center"], [40.0, 40.0])
+    # the fit recovers the known mixture where it was placed (science px)
+    y, x = np.mgrid[:61, :61]
+    truth = to_numpy(known.shift(30.0, 30.0).render((61, 61))) / known.flux
+    fitted = to_numpy(psf.mixture.shift(30.0, 30.0).render((61, 61)))
+    assert np.abs(fitted - truth).max() < 1e-3 * truth.max()
+    np.testing.assert_allclose(psf.mixture.moments()[1], known.moments()[1], atol=0.01)
+    core = np.argmax(psf.mixture.amp)
+    np.testing.assert_allclose(psf.mixture.mean[core], [0.0, 0.0], atol=0.01)
+    # center="moments": the origin at the mixture's centroid instead
+    moments = fit_psf_mixture(image, 3, n_negative=1, oversampling=2, rng=0,
+                              center="moments")
+    np.testing.assert_allclose(moments.mixture.moments()[1], [0.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(moments.fit_info["center"],
+                               40.0 + 2 * known.moments()[1], atol=0.02)
+    assert moments.fit_info["center_method"] == "moments"
+
+
+def test_fit_psf_mixture_flux_fraction_of_a_trimmed_image():
+    """The mixture fitted to a trimmed image extends beyond it: ``flux_fraction`` is its
+    flux over the whole image's (here the known mixture's: 1), not the trimmed sum."""
+    known, image = _known_psf_image()
+    trim = 32  # 17 x 17 oversampled px: +-4 science px, 1.3 sigma of the halo
+    inside = image[trim:-trim, trim:-trim].sum() / image.sum()
+    assert inside < 0.93
+    psf = fit_psf_mixture(image, 3, n_negative=1, oversampling=2, trim=trim, rng=0)
+    assert psf.mixture.amp.sum() == pytest.approx(1.0)
+    assert psf.fit_info["flux_fraction"] == pytest.approx(known.flux / image.sum(), abs=0.01)
+    # any normalisation of the image: the same fraction
+    scaled = fit_psf_mixture(image * 250.0, 3, n_negative=1, oversampling=2, trim=trim, rng=0)
+    assert scaled.fit_info["flux_fraction"] == pytest.approx(psf.fit_info["flux_fraction"],
+                                                             rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def f200w_fit():
+    """The JWST F200W PSF (unit sum) as ``astromix psf-mixture --oversample 4 --trim 187
+    --ngauss 4 --ngauss_neg 1`` fits it (seed 0)."""
+    from astromix.datasets import load_jwst_f200w_psf
+    image, _ = load_jwst_f200w_psf()
+    psf = fit_psf_mixture(image, 4, n_negative=1, oversampling=4, trim=187,
+                          rng=np.random.default_rng(0))
+    return image, psf
+
+
+def test_f200w_mixture_centred_on_the_core(f200w_fit):
+    """The origin was the components' amplitude-weighted mean, 0.1-0.6 science px off the
+    core (stars fitted with the mixture were shifted by as much); now the core of the
+    mixture placed at the image centre is where the image's core is (photutils centroid
+    within 8 oversampled px), to < 0.01 science px."""
+    from photutils.centroids import centroid_com
+
+    image, psf = f200w_fit
+    trimmed = image[187:-187, 187:-187]
+    yy, xx = np.mgrid[:161, :161]
+    outside = np.hypot(xx - 80, yy - 80) >= 8
+    truth = np.array(centroid_com(trimmed, mask=outside))
+    m = psf.mixture
+    model = to_numpy(GaussianMixture(m.amp, m.mean * 4 + 80.0, m.cov * 16).render((161, 161)))
+    core = np.array(centroid_com(model, mask=outside))
+    assert np.all(np.abs(core - truth) / 4 < 0.01), (core - truth) / 4
+
+
+def _binned_star(image, flux):
+    """A star whose PSF is ``image`` (4x oversampled) binned into science pixels, total flux
+    ``flux``, in a 41 x 41 stamp; returns the stamp and its true (x, y)."""
+    n = 4
+    o = 1
+    nb = (image.shape[0] - o) // n
+    star = image[o:o + n * nb, o:o + n * nb].reshape(nb, n, nb, n).sum(axis=(1, 3))
+    true = (image.shape[0] // 2 - o - 1.5) / n           # the PSF centre, pixel 267
+    c0 = int(true) - 20
+    return flux * star[c0:c0 + 41, c0:c0 + 41] / image.sum(), true - c0
+
+
+def test_f200w_star_flux_and_position(f200w_fit):
+    """A star of known flux and position (the F200W PSF image itself, binned): the flux
+    measured with the unit-normalised mixture is the flux the mixture holds, low by 8-17 %
+    as fitted; divided by ``flux_fraction`` it is the total flux.  The position is right."""
+    image, psf = f200w_fit
+    stamp, true = _binned_star(image, 1000.0)
+    y, x = np.mgrid[:41, :41]
+    model = GaussianMixturePSF(psf.mixture, flux=900.0, x_0=true + 0.05, y_0=true - 0.05)
+    fit = fitting.TRFLSQFitter()(model, x, y, stamp)
+    assert abs(fit.x_0.value - true) < 0.01 and abs(fit.y_0.value - true) < 0.01
+    frac = psf.fit_info["flux_fraction"]
+    assert 0.85 < frac < 0.97
+    assert fit.flux.value == pytest.approx(1000.0 * frac, rel=0.01)
+    assert fit.flux.value / frac == pytest.approx(1000.0, rel=0.01)

@@ -11,9 +11,16 @@ It reads the PSF image from a FITS file (``--ext``: HDU number or name),
 removes ``--trim`` pixels from each edge, fits ``--ngauss`` Gaussians (the last
 ``--ngauss_neg`` of them with negative amplitudes) by least squares with
 :func:`astromix.fitting.fit_psf_mixture`, converts them to science pixels
-(divided by the oversampling, centred on the PSF centre), and writes them as
-the group ``<BAND>`` of the forcepho HDF5 file ``--outname`` with
+(divided by the oversampling, centred on the PSF centre: the centre of the
+trimmed image, as make_psf.py takes it), and writes them as the group
+``<BAND>`` of the forcepho HDF5 file ``--outname`` with
 :func:`astromix.io.forcepho.write_psf_mixture` (other bands are kept).  As in
+make_psf.py the amplitudes are the fitted ones in the normalisation of the
+image's total: they sum to the fraction of the PSF image's flux the mixture
+holds (the "flux fraction", e.g. 0.92 for a trimmed image), so forcepho's
+fluxes are total fluxes; astromix's PSF models renormalise the mixture to
+unit sum, and fluxes measured with it are divided by the flux fraction for
+the total (an aperture correction).  As in
 make_psf.py, the group is ``--band`` in upper case (``--band f200w`` writes
 ``F200W``, the name forcepho looks up); the PNG and FITS outputs keep the band
 as given.  A summary (component table, residual metrics, time) is printed on
@@ -25,7 +32,8 @@ standard output.  Optional outputs, beside the HDF5 file:
   ``RESIDUAL`` (target - model, in the trimmed, oversampled pixels of the
   image) and ``PARAMS``, a binary table with one row per component: ``amp``,
   ``xcr``, ``ycr``, ``Cxx``, ``Cyy``, ``Cxy`` in science pixels (the rows of
-  the HDF5 file, in float64).
+  the HDF5 file, in float64; ``FLUXFRAC`` in the headers is the sum of
+  ``amp``).
 
 ``<stem>`` is the name of ``--outname`` without its extension.  Every file is
 written to a temporary file in the same folder and renamed into place, so an
@@ -383,6 +391,19 @@ def _check_outputs(args, png_path, fits_path):
     prepare_output_folder(folder)
 
 
+def _check_fit_inputs(image, trim, oversampling, source, where):
+    """Refuse, before any fit and naming the file or the option, an image or oversampling
+    :func:`astromix.fitting.fit_psf_mixture` would refuse."""
+    from ..fitting import _check_oversampling, _check_psf_image
+
+    _check_psf_image(image, trim, name=where)
+    try:
+        return _check_oversampling(oversampling)
+    except InputError as exc:
+        hint = "" if source == "--oversample" else "; give --oversample"
+        raise InputError(f"{exc} ({source}{hint})") from None
+
+
 def _check_pixels(image, trim, ngauss, path):
     """Refuse a (trimmed) image with no more pixels than the fit has parameters (6 per
     Gaussian: amplitude, centre, covariance)."""
@@ -397,15 +418,22 @@ def _check_pixels(image, trim, ngauss, path):
 
 
 # -- outputs ---------------------------------------------------------------------------------
-def _param_rows(mixture):
+def _param_rows(mixture, flux_fraction=1.0):
     """(K, 6) rows amp, xcr, ycr, Cxx, Cyy, Cxy [science px], by decreasing amplitude.
 
-    The order of :func:`astromix.io.forcepho.write_psf_mixture`.
+    The rows of :func:`astromix.io.forcepho.write_psf_mixture`: its order, the
+    amplitudes of the unit-flux ``mixture`` times ``flux_fraction``.
     """
     order = np.argsort(-mixture.amp, kind="stable")
     cov = mixture.cov[order]
-    return np.column_stack([mixture.amp[order], mixture.mean[order, 0], mixture.mean[order, 1],
+    amp = mixture.amp[order] * (float(flux_fraction) / mixture.flux)
+    return np.column_stack([amp, mixture.mean[order, 0], mixture.mean[order, 1],
                             cov[:, 0, 0], cov[:, 1, 1], cov[:, 0, 1]])
+
+
+def _flux_fraction(info):
+    """The fit's flux fraction (1 for a fit_info without one)."""
+    return float(info.get("flux_fraction", 1.0))
 
 
 def _image_mixture(psf, info):
@@ -430,7 +458,8 @@ def write_fits(path, target, model, psf, meta):
     psf : GaussianMixturePSF
         The fit; its mixture, in science pixels, fills PARAMS (one row per
         component, by decreasing amplitude: amp, xcr, ycr [px], Cxx, Cyy, Cxy
-        [px^2]).
+        [px^2]), the amplitudes as the HDF5 file has them (summing to
+        ``fit_info["flux_fraction"]``).
     meta : dict
         Header cards (keyword: (value, comment)) of the primary HDU; cards
         whose value is None are left out.
@@ -442,11 +471,13 @@ def write_fits(path, target, model, psf, meta):
     Notes
     -----
     The image extensions carry ``OVERSAMP``, ``PSFCENX`` and ``PSFCENY`` (the
-    0-based position of the PSF centre in their pixels) and ``PSFFLUX`` (the
-    flux of the fitted mixture in image units): component ``k`` of PARAMS is,
-    in the image's pixels, amplitude ``PSFFLUX * amp``, centre ``(PSFCENX +
-    OVERSAMP * xcr, PSFCENY + OVERSAMP * ycr)`` and covariance ``OVERSAMP**2``
-    times (Cxx, Cxy; Cxy, Cyy).
+    0-based position of the PSF centre in their pixels: the centre of the
+    trimmed image), ``PSFFLUX`` (the flux of the fitted mixture in image
+    units) and ``FLUXFRAC`` (``PSFFLUX`` over the sum of the untrimmed PSF
+    image: the sum of PARAMS ``amp``): component ``k`` of PARAMS is, in the
+    image's pixels, amplitude ``PSFFLUX / FLUXFRAC * amp``, centre
+    ``(PSFCENX + OVERSAMP * xcr, PSFCENY + OVERSAMP * ycr)`` and covariance
+    ``OVERSAMP**2`` times (Cxx, Cxy; Cxy, Cyy).
     """
     from astropy.io import fits
 
@@ -465,9 +496,11 @@ def write_fits(path, target, model, psf, meta):
         hdu.header["PSFCENX"] = (float(info["center"][0]), "0-based x of the PSF centre [px]")
         hdu.header["PSFCENY"] = (float(info["center"][1]), "0-based y of the PSF centre [px]")
         if "flux" in info:
-            hdu.header["PSFFLUX"] = (float(info["flux"]), "flux of the mixture (PARAMS amp sum 1)")
+            hdu.header["PSFFLUX"] = (float(info["flux"]), "flux of the mixture [image units]")
+        hdu.header["FLUXFRAC"] = (_flux_fraction(info),
+                                  "PSFFLUX / PSF image sum = sum of PARAMS amp")
         images.append(hdu)
-    rows = _param_rows(psf.mixture)
+    rows = _param_rows(psf.mixture, _flux_fraction(info))
     units = ("", "pix", "pix", "pix2", "pix2", "pix2")
     cols = [fits.Column(name=name, format="D", unit=unit or None, array=rows[:, i])
             for i, (name, unit) in enumerate(zip(PARAM_COLUMNS, units))]
@@ -576,10 +609,13 @@ def run(args):
     InputError
         Before any fit: for an invalid ``--band``, ``--ngauss_neg`` not below
         ``--ngauss``, a PSF image that cannot be used
-        (:func:`read_psf_image`), a header oversampling that is not a
-        positive number, a ``--trim`` that leaves nothing or no more pixels
-        than the fit has parameters (6 per Gaussian; the message gives the
-        pixels left and the minimum), or outputs the writes would refuse
+        (:func:`read_psf_image`, or one whose pixels sum to <= 0 or with no
+        positive pixel left by ``--trim``; the message names the file), an
+        oversampling (``--oversample`` or the header's) that is not a finite
+        number in [1e-6, 1e6], a ``--trim`` that leaves nothing or no more
+        pixels than the fit has parameters (6 per Gaussian; the message
+        gives the pixels left and the minimum), or outputs the writes would
+        refuse
         (``--outname`` empty, a folder, not a regular or readable HDF5 file
         or a damaged one, the band (``--band`` in upper case) or the
         PNG/FITS outputs present with ``--overwrite 0`` or taken by a folder,
@@ -609,6 +645,8 @@ def run(args):
         raise InputError(f"--trim {args.trim} leaves nothing of the {image.shape[0]} x "
                          f"{image.shape[1]} image")
     _check_pixels(image, args.trim, args.ngauss, args.psf_image)
+    where = f"PSF image {args.psf_image!r}, HDU {args.ext!r}"
+    oversampling = _check_fit_inputs(image, args.trim, oversampling, source, where)
     _check_outputs(args, png_path, fits_path)
 
     from ..fitting import fit_psf_mixture
@@ -620,10 +658,13 @@ def run(args):
         print(f"astromix psf-mixture: {args.psf_image}[{args.ext}], {ny} x {nx} px, "
               f"oversampling {oversampling:g} ({source}), trim {args.trim}, band {group}, "
               f"backend {bk.name}", file=out)
-        psf = fit_psf_mixture(image, args.ngauss, oversampling=oversampling, trim=args.trim,
-                              snr=args.snr, n_negative=args.ngauss_neg, method=args.method,
-                              objective=args.objective, max_residual=args.max_residual,
-                              rng=np.random.default_rng(args.seed), backend=args.backend)
+        try:
+            psf = fit_psf_mixture(image, args.ngauss, oversampling=oversampling, trim=args.trim,
+                                  snr=args.snr, n_negative=args.ngauss_neg, method=args.method,
+                                  objective=args.objective, max_residual=args.max_residual,
+                                  rng=np.random.default_rng(args.seed), backend=args.backend)
+        except InputError as exc:  # about the image: the options were checked above
+            raise InputError(f"{where}: {exc}") from None
     info = psf.fit_info
     t = args.trim
     target = image[t:image.shape[0] - t, t:image.shape[1] - t] if t else image
@@ -631,7 +672,8 @@ def run(args):
 
     written = []
     try:
-        write_psf_mixture(args.outname, group, psf, overwrite=args.overwrite)
+        write_psf_mixture(args.outname, group, psf, overwrite=args.overwrite,
+                          flux_fraction=_flux_fraction(info))
         written.append(f"{args.outname} (group {group!r})")
         if args.fitsout:
             meta = {"BAND": (group, "band (HDF5 group)"),
@@ -648,6 +690,8 @@ def run(args):
                                  "max|TARGET - MODEL| / max(TARGET)"),
                     "L1FLUX": (float(info["l1_residual_over_flux"]),
                                "sum|TARGET - MODEL| / sum(TARGET)"),
+                    "FLUXFRAC": (_flux_fraction(info),
+                                 "mixture flux / PSF image sum (sum of amp)"),
                     "CHI2": (float(info["chi2"]), "chi2 of the fit"),
                     "ORIGIN": (f"astromix {_version()}", "astromix psf-mixture")}
             write_fits(fits_path, target, model, psf, meta)
@@ -674,12 +718,14 @@ def _version():
 
 
 def _report(out, psf, info, elapsed):
-    rows = _param_rows(psf.mixture)
+    frac = _flux_fraction(info)
+    rows = _param_rows(psf.mixture, frac)
     n_iter = info.get("n_iterations")
     print(f"fitted {len(rows)} Gaussians in {float(info['time_s']):.2f} s"
           + (f" ({n_iter} iterations)" if n_iter is not None else "")
           + f"; total {elapsed:.2f} s", file=out)
-    print("components (science px, centres relative to the PSF centre):", file=out)
+    print("components (science px, centres relative to the PSF centre, amplitudes as "
+          "written):", file=out)
     print("   k       amp       xcr       ycr       Cxx       Cyy       Cxy", file=out)
     for k, row in enumerate(rows):
         print(f"  {k:2d}" + "".join(f"  {v:8.5f}" for v in row), file=out)
@@ -689,3 +735,5 @@ def _report(out, psf, info, elapsed):
     print(f"sum|residual|/flux = {v:.5f} ({100 * v:.2f} % of the flux)", file=out)
     if "chi2" in info:
         print(f"chi2 = {float(info['chi2']):.4g}", file=out)
+    print(f"flux fraction (mixture flux / PSF image sum = sum of amp) = {frac:.5f}; divide "
+          "fluxes measured with the unit-normalised mixture by it for total fluxes", file=out)

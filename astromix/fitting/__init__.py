@@ -389,9 +389,55 @@ def _jitter(mixture, rng):
                            mixture.cov * (f ** 2)[:, None, None])
 
 
+#: Range of oversampling factors (image px per science px) fit_psf_mixture accepts: far
+#: beyond any pixel-sampling ratio, and within it the conversion's squares stay float64.
+_OVERSAMPLING_RANGE = (1e-6, 1e6)
+
+
+def _check_oversampling(oversampling):
+    """``oversampling`` as a float; InputError unless finite and within _OVERSAMPLING_RANGE."""
+    try:
+        value = float(oversampling)
+    except (TypeError, ValueError):
+        raise InputError(f"oversampling must be a number, got {oversampling!r}") from None
+    lo, hi = _OVERSAMPLING_RANGE
+    if not (np.isfinite(value) and value > 0):
+        raise InputError(f"oversampling must be a finite number > 0, got {value}")
+    if not lo <= value <= hi:
+        raise InputError(f"oversampling {value:g} is outside [{lo:g}, {hi:g}] image px per "
+                         "science px")
+    return value
+
+
+def _check_psf_image(image, trim=0, name="PSF image"):
+    """The checks of a PSF image (2-d, finite, positive sum; positive pixels left by ``trim``).
+
+    Returns the image as float64 and its (untrimmed) sum; InputError otherwise,
+    its message starting with ``name``.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise InputError(f"{name} must be 2-d, got shape {img.shape}")
+    trim = int(trim)
+    if trim < 0 or 2 * trim >= min(img.shape):
+        raise InputError(f"trim={trim} leaves nothing of the {img.shape} {name}")
+    bad = int(np.count_nonzero(~np.isfinite(img)))
+    if bad:
+        raise InputError(f"{name} has {bad} NaN or infinite pixel(s); replace them "
+                         "(e.g. by 0) first")
+    total = float(img.sum())
+    if not total > 0:
+        raise InputError(f"{name} has no positive total flux (its pixels sum to {total:g})")
+    fitted = img[trim:img.shape[0] - trim, trim:img.shape[1] - trim]
+    if not np.any(fitted > 0):
+        raise InputError(f"{name} has no positive pixel left to fit after trim={trim}")
+    return img, total
+
+
 def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_negative=0,
-                    method="lsq", objective="l1max", max_residual=0.058, rng=None, n_starts=6,
-                    nlive=200, maxcall=None, settings=None, backend=None):
+                    method="lsq", objective="l1max", max_residual=0.058, center="image",
+                    rng=None, n_starts=6, nlive=200, maxcall=None, settings=None,
+                    backend=None):
     """Fit a Gaussian-mixture PSF to a (possibly oversampled) PSF image.
 
     Replaces forcepho's ``make_psf.py`` (Johnson et al.): the mixture is fitted
@@ -400,22 +446,38 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
     accuracy metrics of a PSF mixture (the summed absolute residual, with the
     largest residual capped; ``objective="l1max"``) or plain least squares
     (``objective="chi2"``), then converted to science pixels as forcepho does:
-    components sorted by weight, centres taken relative to the PSF centre and
-    divided by ``oversampling``, covariances divided by ``oversampling**2``.
-    On the JWST F200W PSF, 4 components with one negative reach
-    ``max|residual|/peak`` 0.058 and ``sum|residual|/flux`` 0.167 (forcepho's
-    NUTS: 0.13 and 0.22).
+    components sorted by weight, centres taken relative to the PSF centre (by
+    default the centre of the trimmed image, ``((nx - 1) / 2, (ny - 1) / 2)``,
+    as forcepho's ``make_psf.py`` takes it) and divided by ``oversampling``,
+    covariances divided by ``oversampling**2``.  On the JWST F200W PSF, 4
+    components with one negative reach ``max|residual|/peak`` 0.058 and
+    ``sum|residual|/flux`` 0.167 (forcepho's NUTS: 0.13 and 0.22).
+
+    The returned PSF is unit-normalised (amplitudes summing to 1), as
+    astromix's PSF models use a PSF.  A trimmed image holds only part of the
+    PSF's flux, and the mixture only the part it fits:
+    ``fit_info["flux_fraction"]`` is the mixture's flux over the sum of the
+    whole (untrimmed) ``image`` (0.91-0.95 for the JWST F200W PSF trimmed by
+    187 with 4 components, one negative).  A flux measured with the
+    unit-normalised mixture is the flux in that part of the PSF (about the
+    flux within the trimmed region); divide it by ``flux_fraction`` for the
+    total flux (an aperture correction, as for any PSF model of finite
+    extent) when ``image`` holds the whole PSF (e.g. normalised to unit
+    sum).  forcepho keeps the fitted amplitudes instead, summing to
+    ``flux_fraction`` for a unit-sum image;
+    :func:`astromix.io.forcepho.write_psf_mixture` writes them so.
 
     Parameters
     ----------
     image : array-like, shape (ny, nx)
-        The PSF image (any normalisation), e.g. an stpsf/WebbPSF model or an
-        empirical ePSF.
+        The PSF image (any normalisation, finite, with a positive sum), e.g.
+        an stpsf/WebbPSF model or an empirical ePSF, the PSF centred on the
+        image's centre (pixel ``(j, i)`` is centred at ``(x=i, y=j)``).
     n_components : int
         Number of Gaussians (>= 1), negative ones included.
     oversampling : int or float, optional
         Image pixels per science pixel (a FITS header's ``DET_SAMP`` or
-        ``OVERSAMP``); default 1.
+        ``OVERSAMP``); default 1.  Finite, in ``[1e-6, 1e6]``.
     trim : int, optional
         Pixels removed from each edge before fitting (forcepho's ``--trim``).
     snr : float, optional
@@ -430,6 +492,17 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
         ``method="nested"`` starts from the chi2 optimum whatever this is.
     max_residual : float, optional
         The cap of ``"l1max"`` in units of the peak.
+    center : {"image", "moments"}, optional
+        The PSF centre, the origin (0, 0) of the returned mixture.
+        ``"image"`` (default): the centre of the trimmed image, ``((nx - 1) /
+        2, (ny - 1) / 2)`` in its pixels, as forcepho's ``make_psf.py``
+        subtracts it; the position a star fitted with the mixture gets is
+        then that of the PSF image's centre.  ``"moments"``: the mixture's
+        centroid (its amplitude-weighted mean of component centres), which
+        broad, poorly constrained or negative components can pull off the
+        core (by 0.1-0.6 science px on the JWST F200W PSF trimmed by 187, 4
+        Gaussians, one negative, depending on the start): for callers that
+        want the centroid, not the image centre.
     method : {"lsq", "nested"}, optional
         ``"lsq"``: L-BFGS-B least squares from several starts.
         ``"nested"``: the least-squares fit, then nested sampling
@@ -458,11 +531,15 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
     Returns
     -------
     GaussianMixturePSF
-        Unit-flux PSF in science pixels centred on (0, 0), with ``fit_info``
-        (dict): ``chi2``, ``max_residual_over_peak``, ``l1_residual_over_flux``
-        (measured in the fitted image's pixels), ``time_s``, ``n_iterations``,
-        ``oversampling``, ``trim``, ``center`` (the PSF centre in the trimmed
-        image's pixels), ``flux`` (of the fitted mixture, image units),
+        Unit-flux PSF in science pixels, its origin (0, 0) the PSF centre
+        (``center``), with ``fit_info`` (dict): ``chi2``,
+        ``max_residual_over_peak``, ``l1_residual_over_flux`` (measured in
+        the fitted image's pixels), ``time_s``, ``n_iterations``,
+        ``oversampling``, ``trim``, ``center`` (the PSF centre (x, y) in the
+        trimmed image's pixels, 0-based) and ``center_method`` (``center``
+        as given), ``flux`` (of the fitted mixture, the sum of its
+        amplitudes in the image's units), ``flux_fraction`` (``flux`` over
+        the sum of the untrimmed ``image``: the aperture correction above),
         ``model`` (the fitted image) and ``method``; with ``"nested"`` also
         ``nested`` (the DynestyFitter's ``fit_info``: dynesty ``results``,
         equal-weight posterior ``samples`` with their ``param_names``,
@@ -473,26 +550,25 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
     Raises
     ------
     InputError
-        On a bad image, ``trim`` leaving nothing or no more pixels than the
-        fit has parameters (6 per Gaussian), a non-positive ``oversampling``
-        or ``snr``, or an unknown ``method``.
+        Before fitting: on an image that is not 2-d, has NaN or infinite
+        pixels, a sum <= 0 or no positive pixel left by ``trim``; ``trim``
+        leaving nothing or no more pixels than the fit has parameters (6 per
+        Gaussian); an ``oversampling`` that is not a finite number in
+        ``[1e-6, 1e6]``; a non-positive ``snr``; an unknown ``method`` or
+        ``center``.
     """
     from ..models import GaussianMixturePSF
 
     t0 = time.perf_counter()
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim != 2:
-        raise InputError(f"PSF image must be 2-d, got shape {img.shape}")
+    img, image_flux = _check_psf_image(image, trim)
     trim = int(trim)
-    if trim < 0 or 2 * trim >= min(img.shape):
-        raise InputError(f"trim={trim} leaves nothing of a {img.shape} image")
     if trim:
         img = img[trim:-trim, trim:-trim]
-    oversampling = float(oversampling)
-    if not oversampling > 0:
-        raise InputError(f"oversampling must be > 0, got {oversampling}")
+    oversampling = _check_oversampling(oversampling)
     if method not in ("lsq", "nested"):
         raise InputError(f"unknown method {method!r}; use 'lsq' or 'nested'")
+    if center not in ("image", "moments"):
+        raise InputError(f"center must be 'image' or 'moments', got {center!r}")
     weight = None
     if snr is not None:
         if not float(snr) > 0:
@@ -512,12 +588,18 @@ def fit_psf_mixture(image, n_components, *, oversampling=1, trim=0, snr=None, n_
     model_image = _backends.get_backend(backend).to_numpy(
         mix.render(img.shape, settings=settings, backend=backend))
     flux = mix.flux
-    center = mix.moments()[1]
-    science = GaussianMixture(mix.amp / flux, (mix.mean - center) / oversampling,
+    if center == "image":
+        # forcepho's make_psf: the centre of the (trimmed) image, not of the mixture,
+        # whose broad and negative components may sit off the core
+        origin = np.array([(img.shape[1] - 1) / 2.0, (img.shape[0] - 1) / 2.0])
+    else:
+        origin = mix.moments()[1]
+    science = GaussianMixture(mix.amp / flux, (mix.mean - origin) / oversampling,
                               mix.cov / oversampling ** 2)
     psf = GaussianMixturePSF(science, settings=settings)
     info.update(time_s=time.perf_counter() - t0, oversampling=oversampling, trim=trim,
-                center=center, flux=flux, model=model_image, method=method)
+                center=origin, center_method=center, flux=flux,
+                flux_fraction=float(flux / image_flux), model=model_image, method=method)
     psf.fit_info = info
     return psf
 

@@ -23,7 +23,7 @@ case)::
 ============  =======  ====================================================
 field         type     meaning
 ============  =======  ====================================================
-amp           float32  amplitude (flux fraction) of the component
+amp           float32  amplitude (fraction of the PSF's flux) of the component
 xcr, ycr      float32  centre (x, y) relative to the PSF centre [science px]
 Cxx, Cyy      float32  variances along x and y [science px^2]
 Cxy           float32  covariance [science px^2]
@@ -36,6 +36,16 @@ and so on (forcepho documents the same data as shape ``(nloc, nradii,
 ngauss)``, flattened by its writers).  forcepho's ``make_psf.py`` fits one PSF
 and replicates it into all ``nradii`` (9) Sersic bins, its components sorted by
 decreasing amplitude; :func:`write_psf_mixture` does the same.
+
+The amplitudes are those forcepho's ``make_psf.py`` keeps: the fitted ones, in
+the normalisation of a PSF image of unit sum.  A mixture fitted to a trimmed
+PSF image holds only part of the PSF's flux, so they sum to that part (e.g.
+0.92), not to 1; forcepho renders a source's flux with them as they are, so
+its fluxes are total fluxes.  astromix's PSF models renormalise a PSF to unit
+sum, so ``GaussianMixturePSF(read_psf_mixture(...))`` is the unit-flux shape,
+and the amplitude sum read back (the mixture's ``flux``) is the aperture
+correction of the fluxes measured with it (see
+:func:`astromix.fitting.fit_psf_mixture`).
 
 ``detector_locations`` is stored as two rows, x then y [detector px, origin 0],
 because forcepho's ``PSFStore.lookup`` unpacks it as ``xp, yp =
@@ -90,7 +100,7 @@ def _import_h5py():
 
 # -- writing ------------------------------------------------------------------------------
 def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overwrite=True,
-                      arcsec_per_pixel=None):
+                      arcsec_per_pixel=None, flux_fraction=None):
     """Write a PSF Gaussian mixture into a forcepho PSF file (HDF5).
 
     The band's group is created, or replaced when ``overwrite`` is true; every
@@ -120,7 +130,7 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
         (its ``.mixture`` is written).  A sequence gives one PSF per detector
         location (a spatially varying PSF); all must have the same number of
         components.  Amplitudes are written as they are (forcepho expects them
-        to sum to about 1).
+        to sum to about 1), unless ``flux_fraction`` applies.
     locations : array-like, shape (nloc, 2), optional
         Detector (x, y) [px, origin 0] of each PSF, in the order of ``psf``;
         written as ``detector_locations``.  A single PSF also accepts shape
@@ -135,6 +145,16 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
         Pixel scale of the science image [arcsec / px], stored as the group
         attribute ``arcsec_per_pixel``.  A Quantity in angle or angle/pixel
         units is converted.
+    flux_fraction : float or sequence of float, optional
+        What the amplitudes of each PSF are scaled to sum to (one value for
+        all, or one per PSF), finite and > 0: forcepho's convention, the
+        fraction of the PSF's flux the mixture holds (see
+        :func:`astromix.fitting.fit_psf_mixture`).  Default: for a PSF with
+        ``fit_info["flux_fraction"]`` (a
+        :func:`~astromix.fitting.fit_psf_mixture` result, a unit-flux
+        mixture of a trimmed image) that value, so the file holds the fitted
+        amplitudes as forcepho's ``make_psf.py`` writes them; otherwise the
+        amplitudes as they are.  ``1.0`` writes unit-sum amplitudes.
 
     Returns
     -------
@@ -146,7 +166,9 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
     Raises
     ------
     InputError
-        On a bad band name, PSF, location array, bin count or pixel scale; if
+        On a bad band name, PSF, location array, bin count, pixel scale or
+        ``flux_fraction`` (not finite and > 0, a count differing
+        from the PSFs', or a PSF whose amplitudes have no positive sum); if
         a covariance is not positive definite (or a value not finite) once
         rounded to float32; if ``path`` exists but is not an HDF5 file or its
         internal structure is damaged (h5py's RuntimeError, ValueError,
@@ -192,7 +214,7 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
     shown = os.fspath(path)
     path = os.path.realpath(shown)  # write through a symbolic link, not over it
     band = _check_band(band)
-    mixtures = _as_mixtures(psf)
+    mixtures = _scale_amplitudes(_as_mixtures(psf), _flux_fractions(psf, flux_fraction))
     n_sersic_bins = _check_n_sersic_bins(n_sersic_bins)
     params = _pack(mixtures, n_sersic_bins)
     locs = _check_locations(locations, len(mixtures))
@@ -295,6 +317,50 @@ def _as_mixtures(psf):
                             "the origin: forcepho expects centres relative to the PSF centre",
                             i, *centroid)
     return mixtures
+
+
+def _flux_fractions(psf, flux_fraction):
+    """Per PSF: the sum its amplitudes are written with (None: as they are)."""
+    items = (list(psf) if isinstance(psf, Sequence) and not isinstance(psf, (str, bytes))
+             else [psf])
+    if flux_fraction is None:
+        values = []
+        for item in items:
+            info = getattr(item, "fit_info", None)
+            values.append(info.get("flux_fraction") if isinstance(info, dict) else None)
+        where = "fit_info['flux_fraction']"
+    else:
+        try:
+            arr = np.array(flux_fraction, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError("flux_fraction must be a number or a sequence of numbers, got "
+                             f"{flux_fraction!r}") from None
+        if arr.ndim == 0:
+            arr = np.full(len(items), float(arr))
+        if arr.shape != (len(items),):
+            raise InputError(f"flux_fraction has {arr.size} value(s) for {len(items)} PSF(s)")
+        values = list(arr)
+        where = "flux_fraction"
+    for i, v in enumerate(values):
+        if v is not None and not (np.isfinite(v) and v > 0):
+            raise InputError(f"{where} of PSF {i} must be a finite number > 0, the fraction "
+                             f"of the PSF's flux its mixture holds; got {v!r}")
+    return values
+
+
+def _scale_amplitudes(mixtures, fractions):
+    """The mixtures with their amplitudes scaled to sum to ``fractions`` (None: kept)."""
+    out = []
+    for i, (m, frac) in enumerate(zip(mixtures, fractions)):
+        if frac is None:
+            out.append(m)
+            continue
+        flux = m.flux
+        if not flux > 0:
+            raise InputError(f"PSF at location {i}: its amplitudes sum to {flux!r}; they cannot "
+                             f"be scaled to the flux fraction {frac}")
+        out.append(GaussianMixture(m.amp * (float(frac) / flux), m.mean, m.cov))
+    return out
 
 
 def _check_n_sersic_bins(n):
@@ -408,9 +474,18 @@ def read_psf_mixture(path, band, *, location=None):
     GaussianMixture or list of GaussianMixture
         The PSF in science pixels (float64 copies of the float32 values),
         centres relative to the PSF centre [px], covariances [px^2], in the
-        file's component order.  A list, one per location, when the file has
-        several locations and ``location`` is None; a single mixture
-        otherwise.  Wrap it as ``GaussianMixturePSF(mixture)`` for a model.
+        file's component order.  Amplitudes as in the file: from forcepho's
+        ``make_psf.py`` and ``astromix psf-mixture`` (and
+        :func:`write_psf_mixture` given a
+        :func:`~astromix.fitting.fit_psf_mixture` result)
+        they sum to the fraction of the PSF's flux the mixture holds (its
+        ``flux``; e.g. 0.92), not to 1.  astromix's PSF models
+        (:class:`~astromix.GaussianMixturePSF`, the source models,
+        :class:`~astromix.Exposure`) renormalise them to the unit-flux shape;
+        divide a flux measured with that shape by ``flux`` for the total.
+        A list, one per location, when the file has several locations and
+        ``location`` is None; a single mixture otherwise.  Wrap it as
+        ``GaussianMixturePSF(mixture)`` for a model.
 
     Raises
     ------

@@ -595,6 +595,12 @@ class PSFExModel:
         from ..settings import get_default_settings
 
         recenter = bool(options.pop("recenter", False))
+        if "center" in options:
+            raise _fail(self.path, "mixture() places the mixture itself (recenter=); do not "
+                                   "pass center")
+        # the components' centroid as origin; info["center"] then locates it on the
+        # grid, and the PSFEx centre is put back below unless recenter
+        options["center"] = "moments"
         options.setdefault("objective", "chi2")
         options.setdefault("n_starts", 1)
         options.setdefault("rng", 0)
