@@ -357,3 +357,40 @@ def test_fit_scene_catalog_zeropoint_needs_image_zeropoints(tmp_path, capsys):
         assert "have no zero point" in line and "--exposure-zeropoints" in line
         assert ("--zeropoint" if extra else "meta of catalog") in line
         assert not (out / "catalog.ecsv").exists()
+
+
+def test_print_report_lists_the_flux_of_a_scene_with_one_unnamed_band():
+    """A catalog with a plain ``flux`` column (from_catalog's documented input) gives a
+    scene with one unnamed band; the report had printed no flux for it."""
+    import io
+    import math
+
+    from astropy.table import Table
+    from astropy.wcs import WCS
+
+    from astromix import Exposure, GaussianMixture, SceneModel
+    from astromix.cli._scene import print_report
+    from astromix.fitting import fit_scene
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = [20.5, 20.5]
+    w.wcs.cd = np.diag([-0.25, 0.25]) / 3600
+    psf = GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 2.25])
+    scene = SceneModel.from_catalog(Table({"id": ["s"], "kind": ["star"], "ra": [150.0],
+                                           "dec": [2.0], "flux": [100.0]}))
+    img = scene.render(Exposure(np.zeros((40, 40)), wcs=w, psf=psf, band="r"))
+    img = img + np.random.default_rng(0).normal(0.0, 1.0, img.shape)
+    e = Exposure(img, uncertainty=np.ones(img.shape), wcs=w, psf=psf, band="r")
+    fitted, catalog = fit_scene(scene, [e], progress=False)
+    out = io.StringIO()
+    print_report(out, fitted, catalog)
+    line = [s for s in out.getvalue().splitlines() if s.strip().startswith("source s")][0]
+    match = re.search(r"flux=([-\d.]+)\+-([\d.]+)", line)
+    assert match, line
+    flux, err = float(match.group(1)), float(match.group(2))
+    # the injected flux, and the error of a PSF-weighted flux: 1 / sqrt(sum(psf^2)) for
+    # unit noise (2 sqrt(pi) sigma for a Gaussian PSF of sigma 1.5 px; + the background)
+    assert abs(flux - 100.0) < 4 * err
+    assert err == pytest.approx(2 * math.sqrt(math.pi) * 1.5, rel=0.1)

@@ -330,3 +330,26 @@ def test_cov_matrix_and_stds_match_astropy(route):
     np.testing.assert_allclose(fit.cov_matrix.cov_matrix, ref.cov_matrix.cov_matrix, rtol=1e-4,
                                atol=1e-4 * np.max(np.abs(ref.cov_matrix.cov_matrix)))
     np.testing.assert_allclose(fit.stds.stds, list(fit.fit_info["param_std"].values()))
+
+
+def test_invert_hessian_leaves_out_directions_that_are_not_positive_definite():
+    """The scene fits' error Hessian is inverted only where it is positive definite: the
+    inverse of an indefinite matrix gives negative variances or finite numbers at a saddle
+    point (it had been inverted, or pseudo-inverted, as it came)."""
+    from astromix.fitting.lsq import _invert_hessian
+    good = np.array([[4.0, 1.0], [1.0, 3.0]])
+    kept, inv, dropped = _invert_hessian(good)
+    assert list(kept) == [0, 1] and dropped.size == 0
+    np.testing.assert_allclose(inv, np.array([[3.0, -1.0], [-1.0, 4.0]]) / 11.0, rtol=1e-12)
+    # a positive definite block and one with eigenvalues 3 and -1 (along (1, -1) / sqrt 2)
+    hess = np.zeros((4, 4))
+    hess[:2, :2] = good
+    hess[2:, 2:] = [[1.0, 2.0], [2.0, 1.0]]
+    kept, inv, dropped = _invert_hessian(hess)
+    assert list(kept) == [0, 1] and list(dropped) == [2, 3]
+    np.testing.assert_allclose(inv, np.array([[3.0, -1.0], [-1.0, 4.0]]) / 11.0, rtol=1e-12)
+    # a non-positive or non-finite diagonal entry is left out directly
+    bad = np.diag([2.0, -1.0, 5.0])
+    bad[0, 2] = bad[2, 0] = np.nan
+    kept, inv, dropped = _invert_hessian(bad)
+    assert kept.size == 0 and list(dropped) == [0, 1, 2]

@@ -110,7 +110,9 @@ def write_scene_outputs(folder, fitted, catalog, exposures, *, plot=True, title=
 def print_report(out, fitted, catalog):
     """A short text summary of a scene fit: per-exposure chi2 and the catalog.
 
-    Also lists the parameters no image constrained (``fit_info["unconstrained"]``).
+    Each source's line gives its fluxes in every band of the scene (``g=...``;
+    ``flux=...`` for a scene with one unnamed band) with their errors.  Also
+    lists the parameters no image constrained (``fit_info["unconstrained"]``).
     """
     info = fitted.fit_info
     table = info["exposures"]
@@ -125,9 +127,13 @@ def print_report(out, fitted, catalog):
     for row in table:
         print(f"  {row['name']:<32s} {row['band']:>4s} {row['chi2_dof']:10.3f} "
               f"{row['background']:12.3f}", file=out)
-    bands = [c[5:] for c in catalog.colnames if c.startswith("flux_") and "err" not in c]
+    # the scene's bands, as scene_catalog names their columns: flux_<band>, or flux for
+    # a scene with one unnamed band (a catalog with a plain "flux" column)
+    fluxes = [("flux" if b is None else str(b), "flux" if b is None else f"flux_{b}",
+               "flux_err" if b is None else f"flux_err_{b}") for b in fitted.bands]
     for row in catalog:
-        fl = ", ".join(f"{b}={row['flux_' + b]:.3f}+-{row['flux_err_' + b]:.3f}" for b in bands)
+        fl = ", ".join(f"{label}={row[key]:.3f}+-{row[ekey]:.3f}"
+                       for label, key, ekey in fluxes)
         line = f"  source {row['id']} ({row['kind']}): ra={row['ra']:.6f} dec={row['dec']:.6f} {fl}"
         if row["kind"] == "sersic":
             line += (f" r_eff={row['r_eff']:.3f}+-{row['r_eff_err']:.3f}\" "

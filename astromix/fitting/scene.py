@@ -50,6 +50,49 @@ def _max_shift_px(fitted, objective):
     return worst
 
 
+def _placement_lost(fitted, objective):
+    """Sources of ``fitted`` that moved beyond the placement margin of an exposure they
+    were placed on in ``objective`` (more than ``5 r_eff + 10`` px outside the image,
+    where :meth:`SceneModel.placements` drops them), as a sorted list of indices."""
+    p = fitted.parameters
+    lost = set()
+    for e, pls in zip(objective.exposures, objective.placements):
+        for pl, loc in zip(pls, fitted._locate(e, p)):
+            if pl is not None and loc is None:
+                lost.add(pl.source)
+    return sorted(lost)
+
+
+def _refit(fitter, fitted, exposures, maxiter, kwargs):
+    """fit_scene's second fit, from ``fitted``, with the WCS maps and PSFs taken again there.
+
+    A source that the first fit moved (within ``max_shift``) beyond the
+    placement margin of an exposure it was placed on (a faint source near an
+    edge) would be dropped from that exposure, or found on no exposure at all
+    (InputError): it starts the second fit from its first reference point, so
+    that it keeps its first placement.  Should the second fit still fail on
+    its input, the first fit is returned, with a SceneWarning.
+    """
+    objective = fitted.fit_info["objective"]
+    start = fitted.copy()
+    lost = _placement_lost(fitted, objective)
+    for i in lost:
+        idx = start.source_index(i)
+        for key in ("ra", "dec"):
+            param = getattr(start, start.param_names[idx[key]])
+            if not param.fixed and not param.tied:
+                param.value = float(objective.reference[idx[key]])
+    if lost:
+        log.info("fit_scene: source(s) %s moved off the image's margin; they keep their "
+                 "first placement", [fitted.source_names[i] for i in lost])
+    try:
+        return fitter(start, exposures, maxiter=maxiter, **kwargs)
+    except InputError as exc:
+        warnings.warn(f"fit_scene: the second fit (relinearize) failed ({exc}); the first "
+                      "fit is returned", SceneWarning, stacklevel=3)
+        return fitted
+
+
 def _bound_positions(scene, max_shift):
     """A copy whose unbounded positions may move at most ``max_shift`` arcsec."""
     scene = scene.copy()
@@ -168,8 +211,8 @@ def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None
     gradient from the backend kernels, then Newton steps) with
     :class:`~astromix.fitting.MixtureLSQFitter`; parameter errors come from the
     inverse of the chi2 Hessian (central differences of the analytic gradient)
-    at the optimum: ``cov = 2 H^-1``.  Fixed, tied and bounded parameters of the
-    scene are honoured.
+    at the optimum: ``cov = 2 H^-1`` (see Notes).  Fixed, tied and bounded
+    parameters of the scene are honoured.
 
     Parameters
     ----------
@@ -192,8 +235,11 @@ def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None
         Iteration limit of L-BFGS-B (>= 1).
     relinearize : float or None, optional
         When a source moves by more than this [px, >= 0] from where the WCS maps
-        were linearised and the PSFs evaluated, fit again from there (once).
-        None: never.
+        were linearised and the PSFs evaluated, fit again from there (once).  A
+        source that moved beyond an exposure's placement margin (``5 r_eff + 10``
+        px outside the image, as a bright star just off the edge can) keeps its
+        first placement: it starts the second fit from its first reference
+        point.  None: never.
     dtype : {numpy.float64, numpy.float32}, optional
         Arithmetic of the kernels.
     backend : str, optional
@@ -226,10 +272,24 @@ def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None
     Warns
     -----
     SceneWarning
-        Naming the flux parameters no exposure constrains (see Notes).
+        Naming the flux parameters no exposure constrains (see Notes); naming
+        the parameters along which the chi2 Hessian is not positive definite
+        (their errors are NaN); if the second fit of ``relinearize`` fails on
+        its input (the first fit is returned).
 
     Notes
     -----
+    The settings' ``fourth_order_threshold`` switches the fourth-order
+    pixel-integration factor off abruptly for wide Gaussians: a small jump in
+    chi2 and its gradient where a component's size crosses it.  A fit stopped
+    on such a jump had the Hessian's differences straddle it (errors several
+    times too large, or NaN); where the forward and backward differences of
+    the gradient disagree, the Hessian is computed again with the threshold
+    set to 0 (the factor on every Gaussian: a smooth model).  Where the
+    Hessian is still not positive definite (degenerate parameters, a fit
+    stopped away from a minimum) the parameters along which it fails get NaN
+    errors, and the others the errors with those held at their best values.
+
     A free flux that no exposure constrains (no exposure of its band has an
     unmasked pixel within ``5 r_eff + 10`` px of the source: a band without
     exposures, bands with different footprints, a masked region) is held at
@@ -263,7 +323,7 @@ def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None
             if shift > relinearize:
                 log.info("fit_scene: sources moved by up to %.2f px; fitting again from there",
                          shift)
-                fitted = fitter(fitted, exposures, maxiter=maxiter, **kwargs)
+                fitted = _refit(fitter, fitted, exposures, maxiter, kwargs)
     finally:
         bar.close()
     _wrap_angles(fitted)
