@@ -524,3 +524,22 @@ def test_image_provider_fits_without_an_oversampling_keyword(tmp_path):
     provider = ImageProvider(path, oversampling=4)
     assert provider.oversampling == 4
     np.testing.assert_allclose(provider.images, image / image.sum(), rtol=1e-12)
+
+
+def test_image_provider_dict_mixing_files_with_and_without_oversampling(tmp_path):
+    """A dict of a file whose header gives OVERSAMP = 4 and one (or an array) that gives
+    none: the second's oversampling is unknown and is refused (the first file's 4 had been
+    applied to both, scaling a PSF of another sampling wrongly)."""
+    image = gaussians_provider([1.0], [0.0], [1.3]).images
+    with_key, without = str(tmp_path / "a.fits"), str(tmp_path / "b.fits")
+    hdu = fits.PrimaryHDU(image)
+    hdu.header["OVERSAMP"] = 4
+    hdu.writeto(with_key)
+    fits.PrimaryHDU(image).writeto(without)
+    for other, named in ((without, without), (image, "the array for detector='NRCB1'")):
+        with pytest.raises(InputError, match="give oversampling=") as err:
+            ImageProvider({"NRCA1": with_key, "NRCB1": other})
+        assert named in str(err.value) and "oversampling 4" in str(err.value)
+        provider = ImageProvider({"NRCA1": with_key, "NRCB1": other}, oversampling=4)
+        assert provider.oversampling == 4
+    assert ImageProvider({"NRCA1": with_key, "NRCB1": with_key}).oversampling == 4

@@ -590,8 +590,9 @@ class ImageProvider(PSFProvider):
         detector-sampled extensions).  Required for arrays, and for files
         whose headers have neither keyword (e.g. empirical ePSFs): no
         oversampling is assumed.  Files whose headers give different
-        oversamplings are refused; a value given here overrides the headers'
-        (with a warning when they differ).
+        oversamplings are refused, and so is a dict mixing files whose
+        headers give one with files or arrays that carry none; a value given
+        here overrides the headers' (with a warning when they differ).
     by : {"detector", "name", "filter"}, optional
         The exposure attribute that selects the image from a dict (default
         ``"detector"``).
@@ -630,6 +631,7 @@ class ImageProvider(PSFProvider):
         self._callable = callable(images) and not isinstance(images, np.ndarray)
         headers = {}  # what -> (file, oversampling its header gives)
         silent = []   # FITS files whose headers do not give it
+        arrays = []   # arrays in a dict (no header)
         if self._callable:
             self.images = images
         elif isinstance(images, dict):
@@ -641,6 +643,8 @@ class ImageProvider(PSFProvider):
                     headers[what] = (os.fspath(v), os_)
                 elif isinstance(v, (str, os.PathLike)):
                     silent.append(os.fspath(v))
+                else:
+                    arrays.append(f"the array for {by}={k!r}")
         else:
             self.images, os_ = self._load(images, "PSF image")
             if os_ is not None:
@@ -655,6 +659,12 @@ class ImageProvider(PSFProvider):
                              "ImageProvider uses one for all images: resample them to a "
                              "common oversampling")
         if oversampling is None:
+            if found and (silent or arrays):
+                # the one oversampling of the others' headers would be a guess for these
+                listed = ", ".join([repr(f) for f in silent] + arrays)
+                raise InputError(f"the PSF file header(s) give oversampling {found[0]}, but "
+                                 f"{listed} carry none (no DET_SAMP or OVERSAMP): give "
+                                 "oversampling= (image pixels per detector pixel)")
             if not found:
                 if silent:
                     listed = ", ".join(repr(f) for f in silent)
