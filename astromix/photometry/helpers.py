@@ -513,6 +513,15 @@ def _header_value(headers, key):
     return None
 
 
+def _positive_header_number(headers, key):
+    """The first value of ``key`` in ``headers`` as a float, or None unless finite and > 0."""
+    try:
+        value = float(_header_value(headers, key))
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def hst_filter_name(*headers):
     """The HST filter name from FITS headers, for any instrument.
 
@@ -687,12 +696,8 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
         # already a flux density: converted to the output unit, PHOTFLAM not applied again
         equivalencies = []
         if in_unit.is_equivalent(u.Jy):
-            pivot = _header_value(headers, "PHOTPLAM")
-            try:
-                pivot = float(pivot)
-            except (TypeError, ValueError):
-                pivot = float("nan")
-            if not (math.isfinite(pivot) and pivot > 0):
+            pivot = _positive_header_number(headers, "PHOTPLAM")
+            if pivot is None:
                 raise InputError(f"the image is already a flux density per frequency "
                                  f"({in_unit}); converting it to {out_unit} needs the pivot "
                                  "wavelength PHOTPLAM [A], which its headers lack")
@@ -701,12 +706,8 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
     else:
         factor = photflam
         if kind == "counts":
-            exptime = _header_value(headers, "EXPTIME")
-            try:
-                exptime = float(exptime)
-            except (TypeError, ValueError):
-                exptime = float("nan")
-            if not (math.isfinite(exptime) and exptime > 0):
+            exptime = _positive_header_number(headers, "EXPTIME")
+            if exptime is None:
                 raise InputError(f"the image is in {in_unit} (not a rate) and has no valid "
                                  "EXPTIME to divide by")
             factor /= exptime
