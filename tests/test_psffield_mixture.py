@@ -292,6 +292,18 @@ def test_cfht_field_is_positive_definite_over_the_image_and_exports():
     assert abs(np.median(sm)) < 2e-3
 
 
+def _moffat_stars(seed, beta, flux):
+    """16 GalSim Moffat stars (FWHM 3 px) at random positions in a 200 x 200 image with unit
+    Gaussian noise: (image, Table of x, y)."""
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform(20, 180, (16, 2))
+    img = galsim.ImageD(200, 200, xmin=0, ymin=0, scale=1.0)
+    for x, y in pos:
+        galsim.Moffat(beta=beta, fwhm=3.0).withFlux(flux).drawImage(
+            image=img, center=galsim.PositionD(x, y), add_to_image=True)
+    return img.array + rng.normal(0.0, 1.0, img.array.shape), Table(pos, names=("x", "y"))
+
+
 def test_pixel_model_size_and_degree_and_pixel_fit_arguments():
     """With pixel_model=, a size or degree other than its own was dropped silently (the
     field took the model's); it is refused.  The pixel fit's accuracy and clip, which the
@@ -299,14 +311,7 @@ def test_pixel_model_size_and_degree_and_pixel_fit_arguments():
     the result being the pixel fit made directly with them."""
     from astromix.psffield.model import fit_psf_field
 
-    rng = np.random.default_rng(2)
-    pos = rng.uniform(20, 180, (16, 2))
-    img = galsim.ImageD(200, 200, xmin=0, ymin=0, scale=1.0)
-    for x, y in pos:
-        galsim.Moffat(beta=3.0, fwhm=3.0).withFlux(2e4).drawImage(
-            image=img, center=galsim.PositionD(x, y), add_to_image=True)
-    arr = img.array + rng.normal(0.0, 1.0, img.array.shape)
-    stars = Table(pos, names=("x", "y"))
+    arr, stars = _moffat_stars(seed=2, beta=3.0, flux=2e4)
     pixel = fit_psf_field(arr, stars, degree=0, size=15, background=0.0)
     for kwargs, match in (({"size": 25}, "size=25 differs from the pixel_model's size 15"),
                           ({"degree": 1}, "degree=1 differs from the pixel_model's degree 0"),
@@ -334,14 +339,7 @@ def test_same_data_same_field():
     20%); the same data now give the same field, bit for bit."""
     from astromix.psffield.model import fit_psf_field
 
-    rng = np.random.default_rng(4)
-    pos = rng.uniform(20, 180, (16, 2))
-    img = galsim.ImageD(200, 200, xmin=0, ymin=0, scale=1.0)
-    for x, y in pos:
-        galsim.Moffat(beta=2.5, fwhm=3.0).withFlux(5e4).drawImage(
-            image=img, center=galsim.PositionD(x, y), add_to_image=True)
-    arr = img.array + rng.normal(0.0, 1.0, img.array.shape)
-    stars = Table(pos, names=("x", "y"))
+    arr, stars = _moffat_stars(seed=4, beta=2.5, flux=5e4)
     pixel = fit_psf_field(arr, stars, degree=1, size=19, background=0.0)
     fields = [fit_mixture_psf_field(arr, stars, n_components=3, background=0.0,
                                     pixel_model=pixel, n_iter=3) for _ in range(2)]
