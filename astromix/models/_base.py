@@ -1,5 +1,7 @@
 """Evaluation helpers shared by the astropy models of astromix."""
 
+import math
+
 import numpy as np
 
 from ..backends import _common, get_backend
@@ -22,6 +24,21 @@ def angle(value):
 
         value = value.to_value(u.rad)
     return scalar(value)
+
+
+def psf_total_flux(mixture):
+    """The sum of a PSF mixture's amplitudes, the divisor that normalises it to unit flux.
+
+    Raises
+    ------
+    InputError
+        If the sum is not finite and positive.
+    """
+    total = mixture.flux
+    if not (math.isfinite(total) and total > 0):
+        raise InputError("the PSF mixture's amplitudes must have a positive sum (its total "
+                         f"flux, normalised to 1), got {total!r}")
+    return total
 
 
 def refuse_model_set(model):

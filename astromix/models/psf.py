@@ -8,7 +8,13 @@ from astropy.modeling import Fittable2DModel, Parameter
 from ..errors import InputError
 from ..mixtures import GaussianMixture
 from ..settings import AccuracySettings, get_default_settings
-from ._base import chained_jacobian, evaluate_mixture, refuse_model_set, scalar
+from ._base import (
+    chained_jacobian,
+    evaluate_mixture,
+    psf_total_flux,
+    refuse_model_set,
+    scalar,
+)
 
 __all__ = ["GaussianMixturePSF"]
 
@@ -91,10 +97,7 @@ class GaussianMixturePSF(Fittable2DModel):
         if not isinstance(mixture, GaussianMixture):
             raise InputError("GaussianMixturePSF needs a GaussianMixture, "
                              f"got {type(mixture).__name__}")
-        total = float(mixture.amp.sum())
-        if not total > 0:
-            raise InputError("the PSF mixture's amplitudes must have a positive sum (its total "
-                             f"flux, normalised to 1), got {total!r}")
+        total = psf_total_flux(mixture)
         if settings is not None and not isinstance(settings, AccuracySettings):
             raise InputError("settings must be an AccuracySettings instance")
         self._settings = settings

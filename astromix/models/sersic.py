@@ -13,6 +13,7 @@ from ._base import (
     chained_jacobian,
     evaluate_mixture,
     parameter_values,
+    psf_total_flux,
     refuse_model_set,
     scalar,
 )
@@ -41,10 +42,7 @@ def _psf_mixture(psf):
     if not isinstance(mix, GaussianMixture):
         raise InputError("psf must be a GaussianMixturePSF or a GaussianMixture, "
                          f"got {type(psf).__name__}")
-    total = mix.flux
-    if not (math.isfinite(total) and total > 0):
-        raise InputError("the PSF mixture's amplitudes must have a positive sum (its total "
-                         f"flux, normalised to 1), got {total!r}")
+    total = psf_total_flux(mix)
     return mix if total == 1.0 else mix.scale_flux(1.0 / total)
 
 
