@@ -533,9 +533,9 @@ class ExposureWeightedPSF:
 
         Notes
         -----
-        The provider is asked for each contributor's PSF: after :meth:`cube`
-        or :meth:`prepare` they are all in its cache; otherwise they are
-        computed (once) here.
+        Each contributor's PSF is looked up as the stamps do: after
+        :meth:`cube` or :meth:`prepare` they are all cached; otherwise they
+        are computed and prepared (once, and cached for the stamps) here.
         """
         from astropy.table import Table
 
@@ -549,20 +549,12 @@ class ExposureWeightedPSF:
                       "exposures": names})
 
     def _with_psf(self, mask, det_xy):
-        """The contributors' mask less the pairs whose PSF the provider does not have.
-
-        The predicate of :meth:`_stamp` (an exposure without a PSF is left out),
-        from the prepared PSFs when they are there, else from the provider.
-        """
+        """The contributors' mask less the pairs whose PSF the provider does not have:
+        the predicate of :meth:`_stamp` (an exposure without a PSF is left out), through
+        the same :meth:`_prepared_psf` (cached)."""
         out = mask.copy()
         for n, e in np.argwhere(mask):
-            exposure, (dx, dy) = self.exposures[e], det_xy[e, n]
-            key = self.provider.key(exposure, dx, dy)
-            if key in self._prepared:
-                has = self._prepared[key] is not None
-            else:
-                has = self.provider.psf(exposure, dx, dy)[1] is not None
-            out[n, e] = has
+            out[n, e] = self._prepared_psf(self.exposures[e], *det_xy[e, n]) is not None
         return out
 
     # -- prepared PSFs ------------------------------------------------------------------------
