@@ -343,11 +343,7 @@ class MixturePSFFieldModel:
         """
         size = self.size if size is None else int(size)
         degree = self.degree + 2 if degree is None else int(degree)
-        n_grid = degree + 3 if n_grid is None else int(n_grid)
-        u = np.linspace(-0.5, 0.5, n_grid)
-        gx, gy = np.meshgrid(self.polzero[0] - 1.0 + u * self.polscal[0],
-                             self.polzero[1] - 1.0 + u * self.polscal[1])
-        gx, gy = gx.ravel(), gy.ravel()
+        gx, gy = _export_grid(self.polzero, self.polscal, self.degree, n_grid, degree)
         images = np.stack([self.image(x, y, shape=(size, size), normalize=False).ravel()
                            for x, y in zip(gx, gy)])
         terms = _polynomial_terms(gx, gy, self.polzero, self.polscal, degree)
@@ -871,12 +867,23 @@ def _check_positions(polzero, polscal, degree, shape):
     ny, nx = shape
     lo = polzero - 1.0 - 0.5 * polscal
     hi = polzero - 1.0 + 0.5 * polscal
-    u = np.linspace(-0.5, 0.5, degree + 5)
-    gx, gy = np.meshgrid(polzero[0] - 1.0 + u * polscal[0], polzero[1] - 1.0 + u * polscal[1])
+    gx, gy = _export_grid(polzero, polscal, degree)
     v = np.linspace(0.0, 1.0, 2 * (degree + 4) + 1)
     x0, x1 = min(lo[0], 0.0), max(hi[0], nx - 1.0)
     y0, y1 = min(lo[1], 0.0), max(hi[1], ny - 1.0)
     hx, hy = np.meshgrid(x0 + v * (x1 - x0), y0 + v * (y1 - y0))
-    x = np.concatenate([gx.ravel(), hx.ravel()])
-    y = np.concatenate([gy.ravel(), hy.ravel()])
+    x = np.concatenate([gx, hx.ravel()])
+    y = np.concatenate([gy, hy.ravel()])
     return _polynomial_terms(x, y, polzero, polscal, degree)
+
+
+def _export_grid(polzero, polscal, degree, n_grid=None, psfex_degree=None):
+    """(x, y), each (n_grid**2,), of the grid :meth:`MixturePSFFieldModel.to_psfex` renders
+    for a field of polynomial ``degree``: ``n_grid`` positions per axis (default
+    ``psfex_degree + 3``, ``psfex_degree`` defaulting to ``degree + 2``) spanning the
+    stars' bounding box ``polzero - 1 +- polscal / 2`` [0-based px]."""
+    psfex_degree = degree + 2 if psfex_degree is None else psfex_degree
+    n_grid = psfex_degree + 3 if n_grid is None else int(n_grid)
+    u = np.linspace(-0.5, 0.5, n_grid)
+    gx, gy = np.meshgrid(polzero[0] - 1.0 + u * polscal[0], polzero[1] - 1.0 + u * polscal[1])
+    return gx.ravel(), gy.ravel()
