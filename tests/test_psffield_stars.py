@@ -160,6 +160,95 @@ def test_read_ldac_truncated(tmp_path):
         read_ldac(path)
 
 
+def _ldac_objects(x, y, fwhm):
+    """An LDAC_OBJECTS table as SExtractor writes it (1-based X_IMAGE/Y_IMAGE)."""
+    n = len(x)
+    cols = [fits.Column("NUMBER", "J", array=np.arange(1, n + 1)),
+            fits.Column("X_IMAGE", "D", array=np.asarray(x) + 1.0),
+            fits.Column("Y_IMAGE", "D", array=np.asarray(y) + 1.0),
+            fits.Column("FLUX_AUTO", "D", array=np.full(n, 1e4)),
+            fits.Column("FLUXERR_AUTO", "D", array=np.full(n, 1e2)),
+            fits.Column("FWHM_IMAGE", "D", array=np.full(n, fwhm)),
+            fits.Column("FLAGS", "I", array=np.zeros(n))]
+    return fits.BinTableHDU.from_columns(cols, name="LDAC_OBJECTS")
+
+
+def test_read_ldac_multi_ccd(tmp_path):
+    """SExtractor on a multi-extension image: one LDAC_IMHEAD + LDAC_OBJECTS pair per CCD
+    (HDU 1-2, 3-4, 5-6).  Each CCD is read on its own (its injected positions and FWHM);
+    without ``hdu`` the file is refused instead of silently read as its first CCD."""
+    rng = np.random.default_rng(5)
+    ccds = [(rng.uniform(0, 2000, n), rng.uniform(0, 4000, n), fwhm)
+            for n, fwhm in [(5, 3.1), (7, 3.4), (4, 3.8)]]
+    head = fits.Column("Field Header Card", "80A", array=["SIMPLE  =                    T"])
+    hdus = [fits.PrimaryHDU()]
+    for x, y, fwhm in ccds:
+        hdus += [fits.BinTableHDU.from_columns([head], name="LDAC_IMHEAD"),
+                 _ldac_objects(x, y, fwhm)]
+    path = tmp_path / "mef.cat"
+    fits.HDUList(hdus).writeto(path)
+    for k, (x, y, fwhm) in enumerate(ccds):
+        for hdu in (2 * k + 2, 2 * k + 2 - len(hdus)):    # the index, and counted from the end
+            cat = read_ldac(path, hdu=hdu)
+            assert len(cat) == len(x)
+            np.testing.assert_allclose(cat["x"], x, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(cat["y"], y, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(cat["fwhm"], fwhm)
+    with pytest.raises(InputError, match=r"mef.cat: 3 LDAC_OBJECTS extensions .* HDU 2, 4, 6; "
+                                         r"choose one with hdu="):
+        read_ldac(path)
+    with pytest.raises(InputError, match=r"mef.cat: no HDU 7 \(the file has HDU 0 to 6\)"):
+        read_ldac(path, hdu=7)
+    with pytest.raises(InputError, match=r"mef.cat: HDU 3 is not an LDAC_OBJECTS extension; "
+                                         r"LDAC_OBJECTS at HDU 2, 4, 6"):
+        read_ldac(path, hdu=3)
+    with pytest.raises(InputError, match="HDU index"):
+        read_ldac(path, hdu="LDAC_OBJECTS")
+    # a single-CCD catalog: read as before, with or without hdu
+    single = tmp_path / "one.cat"
+    fits.HDUList(hdus[:3]).writeto(single)
+    x, y, _ = ccds[0]
+    for hdu in (None, 2):
+        np.testing.assert_allclose(read_ldac(single, hdu=hdu)["x"], x, rtol=0, atol=1e-9)
+
+
+def test_psf_at_sky_refuses_several_positions():
+    """psf_at_sky evaluates one sky position: arrays (or an array SkyCoord) get an
+    InputError saying so, not a bare TypeError from float(); scalars still work."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+    from astropy.wcs import WCS
+
+    from astromix import Exposure
+    from astromix.io.psfex import PSFExModel
+    from astromix.psffield import psf_at_sky
+
+    yy, xx = np.mgrid[:15, :15] - 7.0
+    sigma = 1.5
+    psf = PSFExModel(np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2))[None], (0, 0), (1, 1), 0)
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = [21.0, 26.0]
+    wcs.wcs.cdelt = [-0.262 / 3600, 0.262 / 3600]
+    wcs.wcs.set()
+    exp = Exposure(np.zeros((51, 41)), wcs=wcs, psf=psf)
+    for args in [([150.0, 150.001], [2.0, 2.0]), (np.array([150.0]), 2.0),
+                 (150.0, np.array([2.0, 2.0])),
+                 (SkyCoord([150.0, 150.001] * u.deg, [2.0, 2.0] * u.deg),)]:
+        with pytest.raises(InputError, match="psf_at_sky takes one sky position"):
+            psf_at_sky([exp], *args)
+    for args in [(150.0, 2.0), (np.float64(150.0), np.array(2.0)),
+                 (SkyCoord(150.0 * u.deg, 2.0 * u.deg),)]:
+        out = psf_at_sky([exp], *args, kind="image", shape=(15, 15))
+        # CRPIX (21, 26), 1-based: the reference point at 0-based pixel (20, 25)
+        np.testing.assert_allclose([out["x"][0], out["y"][0]], [20.0, 25.0], atol=1e-6)
+        img = np.asarray(out["psf"][0], float)
+        np.testing.assert_allclose(img, np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2))
+                                   / np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2)).sum(),
+                                   atol=1e-6)
+
+
 def test_select_refuses_bad_input():
     cat = Table({"mag": [1.0], "fwhm": [3.0], "snr": [5.0], "flags": [0]})
     with pytest.raises(InputError):

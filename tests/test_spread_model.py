@@ -88,10 +88,19 @@ def test_exponential_convolution_matches_galsim(h):
 
 @pytest.mark.parametrize("sigma", [1.0, 1.5, 2.5])
 def test_fwhm_of_a_gaussian(sigma):
-    for offset in [(0.0, 0.0), (0.3, -0.2)]:
-        img = galsim.Gaussian(sigma=sigma).drawImage(nx=25, ny=25, scale=1.0,
-                                                     method="no_pixel", offset=offset).array
-        assert _fwhm(img) == pytest.approx(2.3548 * sigma, rel=0.01)
+    """1% at any sub-pixel centring (half-pixel offsets included), sampled with and
+    without the pixel response; the truths: 2 sqrt(2 ln 2) sigma, and GalSim's FWHM of
+    the Gaussian convolved with the pixel."""
+    gauss = galsim.Gaussian(sigma=sigma)
+    truths = {"no_pixel": 2.0 * np.sqrt(2.0 * np.log(2.0)) * sigma,
+              "auto": galsim.Convolve(gauss, galsim.Pixel(1.0)).calculateFWHM()}
+    offsets = np.linspace(-0.5, 0.5, 5)
+    for method, truth in truths.items():
+        for dx in offsets:
+            for dy in offsets:
+                img = gauss.drawImage(nx=25, ny=25, scale=1.0, method=method,
+                                      offset=(dx, dy)).array
+                assert _fwhm(img) == pytest.approx(truth, rel=0.01), (method, dx, dy)
 
 
 # -- stars and galaxies --------------------------------------------------------------------
@@ -245,8 +254,9 @@ def test_empty_data_fails_not_raises():
     assert np.isnan(res["spread_model"][0])
 
 
-# photutils' PSF photometry (x_0), DAOStarFinder before photutils 3 (xcentroid) and after
-@pytest.mark.parametrize("cx, cy", [("x_0", "y_0"), ("xcentroid", "ycentroid"),
+# photutils' PSF photometry (x_fit), photutils' model parameters (x_0), DAOStarFinder
+# before photutils 3 (xcentroid) and after
+@pytest.mark.parametrize("cx, cy", [("x_fit", "y_fit"), ("x_0", "y_0"), ("xcentroid", "ycentroid"),
                                     ("x_centroid", "y_centroid")])
 def test_catalog_columns_and_per_source_size(field, cx, cy):
     noisy, _, out = field
@@ -258,6 +268,33 @@ def test_catalog_columns_and_per_source_size(field, cx, cy):
                             "spread_model_flags"]
     np.testing.assert_allclose(res["spread_model"], out["spread_model"], rtol=1e-12)
     assert "spread_model" not in cat.colnames    # the input is not modified
+
+
+def test_positions_from_photutils_psf_photometry(field):
+    """The output of photutils' PSFPhotometry (>= 1.9): the fitted positions are in
+    x_fit/y_fit (x_init/y_init: the guesses); SM is measured there, as with x/y columns
+    holding the injected positions the fit recovers."""
+    from photutils.psf import CircularGaussianPRF, PSFPhotometry
+
+    noisy, _, out = field
+    stars = out[out["r_half_over_fwhm"] == 0]
+    # start 0.4 px off, on the rounded injected positions
+    init = Table({"x": np.round(stars["x"]) + 0.4, "y": np.round(stars["y"]) - 0.4})
+    phot = PSFPhotometry(CircularGaussianPRF(fwhm=FWHM), (11, 11), aperture_radius=5)
+    res = phot(noisy, error=np.ones_like(noisy), init_params=init)
+    assert {"x_fit", "y_fit", "x_init", "y_init"} <= set(res.colnames)
+    assert "x" not in res.colnames and "x_0" not in res.colnames
+    np.testing.assert_allclose(res["x_fit"], stars["x"], atol=0.05)   # the fit's truth
+    np.testing.assert_allclose(res["y_fit"], stars["y"], atol=0.05)
+    psf = psf_model()
+    got = spread_model(noisy, psf, res, weight=np.ones_like(noisy), size=25)
+    same = spread_model(noisy, psf, Table({"x": np.asarray(res["x_fit"]),
+                                           "y": np.asarray(res["y_fit"])}),
+                        weight=np.ones_like(noisy), size=25)
+    np.testing.assert_array_equal(got["spread_model"], same["spread_model"])
+    np.testing.assert_array_equal(got["spread_model_err"], same["spread_model_err"])
+    # stars: SM ~ 0 within errors at the fitted positions
+    assert np.all(np.abs(got["spread_model"]) < 4 * got["spread_model_err"])
 
 
 # -- bad input -----------------------------------------------------------------------------

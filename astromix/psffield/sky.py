@@ -22,7 +22,8 @@ def psf_at_sky(exposures, ra, dec=None, *, kind="mixture", shape=None):
     exposures : sequence of astromix.Exposure
         Each with a WCS and a PSF.
     ra, dec : float or Quantity
-        The sky position [deg] (ICRS); or ``ra`` a SkyCoord and ``dec`` None.
+        The sky position [deg] (ICRS), scalars; or ``ra`` a scalar SkyCoord
+        and ``dec`` None.
     kind : {"mixture", "image"}, optional
         Return :class:`~astromix.GaussianMixturePSF` objects (default), or unit-sum
         images from the PSF's ``image(x, y, shape=...)`` (pixel models, PSFEx
@@ -40,8 +41,9 @@ def psf_at_sky(exposures, ra, dec=None, *, kind="mixture", shape=None):
     Raises
     ------
     InputError
-        When an exposure has no WCS or no PSF, ``kind`` is unknown, or the PSF
-        cannot draw an image.
+        When ``ra`` or ``dec`` is not a scalar (one position per call), an
+        exposure has no WCS or no PSF, ``kind`` is unknown, or the PSF cannot
+        draw an image.
 
     Examples
     --------
@@ -49,8 +51,14 @@ def psf_at_sky(exposures, ra, dec=None, *, kind="mixture", shape=None):
     >>> len(psf_at_sky([], 150.0, 2.0))
     0
     """
+    from astropy.coordinates import SkyCoord
     from astropy.table import Table
 
+    given = {"ra": ra} if isinstance(ra, SkyCoord) or dec is None else {"ra": ra, "dec": dec}
+    if any(np.shape(v) != () for v in given.values()):
+        got = ", ".join(f"{k} of shape {np.shape(v)}" for k, v in given.items())
+        raise InputError(f"psf_at_sky takes one sky position (scalar ra, dec or a scalar "
+                         f"SkyCoord), got {got}; call it once per position")
     if kind not in ("mixture", "image"):
         raise InputError(f"kind must be 'mixture' or 'image', got {kind!r}")
     rows = []

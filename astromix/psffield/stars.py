@@ -310,18 +310,26 @@ def detect_sources(image, *, weight=None, nsigma=5.0, saturation=None, npixels=5
     return table
 
 
-def read_ldac(path):
+def read_ldac(path, *, hdu=None):
     """Read a SExtractor FITS_LDAC catalog into the columns of :func:`detect_sources`.
 
     Reads the ``LDAC_OBJECTS`` extension (Bertin, SExtractor manual): positions
     ``X_IMAGE``/``Y_IMAGE`` (1-based, converted to 0-based), flux ``FLUX_AUTO``
     (else the first ``FLUX_APER``), ``FWHM_IMAGE`` [px], ``FLAGS``, S/N
     ``SNR_WIN`` (else flux over ``FLUXERR_AUTO``/``FLUXERR_APER``), ``NUMBER``.
+    SExtractor run on a multi-extension image writes one ``LDAC_IMHEAD`` +
+    ``LDAC_OBJECTS`` pair per CCD (HDU 1, 2 for the first CCD, 3, 4 for the
+    second, ...), with pixel positions in each CCD's own frame: such a file
+    is read one CCD at a time, chosen with ``hdu``.
 
     Parameters
     ----------
     path : str or path-like
         The FITS_LDAC file.
+    hdu : int, optional
+        Index of the ``LDAC_OBJECTS`` HDU to read (0 is the primary HDU;
+        negative values count from the end, as in astropy); by default the
+        file's only one.  Needed for a catalog with several (one per CCD).
 
     Returns
     -------
@@ -333,15 +341,45 @@ def read_ldac(path):
     InputError
         If the file cannot be read (missing, not FITS, truncated or damaged),
         has no ``LDAC_OBJECTS`` extension, lacks a needed column, or holds no
-        row; the message names the file.
+        row; if it holds several ``LDAC_OBJECTS`` extensions and ``hdu`` is
+        not given; or if ``hdu`` is not an integer, is out of range or is not
+        an ``LDAC_OBJECTS`` extension.  The message names the file (and
+        lists the ``LDAC_OBJECTS`` HDUs).
     """
+    import operator
+
     from astropy.io import fits
 
+    if hdu is not None:
+        try:
+            if isinstance(hdu, bool):
+                raise TypeError
+            hdu = operator.index(hdu)
+        except TypeError:
+            raise InputError(f"hdu must be an HDU index (int), got {hdu!r}") from None
     try:
         with fits.open(path) as hdul:
-            if "LDAC_OBJECTS" not in hdul:
+            objects = [i for i, h in enumerate(hdul)
+                       if str(h.header.get("EXTNAME", "")).strip().upper() == "LDAC_OBJECTS"]
+            listing = ", ".join(str(i) for i in objects)
+            if not objects:
                 raise InputError(f"{path}: no LDAC_OBJECTS extension (not a FITS_LDAC file)")
-            src = Table(hdul["LDAC_OBJECTS"].data)
+            if hdu is None:
+                if len(objects) > 1:
+                    # SExtractor on a multi-extension image: one table per CCD
+                    raise InputError(
+                        f"{path}: {len(objects)} LDAC_OBJECTS extensions (one per CCD?) at "
+                        f"HDU {listing}; choose one with hdu=<index>")
+                index = objects[0]
+            else:
+                if not -len(hdul) <= hdu < len(hdul):
+                    raise InputError(f"{path}: no HDU {hdu} (the file has HDU 0 to "
+                                     f"{len(hdul) - 1}); LDAC_OBJECTS at HDU {listing}")
+                index = hdu % len(hdul)
+                if index not in objects:
+                    raise InputError(f"{path}: HDU {hdu} is not an LDAC_OBJECTS extension; "
+                                     f"LDAC_OBJECTS at HDU {listing}")
+            src = Table(hdul[index].data)
     except InputError:
         raise
     except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
