@@ -183,3 +183,54 @@ def test_psf_field_removes_stale_rho_stats(tmp_path, capsys):
     val = Table.read(out / "validation.ecsv")
     assert len(val) == 1  # rho statistics need two reserve stars
     assert sorted(os.listdir(out)) == ["psf.psf", "stars.ecsv", "validation.ecsv"]
+
+
+def test_psf_field_multi_ccd_catalog(tmp_path, capsys, monkeypatch):
+    """A catalog of a multi-extension image holds one LDAC_OBJECTS table per CCD: without
+    --catalog-hdu it is refused in one line naming the file and the option (read_ldac had
+    read its first CCD silently); with it, that CCD's sources go on to the star selection."""
+    from astropy.io import fits
+
+    import astromix.psffield
+
+    rng = np.random.default_rng(3)
+    ccds = [(rng.uniform(0, 500, n), rng.uniform(0, 500, n)) for n in (5, 7)]
+    head = fits.Column("Field Header Card", "80A", array=["SIMPLE  =                    T"])
+    hdus = [fits.PrimaryHDU()]
+    for x, y in ccds:
+        n = len(x)
+        cols = [fits.Column("X_IMAGE", "D", array=x + 1.0),
+                fits.Column("Y_IMAGE", "D", array=y + 1.0),
+                fits.Column("FLUX_AUTO", "D", array=np.full(n, 1e4)),
+                fits.Column("FLUXERR_AUTO", "D", array=np.full(n, 1e2)),
+                fits.Column("FWHM_IMAGE", "D", array=np.full(n, 3.4)),
+                fits.Column("FLAGS", "I", array=np.zeros(n))]
+        hdus += [fits.BinTableHDU.from_columns([head], name="LDAC_IMHEAD"),
+                 fits.BinTableHDU.from_columns(cols, name="LDAC_OBJECTS")]
+    cat = tmp_path / "mef.cat"
+    fits.HDUList(hdus).writeto(cat)
+    out = tmp_path / "o"
+    status = main(["psf-field", cfht_a370(), "--catalog", str(cat), "--outdir", str(out)])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "mef.cat: 2 LDAC_OBJECTS" in err and "--catalog-hdu N" in err
+
+    class Reached(Exception):
+        pass
+
+    seen = []
+
+    def select(catalog, **kwargs):
+        seen.append(catalog)
+        raise Reached
+
+    monkeypatch.setattr(astromix.psffield, "select_stars", select)
+    with pytest.raises(Reached):
+        main(["psf-field", cfht_a370(), "--catalog", str(cat), "--catalog-hdu", "4",
+              "--outdir", str(out)])
+    np.testing.assert_allclose(seen[0]["x"], ccds[1][0], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(seen[0]["y"], ccds[1][1], rtol=0, atol=1e-9)
+    status = main(["psf-field", cfht_a370(), "--catalog-hdu", "2", "--outdir", str(out)])
+    assert status == 2
+    assert "--catalog-hdu needs --catalog" in capsys.readouterr().err

@@ -7,7 +7,8 @@
     astromix psf-field image.fits --basis mixture --n-components 4 --outdir psf_mix
 
 Sources are detected in IMAGE (:func:`astromix.psffield.detect_sources`) or
-read from a SExtractor FITS_LDAC catalog (``--catalog``); the stars are
+read from a SExtractor FITS_LDAC catalog (``--catalog``; ``--catalog-hdu``
+picks one CCD's table from a catalog of a multi-extension image); the stars are
 selected on the size-magnitude locus with a random reserve
 (:func:`astromix.psffield.select_stars`), the PSF field is fitted on the
 other stars (:func:`astromix.psffield.fit_psf_field`) and validated on the
@@ -65,6 +66,9 @@ def add_parser(subparsers):
     parser.add_argument("image", metavar="IMAGE", help="FITS image (first image HDU)")
     parser.add_argument("--weight", metavar="W", help="FITS inverse-variance map")
     parser.add_argument("--catalog", metavar="CAT", help="SExtractor FITS_LDAC catalog")
+    parser.add_argument("--catalog-hdu", type=int, metavar="N",
+                        help="HDU index of the LDAC_OBJECTS table to read from a multi-CCD "
+                             "catalog (one table per CCD; the CCD of IMAGE)")
     parser.add_argument("--degree", type=int, default=2, help="polynomial degree (default 2)")
     parser.add_argument("--size", type=int, default=25, help="PSF stamp side [px], odd "
                         "(default 25)")
@@ -186,8 +190,14 @@ def run(args):
     weight = None if args.weight is None else _read(args.weight, "weight")[0]
     if weight is not None and weight.shape != image.shape:
         raise InputError(f"weight shape {weight.shape} differs from image {image.shape}")
+    if args.catalog is None and args.catalog_hdu is not None:
+        raise InputError("--catalog-hdu needs --catalog")
     if args.catalog is not None:
-        catalog = read_ldac(args.catalog)
+        try:
+            catalog = read_ldac(args.catalog, hdu=args.catalog_hdu)
+        except InputError as exc:
+            # read_ldac's own words name its keyword; here it is the option
+            raise InputError(str(exc).replace("hdu=<index>", "--catalog-hdu N")) from None
     else:
         catalog = detect_sources(image, weight=weight, saturation=args.saturation)
     stars = select_stars(catalog, snr_range=(args.snr_min, None), reserve=args.reserve,
