@@ -618,19 +618,67 @@ def test_band_found_regardless_of_case(tmp_path, rng):
     assert_matches(read_psf_mixture(new, "f200w"), upper)
     with h5py.File(new, "r") as f:
         assert list(f) == ["F200W"]  # the library writes the name as given
-    # an exact match wins over a case-insensitive one
-    write_psf_mixture(old, "F200W", upper)
-    assert_matches(read_psf_mixture(old, "F200W"), upper)
-    assert_matches(read_psf_mixture(old, "f200w", location=1), lower)
-    # two groups that differ from the band only in case: refused, not guessed
+    # a file with two groups that differ only in case (made with h5py): an exact match
+    # wins over a case-insensitive one
     both = tmp_path / "both.h5"
     write_psf_mixture(both, "f200w", lower)
-    write_psf_mixture(both, "F200w", upper)
+    with h5py.File(new, "r") as src, h5py.File(both, "r+") as dst:
+        dst.copy(src["F200W"], "F200w")
+    assert_matches(read_psf_mixture(both, "f200w"), lower)
+    assert_matches(read_psf_mixture(both, "F200w"), upper)
+    # any other case: refused, not guessed
     with pytest.raises(InputError, match=r"only in case: 'F200w', 'f200w'") as info:
         read_psf_mixture(both, "F200W")
     assert str(both) in str(info.value)
     with pytest.raises(InputError, match="no band 'F150W'"):
         read_psf_mixture(both, "F150W")
+    # and writing into such a file is refused, even under one of the exact names
+    digest = sha256(both)
+    for band in ("F200W", "f200w"):
+        with pytest.raises(InputError, match=r"several groups .* only in case: 'F200w', "
+                                             r"'f200w'.*left unchanged"):
+            write_psf_mixture(both, band, upper)
+    assert sha256(both) == digest
+
+
+def test_writing_a_band_in_another_case_replaces_its_group(tmp_path):
+    """The writer finds the band as the readers do: "f200w" into a file holding forcepho's
+    "F200W" replaces that group under its own name (the one forcepho looks up), or with
+    overwrite=False refuses and leaves the file as it was (before: a second group
+    "f200w" was added, forcepho and read_psf_mixture(path, "F200W") kept the old PSF).
+    The other bands are not touched."""
+    path = tmp_path / "psf.h5"
+    old = GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 1.0])
+    new = GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 4.0])
+    others = {"F150W": GaussianMixture([0.6, 0.4], [[0, 0], [0, 0]], [np.eye(2), 3 * np.eye(2)]),
+              "f444w": GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 9.0])}
+    for band, mixture in others.items():
+        write_psf_mixture(path, band, mixture)
+    write_psf_mixture(path, "F200W", old, arcsec_per_pixel=0.031)  # as make_psf.py names it
+    with h5py.File(path, "r") as f:
+        before = {k: v for k, v in snapshot(f).items() if not k.startswith("F200W")}
+    digest = sha256(path)
+    with pytest.raises(InputError, match=r"already has band 'f200w' \(as 'F200W'\) and "
+                                         "overwrite=False") as info:
+        write_psf_mixture(path, "f200w", new, overwrite=False)
+    assert str(path) in str(info.value)
+    assert sha256(path) == digest
+    write_psf_mixture(path, "f200w", new)
+    with h5py.File(path, "r") as f:
+        assert sorted(f) == ["F150W", "F200W", "f444w"]
+        after = {k: v for k, v in snapshot(f).items() if not k.startswith("F200W")}
+        assert "arcsec_per_pixel" not in f["F200W"].attrs  # the group was replaced
+    assert after == before
+    for band in ("F200W", "f200w"):
+        assert_matches(read_psf_mixture(path, band), new)
+    for band, mixture in others.items():
+        assert_matches(read_psf_mixture(path, band.swapcase()), mixture)
+    # "F444W" finds "f444w" too
+    write_psf_mixture(path, "F444W", old)
+    with h5py.File(path, "r") as f:
+        assert sorted(f) == ["F150W", "F200W", "f444w"]
+    assert_matches(read_psf_mixture(path, "f444w"), old)
+    assert_matches(read_psf_mixture(path, "F150W"), others["F150W"])
 
 
 # -- amplitudes: forcepho's fitted ones, summing to the PSF flux the mixture holds ---------------

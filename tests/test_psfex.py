@@ -184,9 +184,12 @@ def test_half_pixel_sampling_against_analytic_gaussian(center):
     truth = np.exp(-((xx - dx) ** 2 + (yy - dy) ** 2) / (2 * sigma ** 2))
     truth /= truth.sum()
     assert np.abs(image - truth).max() < 5e-4 * truth.max()
-    # flux conservation without normalisation: 4 samples per image pixel
+    # without normalisation: PSFEx's values are per image pixel, so the image samples
+    # the unit-peak Gaussian of the basis as it is (its sum is the grid's / 4)
     raw = psf.image(10.0, 10.0, normalize=False, center=center)
-    assert raw.sum() == pytest.approx(psf.grid(10.0, 10.0).sum() * 1.0, rel=1e-3)
+    peak_truth = np.exp(-((xx - dx) ** 2 + (yy - dy) ** 2) / (2 * sigma ** 2))
+    assert np.abs(raw - peak_truth).max() < 5e-4
+    assert raw.sum() == pytest.approx(2 * np.pi * sigma ** 2, rel=1e-3)
 
 
 def test_half_pixel_sampling_mixture_is_in_image_pixels():
@@ -206,6 +209,40 @@ def test_half_pixel_sampling_mixture_is_in_image_pixels():
     truth = psf.image(10.0, 10.0)
     assert np.abs(rendered - truth).max() < 1e-3 * truth.max()
     assert mix.fit_info["image_max_residual_over_peak"] < 1e-3
+
+
+#: A model written by PSFEx 3.21.1 itself, PSF_SAMP = 0.5 (see tests/data/README.rst).
+REAL_PSFEX = os.path.join(os.path.dirname(__file__), "data", "psfex_3.21.1_moffat_samp0.5.psf")
+
+
+def _real_psfex_truth(x, y, n):
+    """The unit-flux GalSim Moffat the PSFEx file was fitted to, at 0-based (x, y), drawn on
+    n x n image pixels (pixel response included), centred on the central pixel."""
+    galsim = pytest.importorskip("galsim")
+    X, Y = x + 1, y + 1  # the field's 1-based positions
+    profile = galsim.Moffat(beta=3.0, fwhm=2.2 + 0.6 * X / 1000).shear(
+        g1=0.05 * (Y / 1000 - 0.5), g2=0.02)
+    return profile.drawImage(nx=n, ny=n, scale=1.0).array
+
+
+@pytest.mark.parametrize("x, y", [(199.0, 299.0), (799.0, 699.0), (99.0, 899.0)])
+def test_real_psfex_file_with_half_pixel_sampling(x, y):
+    """PSFEx normalises PSF_MASK per image pixel (sum * PSF_SAMP^2 ~ 1), not to unit sum:
+    the raw image of its own file is the stars' unit-flux PSF, here compared with the
+    injected GalSim Moffat without any normalisation (before: 3.9 times too bright)."""
+    psf = read_psfex(REAL_PSFEX)
+    assert psf.psf_samp == 0.5 and psf.shape == (25, 25) and psf.image_shape == (13, 13)
+    assert psf.meta["ACCEPTED"] == 227
+    truth = _real_psfex_truth(x, y, 13)  # 0.986-0.992 of the flux on 13 x 13 px
+    raw = psf.image(x, y, normalize=False)
+    # measured: sums 0.981-0.988; max|raw - truth| 2.5-4.9% of the peak (PSFEx's own fit)
+    assert raw.sum() == pytest.approx(truth.sum(), abs=0.02)
+    assert np.abs(raw - truth).max() < 0.07 * truth.max()
+    assert psf.grid(x, y).sum() * psf.psf_samp ** 2 == pytest.approx(1.0, abs=0.03)
+    # the normalised paths: unit sum, the same shape
+    image = psf.image(x, y)
+    assert image.sum() == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(image, raw / raw.sum(), rtol=1e-12, atol=1e-15)
 
 
 def test_coarse_sampling():
@@ -411,6 +448,36 @@ def test_bad_constant_psf_files(models, tmp_path, psfnaxis, extra, match):
 
 
 # -- bad input ------------------------------------------------------------------------------
+def test_tdim_disagreeing_with_psfaxis_is_refused(tmp_path):
+    """PSFAXIS1/2 swapped against the column's TDIM: the layout is unknown, so the file is
+    refused, as GalSim's DES_PSFEx refuses it (before: silently reshaped, the basis
+    scrambled: 76% of the peak off a centred Gaussian); a flat column without TDIM is laid
+    out by PSFAXIS1/2/3."""
+    ny, nx = 21, 25  # not square
+    gauss = np.exp(-((np.arange(nx) - nx // 2) ** 2 + (np.arange(ny)[:, None] - ny // 2) ** 2)
+                   / (2 * 2.0 ** 2))
+    good = write_psfex(tmp_path / "good.psf", PSFExModel(gauss[None], (50, 50), (100, 100), 0))
+    with fits.open(good) as hdul:
+        assert hdul[1].header["TDIM1"] == "(25, 21, 1)"
+        hdul[1].header["PSFAXIS1"], hdul[1].header["PSFAXIS2"] = ny, nx
+        hdul.writeto(tmp_path / "bad_axes.psf")
+    with pytest.raises(InputError, match=r"TDIM = \(25, 21, 1\).*PSFAXIS1/2/3 = 21, 25, 1") \
+            as info:
+        read_psfex(tmp_path / "bad_axes.psf")
+    assert "bad_axes.psf" in str(info.value)
+    # the same data in a flat column (no TDIM): PSFAXIS1/2/3 = (nx, ny, nterms) lay it out
+    with fits.open(good) as hdul:
+        header = hdul[1].header.copy()
+        col = fits.Column(name="PSF_MASK", format=f"{nx * ny}E",
+                          array=gauss.astype(np.float32).reshape(1, -1))
+        flat = fits.BinTableHDU.from_columns([col], header=header, name="PSF_DATA")
+        assert "TDIM1" not in flat.header and flat.header["PSFAXIS1"] == nx
+        fits.HDUList([fits.PrimaryHDU(), flat]).writeto(tmp_path / "flat.psf")
+    back = read_psfex(tmp_path / "flat.psf")
+    assert back.shape == (ny, nx)
+    np.testing.assert_allclose(back.basis[0], gauss, rtol=1e-6)
+
+
 def _standard_file(tmp_path, models, name="std.psf", **changes):
     path = write_psfex(tmp_path / name, models[0])
     with fits.open(path) as hdul:

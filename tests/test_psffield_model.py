@@ -190,13 +190,15 @@ def test_oversampled_fit_of_undersampled_stars(under_field):
 
 def test_oversampled_flux_and_centre(under_field):
     fine = under_field[0][2]
-    assert fine.basis[0].sum() == pytest.approx(1.0, abs=1e-6)  # PSFEx's normalisation
+    assert fine.basis[0].sum() == pytest.approx(1.0, abs=1e-6)  # unit sum over the nodes
     np.testing.assert_allclose(fine.basis[1:].sum(axis=(1, 2)), 0.0, atol=1e-6)
+    # PSFEx's PSF_MASK is per image pixel: 4 times the nodes' basis at PSF_SAMP = 0.5
+    np.testing.assert_array_equal(fine.to_psfex().basis, 4.0 * fine.basis)
     for x, y in UNDER_HELD:
         img = fine.image(x, y)
         assert img.shape == (25, 25) and img.sum() == pytest.approx(1.0)
         assert fine.grid(x, y).sum() == pytest.approx(1.0)
-        # the nodes carry 1/4 of an image pixel's flux: the raw image sums to ~1 too
+        # PSFEx's normalisation: the raw image of the exported model sums to ~1 too
         raw = fine.to_psfex().image(x, y, normalize=False)
         assert raw.sum() == pytest.approx(1.0, abs=0.03)
         yy, xx = np.mgrid[:25, :25] - 12.0
@@ -217,6 +219,31 @@ def test_oversampled_psfex_round_trip(under_field, tmp_path):
     mix = fine.mixture(250.0, 250.0, n_components=3)
     assert sum(mix.mixture.amp) == pytest.approx(1.0)
     assert mix.fit_info["oversampling"] == 2.0
+
+
+def test_oversampled_psfex_file_in_psfex_normalisation(under_field, tmp_path):
+    """PSFEx (and SExtractor's PSF photometry) take PSF_MASK per image pixel: sum *
+    PSF_SAMP^2 = 1.  The written file, read by GalSim's DES_PSFEx (an independent reader),
+    holds the injected PSF (GalSim Moffat convolved with the pixel) as a surface
+    brightness per image pixel sampled every 0.5 px (before: 4 times too faint, and
+    SExtractor's FLUX_PSF 4.1 times FLUX_AUTO with it)."""
+    import galsim.des
+
+    fine = under_field[0][2]
+    path = write_psfex(tmp_path / "fine.psf", fine.to_psfex())
+    reader = galsim.des.DES_PSFEx(path)
+    assert reader.getSampleScale() == 0.5
+    for x, y in UNDER_HELD:
+        grid = reader.getPSFArray(galsim.PositionD(x + 1, y + 1))
+        assert grid.shape == (51, 51)
+        assert grid.sum() * 0.5 ** 2 == pytest.approx(1.0, abs=1e-3)
+        truth = galsim.Convolve(_under_profile(x, y), galsim.Pixel(1.0)).drawImage(
+            nx=51, ny=51, scale=0.5, method="sb").array
+        assert np.abs(grid - truth).max() < 0.03 * truth.max()  # measured 1.3-1.9%
+        # GalSim taking the values as surface brightness: flux ~1 at the image scale
+        drawn = galsim.InterpolatedImage(galsim.Image(grid, scale=0.5), normalization="sb")
+        flux = drawn.drawImage(nx=25, ny=25, scale=1.0, method="no_pixel").array.sum()
+        assert flux == pytest.approx(1.0, abs=0.02)  # measured 0.985-0.991 on 25 x 25 px
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True, np.nan])

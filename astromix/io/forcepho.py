@@ -10,7 +10,7 @@ Layout
 One group per band, named as the band (e.g. ``"F200W"``; forcepho's
 ``make_psf.py`` and ``astromix psf-mixture`` write it in upper case, and
 forcepho looks it up so; the readers here fall back to a match regardless of
-case)::
+case, and the writer replaces the group so found, keeping its name)::
 
     /<band>                      group
         attrs["n_psf_per_source"]  int32 scalar = nradii * ngauss
@@ -121,9 +121,12 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
         target rewritten.
     band : str
         Band (filter) name, the group name, e.g. ``"F200W"``; no ``"/"``.
-        Written exactly as given; forcepho looks bands up in upper case (its
-        ``make_psf.py`` writes ``band.upper()``, as ``astromix psf-mixture``
-        does).
+        A new band is written exactly as given; forcepho looks bands up in
+        upper case (its ``make_psf.py`` writes ``band.upper()``, as
+        ``astromix psf-mixture`` does).  An existing band is found as
+        :func:`read_psf_mixture` finds it: the group of exactly that name,
+        else the only group whose name matches it regardless of case (e.g.
+        ``"f200w"`` finds ``F200W``), which is replaced under its own name.
     psf : GaussianMixture, object with a ``.mixture`` GaussianMixture, or sequence of them
         The PSF in science-image pixels, centres relative to the PSF centre
         [px], covariances [px^2]; e.g. a :class:`~astromix.GaussianMixturePSF`
@@ -139,8 +142,9 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
         Number of Sersic-mixture radii the PSF is replicated into (forcepho's
         Sersic mixtures have 9; its GPU kernel allows at most 10).
     overwrite : bool, optional
-        Replace an existing group of the same band (default).  If false and
-        the band exists, `InputError` is raised and the file is not touched.
+        Replace the existing group of the band (default).  If false and the
+        band exists (in any case), `InputError` is raised and the file is
+        not touched.
     arcsec_per_pixel : float or Quantity, optional
         Pixel scale of the science image [arcsec / px], stored as the group
         attribute ``arcsec_per_pixel``.  A Quantity in angle or angle/pixel
@@ -173,8 +177,11 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
         rounded to float32; if ``path`` exists but is not an HDF5 file or its
         internal structure is damaged (h5py's RuntimeError, ValueError,
         KeyError, TypeError or OSError without errno, found before or while
-        writing; the file is left unchanged); or if the band exists and
-        ``overwrite`` is false (the message names the file and the band).
+        writing; the file is left unchanged); if the band exists (matched
+        regardless of case) and ``overwrite`` is false (the message names the
+        file and the band); or if the file has several groups whose names
+        differ from ``band`` only in case (the message lists them; the file
+        is left unchanged).
     ImportError
         If h5py is not installed.
     OSError
@@ -227,17 +234,24 @@ def write_psf_mixture(path, band, psf, *, locations=None, n_sersic_bins=9, overw
             raise InputError(f"{shown} exists and is not a regular file")
         try:
             with h5py.File(path, "r") as f:
-                present = band in f
                 list(f)  # reads the root group: damaged metadata fails here, not mid-write
+                existing = _existing_band(f, shown, band)
+        except InputError:
+            raise
         except OSError as exc:
             raise InputError(f"{shown} exists but is not a readable HDF5 file ({exc}); "
                              "refusing to replace it") from None
         except _H5_ERRORS as exc:
             raise InputError(f"{shown}, band {band!r}: the HDF5 file is damaged "
                              f"({type(exc).__name__}: {exc}); refusing to write into it") from None
-        if present and not overwrite:
-            raise InputError(f"{shown} already has band {band!r} and overwrite=False; "
-                             "the file was left unchanged")
+        if existing is not None:
+            if not overwrite:
+                same = "" if existing == band else f" (as {existing!r})"
+                raise InputError(f"{shown} already has band {band!r}{same} and "
+                                 "overwrite=False; the file was left unchanged")
+            if existing != band:
+                log.debug("%s: band %r replaces group %r", shown, band, existing)
+            band = existing  # the name forcepho (and the file's other users) look up
 
     with atomic_path(path, copy_existing=exists) as tmp:
         # h5py's errors on the file's structure (not those of _fill_group) mean damage
@@ -268,6 +282,22 @@ def _fill_group(group, params, locations, scale):
         group.create_dataset("detector_locations", data=np.ascontiguousarray(locations.T))
     if scale is not None:
         group.attrs["arcsec_per_pixel"] = np.float64(scale)
+
+
+def _existing_band(f, path, band):
+    """The name of the object of ``f`` that holds ``band``, by :func:`_band_group`'s rule
+    (the exact name, else the only group whose name matches it regardless of case), or
+    None.  InputError if several groups' names differ from ``band`` only in case."""
+    h5py = _import_h5py()
+    same = sorted(k for k in f if k.upper() == band.upper() and isinstance(f.get(k), h5py.Group))
+    if len(same) > 1:
+        raise InputError(f"{path} has several groups that differ from band {band!r} only in "
+                         f"case: {', '.join(repr(g) for g in same)}; forcepho would read one "
+                         "and astromix another: remove all but one (e.g. with h5py) before "
+                         "writing; the file was left unchanged")
+    if band in f:
+        return band
+    return same[0] if same else None
 
 
 def _check_band(band):

@@ -21,6 +21,19 @@ image pixels; the PSF centre is grid pixel ``(nx // 2, ny // 2)``.  The model
 is an *effective* PSF: it already includes the pixel response, so an image of
 it is obtained by sampling it (not integrating it) at pixel centres.
 
+**Normalisation.**  The basis values are the PSF *per image pixel* (a surface
+brightness in units of an image pixel's area), whatever ``PSF_SAMP``: PSFEx
+normalises ``PSF_MASK`` so that ``sum(PSF_MASK[0]) * PSF_SAMP**2`` is about 1
+(0.98-1.05 measured on files written by PSFEx 3.21.1 at ``PSF_SAMP`` 0.5 and
+1: PSFEx scales its stars by their ``PHOTFLUX_KEY`` aperture flux, so a model
+wider than that aperture sums to a little more), and SExtractor's PSF
+photometry relies on it.  So the grid sampled at image pixel
+centres (:meth:`PSFExModel.image` with ``normalize=False``) sums to about 1 at
+any ``PSF_SAMP``, and a grid sampled twice per image pixel sums to about 4.
+:func:`write_psfex` writes the basis as it is: build a :class:`PSFExModel`
+with this normalisation (as :meth:`astromix.psffield.PSFFieldModel.to_psfex`
+does) for SExtractor to measure the right fluxes.
+
 **Positions.**  astromix uses 0-based pixel centres (astropy); PSFEx's
 ``X_IMAGE``/``Y_IMAGE`` are 1-based FITS pixels, so every method here takes
 0-based ``x, y`` and evaluates the polynomial at ``X = x + 1, Y = y + 1``.
@@ -145,6 +158,10 @@ class PSFExModel:
         The basis images (PSFEx ``PSF_MASK``), sampled every ``psf_samp``
         image pixels, PSF centre at grid pixel ``(nx // 2, ny // 2)``;
         ``nterms = (degree + 1) (degree + 2) / 2``.  Stored as float64.
+        PSFEx's normalisation: values per image pixel [flux / image px^2],
+        so a unit-flux PSF has ``basis[0].sum() * psf_samp**2 ~= 1`` (see
+        :mod:`astromix.io.psfex`; only :meth:`image` with ``normalize=False``
+        and :meth:`grid` depend on it).
     polzero, polscal : array-like, shape (2,)
         ``(POLZERO1, POLZERO2)`` and ``(POLSCAL1, POLSCAL2)``: offsets and
         scales of the reduced coordinates, in 1-based image pixels (FITS
@@ -364,7 +381,8 @@ class PSFExModel:
         x, y : float
             0-based pixel position in the image.
         normalize : bool, optional
-            Divide by the sum (default False: PSFEx's own normalisation).
+            Divide by the sum (default False: PSFEx's own normalisation, per
+            image pixel, so the sum is about ``1 / psf_samp**2``).
 
         Returns
         -------
@@ -402,9 +420,10 @@ class PSFExModel:
             margin beyond the model is zero.
         normalize : bool, optional
             Scale to unit sum (default).  Otherwise the values are PSFEx's,
-            times ``1 / psf_samp**2`` (flux conservation: a basis sampled
-            every ``psf_samp`` image pixels has ``1 / psf_samp**2`` samples
-            per image pixel).
+            which are per image pixel at any ``psf_samp``: the image sums to
+            the PSF's flux in PSFEx's normalisation (about 1 for files written
+            by PSFEx or by :meth:`astromix.psffield.PSFFieldModel.to_psfex`,
+            less what falls outside ``shape``).
         center : tuple of float, optional
             ``(dx, dy)`` [image px]: put the PSF centre at
             ``(nx // 2 + dx, ny // 2 + dy)`` instead.
@@ -463,9 +482,9 @@ class PSFExModel:
             v = gy + (np.arange(ny) - jc - dy) / self.psf_samp
             u = gx + (np.arange(nx) - ic - dx) / self.psf_samp
             vv, uu = np.meshgrid(v, u, indexing="ij")
+            # PSFEx's values are per image pixel: sampled, not rescaled
             out = ndimage.map_coordinates(grid, [vv, uu], order=3, mode="grid-constant",
                                           cval=0.0, prefilter=True)
-            out /= self.psf_samp ** 2
         if normalize:
             total = out.sum()
             if not total > 0:
@@ -695,12 +714,14 @@ def read_psfex(path, *, ccdname=None, row=None, hdu=None):
     InputError
         Naming the file and the problem: missing or unreadable file, no
         ``PSF_MASK`` table, missing keyword/column, ``PSF_MASK`` of the wrong
-        shape, a polynomial other than one group of degree d in
-        ``X*_IMAGE``/``Y*_IMAGE`` (``POLNAXIS = 2``, ``POLNGRP = 1``,
-        ``POLGRP1 = POLGRP2 = 1``) or none (``POLNAXIS = 0``: a constant PSF,
-        read as degree 0), ``PSFNAXIS`` other than 3 (or 2 for a constant
-        PSF), bad values
-        (non-finite, ``POLSCAL = 0``, ``PSF_SAMP <= 0``), an ambiguous
+        shape (its ``TDIM``, or its length without one, not matching
+        ``PSFAXIS1/2/3``: ``TDIM = (PSFAXIS1, PSFAXIS2, PSFAXIS3)``, or
+        ``(PSFAXIS1, PSFAXIS2)`` for a constant PSF), a polynomial other
+        than one group of degree d in ``X*_IMAGE``/``Y*_IMAGE``
+        (``POLNAXIS = 2``, ``POLNGRP = 1``, ``POLGRP1 = POLGRP2 = 1``) or none
+        (``POLNAXIS = 0``: a constant PSF, read as degree 0), ``PSFNAXIS``
+        other than 3 (or 2 for a constant PSF), bad values (non-finite,
+        ``POLSCAL = 0``, ``PSF_SAMP <= 0``), an ambiguous
         or unknown row (the message lists the available ones), or, without
         ``hdu``, several extensions holding a model (the message lists them).
 
@@ -745,6 +766,7 @@ def read_psfex(path, *, ccdname=None, row=None, hdu=None):
                 if col.ndim == 1:  # scalar columns (strings included)
                     values[upper] = _python(col[index])
             mask = np.array(data.field(columns["PSF_MASK"])[index], dtype=np.float64)
+            tdim = table_hdu.columns[columns["PSF_MASK"]].dim
     except InputError:
         raise
     except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
@@ -824,12 +846,18 @@ def read_psfex(path, *, ccdname=None, row=None, hdu=None):
         raise _fail(path, f"PSFAXIS3 = {axes[2]} but a degree-{degree} polynomial has "
                           f"{nterms} terms")
     expected = (axes[2], axes[1], axes[0])
+    if mask.ndim == 1 and mask.size == axes[0] * axes[1] * axes[2]:
+        # a flat column (no TDIM): PSFAXIS1/2/3 give its layout
+        mask = mask.reshape(expected)
+    elif mask.ndim == 2 and axes[2] == 1 and mask.shape == expected[1:]:
+        # a constant PSF stored as one image (TDIM = (nx, ny))
+        mask = mask[None]
     if mask.shape != expected:
-        if mask.size == axes[0] * axes[1] * axes[2]:
-            mask = mask.reshape(expected)
-        else:
-            raise _fail(path, f"PSF_MASK has shape {mask.shape}, expected {expected} "
-                              "from PSFAXIS1/2/3")
+        # with a TDIM that disagrees with PSFAXIS1/2/3 the layout is unknown: reshaping
+        # would scramble the basis images
+        where = f"TDIM = {tdim}" if tdim else "no TDIM"
+        raise _fail(path, f"PSF_MASK has shape {mask.shape} ({where}), expected {expected} "
+                          f"from PSFAXIS1/2/3 = {axes[0]}, {axes[1]}, {axes[2]}")
     if not np.all(np.isfinite(mask)):
         raise _fail(path, "PSF_MASK has non-finite values")
     psf_samp = get_float("PSF_SAMP")

@@ -89,10 +89,12 @@ pixels, which are never resampled:
   :meth:`astromix.io.psfex.PSFExModel.image` computes when ``PSF_SAMP != 1``
   (:func:`scipy.ndimage.map_coordinates`, ``order=3``): a star pixel at offset
   ``(u, v)`` [image px] from the star's centre is
-  ``flux N^2 sum_k c_k(x, y) spline(B_k)(N u, N v)``.  The factor ``N^2`` is
-  :class:`~astromix.io.psfex.PSFExModel`'s convention (a node carries ``1/N^2``
-  of an image pixel's flux), so ``B_0`` sums to 1 over the nodes, as with
-  ``N = 1``, and :meth:`PSFFieldModel.image` is the image-pixel PSF.
+  ``flux N^2 sum_k c_k(x, y) spline(B_k)(N u, N v)``: ``B_0`` sums to 1 over
+  the nodes, as with ``N = 1`` (a node carries ``1/N^2`` of an image pixel's
+  flux), and :meth:`PSFFieldModel.image` is the image-pixel PSF.  PSFEx's
+  ``PSF_MASK`` holds the PSF per image pixel instead (``sum * PSF_SAMP^2 =
+  1``), so :meth:`PSFFieldModel.to_psfex` writes ``N^2 B_k``, as PSFEx and
+  SExtractor expect.
 * The unknowns are the spline's B-spline coefficients (each star pixel depends
   on 4 x 4 of them, so the normal matrix is sparse: pairs of nodes at most 3
   apart); the node values follow from them by the ``[1, 4, 1]/6`` filter.
@@ -183,7 +185,9 @@ class PSFFieldModel:
     Parameters
     ----------
     basis, polzero, polscal, degree
-        As :class:`~astromix.io.psfex.PSFExModel`'s.
+        As :class:`~astromix.io.psfex.PSFExModel`'s, except that ``basis`` is
+        normalised over the nodes (see :attr:`basis`): PSFEx's ``PSF_MASK``
+        divided by ``oversampling**2``.
     stars, fit_info : optional
         See the attributes.
     oversampling : int, optional
@@ -193,12 +197,14 @@ class PSFFieldModel:
     Attributes
     ----------
     basis : ndarray, shape (nterms, n, n)
-        The basis images ``B_k`` (PSFEx ``PSF_MASK``), ``n = size`` for
-        ``oversampling = 1``, else ``size * oversampling`` rounded up to odd
-        (nodes every ``1 / oversampling`` image pixels); PSF centre at node
-        ``(n // 2, n // 2)``; ``B_0`` has unit sum, the others zero sum (PSFEx's
-        normalisation: :meth:`image` multiplies the interpolated nodes by
-        ``oversampling**2``).
+        The basis images ``B_k``, ``n = size`` for ``oversampling = 1``, else
+        ``size * oversampling`` rounded up to odd (nodes every
+        ``1 / oversampling`` image pixels); PSF centre at node
+        ``(n // 2, n // 2)``; ``B_0`` has unit sum over the nodes, the others
+        zero sum (:meth:`image` multiplies the interpolated nodes by
+        ``oversampling**2``).  PSFEx's ``PSF_MASK`` (:meth:`to_psfex`) is
+        ``oversampling**2 * basis``: PSFEx normalises the PSF per image
+        pixel.
     polzero, polscal : ndarray, shape (2,)
         PSFEx's POLZERO1/2 and POLSCAL1/2 (1-based image pixels).
     degree : int
@@ -236,14 +242,19 @@ class PSFFieldModel:
                 or not isinstance(oversampling, numbers.Integral) or oversampling < 1):
             raise InputError(f"oversampling must be an integer >= 1, got {oversampling!r}")
         self._oversampling = int(oversampling)
-        self._psfex = PSFExModel(basis, polzero, polscal, degree,
-                                 psf_samp=1.0 / self._oversampling)
+        # the PSFEx form: PSF_MASK per image pixel, oversampling**2 times the nodes' basis
+        psfex = PSFExModel(basis, polzero, polscal, degree, psf_samp=1.0 / self._oversampling)
+        self._basis = psfex.basis
+        if self._oversampling > 1:
+            psfex = PSFExModel(self._basis * float(self._oversampling ** 2), polzero, polscal,
+                               degree, psf_samp=1.0 / self._oversampling)
+        self._psfex = psfex
         self.stars = stars
         self.fit_info = dict(fit_info or {})
 
     @property
     def basis(self):
-        return self._psfex.basis
+        return self._basis
 
     @property
     def polzero(self):
@@ -401,7 +412,10 @@ class PSFFieldModel:
         Returns
         -------
         astromix.io.psfex.PSFExModel
-            A new model with the same ``basis``, ``polzero``, ``polscal`` and
+            A new model with basis ``oversampling**2 * basis`` (PSFEx's
+            normalisation, the PSF per image pixel: ``basis[0].sum() *
+            psf_samp**2 = 1``, so SExtractor's ``FLUX_PSF`` with the written
+            file is the star's flux), the same ``polzero``, ``polscal`` and
             ``degree``, ``psf_samp = 1 / oversampling`` and that ``meta`` (the
             keys only when :attr:`fit_info` has the counts and a dof).
         """
@@ -412,7 +426,7 @@ class PSFFieldModel:
             meta["ACCEPTED"] = int(info["n_used"])
         if info.get("dof"):
             meta["CHI2"] = float(info["chi2"] / info["dof"])
-        return PSFExModel(self.basis, self.polzero, self.polscal, self.degree,
+        return PSFExModel(self._psfex.basis, self.polzero, self.polscal, self.degree,
                           psf_samp=self.psf_samp, meta=meta)
 
 
@@ -675,6 +689,7 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
             else:
                 basis = fine.solve(stamps, weff, flux, dx, dy, idx, coeffs, basis[0])
             basis = _constrain(basis * fine.disk, fine.grid_x, fine.grid_y) * fine.disk
+            # only its grid() is used (the node values; fine.renderer applies N^2)
             psfex = PSFExModel(basis, polzero, polscal, degree, psf_samp=1.0 / oversampling)
         else:
             # resample the used stars onto the PSF grid
@@ -1184,8 +1199,8 @@ class _FineGrid:
         """``render(dx, dy)``: the model stamp with its centre at (dx, dy) from the central pixel.
 
         Unit flux (``os^2`` times the spline of the node values), the same
-        values as :meth:`PSFExModel.image` with ``center=(dx, dy)`` and
-        ``normalize=False`` on the stamp.
+        values as :meth:`PSFFieldModel.to_psfex` ``.image`` with
+        ``center=(dx, dy)`` and ``normalize=False`` on the stamp.
         """
         from scipy import ndimage
 
