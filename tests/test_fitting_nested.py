@@ -403,3 +403,77 @@ def test_dynesty_names_are_accepted(const_data):
     fitter = DynestyFitter(nlive=30, bound="single", sample="unif", dlogz=1, rng=1)
     fitter(models.Const2D(), x, y, z, weights=1 / sigma, priors={"amplitude": (0, 6)})
     assert fitter.fit_info["mean"]["amplitude"] == pytest.approx(z.mean(), abs=0.3)
+
+
+def test_list_prior_of_quantities_like_a_tuple(mjy_data):
+    x, y, z, sigma = mjy_data
+    samples = []
+    for prior in [(0 * u.Jy, 0.2 * u.Jy), [0 * u.Jy, 0.2 * u.Jy], [0, 200] * u.mJy, (0, 200)]:
+        fitter = DynestyFitter(nlive=40, rng=4, dlogz=0.5)
+        fitter(models.Const2D(0.08 * u.Jy), x, y, z, weights=1 / sigma,
+               priors={"amplitude": prior})
+        samples.append(fitter.fit_info["samples"])
+        assert abs(fitter.fit_info["mean"]["amplitude"] - z.value.mean()) < 0.3
+    for other in samples[1:]:           # (0, 200) mJy in every form: the same run
+        np.testing.assert_allclose(other, samples[0], rtol=1e-12)
+
+
+class TestScenePriors:
+    """A scene's priors as Quantities: converted to the units it is sampled in."""
+
+    @staticmethod
+    def scene_and_exposure(zeropoint=22.5):
+        from astropy.wcs import WCS
+
+        from astromix import Exposure, SceneModel
+        from astromix.models.scene import SersicSource
+
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval, w.wcs.crpix = [150.0, 2.0], [12.5, 12.5]
+        w.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+        psf = GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 2.0])
+        truth = SceneModel([SersicSource(150.0, 2.0, 300.0, r_eff=0.6, n=1.5, ellip=0.3,
+                                         theta=1.0)], zeropoint=zeropoint)
+        kw = {"wcs": w, "psf": psf, "band": "r", "zeropoint": zeropoint}
+        blank = Exposure(np.zeros((24, 24)), **kw)
+        rng = np.random.default_rng(0)
+        exposure = Exposure(truth.render(blank) + rng.normal(0, 0.5, (24, 24)),
+                            uncertainty=np.full((24, 24), 0.5), **kw)
+        start = truth.copy()
+        for name in ("n_0", "ellip_0", "theta_0", "ra_0", "dec_0"):
+            getattr(start, name).fixed = True
+        return start, exposure
+
+    @staticmethod
+    def run(scene, exposure, priors):
+        fitter = DynestyFitter(nlive=20, rng=1, dlogz=1.0)
+        fitter(scene, [exposure], priors=priors, background=None)
+        return fitter.fit_info
+
+    def test_quantity_priors_give_the_bare_number_run(self):
+        scene, exposure = self.scene_and_exposure()
+        ref = self.run(scene, exposure, {"r_eff_0": (0.1, 2.0), "flux_0": (100.0, 1000.0)})
+        assert ref["param_names"] == ["flux_0", "r_eff_0"]
+        for name, value in (("r_eff_0", 0.6), ("flux_0", 300.0)):      # the injected values
+            assert abs(ref["mean"][name] - value) < 4 * ref["std"][name]
+        # the same uniform prior on (0.1, 2) arcsec, in other forms: the same run
+        for prior in [(0.1 * u.arcsec, 2.0 * u.arcsec), [100 * u.mas, 2000 * u.mas],
+                      [100, 2000] * u.mas, lambda q: (0.1 + q * 1.9) * u.arcsec]:
+            info = self.run(scene, exposure, {"r_eff_0": prior, "flux_0": (100.0, 1000.0)})
+            np.testing.assert_allclose(info["samples"], ref["samples"], rtol=1e-12)
+        # zero point 22.5: one catalog unit is AB mag 22.5, so AB mags 17.5 and 15 are 100
+        # and 1000 catalog units (in either order)
+        for prior in [(17.5 * u.ABmag, 15.0 * u.ABmag), (15.0 * u.ABmag, 17.5 * u.ABmag)]:
+            info = self.run(scene, exposure, {"r_eff_0": (0.1, 2.0), "flux_0": prior})
+            np.testing.assert_allclose(info["samples"], ref["samples"], rtol=1e-9)
+
+    def test_unconvertible_priors_are_refused_up_front(self, capsys):
+        scene, exposure = self.scene_and_exposure()
+        for prior in [(0.1 * u.m, 2 * u.m), lambda q: q * u.m]:
+            with pytest.raises(InputError, match="prior of 'r_eff_0'.*arcsec"):
+                self.run(scene, exposure, {"r_eff_0": prior, "flux_0": (100, 500)})
+        assert "Traceback" not in capsys.readouterr().err     # refused before dynesty ran
+        scene, exposure = self.scene_and_exposure(zeropoint=None)
+        with pytest.raises(InputError, match="prior of 'flux_0'.*zero point"):
+            self.run(scene, exposure, {"r_eff_0": (0.1, 2.0), "flux_0": (1 * u.uJy, 2 * u.uJy)})

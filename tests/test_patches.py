@@ -402,3 +402,84 @@ def test_shape_at_bound_is_retried(field, monkeypatch):
                               executor="serial", progress=False, relinearize=None,
                               retry=False)
     assert not fitted.fit_info["patches"]["retried"].any()
+
+
+def _simple_wcs(ra, dec, crpix, scale):
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix = [ra, dec], crpix
+    w.wcs.cdelt = [-scale / 3600, scale / 3600]
+    return w
+
+
+def test_extended_neighbour_at_small_pixel_scale_is_fixed():
+    # 0.03 arcsec/px (JWST/NIRCam): a galaxy of r_eff 1 arcsec (33 px) 3.9 arcsec from the
+    # patch's active source shines on the patch's pixels; it must be a fixed neighbour
+    # (its margin is 4.5 r_eff / pscale + 9 px), or the active flux absorbs its light
+    scale, shape = 0.03, (260, 320)
+    w = _simple_wcs(RA, DEC, [280.5, 130.5], scale)
+    psf = GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 4.0])
+    cosd = math.cos(math.radians(DEC))
+    truth = SceneModel([
+        SersicSource(RA + 0.3 / 3600 / cosd, DEC, 200.0, r_eff=0.3, n=1.0, name="A"),
+        SersicSource(RA + 4.2 / 3600 / cosd, DEC, 5000.0, r_eff=1.0, n=1.0, name="G")])
+    rng = np.random.default_rng(0)
+    blank = Exposure(np.zeros(shape), wcs=w, psf=psf, band="r")
+    img = truth.render(blank) + rng.normal(0, 0.01, shape)
+    exposure = Exposure(img, uncertainty=np.full(shape, 0.01), wcs=w, psf=psf, band="r")
+    patches = make_patches(truth, [exposure], patch_size=3, border=1, halo=1.5)
+    assert patches[0].active.tolist() == [0] and patches[0].fixed.tolist() == [1]
+    # G's light reaches the patch's fitted pixels (SceneModel.placements places it there)
+    cut = patches[0].exposures[0]
+    assert SceneModel([truth.sources[1]]).render(cut)[~cut.mask].max() > 10 * 0.01
+    start = truth.copy()
+    for i in range(2):
+        for name in ("n", "ellip", "theta", "r_eff"):
+            getattr(start, f"{name}_{i}").fixed = True
+    _, cat_p = fit_patches(start, [exposure], patch_size=3, border=1, halo=1.5,
+                           executor="serial", progress=False, background=None)
+    _, cat_w = fit_scene(start, [exposure], progress=False, background=None)
+    assert abs(cat_p["flux"][0] - cat_w["flux"][0]) < cat_w["flux_err"][0]
+    assert abs(cat_p["flux"][0] - 200.0) < 4 * cat_w["flux_err"][0]
+
+
+def test_field_straddling_ra_zero():
+    # the make_patches docstring example (at ra = 150) moved to ra = 0: the same patches,
+    # with the default reference as with an explicit one
+    psf = GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 2.0])
+    expected = [([0], [4]), ([2], [4]), ([1], [4]), ([3, 4], [])]
+    for ra0 in (150.0, 0.0):
+        w = _simple_wcs(ra0, 2.0, [100.5, 100.5], 0.2)
+        exposure = Exposure(np.zeros((200, 200)), wcs=w, psf=psf, band="r")
+        stars = [StarSource((ra0 + dx / 3600) % 360, 2.0 + dy / 3600, 10.0)
+                 for dx, dy in [(-10, -10), (-8, 10), (10, -10), (10, 10), (1, 1)]]
+        for reference in ((ra0, 2.0), None):
+            patches = make_patches(SceneModel(stars), [exposure], patch_size=15, border=3,
+                                   reference=reference)
+            assert [(p.active.tolist(), p.fixed.tolist()) for p in patches] == expected
+        # the default tangent point: the middle of the stars' box, (ra0, 2) + (0, 0) arcsec
+        ref_ra, ref_dec = patches[0].reference
+        d_ra = ((ref_ra - ra0 + 180.0) % 360.0 - 180.0) * 3600 * math.cos(math.radians(2.0))
+        assert abs(d_ra) < 1e-4 and abs(ref_dec - 2.0) * 3600 < 1e-4
+
+
+@pytest.mark.parametrize("passes", [2, 3])
+def test_max_shift_holds_over_passes(passes):
+    # source 0 starts 1.3 arcsec north of its true position: with max_shift 0.7 arcsec it
+    # may move 0.7 arcsec from the start, and ends at that bound, in every pass
+    w = _simple_wcs(RA, DEC, [50.5, 50.5], 0.2)
+    psf = GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2) * 9.0])
+    truth = SceneModel([StarSource(RA + dx / 3600, DEC, 100.0, name=f"s{k}")
+                        for k, dx in enumerate((-5.0, 5.0))])
+    rng = np.random.default_rng(0)
+    blank = Exposure(np.zeros((100, 100)), wcs=w, psf=psf, band="r")
+    img = truth.render(blank) + rng.normal(0, 0.1, (100, 100))
+    exposure = Exposure(img, uncertainty=np.full((100, 100), 0.1), wcs=w, psf=psf, band="r")
+    start = truth.copy()
+    start.dec_0 = DEC + 1.3 / 3600
+    fitted, cat = fit_patches(start, [exposure], patch_size=6, border=2, passes=passes,
+                              max_shift=0.7, executor="serial", progress=False)
+    shift = (float(fitted.dec_0.value) - float(start.dec_0.value)) * 3600
+    assert shift == pytest.approx(-0.7, abs=1e-6)
+    assert cat["at_bound"][0] and not cat["at_bound"][1]
+    assert start.dec_0.bounds == (None, None)             # the caller's scene is untouched

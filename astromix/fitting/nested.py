@@ -75,6 +75,55 @@ class _FrozenPrior:
         return float(self.dist.ppf(self.c_low + q * (self.c_high - self.c_low)))
 
 
+#: The unit of a scene's fluxes without a zero point: the exposures' data units, which
+#: only bare numbers (or dimensionless Quantities) can be given in.
+_DATA_UNITS = "data units"
+
+#: Units a SceneModel's parameters are sampled in, by key (fluxes: see _scene_units).
+_SCENE_UNITS = {"ra": u.deg, "dec": u.deg, "r_eff": u.arcsec, "n": u.one, "ellip": u.one,
+                "theta": u.rad}
+
+
+def _scene_units(model):
+    """``{parameter name: unit}`` of a SceneModel's parameters as they are sampled.
+
+    ra, dec [deg], r_eff [arcsec], theta [rad], n and ellip dimensionless; the
+    fluxes in the scene's catalog unit, ``10**(-0.4 zeropoint)`` AB (3631 Jy),
+    when it has a zero point, else in the exposures' data units (``_DATA_UNITS``).
+    """
+    zeropoint = getattr(model, "zeropoint", None)
+    flux = _DATA_UNITS if zeropoint is None else u.Unit(10.0 ** (-0.4 * zeropoint) * u.AB)
+    names = model.param_names
+    out = {}
+    for i in range(model.n_sources):
+        for key, k in model.source_index(i).items():
+            out[names[k]] = flux if isinstance(key, tuple) else _SCENE_UNITS.get(key)
+    return out
+
+
+def _prior_value(value, name, unit):
+    """A prior's value (a bound, or a value of a callable prior) as a bare number in ``unit``.
+
+    A Quantity is converted to ``unit`` (None: dimensionless; ``_DATA_UNITS``:
+    dimensionless too, a scene's fluxes without a zero point); anything else is
+    returned as it is, taken in ``unit``.  InputError naming the parameter if
+    the units do not convert.
+    """
+    if not isinstance(value, u.Quantity):
+        return value
+    target = u.one if unit is None or unit is _DATA_UNITS else unit
+    try:
+        return value.to_value(target)
+    except u.UnitsError as exc:
+        if unit is _DATA_UNITS:
+            raise InputError(f"prior of {name!r}: the scene has no zero point, so its fluxes "
+                             f"are in the exposures' data units; give bare numbers, not "
+                             f"{value.unit} (or give the scene a zeropoint, for fluxes in "
+                             "catalog units)") from exc
+        raise InputError(f"prior of {name!r}: {exc} (it is sampled in "
+                         f"{'bare numbers' if unit is None else unit})") from exc
+
+
 class _CallablePrior:
     """A user ppf u -> value; values outside the bounds get zero likelihood.
 
@@ -88,12 +137,7 @@ class _CallablePrior:
         self.unit = unit
 
     def __call__(self, q):
-        value = self.func(q)
-        if isinstance(value, u.Quantity):
-            try:
-                value = value.to_value(self.unit if self.unit is not None else u.one)
-            except u.UnitsError as exc:
-                raise InputError(f"prior of {self.name!r}: {exc}") from exc
+        value = _prior_value(self.func(q), self.name, self.unit)
         return float(np.ravel(value)[0]) if np.ndim(value) else float(value)
 
 
@@ -411,9 +455,10 @@ class DynestyFitter(Fitter):
     non-finite model values give zero likelihood.
 
     *Priors*: uniform within each free parameter's ``bounds`` by default.
-    ``priors`` maps parameter names to a ``(low, high)`` tuple (uniform; may
-    be Quantities), a frozen :mod:`scipy.stats` distribution (sampled through
-    its ``ppf``) or any callable ``u -> value`` mapping [0, 1] to the
+    ``priors`` maps parameter names to a ``(low, high)`` tuple or list
+    (uniform; may be Quantities, or a Quantity of two values), a frozen
+    :mod:`scipy.stats` distribution (sampled through its ``ppf``) or any
+    callable ``u -> value`` mapping [0, 1] to the
     parameter (a ppf).  Bounds always apply: a tuple is intersected with
     them, a scipy distribution is truncated to them, and a callable's values
     outside them get zero likelihood.
@@ -425,7 +470,15 @@ class DynestyFitter(Fitter):
     back then); samples, ``best``, ``mean`` and ``std`` are then plain numbers
     in those units.  Priors given as Quantities (tuples, or values returned by
     a callable) and the parameters' ``bounds`` are converted to them; plain
-    numbers in priors are taken in them.
+    numbers in priors are taken in them.  A
+    :class:`~astromix.SceneModel` is sampled in its parameters' units: ``ra``,
+    ``dec`` [deg], ``r_eff`` [arcsec], ``theta`` [rad], and the fluxes in its
+    catalog unit when it has a ``zeropoint`` (``10**(-0.4 zeropoint)`` times
+    the AB zero point, 3631 Jy: priors in any flux-density unit, or in AB
+    magnitudes (a pair in either order), convert), else in the exposures'
+    data units (bare numbers only).  A callable's value is converted at every
+    call, after a first call (at 0.5) that refuses units that do not convert
+    before the sampling starts.
 
     The fitted model gets ``cov_matrix`` and ``stds`` from the posterior, like
     the models returned by astropy's least-squares fitters, and a ``fit_info``
@@ -505,9 +558,11 @@ class DynestyFitter(Fitter):
             with the data; zero weights mask points.  Unit weights if ``None``.
         priors : dict, optional
             ``{name: prior}`` for free parameters, a prior being a ``(low,
-            high)`` tuple, a frozen scipy.stats distribution or a callable
-            ppf (see the class notes).  Needed for every free parameter with an
-            infinite bound.
+            high)`` tuple or list (numbers in the sampled units, or
+            Quantities), a frozen scipy.stats distribution or a callable ppf
+            (see the class notes, also for the units of a scene's
+            parameters).  Needed for every free parameter with an infinite
+            bound.
         maxcall : int, optional
             Stop after about this many likelihood calls (dynesty warns that the
             run stopped short of ``dlogz``).
@@ -549,8 +604,8 @@ class DynestyFitter(Fitter):
             raise InputError("DynestyFitter needs the data (y, or x, y and z)")
         self._validate(model, z)
         units = _Units(model, x, y, z, equivalencies)
-        priors = self._strip_prior_units(dict(priors or {}), model, units)
         prior_units = {name: units.unit(name) for name in model.param_names}
+        priors = self._strip_prior_units(dict(priors or {}), prior_units)
         fitted = units.run(DynestyFitter._fit, self, weights=units.weights(weights),
                            priors=priors, maxcall=maxcall, dynesty=dynesty,
                            prior_units=prior_units)
@@ -574,23 +629,43 @@ class DynestyFitter(Fitter):
             raise InputError("DynestyFitter does not support eqcons/ineqcons constraints")
 
     @staticmethod
-    def _strip_prior_units(priors, model, units):
-        """Convert Quantity tuple priors to the units the sampled parameters have."""
+    def _strip_prior_units(priors, prior_units):
+        """``priors`` with (low, high) bounds as bare numbers in the sampled units.
+
+        Parameters
+        ----------
+        priors : dict
+            ``{name: prior}`` as given; ``(low, high)`` tuples or lists (of
+            numbers or Quantities) and Quantity arrays of two values are
+            converted (a pair of magnitudes, in either order, to the fluxes
+            from faint to bright), other priors (and unknown names, refused
+            later) kept.
+        prior_units : dict
+            ``{name: unit}`` the parameters are sampled in (None:
+            dimensionless; ``_DATA_UNITS``: a scene's fluxes without a zero point).
+
+        Returns
+        -------
+        dict
+            The bounds as a tuple of bare numbers.
+
+        Raises
+        ------
+        InputError
+            If a Quantity does not convert to the parameter's unit.
+        """
         out = {}
         for name, prior in priors.items():
-            if not (isinstance(prior, tuple) and name in model.param_names):
+            if name not in prior_units or not (
+                    isinstance(prior, tuple | list)
+                    or (isinstance(prior, u.Quantity) and prior.ndim == 1)):
                 out[name] = prior
                 continue
-            unit = units.unit(name)
-            values = []
-            for b in prior:
-                if isinstance(b, u.Quantity):
-                    try:
-                        b = b.to_value(unit) if unit is not None else b.to_value(u.one)
-                    except u.UnitsError as exc:
-                        raise InputError(f"prior of {name!r}: {exc}") from exc
-                values.append(b)
-            out[name] = tuple(values)
+            unit = prior_units[name]
+            values = tuple(_prior_value(b, name, unit) for b in prior)
+            if len(values) == 2 and all(isinstance(b, u.Magnitude) for b in prior):
+                values = tuple(sorted(values))      # (faint, bright) or (bright, faint)
+            out[name] = values
         return out
 
     @staticmethod
@@ -633,7 +708,9 @@ class DynestyFitter(Fitter):
                 except ValueError as exc:
                     raise InputError(f"prior of {name!r}: {exc} ({lo}, {hi})") from exc
             elif callable(prior):
-                out.append(_CallablePrior(prior, name, (prior_units or {}).get(name)))
+                func = _CallablePrior(prior, name, (prior_units or {}).get(name))
+                func(0.5)   # units that do not convert: InputError here, not inside dynesty
+                out.append(func)
             else:
                 raise InputError(f"prior of {name!r} must be a (low, high) tuple, a scipy.stats "
                                  f"frozen distribution or a callable, got {type(prior).__name__}")
@@ -706,7 +783,9 @@ class DynestyFitter(Fitter):
         free_names = [model.param_names[i] for i in fit_param_indices]
         if not free_names:
             raise InputError("the model has no free parameter (all fixed or tied)")
-        prior_list, low, high = self._build_priors(model, free_names, priors)
+        prior_units = _scene_units(model) if hasattr(model, "source_index") else {}
+        priors = self._strip_prior_units(priors, prior_units)
+        prior_list, low, high = self._build_priors(model, free_names, priors, prior_units)
         objective = model._objective_for(data, **objective_kwargs)
         loglike = _ObjectiveLogLikelihood(model, objective, fit_param_indices, low, high)
         fitted = self._run(model, loglike, _PriorTransform(prior_list), free_names, maxcall,

@@ -19,6 +19,7 @@ values from the first).
 """
 
 import functools
+import inspect
 import logging
 import math
 import time
@@ -30,10 +31,15 @@ from astropy.table import Table
 from .._threads import single_threaded_blas
 from ..errors import InputError
 from ..models.scene import SceneModel, _exposure_list
+from .scene import _bound_positions, _limit
+from .scene import fit_scene as _fit_scene
 
 __all__ = ["Patch", "make_patches", "fit_patches"]
 
 log = logging.getLogger("astromix")
+
+#: fit_scene's default ``max_shift`` [arcsec]; fit_patches sets those bounds itself.
+_DEFAULT_MAX_SHIFT = inspect.signature(_fit_scene).parameters["max_shift"].default
 
 #: Points per side of a patch's region mapped into an exposure to find its pixel box.
 _EDGE_POINTS = 9
@@ -338,9 +344,24 @@ def _all_constraints(scene):
 
 
 def _extent_px(r_eff, pscale):
-    """Margin [px] within which a source counts as on an exposure; stricter than
-    SceneModel.placements (5 r_eff + 10 px) so that what is kept here is always placed."""
-    return 4.5 * r_eff * pscale + 9.0
+    """Margin [px] within which a source counts as on an exposure.
+
+    ``r_eff`` [arcsec] (0 for a star) is converted to pixels with ``pscale``
+    [arcsec / px] (:meth:`Exposure.pixel_scale`); the margin ``4.5 r_eff + 9`` px
+    is stricter than SceneModel.placements' ``5 r_eff + 10`` px, so that what is
+    kept here is always placed.
+    """
+    return 4.5 * r_eff / pscale + 9.0
+
+
+def _mean_position(ra, dec):
+    """(ra, dec) [deg] of the mean of the unit vectors of the positions (ra, dec) [deg]."""
+    from astropy.coordinates import UnitSphericalRepresentation
+
+    mean = UnitSphericalRepresentation(np.asarray(ra) * u.deg,
+                                       np.asarray(dec) * u.deg).to_cartesian().mean()
+    sph = mean.represent_as(UnitSphericalRepresentation)
+    return float(sph.lon.to_value(u.deg)), float(sph.lat.to_value(u.deg))
 
 
 def _cutout(exposure, frame, region):
@@ -407,10 +428,11 @@ def make_patches(scene, exposures, *, patch_size, border, halo=None, reference=N
     patch.  A patch's pixels are, in each exposure, the smallest box holding
     the core widened by ``border`` on every side (9 points per side mapped
     through the exposure's full WCS; trimmed at the image edges), its pixels
-    outside that region masked (weight 0).  Its fixed
-    neighbours are the other sources within ``border + halo`` of the core
-    (Chebyshev distance in the tangent plane) that fall on one of its
-    cutouts.  This is forcepho's superscene (Johnson et al., in prep.;
+    outside that region masked (weight 0).  Its fixed neighbours are the
+    other sources within ``border + halo`` of the core (Chebyshev distance in
+    the tangent plane) that fall on one of its cutouts or within ``4.5 r_eff
+    + 9`` px of one (their light reaches it; ``r_eff`` in the exposure's
+    pixels).  This is forcepho's superscene (Johnson et al., in prep.;
     github.com/bd-j/forcepho): active sources fitted, neighbours at the
     borders rendered with fixed parameters.
 
@@ -438,7 +460,9 @@ def make_patches(scene, exposures, *, patch_size, border, halo=None, reference=N
         ``border / 2``.
     reference : (float, float), optional
         (ra, dec) [deg] of the tangent point; default the centre of the
-        sources' bounding box.
+        sources' bounding box in the plane tangent at their mean position
+        (the mean of their unit vectors, so that a field straddling
+        ra = 0 is one field).
 
     Returns
     -------
@@ -504,8 +528,9 @@ def make_patches(scene, exposures, *, patch_size, border, halo=None, reference=N
                       else 0.0 for i in range(n)])
     constraints = _all_constraints(scene)
     if reference is None:
-        # the middle of the sources' extent, in a frame about their mean position
-        frame = _Frame(float(np.mean(ra)), float(np.mean(dec)))
+        # the middle of the sources' extent, in a frame about their mean position (the
+        # mean of their unit vectors: right for a field straddling ra = 0 too)
+        frame = _Frame(*_mean_position(ra, dec))
         xi, eta = frame.project(ra, dec)
         reference = tuple(float(v[0]) for v in frame.deproject(
             0.5 * (xi.min() + xi.max()), 0.5 * (eta.min() + eta.max())))
@@ -713,7 +738,9 @@ def fit_patches(scene, exposures, *, patch_size, border, halo=None, passes=1, re
         2 or more: each further pass fits every patch again, starting from
         the previous pass's merged values, with the neighbours at their
         fitted values (a better model of the light at the borders, at twice
-        the cost).
+        the cost).  The ``max_shift`` bounds are set once, around the
+        positions of ``scene``, and hold in every pass: a source moves at most
+        ``max_shift`` from where it started, however many passes.
     retry : bool, optional
         When a patch's fit leaves an active source's ``r_eff`` or ``n`` at a
         bound, fit the patch once more from the fitted values
@@ -745,14 +772,16 @@ def fit_patches(scene, exposures, *, patch_size, border, halo=None, passes=1, re
         Passed to :func:`~astromix.fitting.fit_scene` for every patch:
         ``background`` (``"fit"``: a constant per exposure *cutout*; a
         sequence: one known value per exposure of ``exposures``),
-        ``max_shift``, ``maxiter``, ``relinearize``, ``dtype``, ``backend``
-        (default: the active backend, sent to the workers by name),
-        ``fitter``.
+        ``max_shift`` (around the positions of ``scene``, see ``passes``;
+        default as fit_scene's), ``maxiter``, ``relinearize``, ``dtype``,
+        ``backend`` (default: the active backend, sent to the workers by
+        name), ``fitter``.
 
     Returns
     -------
     fitted : SceneModel
-        The field's scene with every source's fitted values; ``fit_info``
+        The field's scene with every source's fitted values (and the
+        ``max_shift`` bounds on its positions, as from fit_scene); ``fit_info``
         holds ``patches`` (a Table: ``patch``, ``label``, ``row``, ``col``,
         ``n_active``, ``n_fixed``, ``n_exposures``, ``npix``, ``chi2``,
         ``dof``, ``nfev`` (of the last fit), ``retried``, ``time_s``, ``ok``,
@@ -840,6 +869,10 @@ def fit_patches(scene, exposures, *, patch_size, border, halo=None, passes=1, re
     fit_kwargs["backend"] = get_backend(fit_kwargs.get("backend")).name
     if kernel_threads is None and not (isinstance(executor, str) and executor == "serial"):
         kernel_threads = 1
+    # the max_shift bounds around the scene's positions, once: every pass keeps them (re-set
+    # around each pass's result, they would let a source drift passes * max_shift)
+    max_shift = _limit(fit_kwargs.get("max_shift", _DEFAULT_MAX_SHIFT), "max_shift", u.arcsec)
+    scene = _bound_positions(scene, max_shift)
     patches = make_patches(scene, exposures, patch_size=patch_size, border=border, halo=halo)
     func = functools.partial(_fit_patch, fit_kwargs=fit_kwargs, kernel_threads=kernel_threads,
                              retry=bool(retry))
