@@ -38,7 +38,8 @@ CASES = [(1.0, 0.0, 0.0, 1.5, 1.2, 0.0, 0.0),
          (1.0, 0.2, -0.3, 1.5, 2.5, 0.0, 0.0),
          (1.0, 0.0, 0.1, 1.5, 4.765, 0.3, 0.7),
          (1.0, 0.4, 0.0, 3.0, 1.5, 0.5, -1.1),
-         (1.0, 0.0, 0.0, 2.0, 10.0, 0.0, 0.0)]
+         (1.0, 0.0, 0.0, 2.0, 10.0, 0.0, 0.0),
+         (1.0, 0.1, 0.2, 3.0, 1.5, 0.9, 0.3)]      # minor-axis fwhm 0.3 px: more nodes
 PIXELS = [(0, 0), (1, 0), (0, -1), (1, 1), (-2, 1), (3, -2)]
 
 
@@ -71,6 +72,10 @@ def test_undersampled_star_wants_more_nodes():
     (2.0, 4.765, 0.0, 0.0, "auto"),
     (5.0, 3.0, 0.2, -0.4, "auto"),
     (3.0, 1.5, 0.3, 0.6, "real_space"),   # beta < 2: GalSim's FFT would be huge
+    # near the ellip bound: minor-axis FWHM 0.3 and 0.15 px (the node count follows it)
+    (3.0, 4.0, 0.9, 0.0, "real_space"),
+    (3.0, 4.0, 0.95, 1.2, "real_space"),
+    (1.5, 2.5, 0.95, math.pi / 2, "real_space"),
 ])
 def test_image_matches_galsim(fwhm, beta, ellip, theta, method):
     """GalSim's drawImage integrates over pixels: an independent image-level truth."""
@@ -89,6 +94,7 @@ def test_image_matches_galsim(fwhm, beta, ellip, theta, method):
     truth = prof.drawImage(nx=n, ny=n, scale=1.0, method=method,
                            offset=(xc - (n - 1) / 2, yc - (n - 1) / 2)).array
     assert np.abs(img - truth).max() < 1e-5 * truth.max()
+    assert img.sum() == pytest.approx(truth.sum(), rel=1e-5)
 
 
 @pytest.mark.parametrize("beta", [1.5, 2.5, 6.0])

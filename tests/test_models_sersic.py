@@ -150,9 +150,9 @@ def test_psf_convolved_image_matches_galsim(n, r_eff, q):
 DOCUMENTED_LOW_N_ERRORS = [
     ((0.30, 0.35), 2.7e-2, (1.8e-2, 1.7e-2, 1.9e-2)),
     ((0.35, 0.40), 1.2e-2, (9.8e-3, 9.0e-3, 9.5e-3)),
-    ((0.40, 0.45), 4.4e-3, (4.3e-3, 4.0e-3, 3.9e-3)),
+    ((0.40, 0.45), 4.4e-3, (4.3e-3, 4.0e-3, 4.0e-3)),
     ((0.45, 0.50), 1.3e-3, (1.1e-3, 9.6e-4, 9.3e-4)),
-    ((0.50, 0.55), 3.7e-4, (3.2e-5, 3.9e-5, 9.3e-5)),
+    ((0.50, 0.55), 3.7e-4, (2.7e-5, 3.9e-5, 9.2e-5)),
     ((0.55, 0.60), 5.6e-5, (2.6e-5, 4.1e-5, 4.8e-5)),
     ((0.60, 0.70), 1.9e-5, (2.5e-5, 3.1e-5, 1.9e-5)),
 ]
@@ -224,6 +224,23 @@ def test_merged_components_within_tolerance(n, r_eff, tolerance):
     full = SersicMixture(**kw, settings=AccuracySettings(merge_tolerance=0)).mixture()
     merged = SersicMixture(**kw, settings=AccuracySettings(merge_tolerance=tolerance)).mixture()
     assert len(merged) < 0.7 * len(full)
+    assert merged.flux == pytest.approx(full.flux, rel=1e-12)
+    ref = full.render(shape)
+    assert np.abs(merged.render(shape) - ref).max() <= tolerance * ref.max()
+
+
+@pytest.mark.parametrize("n", [0.3, 0.35, 0.4, 0.5, 1.0, 4.0])
+@pytest.mark.parametrize("tolerance", [1e-5, 1e-3])
+def test_merging_within_tolerance_at_low_n(n, tolerance):
+    """Below n ~ 0.6 the table's amplitudes alternate in sign (sum |a| up to ~30): the
+    merging budget must follow the profile's peak, not the sum of |component peaks|."""
+    shape = (64, 64)
+    kw = dict(flux=1.0, x_0=31.7, y_0=32.2, r_eff=12.0 if n < 2 else 4.0, n=n, ellip=0.2,
+              theta=0.4, psf=GaussianMixture([0.6, 0.3, 0.1], np.zeros((3, 2)),
+                                             [np.eye(2) * 1.0, np.eye(2) * 4.0,
+                                              np.eye(2) * 9.0]))
+    full = SersicMixture(**kw, settings=AccuracySettings(merge_tolerance=0)).mixture()
+    merged = SersicMixture(**kw, settings=AccuracySettings(merge_tolerance=tolerance)).mixture()
     assert merged.flux == pytest.approx(full.flux, rel=1e-12)
     ref = full.render(shape)
     assert np.abs(merged.render(shape) - ref).max() <= tolerance * ref.max()

@@ -670,3 +670,108 @@ def test_geometry_with_a_gwcs_exposure():
     np.testing.assert_allclose(got[0], ref[0], atol=1e-6)
     np.testing.assert_allclose(got[1], ref[1], atol=1e-6)
     assert got[2].all()
+
+
+# -- simulate_drizzled_star_field: units, effective PSFs, missing PSFs, sizes, edge stars -------
+def gaussian_provider(variance=1.0, **kwargs):
+    """A circular Gaussian PSF of ``variance`` detector px^2, sampled OS times per pixel."""
+    yy, xx = np.mgrid[:81, :81] - 40.0
+    return ImageProvider(np.exp(-(xx ** 2 + yy ** 2) / (2 * variance * OS ** 2)),
+                         oversampling=OS, **kwargs)
+
+
+@pytest.mark.parametrize("mosaic_scale", [0.03, 0.062])
+def test_simulated_mosaic_star_sums_to_its_flux(mosaic_scale):
+    """The mosaic is a count rate per mosaic pixel: a star sums to its injected flux whatever
+    the pixel scales (drizzle averages surface brightness: it had summed to flux times
+    (exposure_scale / mosaic_scale)^2, 10.68 and 2.50 here)."""
+    sim = simulate_drizzled_star_field(gaussian_provider(2.0), n_exposures=4, n_stars=4,
+                                       rng=0, flux=10.0, exposure_scale=0.031,
+                                       mosaic_scale=mosaic_scale)
+    h = int(15 * 0.031 / mosaic_scale) + 3     # 15 detector px, well inside the star spacing
+    sums = []
+    for s in sim.stars[np.asarray(sim.stars["clean"]) & (sim.stars["n_exposures"] == 4)]:
+        i, j = int(round(s["x"])), int(round(s["y"]))
+        sums.append(sim.image[j - h:j + h + 1, i - h:i + h + 1].sum())
+    assert len(sums) > 0
+    np.testing.assert_allclose(sums, 10.0, rtol=1e-4)
+    for img in sim.exposure_images:                   # count rates per detector pixel
+        assert img.sum() == pytest.approx(10.0 * 4, rel=1e-4)
+
+
+def test_simulated_effective_psf_is_not_convolved_with_the_pixel_again():
+    """An effective PSF (pixel_integrated) of a Gaussian of variance 1 px^2 has variance
+    1 + 1/12 at the pixel centres; the simulation had added the pixel again (1 + 2/12)."""
+    provider = gaussian_provider(1.0 + 1.0 / 12.0, pixel_integrated=True)
+    sim = simulate_drizzled_star_field(provider, n_exposures=1, n_stars=1, rng=0,
+                                       roll_angles=[0.0], offsets=[(0.0, 0.0)],
+                                       exptimes=[100.0], exposure_scale=0.031)
+    img, exp = sim.exposure_images[0], sim.exposures[0]
+    ex, ey = (float(v) for v in exp.wcs.world_to_pixel_values(sim.stars["ra"][0],
+                                                               sim.stars["dec"][0]))
+    jx, jy = int(round(ex)), int(round(ey))
+    stamp = img[jy - 12:jy + 13, jx - 12:jx + 13]
+    gy, gx = np.mgrid[-12:13, -12:13]
+    m = stamp.sum()
+    assert m == pytest.approx(1.0, rel=1e-6)
+    for d in (gx - (ex - jx), gy - (ey - jy)):
+        assert (stamp * d ** 2).sum() / m == pytest.approx(1.0 + 1.0 / 12.0, abs=2e-3)
+    # without pixel_integrated the same image is a PSF: the pixel is added (1 + 2/12)
+    sim2 = simulate_drizzled_star_field(gaussian_provider(1.0 + 1.0 / 12.0), n_exposures=1,
+                                        n_stars=1, rng=0, roll_angles=[0.0],
+                                        offsets=[(0.0, 0.0)], exptimes=[100.0],
+                                        exposure_scale=0.031)
+    stamp2 = sim2.exposure_images[0][jy - 12:jy + 13, jx - 12:jx + 13]
+    assert (stamp2 * (gx - (ex - jx)) ** 2).sum() / stamp2.sum() == \
+        pytest.approx(1.0 + 2.0 / 12.0, abs=2e-3)
+
+
+def test_simulation_skips_an_exposure_without_psf(caplog):
+    """ImageProvider(missing='skip') returns None for an exposure: it is left out with a
+    warning naming it (as ExposureWeightedPSF does); it had crashed in render_point_source."""
+    yy, xx = np.mgrid[:81, :81] - 40.0
+    epsf = np.exp(-(xx ** 2 + yy ** 2) / 32)
+    provider = ImageProvider({"sim_00": epsf, "sim_02": epsf}, oversampling=OS, by="name",
+                             missing="skip")
+    with caplog.at_level(logging.WARNING, logger="astromix"):
+        sim = simulate_drizzled_star_field(provider, n_exposures=3, n_stars=4, rng=0,
+                                           flux=5.0, exposure_scale=0.031)
+    assert "sim_01" in caplog.text and "left out" in caplog.text
+    assert [e.name for e in sim.exposures] == ["sim_00", "sim_02"]
+    assert len(sim.exposure_images) == 2 and np.asarray(sim.stars["covered"]).shape == (4, 2)
+    assert sim.stars["n_exposures"].max() == 2
+    s = sim.stars[int(np.argmax(np.asarray(sim.stars["clean"])))]
+    i, j = int(round(s["x"])), int(round(s["y"]))
+    assert sim.image[j - 18:j + 19, i - 18:i + 19].sum() == pytest.approx(5.0, rel=1e-3)
+    none = ImageProvider({"other": epsf}, oversampling=OS, by="name", missing="skip")
+    with pytest.raises(InputError, match="no PSF for any"):
+        simulate_drizzled_star_field(none, n_exposures=2, n_stars=1, rng=0)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(exposure_shape=(0, 160)), dict(exposure_shape=(-5, 160)), dict(mosaic_scale=0.0),
+    dict(mosaic_scale=-0.03), dict(exposure_scale=0.0), dict(exposure_scale=float("nan")),
+    dict(mosaic_shape=(0, 0)), dict(n_stars=0), dict(n_exposures=0), dict(n_stars=2.5),
+])
+def test_simulation_refuses_non_positive_sizes(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(InputError, match=name):
+        simulate_drizzled_star_field(gaussian_provider(), **{"n_exposures": 2, "rng": 0,
+                                                             **kwargs})
+
+
+@pytest.mark.parametrize("x, y", [(4, 91), (91, 3), (91, 91)])
+def test_compare_with_empirical_psf_near_the_low_edge(x, y):
+    """A star near the mosaic's low edge gets a 2 min(x, y) + 1 px fit stamp; the empirical
+    star had been pasted whole at negative slice starts (a broadcast ValueError).  The
+    injected smoothing (the model smoothed by 0.6 mosaic px) is recovered."""
+    from astromix.mosaic import compare_with_empirical_psf
+
+    provider = gaussian_provider(2.0)
+    sim = simulate_drizzled_star_field(provider, n_exposures=3, n_stars=4, rng=0)
+    model = ExposureWeightedPSF(sim.wcs, sim.exposures, provider, context=sim.context)
+    model.sigma = 0.6
+    emp = model.image(x, y, 41, oversampling=OS)       # 11 mosaic px: h = 5
+    model.sigma = None
+    res = compare_with_empirical_psf(model, x, y, emp, OS, 0.03, radii=(0.05,), r_total=0.1)
+    assert res["sigma"] == pytest.approx(0.6, abs=0.02) and model.sigma is None

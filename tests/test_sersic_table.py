@@ -175,3 +175,41 @@ def test_evaluate_matches_the_splines():
         assert np.allclose(dvar, dv, rtol=1e-10, atol=1e-13)
     with pytest.raises(InputError):
         table.evaluate(table.n_max + 0.1)
+
+
+@pytest.mark.parametrize("n, half_light, beyond3, beyond4", [(0.3, 1.010, 0.018, 0.015),
+                                                             (0.35, 1.006, 0.010, 0.0086)])
+def test_documented_far_wing_at_low_n(n, half_light, beyond3, beyond4):
+    """docs/sersic.rst: below n = 0.4 the mixture holds a few per cent of the flux in a far
+    wing the Sersic profile lacks (exact fractions from the incomplete gamma function: < 1e-4
+    beyond 3 r_eff), and r_eff is not quite the half-light radius.  Measured on a
+    rendered, pixel-integrated image, independently of the table's enclosed-flux formula."""
+    from scipy.optimize import brentq
+    from scipy.special import gammaincc
+
+    from astromix import SersicMixture
+
+    r_eff, size = 16.0, 321             # the stamp reaches 10 r_eff
+    c = (size - 1) / 2
+    yy, xx = np.mgrid[:size, :size]
+    img = SersicMixture(1.0, c, c, r_eff, n, 0.0, 0.0)(xx, yy)
+    r = np.hypot(xx - c, yy - c) / r_eff
+    assert img.sum() == pytest.approx(1.0, abs=1e-4)
+    b = sersic_b(n)
+    for radius, documented in ((3.0, beyond3), (4.0, beyond4)):
+        assert gammaincc(2 * n, b * radius ** (1 / n)) < 1e-4           # the exact profile
+        assert img[r > radius].sum() == pytest.approx(documented, rel=0.05)
+    # the half-light radius, measured alike (photutils' exact circular apertures) on the
+    # mixture and on the exact profile (averaged over 4 x 4 points per pixel): their ratio
+    aperture = pytest.importorskip("photutils.aperture").CircularAperture
+    sub = (np.arange(4) - 1.5) / 4
+    exact = sum(sersic_profile(n, np.hypot(xx + dx - c, yy + dy - c) / r_eff)
+                for dx in sub for dy in sub) / (16 * r_eff ** 2)
+
+    def measured(image):
+        def excess(radius):
+            flux = aperture((c, c), radius * r_eff).do_photometry(image, method="exact")[0][0]
+            return flux / image.sum() - 0.5
+        return brentq(excess, 0.9, 1.1, xtol=1e-7)
+
+    assert measured(img) / measured(exact) == pytest.approx(half_light, abs=5e-4)

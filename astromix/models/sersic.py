@@ -148,9 +148,14 @@ class SersicMixture(_MixtureSourceBase):
         Sersic index, within the table's range (0.3 to 8).  Below n = 0.5
         the mixture departs from the exact profile in the core (near
         ``r_eff``): the largest error of the PSF-convolved image, relative
-        to its peak, is at most about 2e-2 for 0.3 <= n < 0.35, 1e-2 up to
-        0.4, 4.4e-3 up to 0.45 and 1.1e-3 up to 0.5, and of order 1e-4 or
-        less from n = 0.5 up (docs/sersic.rst, "Accuracy below n = 0.5").
+        to its peak, approaches the radial profile's as r_eff grows against
+        the PSF: at most 2.7e-2 for 0.3 <= n < 0.35 (1.9e-2 at r_eff = 6
+        px, 2.3e-2 at 15 px with a 1-2 px PSF), 1.2e-2 up to 0.4, 4.4e-3 up
+        to 0.45 and 1.3e-3 up to 0.5, and of order 1e-4 or less from n =
+        0.5 up.  It also puts flux in a far wing the profile lacks: at n =
+        0.3 1.8% of the flux lies beyond 3 r_eff and the half-light radius
+        is 1.010 r_eff; at n = 0.35, 1.0% and 1.006 r_eff (docs/sersic.rst,
+        "Accuracy below n = 0.5").
     ellip : float
         Ellipticity 1 - b/a, in [0, 1).
     theta : float

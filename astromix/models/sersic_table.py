@@ -179,7 +179,13 @@ class SersicMixtureTable:
     0.05 <= r / r_eff <= 4); below n = 0.5 no Gaussian mixture follows the
     flat-topped profile, and the error grows in the core, near r = r_eff, to
     1.3e-3 of the peak at n = 0.45, 4.4e-3 at 0.4, 1.2e-2 at 0.35 and 2.7e-2
-    at 0.3 (the table of ``docs/sersic.rst``).
+    at 0.3 (the table of ``docs/sersic.rst``).  The mixtures of n < 0.45
+    (amplitudes of both signs, -6.4 to +8.2 at n = 0.3, summing to 1) also hold
+    flux in a far wing that the profile lacks, so that r_eff is not quite
+    the half-light radius: at n = 0.3 1.8% of the flux lies beyond 3 r_eff
+    (exact: 1e-6) and 1.5% beyond 4, and half of it within 1.010 r_eff; at
+    n = 0.35, 1.0% and 0.86%, 1.006 r_eff; at n = 0.4, 0.47% and 0.38%,
+    1.003 r_eff.
 
     Examples
     --------

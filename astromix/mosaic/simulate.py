@@ -37,7 +37,8 @@ class SimulatedMosaic:
     Parameters
     ----------
     image : ndarray, shape (ny, nx)
-        The drizzled mosaic (float32, count rate per mosaic pixel).
+        The drizzled mosaic (float32, count rate per mosaic pixel: a star sums
+        to its ``flux``, whatever the mosaic and detector pixel scales).
     weight : ndarray, shape (ny, nx)
         Drizzle's output weight.
     context : ndarray of int32, shape (n_planes, ny, nx)
@@ -46,15 +47,16 @@ class SimulatedMosaic:
         The mosaic's WCS (north up, east left).
     exposures : list of InputExposure
         The exposures in drizzling (context) order, with their WCSs and
-        exposure times.
+        exposure times (those the provider had no PSF for left out).
     exposure_images : list of ndarray
-        What was drizzled (count rates).
+        What was drizzled (count rate per detector pixel).
     stars : astropy.table.Table
         ``ra``, ``dec`` [deg], ``x``, ``y`` [mosaic px, 0-based], ``flux``,
-        ``n_exposures`` (exposures whose detector holds the star with the
-        margin), ``covered`` (bool mask of those, shape (n_exposures,)),
-        ``clean`` (no exposure edge within the margin: the star is complete or
-        absent in every exposure).
+        ``n_exposures`` (exposures whose detector holds the star's centre:
+        within the detector's pixels, ``-0.5 < x, y < n - 0.5``, no margin),
+        ``covered`` (bool mask of those, shape (n_exposures,)), ``clean`` (no
+        exposure edge within ``margin`` detector px of the star: the star is
+        complete or absent in every exposure).
     provider : PSFProvider
         The PSFs the exposures were rendered with.
     pixfrac : float, optional
@@ -72,12 +74,14 @@ class SimulatedMosaic:
     pixfrac: float = 1.0
 
 
-def render_point_source(psf_image, oversampling, x, y, shape, *, flux=1.0, out=None):
+def render_point_source(psf_image, oversampling, x, y, shape, *, flux=1.0, out=None,
+                        pixel_integrated=False):
     """Add a point source to an image from an oversampled PSF, exactly (Fourier).
 
     The oversampled PSF (centre at ``((n - 1) / 2, (n - 1) / 2)``, unit sum)
-    is convolved with the detector pixel and shifted to the source's sub-pixel
-    position in Fourier space, then sampled at the pixel centres: exact for a
+    is convolved with the detector pixel (unless it is an effective PSF,
+    ``pixel_integrated``) and shifted to the source's sub-pixel position in
+    Fourier space, then sampled at the pixel centres: exact for a
     band-limited PSF, and independent of the real-space resampling of
     :class:`~astromix.ExposureWeightedPSF`.
 
@@ -90,8 +94,15 @@ def render_point_source(psf_image, oversampling, x, y, shape, *, flux=1.0, out=N
     shape : (int, int)
         (ny, nx) of the image.
     flux : float, optional
+        The source's total (count rate summed over the image, less what falls
+        outside it).
     out : ndarray, optional
         Image to add to (else a new zero image).
+    pixel_integrated : bool, optional
+        True when ``psf_image`` already contains the detector pixel response
+        (an effective PSF, as ``PSFProvider.pixel_integrated``): it is then
+        only shifted and sampled, not convolved with the pixel again.
+        Default False.
 
     Returns
     -------
@@ -113,12 +124,17 @@ def render_point_source(psf_image, oversampling, x, y, shape, *, flux=1.0, out=N
     fy = fft.fftfreq(n_y)
     fx = fft.fftfreq(n_x)
     spec = fft.fft2(img)
-    spec *= (np.sinc(fy * os_) * np.exp(-2j * math.pi * fy * ay))[:, None]
-    spec *= (np.sinc(fx * os_) * np.exp(-2j * math.pi * fx * ax))[None, :]
+    phase_y = np.exp(-2j * math.pi * fy * ay)
+    phase_x = np.exp(-2j * math.pi * fx * ax)
+    if not pixel_integrated:                   # the detector pixel: a box of os_ samples
+        phase_y *= np.sinc(fy * os_)
+        phase_x *= np.sinc(fx * os_)
+    spec *= phase_y[:, None]
+    spec *= phase_x[None, :]
     shifted = fft.ifft2(spec).real
     kx = np.arange(-(cx0 // os_), (n_x - 1 - cx0) // os_ + 1)
     ky = np.arange(-(cy0 // os_), (n_y - 1 - cy0) // os_ + 1)
-    # flux per oversampled pixel of the pixel-convolved PSF -> flux per detector pixel
+    # flux per oversampled pixel of the pixel-convolved PSF (or ePSF) -> per detector pixel
     stamp = shifted[np.ix_(cy0 + os_ * ky, cx0 + os_ * kx)] * (os_ * os_)
     if out is None:
         out = np.zeros(shape)
@@ -171,7 +187,8 @@ def simulate_drizzled_star_field(provider=None, *, n_exposures=6, roll_angles=No
     kernel : str, optional
         drizzle kernel (default ``"square"``).
     flux : float, optional
-        Count rate of each star.
+        Count rate of each star (its sum over an exposure, and over the
+        mosaic).
     star_spacing : float, optional
         Grid spacing [arcsec]; default 40 detector pixels, so that the stamps
         of neighbouring stars (up to 41 detector pixels wide) do not overlap.
@@ -190,14 +207,27 @@ def simulate_drizzled_star_field(provider=None, *, n_exposures=6, roll_angles=No
     Raises
     ------
     InputError
-        On inconsistent lengths or non-positive sizes.
+        On inconsistent lengths; if ``n_exposures``, ``n_stars``, an entry of
+        ``exposure_shape`` or ``mosaic_shape`` is not an integer >= 1, or
+        ``mosaic_scale`` or ``exposure_scale`` is not a finite number > 0; or
+        if the provider has a PSF for none of the exposures.
 
     Notes
     -----
     Leans on drizzle (``drizzle.resample.Drizzle``, ``drizzle.utils.calc_pixmap``;
     Fruchter & Hook 2002, PASP 114, 144).  The stars are rendered with
     :func:`render_point_source` (exact Fourier shift), not with the code under
-    test.
+    test; the PSF images are convolved with the detector pixel unless
+    ``provider.pixel_integrated`` (effective PSFs, which hold it already).
+    Drizzle averages input pixel values (a surface brightness per detector
+    pixel); each exposure is scaled by ``iscale = (mosaic_scale /
+    exposure_scale)**2`` (drizzle's ``iscale``, with ``pixel_scale_ratio =
+    mosaic_scale / exposure_scale`` for the kernel sizes; ``scale`` before
+    drizzle 2.2) so that the mosaic holds count rates per mosaic pixel.  An
+    exposure for which the provider returns no PSF (``ImageProvider(...,
+    missing="skip")``) is left out of the simulation -- not rendered, not
+    drizzled, not in ``exposures`` -- with a logged warning naming it, as
+    :class:`~astromix.ExposureWeightedPSF` leaves it out of the PSF.
     """
     from astropy.table import Table
     from drizzle.resample import Drizzle
@@ -205,12 +235,17 @@ def simulate_drizzled_star_field(provider=None, *, n_exposures=6, roll_angles=No
 
     from .providers import PoppyProvider
 
+    n_exposures = _positive_int(n_exposures, "n_exposures")
+    n_stars = _positive_int(n_stars, "n_stars")
+    ny_e, nx_e = _shape(exposure_shape, "exposure_shape")
+    if mosaic_shape is not None:
+        mosaic_shape = _shape(mosaic_shape, "mosaic_shape")
+    mosaic_scale = _positive_float(mosaic_scale, "mosaic_scale")
+    if exposure_scale is not None:
+        exposure_scale = _positive_float(exposure_scale, "exposure_scale")
     rng = np.random.default_rng(rng)
     if provider is None:
         provider = PoppyProvider(filter, nlambda=3)
-    n_exposures = int(n_exposures)
-    if n_exposures < 1:
-        raise InputError("n_exposures must be >= 1")
     if roll_angles is None:
         roll_angles = np.linspace(0, 150, n_exposures) + rng.uniform(-5, 5, n_exposures)
     if offsets is None:
@@ -224,8 +259,8 @@ def simulate_drizzled_star_field(provider=None, *, n_exposures=6, roll_angles=No
         raise InputError("roll_angles, offsets and exptimes need one entry per exposure")
     if exposure_scale is None:
         scale_for = getattr(provider, "scale_for", None)
-        exposure_scale = scale_for(filter) if scale_for else 0.031
-    ny_e, nx_e = (int(s) for s in exposure_shape)
+        exposure_scale = _positive_float(scale_for(filter) if scale_for else 0.031,
+                                         "the provider's exposure_scale")
     if mosaic_shape is None:
         side = int(math.ceil(max(ny_e, nx_e) * exposure_scale / mosaic_scale * 1.1))
         mosaic_shape = (side, side)
@@ -256,8 +291,10 @@ def simulate_drizzled_star_field(provider=None, *, n_exposures=6, roll_angles=No
     sdec = dec0 + north / 3600.0
     mx, my = mwcs.world_to_pixel_values(sra, sdec)
     covered = np.zeros((n_stars, n_exposures), dtype=bool)
-    clean = np.ones(n_stars, dtype=bool)
+    clean = np.ones((n_stars, n_exposures), dtype=bool)
     images = []
+    kept = []
+    pixel_integrated = bool(getattr(provider, "pixel_integrated", False))
     for e, exp in enumerate(exposures):
         ex, ey = exp.wcs.world_to_pixel_values(sra, sdec)
         img = np.zeros((ny_e, nx_e))
@@ -268,16 +305,37 @@ def simulate_drizzled_star_field(provider=None, *, n_exposures=6, roll_angles=No
                 and (ey[s] < ny_e - 1 - margin)
             far = (ex[s] < -margin) or (ex[s] > nx_e - 1 + margin) or (ey[s] < -margin) \
                 or (ey[s] > ny_e - 1 + margin)
-            clean[s] &= deep or far
+            clean[s, e] = deep or far
             covered[s, e] = inside
             if far:
                 continue
             _, psf = provider.psf(exp, ex[s], ey[s])
+            if psf is None:
+                break
             render_point_source(psf, provider.oversampling, ex[s], ey[s], (ny_e, nx_e),
-                                flux=flux, out=img)
-        if noise:
-            img = img + rng.normal(0.0, float(noise), img.shape)
-        images.append(img)
+                                flux=flux, out=img, pixel_integrated=pixel_integrated)
+        else:
+            if noise:
+                img = img + rng.normal(0.0, float(noise), img.shape)
+            images.append(img)
+            kept.append(e)
+            continue
+        # as ExposureWeightedPSF does with an exposure the provider has no PSF for
+        log.warning("simulate_drizzled_star_field: no PSF for exposure %s (detector %s); it "
+                    "is left out of the simulation", exp.name, exp.detector)
+    if not kept:
+        raise InputError(f"simulate_drizzled_star_field: the provider has no PSF for any of "
+                         f"the {n_exposures} exposures (filter {filter!r}, detector "
+                         f"{detector!r})")
+    exposures = [exposures[e] for e in kept]
+    covered = covered[:, kept]
+    clean = clean[:, kept].all(1)
+    # drizzle averages the input pixel values (surface brightness per detector pixel):
+    # iscale = (mosaic px / detector px)^2 turns them into count rates per mosaic pixel,
+    # so that a star sums to its flux; pixel_scale_ratio sizes the kernels
+    ratio = mosaic_scale / exposure_scale
+    scale_args = ({"iscale": ratio * ratio, "pixel_scale_ratio": ratio} if _drizzle_has_iscale()
+                  else {"scale": ratio})           # drizzle < 2.2: scale does both
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         driz = Drizzle(kernel=kernel, out_shape=tuple(mosaic_shape), fillval=0.0)
@@ -285,7 +343,7 @@ def simulate_drizzled_star_field(provider=None, *, n_exposures=6, roll_angles=No
             pixmap = calc_pixmap(exp.wcs, mwcs, shape=img.shape)
             driz.add_image(img.astype(np.float32), exptime=exp.exptime, pixmap=pixmap,
                            weight_map=np.full(img.shape, exp.exptime, dtype=np.float32),
-                           pixfrac=pixfrac, in_units="cps")
+                           pixfrac=pixfrac, in_units="cps", **scale_args)
     stars = Table({"ra": sra, "dec": sdec, "x": np.asarray(mx), "y": np.asarray(my),
                    "flux": np.full(n_stars, float(flux)), "n_exposures": covered.sum(1),
                    "covered": covered, "clean": clean})
@@ -293,6 +351,50 @@ def simulate_drizzled_star_field(provider=None, *, n_exposures=6, roll_angles=No
                            context=np.array(driz.out_ctx), wcs=mwcs, exposures=exposures,
                            exposure_images=images, stars=stars, provider=provider,
                            pixfrac=float(pixfrac))
+
+
+def _drizzle_has_iscale():
+    """Whether ``Drizzle.add_image`` takes ``iscale`` and ``pixel_scale_ratio`` (drizzle >= 2.2)."""
+    import inspect
+
+    from drizzle.resample import Drizzle
+
+    return "iscale" in inspect.signature(Drizzle.add_image).parameters
+
+
+def _positive_int(value, name):
+    """``value`` (an integral number) as an int >= 1, else InputError naming ``name``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if isinstance(value, (bool, np.bool_)) or not (math.isfinite(v) and v >= 1
+                                                    and v == int(v)):
+        raise InputError(f"simulate_drizzled_star_field: {name} must be an integer >= 1, "
+                         f"got {value!r}")
+    return int(v)
+
+
+def _positive_float(value, name):
+    """``value`` as a finite float > 0, else InputError naming ``name``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise InputError(f"simulate_drizzled_star_field: {name} must be a finite number > 0 "
+                         f"[arcsec/px], got {value!r}")
+    return v
+
+
+def _shape(value, name):
+    """``value`` as (ny, nx) of ints >= 1, else InputError naming ``name``."""
+    try:
+        ny, nx = value
+    except (TypeError, ValueError):
+        raise InputError(f"simulate_drizzled_star_field: {name} must be (ny, nx), got "
+                         f"{value!r}") from None
+    return (_positive_int(ny, f"{name}[0]"), _positive_int(nx, f"{name}[1]"))
 
 
 def compare_with_empirical_psf(model, x, y, empirical, oversampling, pixel_scale, *,
@@ -322,7 +424,8 @@ def compare_with_empirical_psf(model, x, y, empirical, oversampling, pixel_scale
     size : int, optional
         Stamp size [mosaic px] of the sigma fit (default 41); cut down to the
         empirical PSF's extent, ``2 ((n - 1) // 2 // oversampling) + 1``
-        mosaic px, when it is smaller.
+        mosaic px, when it is smaller, and to ``2 min(x, y) + 1`` near the
+        mosaic's low edge (the fit stamp does not reach below pixel 0).
 
     Returns
     -------
@@ -381,8 +484,11 @@ def _fit_sigma(model, x, y, emp, os_, c, size):
                          "for the sigma fit; it needs >= 5 mosaic px")
     if fit < size:
         log.info("compare_with_empirical_psf: the sigma fit uses %d px stamps (the empirical "
-                 "PSF spans %d mosaic px), not size = %d", fit, k.size, size)
-    size = fit
-    image = np.zeros((y + h + 1, x + h + 1))
-    image[y - h:y + h + 1, x - h:x + h + 1] = star
-    return model.calibrate_smoothing(([float(x)], [float(y)]), image, size=size)
+                 "PSF spans %d mosaic px; (%d, %d) is %d px from the mosaic's low edge), not "
+                 "size = %d", fit, k.size, x, y, min(x, y), size)
+    # the star cut to the fit stamp (rows and columns y - hf .. y - hf + fit - 1, the stamp
+    # calibrate_smoothing takes; hf <= min(x, y), so it starts at or above pixel 0)
+    hf = (fit - 1) // 2
+    image = np.zeros((y - hf + fit, x - hf + fit))
+    image[y - hf:, x - hf:] = star[h - hf:h - hf + fit, h - hf:h - hf + fit]
+    return model.calibrate_smoothing(([float(x)], [float(y)]), image, size=fit)
