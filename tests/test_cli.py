@@ -394,3 +394,209 @@ def test_print_report_lists_the_flux_of_a_scene_with_one_unnamed_band():
     # unit noise (2 sqrt(pi) sigma for a Gaussian PSF of sigma 1.5 px; + the background)
     assert abs(flux - 100.0) < 4 * err
     assert err == pytest.approx(2 * math.sqrt(math.pi) * 1.5, rel=0.1)
+
+
+def test_fit_scene_catalog_without_band_fluxes_gets_a_flux_per_band(tmp_path, capsys):
+    """A detection list (id, kind, ra, dec: no flux_<band> columns) fitted in g, r and z
+    DECam images gets one flux per band of the images, equal to the API fit of the same
+    catalog with bands=("g", "r", "z") and to the demo's fluxes.  The command had fitted
+    one flux shared by all bands (chi2/dof 4-21)."""
+    import functools
+
+    from astropy.table import Table
+
+    from astromix import Exposure, SceneModel
+    from astromix.datasets import decam_multiexposure
+    from astromix.fitting import fit_scene
+    from astromix.io.psfex import read_psfex
+
+    _active_backend_or_skip()
+    table = decam_multiexposure()[[0, 1, 2, 3, 5, 6]]             # z, r, g, z, r, g
+    catalog = Table({"id": ["gal", "nb"], "kind": ["sersic", "star"],
+                     "ra": [244.77974, 244.77830], "dec": [12.07233, 12.07251]})
+    catalog.meta["zeropoint"] = 22.5
+    cat_path = tmp_path / "detections.ecsv"
+    catalog.write(cat_path)
+    out_dir = tmp_path / "fs"
+    code = main(["fit-scene", *table["image"], "--psf", *table["psfex"],
+                 "--psf-components", "4", "--catalog", str(cat_path),
+                 "--exposure-zeropoints", *[repr(float(z)) for z in table["zeropoint"]],
+                 "--background", *[repr(float(s)) for s in table["sky"]],
+                 "--output", str(out_dir), "--no-progress", "--no-plot"])
+    assert code == 0, capsys.readouterr().err
+    assert "bands g, r, z" in capsys.readouterr().out
+    got = Table.read(out_dir / "catalog.ecsv")
+    exposures = [Exposure.from_fits(row["image"], zeropoint=float(row["zeropoint"]),
+                                    psf=functools.partial(read_psfex(row["psfex"]).mixture,
+                                                          n_components=4))
+                 for row in table]
+    scene = SceneModel.from_catalog(cat_path, bands=("g", "r", "z"))
+    fitted, expected = fit_scene(scene, exposures, background=[float(s) for s in table["sky"]],
+                                 progress=False)
+    for b in "grz":
+        assert got[f"flux_{b}"][0] == pytest.approx(expected[f"flux_{b}"][0],
+                                                    abs=0.1 * expected[f"flux_err_{b}"][0])
+    # the galaxy's fluxes of the 8-exposure demo (docs/scenes.rst: g, r, z = 21.2, 67.3,
+    # 145.4 nanomaggies), and every image fitted to near its noise
+    np.testing.assert_allclose([got[f"flux_{b}"][0] for b in "grz"], [21.2, 67.3, 145.4],
+                               rtol=0.03)
+    assert np.all(Table.read(out_dir / "exposures.ecsv")["chi2_dof"] < 1.4)
+
+
+def test_fit_scene_catalog_without_band_fluxes_and_images_without_band(tmp_path, capsys):
+    """Images with no band keep one flux shared by all; a mix of images with and without
+    a band is a one-line error asking for --bands (before the fit)."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    _active_backend_or_skip()
+    _one_star_field(tmp_path)
+    data, header = fits.getdata(tmp_path / "img.fits", header=True)
+    header["FILTER"] = "r"
+    fits.PrimaryHDU(data, header=header).writeto(tmp_path / "img_r.fits")
+    base = ["fit-scene", "--catalog", str(tmp_path / "cat.ecsv"), "--psf",
+            str(tmp_path / "psf.asdf"), "--no-background", "--no-plot", "--no-progress"]
+    assert main([*base, str(tmp_path / "img.fits"), "-o", str(tmp_path / "o1")]) == 0
+    assert "flux" in Table.read(tmp_path / "o1" / "catalog.ecsv").colnames
+    capsys.readouterr()
+    code = main([*base, str(tmp_path / "img.fits"), str(tmp_path / "img_r.fits"),
+                 "-o", str(tmp_path / "o2")])
+    line = _one_line_error(capsys.readouterr().err)
+    assert code == 2 and "--bands" in line and str(tmp_path / "img.fits") in line
+    assert not (tmp_path / "o2" / "catalog.ecsv").exists()
+
+
+def test_fit_scene_residuals_png_pairs_backgrounds_by_position(tmp_path, capsys, monkeypatch):
+    """Two images with the same file name in different folders (visit1/img.fits,
+    visit2/img.fits) and backgrounds 100 and 500: each 'data - background' panel of
+    residuals.png has its own image's background subtracted.  The backgrounds had been
+    looked up by exposure name: both panels got the last one's."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+    from astropy.io import fits
+
+    _active_backend_or_skip()
+    _one_star_field(tmp_path)
+    truth = fits.getdata(tmp_path / "img.fits")          # the star and the noise, no sky
+    header = fits.getheader(tmp_path / "img.fits")
+    skies = {"visit1": 100.0, "visit2": 500.0}
+    for visit, sky in skies.items():
+        (tmp_path / visit).mkdir()
+        fits.PrimaryHDU(truth + sky, header=header).writeto(tmp_path / visit / "img.fits")
+    shown = []
+    real = matplotlib.axes.Axes.imshow
+
+    def spy(self, X, *args, **kwargs):
+        shown.append(np.array(X, dtype=float))
+        return real(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
+    code = main(["fit-scene", *[str(tmp_path / v / "img.fits") for v in skies],
+                 "--catalog", str(tmp_path / "cat.ecsv"), "--psf", str(tmp_path / "psf.asdf"),
+                 "--background", *[str(s) for s in skies.values()],
+                 "-o", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert len(shown) == 6                                # data - background, model, chi
+    for row in range(2):
+        np.testing.assert_allclose(shown[3 * row], truth, atol=1e-9)
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--nlive", "1", "expected an integer >= 2, got 1"),
+    ("--seed", "-1", "expected an integer >= 0, got -1"),
+    ("--seed", "x", "expected an integer, got 'x'"),
+])
+def test_fit_scene_sample_options_checked_before_any_work(tmp_path, capsys, option, value,
+                                                          expected):
+    """--nlive below 2 (dynesty's minimum) and a negative --seed (NumPy refuses it) are
+    usage errors before anything is read, fitted or written.  They had been checked only
+    after the fit and its outputs (a NumPy traceback for --seed -1)."""
+    _one_star_field(tmp_path)
+    out = tmp_path / "out"
+    code = main(["fit-scene", str(tmp_path / "img.fits"), "--catalog", str(tmp_path / "cat.ecsv"),
+                 "--psf", str(tmp_path / "psf.asdf"), "--no-background", "--sample",
+                 option, value, "--no-plot", "--no-progress", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"argument {option}: {expected}" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_demo_hst_psf_negative_seed_is_a_usage_error(tmp_path, capsys):
+    """``demo --hst-psf --seed -1``: a one-line usage error, exit 2, no folder made; it had
+    been a NumPy ValueError traceback (exit 1) leaving an empty folder."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--hst-psf", "--seed", "-1", "-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --seed: expected an integer >= 0, got -1" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_fit_scene_posterior_output_that_is_a_folder(tmp_path, capsys):
+    """--sample with DIR/posterior.ecsv an existing folder: a one-line error naming it,
+    before the fit (no catalog.ecsv written).  It had been an OSError traceback after
+    the fit and the sampling."""
+    _one_star_field(tmp_path)
+    out = tmp_path / "out"
+    (out / "posterior.ecsv").mkdir(parents=True)
+    code = main(["fit-scene", str(tmp_path / "img.fits"), "--catalog", str(tmp_path / "cat.ecsv"),
+                 "--psf", str(tmp_path / "psf.asdf"), "--no-background", "--sample",
+                 "--nlive", "20", "--no-plot", "--no-progress", "-o", str(out)])
+    line = _one_line_error(capsys.readouterr().err)
+    assert code == 2
+    assert str(out / "posterior.ecsv") in line and "is a folder" in line
+    assert sorted(p.name for p in out.iterdir()) == ["posterior.ecsv"]
+
+
+@pytest.mark.parametrize("name", ["posterior.ecsv", "corner.png"])
+def test_fit_scene_posterior_write_error_is_one_line(tmp_path, capsys, monkeypatch, name):
+    """An OSError writing a --sample output (here a full disk, ENOSPC) is a one-line error
+    naming the file, exit 2, as for the fit's own outputs; it had been a traceback."""
+    pytest.importorskip("dynesty")
+    pytest.importorskip("matplotlib")
+    import errno
+
+    import astromix.cli.fit_scene as cli_fit_scene
+
+    _active_backend_or_skip()
+    _one_star_field(tmp_path)
+    real = cli_fit_scene.atomic_path
+
+    def full_disk(path, *args, **kwargs):
+        if str(path).endswith(name):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(cli_fit_scene, "atomic_path", full_disk)
+    out = tmp_path / "out"
+    code = main(["fit-scene", str(tmp_path / "img.fits"), "--catalog", str(tmp_path / "cat.ecsv"),
+                 "--psf", str(tmp_path / "psf.asdf"), "--no-background", "--sample",
+                 "--nlive", "20", "--no-progress", "-o", str(out)])
+    line = _one_line_error(capsys.readouterr().err)
+    assert code == 2
+    assert line.startswith("astromix fit-scene: error: ")
+    assert str(out / name) in line and "No space left on device" in line
+
+
+def test_fit_scene_off_image_row_names_catalog_row_and_image(tmp_path, capsys):
+    """A catalog row on the far side of the sky from the image (ra 10 deg for an image at
+    ra 150): the error names the catalog file, the row and its id, and the image.  It had
+    been 'the WCS gives no pixel position at (ra, dec) = ...' alone."""
+    from astropy.table import Table
+
+    _active_backend_or_skip()
+    _one_star_field(tmp_path)
+    cat = tmp_path / "far.ecsv"
+    Table({"id": ["star", "far"], "kind": ["star", "star"], "ra": [150.0, 330.0],
+           "dec": [2.0, -2.0], "flux": [300.0, 1.0]}).write(cat)
+    image = str(tmp_path / "img.fits")
+    out = tmp_path / "out"
+    code = main(["fit-scene", image, "--catalog", str(cat), "--psf",
+                 str(tmp_path / "psf.asdf"), "--no-background", "--no-plot", "--no-progress",
+                 "-o", str(out)])
+    line = _one_line_error(capsys.readouterr().err)
+    assert code == 2
+    assert f"catalog {str(cat)!r}, row 1 (id 'far')" in line
+    assert f"image {image!r}" in line and "(330.000000, -2.000000)" in line
+    assert not (out / "catalog.ecsv").exists()

@@ -297,3 +297,45 @@ def test_write_exposure_with_a_gwcs(tmp_path):
     with pytest.raises(InputError, match=r"o\.fits.*\(object\) has no FITS form"):
         write_exposure(odd, tmp_path / "o.fits")
     assert not (tmp_path / "o.fits").exists()
+
+
+def test_broadband_image_filter_outside_is_a_log_warning(cube, tmp_path, capsys):
+    """A filter half outside the cube (a top hat over 5001.5-5005.5 A; the planes cover
+    4999.5-5003.5 A): the warning is an 'astromix: WARNING' line naming the cube and the
+    fraction (2 A of 4 A: 50%), not a Python warning with a source line."""
+    import warnings
+
+    path, _, _, _ = cube
+    filt = tmp_path / "half.dat"
+    filt.write_text("5001.5 1\n5005.5 1\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["broadband-image", path, str(filt), "-o", str(tmp_path / "bb.fits")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert not caught, [str(w.message) for w in caught]
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("astromix: WARNING: cube.fits: 50.00% of the filter curve")
+    assert "50.00% of the filter outside the cube" in captured.out
+
+
+@pytest.mark.parametrize("ctype, crval, cdelt, cunit", [
+    ("AWAV", WAVE[-1], -1.0, "Angstrom"),              # wavelength decreasing
+    ("FREQ", 5.996e14, 1.0e11, "Hz"),                   # frequency increasing (radio habit)
+])
+def test_broadband_image_decreasing_wavelengths_name_the_cube(cube, tmp_path, capsys, ctype,
+                                                              crval, cdelt, cunit):
+    """A cube whose wavelengths decrease along the spectral axis is refused with a one-line
+    error naming the file; it had been 'wave must increase strictly' alone."""
+    path, filt, _, _ = cube
+    with fits.open(path) as hdul:
+        for hdu in hdul[1:]:
+            hdu.header["CTYPE3"], hdu.header["CUNIT3"] = ctype, cunit
+            hdu.header["CRVAL3"], hdu.header["CDELT3"] = crval, cdelt
+        flipped = tmp_path / "flipped.fits"
+        hdul.writeto(flipped)
+    assert main(["broadband-image", str(flipped), filt, "-o", str(tmp_path / "bb.fits")]) == 2
+    line = _one_line_error(capsys, "broadband-image")
+    assert f"cube {str(flipped)!r}" in line and "do not increase strictly" in line
+    assert not (tmp_path / "bb.fits").exists()

@@ -50,18 +50,43 @@ def write_scene_asdf(path, fitted, catalog, exposures, info=None):
 
 
 def write_residuals_png(path, fitted, exposures, table, title=""):
-    """Data, model and residual / sigma for every exposure, one row each (PNG, atomic)."""
+    """Data, model and residual / sigma for every exposure, one row each (PNG, atomic).
+
+    Parameters
+    ----------
+    path : str
+        The PNG file.
+    fitted : SceneModel
+        The fitted scene.
+    exposures : list of Exposure
+        The exposures of the fit, in its order.
+    table : astropy.table.Table
+        ``fit_info["exposures"]``: one row per exposure, in the same order;
+        its ``background`` [data units] is subtracted from the data.  Rows are
+        paired with the exposures by position, not by name (two images may
+        share a file name).
+    title : str, optional
+        The figure's title.
+
+    Raises
+    ------
+    ValueError
+        If ``table`` does not have one row per exposure.
+    OSError
+        If the file cannot be written.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     n = len(exposures)
+    if len(table) != n:
+        raise ValueError(f"the exposure table has {len(table)} rows for {n} exposures")
     fig = Figure(figsize=(8.5, 2.4 * n + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(n, 3, squeeze=False)
-    bgs = dict(zip(table["name"], table["background"]))
-    for row, e in zip(axes, exposures):
+    for row, e, bg in zip(axes, exposures, table["background"]):
         model = fitted.render(e)
-        bg = float(bgs.get(e.name, 0.0))
+        bg = float(bg)
         w = np.asarray(e.weight)
         data = np.where(w > 0, np.asarray(e.data, dtype=float) - bg, np.nan)
         chi = np.where(w > 0, (data - model) * np.sqrt(w), np.nan)

@@ -31,6 +31,33 @@ def positive_float(text):
     return value
 
 
+def int_at_least(minimum):
+    """argparse type of an integer >= ``minimum``: ``int_at_least(0)`` for a seed.
+
+    Parameters
+    ----------
+    minimum : int
+        The smallest accepted value.
+
+    Returns
+    -------
+    callable
+        ``parse(text) -> int``, raising :class:`argparse.ArgumentTypeError`
+        (a one-line usage error, exit status 2) for text that is not an
+        integer or an integer below ``minimum``.
+    """
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def prepare_output_folder(folder):
     """Create ``folder`` if needed; InputError when it cannot be created or no file can be
     created in it (:func:`probe_folder`)."""

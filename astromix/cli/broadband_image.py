@@ -22,6 +22,11 @@ image is the weighted mean of the planes, per pixel
 ``make_wideband_image``).  OUT.fits holds ``DATA`` (the cube's unit and
 celestial WCS), ``STAT`` (variance, when the cube has one) and ``DQ``
 (1 = no valid plane), written atomically.
+
+The planes' wavelengths, from the spectral axis, must increase: a cube whose
+wavelengths decrease along the axis (e.g. a ``FREQ`` axis with ``CDELT3 > 0``)
+is refused with an error naming the file.  When more than 0.5% of the filter
+lies outside the cube, a warning is logged (``astromix: WARNING: ...``).
 """
 
 import logging
@@ -132,20 +137,34 @@ def run(args):
     InputError
         If the output name is empty, the output exists without
         ``--overwrite`` or is a folder, its folder cannot be created or
-        written, the cube file does not exist, or FILTER is neither a file
-        nor a bandpass (:func:`load_filter`).
+        written, the cube file does not exist, FILTER is neither a file
+        nor a bandpass (:func:`load_filter`), or
+        :func:`~astromix.photometry.make_broadband_image` refuses the cube or
+        the filter (e.g. wavelengths that do not increase along the spectral
+        axis; a filter that misses the cube): the message names the files.
     AstromixError
         If writing the output fails (a full disk...).
     """
     import numpy as np
 
-    from ..photometry import make_broadband_image
+    from ..photometry import PhotometryWarning, make_broadband_image
 
     check_output_file(args.output, args.overwrite)
     if not os.path.isfile(args.cube):
         raise InputError(f"no such file: {args.cube!r}")
     curve = load_filter(args.filter)
-    image = make_broadband_image(args.cube, curve, ext=args.ext)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PhotometryWarning)
+        try:
+            image = make_broadband_image(args.cube, curve, ext=args.ext)
+        except InputError as exc:
+            raise InputError(_naming_the_files(str(exc), args)) from None
+    # the library's warnings as the command's other warnings: "astromix: WARNING: ..."
+    for w in caught:
+        if issubclass(w.category, PhotometryWarning):
+            log.warning("%s: %s", os.path.basename(args.cube), w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     write_exposure(image, args.output, history=[
         f"astromix broadband-image of {os.path.basename(args.cube)}",
         f"through {os.path.basename(args.filter)}"])
@@ -156,3 +175,15 @@ def run(args):
           f"-> {args.output}")
     log.info("wrote %s", args.output)
     return 0
+
+
+def _naming_the_files(message, args):
+    """``make_broadband_image``'s message, with the cube and the filter named in it."""
+    if message.startswith("wave must increase strictly"):
+        return (f"the wavelengths of the planes of cube {args.cube!r} (its spectral WCS "
+                "axis) do not increase strictly; a cube whose wavelengths decrease along "
+                "the axis (e.g. a FREQ axis with CDELT3 > 0) is not supported: reverse "
+                "its planes")
+    if any(name in message for name in (args.cube, os.path.basename(args.cube), args.filter)):
+        return message
+    return f"{message} (cube {args.cube!r}, filter {args.filter!r})"

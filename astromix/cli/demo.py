@@ -42,7 +42,13 @@ import time
 import numpy as np
 
 from ..errors import AstromixError
-from ._shared import atomic_path, image_panels, prepare_output_folder, radial_profile
+from ._shared import (
+    atomic_path,
+    image_panels,
+    int_at_least,
+    prepare_output_folder,
+    radial_profile,
+)
 
 __all__ = ["add_parser", "run", "run_hst_psf", "load_decam_exposures", "detect_catalog",
            "write_asdf", "write_png", "component_table"]
@@ -102,8 +108,9 @@ def add_parser(subparsers):
                         help="--hst-psf: number of Gaussian components (default: 4)")
     parser.add_argument("--index", metavar="I", type=int, default=0,
                         help="--hst-psf: which of the 100 HST PSFs, 0-99 (default: 0)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="--hst-psf: seed of the random initialisation (default: 0)")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, metavar="N",
+                        help="--hst-psf: seed of the random initialisation, >= 0 "
+                             "(default: 0)")
     parser.add_argument("--no-plot", action="store_true",
                         help="do not write the PNG figure (no matplotlib needed)")
     parser.add_argument("--no-progress", action="store_true",

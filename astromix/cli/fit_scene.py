@@ -5,7 +5,9 @@ pipeline, JWST cal/i2d, HST drz/flt or a plain FITS image with a celestial
 WCS), gives it a PSF (a PSFEx model, turned into a Gaussian mixture at every
 source; a PSF image, fitted once by :func:`astromix.fitting.fit_psf_mixture`;
 or an ASDF file holding a GaussianMixturePSF), builds the scene from the
-catalog (:meth:`astromix.SceneModel.from_catalog`), fits it with
+catalog (:meth:`astromix.SceneModel.from_catalog`; a catalog without
+``flux_<band>`` columns gets one flux per band of the images:
+:func:`scene_from_catalog`), fits it with
 :func:`astromix.fitting.fit_scene` and writes ``DIR/catalog.ecsv``,
 ``DIR/exposures.ecsv``, ``DIR/residuals.png`` and ``DIR/scene.asdf`` as the
 demo does.  ``--sample`` adds a nested-sampling posterior
@@ -20,10 +22,10 @@ import sys
 
 import numpy as np
 
-from ..errors import InputError
-from ._shared import atomic_path, prepare_output_folder
+from ..errors import AstromixError, InputError
+from ._shared import atomic_path, check_output_name, int_at_least, prepare_output_folder
 
-__all__ = ["add_parser", "run", "load_psf"]
+__all__ = ["add_parser", "run", "load_psf", "scene_from_catalog"]
 
 
 def add_parser(subparsers):
@@ -60,7 +62,7 @@ def add_parser(subparsers):
                         help="oversampling of PSF images (default: header DET_SAMP, else "
                              "OVERSAMP, else 1; OVERSAMP in STPSF's detector-sampled "
                              "extensions)")
-    parser.add_argument("--psf-components", type=int, default=6, metavar="N",
+    parser.add_argument("--psf-components", type=int_at_least(1), default=6, metavar="N",
                         help="Gaussians per PSF mixture (default: 6)")
     parser.add_argument("--zeropoint", type=float, default=None, metavar="MAG",
                         help="AB magnitude of one catalog flux unit (22.5: nanomaggies; "
@@ -71,7 +73,9 @@ def add_parser(subparsers):
                         metavar="MAG", help="AB zero point of each image (one data unit), "
                                             "overriding what the files give")
     parser.add_argument("--bands", nargs="+", default=None, metavar="BAND",
-                        help="band of each image, overriding the headers")
+                        help="band of each image, overriding the headers; a catalog "
+                             "without flux_<band> columns gets a flux per band of the "
+                             "images")
     background = parser.add_mutually_exclusive_group()
     background.add_argument("--background", nargs="+", type=float, default=None,
                             metavar="VALUE", help="known background of each image (data "
@@ -83,8 +87,10 @@ def add_parser(subparsers):
                              "the fit and in --sample (default: 1 arcsec)")
     parser.add_argument("--sample", action="store_true",
                         help="also sample the posterior with dynesty (slower)")
-    parser.add_argument("--nlive", type=int, default=200, help="live points for --sample")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for --sample")
+    parser.add_argument("--nlive", type=int_at_least(2), default=200, metavar="N",
+                        help="live points for --sample, >= 2 (default: 200)")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, metavar="N",
+                        help="random seed for --sample, >= 0 (default: 0)")
     parser.add_argument("-o", "--output", metavar="DIR", default="astromix-scene",
                         help="output folder (default: ./astromix-scene)")
     parser.add_argument("-b", "--backend", metavar="NAME", default=None,
@@ -200,18 +206,31 @@ def run(args):
     InputError
         If ``--psf``, ``--exposure-zeropoints``, ``--bands`` or
         ``--background`` has neither one value nor one per image, the output
-        folder cannot be created or written, a PSF file is missing,
-        unreadable or holds no PSF (:func:`load_psf`), or the catalog's fluxes
+        folder cannot be created or written or one of the output files is a
+        folder (checked before any work), a PSF file is missing,
+        unreadable or holds no PSF (:func:`load_psf`), the catalog's fluxes
         have a zero point (``--zeropoint`` or the catalog's meta) and an image
         has none (its header gives none and ``--exposure-zeropoints`` is not
-        given): its fluxes would be in image units, not the catalog's.
+        given): its fluxes would be in image units, not the catalog's; the
+        catalog has no ``flux_<band>`` columns and only some images have a
+        band (:func:`scene_from_catalog`); or an image's WCS gives no pixel
+        position at a catalog source (the message names the catalog, the row
+        and the image).
     BackendError
         If ``--backend`` names an unknown or unavailable backend.
+    AstromixError
+        If writing an output file fails (a full disk, a lost permission...);
+        the message names the folder or, for the ``--sample`` outputs, the file.
+
+    Notes
+    -----
+    ``--nlive`` (an integer >= 2), ``--seed`` (>= 0) and
+    ``--psf-components`` (>= 1) are checked by the parser: a bad value is a
+    usage error (exit status 2) before anything is read or written.
     """
     from .. import backends
     from ..data import Exposure
     from ..fitting import fit_scene, sample_scene
-    from ..models.scene import SceneModel
     from ._scene import print_report, write_scene_outputs
 
     n = len(args.images)
@@ -224,6 +243,8 @@ def run(args):
         background = _per_image(args.background, n, "backgrounds")
     else:
         background = "fit"
+    for name in _output_names(args):       # e.g. a folder of that name, before any work
+        check_output_name(os.path.join(args.output, name), True, "--output")
     out = sys.stdout
     with (backends.use_backend(args.backend) if args.backend
           else contextlib.nullcontext(backends.get_backend())):
@@ -236,12 +257,18 @@ def run(args):
                                            oversampling=args.psf_oversampling)
             exposures.append(Exposure.from_fits(path, psf=cache[psf_path], zeropoint=zp,
                                                 band=band))
-        scene = SceneModel.from_catalog(args.catalog, zeropoint=args.zeropoint)
+        scene = scene_from_catalog(args.catalog, exposures, zeropoint=args.zeropoint,
+                                   images=args.images)
         _check_zeropoints(scene, exposures, args)
         print(f"astromix fit-scene: {scene.n_sources} source(s) in {n} image(s), bands "
               f"{', '.join(str(b) for b in scene.bands)}", file=out)
-        fitted, catalog = fit_scene(scene, exposures, background=background,
-                                    max_shift=args.max_shift, progress=not args.no_progress)
+        try:
+            fitted, catalog = fit_scene(scene, exposures, background=background,
+                                        max_shift=args.max_shift,
+                                        progress=not args.no_progress)
+        except InputError:
+            _name_unmapped_source(scene, exposures, args)  # "no pixel position at ..."
+            raise
         written = write_scene_outputs(args.output, fitted, catalog, exposures,
                                       plot=not args.no_plot, title="astromix fit-scene")
         print_report(out, fitted, catalog)
@@ -250,25 +277,123 @@ def run(args):
                                 nlive=args.nlive,
                                 max_shift=args.max_shift, rng=args.seed,
                                 progress=not args.no_progress)
-            summary = post.summary()
-            samples = _samples_table(post)
-            for name, table in (("posterior.ecsv", summary),
-                                ("posterior_samples.ecsv", samples)):
-                path = os.path.join(args.output, name)
-                with atomic_path(path) as tmp:
-                    table.write(tmp, format="ascii.ecsv", overwrite=True)
-                written.append(path)
-            if not args.no_plot:
-                path = os.path.join(args.output, "corner.png")
-                fig = post.corner()
-                with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                    fig.savefig(fh, format="png", dpi=80)
-                written.append(path)
+            written += _write_posterior(args.output, post, plot=not args.no_plot)
             print(f"posterior: log Z = {post.logz:.2f} +- {post.logz_err:.2f}, "
                   f"{len(post.samples)} samples", file=out)
     for path in written:
         print(f"wrote {path}", file=out)
     return 0
+
+
+def _output_names(args):
+    """The files fit-scene writes in ``args.output``."""
+    names = ["catalog.ecsv", "exposures.ecsv", "scene.asdf"]
+    if not args.no_plot:
+        names.append("residuals.png")
+    if args.sample:
+        names += ["posterior.ecsv", "posterior_samples.ecsv"]
+        if not args.no_plot:
+            names.append("corner.png")
+    return names
+
+
+def _write_posterior(folder, post, *, plot=True):
+    """posterior.ecsv, posterior_samples.ecsv and (with ``plot``) corner.png, atomically.
+
+    Returns the written paths; an OSError (a full disk, a lost permission) is
+    an AstromixError naming the file.
+    """
+    written = []
+    path = None
+    try:
+        for name, table in (("posterior.ecsv", post.summary()),
+                            ("posterior_samples.ecsv", _samples_table(post))):
+            path = os.path.join(folder, name)
+            with atomic_path(path) as tmp:
+                table.write(tmp, format="ascii.ecsv", overwrite=True)
+            written.append(path)
+        if plot:
+            path = os.path.join(folder, "corner.png")
+            fig = post.corner()
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                fig.savefig(fh, format="png", dpi=80)
+            written.append(path)
+    except OSError as exc:
+        raise AstromixError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+    return written
+
+
+def scene_from_catalog(catalog, exposures, *, zeropoint=None, images=None):
+    """The scene of a catalog, with a flux per band of the exposures.
+
+    A catalog with ``flux_<band>`` columns gives the scene those bands
+    (:meth:`astromix.SceneModel.from_catalog`).  One without (a detection list
+    of ``ra``, ``dec``; or a plain ``flux`` column, then the starting flux in
+    every band) gets the bands of the exposures, sorted: one flux per band,
+    not one flux shared by images of different bands.  When no exposure has
+    a band, the scene has one unnamed band (a flux shared by all images).
+
+    Parameters
+    ----------
+    catalog : str or astropy.table.Table
+        The catalog (as :meth:`~astromix.SceneModel.from_catalog` reads it).
+    exposures : list of Exposure
+        The images, with their ``band`` (str or None).
+    zeropoint : float, optional
+        AB magnitude of one catalog flux unit (default: the catalog's meta).
+    images : list of str, optional
+        The images' paths, for the error message (default: the exposures' names).
+
+    Returns
+    -------
+    SceneModel
+
+    Raises
+    ------
+    InputError
+        As :meth:`~astromix.SceneModel.from_catalog`, or when the catalog has
+        no ``flux_<band>`` columns and some exposures have a band and others
+        none (give ``--bands``).
+    """
+    from ..models.scene import SceneModel
+
+    scene = SceneModel.from_catalog(catalog, zeropoint=zeropoint)
+    if scene.bands != (None,):           # flux_<band> columns name the bands
+        return scene
+    names = images if images is not None else [e.name for e in exposures]
+    bands = [e.band for e in exposures]
+    if all(b is None for b in bands):
+        return scene
+    missing = [name for name, b in zip(names, bands) if b is None]
+    if missing:
+        raise InputError(f"image(s) {missing} have no band (their headers give no FILTER) "
+                         f"while the others have {sorted(set(bands) - {None})}, and the "
+                         "catalog has no flux_<band> columns; give --bands (one per image)")
+    return SceneModel.from_catalog(catalog, bands=tuple(sorted(set(bands))),
+                                   zeropoint=zeropoint)
+
+
+def _name_unmapped_source(scene, exposures, args):
+    """After a failed fit: InputError naming the catalog file, the row (and id) and the
+    image when the WCS of an image gives no pixel position at a catalog source (a row
+    on the far side of the sky; outside a gwcs bounding box), which the scene reports
+    without them.  Returns quietly when every source maps (another error)."""
+    from ..models.scene import local_affine
+
+    for path, e in zip(args.images, exposures):
+        if getattr(e, "wcs", None) is None:
+            continue
+        for i, name in enumerate(scene.source_names):
+            ra = float(getattr(scene, f"ra_{i}").value)
+            dec = float(getattr(scene, f"dec_{i}").value)
+            try:
+                local_affine(e.wcs, ra, dec)
+            except InputError:
+                source = f"row {i}" + ("" if name == str(i) else f" (id {name!r})")
+                raise InputError(
+                    f"catalog {args.catalog!r}, {source}: image {path!r} gives no pixel "
+                    f"position at (ra, dec) = ({ra:.6f}, {dec:.6f}) deg (its WCS has none "
+                    "there: far from the image, or outside a gwcs bounding box)") from None
 
 
 def _check_zeropoints(scene, exposures, args):
