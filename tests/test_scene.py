@@ -489,6 +489,43 @@ def test_gwcs_exposure_renders_like_the_equivalent_fits_wcs():
     assert np.max(np.abs(a - b)) < 1e-6 * a.max()
 
 
+
+def test_gwcs_bounding_box_does_not_hide_sources_at_the_edge():
+    """A gwcs with a bounding box (the detector, as JWST products have) gives NaN pixel
+    positions outside it.  A source 2 px inside the edge (its central differences reach
+    0.5 arcsec = 2.5 px out) and a neighbour 4 px outside it (its light reaches the image)
+    had stopped the render with "the WCS gives no pixel position"; both render as with the
+    same projection as a FITS WCS, which has no bounding box."""
+    gwcs = pytest.importorskip("gwcs")
+    from astropy import coordinates as coord
+    from astropy import units as u
+    from astropy.modeling import models
+    from gwcs import coordinate_frames as cf
+
+    shape = (50, 52)
+    fits_wcs = make_wcs(shape, scale=0.2, rot=0.4)
+    crpix = fits_wcs.wcs.crpix
+    transform = ((models.Shift(-(crpix[0] - 1)) & models.Shift(-(crpix[1] - 1)))
+                 | models.AffineTransformation2D(matrix=fits_wcs.wcs.cd, translation=[0, 0])
+                 | models.Pix2Sky_TAN()
+                 | models.RotateNative2Celestial(RA, DEC, 180.0))
+    detector = cf.Frame2D(name="detector", axes_names=("x", "y"), unit=(u.pix, u.pix))
+    sky = cf.CelestialFrame(reference_frame=coord.ICRS(), name="icrs", unit=(u.deg, u.deg))
+    g = gwcs.wcs.WCS([(detector, transform), (sky, None)])
+    g.bounding_box = ((-0.5, shape[1] - 0.5), (-0.5, shape[0] - 0.5))
+    (ra_in, ra_out), (dec_in, dec_out) = fits_wcs.pixel_to_world_values([49.0, 55.0],
+                                                                       [25.0, 20.0])
+    assert np.any(np.isnan(g.world_to_pixel_values(ra_out, dec_out)))   # the cut
+    scene = SceneModel([SersicSource(ra_in, dec_in, {"r": 100.0}, r_eff=0.8, n=2.5,
+                                     ellip=0.2, theta=1.0),
+                        SersicSource(ra_out, dec_out, {"r": 300.0}, r_eff=1.0, n=1.0)])
+    a = scene.render(Exposure(np.zeros(shape), uncertainty=np.ones(shape), wcs=fits_wcs,
+                              psf=PSF, band="r"))
+    b = scene.render(Exposure(np.zeros(shape), uncertainty=np.ones(shape), wcs=g, psf=PSF,
+                              band="r"))
+    assert a[20, 51] > 0.05 * a.max()            # the outside neighbour's light is there
+    assert np.max(np.abs(a - b)) < 1e-6 * a.max()
+
 def _field_with_a_star_off_r(case, rng):
     """A galaxy and a star 12 arcsec east of it (60 px), g and r fluxes; a wide g image
     covers both.  ``case``: "no r exposure"; "off r" (the r image covers the galaxy

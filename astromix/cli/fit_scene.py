@@ -376,7 +376,7 @@ def scene_from_catalog(catalog, exposures, *, zeropoint=None, images=None):
 def _name_unmapped_source(scene, exposures, args):
     """After a failed fit: InputError naming the catalog file, the row (and id) and the
     image when the WCS of an image gives no pixel position at a catalog source (a row
-    on the far side of the sky; outside a gwcs bounding box), which the scene reports
+    on the far side of the sky, where a TAN projection has none), which the scene reports
     without them.  Returns quietly when every source maps (another error)."""
     from ..models.scene import local_affine
 
@@ -393,7 +393,7 @@ def _name_unmapped_source(scene, exposures, args):
                 raise InputError(
                     f"catalog {args.catalog!r}, {source}: image {path!r} gives no pixel "
                     f"position at (ra, dec) = ({ra:.6f}, {dec:.6f}) deg (its WCS has none "
-                    "there: far from the image, or outside a gwcs bounding box)") from None
+                    "there: the position is far from the image)") from None
 
 
 def _check_zeropoints(scene, exposures, args):

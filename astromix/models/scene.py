@@ -217,6 +217,21 @@ class StarSource(_SkySource):
     kind = "star"
 
 
+def _world_to_pixel_unbounded(wcs, ra, dec):
+    """(x, y) [px] of sky positions through ``wcs``, outside a gwcs bounding box too.
+
+    A gwcs's ``world_to_pixel_values`` gives NaN outside its bounding box (a
+    JWST product's detector): the scene needs positions there as well, for the
+    central differences of a source within ``step`` of the edge and for a
+    neighbour whose light reaches the image from outside it (a FITS WCS gives
+    them).  gwcs's ``invert(..., with_bounding_box=False)`` is its inverse
+    transform without that cut.
+    """
+    if getattr(wcs, "bounding_box", None) is not None and callable(getattr(wcs, "invert", None)):
+        return wcs.invert(ra, dec, with_bounding_box=False)
+    return wcs.world_to_pixel_values(ra, dec)
+
+
 def local_affine(wcs, ra, dec, step=0.5):
     """Pixel position and local Jacobian of a WCS at a sky position.
 
@@ -232,7 +247,9 @@ def local_affine(wcs, ra, dec, step=0.5):
     Returns
     -------
     pixel : ndarray, shape (2,)
-        (x, y) of the position [px, 0-based].
+        (x, y) of the position [px, 0-based].  A gwcs is inverted without its
+        bounding box, so positions near or beyond the detector's edge are
+        given (gwcs's ``world_to_pixel_values`` makes them NaN).
     jacobian : ndarray, shape (2, 2)
         ``d(x, y) / d(north, east)`` [px / arcsec]: column 0 is the change of
         pixel position per arcsec towards north, column 1 towards east, from the
@@ -247,7 +264,7 @@ def local_affine(wcs, ra, dec, step=0.5):
     d = step * ARCSEC
     ras = np.array([ra, ra, ra, ra + d / cosd, ra - d / cosd])
     decs = np.array([dec, dec + d, dec - d, dec, dec])
-    x, y = wcs.world_to_pixel_values(ras, decs)
+    x, y = _world_to_pixel_unbounded(wcs, ras, decs)
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         raise InputError(f"the WCS gives no pixel position at (ra, dec) = ({ra}, {dec})")
