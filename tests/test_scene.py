@@ -459,6 +459,31 @@ def test_sample_scene_posterior_agrees_with_fit():
     assert post.catalog["flux_g"][0] == pytest.approx(row["median"])
 
 
+
+@pytest.mark.filterwarnings("ignore:The sampling was stopped short")
+def test_sample_scene_theta_prior_spans_each_orientation_once():
+    """A nearly round galaxy: its fitted theta error is large (2.7 rad here), and the
+    default prior +- 8 sigma had spanned 14 periods of pi (theta + pi is the same profile),
+    giving a meaningless theta median; with fit=False and no prior, theta's infinite
+    bounds were refused.  The default is at most +- pi/2 around the optimum (the start)."""
+    pytest.importorskip("dynesty")
+    rng = np.random.default_rng(4)
+    truth = SceneModel([SersicSource(RA, DEC, {"g": 300.0}, r_eff=0.8, n=1.5, ellip=0.0,
+                                     theta=0.0)])
+    e = make_exposure((32, 32), "g", noise=1.0)
+    img = truth.render(e) + rng.normal(0, 1.0, (32, 32))
+    e = Exposure(img, uncertainty=np.ones_like(img), wcs=e.wcs, psf=PSF, band="g")
+    fitted, _ = fit_scene(truth, [e], background=None, progress=False)
+    assert not fitted.fit_info["param_std"]["theta_0"] < math.pi / 16   # 8 sigma > pi/2
+    others = {"flux_g_0": (100.0, 600.0), "r_eff_0": (0.3, 3.0)}
+    for fit, centre, priors in ((fitted, fitted.theta_0.value, None), (False, 0.0, others)):
+        post = sample_scene(truth, [e], fit=fit, priors=priors, nlive=50, rng=1,
+                            progress=False, background=None, maxcall=1500)
+        # every point drawn (the first ones from the whole prior)
+        theta = post.weighted_samples[:, post.param_names.index("theta_0")]
+        assert theta.min() >= centre - math.pi / 2 and theta.max() <= centre + math.pi / 2
+        assert theta.max() - theta.min() > 2.5          # the prior is the whole pi
+
 def test_gwcs_exposure_renders_like_the_equivalent_fits_wcs():
     """A gwcs (as JWST products carry) and the same TAN projection as a FITS WCS agree."""
     gwcs = pytest.importorskip("gwcs")

@@ -442,6 +442,11 @@ def exposure_table(objective, n_free=0):
                   "background": objective.backgrounds.copy()})
 
 
+def _is_theta(name):
+    """Whether a scene parameter name is a source's position angle (theta_<i>)."""
+    return name.startswith("theta_") and name[6:].isdigit()
+
+
 def sample_scene(scene, exposures, *, priors=None, fit=True, width=8.0, nlive=200, dlogz=0.1,
                  bound="multi", sample="auto", rng=None, maxcall=None, background="fit",
                  max_shift=1.0, maxiter=None, relinearize=0.25, dtype=np.float64,
@@ -458,7 +463,11 @@ def sample_scene(scene, exposures, *, priors=None, fit=True, width=8.0, nlive=20
         :mod:`scipy.stats` distribution or a callable ppf, as for
         :class:`~astromix.fitting.DynestyFitter`.  Free parameters without
         one get a uniform prior ``best +- width * sigma`` around the optimum of
-        :func:`fit_scene` (intersected with the parameter's bounds).
+        :func:`fit_scene` (intersected with the parameter's bounds).  A
+        position angle ``theta`` gets at most ``best +- pi/2`` [rad] (each
+        orientation once, since ``theta + pi`` is the same profile), also when
+        its fitted error is not finite (a nearly round source) or, with
+        ``fit=False`` and no prior, around its starting value.
     fit : bool or SceneModel, optional
         True (default): run :func:`fit_scene` first (needed for the default
         priors).  A SceneModel returned by :func:`fit_scene` for this
@@ -495,8 +504,9 @@ def sample_scene(scene, exposures, *, priors=None, fit=True, width=8.0, nlive=20
     Raises
     ------
     InputError
-        As :func:`fit_scene`; for a free parameter without a prior when
-        ``fit`` is False and its bounds are not finite; and for a ``fit``
+        As :func:`fit_scene`; for a free parameter other than ``theta``
+        without a prior when ``fit`` is False and its bounds are not finite;
+        and for a ``fit``
         scene that is not a :func:`fit_scene` result for ``scene`` (no
         ``fit_info``, other parameters, or a position outside ``max_shift``
         of ``scene``'s).
@@ -533,13 +543,25 @@ def sample_scene(scene, exposures, *, priors=None, fit=True, width=8.0, nlive=20
             if name in priors:
                 continue
             s = std.get(name)
+            v = float(getattr(fitted, name).value)
+            if _is_theta(name):
+                # every orientation once: theta and theta + pi are the same profile
+                half = width * s if s is not None and np.isfinite(s) and s > 0 else math.inf
+                half = min(half, 0.5 * math.pi)
+                priors[name] = (v - half, v + half)
+                continue
             if not (s is not None and np.isfinite(s) and s > 0):
                 continue
-            v = float(getattr(fitted, name).value)
             priors[name] = (v - width * s, v + width * s)
     else:
         start = _bound_positions(scene, max_shift)
         held = _hold_unconstrained(start, exposures, keep=priors)
+        for name in start.param_names:
+            par = getattr(start, name)
+            if (_is_theta(name) and name not in priors and not par.fixed and not par.tied
+                    and par.bounds == (None, None)):
+                v = float(par.value)
+                priors[name] = (v - 0.5 * math.pi, v + 0.5 * math.pi)
     sampler = DynestyFitter(nlive=nlive, bound=bound, sample=sample, dlogz=dlogz, rng=rng,
                             progress=progress, pool=pool)
     best = sampler(start, exposures, priors=priors, maxcall=maxcall, background=background,
