@@ -223,8 +223,11 @@ class GaussianMixture:
         Raises
         ------
         InputError
-            If ``matrix`` is not a finite non-singular 2x2 matrix, or the
-            transformed centres or covariances overflow.
+            If ``matrix`` is not a finite non-singular 2x2 matrix, the
+            transformed centres or covariances overflow, or a transformed
+            covariance is not positive definite in float64 (a matrix too close
+            to singular, e.g. ``[[1, 1], [1, 1 + 1e-12]]``, or of too small a
+            scale, e.g. ``diag(1e-170, 1)``).
         """
         m = np.asarray(matrix, dtype=np.float64)
         t = np.asarray(offset, dtype=np.float64)
@@ -239,6 +242,10 @@ class GaussianMixture:
         if not (np.all(np.isfinite(cov)) and np.all(np.isfinite(mean))):
             raise InputError("GaussianMixture.affine: the transformed centres or covariances "
                              "overflow (are not finite)")
+        # a matrix close to singular (or one of tiny scale) can round M C M^T to a singular
+        # or indefinite covariance, which renders the wrong flux or NaN
+        _check_covariances(cov, "GaussianMixture.affine: the transformed covariance (the "
+                                "matrix is too close to singular for float64)")
         return GaussianMixture._unchecked(self._amp, mean, cov)
 
     def shift(self, dx, dy):
@@ -404,8 +411,13 @@ class GaussianMixture:
             float64.  May be a backend (CuPy) array.
         weight : array, shape (ny, nx)
             Inverse variance per pixel, >= 0; 0 masks a pixel (its data may then
-            be NaN).  Taken in the data's precision: with float32 data, positive
-            weights must lie within float32's normal range (1.2e-38 to 3.4e38).
+            be NaN).  Taken in the data's precision: with float32 data, float64
+            weights are narrowed to float32, and positive ones outside float32's
+            normal range (1.2e-38 to 3.4e38) are refused (they would become 0,
+            inf or lose bits); float32 weights are used as given (subnormal
+            ones, below 1.2e-38, carry fewer bits).  float32 sums of ``weight *
+            (model - data)**2`` beyond 3.4e38 give an infinite chi2 (a fitter
+            rejects such a step): pass float64 data for such weights.
         gradient : bool, optional
             Also return the gradient with respect to the mixture's parameters.
         settings : AccuracySettings, optional

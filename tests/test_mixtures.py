@@ -311,6 +311,21 @@ class TestRenderArguments:
         with pytest.raises(InputError, match="overflow"):
             one().affine(EYE * 1e200)
 
+    @pytest.mark.parametrize("matrix", [[[1.0, 1.0], [1.0, 1.0 + 1e-12]],
+                                        [[1e-170, 0.0], [0.0, 1.0]]])
+    def test_affine_to_a_singular_covariance_is_refused(self, matrix):
+        # M C M^T rounds to det 0 (nearly singular M) or C_xx 0 (tiny scale): the
+        # constructor refuses those arrays, and the unchecked result had rendered a flux
+        # of 0.29 (or 1.17) instead of 1, and NaN in the numpy gradient
+        g = GaussianMixture([1.0], [[0.0, 0.0]], [[[2.0, 0.3], [0.3, 1.5]]])
+        m = np.asarray(matrix)
+        cov = m @ g.cov[0] @ m.T
+        with pytest.raises(InputError, match="positive definite"):
+            GaussianMixture([1.0], [[0.0, 0.0]], [cov])
+        with pytest.raises(InputError, match="affine: the transformed covariance .* not "
+                                             "positive definite"):
+            g.affine(m)
+
     def test_scale_shift_convolve_overflow_is_refused(self):
         # they had returned mixtures with infinite amplitudes or centres (and a
         # RuntimeWarning), which render to inf and NaN

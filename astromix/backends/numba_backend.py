@@ -482,8 +482,13 @@ def _ellipse_floor(n2, dt):
     # float32 stamp's render.  It differs from the exact test only for q within
     # the recurrence's rounding (~1e-6 in float32) of n_sigma^2, where the value
     # is 3.7e-6 of the component's peak (n_sigma = 5), as the chord differed in
-    # its own rounding.
-    return dt(math.exp(-0.5 * n2))
+    # its own rounding.  The floor is lowered by 1e-12 of itself, far above the
+    # float64 recurrence's rounding (~1e-14) and far below float32's resolution,
+    # so that pixels exactly on the ellipse (q = n_sigma^2, common: a round
+    # Gaussian centred on a pixel) are kept, as NumPy's q <= n_sigma^2 keeps them;
+    # taken or dropped by the rounding, they had made a round Gaussian's float64
+    # image asymmetric and 3.7e-6 of the peak from NumPy's.
+    return dt(math.exp(-0.5 * n2) * (1.0 - 1e-12))
 
 
 @njit(pipeline_class=_NoAliasCompiler, **_JIT)
