@@ -40,8 +40,8 @@ result.summary().pprint(max_width=120)
 
 # %%
 # imphot found FWHM = 0.79 +- 0.01 arcsec and beta ~ 14 on this pair, fitting
-# the whole field.  Without the exclusion, astromix finds FWHM 0.767 +- 0.006
-# arcsec and beta 5.1 +- 0.3 (0.782 and 7.4 with ``model="imphot"``, which
+# the whole field.  Without the exclusion, astromix finds FWHM 0.777 +- 0.008
+# arcsec and beta 5.4 +- 0.5 (0.782 and 7.4 with ``model="imphot"``, which
 # tapers the reference before blurring it, as imphot does): the moving star's
 # dipole in the residual broadens the kernel.  With the star left out, FWHM
 # drops to 0.705 arcsec with either model.  beta, which sets the kernel's

@@ -2,6 +2,7 @@
 
 import json
 
+import astropy.units as u
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -105,6 +106,11 @@ def test_fit_photometry_hdfs_with_star(tmp_path, capsys):
     assert 0.6 < doc["fwhm"]["value"] < 0.9 and 0.6 < doc["scale"]["value"] < 0.9
     assert set(doc["star"]) >= set(MEASUREMENTS) | {"ra", "dec", "radius"}
     assert "star at" in capsys.readouterr().out
+    # the target has no BUNIT: its unit is MUSE's FSCALE, 1e-20 erg/s/cm2/A, that of bg and rms
+    flam = 1e-20 * u.erg / (u.s * u.cm ** 2 * u.AA)
+    for key in ("bg", "rms"):
+        assert u.Unit(doc["units"][key]).to(flam) == pytest.approx(1.0)
+        assert u.Unit(doc["star"]["units"][key]).to(flam) == pytest.approx(1.0)
 
 
 def _with_bunit(path, bunit, tmp_path):

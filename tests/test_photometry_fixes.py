@@ -66,10 +66,10 @@ def _scaled(exp, k):
 def test_hdfs_fit_reproduces_the_documented_values(hdfs):
     """The baseline of the invariance tests is the fit docs/photometry.rst quotes."""
     _, _, base = hdfs
-    assert base.fwhm.value == pytest.approx(0.767, abs=2e-3)
-    assert base.fwhm.error == pytest.approx(0.006, abs=1e-3)
-    assert base.scale.value == pytest.approx(0.752, abs=2e-3)
-    assert base.beta.value == pytest.approx(5.06, abs=0.02)
+    assert base.fwhm.value == pytest.approx(0.777, abs=2e-3)
+    assert base.fwhm.error == pytest.approx(0.008, abs=1e-3)
+    assert base.scale.value == pytest.approx(0.755, abs=2e-3)
+    assert base.beta.value == pytest.approx(5.37, abs=0.02)
 
 
 @pytest.mark.parametrize("k", [1e-20, 1.0, 1e6])
@@ -139,6 +139,45 @@ def test_image_fit_warns_when_it_stops_at_its_start(hdfs, monkeypatch, caplog):
 
 
 # -- 2. fix_scale = 0 ------------------------------------------------------------------------------
+
+def test_no_false_stuck_warning_when_only_scale_and_bg_are_free(caplog):
+    """With the kernel and shift held at their true values only the linear scale and bg are
+    fitted: their start (linear least squares) is the optimum, so stopping there is no failure
+    (it had been reported as "stopped at its start point")."""
+    from astromix.photometry import moffat_transform
+
+    rng = np.random.default_rng(4)
+    n = 64
+    ref = np.zeros((n, n))
+    ref[rng.integers(8, n - 8, 30), rng.integers(8, n - 8, 30)] = rng.uniform(1, 5, 30)
+    f = np.fft.fftfreq(n, 0.2)
+    blur = np.fft.ifft2(np.fft.fft2(ref) * moffat_transform(np.hypot(f[None, :], f[:, None]),
+                                                            0.8, 3.0)).real
+    tgt = 2.0 * blur + 0.5 + rng.normal(0.0, 0.05, (n, n))
+    with caplog.at_level("WARNING", logger="astromix"):
+        res = fit_image_photometry((tgt, _wcs(0.2, n)), (ref, _wcs(0.2, n)), fix_fwhm=0.8,
+                                   fix_beta=3.0, fix_dx=0.0, fix_dy=0.0, reference_psf=None,
+                                   taper=0, margin=0.0)
+    assert res.info["free"] == ("scale", "bg")
+    assert abs(res.scale.value - 2.0) < 3 * res.scale.error
+    assert abs(res.bg.value - 0.5) < 3 * res.bg.error
+    assert "stopped at its start point" not in caplog.text
+
+
+def test_stuck_warning_lists_only_the_free_start_values(hdfs, monkeypatch, caplog):
+    """The start-point warning gives the start values of the free parameters only."""
+    import scipy.optimize
+
+    real = scipy.optimize.least_squares
+    monkeypatch.setattr(scipy.optimize, "least_squares",
+                        lambda *a, **kw: real(*a, **{**kw, "gtol": 1e300}))
+    target, reference, _ = hdfs
+    with caplog.at_level("WARNING", logger="astromix"):
+        fit_image_photometry(target, reference, fix_dx=0.0, fix_dy=0.0, fix_beta=4.0)
+    assert "stopped at its start point" in caplog.text
+    assert "(fwhm 0.5)" in caplog.text
+    assert "dx" not in caplog.text and "beta" not in caplog.text
+
 
 def test_fix_scale_zero_is_refused(hdfs):
     """With the scale held at 0 the kernel and shift have no effect on the model; they had

@@ -290,6 +290,12 @@ def run(args):
         ra, dec, radius = args.star
         star = fit_star_photometry(target, reference, (ra, dec), radius,
                                    fix_fwhm=args.fix_fwhm, fix_beta=args.fix_beta)
+    if unit is not None and target.unit is None:
+        # the reference was converted to the target's unit (MUSE's FSCALE, or --flux-unit):
+        # it is the unit of bg and rms, which the target's headers do not give as a BUNIT
+        for res in (result, star):
+            if res is not None:
+                res.target_unit = reference.unit.to_string()
     seconds = time.perf_counter() - t0
 
     print(f"{target.name} against {reference.name} (image fit, {args.model} model, "

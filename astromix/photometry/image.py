@@ -45,6 +45,8 @@ HST_PSF = (0.085, 1.6)
 _N_RADIAL = 2048
 #: Fewest unmasked pixels an image fit needs.
 _MIN_PIXELS = 25
+#: Floor of the reference PSF's transform where the windowed model divides by it.
+_MIN_PSF_TRANSFORM = 1e-8
 #: Order in which the parameters are stored in the fit vector.
 _PARAMS = ("scale", "bg", "fwhm", "beta", "dx", "dy")
 
@@ -431,8 +433,10 @@ class ImagePhotometryResult(PhotometryResult):
         ``resample=False`` (default) the pixels are kept and the WCS's
         reference pixel moves by ``(dx / px, dy / py)`` (imphot: add dx/px
         to CRPIX1); with ``resample=True`` the pixels are shifted by ``(-dx,
-        -dy)`` (cubic spline, :func:`scipy.ndimage.shift`) and the WCS is
-        kept.  The PSF is not changed.
+        -dy)`` (cubic spline, :func:`scipy.ndimage.shift`, with the masked
+        pixels first filled with the nearest valid value and the image
+        extended by its edge values, so that the spline does not ring next to
+        them) and the WCS is kept.  The PSF is not changed.
 
         Parameters
         ----------
@@ -475,7 +479,13 @@ class ImagePhotometryResult(PhotometryResult):
             sigma = np.where(w > 0, 1.0 / np.sqrt(np.where(w > 0, w, 1.0)), 1.0) / s
         wcs = exp.wcs
         if resample:
-            data = ndimage.shift(data, (-sy, -sx), order=3, mode="constant", cval=0.0)
+            if mask.any() and not mask.all():
+                # fill the masked pixels with the nearest valid value, so that the spline does
+                # not ring (by up to 10% of the signal) on the unmasked pixels next to them
+                near = ndimage.distance_transform_edt(mask, return_distances=False,
+                                                      return_indices=True)
+                data = data[tuple(near)]
+            data = ndimage.shift(data, (-sy, -sx), order=3, mode="nearest")
             moved = ndimage.shift(mask.astype(np.float64), (-sy, -sx), order=1,
                                   mode="constant", cval=1.0)
             mask = moved > 1e-3
@@ -636,7 +646,7 @@ class _FourierProblem:
     """The Fourier-plane data of one fit and the model with its analytic Jacobian."""
 
     def __init__(self, tft, rft, wft, fx, fy, med_t, med_r, nx_full, window=None,
-                 preshift=(0.0, 0.0)):
+                 preshift=(0.0, 0.0), post=None):
         nxh = tft.shape[1]
         # the reference was already shifted by whole pixels: the phase only applies the rest
         self.preshift = preshift
@@ -646,6 +656,13 @@ class _FourierProblem:
         self.T = tft.ravel()
         self.R = rft.ravel()
         self.W = wft.ravel()
+        # windowed model of a target filtered by the reference's PSF P after its taper:
+        # M = P (bg' w(f) + scale FFT(w IFFT(H0 K E / P))), so that K stays the target's PSF
+        self.post = None
+        if post is not None and window is not None:
+            self.post = post.ravel()
+            self.W = self.W * self.post
+            self.R = self.R / np.maximum(self.post, _MIN_PSF_TRANSFORM)
         self.fx, self.fy = fx, fy
         q = np.sqrt(fx[None, :] ** 2 + fy[:, None] ** 2)
         self.radial = _Radial(q.ravel())
@@ -664,7 +681,8 @@ class _FourierProblem:
         if self.window is None:
             return z
         img = sfft.irfft2(z.reshape(self.shape), s=self.pad_shape)
-        return sfft.rfft2(img * self.window).ravel()
+        out = sfft.rfft2(img * self.window).ravel()
+        return out if self.post is None else out * self.post
 
     def _parts(self, p, jac):
         key = (p.tobytes(), jac)
@@ -885,8 +903,12 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
         ``"windowed"`` (default): the taper multiplies the blurred, shifted
         reference, as it multiplies the target: ``M(f) = bg' w(f) + scale
         FFT(w IFFT(H0(f) Moffat(f) exp(...)))`` with ``H0`` the FFT of the
-        untapered reference (two more FFTs per evaluation, about 20% more
-        time).  ``"imphot"``: the model above, where the taper multiplies the
+        untapered reference (zero only under the reference's own mask; two
+        more FFTs per evaluation, about 20% more time); with
+        ``reference_psf``, whose transform ``P`` filters the tapered target,
+        the model is ``P (bg' w(f) + scale FFT(w IFFT(H0 Moffat exp(...) /
+        P)))``, so that the taper acts on both images alike.  ``"imphot"``:
+        the model above, where the taper multiplies the
         reference *before* it is blurred and shifted, as imphot does (use it
         to reproduce imphot's numbers).  The two differ within about a taper
         width of the mask edges; where those edges cover much of the fitted
@@ -931,7 +953,12 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
     ``N_eff = sum(taper^2)`` the effective number of image pixels (not the
     number of Fourier values: the zero padding correlates them), so that
     they equal those of the same least-squares fit in the image plane with
-    white noise.  They ignore the correlation of the residuals, which come
+    white noise.  With ``reference_psf`` the target's noise is filtered by
+    the PSF's transform ``P``: the covariance is then the sandwich
+    ``s0^2 (J^T J)^-1 J^T diag(P^2) J (J^T J)^-1``, with the unfiltered noise
+    level ``s0^2 = sum(r^2) / (N_eff <P^2> - tr((J^T J)^-1 J^T diag(P^2) J))``
+    (``<P^2>`` the Parseval-weighted mean over the frequencies), which
+    reduces to the above for ``P = 1``.  They ignore the correlation of the residuals, which come
     mostly from the differences between the two images (colour, PSF
     variations, saturation), not from noise: treat them as lower bounds.
     ``(J^T J)^-1`` is computed from ``J`` with its columns scaled to unit
@@ -944,8 +971,10 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
     ``bg`` and the covariance are converted back, so that the results do not
     depend on the data units (multiplying both images by ``k`` multiplies
     ``bg``, ``rms`` and their errors by ``k`` and changes nothing else).  A
-    fit that stops at its start point is reported with a warning
-    (``astromix`` logger).
+    fit of a free fwhm, beta, dx or dy that stops at its start point is
+    reported with a warning giving those start values (``astromix``
+    logger); with only ``scale`` and ``bg`` free the fit is linear and its
+    start, their linear least-squares solution, is already the optimum.
 
     Examples
     --------
@@ -1088,17 +1117,24 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
             tpad = np.zeros((nyp, nxp))
             rpad = np.zeros((nyp, nxp))
             tpad[:nyc, :nxc] = np.where(m, 0.0, tc - med_t)
-            rpad[:nyc, :nxc] = np.where(m, 0.0, rc - med_r)
+            # the windowed model blurs the untapered reference, which is valid wherever its own
+            # mask is not set (also under the target's mask: the blurred light of a source the
+            # target's mask cuts reaches the unmasked pixels around it); the taper, zero on
+            # every masked pixel, removes the target-masked pixels after the blur
+            rpad[:nyc, :nxc] = np.where(r_m[crop] if windowed else m, 0.0, rc - med_r)
             tft = sfft.rfft2(w * tpad)
             rft = sfft.rfft2(rpad if windowed else w * rpad)
             wft = sfft.rfft2(w)
             fx = sfft.rfftfreq(nxp, px)
             fy = sfft.fftfreq(nyp, py)
+            psf_ft = None
             if reference_psf is not None:
                 q = np.sqrt(fx[None, :] ** 2 + fy[:, None] ** 2)
-                tft = tft * moffat_transform(q, *reference_psf)
+                psf_ft = moffat_transform(q, *reference_psf)
+                tft = tft * psf_ft
             prob = _FourierProblem(tft, rft, wft, fx, fy, med_t, med_r, nxp,
-                                   window=w if windowed else None, preshift=(sx * px, sy * py))
+                                   window=w if windowed else None, preshift=(sx * px, sy * py),
+                                   post=psf_ft)
 
             # start: scale and bg by linear least squares at the start kernel
             p0 = np.array([1.0, 0.0, init["fwhm"], init["beta"], init["dx"], init["dy"]])
@@ -1159,7 +1195,10 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
                     raise AstromixError(f"the image fit failed: {exc}") from exc
                 pfit = full(sol.x)
                 nfev += int(sol.nfev)
-                stuck = sol.nfev <= 1 or np.array_equal(sol.x, x0)
+                # scale and bg alone are linear: their start (the linear least-squares
+                # solution) is already the optimum, where the solver rightly stops at once
+                stuck = (sol.nfev <= 1 or np.array_equal(sol.x, x0)) and any(
+                    k in free for k in ("fwhm", "beta", "dx", "dy"))
                 status, message = int(sol.status), str(sol.message)
                 if sol.status <= 0:
                     raise AstromixError(f"the image fit did not converge: {sol.message}")
@@ -1179,10 +1218,11 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
             break
 
         if stuck and refits == 0:
+            started = ", ".join(f"{k} {pfit[_PARAMS.index(k)]:.4g}" for k in free
+                                if k in ("fwhm", "beta", "dx", "dy"))
             log.warning("image fit of %s: the least-squares fit stopped at its start point "
-                        "(%d evaluations): the values are the start values (fwhm %.4g, beta "
-                        "%.4g, dx %.4g, dy %.4g), not fitted ones; check the images and init_*",
-                        name or "target", nfev, *pfit[2:])
+                        "(%d evaluations): the values are the start values (%s), not fitted "
+                        "ones; check the images and init_*", name or "target", nfev, started)
 
         # covariance
         n_eff = float(np.sum(w ** 2))
@@ -1190,9 +1230,24 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
         cov = np.zeros((6, 6))
         if free:
             jf = prob.jacobian_full(pfit)[:, idx]
-            dof = max(n_eff - len(free), 1.0)
-            s2 = float(resid @ resid) / dof
-            cov_f, lost = _covariance(jf, s2)
+            if psf_ft is None:
+                dof = max(n_eff - len(free), 1.0)
+                cov_f, lost = _covariance(jf, float(resid @ resid) / dof)
+            else:
+                # the target's white noise is filtered by P: the residuals' variance is
+                # proportional to |P|^2, so the covariance is the sandwich
+                # s0^2 (J^T J)^-1 J^T diag(|P|^2) J (J^T J)^-1, with the unfiltered noise level
+                # s0^2 from E[RSS] = s0^2 (N_eff <|P|^2> - tr((J^T J)^-1 J^T diag(|P|^2) J))
+                p2 = np.tile((psf_ft ** 2).ravel(), 2)
+                cw = np.tile(prob.c ** 2, 2)
+                bread, lost = _covariance(jf, 1.0)
+                bread = np.where(np.isfinite(bread), bread, 0.0)
+                meat = jf.T @ (p2[:, None] * jf)
+                filt = float(np.sum(cw * p2) / np.sum(cw))
+                dof = max(n_eff * filt - float(np.trace(bread @ meat)), 1.0)
+                cov_f = bread @ meat @ bread * (float(resid @ resid) / dof)
+                cov_f[lost, :] = np.nan
+                cov_f[:, lost] = np.nan
             cov[np.ix_(idx, idx)] = cov_f
             if lost.any():
                 log.warning("image fit of %s: %s not determined by the data (error NaN)",
