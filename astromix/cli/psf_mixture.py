@@ -57,6 +57,7 @@ from ._shared import (
     check_output_name,
     hdu_argument,
     image_panels,
+    int_at_least,
     positive_float,
     prepare_output_folder,
     radial_profile,
@@ -78,18 +79,6 @@ PARAM_COLUMNS = ("amp", "xcr", "ycr", "Cxx", "Cyy", "Cxy")
 
 
 # -- argument parsing ------------------------------------------------------------------------
-def _int_at_least(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-    return parse
-
-
 def _flag01(text):
     if text not in ("0", "1"):
         raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
@@ -134,12 +123,12 @@ def add_parser(subparsers):
                         help="image pixels per science pixel (default: the header's "
                              "DET_SAMP, else OVERSAMP, else 1; OVERSAMP in STPSF's "
                              "detector-sampled DET_SAMP/DET_DIST extensions)")
-    parser.add_argument("--trim", type=_int_at_least(0), default=0, metavar="N",
+    parser.add_argument("--trim", type=int_at_least(0), default=0, metavar="N",
                         help="pixels removed from each edge before fitting (default: 0)")
-    parser.add_argument("--ngauss", type=_int_at_least(1), default=4, metavar="K",
+    parser.add_argument("--ngauss", type=int_at_least(1), default=4, metavar="K",
                         help="number of Gaussians, negative ones included (default: 4)")
     parser.add_argument("--ngauss_neg", "--ngauss-neg", dest="ngauss_neg",
-                        type=_int_at_least(0), default=0, metavar="K",
+                        type=int_at_least(0), default=0, metavar="K",
                         help="how many of them have negative amplitudes (default: 0)")
     parser.add_argument("--snr", type=positive_float, default=None,
                         help="forcepho's noise level: sigma = flux / (snr sqrt(Npix)); it "
