@@ -21,13 +21,14 @@ from astropy.table import MaskedColumn, Table
 from ..errors import InputError
 from ..models.scene import SceneModel, SceneWarning, _exposure_list
 from .lsq import MixtureLSQFitter
-from .nested import DynestyFitter
+from .nested import _SCENE_UNITS, DynestyFitter
 
 __all__ = ["fit_scene", "sample_scene", "scene_catalog", "exposure_table"]
 
 log = logging.getLogger("astromix")
 
-_SHAPE_UNITS = {"r_eff": u.arcsec, "n": u.one, "ellip": u.one, "theta": u.rad}
+#: Units of the shape parameters in the catalog: those they are sampled in.
+_SHAPE_UNITS = {k: v for k, v in _SCENE_UNITS.items() if k not in ("ra", "dec")}
 
 
 def _progress_bar(progress, desc, unit):
