@@ -288,8 +288,7 @@ def _existing_band(f, path, band):
     """The name of the object of ``f`` that holds ``band``, by :func:`_band_group`'s rule
     (the exact name, else the only group whose name matches it regardless of case), or
     None.  InputError if several groups' names differ from ``band`` only in case."""
-    h5py = _import_h5py()
-    same = sorted(k for k in f if k.upper() == band.upper() and isinstance(f.get(k), h5py.Group))
+    same = _case_matches(f, band)
     if len(same) > 1:
         raise InputError(f"{path} has several groups that differ from band {band!r} only in "
                          f"case: {', '.join(repr(g) for g in same)}; forcepho would read one "
@@ -656,6 +655,12 @@ def _open(path):
         raise InputError(f"{path} is not a readable HDF5 file ({exc})") from None
 
 
+def _case_matches(f, band):
+    """Sorted names of the groups of ``f`` whose name is ``band`` regardless of case."""
+    h5py = _import_h5py()
+    return sorted(k for k in f if k.upper() == band.upper() and isinstance(f.get(k), h5py.Group))
+
+
 def _band_group(f, path, band):
     """The group of ``band``; else the only group whose upper-case name is ``band.upper()``."""
     h5py = _import_h5py()
@@ -666,7 +671,7 @@ def _band_group(f, path, band):
     group = f.get(band) if valid else None
     if not isinstance(group, h5py.Group) and valid:
         # forcepho's make_psf.py writes band.upper(); older files may have other cases
-        same = [g for g in groups if g.upper() == band.upper()]
+        same = _case_matches(f, band)
         if len(same) > 1:
             raise InputError(f"{path} has no band {band!r} but several that differ from it "
                              f"only in case: {', '.join(repr(g) for g in same)}; give one "
