@@ -304,6 +304,24 @@ def test_fit_scene_sample_honours_max_shift(tmp_path, capsys):
     assert (fitted["dec"][0] - dec_start) * 3600 == pytest.approx(-0.2, abs=1e-6)
 
 
+def test_fit_scene_sample_refuses_too_few_live_points(tmp_path, capsys):
+    """``--sample --nlive 4`` for a star's 3 free parameters (flux, ra, dec): nested sampling
+    needs nlive > 2 * 3, a one-line error after the fit is written. dynesty had only warned,
+    and such runs could go on for many minutes."""
+    pytest.importorskip("dynesty")
+    _active_backend_or_skip()
+    _one_star_field(tmp_path, dec_offset=0.1)
+    out = tmp_path / "out"
+    code = main(["fit-scene", str(tmp_path / "img.fits"), "--catalog", str(tmp_path / "cat.ecsv"),
+                 "--psf", str(tmp_path / "psf.asdf"), "--no-background", "--sample",
+                 "--nlive", "4", "--no-plot", "--no-progress", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "nlive = 4 live points are too few for 3 free parameters" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (out / "catalog.ecsv").exists() and not (out / "posterior.ecsv").exists()
+
+
 def test_fit_scene_sample_fits_once(tmp_path, capsys, monkeypatch):
     """``--sample`` samples around the fit the command has written: fit_scene runs once
     (sample_scene had run its own fit again)."""

@@ -269,6 +269,23 @@ class TestInput:
         with pytest.raises(InputError, match="model set"):
             fitter(models.Const2D([1.0, 2.0], n_models=2), x, y, z, priors=p)
 
+    def test_too_few_live_points_for_the_free_parameters(self):
+        """dynesty needs nlive > 2 ndim (it only warns, and can stall): refused at the call."""
+        x, y, z, sigma, _ = gaussian_stamp()
+        model = start_gaussian()                       # 3 free: amplitude, x_mean, y_mean
+        with pytest.raises(InputError, match=r"nlive = 6 .* 3 free parameters.*nlive >= 7"):
+            DynestyFitter(nlive=6, rng=0)(model, x, y, z, weights=1 / sigma, priors=GAUSS_PRIORS)
+        model.x_stddev.fixed = False                   # 4 free: 8 live points are too few
+        with pytest.raises(InputError, match=r"nlive = 8 .* 4 free.*> 2 \* 4 = 8"):
+            DynestyFitter(nlive=8, rng=0)(model, x, y, z, weights=1 / sigma,
+                                          priors={**GAUSS_PRIORS, "x_stddev": (1, 4)})
+        # one live point more than 2 ndim is accepted, and samples
+        fitter = DynestyFitter(nlive=7, rng=0, dlogz=5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")            # dynesty's bootstrap warnings
+            fitter(start_gaussian(), x, y, z, weights=1 / sigma, priors=GAUSS_PRIORS)
+        assert fitter.fit_info["ncall"] > 7
+
     def test_bad_options(self):
         with pytest.raises(InputError, match="nlive"):
             DynestyFitter(nlive=1)

@@ -88,7 +88,8 @@ def add_parser(subparsers):
     parser.add_argument("--sample", action="store_true",
                         help="also sample the posterior with dynesty (slower)")
     parser.add_argument("--nlive", type=int_at_least(2), default=200, metavar="N",
-                        help="live points for --sample, >= 2 (default: 200)")
+                        help="live points for --sample (default: 200); more than twice the "
+                             "number of free parameters")
     parser.add_argument("--seed", type=int_at_least(0), default=0, metavar="N",
                         help="random seed for --sample, >= 0 (default: 0)")
     parser.add_argument("-o", "--output", metavar="DIR", default="astromix-scene",

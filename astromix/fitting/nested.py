@@ -437,7 +437,9 @@ class DynestyFitter(Fitter):
         If ``nlive`` is not an integer >= 2, ``bound`` or ``sample`` is not
         one of dynesty's names (or a dynesty object), ``dlogz`` is not a
         finite number > 0, ``rng`` is neither a Generator, an int nor None, or
-        ``pool`` has no ``map`` method.
+        ``pool`` has no ``map`` method.  At a call, if ``nlive <= 2 * n_free``
+        for ``n_free`` free parameters: dynesty only warns, but its ellipsoid
+        bounds need more live points than that and a run can stall.
 
     Notes
     -----
@@ -798,6 +800,14 @@ class DynestyFitter(Fitter):
         """Run dynesty and fill :attr:`fit_info`; returns the model at the best sample."""
         rng = self._generator()
         ndim = len(free_names)
+        if self.nlive <= 2 * ndim:
+            # dynesty only warns; its ellipsoid bounds need more than 2 ndim live
+            # points, and with fewer a run can stall for hours
+            raise InputError(
+                f"nlive = {self.nlive} live points are too few for {ndim} free "
+                f"parameters: nested sampling needs nlive > 2 * {ndim} = {2 * ndim} "
+                f"(dynesty's ellipsoids stall otherwise); use nlive >= {2 * ndim + 1}, "
+                f"or better several times more")
 
         start = time.perf_counter()
         pool_kwargs = ({} if self.pool is None else
