@@ -302,6 +302,34 @@ def test_fit_recovers_injected_parameters_with_honest_errors():
     assert len(info["exposures"]) == 3 and set(info["exposures"]["band"]) == {"g", "r"}
 
 
+@pytest.mark.parametrize("theta", [math.pi / 2, 1.45, 2.0])
+def test_shape_started_round_and_across_the_galaxy_is_found(theta):
+    """A catalog without shapes starts a galaxy at ellip = 0, theta = 0.  Oriented more than
+    pi/4 from that, the chi2 gradient pushes ellip below 0 and theta's is zero there: the fit
+    had stopped on a round model (ellip 0.0, chi2/dof 1.021 against 1.014), now it is started
+    again turned and finds the injected shape."""
+    rng = np.random.default_rng(3)
+    truth = SceneModel([SersicSource(RA, DEC, {"g": 400.0, "r": 600.0}, r_eff=0.9, n=1.5,
+                                     ellip=0.3, theta=theta, name="gal"),
+                        StarSource(RA + 1.6 / 3600, DEC - 1.1 / 3600, {"g": 60.0, "r": 80.0},
+                                   name="star")], zeropoint=22.5)
+    exps = noisy_exposures(truth, rng)
+    start = truth.copy()
+    start.ellip_0, start.theta_0 = 0.0, 0.0
+    fitted, cat = fit_scene(start, exps, progress=False)
+    std = fitted.fit_info["param_std"]
+    assert abs(fitted.ellip_0.value - 0.3) < 4 * std["ellip_0"]
+    d_theta = (fitted.theta_0.value - theta + math.pi / 2) % math.pi - math.pi / 2
+    assert abs(d_theta) < 4 * std["theta_0"]
+    assert fitted.fit_info["chi2"] / fitted.fit_info["dof"] == pytest.approx(1.0, abs=0.02)
+    # a round galaxy stays round, and a held position angle is not turned
+    truth.ellip_0 = 0.0
+    exps = noisy_exposures(truth, np.random.default_rng(4))
+    start.theta_0.fixed = True
+    fitted, _ = fit_scene(start, exps, progress=False)
+    assert fitted.theta_0.value == 0.0 and fitted.ellip_0.value < 0.1
+
+
 def test_fixed_and_tied_parameters_and_known_background():
     rng = np.random.default_rng(5)
     truth = truth_scene()

@@ -94,6 +94,92 @@ def _refit(fitter, fitted, exposures, maxiter, kwargs):
         return fitted
 
 
+#: ``ellip`` this close to its lower bound counts as pinned there (see _unpin_round).
+_PINNED_ELLIP = 1e-3
+#: Where _unpin_round starts a pinned source again: this ellipticity ...
+_RESTART_ELLIP = 0.2
+#: ... at these position angles from the fitted one [rad]: pi/2 apart, so that every
+#: orientation (modulo pi) lies within pi/4 of one of them.
+_RESTART_TURNS = (0.25 * math.pi, 0.75 * math.pi)
+
+
+class _KeptWarnings:
+    """A fitter whose fits keep their warnings in ``fit_info["warnings"]``, to be re-issued.
+
+    fit_scene may fit more than once (``relinearize``, :func:`_unpin_round`); only
+    the warnings of the fit it returns (a degenerate Hessian, an exposure without
+    sources) are the caller's business, and :func:`_reissue` issues them.
+    """
+
+    def __init__(self, fitter):
+        self.fitter = fitter
+
+    def __call__(self, *args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fitted = self.fitter(*args, **kwargs)
+        fitted.fit_info["warnings"] = caught
+        return fitted
+
+
+def _reissue(fitted):
+    """Issue the warnings :class:`_KeptWarnings` kept with ``fitted``, as they were."""
+    for w in fitted.fit_info.pop("warnings", []):
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _pinned_round(fitted):
+    """Sersic sources with free ``ellip`` and ``theta`` whose ``ellip`` ended on its lower bound."""
+    pinned = []
+    for i, kind in enumerate(fitted.source_kinds):
+        if kind != "sersic":
+            continue
+        ellip, theta = getattr(fitted, f"ellip_{i}"), getattr(fitted, f"theta_{i}")
+        if any(p.fixed or p.tied for p in (ellip, theta)):
+            continue
+        low = ellip.bounds[0] if ellip.bounds[0] is not None else 0.0
+        if ellip.value <= low + _PINNED_ELLIP:
+            pinned.append(i)
+    return pinned
+
+
+def _unpin_round(fitter, fitted, exposures, maxiter, kwargs):
+    """Fit again the sources whose ellipticity a fit left on ``ellip = 0``; keep the best fit.
+
+    At ``ellip = 0`` the position angle does nothing, so the chi2 gradient along
+    ``theta`` is zero; when the starting ``theta`` is more than about pi/4 from
+    the galaxy's (a catalog without shapes starts every source at ``ellip = 0,
+    theta = 0``), the gradient along ``ellip`` points below 0 and the fit stops
+    on that bound, a round model of an elongated galaxy.  Each such source is
+    started again at ``ellip = 0.2`` turned by pi/4, then by 3 pi/4, from its
+    fitted angle (every orientation lies within pi/4 of one of these); a refit
+    is kept when its chi2 is lower.  A round galaxy goes back to ``ellip ~ 0``
+    and the first fit stands.
+    """
+    pinned = _pinned_round(fitted)
+    for turn in _RESTART_TURNS:
+        if not pinned:
+            break
+        start = fitted.copy()
+        for i in pinned:
+            ellip, theta = getattr(start, f"ellip_{i}"), getattr(start, f"theta_{i}")
+            low = ellip.bounds[0] if ellip.bounds[0] is not None else 0.0
+            high = ellip.bounds[1] if ellip.bounds[1] is not None else 1.0
+            ellip.value = min(max(_RESTART_ELLIP, low + _RESTART_ELLIP), 0.5 * (low + high))
+            theta.value = float(theta.value) + turn
+        log.info("fit_scene: source(s) %s ended round (ellip = 0); fitting again from "
+                 "ellip = %.1f, theta turned by %.2f rad",
+                 [fitted.source_names[i] for i in pinned], _RESTART_ELLIP, turn)
+        try:
+            again = fitter(start, exposures, maxiter=maxiter, **kwargs)
+        except InputError:              # as _refit: the first fit stands
+            break
+        if again.fit_info["chi2"] < fitted.fit_info["chi2"]:
+            fitted = again
+            pinned = [i for i in pinned if i in _pinned_round(fitted)]
+    return fitted
+
+
 def _bound_positions(scene, max_shift):
     """A copy whose unbounded positions may move at most ``max_shift`` arcsec."""
     scene = scene.copy()
@@ -291,6 +377,16 @@ def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None
     stopped away from a minimum) the parameters along which it fails get NaN
     errors, and the others the errors with those held at their best values.
 
+    At ``ellip = 0`` the position angle has no effect, so a Sersic source
+    started round (a catalog without shapes starts every source at ``ellip =
+    0, theta = 0``) and oriented more than about pi/4 from ``theta`` had the fit
+    stop on the bound ``ellip = 0``.  A source whose free ``ellip`` ends within
+    1e-3 of its lower bound (with ``theta`` free) is fitted again from ``ellip
+    = 0.2`` turned by pi/4, then 3 pi/4, and the refit is kept when its chi2 is
+    lower (each orientation lies within pi/4 of one of these starts); a round
+    galaxy costs one or two more fits.  Only the warnings of the fit returned
+    are issued.
+
     A free flux that no exposure constrains (no exposure of its band has an
     unmasked pixel within ``5 r_eff + 10`` px of the source: a band without
     exposures, bands with different footprints, a masked region) is held at
@@ -311,7 +407,7 @@ def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None
     max_shift = _limit(max_shift, "max_shift", u.arcsec)
     relinearize = _limit(relinearize, "relinearize", u.pix)
     maxiter = _check_maxiter(maxiter)
-    fitter = fitter if fitter is not None else MixtureLSQFitter()
+    fitter = _KeptWarnings(fitter if fitter is not None else MixtureLSQFitter())
     start = _bound_positions(scene, max_shift)
     held = _hold_unconstrained(start, exposures)
     bar = _progress_bar(progress, "fit_scene", " chi2")
@@ -325,8 +421,10 @@ def fit_scene(scene, exposures, *, background="fit", max_shift=1.0, maxiter=None
                 log.info("fit_scene: sources moved by up to %.2f px; fitting again from there",
                          shift)
                 fitted = _refit(fitter, fitted, exposures, maxiter, kwargs)
+        fitted = _unpin_round(fitter, fitted, exposures, maxiter, kwargs)
     finally:
         bar.close()
+    _reissue(fitted)
     _wrap_angles(fitted)
     for name in held:                    # the caller's constraints, not ours
         getattr(fitted, name).fixed = False
