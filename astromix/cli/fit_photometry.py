@@ -24,6 +24,9 @@ The fitted values are printed as a table.  ``--json`` writes ``{"target",
 "reference", "method": "image", "fwhm", "beta", "scale", "bg", "dx", "dy",
 "dra", "ddec", "rms", "units", "seconds"}`` with each measurement as
 ``{"value", "error", "fixed"}`` (and ``"star"``: the same for the star fit);
+``units`` gives the unit of each, that of bg and rms being the target's (its
+``BUNIT``, else MUSE's ``FSCALE`` x erg/s/cm2/A, else "" when unknown),
+whatever unit ``--flux-unit`` converted the reference to;
 ``--plot`` a figure of the fit (format from the file's extension);
 ``--save-fits`` the fitted image, model and residual as FITS files.  Every
 file is written to a temporary file and renamed into place.
@@ -189,6 +192,59 @@ def _header_keyword(image, key):
     return None
 
 
+def _fscale(image):
+    """MUSE's ``FSCALE`` of an image (its data are in FSCALE erg/s/cm^2/A), or None."""
+    try:
+        value = float(_header_keyword(image, "FSCALE"))
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _target_unit(target):
+    """The unit of the target's data, that of bg and rms, as text ("" when unknown).
+
+    Its unit (``BUNIT`` as astropy reads it), else its ``BUNIT`` text, else
+    MUSE's ``FSCALE`` x erg/s/cm^2/A.  The conversion of the reference
+    (``--flux-unit``) does not change the target's data, so it does not
+    change this unit.
+    """
+    from astropy import units as u
+
+    from ..photometry.helpers import FLAM
+
+    if target.unit is not None:
+        return target.unit.to_string()
+    bunit = _header_keyword(target, "BUNIT")
+    if isinstance(bunit, str) and bunit.strip():
+        return bunit.strip()
+    fscale = _fscale(target)
+    return "" if fscale is None else u.Unit(fscale * FLAM).to_string()
+
+
+def _convert_reference(reference, unit, args):
+    """The reference converted with its PHOTFLAM to ``unit``; InputError naming the file and
+    the command's options (not the library's arguments) when it cannot be."""
+    from ..photometry import rescale_to_flux_units
+    from ..photometry.helpers import _flux_unit as _output_unit
+
+    try:
+        unit = _output_unit(unit)
+    except InputError as exc:
+        raise InputError(f"--flux-unit {args.flux_unit}: {exc}") from None
+    try:
+        return rescale_to_flux_units(reference, unit=unit)
+    except InputError as exc:
+        if _header_keyword(reference, "PHOTFLAM") is None and "PHOTFLAM" in str(exc):
+            raise InputError(
+                f"--flux-unit {args.flux_unit}: the reference {args.reference!r} has no PHOTFLAM "
+                "keyword (and no flux-density BUNIT), so it cannot be converted to a flux "
+                "density; add its PHOTFLAM [erg/s/cm2/A per count/s] to its header, or give "
+                "--flux-unit none to fit it in its own units") from None
+        raise InputError(f"--flux-unit {args.flux_unit}: cannot convert the reference "
+                         f"{args.reference!r}: {exc}") from None
+
+
 def _flux_unit(option, target, reference):
     """The unit the reference is converted to (None: no conversion) for ``--flux-unit``.
 
@@ -224,12 +280,8 @@ def _flux_unit(option, target, reference):
         return None
     if target.unit is not None and target.unit.is_equivalent(FLAM):
         return target.unit
-    fscale = _header_keyword(target, "FSCALE")
-    try:
-        fscale = float(fscale)
-    except (TypeError, ValueError):
-        fscale = None
-    if fscale is not None and math.isfinite(fscale) and fscale > 0:
+    fscale = _fscale(target)
+    if fscale is not None:
         return fscale
     log.warning("the reference has a PHOTFLAM but the target's unit is unknown (no flux-density "
                 "BUNIT or FSCALE): the reference stays in count rates, so scale is in target "
@@ -257,17 +309,15 @@ def run(args):
         Before any fit: if ``--json`` or ``--plot`` is empty or a folder, or
         exists without ``--overwrite``, ``--plot`` has no file extension or
         one matplotlib cannot write, a ``--save-fits`` file exists without
-        ``--overwrite``, or an output folder cannot be created or written.
+        ``--overwrite``, or an output folder cannot be created or written;
+        if ``--flux-unit`` is not a flux density per wavelength, or the
+        reference cannot be converted to it (e.g. no ``PHOTFLAM``): the
+        message names the reference file.
     AstromixError
         If writing an output fails (a full disk...); the outputs written
         before it are kept.
     """
-    from ..photometry import (
-        fit_image_photometry,
-        fit_star_photometry,
-        read_image,
-        rescale_to_flux_units,
-    )
+    from ..photometry import fit_image_photometry, fit_star_photometry, read_image
 
     _check_outputs(args)
     t0 = time.perf_counter()
@@ -278,7 +328,7 @@ def run(args):
     reference = read_image(args.reference, ext=args.reference_ext)
     unit = _flux_unit(args.flux_unit, target, reference)
     if unit is not None:
-        reference = rescale_to_flux_units(reference, unit=unit)
+        reference = _convert_reference(reference, unit, args)
         log.info("reference converted with its PHOTFLAM to %s", reference.unit)
     fixed = {f"fix_{name}": getattr(args, f"fix_{name}") for name, _ in _FIXABLE}
     result = fit_image_photometry(
@@ -290,12 +340,11 @@ def run(args):
         ra, dec, radius = args.star
         star = fit_star_photometry(target, reference, (ra, dec), radius,
                                    fix_fwhm=args.fix_fwhm, fix_beta=args.fix_beta)
-    if unit is not None and target.unit is None:
-        # the reference was converted to the target's unit (MUSE's FSCALE, or --flux-unit):
-        # it is the unit of bg and rms, which the target's headers do not give as a BUNIT
-        for res in (result, star):
-            if res is not None:
-                res.target_unit = reference.unit.to_string()
+    # bg and rms are in the target's units, whatever unit the reference was converted to
+    target_unit = _target_unit(target)
+    for res in (result, star):
+        if res is not None:
+            res.target_unit = target_unit
     seconds = time.perf_counter() - t0
 
     print(f"{target.name} against {reference.name} (image fit, {args.model} model, "

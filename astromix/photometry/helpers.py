@@ -193,8 +193,46 @@ def read_image(path, *, ext=None, name=None):
                     meta=meta)
 
 
+def _mask_of(values):
+    """The mask (bool ndarray, True = bad) of a NumPy masked array or an astropy
+    :class:`~astropy.utils.masked.Masked` array, else None (also for a masked array whose
+    mask is ``nomask``)."""
+    from astropy.utils.masked import Masked
+
+    if isinstance(values, Masked):
+        return np.asarray(values.mask, dtype=bool)
+    mask = np.ma.getmask(values)
+    return None if mask is np.ma.nomask else np.asarray(mask, dtype=bool)
+
+
+def _unmasked(values):
+    """The values of an array, masked array or Masked array without the mask (a view)."""
+    from astropy.utils.masked import Masked
+
+    if isinstance(values, Masked):
+        return values.unmasked
+    return np.ma.getdata(values) if isinstance(values, np.ma.MaskedArray) else values
+
+
+def _data_and_mask(values):
+    """``(data, mask)`` of an image given as an array: float64 data and the mask of its
+    non-finite values, or'ed with that of a NumPy masked array or an astropy
+    :class:`~astropy.utils.masked.Masked` array (the data under masked values are kept)."""
+    data = np.asarray(_unmasked(values), dtype=np.float64)
+    mask = ~np.isfinite(data)
+    given = _mask_of(values)
+    if given is not None and given.shape == data.shape:
+        mask |= given
+    return data, mask
+
+
 def _as_image(image, what, *, need_wcs=True):
-    """An Exposure from a path, an HDU, an Exposure, an NDData or a (data, wcs[, sigma]) tuple."""
+    """An Exposure from a path, an HDU, an Exposure, an NDData or a (data, wcs[, sigma]) tuple.
+
+    The mask of a NumPy masked array or an astropy ``Masked`` array given as
+    the tuple's data is kept (with the non-finite pixels), as an Exposure
+    and an NDData keep theirs.
+    """
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -221,8 +259,8 @@ def _as_image(image, what, *, need_wcs=True):
         exp = Exposure(data, uncertainty=image.uncertainty, mask=mask, wcs=image.wcs,
                        unit=image.unit, meta=dict(image.meta))
     elif isinstance(image, (tuple, list)) and len(image) in (2, 3):
-        data = np.asarray(image[0], dtype=np.float64)
-        exp = Exposure(data, wcs=image[1], mask=~np.isfinite(data) if data.ndim == 2 else None,
+        data, mask = _data_and_mask(image[0])
+        exp = Exposure(data, wcs=image[1], mask=mask if data.ndim == 2 else None,
                        uncertainty=image[2] if len(image) == 3 else None)
     else:
         raise InputError(f"{what} must be a FITS file name, an HDU, an astromix Exposure, an "
@@ -292,9 +330,10 @@ def regrid(reference, target, *, method="exact", shape_out=None):
     reference : str, HDU, Exposure, NDData or tuple
         The image to resample: a FITS file name (read with
         :func:`read_image`), an image HDU, an :class:`~astromix.data.Exposure`,
-        an :class:`~astropy.nddata.NDData` or ``(data, wcs[, sigma])``; it needs
-        a celestial WCS.  Masked pixels do not contribute: every target pixel
-        that overlaps one is masked (see Returns for each ``method``).
+        an :class:`~astropy.nddata.NDData` or ``(data, wcs[, sigma])`` (``data``
+        may be a NumPy masked array, whose mask is kept); it needs a celestial
+        WCS.  Masked pixels do not contribute: every target pixel that
+        overlaps one is masked (see Returns for each ``method``).
     target : str, HDU, Exposure, NDData, tuple or WCS
         The image whose grid is wanted (same kinds), or a celestial WCS with
         ``shape_out``.
@@ -612,7 +651,8 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
         The HST image: a FITS file name (read with :func:`read_image`), an
         image HDU, an :class:`~astromix.data.Exposure` or NDData whose
         ``meta["header"]`` (and ``meta["primary_header"]``) hold the FITS
-        headers, or a pair ``(data, header)``.
+        headers, or a pair ``(data, header)`` (``data`` may be a NumPy masked
+        array: its masked pixels stay masked, set to 0).
     unit : unit, str, float or NDData, optional
         The output unit, a flux density per wavelength: an astropy unit or
         string (e.g. ``"1e-20 erg / (s cm2 Angstrom)"``, MUSE's), a number
@@ -672,8 +712,8 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
     out_unit = _flux_unit(unit)
     if (isinstance(image, tuple) and len(image) == 2
             and isinstance(image[1], fits.Header)):
-        data = np.asarray(image[0], dtype=np.float64)
-        exp = Exposure(data, mask=~np.isfinite(data), meta={"header": image[1]})
+        data, mask = _data_and_mask(image[0])
+        exp = Exposure(data, mask=mask if data.ndim == 2 else None, meta={"header": image[1]})
     else:
         exp = _as_image(image, "the image", need_wcs=False)
     headers = [h for h in (header, exp.meta.get("header"), exp.meta.get("primary_header"))
@@ -683,8 +723,10 @@ def rescale_to_flux_units(image, *, unit=None, header=None, photflam=None):
     if photflam is None:
         photflam = _header_value(headers, "PHOTFLAM")
         if photflam is None and kind != "flux":
-            raise InputError("no PHOTFLAM keyword in the image's headers: give photflam= or a "
-                             "header")
+            filename = exp.meta.get("filename")
+            shown = f" of {filename!r}" if filename else " of the image"
+            raise InputError(f"no PHOTFLAM keyword in the headers{shown} (and its unit is not "
+                             "a flux density): give photflam= or a header that holds it")
     if photflam is not None:
         try:
             photflam = float(photflam)
@@ -823,11 +865,23 @@ def _filter_curve(filter_curve):
 
 
 def _cumulative(wave, thr, x):
-    """Integral of the piecewise-linear curve (0 outside its samples) from -inf to each x."""
-    knots = np.unique(np.concatenate([wave, np.clip(x, wave[0], wave[-1])]))
-    vals = np.interp(knots, wave, thr, left=0.0, right=0.0)
-    cum = np.concatenate([[0.0], np.cumsum(0.5 * (vals[1:] + vals[:-1]) * np.diff(knots))])
-    return np.interp(x, knots, cum, left=0.0, right=cum[-1])
+    """Integral of the piecewise-linear curve (0 outside its samples) from -inf to each x.
+
+    The curve is integrated segment by segment between its own samples
+    (``wave`` sorted; a segment of zero width -- two samples at one
+    wavelength, a vertical edge -- adds nothing), and within a segment the
+    integral of the linear piece is exact (quadratic in ``x``).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    width = np.diff(wave)
+    cum = np.concatenate([[0.0], np.cumsum(0.5 * (thr[1:] + thr[:-1]) * width)])
+    # the segment [wave[i], wave[i + 1]] holding x: i is the last sample <= x, so that a
+    # vertical edge at x is passed whole; x beyond the curve is clamped to its ends
+    i = np.clip(np.searchsorted(wave, x, side="right") - 1, 0, wave.size - 2)
+    h = np.clip(x, wave[0], wave[-1]) - wave[i]
+    w = width[i]
+    slope = np.divide(thr[i + 1] - thr[i], w, out=np.zeros_like(h), where=w > 0)
+    return cum[i] + thr[i] * h + 0.5 * slope * h * h
 
 
 def filter_weights(wave, filter_curve):
@@ -836,7 +890,9 @@ def filter_weights(wave, filter_curve):
     Plane ``k`` covers the wavelengths from the midpoint with plane ``k - 1``
     to the midpoint with plane ``k + 1`` (half a step beyond the end
     planes); the filter curve is linearly interpolated between its samples
-    and zero outside them, and integrated exactly.
+    and zero outside them, and integrated exactly.  Two samples at the same
+    wavelength make a vertical edge (e.g. a top-hat written
+    ``([l0, l0, l1, l1], [0, 1, 1, 0])``): the curve steps there.
 
     Parameters
     ----------
@@ -938,7 +994,9 @@ def make_broadband_image(cube, filter_curve, *, wave=None, variance=None, wcs=No
     cube : str, os.PathLike or array-like, shape (nz, ny, nx)
         A FITS cube (MUSE-like: ``DATA`` with a spectral WCS axis, optional
         ``STAT`` variance or ``ERR``, optional ``DQ`` != 0 bad), or an array
-        with ``wave``.  Non-finite values are invalid.
+        with ``wave`` (a Quantity, or a NumPy masked array such as MPDAF's
+        ``Cube.data``, or an astropy ``Masked`` array: masked values are
+        invalid, like ``DQ`` != 0).  Non-finite values are invalid.
     filter_curve : synphot.SpectralElement, str or (array, array)
         A :class:`synphot.SpectralElement` (sampled at its ``waveset``), a
         two-column text file (wavelength [A], throughput; ``#`` comments) or
@@ -947,7 +1005,8 @@ def make_broadband_image(cube, filter_curve, *, wave=None, variance=None, wcs=No
     wave : array-like or Quantity, shape (nz,), optional
         The planes' wavelengths [A], increasing; required for an array cube.
     variance : array-like, shape (nz, ny, nx), optional
-        The cube's variance (array cubes).
+        The cube's variance (array cubes; the values masked in a masked
+        array are invalid).
     wcs : astropy.wcs.WCS, optional
         Celestial WCS of the planes (array cubes).
     ext : int or str, optional
@@ -971,7 +1030,7 @@ def make_broadband_image(cube, filter_curve, *, wave=None, variance=None, wcs=No
     ------
     InputError
         For a cube that is not 3-D, a missing or non-increasing ``wave``,
-        shape mismatches, an unreadable filter curve, a filter that does
+        shape mismatches (variance, masks), an unreadable filter curve, a filter that does
         not overlap the cube at all, or a ``chunk`` that is not an integer
         >= 1.
 
@@ -1009,14 +1068,26 @@ def make_broadband_image(cube, filter_curve, *, wave=None, variance=None, wcs=No
         data, var, std, dq = source["data"], source["var"], source["std"], source["dq"]
         wave, wcs, unit, name = source["wave"], source["wcs"], source["unit"], source["name"]
     else:
+        # a masked array's mask (NumPy's, e.g. MPDAF's Cube.data, or astropy's Masked) is
+        # used as a DQ array: masked values are invalid, as are those of a masked variance
+        bad = _mask_of(cube)
+        cube = _unmasked(cube)
         unit = cube.unit if isinstance(cube, u.Quantity) else None
         data = cube.value if isinstance(cube, u.Quantity) else np.asarray(cube)
-        var = None if variance is None else np.asarray(variance)
-        std, dq, name = None, None, None
+        var = None
+        if variance is not None:
+            var_bad = _mask_of(variance)
+            var = np.asarray(_unmasked(variance))
+            if var_bad is not None and var_bad.shape == var.shape:
+                bad = var_bad if bad is None else bad | var_bad
+        std, dq, name = None, bad, None
         if data.ndim != 3:
             raise InputError(f"cube must be a 3-D array (nz, ny, nx), got shape {data.shape}")
         if var is not None and var.shape != data.shape:
             raise InputError(f"variance has shape {var.shape}, the cube {data.shape}")
+        if dq is not None and dq.shape != data.shape:
+            raise InputError(f"the mask of the cube or its variance has shape {dq.shape}, "
+                             f"the cube {data.shape}")
         if wave is None:
             raise InputError("wave (the wavelength of each plane [A]) is needed for an array "
                              "cube")
