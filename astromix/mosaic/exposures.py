@@ -14,9 +14,11 @@ computes for every (source, exposure) pair the detector position and the local
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import math
+import numbers
 import os
 from typing import Any
 
@@ -34,6 +36,40 @@ DETECTOR_PIXEL_SCALES = {"NRCA1": 0.031, "NRCA2": 0.031, "NRCA3": 0.031, "NRCA4"
                          "NRCB1": 0.031, "NRCB2": 0.031, "NRCB3": 0.031, "NRCB4": 0.031,
                          "NRCALONG": 0.063, "NRCBLONG": 0.063, "NRCA5": 0.063, "NRCB5": 0.063,
                          "MIRIMAGE": 0.11, "NIS": 0.0656}
+
+#: Full-frame (ny, nx) [px] of the JWST detectors: the pixel grid of an exposure whose
+#: ``shape`` is not given (:attr:`InputExposure.pixel_grid`), unless it is a subarray.
+DETECTOR_SHAPES = {**{d: (2048, 2048) for d in DETECTOR_PIXEL_SCALES if d.startswith("NRC")},
+                   "NIS": (2048, 2048), "MIRIMAGE": (1024, 1032)}
+
+
+def integer_parameter(value, name, minimum=1):
+    """``value`` as an int, refused unless it is an integral number >= ``minimum``.
+
+    Parameters
+    ----------
+    value : int, numpy integer or integral float
+        e.g. ``4``, ``np.int64(4)`` or ``4.0``; not a bool, a string, 2.5 or NaN.
+    name : str
+        The parameter's name, for the message.
+    minimum : int, optional
+        Smallest value allowed (default 1).
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    InputError
+        If ``value`` is not an integral real number >= ``minimum`` (2.5 is
+        refused, not truncated).
+    """
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or not float(value).is_integer()
+            or value < minimum):
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -57,7 +93,11 @@ class InputExposure:
         Observation date and time (ISO, e.g. ``"2023-01-02T03:04:05"``); stpsf
         loads the mirror state (OPD) of that date.
     shape : tuple of int, optional
-        (ny, nx) of its pixel grid; positions outside it are not used.
+        (ny, nx) of its pixel grid; positions outside it are not used.  When
+        it is not given, the WCS's ``array_shape`` (or ``pixel_shape``) or
+        else the full frame of a known JWST ``detector``
+        (:data:`DETECTOR_SHAPES`, unless ``meta`` names a ``SUBARRAY`` other
+        than ``FULL``) stands for it: see :attr:`pixel_grid`.
     meta : dict, optional
         Anything else (the table row it came from).
 
@@ -93,6 +133,42 @@ class InputExposure:
                                  f"has no {method}; give an astropy or gwcs WCS")
         if self.shape is not None:
             object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+
+    @functools.cached_property
+    def pixel_grid(self):
+        """The (ny, nx) [px] of the exposure's pixel grid, or None when it is unknown.
+
+        ``shape`` when given; else the WCS's ``array_shape`` (``pixel_shape``
+        reversed); else, for a detector of :data:`DETECTOR_SHAPES`, its full
+        frame, unless ``meta`` has a ``SUBARRAY`` (any case) other than
+        ``FULL`` (a subarray's size is unknown).  It decides which mosaic
+        positions the exposure covers (:func:`source_geometry`) and bounds
+        the position bins of the PSF providers.  Computed once.
+        """
+        if self.shape is not None:
+            return self.shape
+        shape = getattr(self.wcs, "array_shape", None)
+        if shape is None:
+            pixel_shape = getattr(self.wcs, "pixel_shape", None)
+            shape = None if pixel_shape is None else tuple(pixel_shape)[::-1]
+        if shape is not None and len(shape) == 2:
+            return tuple(int(s) for s in shape)
+        if self.detector is None:
+            return None
+        full = DETECTOR_SHAPES.get(str(self.detector).strip().upper())
+        subarray = next((v for k, v in (self.meta or {}).items()
+                         if str(k).lower() == "subarray" and v is not None), None)
+        if full is None or (subarray is not None
+                            and str(subarray).strip().upper() not in ("", "FULL")):
+            return None
+        return full
+
+    @property
+    def coverage_known(self):
+        """Whether the exposure's footprint is known: a :attr:`pixel_grid`, or a gwcs
+        ``bounding_box`` (outside which its WCS gives no pixel position)."""
+        return (self.pixel_grid is not None
+                or getattr(self.wcs, "bounding_box", None) is not None)
 
 
 # -- context ---------------------------------------------------------------------------------
@@ -584,7 +660,12 @@ def source_geometry(mosaic_wcs, exposures, x, y, *, step=0.5):
     jacobian : ndarray, shape (n_exposures, N, 2, 2)
         ``J = d(x_mos, y_mos) / d(x_exp, y_exp)``; NaN where undefined.
     inside : ndarray of bool, shape (n_exposures, N)
-        The position is finite and, when the exposure has a ``shape``, on it.
+        The position is finite and on the exposure's pixel grid
+        (``-0.5 < x < nx - 0.5`` and the same in y), when that grid is known:
+        its ``shape``, else its WCS's ``array_shape``, else its detector's
+        full frame (:attr:`InputExposure.pixel_grid`).  An exposure whose grid
+        is unknown (and whose WCS has no ``bounding_box``) counts wherever its
+        WCS gives a position.
 
     Raises
     ------
@@ -619,8 +700,9 @@ def source_geometry(mosaic_wcs, exposures, x, y, *, step=0.5):
         ok = np.all(np.isfinite(a), axis=(1, 2)) & np.isfinite(ex[0]) & np.isfinite(ey[0])
         det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
         ok &= np.abs(det) > 0
-        if exp.shape is not None:
-            ny, nx = exp.shape
+        grid = exp.pixel_grid
+        if grid is not None:
+            ny, nx = grid
             with np.errstate(invalid="ignore"):
                 ok &= (ex[0] > -0.5) & (ex[0] < nx - 0.5) & (ey[0] > -0.5) & (ey[0] < ny - 0.5)
         det_xy[e, :, 0], det_xy[e, :, 1] = ex[0], ey[0]

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..backends._common import host_array
 from ..errors import InputError
+from .exposures import integer_parameter
 
 __all__ = ["PSFProvider", "PoppyProvider", "StpsfProvider", "ImageProvider", "NIRCAM_FILTERS"]
 
@@ -65,11 +66,13 @@ class PSFProvider:
     Parameters
     ----------
     oversampling : int
-        Image pixels per detector pixel of the images returned.
+        Image pixels per detector pixel of the images returned (an integer
+        >= 1; an integral float such as 4.0 is taken, 2.5 is refused).
     position_bin : float or None, optional
         Size [detector px] of the square bins in which the PSF is taken as
-        constant; the PSF of a bin is computed at its centre.  None: one PSF
-        per detector.
+        constant; the PSF of a bin is computed at its centre, or at the centre
+        of its part on the detector for a bin that reaches beyond the
+        detector's edge (see :meth:`key`).  None: one PSF per detector.
     pixel_integrated : bool, optional
         True when the images already include the detector's pixel response
         (empirical ePSFs); otherwise :class:`~astromix.ExposureWeightedPSF`
@@ -87,16 +90,15 @@ class PSFProvider:
     Raises
     ------
     InputError
-        If ``oversampling`` is below 1 or ``position_bin`` is not > 0.
+        If ``oversampling`` is not an integer >= 1 or ``position_bin`` is not
+        > 0.
     """
 
     #: Whether the observation date is part of the cache key.
     uses_date = False
 
     def __init__(self, oversampling, *, position_bin=None, pixel_integrated=False):
-        oversampling = int(oversampling)
-        if oversampling < 1:
-            raise InputError(f"oversampling must be an integer >= 1, got {oversampling}")
+        oversampling = integer_parameter(oversampling, "oversampling")
         if position_bin is not None and not float(position_bin) > 0:
             raise InputError(f"position_bin must be > 0 [px] or None, got {position_bin}")
         self.oversampling = oversampling
@@ -138,14 +140,37 @@ class PSFProvider:
             ``(instrument, filter, detector, bin_x, bin_y, date)``; ``bin_x`` and
             ``bin_y`` are the centre [px] of the position bin (None without
             bins); ``date`` is the day (None unless :attr:`uses_date`).
+
+        Notes
+        -----
+        Bin ``k`` spans ``[k b, (k + 1) b)`` px (``b`` = :attr:`position_bin`).
+        The centre returned always lies on the detector, ``0 <= bin_x <= nx -
+        1`` (as stpsf's ``detector_position`` requires), with ``(ny, nx)`` the
+        exposure's pixel grid (:attr:`~astromix.mosaic.InputExposure.pixel_grid`: its shape,
+        else its WCS's, else its detector's full frame): a position within
+        half a pixel of the low edge (``-0.5 < x < 0``) is in bin 0, and a
+        bin reaching beyond the detector (a bin size that does not divide it,
+        e.g. 500 px on 2048, or 256 px on MIRI's 1032 columns) is centred on
+        its part on the detector, ``[k b, nx)``.  Without a known grid only
+        the low edge is enforced.
         """
         bx = by = None
         if self.position_bin is not None:
-            b = self.position_bin
-            bx = (math.floor(float(x) / b) + 0.5) * b
-            by = (math.floor(float(y) / b) + 0.5) * b
+            grid = getattr(exposure, "pixel_grid", None)
+            ny, nx = grid if grid is not None else (None, None)
+            bx = self._bin_centre(float(x), nx)
+            by = self._bin_centre(float(y), ny)
         date = str(exposure.date)[:10] if (self.uses_date and exposure.date) else None
         return (exposure.instrument, exposure.filter, exposure.detector, bx, by, date)
+
+    def _bin_centre(self, v, n):
+        """Centre [px] of the position bin of coordinate ``v`` on an axis of ``n`` pixels
+        (None: unknown), on the detector: in ``[0, n - 1]`` (see :meth:`key`)."""
+        b = self.position_bin
+        top = math.inf if n is None else n - 1.0
+        k = math.floor(min(max(v, 0.0), top) / b)
+        hi = (k + 1) * b if n is None else min((k + 1) * b, float(n))
+        return min(0.5 * (k * b + hi), top)
 
     def compute(self, key, exposure):
         """Compute the PSF image of a key (subclasses implement it).
@@ -307,10 +332,11 @@ class PoppyProvider(PSFProvider):
     Raises
     ------
     InputError
-        If ``filter`` is not one of :data:`NIRCAM_FILTERS`, ``fov_pixels`` < 3,
-        ``nlambda`` < 1, ``oversampling`` < 1, ``position_bin`` is not > 0,
-        or ``wfe`` is not a mapping of integer Noll indices >= 1 to finite
-        numbers.
+        If ``filter`` is not one of :data:`NIRCAM_FILTERS`, ``fov_pixels`` is
+        not an integer >= 3, ``nlambda``, ``npix`` or ``oversampling`` not an
+        integer >= 1 (integral floats such as 4.0 are taken, 4.5 is refused),
+        ``position_bin`` is not > 0, or ``wfe`` is not a mapping of integer
+        Noll indices >= 1 to finite numbers.
 
     Notes
     -----
@@ -328,14 +354,12 @@ class PoppyProvider(PSFProvider):
             raise InputError(f"PoppyProvider knows the filters {sorted(NIRCAM_FILTERS)}, "
                              f"not {filter!r}")
         self.pixel_scale = None if pixel_scale is None else float(pixel_scale)
-        self.fov_pixels = int(fov_pixels)
-        self.nlambda = int(nlambda)
-        if self.fov_pixels < 3 or self.nlambda < 1:
-            raise InputError("fov_pixels must be >= 3 and nlambda >= 1")
+        self.fov_pixels = integer_parameter(fov_pixels, "fov_pixels", 3)
+        self.nlambda = integer_parameter(nlambda, "nlambda")
         self.wfe = (_noll_coefficients(wfe) if wfe is not None
                     else {4: 25.0, 5: 20.0, 6: -15.0, 7: 12.0, 8: 10.0, 9: 8.0, 11: 10.0})
         self.field_wfe = float(field_wfe)
-        self.npix = int(npix)
+        self.npix = integer_parameter(npix, "npix")
 
     def key(self, exposure, x, y):
         """As :meth:`PSFProvider.key`, with the instrument and detector left out.
@@ -472,7 +496,8 @@ class StpsfProvider(PSFProvider):
     ------
     InputError
         At construction, when the stpsf data folder is missing (stpsf would
-        otherwise try to download 70 MB at the first PSF).
+        otherwise try to download 70 MB at the first PSF), or ``oversampling``,
+        ``fov_pixels`` or ``nlambda`` is not an integer >= 1.
 
     Notes
     -----
@@ -496,9 +521,9 @@ class StpsfProvider(PSFProvider):
                              "or ImageProvider")
         self.data_path = path
         self.instrument = str(instrument)
-        self.fov_pixels = int(fov_pixels)
+        self.fov_pixels = integer_parameter(fov_pixels, "fov_pixels")
         self.opd_by_date = bool(opd_by_date)
-        self.nlambda = None if nlambda is None else int(nlambda)
+        self.nlambda = None if nlambda is None else integer_parameter(nlambda, "nlambda")
 
     def compute(self, key, exposure):
         """The stpsf PSF of a key (see the class docstring).
@@ -510,7 +535,8 @@ class StpsfProvider(PSFProvider):
             :meth:`~PSFProvider.key`: the instrument name, in any case
             (``stpsf.instrument``; the provider's ``instrument`` when None),
             filter, detector and detector position [px] to set (each skipped
-            when None or empty).
+            when None or empty; the position on the detector, kept within
+            the range stpsf's ``detector_position`` accepts).
         exposure : InputExposure
             Its full ``date`` selects the OPD (when ``opd_by_date`` and the key
             has a date); its name appears in error messages.
@@ -560,7 +586,7 @@ class StpsfProvider(PSFProvider):
         if detector:
             inst.detector = detector          # first: it resets the position
         if bx is not None:
-            inst.detector_position = (bx, by)
+            inst.detector_position = _stpsf_position(inst, bx, by)
         if self.opd_by_date and date:
             inst.load_wss_opd_by_date(str(exposure.date), choice="closest", plot=False,
                                       verbose=False)
@@ -570,6 +596,22 @@ class StpsfProvider(PSFProvider):
         hdul = inst.calc_psf(**kwargs)
         ext = "OVERDIST" if "OVERDIST" in [h.name for h in hdul] else 0
         return np.array(hdul[ext].data, dtype=np.float64)
+
+
+def _stpsf_position(inst, x, y):
+    """(x, y) [px] within the range stpsf's ``detector_position`` setter accepts.
+
+    The key's bin centre already lies on the exposure's detector; stpsf
+    refuses ``x > nx - 1`` or ``y > ny - 1`` with ``(ny, nx)`` its own
+    ``_detector_npixels`` (an int, or a tuple read as (y, x): stpsf 2.2 gives
+    MIRI ``(1032, 1024)``, so it refuses MIRI's columns 1024-1031), and any
+    negative coordinate.  Clipped to that range (a few pixels at most).
+    """
+    npix = getattr(inst, "_detector_npixels", None)
+    if npix is None:
+        return (max(x, 0.0), max(y, 0.0))
+    ny, nx = npix if isinstance(npix, tuple) else (npix, npix)
+    return (min(max(x, 0.0), nx - 1.0), min(max(y, 0.0), ny - 1.0))
 
 
 class ImageProvider(PSFProvider):
@@ -615,8 +657,8 @@ class ImageProvider(PSFProvider):
         On a bad image (not 2-d, NaN or infinite pixels, no positive flux), an
         unknown ``by`` or ``missing``, no ``oversampling`` when no image is a
         FITS file whose header gives it (the message names the files without
-        it), a non-integer oversampling in a FITS header, FITS files whose headers
-        give different oversamplings, or (at use) an exposure
+        it), a non-integer oversampling (given, 2.5, or in a FITS header), FITS
+        files whose headers give different oversamplings, or (at use) an exposure
         with no image in the dict (it is then left out with a warning instead
         when ``missing="skip"``).
     """

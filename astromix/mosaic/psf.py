@@ -53,6 +53,7 @@ from .exposures import (
     context_planes,
     decode_context,
     exposures_from_table,
+    integer_parameter,
     order_exposures,
     read_association,
     source_geometry,
@@ -71,8 +72,9 @@ PREPARED_SAMPLING = 8
 def _prepare_image(image, oversampling, *, detector_pixel, pixfrac, sampling=PREPARED_SAMPLING):
     """Convolve with the detector pixel and the drizzle drop, upsample (Fourier).
 
-    Returns the prepared image (density per detector px^2), its samples per
-    detector px and the (x, y) index of the PSF centre.
+    Returns the prepared image (density per detector px^2: a unit-sum input
+    image integrates to 1), its samples per detector px and the (x, y) index of
+    the PSF centre.
     """
     from scipy import fft
 
@@ -95,9 +97,12 @@ def _prepare_image(image, oversampling, *, detector_pixel, pixfrac, sampling=PRE
         oy, ox = (m_y * up) // 2 - m_y // 2, (m_x * up) // 2 - m_x // 2
         big[oy:oy + m_y, ox:ox + m_x] = spec
         spec = big
+    # the zero-padded inverse transform interpolates the input's samples (x up**2 for
+    # the larger transform's 1 / size): each value is still the flux of one input
+    # sample, 1 / oversampling**2 detector px^2, whatever the finer spacing
     out = fft.ifft2(fft.ifftshift(spec)).real * (up * up)
     os_eff = oversampling * up
-    out *= os_eff * os_eff          # flux per sample -> density per detector px^2
+    out *= oversampling * oversampling      # flux per input sample -> density per px^2
     out.setflags(write=False)
     return out, float(os_eff), (centre[0] * up, centre[1] * up)
 
@@ -124,8 +129,12 @@ def psf_profile_metrics(image, pixel_scale, *, radii=(0.1, 0.2, 0.3), r_total=1.
     -------
     dict
         ``fwhm`` [arcsec]: the diameter of the circle of the same area as the
-        pixels above half the peak (exact for a circular profile, robust for
-        spiky ones); ``ee``: dict radius -> encircled energy.
+        region above half the peak, measured on the image bilinearly
+        interpolated to 4 samples per pixel, each standing for its true area
+        (for a circular profile the diameter of its half-maximum contour, to
+        the pixelation of that grid: within 4% for a Gaussian of FWHM 4-8 px
+        with its peak on a pixel, about 1% above, unbiased; robust for spiky
+        profiles); ``ee``: dict radius -> encircled energy.
 
     Raises
     ------
@@ -141,11 +150,15 @@ def psf_profile_metrics(image, pixel_scale, *, radii=(0.1, 0.2, 0.3), r_total=1.
     if centre is None:
         centre = ((img * xx)[core].sum() / img[core].sum(),
                   (img * yy)[core].sum() / img[core].sum())
-    # half-maximum area on a 4x finer bilinear grid (less pixelation for coarse images)
+    # half-maximum area on a 4x finer bilinear grid (less pixelation for coarse images);
+    # zoom keeps the corner samples (grid_mode=False), so its spacing is (n - 1) /
+    # (m - 1) px, not 1/4 px: each fine sample stands for that much area
     from scipy import ndimage
 
     fine = ndimage.zoom(img, 4, order=1, grid_mode=False)
-    area = np.count_nonzero(fine >= 0.5 * peak) / 16.0
+    step_y, step_x = ((n - 1) / (m - 1) if n > 1 else 1.0 / m
+                      for n, m in zip(img.shape, fine.shape))
+    area = np.count_nonzero(fine >= 0.5 * peak) * step_y * step_x
     fwhm = 2.0 * math.sqrt(area / math.pi) * pixel_scale
     r = np.hypot(xx - centre[0], yy - centre[1]) * pixel_scale
     if r_total > min(centre[0], centre[1], img.shape[1] - 1 - centre[0],
@@ -219,8 +232,11 @@ class ExposureWeightedPSF:
     context : array-like of int, shape (n_planes, ny, nx), optional
         The context image (32 exposures per plane, see
         :func:`~astromix.mosaic.decode_context`).  Without it, every exposure
-        whose detector covers the source (its WCS and ``shape``) is taken as
-        contributing.
+        whose detector covers the source (its WCS and pixel grid: ``shape``,
+        else the WCS's ``array_shape``, else the detector's full frame, see
+        :attr:`~astromix.mosaic.InputExposure.pixel_grid`) is taken as contributing; an
+        exposure whose pixel grid is unknown is counted wherever its WCS
+        gives a position, with a warning at construction.
     sigma : float, optional
         Gaussian smoothing [mosaic px] applied after combination (default
         None: none); see :meth:`calibrate_smoothing`.
@@ -230,7 +246,8 @@ class ExposureWeightedPSF:
         Convolve the provider's images with the detector pixel (default: unless
         the provider says its images already include it).
     subsample : int, optional
-        Samples per mosaic pixel and axis of the resampling (default 2).
+        Samples per mosaic pixel and axis of the resampling (default 2); an
+        integer >= 1 (an integral float such as 2.0 is taken, 2.5 refused).
     normalize : bool, optional
         Scale each stamp to unit sum (default True); an oversampled stamp of
         :meth:`image` (``oversampling`` N > 1 samples per mosaic pixel) to a
@@ -244,7 +261,7 @@ class ExposureWeightedPSF:
     InputError
         On an empty exposure list, a provider that is not a PSFProvider, a
         context with fewer than ``n_exposures / 32`` planes, or a bad
-        parameter.
+        parameter (e.g. a ``subsample`` that is not an integer >= 1).
 
     Notes
     -----
@@ -306,10 +323,17 @@ class ExposureWeightedPSF:
         self.pixfrac = pixfrac
         self.detector_pixel = (not provider.pixel_integrated) if detector_pixel is None \
             else detector_pixel
-        self.subsample = int(subsample)
-        if self.subsample < 1:
-            raise InputError(f"subsample must be >= 1, got {subsample}")
+        self.subsample = integer_parameter(subsample, "subsample")
         self.normalize = bool(normalize)
+        if context is None:
+            unknown = [e.name for e in exposures if not e.coverage_known]
+            if unknown:
+                log.warning("%d exposure(s) have no known pixel grid (no shape, no NAXIS1/"
+                            "NAXIS2, no WCS array_shape or bounding_box, no full-frame "
+                            "detector), e.g. %s: without a context image their coverage "
+                            "cannot be decided and they count at every source their WCS "
+                            "reaches; give their shape or the context", len(unknown),
+                            ", ".join(unknown[:3]))
 
     # -- attributes ----------------------------------------------------------------------------
     @property
@@ -700,14 +724,8 @@ class ExposureWeightedPSF:
         return x, y
 
     @staticmethod
-    def _check_dim(dim):
-        try:
-            dim = int(dim)
-        except (TypeError, ValueError):
-            raise InputError(f"dim must be an integer, got {dim!r}") from None
-        if dim < 1:
-            raise InputError(f"dim must be >= 1, got {dim}")
-        return dim
+    def _check_dim(dim, name="dim"):
+        return integer_parameter(dim, name)
 
     def _exposure_indices(self, exposures):
         # indices 0 <= i < n_exposures (no negative indexing, no names, no bools)
@@ -736,7 +754,8 @@ class ExposureWeightedPSF:
         x, y : float
             Source position [mosaic px, 0-based].
         dim : int, optional
-            Stamp size [mosaic px], any positive integer (default 51).
+            Stamp size [mosaic px], any positive integer (default 51; an
+            integral float such as 51.0 is taken, 51.5 is refused).
         offset : (float, float), optional
             Position (x, y) of the PSF centre relative to the stamp centre
             ``((dim - 1) / 2, (dim - 1) / 2)`` [mosaic px]; e.g.
@@ -750,7 +769,8 @@ class ExposureWeightedPSF:
             False replaces each Jacobian by its scale alone (no rotation, no
             parity): the "unrotated average" that ignores the orientations.
         oversampling : int, optional
-            Samples per mosaic pixel of the stamp (default 1).  Above 1 the
+            Samples per mosaic pixel of the stamp, an integer >= 1 (default
+            1; 1.5 is refused, not truncated).  Above 1 the
             stamp is an effective PSF in the sense of Anderson & King (2000,
             PASP 112, 1360): the flux a mosaic pixel centred on each sample
             would receive, like an empirical ePSF; ``dim`` then counts
@@ -771,8 +791,9 @@ class ExposureWeightedPSF:
         Raises
         ------
         InputError
-            On a bad position or ``dim``, or an ``exposures`` entry that is not
-            an integer index of an exposure.
+            On a bad position, a ``dim`` or ``oversampling`` that is not an
+            integer >= 1, or an ``exposures`` entry that is not an integer
+            index of an exposure.
         """
         dim = self._check_dim(dim)
         x, y = self._checked_positions(x, y)
@@ -783,9 +804,7 @@ class ExposureWeightedPSF:
             keep = np.zeros(len(self.exposures), dtype=bool)
             keep[self._exposure_indices(exposures)] = True
             mask = mask & keep
-        oversampling = int(oversampling)
-        if oversampling < 1:
-            raise InputError(f"oversampling must be an integer >= 1, got {oversampling}")
+        oversampling = integer_parameter(oversampling, "oversampling")
         out, used, _ = self._stamp(0, mask, det_xy, jac, dim, tuple(map(float, offset)),
                                    rotate=rotate, oversampling=oversampling)
         if not used:
@@ -828,7 +847,8 @@ class ExposureWeightedPSF:
         Raises
         ------
         InputError
-            On an empty catalog, non-finite or outside positions, bad ``dim``.
+            On an empty catalog, non-finite or outside positions, a ``dim``
+            that is not an integer >= 1.
         AstromixError
             A chunk's error, re-raised naming the chunk's first source.
         """
@@ -993,7 +1013,7 @@ class ExposureWeightedPSF:
         image : array-like, shape (ny, nx)
             The mosaic (background-subtracted or not, see ``background``).
         size : int, optional
-            Stamp size [px] (default 21).
+            Stamp size [px] (default 21), an integer >= 1.
         bounds : (float, float), optional
             Range of sigma [mosaic px] searched, ``0 <= low < high``, finite.
         background : bool, optional
@@ -1009,7 +1029,8 @@ class ExposureWeightedPSF:
         Raises
         ------
         InputError
-            If no star has a complete, finite stamp, or ``bounds`` is bad.
+            If no star has a complete, finite stamp, ``size`` is not an integer
+            >= 1 or ``bounds`` is bad.
 
         Notes
         -----
@@ -1026,7 +1047,7 @@ class ExposureWeightedPSF:
             sx, sy = stars["x"], stars["y"]
         sx, sy = self._checked_positions(sx, sy)
         img = host_array(image, np.float64)
-        size = self._check_dim(size)
+        size = self._check_dim(size, "size")
         h = (size - 1) // 2
         datas, keep = [], []
         for n, (xx, yy) in enumerate(zip(sx, sy)):
