@@ -979,25 +979,30 @@ class Exposure(NDData):
         mode : {"trim", "partial", "strict"}, optional
             As for :class:`astropy.nddata.Cutout2D`: "trim" (default) keeps
             only the overlap with the image; "partial" keeps the full size and
-            masks the pixels outside the image (data 0); "strict" refuses a
+            masks the pixels outside the image as bad data (data 0 and, when
+            there is an uncertainty, an invalid one: 0); "strict" refuses a
             cutout that leaves the image.
 
         Returns
         -------
         Exposure
-            With copies of the data, uncertainty and mask, the WCS shifted to
-            the cutout's pixels (an astropy WCS through Cutout2D, with its
-            SIP and lookup-table distortions moved too; a gwcs by prepending a
-            shift to its forward transform, keeping its bounding box), the
-            same PSF, band, exposure time, zero point and name, a copy of
-            meta, and ``psf_origin`` moved by the cutout's offset.
+            With copies of the data, uncertainty and mask, kept apart as in
+            this exposure (the cutout's user mask is this one's; the pixels
+            with bad data or uncertainty, and those outside the image, stay
+            masked when the cutout's :attr:`mask` is replaced), the WCS
+            shifted to the cutout's pixels (an astropy WCS through Cutout2D,
+            with its SIP and lookup-table distortions moved too; a gwcs by
+            prepending a shift to its forward transform, keeping its bounding
+            box), the same PSF, band, exposure time, zero point and name, a
+            copy of meta, and ``psf_origin`` moved by the cutout's offset.
 
         Raises
         ------
         InputError
             If the exposure has no WCS, ``size`` is invalid, the position is
-            not on the image (or, for "strict", the cutout leaves it), or the
-            cutout holds only masked pixels.
+            not on the image (as for :meth:`contains` with ``margin=0``; or,
+            for "strict", the cutout leaves it), or the cutout holds only
+            masked pixels.
 
         Notes
         -----
@@ -1007,7 +1012,7 @@ class Exposure(NDData):
         in this exposure.
         """
         from astropy.nddata import Cutout2D
-        from astropy.nddata.utils import NoOverlapError, PartialOverlapError
+        from astropy.nddata.utils import NoOverlapError, PartialOverlapError, overlap_slices
 
         self._need_wcs()
         if mode not in ("trim", "partial", "strict"):
@@ -1016,14 +1021,22 @@ class Exposure(NDData):
         if not (np.ndim(x) == 0 and np.isfinite(x) and np.isfinite(y)):
             raise InputError("cutout needs one sky position that the WCS maps to the image")
         shape = self._cutout_shape(size, x, y)
+        ny, nx = self.shape
+        if not (-0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5):  # as contains(margin=0)
+            try:
+                overlap_slices(self.shape, shape, (y, x), mode="trim")
+                overlap = ""
+            except NoOverlapError:
+                overlap = "; the cutout does not overlap it"
+            raise InputError(f"the cutout centre, pixel ({x:.1f}, {y:.1f}), is not on "
+                             f"{_label(self._name)} ({nx} x {ny} px){overlap}")
         fits_wcs = self._wcs if _is_astropy_wcs(self._wcs) else None
         try:
-            cut = Cutout2D(self._data, (x, y), shape, wcs=fits_wcs, mode=mode, fill_value=0.0,
-                           copy=True)
-        except NoOverlapError:
+            cut = Cutout2D(self._data, (x, y), shape, wcs=fits_wcs, mode=mode,
+                           fill_value=np.nan, copy=True)
+        except NoOverlapError:  # not expected: the centre is on the image
             raise InputError(f"the cutout at pixel ({x:.1f}, {y:.1f}) does not overlap "
-                             f"{_label(self._name)} ({self.shape[1]} x {self.shape[0]} px)"
-                             ) from None
+                             f"{_label(self._name)} ({nx} x {ny} px)") from None
         except PartialOverlapError:
             raise InputError(f"the cutout at pixel ({x:.1f}, {y:.1f}) leaves the image "
                              "(mode='strict')") from None
@@ -1035,24 +1048,31 @@ class Exposure(NDData):
             out[cut.slices_cutout] = arr[cut.slices_original]
             return out
 
-        mask = take(self._mask, True)
+        # Bad data are NaN again (the pixels outside the image too: Cutout2D's fill), so that
+        # the new exposure finds them as bad data, as the uncertainty's invalid values (0
+        # outside the image) as bad uncertainty: they stay masked if its mask is replaced.
+        data = cut.data
+        if self._bad_data.any():
+            data[take(self._bad_data, False)] = np.nan
         unc = None
         if self._uncertainty is not None:
             values = np.asarray(self._uncertainty.array)
-            fill = 0.0 if isinstance(self._uncertainty, InverseVariance) else 1.0
-            unc = type(self._uncertainty)(take(values, fill), unit=self._uncertainty.unit,
+            unc = type(self._uncertainty)(take(values, 0), unit=self._uncertainty.unit,
                                           copy=False)
-            # The filled pixels are masked: their uncertainty is never used.
         if fits_wcs is not None:
             wcs = _shift_lookup_tables(cut.wcs, origin)
         else:
             wcs = _shift_wcs(self._wcs, origin, cut.shape)
         meta = copy.deepcopy(dict(self.meta)) if self.meta is not None else None
         ox, oy = self._psf_origin
-        return type(self)(cut.data, uncertainty=unc, mask=mask, wcs=wcs, psf=self._psf,
-                          band=self._band, exptime=self._exptime, zeropoint=self._zeropoint,
-                          name=self._name, meta=meta, unit=self.unit,
-                          psf_origin=(ox + origin[0], oy + origin[1]))
+        # Built with the full mask, so that the pixels masked here are not reported again
+        # (this exposure's constructor did); the user mask alone is then restored.
+        new = type(self)(data, uncertainty=unc, mask=take(self._mask, True), wcs=wcs,
+                         psf=self._psf, band=self._band, exptime=self._exptime,
+                         zeropoint=self._zeropoint, name=self._name, meta=meta,
+                         unit=self.unit, psf_origin=(ox + origin[0], oy + origin[1]))
+        new._user_mask = take(self._user_mask, False)
+        return new
 
     def _cutout_shape(self, size, x, y):
         if size is None:
@@ -1138,11 +1158,13 @@ class Exposure(NDData):
           erg/s/cm^2/A for f_lambda.  BUNIT is read by
           :func:`astromix.data.loaders.count_kind`, as
           :func:`astromix.photometry.rescale_to_flux_units` reads it.
-        * **MPDAF** (MUSE images written by MPDAF: ``DATA``, ``STAT`` and
-          ``DQ`` extensions, no ``SCI``): DATA; STAT is the variance
+        * **MPDAF** (MUSE images written by MPDAF, and the output of
+          ``astromix regrid``: a ``DATA`` extension with ``STAT`` and/or
+          ``DQ``, no ``SCI``): DATA; STAT, when present, is the variance
           (VarianceUncertainty); ``DQ != 0`` and pixels whose STAT is not a
           positive finite number (MPDAF's NaN outside the field) are masked;
-          band: FILTER, exptime: EXPTIME when present.
+          band: FILTER, exptime: EXPTIME when present.  A file with ``DATA``
+          alone is a plain image.
         * **plain images**: the primary HDU, or the first HDU with a 2-D
           image (or ``hdu``), and its FITS WCS; band from FILTER when present;
           exptime from EXPTIME when present; no uncertainty unless ``weight``
@@ -1167,8 +1189,11 @@ class Exposure(NDData):
             (plus ``_sci<N>`` for EXTVER N > 1).
         weight : str or os.PathLike, optional
             An inverse-variance FITS file (DECam ``_oow_``) to use instead of
-            the one found or read from the file (the HDU of the science
-            EXTNAME, else the same index, else the first image HDU).
+            the one found or read from the file: its 2-D image HDU of the
+            science EXTNAME and EXTVER (the same chip), else the only HDU of
+            that EXTNAME, else the one at the same index, else the first 2-D
+            image HDU (an empty primary HDU is skipped; several HDUs of the
+            EXTNAME but none of the EXTVER give an InputError).
         dq : str or os.PathLike, optional
             A data-quality FITS file (nonzero = bad), read likewise.
 
@@ -1225,7 +1250,8 @@ class Exposure(NDData):
         group : str, optional
             HDF5: the group under which the exposure's group is written (default
             the root); ASDF: the tree key of the exposure list (default
-            ``"exposures"``).
+            ``"exposures"``; not ``"asdf_library"`` or ``"history"``, which
+            ASDF reserves).
 
         Returns
         -------
@@ -1236,8 +1262,9 @@ class Exposure(NDData):
         InputError
             If the suffix is unknown, the exposure has no name or one that
             cannot name a group (with ``/``, or ``.``, ``..``), an exposure of
-            that name exists and ``overwrite`` is false, ``group`` is empty or
-            (HDF5) passes through a dataset or an exposure, or the existing
+            that name exists and ``overwrite`` is false, ``group`` is empty,
+            (HDF5) passes through a dataset or an exposure or (ASDF) is a key
+            ASDF reserves, or the existing
             file is not a readable file of that format (it is then not
             replaced).
         OSError

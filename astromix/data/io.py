@@ -24,6 +24,10 @@ One group per exposure, named by the exposure, at the root (or under
     /<name>                        group, attrs:
         astromix_type                "Exposure"
         astromix_layout              "exposure-1.0.0"
+        astromix_write_order         int64, the write counter: one more than the largest
+                                     of the exposure groups beside it when written;
+                                     read_exposures sorts by it (groups without it,
+                                     from older files, first, in the file's order)
         name, band, unit             str (absent when None; unit "" is dimensionless)
         exptime [s], zeropoint [AB]  float64 (absent when None)
         psf_origin                   float64 (2,), (x, y) [px]
@@ -77,6 +81,15 @@ HDF5_LAYOUT = "exposure-1.0.0"
 
 #: Default key of the exposure list in ASDF trees.
 ASDF_KEY = "exposures"
+
+#: Top-level keys of an ASDF tree that the ASDF standard reserves (core schema ``asdf-1.1.0``):
+#: asdf writes its own values there, so they cannot hold exposures.
+ASDF_RESERVED_KEYS = ("asdf_library", "history")
+
+#: Attribute of an HDF5 exposure group: its write counter (int64), by which read_exposures
+#: orders the exposures (HDF5 lists a group's members alphabetically unless the group was
+#: created with track_order, which cannot be turned on for an existing group or root).
+HDF5_ORDER_ATTR = "astromix_write_order"
 
 _ASDF_SUFFIXES = (".asdf",)
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
@@ -321,10 +334,14 @@ def write_exposures(path, exposures, *, overwrite=False, group=None):
         unchanged.
     group : str, optional
         HDF5: the group (path, e.g. ``"scene/night1"``) under which the
-        exposure groups are written (created level by level if needed, with
-        their creation order tracked, so that :func:`read_exposures` gives
-        the exposures in the order they were written; default the root).
-        ASDF: the tree key of the exposure list (default ``"exposures"``).
+        exposure groups are written (created level by level if needed;
+        default the root).  Each exposure group gets a write counter
+        (attribute ``astromix_write_order``), so that :func:`read_exposures`
+        gives the exposures in the order they were written in any HDF5 file,
+        also one made by another program (e.g.
+        :func:`astromix.io.forcepho.write_psf_mixture` or plain h5py).
+        ASDF: the tree key of the exposure list (default ``"exposures"``;
+        not ``"asdf_library"`` or ``"history"``, which ASDF reserves).
 
     Returns
     -------
@@ -337,8 +354,9 @@ def write_exposures(path, exposures, *, overwrite=False, group=None):
         If the suffix is unknown, an exposure has no name or a repeated one,
         an exposure of the same name exists and ``overwrite`` is false, a
         level of the HDF5 ``group`` path is a dataset or an astromix exposure,
-        or the existing file is not a readable file of that format (it is then
-        not replaced).
+        the ASDF ``group`` is a key ASDF reserves (``"asdf_library"``,
+        ``"history"``), or the existing file is not a readable file of that
+        format (it is then not replaced).
     OSError
         If the folder cannot be written (the original file is kept).
 
@@ -410,9 +428,11 @@ def read_exposures(path, *, group=None):
     -------
     list of Exposure
         In the order they were written (HDF5: a replaced exposure moves to
-        the end); empty when the file holds none.  The uncertainty is an
-        :class:`~astropy.nddata.InverseVariance`; the arrays are in memory
-        (the file is closed).
+        the end; by the groups' write counters, so in any HDF5 file; the
+        groups of files written by astromix versions without the counter
+        come first, in the file's order); empty when the file holds none.
+        The uncertainty is an :class:`~astropy.nddata.InverseVariance`; the
+        arrays are in memory (the file is closed).
 
     Raises
     ------
@@ -480,15 +500,31 @@ def _write_hdf5(path, exposures, *, overwrite, group):
         with h5py.File(tmp, "r+" if exists else "w", track_order=True) as f:
             parent = f
             for part in (p for p in (group or "").split("/") if p):
-                # created level by level with track_order, so that the exposures are
-                # read back in the order they were written (as at the root)
                 parent = parent[part] if part in parent \
                     else parent.create_group(part, track_order=True)
+            # the write counters carry the order (track_order cannot be turned on for a
+            # group or root that another program created without it)
+            counter = 1 + max((order for _, order in
+                               (_write_order(parent[k], h5py) for k in parent)
+                               if order is not None), default=-1)
             for exp, payload in zip(exposures, payloads):
                 if exp.name in parent:
                     del parent[exp.name]
-                _fill_h5_group(parent.create_group(exp.name, track_order=True), payload)
+                grp = parent.create_group(exp.name, track_order=True)
+                _fill_h5_group(grp, payload)
+                grp.attrs[HDF5_ORDER_ATTR] = np.int64(counter)
+                counter += 1
     log.debug("wrote %d exposure(s) to %s", len(exposures), shown)
+
+
+def _write_order(obj, h5py):
+    """(is an exposure group, its write counter or None) of the HDF5 object ``obj``."""
+    if not _is_exposure_group(obj, h5py):
+        return False, None
+    value = obj.attrs.get(HDF5_ORDER_ATTR)
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
+        return True, int(value)
+    return True, None
 
 
 def _h5_parent(f, group, shown, h5py):
@@ -619,17 +655,24 @@ def _read_hdf5(shown, group):
             parent = f[group]
         else:
             parent = f
-        out = []
+        groups = []
         for key in parent:
             obj = parent[key]
-            if _is_exposure_group(obj, h5py):
-                try:
-                    out.append(_exposure_from_group(obj))
-                except InputError as exc:
-                    raise InputError(f"{shown!r}, exposure group {obj.name!r}: {exc}") from None
-                except (KeyError, ValueError, TypeError, OSError) as exc:
-                    raise InputError(f"{shown!r}, exposure group {obj.name!r} could not be "
-                                     f"read: {exc}") from None
+            is_exposure, order = _write_order(obj, h5py)
+            if is_exposure:
+                groups.append((order, obj))
+        # write order: the groups without a counter (older files) first, in the file's order
+        # (a stable sort), then by counter
+        groups.sort(key=lambda item: (item[0] is not None, item[0] or 0))
+        out = []
+        for _, obj in groups:
+            try:
+                out.append(_exposure_from_group(obj))
+            except InputError as exc:
+                raise InputError(f"{shown!r}, exposure group {obj.name!r}: {exc}") from None
+            except (KeyError, ValueError, TypeError, OSError) as exc:
+                raise InputError(f"{shown!r}, exposure group {obj.name!r} could not be "
+                                 f"read: {exc}") from None
     return out
 
 
@@ -734,6 +777,10 @@ def _write_asdf(path, exposures, *, overwrite, group):
     shown = os.fspath(path)
     path = os.path.realpath(shown)
     key = group or ASDF_KEY
+    if key in ASDF_RESERVED_KEYS:
+        raise InputError(f"{shown}: group {key!r} is a top-level key the ASDF standard reserves "
+                         f"for asdf's own metadata ({', '.join(ASDF_RESERVED_KEYS)}); store the "
+                         "exposures under another key; nothing was written")
     tree = {}
     exists = os.path.lexists(path)
     if exists:

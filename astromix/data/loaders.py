@@ -248,16 +248,16 @@ def _gzip_truncated(path):
     return None
 
 
-def _read_side_file(path, extname, index, shape, what, sci_path):
-    """An image from a companion file (weight, DQ): the HDU named ``extname``, else ``index``.
+def _read_side_file(path, extname, index, shape, what, sci_path, extver=1):
+    """An image from a companion file (weight, DQ), found as :func:`_read_side_hdu` says.
 
     Warnings astropy raises for a truncated or corrupt file, a read error, a
-    gzip stream that ends early (checked when the HDU named ``extname`` is
-    missing) give an InputError naming this file; other warnings are passed
+    gzip stream that ends early (checked when no HDU named ``extname`` is
+    found) give an InputError naming this file; other warnings are passed
     on.
     """
     return _refusing_corruption(
-        lambda: _read_side_hdu(path, extname, index, shape, what, sci_path),
+        lambda: _read_side_hdu(path, extname, index, shape, what, sci_path, extver),
         os.fspath(path), what, read_errors=(OSError, ValueError, TypeError, EOFError))
 
 
@@ -294,26 +294,84 @@ def _refusing_corruption(read, shown, what, *, read_errors=(), check_gzip=False)
     return result
 
 
-def _read_side_hdu(path, extname, index, shape, what, sci_path):
+def _is_image(hdu):
+    """Whether ``hdu`` holds a 2-D image (not a table, not an empty HDU)."""
+    return not isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)) \
+        and getattr(getattr(hdu, "data", None), "ndim", 0) == 2
+
+
+def _named_side_hdu(hdul, extname, extver, shown, what):
+    """The HDU of a companion file named like the science image's, or None.
+
+    The HDU ``(extname, extver)``; else, when the file holds one HDU named
+    ``extname`` only, that one (a companion file of this image alone, whatever
+    its EXTVER).  None when no HDU has that name, or the one found holds no
+    2-D image.  InputError when several HDUs have that name and none the
+    EXTVER: another chip's values must not be used silently.
+    """
+    named = [h for h in hdul if h.name == extname]
+    same = [h for h in named if h.ver == extver]
+    if same:
+        hdu = same[0]
+    elif len(named) == 1:
+        hdu = named[0]
+    elif named:
+        raise InputError(f"{what} {shown!r} has {len(named)} HDUs named {extname!r} (EXTVER "
+                         f"{sorted(h.ver for h in named)}) but none of the image's EXTVER "
+                         f"{extver}")
+    else:
+        return None
+    return hdu if _is_image(hdu) else None
+
+
+def _read_side_hdu(path, extname, index, shape, what, sci_path, extver=1):
+    """The image of a companion file (weight, DQ) for the science HDU ``(extname, extver)``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The companion FITS file.
+    extname : str or None
+        The science HDU's EXTNAME (upper case); None or ``"PRIMARY"`` (the
+        science image is in the primary HDU) for none.
+    index : int or None
+        The science HDU's index in its file.
+    shape : (int, int)
+        The science image's shape (ny, nx).
+    what, sci_path : str
+        The companion's kind ("weight file") and the science file, for messages.
+    extver : int, optional
+        The science HDU's EXTVER (default 1).
+
+    Returns
+    -------
+    ndarray, shape (ny, nx)
+        A copy of the first of: the 2-D image HDU ``(extname, extver)``; the
+        only HDU named ``extname`` (any EXTVER); the HDU at ``index``; the
+        first 2-D image HDU.  HDUs without a 2-D image (an empty primary, a
+        table) are skipped.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read, holds no 2-D image, holds several HDUs
+        named ``extname`` but none of EXTVER ``extver``, or the image found
+        does not have ``shape``.
+    """
     shown = os.fspath(path)
     with _open(path, what) as hdul:
         hdu = None
-        if extname:
-            try:
-                hdu = hdul[extname]
-            except KeyError:
-                hdu = None
+        if extname and extname != "PRIMARY":
+            hdu = _named_side_hdu(hdul, extname, extver, shown, what)
             if hdu is None:
                 truncated = _gzip_truncated(shown)
                 if truncated:
                     raise InputError(f"{what} {shown!r} is truncated or corrupt: {truncated} "
                                      f"before HDU {extname!r}")
-        if hdu is None and index is not None and index < len(hdul) \
-                and getattr(hdul[index].data, "ndim", 0) == 2:
+        if hdu is None and index is not None and index < len(hdul) and _is_image(hdul[index]):
             hdu = hdul[index]
         if hdu is None:
-            hdu = next((h for h in hdul if getattr(h, "data", None) is not None
-                        and not isinstance(h, fits.BinTableHDU) and h.data.ndim == 2), None)
+            hdu = next((h for h in hdul if _is_image(h)), None)
         if hdu is None:
             truncated = _gzip_truncated(shown)
             if truncated:
@@ -429,7 +487,8 @@ def _kind(hdul, path):
     telescope = str(primary.get("TELESCOP", "")).strip().upper()
     if instrument == "DECAM" or "_ooi_" in os.path.basename(os.fspath(path)):
         return "decam"
-    if _has(hdul, "DATA") and _has(hdul, "STAT") and not _has(hdul, "SCI"):
+    if _has(hdul, "DATA") and not _has(hdul, "SCI") \
+            and (_has(hdul, "STAT") or _has(hdul, "DQ")):
         return "mpdaf"
     if telescope == "JWST":
         return "jwst"
@@ -450,8 +509,10 @@ def read_fits(cls, path, *, hdu=None, psf=None, band=None, zeropoint=None, name=
     listed, the first present, non-empty value is used.
 
     * Kind: DECam CP when the primary ``INSTRUME`` is ``DECam`` or the file
-      name holds ``_ooi_``; else MPDAF (MUSE) for a file with ``DATA`` and
-      ``STAT`` extensions and no ``SCI``; else JWST or HST from the primary
+      name holds ``_ooi_``; else MPDAF (MUSE) for a file with a ``DATA``
+      extension, a ``STAT`` or a ``DQ`` extension (an MPDAF image without
+      variance, the output of ``astromix regrid``) and no ``SCI``; else JWST
+      or HST from the primary
       ``TELESCOP``; else, for a file with a ``SCI`` extension, JWST when it
       also has an ``ASDF`` extension, HST otherwise; else a plain image.
     * DECam CP: HDU 1 (HDU 0 for a single-HDU file) or ``hdu``, and its FITS
@@ -490,8 +551,13 @@ def read_fits(cls, path, *, hdu=None, psf=None, band=None, zeropoint=None, name=
       ``INSTRUME``, ``TELESCOP``.
 
     ``weight`` and ``dq`` files (and the DECam companions) are read from the
-    HDU of the science image's EXTNAME, else the same index, else the first
-    2-D image; such a file that is truncated or corrupt (astropy's warnings,
+    HDU of the science image's EXTNAME and EXTVER (the same chip), else the
+    only HDU of that EXTNAME, else the same index, else the first 2-D image;
+    only HDUs holding a 2-D image count (an empty primary HDU is skipped, and
+    a science image in the primary HDU is looked up by index); a file with
+    several HDUs of that EXTNAME but none of its EXTVER is refused (InputError)
+    rather than read from another chip.  Such a file that is truncated or
+    corrupt (astropy's warnings,
     a read error, a gzip stream that ends early) gives an InputError naming
     it.  astropy reads a gzip file cut inside an HDU silently up to the last
     complete HDU, so a gzip file is checked to its end where an HDU is
@@ -522,7 +588,8 @@ def read_fits(cls, path, *, hdu=None, psf=None, band=None, zeropoint=None, name=
         If ``path`` is not a file name; a file is missing, a folder, not
         readable as FITS, empty, truncated or corrupt; the HDU does not exist
         or holds no 2-D image; a weight, DQ or DECam companion file is
-        truncated or corrupt (the message names that file); the WCS cannot be
+        truncated or corrupt or has several HDUs of the science EXTNAME but
+        none of its EXTVER (the message names that file); the WCS cannot be
         read or is not celestial; a
         weight or DQ array does not have the image's shape; any other read
         error (``OSError``, ``ValueError``...); or for the reasons of ``cls``.
@@ -567,15 +634,17 @@ def _read_all(path, shown, hdu, weight, dq):
                       "mpdaf": _read_mpdaf, "plain": _read_plain}[kind]
             info = reader(hdul, shown, hdu)
             shape = info["data"].shape
+            # the science HDU's EXTVER: the companion files' HDU of that chip is read
+            info["side_extver"] = hdul[info["index"]].ver
             # Companion files given explicitly replace what the reader found.
             if weight is not None:
                 ivar = _read_side_file(weight, info.get("extname"), info.get("index"), shape,
-                                       "weight file", shown)
+                                       "weight file", shown, info["side_extver"])
                 info["uncertainty"] = InverseVariance(_native(ivar, np.float64), copy=False)
                 info["meta"]["weight_file"] = os.path.abspath(os.fspath(weight))
             if dq is not None:
                 flags = _read_side_file(dq, info.get("extname"), info.get("index"), shape,
-                                        "DQ file", shown)
+                                        "DQ file", shown, info["side_extver"])
                 info["mask"] = np.asarray(flags) != 0
                 info["meta"]["dq_file"] = os.path.abspath(os.fspath(dq))
             if kind == "decam" and weight is None:
@@ -642,7 +711,7 @@ def _decam_companions(info, shown, which):
         info["meta"][f"{'weight' if which == 'weight' else 'dq'}_file"] = None
         return
     arr = _read_side_file(found, info.get("extname"), info.get("index"), info["data"].shape,
-                          what, shown)
+                          what, shown, info.get("side_extver", 1))
     if which == "weight":
         info["uncertainty"] = InverseVariance(_native(arr, np.float64), copy=False)
         info["meta"]["weight_file"] = os.path.abspath(found)
