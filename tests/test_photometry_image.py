@@ -188,6 +188,38 @@ def test_windowed_fit_unbiased_by_a_hole_in_the_target(hole, reference_psf):
         assert abs(m.value - v) < 3 * m.error, (k, m, v)
 
 
+def test_windowed_fit_unbiased_by_sources_just_outside_the_target():
+    """Two bright stars 0.5" beyond the edges of a 64 x 64 target field, inside the larger
+    reference: their light, blurred by the target's PSF, reaches the target's edge pixels.
+    The reference is regridded onto the target's grid grown by the margin, so the model blurs
+    them in too, and the injected values are recovered (cropped to the target's field, the
+    reference had lost them: bg 0.75 +- 0.02 against 0.5, scale 1.966 +- 0.005 against 2)."""
+    galsim = pytest.importorskip("galsim")
+    n, big = 64, 96
+    rng = np.random.default_rng(3)
+    objs = [galsim.Gaussian(sigma=rng.uniform(0.3, 0.6), flux=rng.uniform(50, 400))
+            .shift(*rng.uniform(-5, 5, 2)) for _ in range(20)]
+    objs += [galsim.Gaussian(sigma=0.1, flux=6000).shift(6.9, 1.3),     # the field: +-6.4"
+             galsim.Gaussian(sigma=0.1, flux=4000).shift(-2.0, -6.8),
+             galsim.Gaussian(sigma=0.3, flux=5000)]
+    scene = galsim.Add(objs)
+    ref = scene.drawImage(nx=big, ny=big, scale=0.2).array.astype(np.float64)
+    tgt = (galsim.Convolve(scene, galsim.Moffat(beta=2.5, fwhm=0.8)) * 2.0).drawImage(
+        nx=big, ny=big, scale=0.2).array.astype(np.float64) + 0.5
+    o = (big - n) // 2
+    tgt = tgt[o:o + n, o:o + n] + np.random.default_rng(0).normal(0.0, 0.5, (n, n))
+    res = fit_image_photometry((tgt, tan_wcs(n)), (ref, tan_wcs(big)), reference_psf=None)
+    for k, v in {"scale": 2.0, "bg": 0.5, "fwhm": 0.8, "beta": 2.5, "dx": 0.0,
+                 "dy": 0.0}.items():
+        m = getattr(res, k)
+        assert abs(m.value - v) < 3 * m.error, (k, m, v)
+    assert res.info["reference_border_px"] == (11, 11)       # ceil(2" / 0.2"), each side
+    # the reference as given on the target's grid has no pixels beyond it: no border
+    on_grid = fit_image_photometry((tgt, tan_wcs(n)), (ref[o:o + n, o:o + n], tan_wcs(n)),
+                                   reference_psf=None)
+    assert on_grid.info["reference_border_px"] == (0, 0)
+
+
 def test_errors_calibrated_with_the_reference_psf():
     """With the default reference_psf the target's noise is filtered by the PSF's transform;
     the errors account for it: over seeded noise realisations the scatter of each fitted value

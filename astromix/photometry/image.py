@@ -211,7 +211,7 @@ def _read_regions(regions):
                      f"a regions.Regions or a list of them; got {type(regions).__name__}")
 
 
-def region_mask(regions, wcs, shape):
+def region_mask(regions, wcs, shape, *, pixel_wcs=None):
     """The pixels that ds9 regions exclude from a fit, on an image of ``shape``.
 
     Include regions (ds9 default) keep only the pixels inside at least one of
@@ -228,6 +228,10 @@ def region_mask(regions, wcs, shape):
         The image's celestial WCS (needed for sky regions).
     shape : (int, int)
         The image's shape (ny, nx).
+    pixel_wcs : astropy.wcs.WCS, optional
+        The WCS of the image whose pixels the pixel regions are given in,
+        when it is not this one (e.g. a grid grown around it): they are
+        placed on the sky with it, then on this image with ``wcs``.
 
     Returns
     -------
@@ -261,6 +265,12 @@ def region_mask(regions, wcs, shape):
             except Exception as exc:  # noqa: BLE001 - the WCS may be of any kind
                 raise InputError(f"cannot place the sky region {reg!r} with the image's WCS: "
                                  f"{exc}") from None
+        elif pixel_wcs is not None:
+            try:
+                reg = reg.to_sky(pixel_wcs).to_pixel(wcs)
+            except Exception as exc:  # noqa: BLE001 - the WCS may be of any kind
+                raise InputError(f"cannot place the pixel region {reg!r} on the reference's "
+                                 f"grid around the target: {exc}") from None
         keep = bool(reg.meta.get("include", True))
         try:
             img = reg.to_mask(mode="center").to_image(shape)
@@ -290,6 +300,37 @@ def _taper(good, taper):
     kernel /= kernel.sum()
     w = ndimage.convolve1d(eroded.astype(np.float64), kernel, axis=0, mode="constant")
     return ndimage.convolve1d(w, kernel, axis=1, mode="constant")
+
+
+def _extended_grid(exp, ex, ey):
+    """An empty Exposure on ``exp``'s pixel grid grown by ``ex`` px left and right and ``ey`` px
+    below and above (its pixel (ex, ey) is ``exp``'s pixel (0, 0)), or None when its WCS is
+    neither an astropy WCS nor a gwcs (the reference is then regridded onto ``exp`` itself).
+
+    The astropy WCS has CRPIX (and the SIP reference pixel, and lookup-table distortions) moved,
+    a gwcs a shift prepended (:func:`astromix.data.exposure._shift_wcs`; its bounding box moved
+    with it, so the pixels beyond it map to no sky and stay masked).
+    """
+    from astropy.wcs import WCS, Sip
+
+    from ..data.exposure import Exposure, _is_gwcs, _shift_lookup_tables, _shift_wcs
+
+    ny, nx = exp.shape
+    shape = (ny + 2 * ey, nx + 2 * ex)
+    wcs = exp.wcs
+    if isinstance(wcs, WCS):
+        new = wcs.deepcopy()
+        new.wcs.crpix = np.asarray(new.wcs.crpix, dtype=np.float64) + [ex, ey]
+        if new.sip is not None:
+            new.sip = Sip(new.sip.a, new.sip.b, new.sip.ap, new.sip.bp, new.wcs.crpix)
+        _shift_lookup_tables(new, (-ex, -ey))
+        new.pixel_shape = (shape[1], shape[0])
+        new.wcs.set()
+    elif _is_gwcs(wcs):
+        new = _shift_wcs(wcs, (-ex, -ey), shape)
+    else:
+        return None
+    return Exposure(np.zeros(shape), wcs=new, name=exp.name)
 
 
 def _shift_int(data, mask, sx, sy):
@@ -890,6 +931,13 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
     margin : float or Quantity, optional
         Zero padding [arcsec] against wrap-around of shifts and blurring:
         at least the largest expected shift plus PSF width (default 2").
+        With the windowed model, a reference on another grid is also
+        regridded this far beyond the target's field (an astropy WCS or a
+        gwcs; with ``regions``, an astropy WCS), so that the light of
+        sources just outside the field, blurred into its edge pixels, is in
+        the model too (``info["reference_border_px"]``: the border in
+        target pixels, (x, y)).  A reference already on the target's grid
+        has no pixels beyond it.
     taper : int, optional
         Width [px] of the taper at mask edges (rounded up to odd; < 2
         disables it; default 9, imphot's).
@@ -1001,6 +1049,7 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
     >>> [round(getattr(res, n).value, 3) for n in ("fwhm", "beta", "scale", "bg", "dx")]
     [0.8, 3.0, 2.0, 0.5, 0.1]
     """
+    from astropy.wcs import WCS
     from scipy.optimize import least_squares
 
     from .._threads import single_threaded_blas
@@ -1050,13 +1099,28 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
     r_exp = _as_image(reference, "the reference image")
     name = t_exp.name or ""
     regridded = None
+    shape = t_exp.shape
+    ny0, nx0 = shape
+    jac_c, px, py = _pixel_sides(t_exp, 0.5 * (nx0 - 1), 0.5 * (ny0 - 1))
+    # the windowed model blurs the reference beyond the target's field too, when the
+    # reference covers it: regridded onto the target's grid grown by the margin, so that the
+    # light of sources just outside the field reaches its edge pixels as it does the target's
+    ex = ey = 0
     if not same_grid(r_exp, t_exp):
         t0 = time.perf_counter()
-        r_exp = _regrid(r_exp, t_exp, regrid_method)
+        grid = None
+        if windowed and (regions is None or isinstance(t_exp.wcs, WCS)):
+            # (pixel regions are moved onto the grown grid through the sky: astropy WCS only)
+            ex, ey = int(math.ceil(margin / px)), int(math.ceil(margin / py))
+            grid = _extended_grid(t_exp, ex, ey) if ex or ey else None
+        if grid is None:
+            ex = ey = 0
+            grid = t_exp
+        r_exp = _regrid(r_exp, grid, regrid_method)
         regridded = regrid_method
-        log.debug("reference regridded onto the target grid (%s) in %.3f s", regrid_method,
-                  time.perf_counter() - t0)
-    shape = t_exp.shape
+        log.debug("reference regridded onto the target grid (%s; grown by %d, %d px) in %.3f s",
+                  regrid_method, ex, ey, time.perf_counter() - t0)
+    inner = (slice(ey, ey + ny0), slice(ex, ex + nx0))     # the target's pixels in r_exp's
     t_mask = np.array(t_exp.mask, dtype=bool)
     if mask is not None:
         extra = np.asarray(mask)
@@ -1065,14 +1129,17 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
         t_mask |= extra.astype(bool)
     r_mask = np.array(r_exp.mask, dtype=bool)
     if regions is not None:
-        r_mask |= region_mask(regions, t_exp.wcs, shape)
+        if ex or ey:
+            r_mask |= region_mask(regions, r_exp.wcs, r_mask.shape, pixel_wcs=t_exp.wcs)
+        else:
+            r_mask |= region_mask(regions, t_exp.wcs, shape)
     t_data = np.where(t_mask, 0.0, np.asarray(t_exp.data, dtype=np.float64))
     r_data0 = np.where(r_mask, 0.0, np.asarray(r_exp.data, dtype=np.float64))
     # the fit is made on images divided by a robust scale of each, so that its tolerances and
     # start values do not depend on the data units (erg/s/cm2/A values of 1e-20 had stopped it
     # at its start point); scale, bg and their covariance are converted back afterwards
     t_unit = _data_scale(t_data[~t_mask])
-    r_unit = _data_scale(r_data0[~r_mask])
+    r_unit = _data_scale(r_data0[inner][~r_mask[inner]])
     t_data = t_data / t_unit
     r_data0 = r_data0 / r_unit
     to_phys = np.array([t_unit / r_unit, t_unit, 1.0, 1.0, 1.0, 1.0])
@@ -1080,9 +1147,6 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
     for i, k in enumerate(("scale", "bg")):
         if fixed[k] is not None:
             fixed_n[k] = fixed[k] / to_phys[i]
-
-    ny0, nx0 = shape
-    jac_c, px, py = _pixel_sides(t_exp, 0.5 * (nx0 - 1), 0.5 * (ny0 - 1))
 
     free = [k for k in _PARAMS if fixed[k] is None]
     refits = 0
@@ -1092,7 +1156,8 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
         while True:
             sx = int(math.floor(init["dx"] / px + 0.5))
             sy = int(math.floor(init["dy"] / py + 0.5))
-            r_data, r_m = _shift_int(r_data0, r_mask, sx, sy)
+            r_ext, r_m_ext = _shift_int(r_data0, r_mask, sx, sy)
+            r_data, r_m = r_ext[inner], r_m_ext[inner]
             bad = t_mask | r_m
             rows = np.nonzero(~bad.all(axis=1))[0]
             cols = np.nonzero(~bad.all(axis=0))[0]
@@ -1106,22 +1171,32 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
             med_t = float(np.median(tc[~m]))
             med_r = float(np.median(rc[~m]))
             nyc, nxc = m.shape
-            nyp = sfft.next_fast_len(nyc + int(math.ceil(margin / py)), real=True)
-            nxp = sfft.next_fast_len(nxc + int(math.ceil(margin / px)), real=True)
+            # the crop sits (ey, ex) px into the padded arrays, below and left of it the
+            # reference's pixels beyond the crop (grown grid), then the zero padding
+            nyp = sfft.next_fast_len(nyc + 2 * ey + int(math.ceil(margin / py)), real=True)
+            nxp = sfft.next_fast_len(nxc + 2 * ex + int(math.ceil(margin / px)), real=True)
+            at = (slice(ey, ey + nyc), slice(ex, ex + nxc))
             good = np.zeros((nyp, nxp), dtype=bool)
-            good[:nyc, :nxc] = ~m
+            good[at] = ~m
             w = _taper(good, taper)
             if not np.any(w > 0):
                 raise InputError(f"the taper of {taper} px leaves no pixel: the unmasked areas "
                                  "are too thin; lower taper")
             tpad = np.zeros((nyp, nxp))
             rpad = np.zeros((nyp, nxp))
-            tpad[:nyc, :nxc] = np.where(m, 0.0, tc - med_t)
+            tpad[at] = np.where(m, 0.0, tc - med_t)
             # the windowed model blurs the untapered reference, which is valid wherever its own
             # mask is not set (also under the target's mask: the blurred light of a source the
-            # target's mask cuts reaches the unmasked pixels around it); the taper, zero on
-            # every masked pixel, removes the target-masked pixels after the blur
-            rpad[:nyc, :nxc] = np.where(r_m[crop] if windowed else m, 0.0, rc - med_r)
+            # target's mask cuts reaches the unmasked pixels around it, and beyond the target's
+            # field on a grown grid); the taper, zero on every masked pixel, removes the
+            # target-masked pixels after the blur
+            if windowed:
+                block = (slice(crop[0].start, crop[0].stop + 2 * ey),
+                         slice(crop[1].start, crop[1].stop + 2 * ex))
+                rpad[:nyc + 2 * ey, :nxc + 2 * ex] = np.where(r_m_ext[block], 0.0,
+                                                              r_ext[block] - med_r)
+            else:
+                rpad[at] = np.where(m, 0.0, rc - med_r)
             tft = sfft.rfft2(w * tpad)
             rft = sfft.rfft2(rpad if windowed else w * rpad)
             wft = sfft.rfft2(w)
@@ -1264,11 +1339,11 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
     mft = prob.model(pfit_n).reshape(prob.shape) * t_unit
     tft = tft * t_unit
     med_t, med_r = med_t * t_unit, med_r * r_unit
-    img = sfft.irfft2(tft, s=(nyp, nxp))[:nyc, :nxc] + med_t * w[:nyc, :nxc]
-    mod = sfft.irfft2(mft, s=(nyp, nxp))[:nyc, :nxc] + med_t * w[:nyc, :nxc]
+    img = sfft.irfft2(tft, s=(nyp, nxp))[at] + med_t * w[at]
+    mod = sfft.irfft2(mft, s=(nyp, nxp))[at] + med_t * w[at]
     res_img = img - mod
     # RMS over the pixels the taper leaves at full weight (all unmasked ones if too few)
-    full_w = ~m & (w[:nyc, :nxc] >= 1.0 - 1e-6)
+    full_w = ~m & (w[at] >= 1.0 - 1e-6)
     sel = full_w if np.count_nonzero(full_w) >= _MIN_PIXELS else ~m
     rms = float(np.sqrt(np.mean(res_img[sel] ** 2)))
     img = np.where(m, np.nan, img)
@@ -1291,8 +1366,6 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
     sky = amat @ np.array([values["dx"], values["dy"]])
     cov_sky = amat @ cov[4:6, 4:6] @ amat.T
     both_fixed = fixed["dx"] is not None and fixed["dy"] is not None
-    from astropy.wcs import WCS
-
     wcs_c = t_exp.wcs[crop] if isinstance(t_exp.wcs, WCS) else None
     unit = "" if t_exp.unit is None else t_exp.unit.to_string()
     ref_img = np.asarray(r_data[crop], dtype=np.float64) * r_unit
@@ -1304,12 +1377,13 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
         ddec=Measurement(sky[1], math.sqrt(max(cov_sky[1, 1], 0.0)), both_fixed),
         rms=Measurement(rms, math.nan),
         name=name, target_unit=unit, image=img, model=mod, residual=res_img,
-        reference=ref_img, mask=m, weight=w[:nyc, :nxc], crop=crop, pixel_scale=(px, py),
+        reference=ref_img, mask=m, weight=w[at], crop=crop, pixel_scale=(px, py),
         jacobian=jac_c, wcs=wcs_c, covariance=cov,
         profile={"q": qb, "target": pt, "model": pm, "residual": pr},
         reference_psf=reference_psf,
         info={"nfev": nfev, "refits": refits, "shift_px": (sx, sy), "fft_shape": (nyp, nxp),
               "n_pixels": int(np.count_nonzero(~m)), "medians": (med_t, med_r),
+              "reference_border_px": (ex, ey),
               "seconds": seconds, "status": status, "message": message, "regrid": regridded,
               "model": model,
               "free": tuple(free)})
