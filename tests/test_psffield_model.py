@@ -182,10 +182,11 @@ def test_oversampled_fit_of_undersampled_stars(under_field):
     assert np.max(np.hypot(fine.stars["x_fit"][alone] - xs[alone],
                            fine.stars["y_fit"][alone] - ys[alone])) < 0.03
     err_fine, err_coarse = _errors(fine), _errors(coarse)
-    # measured: oversampling=2 1.2e-2 (0.63e-2 at the pixel centre), oversampling=1 0.15
+    # measured: oversampling=2 1.31e-2, oversampling=1 0.078 (0.15 before the pixel clipping
+    # stopped masking the cores of good stars where the PSF varies)
     assert err_fine.max() < 0.02
     assert err_fine[:, 0].max() < 0.01
-    assert err_coarse.max() > 5 * err_fine.max()
+    assert err_coarse.max() > 3 * err_fine.max()
 
 
 def test_oversampled_flux_and_centre(under_field):

@@ -8,7 +8,10 @@
 
 Sources are detected in IMAGE (:func:`astromix.psffield.detect_sources`) or
 read from a SExtractor FITS_LDAC catalog (``--catalog``; ``--catalog-hdu``
-picks one CCD's table from a catalog of a multi-extension image); the stars are
+picks one CCD's table from a catalog of a multi-extension image, and
+``--image-hdu`` that CCD's image in IMAGE, by default its first 2-D image HDU:
+when the catalog's ``LDAC_IMHEAD`` and the image HDU both name their CCD, by
+``EXTNAME`` or ``CCDNAME``, a mismatch is refused); the stars are
 selected on the size-magnitude locus with a random reserve
 (:func:`astromix.psffield.select_stars`), the PSF field is fitted on the
 other stars (:func:`astromix.psffield.fit_psf_field`) and validated on the
@@ -63,12 +66,19 @@ def add_parser(subparsers):
                     "varying as a polynomial in (x, y) and validate it on the reserve stars "
                     "(HSM moments, pixel RMSE, rho statistics).",
         epilog="Example: astromix psf-field image.fits --saturation 12000 --outdir psf_out")
-    parser.add_argument("image", metavar="IMAGE", help="FITS image (first image HDU)")
+    parser.add_argument("image", metavar="IMAGE",
+                        help="FITS image (its first 2-D image HDU, or --image-hdu)")
+    parser.add_argument("--image-hdu", type=int, metavar="N",
+                        help="HDU index of the image to read from a multi-extension IMAGE "
+                             "(one HDU per CCD; also the HDU read from --weight; default: "
+                             "the first 2-D image HDU)")
     parser.add_argument("--weight", metavar="W", help="FITS inverse-variance map")
     parser.add_argument("--catalog", metavar="CAT", help="SExtractor FITS_LDAC catalog")
     parser.add_argument("--catalog-hdu", type=int, metavar="N",
                         help="HDU index of the LDAC_OBJECTS table to read from a multi-CCD "
-                             "catalog (one table per CCD; the CCD of IMAGE)")
+                             "catalog (one table per CCD; the CCD of the image read: when "
+                             "its LDAC_IMHEAD names another CCD, by EXTNAME or CCDNAME, than "
+                             "the image HDU, the run is refused)")
     parser.add_argument("--degree", type=int, default=2, help="polynomial degree (default 2)")
     parser.add_argument("--size", type=int, default=25, help="PSF stamp side [px], odd "
                         "(default 25)")
@@ -98,19 +108,114 @@ def add_parser(subparsers):
     return parser
 
 
-def _read(path, what):
+def _read(path, what, index=None):
+    """``(data, header, index)`` of the 2-D image at HDU ``index`` of ``path``.
+
+    ``index`` None: the first 2-D image HDU.  Raises InputError, naming the
+    file (and, for a bad ``index``, its 2-D image HDUs), if the file cannot be
+    read, holds no 2-D image, or HDU ``index`` is missing or not a 2-D image.
+    """
     import numpy as np
     from astropy.io import fits
 
     try:
         with fits.open(path) as hdul:
-            for hdu in hdul:
-                if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
-                    return np.asarray(hdu.data, dtype=np.float64), hdu.header
+            if index is None:
+                for i, hdu in enumerate(hdul):
+                    if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
+                        return np.asarray(hdu.data, dtype=np.float64), hdu.header, i
+            else:
+                images = ", ".join(str(i) for i, hdu in enumerate(hdul)
+                                   if hdu.is_image and hdu.header.get("NAXIS") == 2)
+                images = f"2-D images at HDU {images}" if images else "no 2-D image"
+                if not -len(hdul) <= index < len(hdul):
+                    raise InputError(f"{what} {path!r} has no HDU {index} (HDU 0 to "
+                                     f"{len(hdul) - 1}; {images})")
+                hdu = hdul[index]
+                if not (hdu.is_image and hdu.data is not None and hdu.data.ndim == 2):
+                    raise InputError(f"{what} {path!r}: HDU {index} is not a 2-D image "
+                                     f"({images}; --image-hdu)")
+                return (np.asarray(hdu.data, dtype=np.float64), hdu.header,
+                        index % len(hdul))
+    except InputError:
+        raise
     except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
         # what astropy raises for a truncated or damaged file (as read_psfex catches)
         raise InputError(f"cannot read {what} {path!r}: {exc}") from None
     raise InputError(f"{what} {path!r} has no 2-D image HDU")
+
+
+#: Header keywords naming a CCD of a multi-extension image, compared between the image
+#: HDU and the catalog's LDAC_IMHEAD (SExtractor's copy of the header of the image it
+#: was run on).
+_CCD_KEYS = ("EXTNAME", "CCDNAME")
+
+
+def _catalog_ccd(path, index):
+    """``(objects_index, names)``: the catalog's LDAC_OBJECTS HDU and its CCD's names.
+
+    ``index``: the HDU that :func:`~astromix.psffield.read_ldac` read (None:
+    the file's only ``LDAC_OBJECTS``).  ``names`` maps the keys of
+    :data:`_CCD_KEYS` found in the ``LDAC_IMHEAD`` just before that HDU (the
+    header SExtractor copied there) to their stripped values; empty when
+    there is none or it cannot be parsed.
+    """
+    import numpy as np
+    from astropy.io import fits
+
+    def ext(hdu):
+        return str(hdu.header.get("EXTNAME", "")).strip().upper()
+
+    try:
+        with fits.open(path) as hdul:
+            if index is None:
+                index = next(i for i, h in enumerate(hdul) if ext(h) == "LDAC_OBJECTS")
+            index %= len(hdul)
+            if index == 0 or ext(hdul[index - 1]) != "LDAC_IMHEAD":
+                return index, {}
+            cards = [c.decode("ascii", "replace") if isinstance(c, bytes) else str(c)
+                     for c in np.asarray(hdul[index - 1].data["Field Header Card"]).ravel()]
+            # SExtractor's layout: one 80-character card per element (TDIM (80, n)),
+            # which astropy returns with their trailing blanks stripped; else one string
+            text = "".join(c.ljust(80) for c in cards) if len(cards) > 1 else "".join(cards)
+            header = fits.Header.fromstring(text)
+            return index, {key: str(header[key]).strip() for key in _CCD_KEYS
+                           if key in header}
+    except Exception:  # noqa: BLE001 - read_ldac has read the table; no CCD names
+        return index, {}
+
+
+def _check_catalog_ccd(args, image_header, image_index):
+    """Refuse a catalog table of another CCD than the image HDU read (InputError).
+
+    Compares the :data:`_CCD_KEYS` that both the catalog's ``LDAC_IMHEAD`` and
+    the image header hold (case-insensitive); the message names both files and
+    HDUs, and the image HDU of that CCD when IMAGE has one.
+    """
+    from astropy.io import fits
+
+    cat_index, names = _catalog_ccd(args.catalog, args.catalog_hdu)
+    for key, value in names.items():
+        if key not in image_header:
+            continue
+        own = str(image_header[key]).strip()
+        if own.upper() == value.upper():
+            continue
+        try:
+            with fits.open(args.image) as hdul:
+                match = [i for i, h in enumerate(hdul) if h.is_image
+                         and str(h.header.get(key, "")).strip().upper() == value.upper()]
+        except Exception:  # noqa: BLE001 - no hint
+            match = []
+        if len(match) == 1:
+            hint = f"give --image-hdu {match[0]} (the HDU of {key} {value!r})"
+        else:
+            hint = (f"{args.image!r} has no single HDU of {key} {value!r}: give --catalog-hdu "
+                    f"the LDAC_OBJECTS table of {own!r}")
+        raise InputError(f"catalog {args.catalog!r} HDU {cat_index} is of the CCD with {key} "
+                         f"{value!r} (its LDAC_IMHEAD), image {args.image!r} HDU "
+                         f"{image_index} has {key} {own!r}: the star positions are of "
+                         f"another CCD; {hint}")
 
 
 def _pixel_scale(header):
@@ -156,8 +261,11 @@ def run(args):
         output folder cannot be created or no file can be created in it, an
         output name there is taken by a folder (these checks come before any
         work), IMAGE or ``--weight`` cannot be read (missing, truncated or
-        damaged) or holds no 2-D image, the weight's shape differs from the
-        image's, or there is no reserve star.
+        damaged) or holds no 2-D image (at ``--image-hdu``), the weight's
+        shape differs from the image's, the catalog table is of another CCD
+        than the image HDU (their ``EXTNAME`` or ``CCDNAME`` differ), there is
+        no reserve star, or the fit refuses the stars (e.g. their stamps hold
+        no PSF).
     AstromixError
         If an output cannot be written all the same (an OSError, e.g. a full
         disk); the message names the output.
@@ -186,8 +294,8 @@ def run(args):
         names += ["size_magnitude.png", "whiskers.png"]
     for name in names:
         check_output_name(os.path.join(args.outdir, name), True, "--outdir")
-    image, header = _read(args.image, "image")
-    weight = None if args.weight is None else _read(args.weight, "weight")[0]
+    image, header, image_index = _read(args.image, "image", args.image_hdu)
+    weight = None if args.weight is None else _read(args.weight, "weight", args.image_hdu)[0]
     if weight is not None and weight.shape != image.shape:
         raise InputError(f"weight shape {weight.shape} differs from image {image.shape}")
     if args.catalog is None and args.catalog_hdu is not None:
@@ -198,6 +306,7 @@ def run(args):
         except InputError as exc:
             # read_ldac's own words name its keyword; here it is the option
             raise InputError(str(exc).replace("hdu=<index>", "--catalog-hdu N")) from None
+        _check_catalog_ccd(args, header, image_index)
     else:
         catalog = detect_sources(image, weight=weight, saturation=args.saturation)
     stars = select_stars(catalog, snr_range=(args.snr_min, None), reserve=args.reserve,

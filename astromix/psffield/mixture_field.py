@@ -39,11 +39,17 @@ callable of position).
    renders), so that the field is a valid mixture everywhere in the image,
    not only at the stars.
    Each star's flux and sub-pixel centre are then refitted against the model
-   (Gauss-Newton), and in the first iteration the pixels further from the
-   model than ``pixel_clip`` sigmas are masked (neighbours, cosmic rays).
-3. The iterations stop when the chi2 changes by less than 0.1 of its dof; then
-   Piff's outlier loop rejects whole stars (as the pixel fit does) and the fit
-   goes on without them (at most three rounds).
+   (Gauss-Newton).  Pixels further from the model than ``pixel_clip`` times
+   the noise and a model error (neighbours, cosmic rays) are masked, first
+   against the starting mixture with a 100% model error (it is the same at
+   every position: where the PSF is narrower or wider than the mean, the
+   good stars' cores differ from it by tens of %), then, after it has
+   converged, against the fitted field with a 10% model error.
+3. The iterations stop when the chi2 changes by less than 0.1 of its dof; the
+   fit starts again with the second masks, then Piff's outlier loop rejects
+   whole stars (as the pixel fit does) and the fit goes on without them (at
+   most three rounds; the field returned is always the fit of the stars
+   reported used).
 
 With ``start="moments"`` step 1 is replaced by windowed moments of each
 star, so that undersampled stars, which a pixel grid at the image's own
@@ -438,8 +444,10 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=None, degree=None, 
         mixture fit (default 0: the noise alone).  The pixel fit's is
         ``pixel_accuracy``.
     pixel_clip : float or None, optional
-        Mask star pixels further than this many sigmas from the model
-        (default 5), in the mixture fit and in the pixel fit made here.
+        Mask star pixels further than this many sigmas (noise and a model
+        error: 100% of the model against the starting mixture, 10% against
+        the converged field) from the model (default 5), in the mixture fit
+        and in the pixel fit made here; None: no pixel masking.
     n_iter : int, optional
         Most Levenberg-Marquardt iterations per round (default 30); the pixel
         fit made here keeps its own default.
@@ -617,11 +625,15 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=None, degree=None, 
     # rounds: mask the pixels far off the starting model and fit; mask against the
     # fitted model and fit again; then Piff's outlier loop on whole stars
     masking = pixel_clip is not None
-    for _round in range(4):
-        # first against the starting model (with a loose 100% model error when it
-        # comes from moments alone), then again against the converged one
+    n_rejections = 0  # rounds of Piff's loop that rejected stars (each is followed by a fit)
+    for _round in range(5):
+        # first against the starting model, with a loose 100% model error: it is the
+        # same mixture at every position (the pixel model's PSF at the centre of the
+        # stars, or the moments' median), so that where the PSF is narrower or wider
+        # than that the stars' cores and wings differ from it by tens of %; then again
+        # against the converged field, with a 10% model error
         clip_now = masking and _round <= 1
-        floor = 1.0 if (_round == 0 and pixel_info is None) else 0.1
+        floor = 1.0 if _round == 0 else 0.1
         for _ in range(int(n_iter)):
             it += 1
             # per star: flux and centre, pixel masking, weights, the normal equations
@@ -697,6 +709,8 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=None, degree=None, 
                 break
         if masking and _round == 0:
             continue  # fit again with the masks
+        if n_rejections == 3:
+            break  # the fit without the stars rejected in the third round
         # Piff's outlier loop on whole stars (as fit_psf_field), then fit again
         dofs_n = np.array([max(np.count_nonzero(wbase[n]) - 3.0, 1.0) for n in range(idx.size)])
         ratio = np.log(np.maximum(chi2 / dofs_n, 1e-300))
@@ -711,6 +725,7 @@ def fit_mixture_psf_field(image, stars, *, weight=None, size=None, degree=None, 
         active[over] = False
         rejected_here[over] = True
         converged = False
+        n_rejections += 1
 
     out = table
     x_fit = np.full(len(out), np.nan)

@@ -56,11 +56,17 @@ included): an image of a star is the model sampled at pixel centres.
    is shifted to the star with the same quintic spline), and its
    ``chi2 = sum w (data - model)^2`` with ``dof = npix - 3`` is recorded
    (both with the noise weights alone, without the ``accuracy`` term).  In
-   the first two passes, the pixels of a star further
-   from the model than ``pixel_clip`` times the noise and a 10% model error
+   the first and the third pass, the pixels of a star further
+   from the model than ``pixel_clip`` times the noise and a model error
    (neighbours, cosmic rays, bad columns), grown by 2 pixels for their fainter
    wings, are masked for the rest of the fit
-   (their count is the star's ``n_masked``).
+   (their count is the star's ``n_masked``).  The model error is 100% of the
+   model in the first pass, against the robust start (step 6: the same mean
+   PSF at every position, from which a good star's core differs by tens of %
+   where the PSF is narrower or wider), and 10% in the third, against the
+   second least-squares field (the first, solved with the fluxes and centres
+   fitted to the robust start, can still be 10% off where the PSF varies
+   most).
 6. Piff's outlier loop: among the used stars, those beyond
    ``median + clip * spread`` in ``log(chi2/dof)`` (``spread`` = 1.4826
    MAD, at least the statistical ``sqrt(2 / dof)``) *and* with
@@ -74,7 +80,10 @@ included): an image of a star is the model sampled at pixel centres.
    degree-0 model, the per-pixel median of the resampled stars, so that
    gross outliers (binaries, cosmic rays) are rejected before they enter a
    least-squares solution.  Steps 3-6 then repeat until nothing is
-   rejected and the total chi2 changed by less than 0.1 of its dof, or ``n_iter`` iterations.
+   rejected or masked and the total chi2 changed by less than 0.1 of its dof, or ``n_iter``
+   iterations; when stars were rejected (or pixels masked) in the last of them, the basis is
+   solved (and the stars refitted) once more without them, so that the returned basis is
+   always that of the stars (and pixels) reported used.
 
 **Oversampled grid** (``oversampling = N > 1``, for undersampled stars, as
 photutils' ``EPSFBuilder`` and PSFEx with ``PSF_SAMPLING = 1/N``).  Resampling
@@ -124,8 +133,8 @@ pixels, which are never resampled:
 
 On 48 GalSim stars of a Moffat PSF of FWHM 1.6 px whose size and shape vary
 (noise, random sub-pixel positions, degree 2), ``N = 1`` misses GalSim's
-rendering at held-out positions by 11-15% of the peak, ``N = 2`` by 1.0-1.2%
-at any sub-pixel phase (0.6-0.7% at the pixel centre), in 2-3 s (2 CPU cores).
+rendering at held-out positions by 5-8% of the peak, ``N = 2`` by 0.6-1.3%
+at any sub-pixel phase (at most 0.6% at the pixel centre), in 2-3 s (2 CPU cores).
 ``N = 3`` has 2.25 times more nodes to fit: on a field whose PSF varies more,
 with 50 stars it is worse than ``N = 2`` (2.0-2.6% of the peak against
 1.1-2.0%), with 150 stars both reach 0.9%.  On the well-sampled CFHT A370 stars (FWHM 3.5 px)
@@ -220,8 +229,11 @@ class PSFFieldModel:
         ``residual_frac`` (``sqrt(chi2 / sum w (flux
         model)^2)``), ``rejected`` (outlier) and ``used`` (in the final fit).
     fit_info : dict
-        ``n_iter``, ``converged``, ``chi2``, ``dof`` (totals over used
-        stars), ``n_stars``, ``n_used``, ``n_rejected``, ``n_edge``,
+        ``n_iter`` (index of the last pass, the robust start being 0: one
+        more than the ``n_iter`` argument when stars were rejected, or pixels
+        masked, in the last iteration and the basis was solved again),
+        ``converged``, ``chi2``, ``dof`` (totals over used stars), ``n_stars``,
+        ``n_used``, ``n_rejected``, ``n_edge``,
         ``history`` (per iteration: chi2, dof, n_used, n_removed) and
         ``time_s``; with ``oversampling > 1`` also ``solve_time_s`` (time in
         the least-squares solutions) and ``cg_iterations`` (conjugate-gradient
@@ -441,16 +453,25 @@ def _check_star_layout(x, y, polzero, polscal, degree, size):
     """Refuse star positions that cannot determine the polynomial of ``degree``.
 
     ``x, y`` [px, 1-based as the PSFEx coordinates]: the positions of the stars
-    used.  Raises InputError when the stars span less than ``size`` px (the PSF
-    stamp) along an axis, so that every term in that coordinate is set by their
-    sub-pixel scatter alone (stars on one row), or when the design matrix of
-    the terms is rank deficient in practice (:data:`LAYOUT_CONDITION`; e.g. a
-    grid of stars on ``degree`` rows or fewer, where the highest power along
-    that axis is undetermined).  Such fits had returned a PSF badly wrong away
-    from the stars' rows, with every star reported used and converged.
+    used.  Raises InputError when there are fewer stars than polynomial terms
+    (``(degree + 1)(degree + 2) / 2``: possible with a lowered ``min_stars``;
+    the singular values of the ``n_stars x nterms`` design alone cannot show
+    it, there are only ``n_stars`` of them), when the stars span less than
+    ``size`` px (the PSF stamp) along an axis, so that every term in that
+    coordinate is set by their sub-pixel scatter alone (stars on one row), or
+    when the design matrix of the terms is rank deficient in practice
+    (:data:`LAYOUT_CONDITION`; e.g. a grid of stars on ``degree`` rows or
+    fewer, where the highest power along that axis is undetermined).  Such
+    fits had returned a PSF badly wrong away from the stars' rows, with every
+    star reported used and converged.
     """
     if degree == 0:
         return
+    nterms = _n_terms(degree)
+    if len(x) < nterms:
+        raise InputError(f"only {len(x)} stars for the {nterms} terms of a polynomial of "
+                         f"degree {degree}: at least {nterms} are needed to determine it "
+                         f"(2 per term are advised); lower the degree or use more stars")
     for axis, v in (("x", x), ("y", y)):
         extent = float(np.max(v) - np.min(v))
         if extent < size:
@@ -466,6 +487,26 @@ def _check_star_layout(x, y, polzero, polscal, degree, size):
                          f"of degree {degree} (the terms are nearly dependent: singular value "
                          f"ratio {sv[-1] / sv[0]:.1e}; stars on {degree} rows or columns or "
                          "fewer, say); lower the degree or use stars spread over the image")
+
+
+#: Smallest median windowed S/N (:func:`_windowed_snr`) of the usable stars accepted by
+#: :func:`fit_psf_field`: stamps of noise alone give about 0 (+-1); stars selected for a
+#: PSF model (S/N of 20 or more) give tens to thousands.
+MIN_WINDOWED_SNR = 3.0
+
+
+def _windowed_snr(stamp, w, xc, yc, sigma=2.0):
+    """S/N of the Gaussian-windowed flux (window sigma 2 px at ``(xc, yc)``) of a stamp.
+
+    ``sum(W stamp) / sqrt(sum(W^2 / w))`` over the pixels of weight ``w > 0``
+    (inverse variances); 0 where there are none.
+    """
+    ny, nx = stamp.shape
+    yy, xx = np.mgrid[:ny, :nx].astype(np.float64)
+    win = np.exp(-((xx - xc) ** 2 + (yy - yc) ** 2) / (2 * sigma ** 2))
+    good = w > 0
+    noise = math.sqrt(float(np.sum(win[good] ** 2 / w[good])))
+    return float(np.sum(win[good] * stamp[good])) / noise if noise > 0 else 0.0
 
 
 def _as_image(array, name, shape=None):
@@ -515,7 +556,10 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
         0: noise only).  It does not enter the outlier statistics.
     n_iter : int, optional
         Maximum number of least-squares fit / reject iterations after the
-        robust first pass (default 10).
+        robust first pass (default 10; 0: the robust start alone).  Stars
+        rejected (or pixels masked) in the last one are left out of one more
+        solution of the basis (without rejection), so that the basis is that
+        of the stars reported ``used``.
     clip : float, optional
         Outlier threshold in robust sigmas of ``log(chi2/dof)`` (default 3).
     max_remove : float, optional
@@ -523,9 +567,13 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
         0.1; at least one).
     pixel_clip : float or None, optional
         Mask the pixels of a star further than this many sigmas (noise and a
-        10% model error) from the model (default 5); None: no pixel masking.
+        model error: 100% of the model against the robust start, the same
+        mean PSF everywhere, then 10% against the second least-squares
+        field) from the model (default 5); None: no pixel masking.
     min_stars : int, optional
-        Fewest usable stars (default ``2 nterms``).
+        Fewest usable stars (default ``2 nterms``); outlier rejection stops
+        there.  Fewer than ``nterms = (degree + 1)(degree + 2) / 2`` stars
+        are refused whatever ``min_stars``.
     smoothing : float, optional
         ``oversampling > 1`` only: weight of the squared second differences of
         the basis (in units of the FWHM, relative to the local weight of the
@@ -544,10 +592,15 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     Raises
     ------
     InputError
-        On bad inputs (e.g. an ``oversampling`` that is not an integer >= 1),
-        too few usable stars, or stars laid out so that they cannot determine
-        the polynomial (all within one stamp's width along an axis, or on
-        ``degree`` rows or columns or fewer).
+        On bad inputs (e.g. an ``oversampling`` that is not an integer >= 1,
+        an ``n_iter`` that is not an integer >= 0), too few usable stars
+        (fewer than ``min_stars``, or than the ``nterms`` polynomial terms),
+        stars laid out so that they cannot determine the polynomial (all
+        within one stamp's width along an axis, or on ``degree`` rows or
+        columns or fewer), or stamps that hold no PSF at the star positions
+        (e.g. the positions of another CCD's catalog: a median windowed S/N of
+        the usable stars below :data:`MIN_WINDOWED_SNR` = 3, or a mean stamp
+        without a positive sum).
 
     Examples
     --------
@@ -602,6 +655,10 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
         raise InputError(f"degree must be an integer >= 0, got {degree!r}")
     degree = int(degree)
     nterms = _n_terms(degree)
+    if (isinstance(n_iter, (bool, np.bool_)) or not isinstance(n_iter, numbers.Real)
+            or not (math.isfinite(n_iter) and n_iter >= 0 and float(n_iter).is_integer())):
+        raise InputError(f"n_iter must be an integer >= 0, got {n_iter!r}")
+    n_iter = int(n_iter)
     stars, xs, ys = _star_positions(stars)
     if background is None:
         bkg_image = None
@@ -660,6 +717,14 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     if used.sum() < min_stars:
         raise InputError(f"only {int(used.sum())} usable stars (inside the image, positive "
                          f"flux); at least {min_stars} are needed for degree {degree}")
+    # stamps of noise alone (the positions of another CCD's catalog, say) give a "PSF"
+    # of noise, or non-finite values deep in the fit: refused here
+    snr = np.median([_windowed_snr(stamps[s], wstamps[s], bhalf + dx[s], bhalf + dy[s])
+                     for s in np.flatnonzero(used)])
+    if not snr >= MIN_WINDOWED_SNR:
+        raise InputError(f"the stamps at the given star positions hold no PSF: the median "
+                         f"windowed S/N of the {int(used.sum())} usable stars is {snr:.2g} "
+                         f"(< {MIN_WINDOWED_SNR:g}; positions of another image or CCD?)")
 
     # polynomial coordinates (PSFEx: centre and extent of the positions, 1-based)
     xu, yu = xs[used] + 1.0, ys[used] + 1.0
@@ -678,13 +743,18 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
     converged = False
     basis = None
     it = 0
-    for it in range(0, int(n_iter) + 1):
+    # a pass after stars left the fit (or pixels were masked) in the last allowed
+    # iteration: the basis is solved again without them (no masking, no rejection), so
+    # that the stars and pixels reported used are those of the returned basis
+    extra = False
+    while True:
+        robust = it == 0 or (extra and n_iter == 0)
         idx = np.flatnonzero(used)
         coeffs = _polynomial_terms(ix[idx] + dx[idx], iy[idx] + dy[idx], polzero, polscal,
                                    degree)
         if fine is not None:
             # oversampled grid: a forward model of the star pixels (no resampling)
-            if it == 0:
+            if robust:
                 basis = fine.robust_start(stamps, weff, flux, dx, dy, idx, nterms)
             else:
                 basis = fine.solve(stamps, weff, flux, dx, dy, idx, coeffs, basis[0])
@@ -701,7 +771,7 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
                 mask = _shift((weff[s] > 0).astype(np.float64), -dx[s], -dy[s], order=1)[inner]
                 wv[n] = np.where(mask > 0.999, _shift(weff[s], -dx[s], -dy[s], order=1)[inner],
                                  0.0).ravel() * flux[s] ** 2
-            if it == 0:
+            if robust:
                 # robust start: the per-pixel median of the resampled stars (degree 0)
                 basis = np.zeros((nterms, size, size))
                 basis[0] = np.median(yv, axis=0).reshape(size, size)
@@ -715,20 +785,27 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
             psfex = PSFExModel(basis, polzero, polscal, degree)
 
         # per-star flux and centroid against the model, chi2
+        masked_before = n_masked.copy()
         for s in np.flatnonzero(~edge & ~bad_flux):
             if fine is not None:
                 render = fine.renderer(psfex.grid(ix[s] + dx[s], iy[s] + dy[s]), bhalf)
             else:
                 render = functools.partial(_shift, np.pad(psfex.grid(ix[s] + dx[s],
                                                                      iy[s] + dy[s]), m))
-            if pixel_clip is not None and it <= 1:
+            if pixel_clip is not None and it in (0, 2) and not extra:
                 # mask the pixels of neighbours and cosmic rays: far off the model
-                # beyond the noise and a 10% model error
+                # beyond the noise and a model error: 100% against the robust start (the
+                # same mean PSF at every position: a star where the PSF is narrower or
+                # wider differs from it by tens of % in its core), 10% against the second
+                # least-squares field (the first, from the fluxes and centres fitted to
+                # the robust start, can still be off by 10% or more where the PSF
+                # varies most)
                 model_s = flux[s] * render(dx[s], dy[s])
                 with np.errstate(divide="ignore"):
                     var = np.where(wstamps[s] > 0, 1.0 / wstamps[s], np.inf)
+                floor = 1.0 if it == 0 else 0.1
                 bad = np.abs(stamps[s] - model_s) > pixel_clip * np.sqrt(
-                    var + (0.1 * np.abs(model_s)) ** 2)
+                    var + (floor * np.abs(model_s)) ** 2)
                 if bad.any():  # and the fainter wings around them
                     bad = ndimage.binary_dilation(bad, iterations=2)
                 n_masked[s] += int(np.count_nonzero(bad & (wstamps[s] > 0)))
@@ -752,9 +829,10 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
         if failed.any():
             used &= ~failed
             rejected |= failed
-            if used.sum() < min_stars:
+            if used.sum() < max(min_stars, nterms):
                 raise InputError(f"only {int(used.sum())} stars left with a positive refitted "
-                                 f"flux; at least {min_stars} are needed for degree {degree}")
+                                 f"flux; at least {max(min_stars, nterms)} are needed for "
+                                 f"degree {degree}")
         ratio = chi2 / dof
         total = float(np.sum(chi2[used]))
         total_dof = float(np.sum(dof[used]))
@@ -764,18 +842,32 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
                                               math.sqrt(2.0 / np.median(dof[used])))
                               & (frac > 2.0 * np.median(frac[used])))
         n_max = max(1, int(max_remove * used.sum()))
-        n_allowed = max(0, int(used.sum()) - min_stars)
+        # never below min_stars, nor below the nterms that determine the polynomial
+        n_allowed = max(0, int(used.sum()) - max(min_stars, nterms))
         over = over[np.argsort(ratio[over])[::-1]][:min(n_max, n_allowed)]
+        if extra:
+            over = over[:0]
         used[over] = False
         rejected[over] = True
         history.append({"chi2": total, "dof": total_dof, "n_used": int(used.sum() + over.size),
                         "n_removed": int(over.size)})
-        if it == 0:
-            continue
-        if over.size == 0 and old_total is not None and abs(total - old_total) < 0.1 * total_dof:
-            converged = True
-            break
-        old_total = total if over.size == 0 else None
+        # stars that left the fit, or new masks on the stars still in it: the basis just
+        # solved is not that of the stars (and pixels) reported used
+        removed = int(over.size + np.count_nonzero(failed))
+        changed = removed + int(np.sum((n_masked - masked_before)[used]))
+        if extra:
+            if changed == 0:
+                break
+        elif it > 0 or n_iter == 0:
+            if changed == 0 and old_total is not None and abs(total - old_total) < 0.1 * total_dof:
+                converged = True
+                break
+            old_total = total if removed == 0 else None
+            if it >= n_iter:
+                if changed == 0:
+                    break
+                extra = True
+        it += 1
 
     # -- the result ------------------------------------------------------------------
     out = stars.copy()
@@ -862,8 +954,17 @@ def _cut_stamps(data, weight, bkg_image, ix, iy, bhalf):
 
 
 def _constrain(basis, grid_x, grid_y):
-    """Zero the windowed first moments of every basis image; unit / zero sums."""
-    mean = basis[0] / basis[0].sum()
+    """Zero the windowed first moments of every basis image; unit / zero sums.
+
+    Raises InputError when ``basis[0]`` (the mean PSF) has no positive finite
+    sum: the stamps cut at the star positions hold no PSF.
+    """
+    total = float(basis[0].sum())
+    if not (math.isfinite(total) and total > 0):
+        raise InputError(f"the stamps at the given star positions hold no PSF: their mean "
+                         f"image sums to {total:.3g}, not a positive number (positions of "
+                         f"another image or CCD, or a wrong background?)")
+    mean = basis[0] / total
     fwhm = 2.3548 * math.sqrt(1.0 / (2 * math.pi * max(mean.max(), 1e-12)))
     win = np.exp(-(grid_x ** 2 + grid_y ** 2) / (2 * (0.5 * fwhm) ** 2))
     gy, gx = np.gradient(mean)
