@@ -358,14 +358,14 @@ def test_same_data_same_field():
     same = (np.array_equal(fields[0].cov_coeffs, fields[1].cov_coeffs)
             and np.array_equal(fields[0].amp_coeffs, fields[1].amp_coeffs))
     if not same:
-        # Seen in CI with the oldest dependencies (numpy 1.26, scipy 1.11): fields up to
-        # 2% apart in a coefficient, a clipping decision flipped by a last-bit difference.
-        # It follows the memory allocator's state (fits repeated in one process between
-        # random allocations: 2 of 25 differ with the numba backend, 10 of 25 with numpy's,
-        # none with numpy 2.3 and scipy 1.17); not numpy's sums, exp or BLAS alignment,
-        # whose results were checked.  Both fields must still be right (the unseeded starts
-        # had given 20% different chi2); the nondeterminism is reported as an expected
-        # failure, not hidden.
+        # Seen in CI with the oldest dependencies: fields up to 2% apart in a coefficient,
+        # a clipping decision flipped by a last-bit difference.  Traced to numpy 1.26:
+        # fit_psf_mixture's starting fit, repeated in one process between random
+        # allocations, gives different L-BFGS-B iterates (13 of 30 runs with the numpy
+        # backend) from bit-identical chi2 values and gradients, with scipy 1.11 and 1.15
+        # alike; with numpy 2.0 (scipy 1.15) none of 30 differ.  Both fields must still be
+        # right (the unseeded starts had given 20% different chi2); the nondeterminism is
+        # reported as an expected failure, not hidden.
         truth = galsim.Moffat(beta=2.5, fwhm=3.0).drawImage(scale=1.0, nx=19, ny=19).array
         truth /= truth.sum()
         for f in fields:
@@ -373,4 +373,4 @@ def test_same_data_same_field():
                                                                           stars["y"]))
             assert err < 0.01 * truth.max()            # 0.35% of the peak when equal
         pytest.xfail("the same data gave fields that differ in the last bits and one "
-                     "clipping decision (known, unresolved: the oldest numpy/scipy)")
+                     "clipping decision (known: L-BFGS-B's iterates with numpy 1.26)")
