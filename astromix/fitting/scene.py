@@ -176,7 +176,8 @@ def _unpin_round(fitter, fitted, exposures, maxiter, kwargs):
             break
         if again.fit_info["chi2"] < fitted.fit_info["chi2"]:
             fitted = again
-            pinned = [i for i in pinned if i in _pinned_round(fitted)]
+            still = set(_pinned_round(fitted))
+            pinned = [i for i in pinned if i in still]
     return fitted
 
 
