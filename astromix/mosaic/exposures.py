@@ -18,7 +18,6 @@ import functools
 import json
 import logging
 import math
-import numbers
 import os
 from typing import Any
 
@@ -41,35 +40,6 @@ DETECTOR_PIXEL_SCALES = {"NRCA1": 0.031, "NRCA2": 0.031, "NRCA3": 0.031, "NRCA4"
 #: ``shape`` is not given (:attr:`InputExposure.pixel_grid`), unless it is a subarray.
 DETECTOR_SHAPES = {**{d: (2048, 2048) for d in DETECTOR_PIXEL_SCALES if d.startswith("NRC")},
                    "NIS": (2048, 2048), "MIRIMAGE": (1024, 1032)}
-
-
-def integer_parameter(value, name, minimum=1):
-    """``value`` as an int, refused unless it is an integral number >= ``minimum``.
-
-    Parameters
-    ----------
-    value : int, numpy integer or integral float
-        e.g. ``4``, ``np.int64(4)`` or ``4.0``; not a bool, a string, 2.5 or NaN.
-    name : str
-        The parameter's name, for the message.
-    minimum : int, optional
-        Smallest value allowed (default 1).
-
-    Returns
-    -------
-    int
-
-    Raises
-    ------
-    InputError
-        If ``value`` is not an integral real number >= ``minimum`` (2.5 is
-        refused, not truncated).
-    """
-    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value) or not float(value).is_integer()
-            or value < minimum):
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -27,9 +27,9 @@ import warnings
 
 import numpy as np
 
+from .._checks import integer_parameter
 from ..backends._common import host_array
 from ..errors import InputError
-from .exposures import integer_parameter
 
 __all__ = ["PSFProvider", "PoppyProvider", "StpsfProvider", "ImageProvider", "NIRCAM_FILTERS"]
 

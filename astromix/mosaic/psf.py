@@ -45,6 +45,7 @@ import warnings
 import numpy as np
 
 from .._atomic import atomic_path
+from .._checks import integer_parameter
 from ..backends._common import host_array
 from ..errors import InputError
 from ._kernel import accumulate
@@ -53,7 +54,6 @@ from .exposures import (
     context_planes,
     decode_context,
     exposures_from_table,
-    integer_parameter,
     order_exposures,
     read_association,
     source_geometry,
@@ -723,10 +723,6 @@ class ExposureWeightedPSF:
             raise InputError("source positions must be finite")
         return x, y
 
-    @staticmethod
-    def _check_dim(dim, name="dim"):
-        return integer_parameter(dim, name)
-
     def _exposure_indices(self, exposures):
         # indices 0 <= i < n_exposures (no negative indexing, no names, no bools)
         n = len(self.exposures)
@@ -795,7 +791,7 @@ class ExposureWeightedPSF:
             integer >= 1, or an ``exposures`` entry that is not an integer
             index of an exposure.
         """
-        dim = self._check_dim(dim)
+        dim = integer_parameter(dim, "dim")
         x, y = self._checked_positions(x, y)
         if x.size != 1:
             raise InputError("image() takes one position; use cube() for many")
@@ -852,7 +848,7 @@ class ExposureWeightedPSF:
         AstromixError
             A chunk's error, re-raised naming the chunk's first source.
         """
-        dim = self._check_dim(dim)
+        dim = integer_parameter(dim, "dim")
         x, y = self._checked_positions(x, y)
         if offsets is None:
             offsets = np.zeros((x.size, 2))
@@ -1047,7 +1043,7 @@ class ExposureWeightedPSF:
             sx, sy = stars["x"], stars["y"]
         sx, sy = self._checked_positions(sx, sy)
         img = host_array(image, np.float64)
-        size = self._check_dim(size, "size")
+        size = integer_parameter(size, "size")
         h = (size - 1) // 2
         datas, keep = [], []
         for n, (xx, yy) in enumerate(zip(sx, sy)):

@@ -153,6 +153,7 @@ import time
 
 import numpy as np
 
+from .._checks import integer_parameter
 from ..errors import InputError
 from ..io.psfex import PSFExModel, _n_terms, _polynomial_terms
 
@@ -655,10 +656,7 @@ def fit_psf_field(image, stars, *, weight=None, size=25, degree=2, oversampling=
         raise InputError(f"degree must be an integer >= 0, got {degree!r}")
     degree = int(degree)
     nterms = _n_terms(degree)
-    if (isinstance(n_iter, (bool, np.bool_)) or not isinstance(n_iter, numbers.Real)
-            or not (math.isfinite(n_iter) and n_iter >= 0 and float(n_iter).is_integer())):
-        raise InputError(f"n_iter must be an integer >= 0, got {n_iter!r}")
-    n_iter = int(n_iter)
+    n_iter = integer_parameter(n_iter, "n_iter", 0)
     stars, xs, ys = _star_positions(stars)
     if background is None:
         bkg_image = None
