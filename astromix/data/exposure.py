@@ -61,6 +61,22 @@ def _number(value, what, *, positive=False):
     return value
 
 
+def _split_mask(values):
+    """``(values, mask)``: a NumPy masked array or an astropy
+    :class:`~astropy.utils.masked.Masked` array (or Quantity, its unit kept) of any
+    shape split into its unmasked values and its mask (bool, True = bad); any other
+    value is returned as it is, with None."""
+    mask = None
+    if isinstance(values, Masked):  # before Quantity: a Masked Quantity is one too
+        mask = np.asarray(values.mask, dtype=bool)
+        values = values.unmasked
+    if isinstance(values, np.ma.MaskedArray):
+        given = np.ma.getmaskarray(values)
+        mask = given if mask is None else mask | given
+        values = np.ma.getdata(values)
+    return values, mask
+
+
 def _as_data(data):
     """(ndarray of floats, unit or None, mask or None) from an array, Quantity or masked array.
 
@@ -68,19 +84,13 @@ def _as_data(data):
     :class:`~astropy.utils.masked.Masked` array or Quantity (its unit kept), else None.
     """
     unit = None
-    mask = None
     if isinstance(data, NDData):
         raise InputError("Exposure data must be an array, not an NDData; pass its .data, "
                          ".uncertainty, .mask and .wcs explicitly")
-    if isinstance(data, Masked):  # before Quantity: a Masked Quantity is one too
-        mask = np.asarray(data.mask, dtype=bool)
-        data = data.unmasked
+    data, mask = _split_mask(data)
     if isinstance(data, u.Quantity):
         unit = data.unit
         data = data.value
-    if isinstance(data, np.ma.MaskedArray):
-        mask = np.ma.getmaskarray(data) if mask is None else mask | np.ma.getmaskarray(data)
-        data = np.ma.getdata(data)
     try:
         arr = np.asarray(data)
     except Exception as exc:

@@ -26,6 +26,7 @@ import numpy as np
 from astropy import units as u
 from astropy.nddata import NDData, StdDevUncertainty, VarianceUncertainty
 
+from ..data.exposure import _split_mask
 from ..data.loaders import _unit as _bunit_unit
 from ..data.loaders import count_kind
 from ..errors import InputError
@@ -193,34 +194,13 @@ def read_image(path, *, ext=None, name=None):
                     meta=meta)
 
 
-def _mask_of(values):
-    """The mask (bool ndarray, True = bad) of a NumPy masked array or an astropy
-    :class:`~astropy.utils.masked.Masked` array, else None (also for a masked array whose
-    mask is ``nomask``)."""
-    from astropy.utils.masked import Masked
-
-    if isinstance(values, Masked):
-        return np.asarray(values.mask, dtype=bool)
-    mask = np.ma.getmask(values)
-    return None if mask is np.ma.nomask else np.asarray(mask, dtype=bool)
-
-
-def _unmasked(values):
-    """The values of an array, masked array or Masked array without the mask (a view)."""
-    from astropy.utils.masked import Masked
-
-    if isinstance(values, Masked):
-        return values.unmasked
-    return np.ma.getdata(values) if isinstance(values, np.ma.MaskedArray) else values
-
-
 def _data_and_mask(values):
     """``(data, mask)`` of an image given as an array: float64 data and the mask of its
     non-finite values, or'ed with that of a NumPy masked array or an astropy
     :class:`~astropy.utils.masked.Masked` array (the data under masked values are kept)."""
-    data = np.asarray(_unmasked(values), dtype=np.float64)
+    values, given = _split_mask(values)
+    data = np.asarray(values, dtype=np.float64)
     mask = ~np.isfinite(data)
-    given = _mask_of(values)
     if given is not None and given.shape == data.shape:
         mask |= given
     return data, mask
@@ -1070,14 +1050,13 @@ def make_broadband_image(cube, filter_curve, *, wave=None, variance=None, wcs=No
     else:
         # a masked array's mask (NumPy's, e.g. MPDAF's Cube.data, or astropy's Masked) is
         # used as a DQ array: masked values are invalid, as are those of a masked variance
-        bad = _mask_of(cube)
-        cube = _unmasked(cube)
+        cube, bad = _split_mask(cube)
         unit = cube.unit if isinstance(cube, u.Quantity) else None
         data = cube.value if isinstance(cube, u.Quantity) else np.asarray(cube)
         var = None
         if variance is not None:
-            var_bad = _mask_of(variance)
-            var = np.asarray(_unmasked(variance))
+            variance, var_bad = _split_mask(variance)
+            var = np.asarray(variance)
             if var_bad is not None and var_bad.shape == var.shape:
                 bad = var_bad if bad is None else bad | var_bad
         std, dq, name = None, bad, None
