@@ -1352,8 +1352,25 @@ def _shift_lookup_tables(wcs, origin):
 
 
 def _shift_wcs(wcs, origin, shape):
-    """A WCS whose pixel (0, 0) is pixel ``origin`` (x, y) of ``wcs`` (gwcs or APE 14)."""
+    """A WCS whose pixel (0, 0) is pixel ``origin`` (x, y) of ``wcs``, of ``shape`` (ny, nx).
+
+    An astropy WCS has CRPIX, the SIP reference pixel and the lookup-table
+    distortions moved (as Cutout2D does, also for an origin below 0); a gwcs a
+    shift prepended, its bounding box moved with it; another APE 14 WCS is
+    sliced (an origin >= 0 only).
+    """
     x0, y0 = float(origin[0]), float(origin[1])
+    if _is_astropy_wcs(wcs):
+        from astropy.wcs import Sip
+
+        new = wcs.deepcopy()
+        new.wcs.crpix = np.asarray(new.wcs.crpix, dtype=np.float64) - [x0, y0]
+        if new.sip is not None:
+            new.sip = Sip(new.sip.a, new.sip.b, new.sip.ap, new.sip.bp, new.wcs.crpix)
+        _shift_lookup_tables(new, (x0, y0))
+        new.pixel_shape = (shape[1], shape[0])
+        new.wcs.set()
+        return new
     if _is_gwcs(wcs):
         from astropy.modeling.models import Shift
         from gwcs import WCS as GWCS

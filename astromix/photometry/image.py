@@ -49,6 +49,8 @@ _MIN_PIXELS = 25
 _MIN_PSF_TRANSFORM = 1e-8
 #: Order in which the parameters are stored in the fit vector.
 _PARAMS = ("scale", "bg", "fwhm", "beta", "dx", "dy")
+#: The parameters the model depends on non-linearly (scale and bg are linear).
+_NONLINEAR = _PARAMS[2:]
 
 
 # -- the Moffat's transform -------------------------------------------------------------------
@@ -307,30 +309,16 @@ def _extended_grid(exp, ex, ey):
     below and above (its pixel (ex, ey) is ``exp``'s pixel (0, 0)), or None when its WCS is
     neither an astropy WCS nor a gwcs (the reference is then regridded onto ``exp`` itself).
 
-    The astropy WCS has CRPIX (and the SIP reference pixel, and lookup-table distortions) moved,
-    a gwcs a shift prepended (:func:`astromix.data.exposure._shift_wcs`; its bounding box moved
-    with it, so the pixels beyond it map to no sky and stay masked).
+    The WCS is moved by :func:`astromix.data.exposure._shift_wcs` (a gwcs's bounding box with
+    it, so the pixels beyond it map to no sky and stay masked).
     """
-    from astropy.wcs import WCS, Sip
+    from ..data.exposure import Exposure, _is_astropy_wcs, _is_gwcs, _shift_wcs
 
-    from ..data.exposure import Exposure, _is_gwcs, _shift_lookup_tables, _shift_wcs
-
+    if not (_is_astropy_wcs(exp.wcs) or _is_gwcs(exp.wcs)):
+        return None
     ny, nx = exp.shape
     shape = (ny + 2 * ey, nx + 2 * ex)
-    wcs = exp.wcs
-    if isinstance(wcs, WCS):
-        new = wcs.deepcopy()
-        new.wcs.crpix = np.asarray(new.wcs.crpix, dtype=np.float64) + [ex, ey]
-        if new.sip is not None:
-            new.sip = Sip(new.sip.a, new.sip.b, new.sip.ap, new.sip.bp, new.wcs.crpix)
-        _shift_lookup_tables(new, (-ex, -ey))
-        new.pixel_shape = (shape[1], shape[0])
-        new.wcs.set()
-    elif _is_gwcs(wcs):
-        new = _shift_wcs(wcs, (-ex, -ey), shape)
-    else:
-        return None
-    return Exposure(np.zeros(shape), wcs=new, name=exp.name)
+    return Exposure(np.zeros(shape), wcs=_shift_wcs(exp.wcs, (-ex, -ey), shape), name=exp.name)
 
 
 def _shift_int(data, mask, sx, sy):
@@ -1085,11 +1073,11 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
             "beta": _finite(init_beta, "init_beta", lo=BETA_RANGE[0], hi=BETA_RANGE[1]),
             "dx": _finite(init_dx, "init_dx", arcsec=True),
             "dy": _finite(init_dy, "init_dy", arcsec=True)}
-    for k in ("fwhm", "beta", "dx", "dy"):
+    for k in _NONLINEAR:
         if fixed[k] is not None:
             init[k] = fixed[k]
     if fixed["scale"] == 0.0:
-        loose = [k for k in ("fwhm", "beta", "dx", "dy") if fixed[k] is None]
+        loose = [k for k in _NONLINEAR if fixed[k] is None]
         if loose:
             raise InputError("fix_scale = 0 leaves the reference out of the model, so "
                              f"{', '.join(loose)} cannot be determined: give fix_scale > 0, "
@@ -1102,6 +1090,7 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
     shape = t_exp.shape
     ny0, nx0 = shape
     jac_c, px, py = _pixel_sides(t_exp, 0.5 * (nx0 - 1), 0.5 * (ny0 - 1))
+    pad_x, pad_y = int(math.ceil(margin / px)), int(math.ceil(margin / py))   # [px]
     # the windowed model blurs the reference beyond the target's field too, when the
     # reference covers it: regridded onto the target's grid grown by the margin, so that the
     # light of sources just outside the field reaches its edge pixels as it does the target's
@@ -1111,7 +1100,7 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
         grid = None
         if windowed and (regions is None or isinstance(t_exp.wcs, WCS)):
             # (pixel regions are moved onto the grown grid through the sky: astropy WCS only)
-            ex, ey = int(math.ceil(margin / px)), int(math.ceil(margin / py))
+            ex, ey = pad_x, pad_y
             grid = _extended_grid(t_exp, ex, ey) if ex or ey else None
         if grid is None:
             ex = ey = 0
@@ -1173,8 +1162,8 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
             nyc, nxc = m.shape
             # the crop sits (ey, ex) px into the padded arrays, below and left of it the
             # reference's pixels beyond the crop (grown grid), then the zero padding
-            nyp = sfft.next_fast_len(nyc + 2 * ey + int(math.ceil(margin / py)), real=True)
-            nxp = sfft.next_fast_len(nxc + 2 * ex + int(math.ceil(margin / px)), real=True)
+            nyp = sfft.next_fast_len(nyc + 2 * ey + pad_y, real=True)
+            nxp = sfft.next_fast_len(nxc + 2 * ex + pad_x, real=True)
             at = (slice(ey, ey + nyc), slice(ex, ex + nxc))
             good = np.zeros((nyp, nxp), dtype=bool)
             good[at] = ~m
@@ -1273,7 +1262,7 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
                 # scale and bg alone are linear: their start (the linear least-squares
                 # solution) is already the optimum, where the solver rightly stops at once
                 stuck = (sol.nfev <= 1 or np.array_equal(sol.x, x0)) and any(
-                    k in free for k in ("fwhm", "beta", "dx", "dy"))
+                    k in free for k in _NONLINEAR)
                 status, message = int(sol.status), str(sol.message)
                 if sol.status <= 0:
                     raise AstromixError(f"the image fit did not converge: {sol.message}")
@@ -1294,7 +1283,7 @@ def fit_image_photometry(target, reference, *, fix_fwhm=None, fix_beta=None, fix
 
         if stuck and refits == 0:
             started = ", ".join(f"{k} {pfit[_PARAMS.index(k)]:.4g}" for k in free
-                                if k in ("fwhm", "beta", "dx", "dy"))
+                                if k in _NONLINEAR)
             log.warning("image fit of %s: the least-squares fit stopped at its start point "
                         "(%d evaluations): the values are the start values (%s), not fitted "
                         "ones; check the images and init_*", name or "target", nfev, started)
