@@ -666,7 +666,6 @@ def _band_group(f, path, band):
     h5py = _import_h5py()
     if not isinstance(band, str):
         raise InputError(f"band must be a string, got {band!r}")
-    groups = sorted(k for k in f if isinstance(f.get(k), h5py.Group))
     valid = bool(band) and "/" not in band
     group = f.get(band) if valid else None
     if not isinstance(group, h5py.Group) and valid:
@@ -680,6 +679,7 @@ def _band_group(f, path, band):
             log.debug("%s: band %r read from group %r", path, band, same[0])
             group = f[same[0]]
     if not isinstance(group, h5py.Group):
+        groups = sorted(k for k in f if isinstance(f.get(k), h5py.Group))
         present = ", ".join(repr(g) for g in groups) or "none"
         raise InputError(f"{path} has no band {band!r}; bands present: {present}")
     return group
